@@ -1,0 +1,94 @@
+//! The client side of the transformer's `POST /`, used by the processor-client. It
+//! sorts every outcome into the three answers a producer needs: accepted, try again
+//! later, or refused.
+
+use std::time::Duration;
+
+use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
+use bytes::Bytes;
+
+use crate::dispatch::http::error_chain;
+
+#[derive(Clone)]
+pub struct TransformerClient {
+    url: reqwest::Url,
+    base: reqwest::Url,
+    client: reqwest::Client,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The transformer is full or shutting down; retry after the given seconds.
+    #[error("transformer busy: {detail}")]
+    Busy { retry_after_secs: u64, detail: String },
+    /// The transformer refused the event; retrying the same body will not help.
+    #[error("transformer refused the event with {status}: {}", String::from_utf8_lossy(body))]
+    Rejected { status: u16, body: Bytes },
+    /// No answer: connection refused, reset or timed out.
+    #[error("transformer unreachable: {0}")]
+    Unavailable(String),
+}
+
+impl TransformerClient {
+    pub fn new(host: &str, port: u16, timeout: Duration) -> Result<Self, url::ParseError> {
+        let base = reqwest::Url::parse(&format!("http://{}/", join_host_port(host, port)))?;
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Ok(TransformerClient { url: base.clone(), base, client })
+    }
+
+    /// POSTs an already-encoded `{src, payload}` body; returns the transformer's JSON
+    /// answer (it carries the CloudEvent id) on success.
+    pub async fn send(&self, body: Vec<u8>) -> Result<Bytes, SendError> {
+        let response = self
+            .client
+            .post(self.url.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| SendError::Unavailable(error_chain(&e)))?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| SendError::Unavailable(error_chain(&e)))?;
+        if status.is_success() {
+            Ok(body)
+        } else if status.is_server_error() || status.as_u16() == 429 {
+            Err(SendError::Busy {
+                retry_after_secs: retry_after.unwrap_or(1),
+                detail: String::from_utf8_lossy(&body).into_owned(),
+            })
+        } else {
+            Err(SendError::Rejected { status: status.as_u16(), body })
+        }
+    }
+
+    /// True when the transformer answers its readiness probe.
+    pub async fn ready(&self) -> bool {
+        let Ok(url) = self.base.join("readyz") else { return false };
+        matches!(
+            self.client.get(url).timeout(Duration::from_secs(1)).send().await,
+            Ok(r) if r.status().is_success()
+        )
+    }
+}
+
+/// `host:port`, bracketing bare IPv6 addresses.
+pub fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}

@@ -1,0 +1,404 @@
+//! The transformer's environment, read once at start with envy. Every variable of the
+//! contract has its default here; a missing or malformed one is an error that names it.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+/// A variable that is missing or malformed, named as the operator wrote it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {0} is required but not set")]
+    Missing(String),
+    #[error("environment variable {var} is invalid: {reason}")]
+    Invalid { var: &'static str, reason: String },
+    #[error("environment is invalid: {0}")]
+    Envy(String),
+}
+
+/// Reads `T` from the process environment with envy. Empty values count as unset, as
+/// they do in most container runtimes' defaults, so `FOO=` falls back to the default.
+pub fn load_env<T: DeserializeOwned>() -> Result<T, ConfigError> {
+    load_from(std::env::vars())
+}
+
+/// [`load_env`] over an explicit list of variables, for tests.
+pub fn load_from<T: DeserializeOwned>(
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<T, ConfigError> {
+    envy::from_iter(vars.into_iter().filter(|(_, v)| !v.trim().is_empty())).map_err(|e| match e {
+        envy::Error::MissingValue(field) => ConfigError::Missing(field.to_ascii_uppercase()),
+        envy::Error::Custom(msg) => ConfigError::Envy(msg),
+    })
+}
+
+/// Parses a human duration such as `250ms`, `5s` or `1m`; a bare number is seconds.
+pub fn parse_duration(var: &'static str, raw: &str) -> Result<Duration, ConfigError> {
+    let raw = raw.trim();
+    if let Ok(secs) = raw.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+    }
+    humantime::parse_duration(raw).map_err(|e| ConfigError::Invalid {
+        var,
+        reason: format!("{e} (expected a duration like 250ms, 5s or 1m)"),
+    })
+}
+
+/// Splits a comma-separated list of URLs, checking each is an http(s) URL.
+pub fn parse_urls(var: &'static str, raw: &str) -> Result<Vec<reqwest::Url>, ConfigError> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let url = reqwest::Url::parse(s).map_err(|e| ConfigError::Invalid {
+                var,
+                reason: format!("{s:?} is not a URL: {e}"),
+            })?;
+            match url.scheme() {
+                "http" | "https" => Ok(url),
+                other => Err(ConfigError::Invalid {
+                    var,
+                    reason: format!("{s:?} has scheme {other:?}; only http and https are supported"),
+                }),
+            }
+        })
+        .collect()
+}
+
+/// Parses a listen address; `0.0.0.0` by default so the process is reachable in a pod.
+pub fn parse_ip(var: &'static str, raw: &str) -> Result<IpAddr, ConfigError> {
+    raw.trim().parse().map_err(|e| ConfigError::Invalid {
+        var,
+        reason: format!("{raw:?} is not an IP address: {e}"),
+    })
+}
+
+/// Transport to sensors: binary puts attributes in headers, structured sends one JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CeMode {
+    Binary,
+    Structured,
+}
+
+/// `NATS_TYPE`: core publish, or JetStream with acknowledgements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatsType {
+    Standard,
+    Streaming,
+}
+
+/// The delivery policy each watcher's queue follows.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Per-attempt deadline: a sensor that accepts and never answers is cut off here.
+    pub timeout: Duration,
+    pub base: Duration,
+    pub cap: Duration,
+    /// Attempts before an event is dead-lettered; 0 means retry until shutdown.
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    pub url: String,
+    pub ty: NatsType,
+    pub subject: String,
+    pub stream: String,
+}
+
+/// The transformer's typed configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub gateway_name: String,
+    pub namespace: String,
+    pub controller_instance_id: String,
+    pub listen: IpAddr,
+    pub port: u16,
+    pub event_type: String,
+    pub sensor_watchers: Vec<reqwest::Url>,
+    pub gateway_watchers: Vec<reqwest::Url>,
+    pub http_enabled: bool,
+    pub nats: Option<NatsConfig>,
+    pub ce_mode: CeMode,
+    pub queue_capacity: usize,
+    pub lanes: usize,
+    pub max_body_bytes: usize,
+    pub retry: RetryPolicy,
+    pub shutdown_timeout: Duration,
+    pub json_logs: bool,
+}
+
+#[derive(Deserialize)]
+struct RawEnv {
+    gateway_name: String,
+    #[serde(default = "default_namespace")]
+    gateway_namespace: String,
+    #[serde(default)]
+    gateway_controller_instance_id: String,
+    #[serde(default = "default_listen")]
+    transformer_listen_address: String,
+    #[serde(default = "default_port")]
+    transformer_port: u16,
+    event_type: Option<String>,
+    #[serde(default)]
+    sensor_watchers: String,
+    #[serde(default)]
+    gateway_watchers: String,
+    #[serde(default = "default_protocol")]
+    event_protocol: String,
+    #[serde(default = "default_nats_url")]
+    nats_url: String,
+    #[serde(default = "default_nats_type")]
+    nats_type: String,
+    #[serde(default = "default_nats_subject")]
+    nats_subject: String,
+    nats_stream: Option<String>,
+    #[serde(default = "default_ce_mode")]
+    ce_mode: String,
+    #[serde(default = "default_queue_capacity")]
+    transformer_queue_capacity: usize,
+    #[serde(default = "default_lanes")]
+    watcher_concurrency: usize,
+    #[serde(default = "default_max_body")]
+    transformer_max_body_bytes: usize,
+    #[serde(default = "default_timeout")]
+    watcher_timeout: String,
+    #[serde(default = "default_retry_base")]
+    watcher_retry_base: String,
+    #[serde(default = "default_retry_cap")]
+    watcher_retry_cap: String,
+    #[serde(default)]
+    watcher_retry_attempts: u32,
+    #[serde(default = "default_shutdown")]
+    shutdown_timeout: String,
+    #[serde(default)]
+    log_format: String,
+}
+
+pub fn default_namespace() -> String {
+    "default".into()
+}
+pub fn default_listen() -> String {
+    "0.0.0.0".into()
+}
+pub fn default_port() -> u16 {
+    9300
+}
+fn default_protocol() -> String {
+    "HTTP".into()
+}
+fn default_nats_url() -> String {
+    "nats://127.0.0.1:4222".into()
+}
+fn default_nats_type() -> String {
+    "Standard".into()
+}
+fn default_nats_subject() -> String {
+    "{gateway}.{src}".into()
+}
+fn default_ce_mode() -> String {
+    "binary".into()
+}
+fn default_queue_capacity() -> usize {
+    10_000
+}
+fn default_lanes() -> usize {
+    4
+}
+/// Room for a 1 MiB event body from the processor-client plus its JSON envelope.
+fn default_max_body() -> usize {
+    1024 * 1024 + 4096
+}
+fn default_timeout() -> String {
+    "5s".into()
+}
+fn default_retry_base() -> String {
+    "100ms".into()
+}
+fn default_retry_cap() -> String {
+    "5s".into()
+}
+pub fn default_shutdown() -> String {
+    "10s".into()
+}
+
+/// `LOG_FORMAT=json` asks for JSON lines; anything else (or unset) is human text.
+pub fn parse_log_format(raw: &str) -> Result<bool, ConfigError> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "" | "text" | "pretty" => Ok(false),
+        "json" => Ok(true),
+        other => Err(ConfigError::Invalid {
+            var: "LOG_FORMAT",
+            reason: format!("{other:?}; expected text or json"),
+        }),
+    }
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_raw(load_env()?)
+    }
+
+    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        Self::from_raw(load_from(vars)?)
+    }
+
+    fn from_raw(raw: RawEnv) -> Result<Self, ConfigError> {
+        if raw.gateway_name.trim().is_empty() {
+            return Err(ConfigError::Missing("GATEWAY_NAME".into()));
+        }
+        let mut http_enabled = false;
+        let mut nats_enabled = false;
+        for p in raw.event_protocol.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match p.to_ascii_uppercase().as_str() {
+                "HTTP" => http_enabled = true,
+                "NATS" => nats_enabled = true,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        var: "EVENT_PROTOCOL",
+                        reason: format!("{other:?}; expected HTTP, NATS or HTTP,NATS"),
+                    })
+                }
+            }
+        }
+        if !http_enabled && !nats_enabled {
+            return Err(ConfigError::Invalid {
+                var: "EVENT_PROTOCOL",
+                reason: "names no protocol".into(),
+            });
+        }
+        let ty = match raw.nats_type.trim().to_ascii_lowercase().as_str() {
+            "standard" => NatsType::Standard,
+            "streaming" | "jetstream" => NatsType::Streaming,
+            other => {
+                return Err(ConfigError::Invalid {
+                    var: "NATS_TYPE",
+                    reason: format!("{other:?}; expected Standard or Streaming"),
+                })
+            }
+        };
+        let nats = nats_enabled.then(|| NatsConfig {
+            url: raw.nats_url.clone(),
+            ty,
+            subject: raw.nats_subject.clone(),
+            stream: raw
+                .nats_stream
+                .clone()
+                .unwrap_or_else(|| raw.gateway_name.to_ascii_uppercase()),
+        });
+        let ce_mode = match raw.ce_mode.trim().to_ascii_lowercase().as_str() {
+            "binary" => CeMode::Binary,
+            "structured" => CeMode::Structured,
+            other => {
+                return Err(ConfigError::Invalid {
+                    var: "CE_MODE",
+                    reason: format!("{other:?}; expected binary or structured"),
+                })
+            }
+        };
+        let positive = |var: &'static str, v: usize| {
+            if v == 0 {
+                Err(ConfigError::Invalid { var, reason: "must be at least 1".into() })
+            } else {
+                Ok(v)
+            }
+        };
+        let retry = RetryPolicy {
+            timeout: parse_duration("WATCHER_TIMEOUT", &raw.watcher_timeout)?,
+            base: parse_duration("WATCHER_RETRY_BASE", &raw.watcher_retry_base)?,
+            cap: parse_duration("WATCHER_RETRY_CAP", &raw.watcher_retry_cap)?,
+            attempts: raw.watcher_retry_attempts,
+        };
+        Ok(Config {
+            event_type: raw.event_type.unwrap_or_else(|| raw.gateway_name.clone()),
+            gateway_name: raw.gateway_name,
+            namespace: raw.gateway_namespace,
+            controller_instance_id: raw.gateway_controller_instance_id,
+            listen: parse_ip("TRANSFORMER_LISTEN_ADDRESS", &raw.transformer_listen_address)?,
+            port: raw.transformer_port,
+            sensor_watchers: parse_urls("SENSOR_WATCHERS", &raw.sensor_watchers)?,
+            gateway_watchers: parse_urls("GATEWAY_WATCHERS", &raw.gateway_watchers)?,
+            http_enabled,
+            nats,
+            ce_mode,
+            queue_capacity: positive("TRANSFORMER_QUEUE_CAPACITY", raw.transformer_queue_capacity)?,
+            lanes: positive("WATCHER_CONCURRENCY", raw.watcher_concurrency)?,
+            max_body_bytes: positive("TRANSFORMER_MAX_BODY_BYTES", raw.transformer_max_body_bytes)?,
+            retry,
+            shutdown_timeout: parse_duration("SHUTDOWN_TIMEOUT", &raw.shutdown_timeout)?,
+            json_logs: parse_log_format(&raw.log_format)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = Config::from_vars(vars(&[("GATEWAY_NAME", "webhook")])).unwrap();
+        assert_eq!(c.port, 9300);
+        assert_eq!(c.event_type, "webhook");
+        assert_eq!(c.namespace, "default");
+        assert!(c.http_enabled);
+        assert!(c.nats.is_none());
+        assert_eq!(c.ce_mode, CeMode::Binary);
+        assert!(c.sensor_watchers.is_empty());
+    }
+
+    #[test]
+    fn missing_and_malformed_variables_are_named() {
+        let e = Config::from_vars(vars(&[])).unwrap_err().to_string();
+        assert!(e.contains("GATEWAY_NAME"), "{e}");
+        let e = Config::from_vars(vars(&[("GATEWAY_NAME", "g"), ("TRANSFORMER_PORT", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("TRANSFORMER_PORT"), "{e}");
+        let e = Config::from_vars(vars(&[("GATEWAY_NAME", "g"), ("SENSOR_WATCHERS", "ftp://x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("SENSOR_WATCHERS"), "{e}");
+        let e = Config::from_vars(vars(&[("GATEWAY_NAME", "g"), ("CE_MODE", "weird")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("CE_MODE"), "{e}");
+        let e = Config::from_vars(vars(&[("GATEWAY_NAME", "g"), ("WATCHER_TIMEOUT", "soon")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("WATCHER_TIMEOUT"), "{e}");
+    }
+
+    #[test]
+    fn watchers_protocols_and_nats_defaults() {
+        let c = Config::from_vars(vars(&[
+            ("GATEWAY_NAME", "cal"),
+            ("SENSOR_WATCHERS", "http://a:1/x, http://b:2/"),
+            ("EVENT_PROTOCOL", "HTTP,NATS"),
+            ("NATS_TYPE", "Streaming"),
+            ("TRANSFORMER_PORT", ""),
+        ]))
+        .unwrap();
+        assert_eq!(c.sensor_watchers.len(), 2);
+        assert_eq!(c.port, 9300);
+        let nats = c.nats.unwrap();
+        assert_eq!(nats.stream, "CAL");
+        assert_eq!(nats.subject, "{gateway}.{src}");
+        assert_eq!(nats.ty, NatsType::Streaming);
+    }
+
+    #[test]
+    fn durations_accept_units_and_bare_seconds() {
+        assert_eq!(parse_duration("X", "250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("X", "2").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("X", "-1").is_err());
+    }
+}

@@ -1,0 +1,92 @@
+//! HTTP destinations: sensors (`SENSOR_WATCHERS`) and other gateways
+//! (`GATEWAY_WATCHERS`), in the binary or structured mode that `CE_MODE` names.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::header::CONTENT_TYPE;
+use axum::http::HeaderValue;
+use futures::future::BoxFuture;
+
+use super::{DeliveryError, Sink};
+use crate::cloudevent::{CloudEvent, STRUCTURED_CONTENT_TYPE};
+use crate::config::CeMode;
+
+pub struct HttpSink {
+    url: reqwest::Url,
+    name: String,
+    mode: CeMode,
+    client: reqwest::Client,
+    timeout: Duration,
+}
+
+impl HttpSink {
+    pub fn new(url: reqwest::Url, mode: CeMode, client: reqwest::Client, timeout: Duration) -> Self {
+        HttpSink { name: url.to_string(), url, mode, client, timeout }
+    }
+
+    /// One client for all HTTP sinks: connections are pooled per host, redirects
+    /// are not followed (a POST must not silently become a GET).
+    pub fn client() -> reqwest::Client {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .tcp_nodelay(true)
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new())
+    }
+
+    async fn post(&self, event: &CloudEvent) -> Result<(), DeliveryError> {
+        let request = match self.mode {
+            CeMode::Binary => self
+                .client
+                .post(self.url.clone())
+                .headers(event.to_binary_headers())
+                .body(event.data.clone()),
+            CeMode::Structured => self
+                .client
+                .post(self.url.clone())
+                .header(CONTENT_TYPE, HeaderValue::from_static(STRUCTURED_CONTENT_TYPE))
+                .body(event.to_structured_json()),
+        };
+        let response = request.timeout(self.timeout).send().await.map_err(|e| {
+            let what = if e.is_timeout() { "timed out" } else { "failed" };
+            DeliveryError::retryable(format!("POST {} {what}: {}", self.url, error_chain(&e)))
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = response.text().await.unwrap_or_default();
+        let body: String = body.chars().take(512).collect();
+        let message = format!("POST {} answered {status}: {body}", self.url);
+        if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
+            Err(DeliveryError::retryable(message))
+        } else {
+            Err(DeliveryError::permanent(message))
+        }
+    }
+}
+
+impl Sink for HttpSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn deliver<'a>(&'a self, event: &'a Arc<CloudEvent>) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        Box::pin(self.post(event))
+    }
+}
+
+/// reqwest's top-level message hides the cause ("error sending request"); the
+/// chain says "connection refused", which is what an operator needs.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

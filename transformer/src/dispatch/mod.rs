@@ -1,0 +1,41 @@
+//! Delivery of CloudEvents to their destinations. Every destination is a [`Sink`];
+//! each sink gets its own bounded queue and workers ([`watcher`]), so a slow or dead
+//! destination holds back no other. Adding a destination kind means one new file.
+
+pub mod http;
+pub mod watcher;
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use crate::cloudevent::CloudEvent;
+pub use watcher::{Dispatcher, QueueFull};
+
+/// Why one delivery attempt failed, and whether trying again can help.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct DeliveryError {
+    /// False for answers that will not change on retry (a 4xx from a sensor): the
+    /// event goes straight to the dead letters instead of blocking its queue.
+    pub retryable: bool,
+    pub message: String,
+}
+
+impl DeliveryError {
+    pub fn retryable(message: impl Into<String>) -> Self {
+        DeliveryError { retryable: true, message: message.into() }
+    }
+    pub fn permanent(message: impl Into<String>) -> Self {
+        DeliveryError { retryable: false, message: message.into() }
+    }
+}
+
+/// A destination for CloudEvents: an HTTP sensor, another gateway, NATS.
+/// `deliver` must return only once the destination has taken the event (2xx, or a
+/// broker acknowledgement), since the queue forgets the event after it returns Ok.
+pub trait Sink: Send + Sync + 'static {
+    /// A stable name for logs and metric labels (the URL or subject).
+    fn name(&self) -> &str;
+    fn deliver<'a>(&'a self, event: &'a Arc<CloudEvent>) -> BoxFuture<'a, Result<(), DeliveryError>>;
+}

@@ -1,0 +1,128 @@
+//! The transformer: takes events from the processor-client and from
+//! framework-independent producers, wraps them as CloudEvents 1.0 and delivers them
+//! to every watcher through a bounded queue of its own. [`run`] is the whole service;
+//! `main.rs` only reads the environment and calls it.
+
+pub mod backoff;
+pub mod client;
+pub mod cloudevent;
+pub mod config;
+pub mod dispatch;
+pub mod error;
+pub mod metrics;
+pub mod routes;
+pub mod shutdown;
+pub mod telemetry;
+pub mod wire;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::dispatch::http::HttpSink;
+use crate::dispatch::{Dispatcher, Sink};
+use crate::metrics::Metrics;
+use crate::routes::AppState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Binds the configured address and serves until `shutdown` resolves, then drains.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let addr = SocketAddr::new(config.listen, config.port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind { addr, source })?;
+    serve(config, listener, shutdown).await
+}
+
+/// Serves on an already-bound listener (tests bind port 0). On shutdown it stops
+/// accepting, finishes in-flight requests, then lets the watcher queues drain until
+/// `SHUTDOWN_TIMEOUT`.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    if config.nats.is_some() {
+        return Err(RunError::Unsupported(
+            "EVENT_PROTOCOL=NATS is not available in this build yet; use HTTP".into(),
+        ));
+    }
+    let metrics = Arc::new(Metrics::new());
+    let sinks = build_sinks(&config);
+    if sinks.is_empty() {
+        tracing::warn!("no SENSOR_WATCHERS or GATEWAY_WATCHERS: events will be accepted and dropped");
+    }
+    let (dispatcher, workers) = Dispatcher::start(
+        sinks,
+        config.queue_capacity,
+        config.lanes,
+        config.retry.clone(),
+        metrics.clone(),
+    );
+    let state = Arc::new(AppState {
+        gateway_name: config.gateway_name.clone(),
+        event_type: config.event_type.clone(),
+        max_body_bytes: config.max_body_bytes,
+        metrics,
+        dispatcher: RwLock::new(Some(dispatcher)),
+        shutting_down: AtomicBool::new(false),
+    });
+    let local = listener.local_addr().map_err(RunError::Serve)?;
+    tracing::info!(
+        %local,
+        gateway = %config.gateway_name,
+        namespace = %config.namespace,
+        sensors = config.sensor_watchers.len(),
+        gateways = config.gateway_watchers.len(),
+        ce_mode = ?config.ce_mode,
+        "transformer listening"
+    );
+    let stopping = state.clone();
+    let graceful = async move {
+        shutdown.await;
+        stopping.shutting_down.store(true, Ordering::Relaxed);
+    };
+    axum::serve(listener, routes::router(state.clone()))
+        .with_graceful_shutdown(graceful)
+        .await
+        .map_err(RunError::Serve)?;
+    let dispatcher = state.dispatcher.write().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(d) = dispatcher {
+        d.close();
+    }
+    workers.drain(config.shutdown_timeout).await;
+    tracing::info!("transformer stopped");
+    Ok(())
+}
+
+fn build_sinks(config: &Config) -> Vec<Arc<dyn Sink>> {
+    let client = HttpSink::client();
+    let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+    if config.http_enabled {
+        for url in config.sensor_watchers.iter().chain(&config.gateway_watchers) {
+            sinks.push(Arc::new(HttpSink::new(
+                url.clone(),
+                config.ce_mode,
+                client.clone(),
+                config.retry.timeout,
+            )));
+        }
+    }
+    sinks
+}

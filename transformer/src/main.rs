@@ -1,0 +1,9 @@
+use transformer::config::Config;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::from_env()?;
+    transformer::telemetry::init(config.json_logs);
+    transformer::run(config, transformer::shutdown::signal()).await?;
+    Ok(())
+}

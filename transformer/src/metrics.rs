@@ -1,0 +1,138 @@
+//! Prometheus metrics of the transformer. Handles for each watcher are created once
+//! and cloned into its workers, so the per-event path only bumps atomics.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatcherLabel {
+    pub watcher: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+type HistogramFamily = Family<WatcherLabel, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub received: Family<KindLabel, Counter>,
+    pub rejected: Family<ReasonLabel, Counter>,
+    delivered: Family<WatcherLabel, Counter>,
+    retries: Family<WatcherLabel, Counter>,
+    dead_lettered: Family<WatcherLabel, Counter>,
+    queue_depth: Family<WatcherLabel, Gauge>,
+    latency: HistogramFamily,
+}
+
+/// One watcher's handles.
+#[derive(Clone)]
+pub struct WatcherMetrics {
+    pub delivered: Counter,
+    pub retries: Counter,
+    pub dead_lettered: Counter,
+    pub queue_depth: Gauge,
+    pub latency: Histogram,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let received = Family::<KindLabel, Counter>::default();
+        let rejected = Family::<ReasonLabel, Counter>::default();
+        let delivered = Family::<WatcherLabel, Counter>::default();
+        let retries = Family::<WatcherLabel, Counter>::default();
+        let dead_lettered = Family::<WatcherLabel, Counter>::default();
+        let queue_depth = Family::<WatcherLabel, Gauge>::default();
+        let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "transformer_events_received",
+            "Events accepted for delivery, by input kind (gateway or cloudevent)",
+            received.clone(),
+        );
+        registry.register(
+            "transformer_events_rejected",
+            "Events refused, by reason (bad_request, too_large, backpressure, shutting_down)",
+            rejected.clone(),
+        );
+        registry.register(
+            "transformer_events_delivered",
+            "Events a watcher acknowledged",
+            delivered.clone(),
+        );
+        registry.register(
+            "transformer_delivery_retries",
+            "Failed delivery attempts that will be retried",
+            retries.clone(),
+        );
+        registry.register(
+            "transformer_events_dead_lettered",
+            "Events that exhausted their retries or were refused permanently",
+            dead_lettered.clone(),
+        );
+        registry.register(
+            "transformer_queue_depth",
+            "Events queued for a watcher and not yet delivered",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "transformer_delivery_duration_seconds",
+            "Time from acceptance to acknowledgement by the watcher",
+            latency.clone(),
+        );
+        Metrics { registry, received, rejected, delivered, retries, dead_lettered, queue_depth, latency }
+    }
+
+    pub fn watcher(&self, name: &str) -> WatcherMetrics {
+        let label = WatcherLabel { watcher: name.to_owned() };
+        WatcherMetrics {
+            delivered: self.delivered.get_or_create(&label).clone(),
+            retries: self.retries.get_or_create(&label).clone(),
+            dead_lettered: self.dead_lettered.get_or_create(&label).clone(),
+            queue_depth: self.queue_depth.get_or_create(&label).clone(),
+            latency: self.latency.get_or_create(&label).clone(),
+        }
+    }
+
+    pub fn reject(&self, reason: &'static str) {
+        self.rejected.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// The text exposition format, as `/metrics` serves it.
+    pub fn encode(&self) -> String {
+        encode_registry(&self.registry)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Encodes any registry; the processor-client uses this for its own.
+pub fn encode_registry(registry: &Registry) -> String {
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
+        out.clear();
+    }
+    out
+}
+
+/// The content type of [`encode_registry`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -1,0 +1,108 @@
+//! The body that producers POST to the transformer (and user servers POST to the
+//! processor-client's event endpoint): a configuration key and a base64 payload.
+//! Both crates speak it, so it lives here, next to the transformer that owns it.
+
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+/// `{"src": KEY, "payload": BASE64}` as the contract fixes it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EventRequest {
+    pub src: String,
+    pub payload: String,
+}
+
+/// Why an event body was refused; every variant names the offending part so the
+/// producer can fix it without reading our logs.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("body is not a JSON object with \"src\" and \"payload\": {0}")]
+    Malformed(String),
+    #[error("\"src\" is missing or empty")]
+    MissingSrc,
+    #[error("\"payload\" is not valid base64: {0}")]
+    BadBase64(String),
+}
+
+/// Parses `{"src","payload"}` strictly enough to give a clear error, loosely enough
+/// for real producers: `payload` may be absent or null (an empty event).
+pub fn parse_event_request(body: &[u8]) -> Result<EventRequest, WireError> {
+    #[derive(Deserialize)]
+    struct Loose {
+        src: Option<String>,
+        payload: Option<String>,
+    }
+    let loose: Loose =
+        serde_json::from_slice(body).map_err(|e| WireError::Malformed(e.to_string()))?;
+    let src = loose.src.filter(|s| !s.is_empty()).ok_or(WireError::MissingSrc)?;
+    Ok(EventRequest {
+        src,
+        payload: loose.payload.unwrap_or_default(),
+    })
+}
+
+/// Decodes a payload, accepting the standard alphabet first and then the padless and
+/// URL-safe variants that hand-written producers in other languages tend to emit.
+pub fn decode_payload(payload: &str) -> Result<Vec<u8>, WireError> {
+    let trimmed = payload.trim();
+    STANDARD
+        .decode(trimmed)
+        .or_else(|first| {
+            STANDARD_NO_PAD
+                .decode(trimmed)
+                .or_else(|_| URL_SAFE.decode(trimmed))
+                .or_else(|_| URL_SAFE_NO_PAD.decode(trimmed))
+                .map_err(|_| first)
+        })
+        .map_err(|e| WireError::BadBase64(e.to_string()))
+}
+
+/// Standard base64 with padding, the form the contract's examples use.
+pub fn encode_payload(data: &[u8]) -> String {
+    STANDARD.encode(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_contract_body() {
+        let r = parse_event_request(br#"{"src":"a","payload":"aGk="}"#).unwrap();
+        assert_eq!(r.src, "a");
+        assert_eq!(decode_payload(&r.payload).unwrap(), b"hi");
+    }
+
+    #[test]
+    fn missing_src_is_named() {
+        assert_eq!(
+            parse_event_request(br#"{"payload":"aGk="}"#),
+            Err(WireError::MissingSrc)
+        );
+        assert_eq!(
+            parse_event_request(br#"{"src":"","payload":""}"#),
+            Err(WireError::MissingSrc)
+        );
+    }
+
+    #[test]
+    fn malformed_json_is_refused() {
+        assert!(matches!(
+            parse_event_request(b"{nope"),
+            Err(WireError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_event_request(br#"{"src":1}"#),
+            Err(WireError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn base64_variants_decode_and_garbage_does_not() {
+        assert_eq!(decode_payload("aGk").unwrap(), b"hi");
+        assert_eq!(decode_payload("-_8=").unwrap(), vec![0xfb, 0xff]);
+        assert!(matches!(decode_payload("%%%"), Err(WireError::BadBase64(_))));
+        assert_eq!(decode_payload("").unwrap(), b"");
+    }
+}
