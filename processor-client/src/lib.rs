@@ -1,0 +1,131 @@
+//! The processor-client: watches the gateway's configurations, starts and stops them
+//! on the user server over HTTP, and forwards the user server's events to the
+//! transformer, answering 2xx only once the transformer has accepted each one.
+//! [`run`] is the whole service; `main.rs` only reads the environment and calls it.
+
+pub mod config;
+pub mod configs;
+pub mod id;
+pub mod metrics;
+pub mod routes;
+pub mod supervisor;
+pub mod user_server;
+pub mod watch;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use transformer::client::TransformerClient;
+
+use crate::config::Config;
+use crate::configs::Registry;
+use crate::metrics::Metrics;
+use crate::routes::AppState;
+use crate::supervisor::{Shared, Supervisor};
+use crate::user_server::{Health, UserServer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+    #[error(transparent)]
+    Configurations(#[from] watch::WatchError),
+    #[error("invalid address: {0}")]
+    Address(String),
+}
+
+/// Binds the configured address and serves until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), RunError> {
+    let addr = SocketAddr::new(config.listen, config.port);
+    let listener = TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, source })?;
+    serve(config, listener, shutdown).await
+}
+
+/// Serves on an already-bound listener (tests bind port 0). On shutdown: stop every
+/// configuration on the user server (events still accepted meanwhile, so it can
+/// flush), then stop accepting and finish in-flight requests.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let initial = watch::load(&config.config_map)?;
+    let metrics = Arc::new(Metrics::new());
+    let registry = Arc::new(Registry::default());
+    let health = Arc::new(Health::new(metrics.user_server_restarts.clone()));
+    let user_server = UserServer::new(
+        &config.server_host,
+        config.server_port,
+        &config.paths.start,
+        &config.paths.stop,
+        config.server_timeout,
+    )
+    .map_err(|e| RunError::Address(format!("GATEWAY_PROCESSOR_SERVER_HOST: {e}")))?;
+    let transformer = TransformerClient::new(&config.transformer_host, config.transformer_port, config.transformer_timeout)
+        .map_err(|e| RunError::Address(format!("TRANSFORMER_HOST: {e}")))?;
+
+    let background = CancellationToken::new();
+    let probe = tokio::spawn(user_server::probe_loop(
+        user_server.clone(),
+        health.clone(),
+        config.probe_interval,
+        background.clone(),
+    ));
+    let (snap_tx, snap_rx) = tokio::sync::watch::channel(Arc::new(initial));
+    let watcher = tokio::spawn(watch::run(config.config_map.clone(), config.poll_interval, snap_tx, background.clone()));
+    let supervisor_stop = CancellationToken::new();
+    let supervisor = tokio::spawn(
+        Supervisor::new(Arc::new(Shared {
+            registry: registry.clone(),
+            user_server,
+            health,
+            metrics: metrics.clone(),
+            retry_base: config.retry_base,
+            retry_cap: config.retry_cap,
+        }))
+        .run(snap_rx, supervisor_stop.clone()),
+    );
+
+    let state = Arc::new(AppState {
+        registry,
+        transformer,
+        metrics,
+        max_body_bytes: config.max_body_bytes,
+        shutting_down: AtomicBool::new(false),
+    });
+    let local = listener.local_addr().map_err(RunError::Serve)?;
+    tracing::info!(
+        %local,
+        gateway = %config.gateway_name,
+        namespace = %config.namespace,
+        user_server = %format!("{}:{}", config.server_host, config.server_port),
+        transformer = %format!("{}:{}", config.transformer_host, config.transformer_port),
+        configurations = %config.config_map.display(),
+        "processor-client listening"
+    );
+    let stopping = state.clone();
+    let deadline = config.shutdown_timeout;
+    let graceful = async move {
+        shutdown.await;
+        stopping.shutting_down.store(true, Ordering::Relaxed);
+        background.cancel();
+        supervisor_stop.cancel();
+        if tokio::time::timeout(deadline, supervisor).await.is_err() {
+            tracing::warn!("configurations did not all stop before the shutdown deadline");
+        }
+    };
+    axum::serve(listener, routes::router(&config.paths, state))
+        .with_graceful_shutdown(graceful)
+        .await
+        .map_err(RunError::Serve)?;
+    let _ = probe.await;
+    let _ = watcher.await;
+    tracing::info!("processor-client stopped");
+    Ok(())
+}

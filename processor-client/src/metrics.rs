@@ -1,0 +1,97 @@
+//! Prometheus metrics of the processor-client: events in and refused, calls to the
+//! user server by outcome, user-server restarts, and configurations per phase.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::configs::Registry as Configs;
+use crate::user_server::Outcome;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabel {
+    op: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabel {
+    phase: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub events_forwarded: Counter,
+    rejected: Family<ReasonLabel, Counter>,
+    calls: Family<CallLabel, Counter>,
+    pub user_server_restarts: Counter,
+    configs: Family<PhaseLabel, Gauge>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let events_forwarded = Counter::default();
+        let rejected = Family::<ReasonLabel, Counter>::default();
+        let calls = Family::<CallLabel, Counter>::default();
+        let user_server_restarts = Counter::default();
+        let configs = Family::<PhaseLabel, Gauge>::default();
+        registry.register(
+            "processor_events_forwarded",
+            "Events the transformer accepted from this processor-client",
+            events_forwarded.clone(),
+        );
+        registry.register(
+            "processor_events_rejected",
+            "Events refused, by reason (bad_request, unknown_src, too_large, backpressure, transformer_unavailable)",
+            rejected.clone(),
+        );
+        registry.register(
+            "processor_user_server_requests",
+            "Requests to the user server by operation (start, stop) and outcome",
+            calls.clone(),
+        );
+        registry.register(
+            "processor_user_server_restarts",
+            "Times the user server came back after being seen down",
+            user_server_restarts.clone(),
+        );
+        registry.register("processor_configurations", "Configurations by phase", configs.clone());
+        Metrics { registry, events_forwarded, rejected, calls, user_server_restarts, configs }
+    }
+
+    pub fn reject(&self, reason: &'static str) {
+        self.rejected.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    pub fn user_server_call(&self, op: &'static str, outcome: &Outcome) {
+        let outcome = match outcome {
+            Outcome::Accepted => "accepted",
+            Outcome::Rejected { .. } => "rejected",
+            Outcome::Failed { refused: true, .. } => "refused",
+            Outcome::Failed { .. } => "failed",
+        };
+        self.calls.get_or_create(&CallLabel { op, outcome }).inc();
+    }
+
+    /// Refreshes the per-phase gauges and renders the text format.
+    pub fn encode(&self, configs: &Configs) -> String {
+        for (phase, n) in configs.count_by_phase() {
+            self.configs.get_or_create(&PhaseLabel { phase: phase.as_str() }).set(n);
+        }
+        transformer::metrics::encode_registry(&self.registry)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

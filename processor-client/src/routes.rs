@@ -1,0 +1,230 @@
+//! The processor-client's HTTP surface: events, running and error notices from the
+//! user server, the list of configurations, health, readiness and metrics.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::Deserialize;
+use transformer::client::{SendError, TransformerClient};
+use transformer::error::{method_not_allowed_fallback, not_found_fallback, ApiError};
+use transformer::wire::{self, EventRequest};
+
+use crate::config::Paths;
+use crate::configs::{LookupError, Registry};
+use crate::metrics::Metrics;
+
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub transformer: TransformerClient,
+    pub metrics: Arc<Metrics>,
+    pub max_body_bytes: usize,
+    pub shutting_down: AtomicBool,
+}
+
+pub fn router(paths: &Paths, state: Arc<AppState>) -> Router {
+    let limit = state.max_body_bytes;
+    Router::new()
+        .route(&paths.event, post(event))
+        .route(&paths.running, post(running))
+        .route(&paths.error, post(error))
+        .route("/configs", get(configs))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found_fallback)
+        .method_not_allowed_fallback(method_not_allowed_fallback)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+type Params = Query<HashMap<String, String>>;
+
+fn lookup_error(e: LookupError) -> ApiError {
+    match e {
+        LookupError::Unknown(_) => ApiError::not_found("unknown_src", e.to_string()),
+        LookupError::Stopped(_) => ApiError::new(StatusCode::GONE, "stopped_src", e.to_string()),
+        LookupError::StaleId { .. } => ApiError::new(StatusCode::CONFLICT, "stale_id", e.to_string()),
+        LookupError::Ambiguous => ApiError::bad_request(e.to_string()),
+    }
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// The `src` a request names outside its body: `?src=` or an `X-Gateway-Src` header.
+fn src_outside_body<'a>(params: &'a HashMap<String, String>, headers: &'a HeaderMap) -> Option<&'a str> {
+    params
+        .get("src")
+        .map(String::as_str)
+        .or_else(|| headers.get("x-gateway-src").and_then(|v| v.to_str().ok()))
+        .filter(|s| !s.is_empty())
+}
+
+/// Reads an event: JSON `{src, payload}`; or, with `application/octet-stream`, either
+/// that same JSON or the raw payload bytes with `src` given as `?src=` (or the only
+/// configuration), which is how user servers written for Argo post.
+fn read_event(
+    st: &AppState,
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+    body: &Bytes,
+) -> Result<EventRequest, ApiError> {
+    let bad = |e: &dyn std::fmt::Display| ApiError::bad_request(e.to_string());
+    if content_type(headers) == "application/octet-stream" {
+        if let Ok(req) = wire::parse_event_request(body) {
+            wire::decode_payload(&req.payload).map_err(|e| bad(&e))?;
+            return Ok(req);
+        }
+        let src = st.registry.resolve(src_outside_body(params, headers)).map_err(lookup_error)?;
+        return Ok(EventRequest { src, payload: wire::encode_payload(body) });
+    }
+    let req = wire::parse_event_request(body).map_err(|e| bad(&e))?;
+    wire::decode_payload(&req.payload).map_err(|e| bad(&e))?;
+    Ok(req)
+}
+
+async fn event(
+    State(st): State<Arc<AppState>>,
+    Query(params): Params,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let result = forward_event(&st, &params, &headers, body).await;
+    match &result {
+        Ok(_) => {
+            st.metrics.events_forwarded.inc();
+        }
+        Err(e) => st.metrics.reject(match (e.status, e.error) {
+            (StatusCode::PAYLOAD_TOO_LARGE, _) => "too_large",
+            (_, "unknown_src" | "stopped_src") => "unknown_src",
+            (_, "transformer_unavailable") => "transformer_unavailable",
+            (StatusCode::SERVICE_UNAVAILABLE, _) => "backpressure",
+            _ => "bad_request",
+        }),
+    }
+    result
+}
+
+async fn forward_event(
+    st: &AppState,
+    params: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|r| ApiError::from_body(r, st.max_body_bytes))?;
+    let req = read_event(st, headers, params, &body)?;
+    st.registry.admit_event(&req.src).map_err(lookup_error)?;
+    let encoded = serde_json::to_vec(&req)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    match st.transformer.send(encoded).await {
+        Ok(answer) => Ok(([(header::CONTENT_TYPE, "application/json")], answer).into_response()),
+        Err(SendError::Busy { retry_after_secs, detail }) => Err(ApiError::unavailable(
+            "backpressure",
+            format!("the transformer cannot take the event now: {detail}"),
+            retry_after_secs,
+        )),
+        Err(SendError::Unavailable(why)) => Err(ApiError::unavailable(
+            "transformer_unavailable",
+            format!("the transformer did not take the event: {why}"),
+            1,
+        )),
+        Err(SendError::Rejected { status, body }) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Notice {
+    src: Option<String>,
+    id: Option<String>,
+    message: Option<String>,
+}
+
+/// A notice body: JSON when it parses as a JSON object, otherwise plain text.
+fn read_notice(body: &[u8]) -> Result<Notice, String> {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(_)) => {
+            serde_json::from_slice::<Notice>(body).map_err(|e| format!("notice fields have the wrong type: {e}"))
+        }
+        _ => Ok(Notice {
+            src: None,
+            id: None,
+            message: Some(String::from_utf8_lossy(body).trim().to_owned()),
+        }),
+    }
+}
+
+async fn running(
+    State(st): State<Arc<AppState>>,
+    Query(params): Params,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let body = body.map_err(|r| ApiError::from_body(r, st.max_body_bytes))?;
+    let notice = read_notice(&body).map_err(ApiError::bad_request)?;
+    let named = notice.src.as_deref().filter(|s| !s.is_empty()).or(src_outside_body(&params, &headers));
+    let src = st.registry.resolve(named).map_err(lookup_error)?;
+    st.registry.running(&src, notice.id.as_deref()).map_err(lookup_error)?;
+    tracing::info!(%src, "configuration running");
+    Ok(Json(serde_json::json!({ "src": src, "phase": "Running" })))
+}
+
+async fn error(
+    State(st): State<Arc<AppState>>,
+    Query(params): Params,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let body = body.map_err(|r| ApiError::from_body(r, st.max_body_bytes))?;
+    let notice = read_notice(&body).map_err(ApiError::bad_request)?;
+    let named = notice.src.as_deref().filter(|s| !s.is_empty()).or(src_outside_body(&params, &headers));
+    let src = st.registry.resolve(named).map_err(lookup_error)?;
+    let message = notice.message.filter(|m| !m.is_empty()).unwrap_or_else(|| "error reported by the user server".into());
+    tracing::warn!(%src, %message, "user server reported an error");
+    st.registry.error(&src, &message);
+    Ok(Json(serde_json::json!({ "src": src, "phase": "Error", "message": message })))
+}
+
+async fn configs(State(st): State<Arc<AppState>>) -> Json<Vec<crate::configs::ConfigStatus>> {
+    Json(st.registry.list())
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(st): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+    if st.shutting_down.load(Ordering::Relaxed) {
+        return Err(ApiError::unavailable("shutting_down", "the processor-client is shutting down", 1));
+    }
+    if !st.transformer.ready().await {
+        return Err(ApiError::unavailable("not_ready", "the transformer is not reachable", 1));
+    }
+    Ok(Json(serde_json::json!({ "status": "ready" })))
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, transformer::metrics::CONTENT_TYPE)],
+        st.metrics.encode(&st.registry),
+    )
+}

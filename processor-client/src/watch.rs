@@ -1,0 +1,252 @@
+//! The configuration source: a directory laid out like a mounted Kubernetes ConfigMap
+//! (one file per key, `..data` symlink swaps included) or one YAML/JSON file mapping
+//! key to value. The watcher publishes a whole snapshot on every change; the
+//! supervisor diffs snapshots, so a missed or doubled file event can do no harm.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Key → value, as the user server will receive them in `src` and `config`.
+pub type Snapshot = BTreeMap<String, String>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("GATEWAY_PROCESSOR_CONFIG_MAP {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("GATEWAY_PROCESSOR_CONFIG_MAP {path} is not a YAML or JSON mapping of key to value: {reason}")]
+    Parse { path: PathBuf, reason: String },
+}
+
+/// Reads the configurations as they are now.
+pub fn load(path: &Path) -> Result<Snapshot, WatchError> {
+    let io = |source| WatchError::Io { path: path.to_owned(), source };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if meta.is_dir() {
+        load_dir(path)
+    } else {
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        parse_file(&text).map_err(|reason| WatchError::Parse { path: path.to_owned(), reason })
+    }
+}
+
+/// A ConfigMap volume: every regular file (symlinks followed) whose name does not
+/// start with `.` is a key. `..data`, `..2026_…` and editors' dot-files are skipped.
+fn load_dir(dir: &Path) -> Result<Snapshot, WatchError> {
+    let io = |source| WatchError::Io { path: dir.to_owned(), source };
+    let mut out = Snapshot::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            tracing::warn!(file = ?entry.path(), "skipping configuration file whose name is not UTF-8");
+            continue;
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(WatchError::Io { path, source }),
+        }
+        match std::fs::read(&path) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => {
+                    out.insert(name.to_owned(), text);
+                }
+                Err(_) => tracing::warn!(file = %path.display(), "skipping configuration that is not UTF-8 text"),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(WatchError::Io { path, source }),
+        }
+    }
+    Ok(out)
+}
+
+/// One YAML or JSON document mapping key to value. String values are passed as they
+/// are; any other value (a nested mapping, a list, a number) is passed as JSON text,
+/// which every YAML parser also reads. A Kubernetes ConfigMap manifest is accepted
+/// too: its `data` is the mapping.
+pub fn parse_file(text: &str) -> Result<Snapshot, String> {
+    let doc: serde_norway::Value = serde_norway::from_str(text).map_err(|e| e.to_string())?;
+    let mapping = match doc {
+        serde_norway::Value::Null => return Ok(Snapshot::new()),
+        serde_norway::Value::Mapping(m) => m,
+        other => return Err(format!("the document is a {}, not a mapping", kind(&other))),
+    };
+    let is_manifest = mapping.get("kind").and_then(|k| k.as_str()) == Some("ConfigMap");
+    let mapping = if is_manifest {
+        match mapping.get("data") {
+            Some(serde_norway::Value::Mapping(m)) => m.clone(),
+            None | Some(serde_norway::Value::Null) => return Ok(Snapshot::new()),
+            Some(other) => return Err(format!("ConfigMap data is a {}, not a mapping", kind(other))),
+        }
+    } else {
+        mapping
+    };
+    let mut out = Snapshot::new();
+    for (k, v) in mapping {
+        let key = scalar_text(&k).ok_or_else(|| format!("key {k:?} is not a string"))?;
+        if key.is_empty() {
+            return Err("a key is empty".into());
+        }
+        let value = match v {
+            serde_norway::Value::String(s) => s,
+            serde_norway::Value::Null => String::new(),
+            other => match scalar_text(&other) {
+                Some(s) => s,
+                None => serde_json::to_string(&other).map_err(|e| format!("value of {key}: {e}"))?,
+            },
+        };
+        out.insert(key, value);
+    }
+    Ok(out)
+}
+
+fn scalar_text(v: &serde_norway::Value) -> Option<String> {
+    match v {
+        serde_norway::Value::String(s) => Some(s.clone()),
+        serde_norway::Value::Number(n) => Some(n.to_string()),
+        serde_norway::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn kind(v: &serde_norway::Value) -> &'static str {
+    match v {
+        serde_norway::Value::Sequence(_) => "list",
+        serde_norway::Value::String(_) => "string",
+        serde_norway::Value::Number(_) => "number",
+        serde_norway::Value::Bool(_) => "boolean",
+        _ => "non-mapping value",
+    }
+}
+
+/// Watches `path` until cancelled, publishing each snapshot that differs from the
+/// last. File events trigger a reload after a short settle; a slow poll catches
+/// anything the platform's notifications miss (network filesystems, a replaced
+/// directory). A load that fails keeps the last good snapshot.
+pub async fn run(
+    path: PathBuf,
+    poll: Duration,
+    tx: watch::Sender<Arc<Snapshot>>,
+    cancel: CancellationToken,
+) {
+    let (kick_tx, mut kick_rx) = mpsc::channel::<()>(1);
+    let _watcher = start_notify(&path, kick_tx);
+    let settle = Duration::from_millis(50);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = kick_rx.recv() => {
+                tokio::time::sleep(settle).await;
+                while kick_rx.try_recv().is_ok() {}
+            }
+            _ = tokio::time::sleep(poll) => {}
+        }
+        let loaded = {
+            let p = path.clone();
+            tokio::task::spawn_blocking(move || load(&p)).await
+        };
+        match loaded {
+            Ok(Ok(snapshot)) => {
+                tx.send_if_modified(|current| {
+                    if **current == snapshot {
+                        false
+                    } else {
+                        tracing::info!(configurations = snapshot.len(), "configurations changed");
+                        *current = Arc::new(snapshot);
+                        true
+                    }
+                });
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read configurations; keeping the last ones"),
+            Err(e) => tracing::warn!(error = %e, "configuration reload task failed"),
+        }
+    }
+}
+
+/// Watches the directory itself, or a file's parent directory (editors and
+/// `kubectl cp` replace files by rename, which a watch on the file would lose).
+fn start_notify(path: &Path, kick: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    let target = if path.is_dir() {
+        path.to_owned()
+    } else {
+        path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned()
+    };
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if res.is_ok() {
+            let _ = kick.try_send(());
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "file notifications unavailable; polling only"))
+    .ok()?;
+    match watcher.watch(&target, RecursiveMode::NonRecursive) {
+        Ok(()) => Some(watcher),
+        Err(e) => {
+            tracing::warn!(error = %e, dir = %target.display(), "cannot watch configurations; polling only");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_and_json_files_map_keys_to_text() {
+        let s = parse_file("a: |\n  x: 1\nb: 2\nc:\n  nested: true\n").unwrap();
+        assert_eq!(s["a"], "x: 1\n");
+        assert_eq!(s["b"], "2");
+        assert_eq!(s["c"], r#"{"nested":true}"#);
+        let j = parse_file(r#"{"k": "v", "n": {"a": [1]}}"#).unwrap();
+        assert_eq!(j["k"], "v");
+        assert_eq!(j["n"], r#"{"a":[1]}"#);
+        assert!(parse_file("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn configmap_manifest_uses_its_data() {
+        let s = parse_file("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata:\n  one: hello\n").unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s["one"], "hello");
+    }
+
+    #[test]
+    fn non_mappings_are_refused_with_a_reason() {
+        assert!(parse_file("- a\n- b\n").unwrap_err().contains("list"));
+        assert!(parse_file("{unclosed").is_err());
+        assert!(parse_file("[1]: x").unwrap_err().contains("not a string"));
+    }
+
+    #[test]
+    fn configmap_directory_with_data_symlink() {
+        let dir = std::env::temp_dir().join(format!("pc-watch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ts = dir.join("..2026_01_01");
+        std::fs::create_dir_all(&ts).unwrap();
+        std::fs::write(ts.join("alpha"), "A").unwrap();
+        std::os::unix::fs::symlink("..2026_01_01", dir.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/alpha", dir.join("alpha")).unwrap();
+        std::fs::write(dir.join(".swp"), "ignored").unwrap();
+        let s = load(&dir).unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s["alpha"], "A");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn missing_path_names_the_variable() {
+        let e = load(Path::new("/definitely/not/here")).unwrap_err().to_string();
+        assert!(e.contains("GATEWAY_PROCESSOR_CONFIG_MAP"), "{e}");
+    }
+}
