@@ -1,0 +1,488 @@
+//! The harness behind the end-to-end tests: real binaries, real Python and Node user
+//! servers and a Python sensor that parses with the official CloudEvents SDK, each a
+//! child process on a free port, killed when the test ends. Waits are on conditions
+//! with a deadline, never on fixed sleeps.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long any condition may take before a test fails. Generous: CI machines are
+/// slow and shared, and the tests measure behaviour, not speed.
+pub const DEADLINE: Duration = Duration::from_secs(40);
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
+}
+
+/// A gateway binary built by `cargo build` (the test command builds them first).
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("GATEWAY_BIN_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(|d| PathBuf::from(d).join("debug")))
+        .unwrap_or_else(|| root().join("target").join("debug"));
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace` first", path.display());
+    path
+}
+
+pub fn support(file: &str) -> PathBuf {
+    root().join("tests").join("support").join(file)
+}
+
+/// A port nothing listens on right now, chosen by the kernel.
+pub fn free_port() -> u16 {
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+        let port = l.local_addr().expect("local addr").port();
+        drop(l);
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            return port;
+        }
+    }
+}
+
+/// Polls `check` every 50 ms until it yields a value, or fails the test naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out after {DEADLINE:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn wait_port(port: u16, what: &str) {
+    wait_for(what, || async move {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+    })
+    .await
+}
+
+/// A child process whose output goes to a log file; killed and reaped on drop.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command, log_dir: &Path) -> Proc {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let log = log_dir.join(format!("{name}-{}.log", N.fetch_add(1, Ordering::Relaxed)));
+        let out = fs::File::create(&log).expect("create log");
+        let err = out.try_clone().expect("clone log");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc { name: name.to_owned(), child, log }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// SIGKILL and reap: the process gets no chance to clean up.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit by itself, up to `limit`.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn output(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let out = self.output();
+            let tail: Vec<&str> = out.lines().rev().take(25).collect();
+            eprintln!("---- last lines of {} ({}):", self.name, self.log.display());
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// Reads a file of JSON lines, skipping a torn last line.
+pub fn read_jsonl(path: &Path) -> Vec<Value> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Writes configurations the way the kubelet updates a mounted ConfigMap: a new
+/// timestamped directory, an atomic rename of the `..data` symlink onto it, and one
+/// `key -> ..data/key` symlink per key.
+pub fn write_configmap(dir: &Path, data: &BTreeMap<String, String>) {
+    static GEN: AtomicU64 = AtomicU64::new(0);
+    fs::create_dir_all(dir).expect("config dir");
+    let ts = format!("..2026_11_22_{}_{}", std::process::id(), GEN.fetch_add(1, Ordering::Relaxed));
+    fs::create_dir(dir.join(&ts)).expect("timestamp dir");
+    for (k, v) in data {
+        fs::write(dir.join(&ts).join(k), v).expect("write key");
+    }
+    let old = fs::read_link(dir.join("..data")).ok();
+    let tmp = dir.join("..data_tmp");
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&ts, &tmp).expect("symlink");
+    fs::rename(&tmp, dir.join("..data")).expect("swap ..data");
+    for k in data.keys() {
+        let link = dir.join(k);
+        if fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(Path::new("..data").join(k), &link).expect("key link");
+        }
+    }
+    for entry in fs::read_dir(dir).expect("read dir").flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') && !data.contains_key(&name) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+    if let Some(old) = old {
+        let _ = fs::remove_dir_all(dir.join(old));
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UserServerKind {
+    Python,
+    Node,
+}
+
+/// A whole local gateway: transformer, processor-client, a user server and a sensor,
+/// each a real process on its own free port, plus the files they share.
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    pub config_dir: PathBuf,
+    pub journal: PathBuf,
+    pub sensor_out: PathBuf,
+    pub fail_file: PathBuf,
+    pub name: String,
+    pub pc_port: u16,
+    pub tr_port: u16,
+    pub us_port: u16,
+    pub sensor_port: u16,
+    pub kind: UserServerKind,
+    pub transformer_env: Vec<(String, String)>,
+    pub processor_env: Vec<(String, String)>,
+    pub transformer: Option<Proc>,
+    pub processor: Option<Proc>,
+    pub user_server: Option<Proc>,
+    pub sensor: Option<Proc>,
+    configs: Mutex<BTreeMap<String, String>>,
+    pub http: reqwest::Client,
+}
+
+impl Gateway {
+    /// Files and ports only; start the pieces with the `start_*` methods or [`Gateway::up`].
+    pub fn new(kind: UserServerKind) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_dir = dir.path().join("configmap");
+        write_configmap(&config_dir, &BTreeMap::new());
+        Gateway {
+            journal: dir.path().join("journal.jsonl"),
+            sensor_out: dir.path().join("sensor.jsonl"),
+            fail_file: dir.path().join("sensor-fails"),
+            config_dir,
+            dir,
+            name: "test-gateway".into(),
+            pc_port: free_port(),
+            tr_port: free_port(),
+            us_port: free_port(),
+            sensor_port: free_port(),
+            kind,
+            transformer_env: Vec::new(),
+            processor_env: Vec::new(),
+            transformer: None,
+            processor: None,
+            user_server: None,
+            sensor: None,
+            configs: Mutex::new(BTreeMap::new()),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Starts everything and waits until each piece listens.
+    pub async fn up(kind: UserServerKind, configs: &[(&str, &str)]) -> Gateway {
+        let mut g = Gateway::new(kind);
+        for (k, v) in configs {
+            g.set_config(k, v);
+        }
+        g.start_sensor().await;
+        g.start_transformer().await;
+        g.start_user_server().await;
+        g.start_processor().await;
+        g
+    }
+
+    pub fn pc_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.pc_port)
+    }
+
+    pub fn tr_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.tr_port)
+    }
+
+    pub fn sensor_url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.sensor_port)
+    }
+
+    pub async fn start_sensor(&mut self) {
+        let mut cmd = Command::new("python3");
+        cmd.arg(support("sensor.py"))
+            .arg("--port")
+            .arg(self.sensor_port.to_string())
+            .arg("--out")
+            .arg(&self.sensor_out)
+            .arg("--fail-file")
+            .arg(&self.fail_file);
+        self.sensor = Some(Proc::spawn("sensor", cmd, self.dir.path()));
+        wait_port(self.sensor_port, "the sensor to listen").await;
+    }
+
+    pub fn transformer_command(&self) -> Command {
+        let mut cmd = Command::new(bin("transformer"));
+        cmd.env_clear()
+            .env("GATEWAY_NAME", &self.name)
+            .env("TRANSFORMER_PORT", self.tr_port.to_string())
+            .env("TRANSFORMER_LISTEN_ADDRESS", "127.0.0.1")
+            .env("SENSOR_WATCHERS", self.sensor_url())
+            .env("WATCHER_RETRY_CAP", "500ms")
+            .env("RUST_LOG", "info");
+        for (k, v) in &self.transformer_env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    pub async fn start_transformer(&mut self) {
+        let cmd = self.transformer_command();
+        self.transformer = Some(Proc::spawn("transformer", cmd, self.dir.path()));
+        wait_port(self.tr_port, "the transformer to listen").await;
+    }
+
+    pub fn processor_command(&self) -> Command {
+        let mut cmd = Command::new(bin("processor-client"));
+        cmd.env_clear()
+            .env("GATEWAY_NAME", &self.name)
+            .env("GATEWAY_PROCESSOR_CONFIG_MAP", &self.config_dir)
+            .env("GATEWAY_PROCESSOR_SERVER_HTTP_PORT", self.us_port.to_string())
+            .env("GATEWAY_PROCESSOR_CLIENT_HTTP_PORT", self.pc_port.to_string())
+            .env("GATEWAY_PROCESSOR_CLIENT_LISTEN_ADDRESS", "127.0.0.1")
+            .env("GATEWAY_PROCESSOR_RETRY_CAP", "1s")
+            .env("TRANSFORMER_PORT", self.tr_port.to_string())
+            .env("RUST_LOG", "info");
+        for (k, v) in &self.processor_env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    pub async fn start_processor(&mut self) {
+        let cmd = self.processor_command();
+        self.processor = Some(Proc::spawn("processor-client", cmd, self.dir.path()));
+        wait_port(self.pc_port, "the processor-client to listen").await;
+    }
+
+    pub async fn start_user_server(&mut self) {
+        let processor = format!("http://127.0.0.1:{}", self.pc_port);
+        let mut cmd = match self.kind {
+            UserServerKind::Python => {
+                let mut c = Command::new("python3");
+                c.arg(support("user_server.py"));
+                c
+            }
+            UserServerKind::Node => {
+                let mut c = Command::new("node");
+                c.arg(support("user_server.js"));
+                c
+            }
+        };
+        cmd.arg("--port")
+            .arg(self.us_port.to_string())
+            .arg("--processor")
+            .arg(processor)
+            .arg("--journal")
+            .arg(&self.journal);
+        self.user_server = Some(Proc::spawn("user-server", cmd, self.dir.path()));
+        wait_port(self.us_port, "the user server to listen").await;
+    }
+
+    /// Adds or changes one configuration, as a ConfigMap update would.
+    pub fn set_config(&self, key: &str, value: &str) {
+        let mut map = self.configs.lock().expect("configs");
+        map.insert(key.to_owned(), value.to_owned());
+        write_configmap(&self.config_dir, &map);
+    }
+
+    pub fn remove_config(&self, key: &str) {
+        let mut map = self.configs.lock().expect("configs");
+        map.remove(key);
+        write_configmap(&self.config_dir, &map);
+    }
+
+    pub fn journal(&self) -> Vec<Value> {
+        read_jsonl(&self.journal)
+    }
+
+    /// Journal entries of one operation (`start`, `stop`, `acked`) for one key.
+    pub fn journal_of(&self, op: &str, src: &str) -> Vec<Value> {
+        self.journal().into_iter().filter(|e| e["op"] == op && e["src"] == src).collect()
+    }
+
+    pub fn sensor_events(&self) -> Vec<Value> {
+        read_jsonl(&self.sensor_out)
+    }
+
+    pub async fn configs(&self) -> Vec<Value> {
+        match self.http.get(self.pc_url("/configs")).send().await {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Waits until `src` is listed with `phase`, returning its entry.
+    pub async fn wait_phase(&self, src: &str, phase: &str) -> Value {
+        wait_for(&format!("{src} to be {phase}"), || async {
+            self.configs().await.into_iter().find(|c| c["src"] == src && c["phase"] == phase)
+        })
+        .await
+    }
+
+    /// Waits until the user server's journal holds `n` entries of `op` for `src`.
+    pub async fn wait_journal(&self, op: &str, src: &str, n: usize) -> Vec<Value> {
+        wait_for(&format!("{n} {op} of {src} at the user server"), || async {
+            let v = self.journal_of(op, src);
+            (v.len() >= n).then_some(v)
+        })
+        .await
+    }
+
+    /// Waits until the sensor has received at least `n` events.
+    pub async fn wait_sensor(&self, n: usize) -> Vec<Value> {
+        wait_for(&format!("{n} events at the sensor"), || async {
+            let v = self.sensor_events();
+            (v.len() >= n).then_some(v)
+        })
+        .await
+    }
+
+    /// POSTs a body with a content type to a URL; returns status, headers and JSON.
+    pub async fn post(&self, url: &str, content_type: &str, body: impl Into<reqwest::Body>) -> Reply {
+        let r = self
+            .http
+            .post(url)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+        let status = r.status().as_u16();
+        let retry_after = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let text = r.text().await.unwrap_or_default();
+        Reply { status, retry_after, json: serde_json::from_str(&text).unwrap_or(Value::Null), text }
+    }
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub json: Value,
+    pub text: String,
+}
+
+/// The event payloads the test user servers send, decoded from a sensor record.
+pub fn payload(event: &Value) -> &Value {
+    &event["data"]
+}
+
+/// Checks that, per configuration and start (`timeID`), the sequence numbers the
+/// sensor saw first appear in increasing order: redeliveries may repeat an event,
+/// but nothing may overtake.
+pub fn assert_ordered(events: &[Value]) {
+    let mut last: BTreeMap<(String, String), i64> = BTreeMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for e in events {
+        let d = payload(e);
+        let key = (d["src"].as_str().unwrap_or("").to_owned(), d["timeID"].as_str().unwrap_or("").to_owned());
+        let seq = d["seq"].as_i64().expect("seq in payload");
+        if !seen.insert((key.clone(), seq)) {
+            continue;
+        }
+        if let Some(prev) = last.get(&key) {
+            assert!(seq > *prev, "event {seq} of {key:?} arrived after {prev}");
+        }
+        last.insert(key, seq);
+    }
+}
+
+/// Every event the user server saw acknowledged (2xx) is at the sensor.
+pub fn assert_acked_delivered(g: &Gateway) {
+    let got: std::collections::HashSet<(String, String, i64)> = g
+        .sensor_events()
+        .iter()
+        .map(|e| {
+            let d = payload(e);
+            (
+                d["src"].as_str().unwrap_or("").to_owned(),
+                d["timeID"].as_str().unwrap_or("").to_owned(),
+                d["seq"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    for a in g.journal().iter().filter(|e| e["op"] == "acked") {
+        let key = (
+            a["src"].as_str().unwrap_or("").to_owned(),
+            a["timeID"].as_str().unwrap_or("").to_owned(),
+            a["seq"].as_i64().unwrap_or(-1),
+        );
+        assert!(got.contains(&key), "acknowledged event {key:?} never reached the sensor");
+    }
+}
