@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs every test of the gateway: unit tests next to the code, end-to-end tests in
+# tests/ (real processes, real user servers, a real sensor), then a smoke run of
+# the local demo gateway. Installs what it needs first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tests/setup.sh
+cargo build --workspace --locked
+cargo test --workspace --locked
+out=$(DEMO_SECONDS=${DEMO_SECONDS:-8} bash sdk-examples/local-gateway.sh 2>/dev/null)
+if grep -q '"specversion": "1.0"' <<<"$out"; then
+  echo "demo smoke: CloudEvents printed"
+else
+  echo "demo smoke: no CloudEvent printed by the local gateway" >&2
+  exit 1
+fi

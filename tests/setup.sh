@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what the gateway's tests and demo need on a fresh machine, and nothing
+# that is already there: Python's CloudEvents SDK for the sensors, Node.js for the
+# Node user server. Safe to run repeatedly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_install() {
+  if command -v apt-get >/dev/null 2>&1 && [[ $(id -u) == 0 ]]; then
+    if [[ ! -f /tmp/.gateway-apt-updated ]]; then
+      apt-get update -qq && touch /tmp/.gateway-apt-updated
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  else
+    echo "please install: $*" >&2
+    return 1
+  fi
+}
+
+command -v python3 >/dev/null || apt_install python3 python3-pip
+command -v node >/dev/null || apt_install nodejs
+if ! python3 -c 'import cloudevents.core.bindings.http' 2>/dev/null; then
+  python3 -m pip install -q -r tests/requirements.txt 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages -r tests/requirements.txt
+fi
