@@ -37,13 +37,18 @@ pub fn support(file: &str) -> PathBuf {
     root().join("tests").join("support").join(file)
 }
 
-/// A port nothing listens on right now, chosen by the kernel.
+/// A port nothing listens on right now, taken below the kernel's ephemeral range
+/// (32768 and up on Linux) so that the many outgoing connections of a running
+/// gateway cannot take it as their source port before the child process binds it.
 pub fn free_port() -> u16 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let offset = u64::from(std::process::id()) * 7919;
     loop {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-        let port = l.local_addr().expect("local addr").port();
-        drop(l);
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + ((offset + n * 17) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        {
             return port;
         }
     }
