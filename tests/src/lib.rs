@@ -299,6 +299,7 @@ impl Gateway {
             .env("TRANSFORMER_LISTEN_ADDRESS", "127.0.0.1")
             .env("SENSOR_WATCHERS", self.sensor_url())
             .env("WATCHER_RETRY_CAP", "500ms")
+            .env("TRANSFORMER_DATA_DIR", self.dir.path().join("transformer-data"))
             .env("RUST_LOG", "info");
         for (k, v) in &self.transformer_env {
             cmd.env(k, v);

@@ -130,6 +130,10 @@ pub struct Config {
     pub retry: RetryPolicy,
     pub shutdown_timeout: Duration,
     pub json_logs: bool,
+    /// Where the durable queue lives; `None` keeps it in a temporary directory.
+    pub data_dir: Option<std::path::PathBuf>,
+    pub fsync: crate::store::Fsync,
+    pub queue_max_bytes: usize,
 }
 
 #[derive(Deserialize)]
@@ -177,6 +181,48 @@ struct RawEnv {
     shutdown_timeout: String,
     #[serde(default)]
     log_format: String,
+    transformer_data_dir: Option<String>,
+    #[serde(default = "default_durable")]
+    transformer_durable: String,
+    #[serde(default = "default_fsync")]
+    transformer_fsync: String,
+    #[serde(default = "default_queue_max_bytes")]
+    transformer_queue_max_bytes: usize,
+}
+
+fn default_durable() -> String {
+    "true".into()
+}
+fn default_fsync() -> String {
+    "never".into()
+}
+fn default_queue_max_bytes() -> usize {
+    32 * 1024 * 1024
+}
+
+/// `TRANSFORMER_FSYNC`: `never` (writes reach the OS before the 2xx), `always` (an
+/// fsync before every 2xx), or a period such as `100ms`.
+pub fn parse_fsync(raw: &str) -> Result<crate::store::Fsync, ConfigError> {
+    use crate::store::Fsync;
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "never" | "no" | "false" | "os" => Ok(Fsync::Never),
+        "always" | "yes" | "true" => Ok(Fsync::Always),
+        other => match parse_duration("TRANSFORMER_FSYNC", other) {
+            Ok(d) if !d.is_zero() => Ok(Fsync::Every(d)),
+            _ => Err(ConfigError::Invalid {
+                var: "TRANSFORMER_FSYNC",
+                reason: format!("{other:?}; expected never, always, or a period like 100ms"),
+            }),
+        },
+    }
+}
+
+fn parse_bool(var: &'static str, raw: &str) -> Result<bool, ConfigError> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        other => Err(ConfigError::Invalid { var, reason: format!("{other:?}; expected true or false") }),
+    }
 }
 
 pub fn default_namespace() -> String {
@@ -315,7 +361,7 @@ impl Config {
         };
         Ok(Config {
             event_type: raw.event_type.unwrap_or_else(|| raw.gateway_name.clone()),
-            gateway_name: raw.gateway_name,
+            gateway_name: raw.gateway_name.clone(),
             namespace: raw.gateway_namespace,
             controller_instance_id: raw.gateway_controller_instance_id,
             listen: parse_ip("TRANSFORMER_LISTEN_ADDRESS", &raw.transformer_listen_address)?,
@@ -331,6 +377,20 @@ impl Config {
             retry,
             shutdown_timeout: parse_duration("SHUTDOWN_TIMEOUT", &raw.shutdown_timeout)?,
             json_logs: parse_log_format(&raw.log_format)?,
+            data_dir: if parse_bool("TRANSFORMER_DURABLE", &raw.transformer_durable)? {
+                Some(std::path::PathBuf::from(raw.transformer_data_dir.unwrap_or_else(|| {
+                    let safe: String = raw
+                        .gateway_name
+                        .chars()
+                        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+                        .collect();
+                    format!("gateway-data/transformer-{safe}-{}", raw.transformer_port)
+                })))
+            } else {
+                None
+            },
+            fsync: parse_fsync(&raw.transformer_fsync)?,
+            queue_max_bytes: positive("TRANSFORMER_QUEUE_MAX_BYTES", raw.transformer_queue_max_bytes)?,
         })
     }
 }
@@ -353,6 +413,8 @@ mod tests {
         assert!(c.nats.is_none());
         assert_eq!(c.ce_mode, CeMode::Binary);
         assert!(c.sensor_watchers.is_empty());
+        assert_eq!(c.data_dir.unwrap(), std::path::PathBuf::from("gateway-data/transformer-webhook-9300"));
+        assert_eq!(c.fsync, crate::store::Fsync::Never);
     }
 
     #[test]
@@ -371,6 +433,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("CE_MODE"), "{e}");
+        let e = Config::from_vars(vars(&[("GATEWAY_NAME", "g"), ("TRANSFORMER_FSYNC", "sometimes")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("TRANSFORMER_FSYNC"), "{e}");
         let e = Config::from_vars(vars(&[("GATEWAY_NAME", "g"), ("WATCHER_TIMEOUT", "soon")]))
             .unwrap_err()
             .to_string();

@@ -7,11 +7,13 @@ pub mod backoff;
 pub mod client;
 pub mod cloudevent;
 pub mod config;
+pub mod deadletters;
 pub mod dispatch;
 pub mod error;
 pub mod metrics;
 pub mod routes;
 pub mod shutdown;
+pub mod store;
 pub mod telemetry;
 pub mod wire;
 
@@ -24,7 +26,9 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::dispatch::http::HttpSink;
-use crate::dispatch::{Dispatcher, Sink};
+use crate::dispatch::{Dispatcher, Limits, Sink};
+use crate::store::{Fsync, Store};
+use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 use crate::routes::AppState;
 
@@ -36,6 +40,8 @@ pub enum RunError {
     Serve(std::io::Error),
     #[error("{0}")]
     Unsupported(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Binds the configured address and serves until `shutdown` resolves, then drains.
@@ -64,23 +70,31 @@ pub async fn serve(
         ));
     }
     let metrics = Arc::new(Metrics::new());
+    let store = Arc::new(match &config.data_dir {
+        Some(dir) => Store::open(dir, config.fsync)?,
+        None => Store::temporary()?,
+    });
     let sinks = build_sinks(&config);
     if sinks.is_empty() {
         tracing::warn!("no SENSOR_WATCHERS or GATEWAY_WATCHERS: events will be accepted and dropped");
     }
     let (dispatcher, workers) = Dispatcher::start(
         sinks,
-        config.queue_capacity,
-        config.lanes,
+        Limits { capacity: config.queue_capacity, lanes: config.lanes, max_bytes: config.queue_max_bytes },
         config.retry.clone(),
+        store.clone(),
         metrics.clone(),
-    );
+    )?;
+    let syncing = CancellationToken::new();
+    if let Fsync::Every(period) = config.fsync {
+        tokio::spawn(sync_every(store.clone(), period, syncing.clone()));
+    }
     let state = Arc::new(AppState {
         gateway_name: config.gateway_name.clone(),
         event_type: config.event_type.clone(),
         max_body_bytes: config.max_body_bytes,
         metrics,
-        dispatcher: RwLock::new(Some(dispatcher)),
+        dispatcher: RwLock::new(Some(Arc::new(dispatcher))),
         shutting_down: AtomicBool::new(false),
     });
     let local = listener.local_addr().map_err(RunError::Serve)?;
@@ -103,12 +117,30 @@ pub async fn serve(
         .await
         .map_err(RunError::Serve)?;
     let dispatcher = state.dispatcher.write().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(d) = dispatcher {
-        d.close();
-    }
+    drop(dispatcher);
     workers.drain(config.shutdown_timeout).await;
+    syncing.cancel();
+    if let Err(e) = store.sync() {
+        tracing::error!(error = %e, "final fsync of the event store failed");
+    }
     tracing::info!("transformer stopped");
     Ok(())
+}
+
+/// The `TRANSFORMER_FSYNC=<period>` policy: a power loss loses at most one period.
+async fn sync_every(store: Arc<Store>, period: std::time::Duration, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.sync()).await {
+            Ok(Err(e)) => tracing::error!(error = %e, "periodic fsync of the event store failed"),
+            Err(e) => tracing::error!(error = %e, "periodic fsync task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
 }
 
 fn build_sinks(config: &Config) -> Vec<Arc<dyn Sink>> {

@@ -29,6 +29,7 @@ pub struct Metrics {
     registry: Registry,
     pub received: Family<KindLabel, Counter>,
     pub rejected: Family<ReasonLabel, Counter>,
+    pub replayed: Counter,
     delivered: Family<WatcherLabel, Counter>,
     retries: Family<WatcherLabel, Counter>,
     dead_lettered: Family<WatcherLabel, Counter>,
@@ -55,6 +56,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let received = Family::<KindLabel, Counter>::default();
         let rejected = Family::<ReasonLabel, Counter>::default();
+        let replayed = Counter::default();
         let delivered = Family::<WatcherLabel, Counter>::default();
         let retries = Family::<WatcherLabel, Counter>::default();
         let dead_lettered = Family::<WatcherLabel, Counter>::default();
@@ -69,6 +71,11 @@ impl Metrics {
             "transformer_events_rejected",
             "Events refused, by reason (bad_request, too_large, backpressure, shutting_down)",
             rejected.clone(),
+        );
+        registry.register(
+            "transformer_dead_letters_replayed",
+            "Dead letters put back into a watcher's queue",
+            replayed.clone(),
         );
         registry.register(
             "transformer_events_delivered",
@@ -95,7 +102,7 @@ impl Metrics {
             "Time from acceptance to acknowledgement by the watcher",
             latency.clone(),
         );
-        Metrics { registry, received, rejected, delivered, retries, dead_lettered, queue_depth, latency }
+        Metrics { registry, received, rejected, replayed, delivered, retries, dead_lettered, queue_depth, latency }
     }
 
     pub fn watcher(&self, name: &str) -> WatcherMetrics {

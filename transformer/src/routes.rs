@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 
 use crate::cloudevent::{CloudEvent, STRUCTURED_CONTENT_TYPE};
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, Refused};
 use crate::error::{method_not_allowed_fallback, not_found_fallback, ApiError};
 use crate::metrics::{KindLabel, Metrics};
 use crate::wire;
@@ -25,8 +25,19 @@ pub struct AppState {
     pub max_body_bytes: usize,
     pub metrics: Arc<Metrics>,
     /// `None` once shutdown began: intake is closed and the workers are draining.
-    pub dispatcher: RwLock<Option<Dispatcher>>,
+    pub dispatcher: RwLock<Option<Arc<Dispatcher>>>,
     pub shutting_down: AtomicBool,
+}
+
+impl AppState {
+    /// The dispatcher, unless shutdown has closed intake.
+    pub async fn dispatcher(&self) -> Result<Arc<Dispatcher>, ApiError> {
+        self.dispatcher
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| ApiError::unavailable("shutting_down", "the transformer is shutting down", 1))
+    }
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -36,6 +47,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::deadletters::router())
         .fallback(not_found_fallback)
         .method_not_allowed_fallback(method_not_allowed_fallback)
         .layer(DefaultBodyLimit::max(limit))
@@ -47,7 +59,7 @@ async fn ingest(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let result = accept(&st, &headers, body);
+    let result = accept(&st, &headers, body).await;
     if let Err(e) = &result {
         st.metrics.reject(match e.status {
             StatusCode::PAYLOAD_TOO_LARGE => "too_large",
@@ -59,7 +71,7 @@ async fn ingest(
     result
 }
 
-fn accept(
+async fn accept(
     st: &AppState,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -69,17 +81,23 @@ fn accept(
     }
     let body = body.map_err(|r| ApiError::from_body(r, st.max_body_bytes))?;
     let (event, kind) = decode(st, headers, body)?;
-    let event = Arc::new(event);
     let id = event.id.clone();
-    let guard = st.dispatcher.read().unwrap_or_else(|p| p.into_inner());
-    let Some(dispatcher) = guard.as_ref() else {
-        return Err(ApiError::unavailable("shutting_down", "the transformer is shutting down", 1));
-    };
-    dispatcher.try_dispatch(event).map_err(|full| {
-        ApiError::unavailable("backpressure", format!("{full}; retry later"), 1)
-    })?;
+    let dispatcher = st.dispatcher().await?;
+    dispatcher.dispatch(event).await.map_err(refused)?;
     st.metrics.received.get_or_create(&KindLabel { kind }).inc();
     Ok(Json(serde_json::json!({ "id": id })))
+}
+
+/// Every refusal is "try again later": the queue or the store cannot take it now.
+pub fn refused(r: Refused) -> ApiError {
+    match r {
+        Refused::UnknownWatcher(_) => ApiError::new(StatusCode::CONFLICT, "unknown_watcher", r.to_string()),
+        Refused::Store(e) => {
+            tracing::error!(error = %e, "event store write failed");
+            ApiError::unavailable("store_unavailable", format!("the event could not be stored: {e}"), 1)
+        }
+        other => ApiError::unavailable("backpressure", format!("{other}; retry later"), 1),
+    }
 }
 
 /// Chooses the input form: a `ce-specversion` header means a binary CloudEvent, the

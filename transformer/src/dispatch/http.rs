@@ -1,7 +1,6 @@
 //! HTTP destinations: sensors (`SENSOR_WATCHERS`) and other gateways
 //! (`GATEWAY_WATCHERS`), in the binary or structured mode that `CE_MODE` names.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::header::CONTENT_TYPE;
@@ -73,7 +72,7 @@ impl Sink for HttpSink {
         &self.name
     }
 
-    fn deliver<'a>(&'a self, event: &'a Arc<CloudEvent>) -> BoxFuture<'a, Result<(), DeliveryError>> {
+    fn deliver<'a>(&'a self, event: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>> {
         Box::pin(self.post(event))
     }
 }

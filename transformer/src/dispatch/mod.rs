@@ -5,12 +5,10 @@
 pub mod http;
 pub mod watcher;
 
-use std::sync::Arc;
-
 use futures::future::BoxFuture;
 
 use crate::cloudevent::CloudEvent;
-pub use watcher::{Dispatcher, QueueFull};
+pub use watcher::{Dispatcher, Limits, Refused};
 
 /// Why one delivery attempt failed, and whether trying again can help.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -37,5 +35,5 @@ impl DeliveryError {
 pub trait Sink: Send + Sync + 'static {
     /// A stable name for logs and metric labels (the URL or subject).
     fn name(&self) -> &str;
-    fn deliver<'a>(&'a self, event: &'a Arc<CloudEvent>) -> BoxFuture<'a, Result<(), DeliveryError>>;
+    fn deliver<'a>(&'a self, event: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>>;
 }

@@ -1,11 +1,16 @@
-//! One bounded queue per watcher, split into lanes by ordering key. Each lane has one
-//! worker that delivers its events in order, retrying with capped backoff, so order
-//! holds per configuration and watcher while distinct configurations proceed in
-//! parallel. Admission is all-or-nothing across watchers: an event is accepted only if
-//! every watcher has room, which is what lets the transformer answer 2xx honestly.
+//! One queue per watcher, split into lanes by ordering key, backed by the durable
+//! [`Store`]. Each lane has one worker that delivers its events in order with capped
+//! backoff, so order holds per configuration and watcher while configurations
+//! proceed in parallel. Admission is all-or-nothing across watchers and bounded in
+//! count (per lane) and bytes (overall): a refused event is a 503, never growth.
+//!
+//! An event is written to the store before it is admitted, removed when its watcher
+//! acknowledges it, and buried as a dead letter when its retries run out. What is
+//! still stored when the process starts is queued again first, in its old order.
 
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
@@ -17,29 +22,69 @@ use crate::backoff::Backoff;
 use crate::cloudevent::CloudEvent;
 use crate::config::RetryPolicy;
 use crate::metrics::{Metrics, WatcherMetrics};
+use crate::store::{encode_event, now_ms, DeadLetter, Fsync, Store, StoreError, WatcherId};
 
-/// The event was not accepted because this watcher's queue is full.
+/// Why an event was not admitted.
 #[derive(Debug, thiserror::Error)]
-#[error("queue for watcher {watcher} is full")]
-pub struct QueueFull {
-    pub watcher: String,
+pub enum Refused {
+    #[error("the queue for watcher {watcher} is full")]
+    Full { watcher: String },
+    #[error("queued events already hold the memory budget of {max} bytes")]
+    OverBudget { max: usize },
+    #[error("no watcher {0} is configured")]
+    UnknownWatcher(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Bytes held by queued events, bounded by `TRANSFORMER_QUEUE_MAX_BYTES`.
+struct Budget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+/// An admitted event; its bytes return to the budget when the last watcher is done.
+pub struct Admitted {
+    pub event: CloudEvent,
+    size: usize,
+    budget: Arc<Budget>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.size, Ordering::Relaxed);
+    }
 }
 
 struct Queued {
-    event: Arc<CloudEvent>,
+    admitted: Arc<Admitted>,
+    seq: u64,
     accepted_at: Instant,
+}
+
+struct Lane {
+    tx: mpsc::UnboundedSender<Queued>,
+    depth: Arc<AtomicUsize>,
 }
 
 struct WatcherQueue {
     name: String,
-    lanes: Vec<mpsc::Sender<Queued>>,
+    id: WatcherId,
+    lanes: Vec<Lane>,
     metrics: WatcherMetrics,
 }
 
-/// Fans events out to every watcher's queue. Dropping it (via [`Dispatcher::close`])
-/// lets the workers drain what is queued and finish.
+/// Fans events out to every watcher's queue. Dropping it lets the workers drain.
 pub struct Dispatcher {
     watchers: Vec<WatcherQueue>,
+    ids: Vec<WatcherId>,
+    store: Arc<Store>,
+    budget: Arc<Budget>,
+    lane_capacity: usize,
+    next_seq: AtomicU64,
+    /// Held while a sequence number is taken, stored and queued, so the store's
+    /// order and each lane's order agree.
+    order: Vec<Mutex<()>>,
 }
 
 /// The workers behind a [`Dispatcher`]; awaited at shutdown to drain the queues.
@@ -48,79 +93,240 @@ pub struct Workers {
     hard_stop: CancellationToken,
 }
 
+pub struct Limits {
+    /// Events queued per watcher.
+    pub capacity: usize,
+    pub lanes: usize,
+    /// Bytes of event data held in memory across all queues.
+    pub max_bytes: usize,
+}
+
 impl Dispatcher {
-    /// Starts `lanes` workers per sink. Capacity is per watcher and split across its
-    /// lanes, so memory is bounded by `sinks × capacity` events.
+    /// Starts `lanes` workers per sink and queues again what the store still holds.
+    /// Stored events of watchers no longer configured become dead letters.
     pub fn start(
         sinks: Vec<Arc<dyn Sink>>,
-        capacity: usize,
-        lanes: usize,
+        limits: Limits,
         policy: RetryPolicy,
+        store: Arc<Store>,
         metrics: Arc<Metrics>,
-    ) -> (Dispatcher, Workers) {
+    ) -> Result<(Dispatcher, Workers), StoreError> {
         let hard_stop = CancellationToken::new();
         let mut set = JoinSet::new();
-        let lane_capacity = capacity.div_ceil(lanes).max(1);
-        let watchers = sinks
-            .into_iter()
-            .map(|sink| {
-                let wm = metrics.watcher(sink.name());
-                let senders = (0..lanes)
-                    .map(|_| {
-                        let (tx, rx) = mpsc::channel(lane_capacity);
-                        set.spawn(lane_worker(
+        let lanes = limits.lanes.max(1);
+        let lane_capacity = limits.capacity.div_ceil(lanes).max(1);
+        let mut watchers = Vec::with_capacity(sinks.len());
+        for sink in sinks {
+            let id = store.register_watcher(sink.name())?;
+            let wm = metrics.watcher(sink.name());
+            let lanes = (0..lanes)
+                .map(|_| {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    let depth = Arc::new(AtomicUsize::new(0));
+                    set.spawn(
+                        LaneWorker {
                             rx,
-                            sink.clone(),
-                            policy.clone(),
-                            wm.clone(),
-                            hard_stop.clone(),
-                        ));
-                        tx
-                    })
-                    .collect();
-                WatcherQueue { name: sink.name().to_owned(), lanes: senders, metrics: wm }
-            })
-            .collect();
-        (Dispatcher { watchers }, Workers { set, hard_stop })
+                            sink: sink.clone(),
+                            watcher: id,
+                            depth: depth.clone(),
+                            policy: policy.clone(),
+                            metrics: wm.clone(),
+                            store: store.clone(),
+                            hard_stop: hard_stop.clone(),
+                        }
+                        .run(),
+                    );
+                    Lane { tx, depth }
+                })
+                .collect();
+            watchers.push(WatcherQueue { name: sink.name().to_owned(), id, lanes, metrics: wm });
+        }
+        let dispatcher = Dispatcher {
+            ids: watchers.iter().map(|w| w.id).collect(),
+            watchers,
+            budget: Arc::new(Budget { used: AtomicUsize::new(0), max: limits.max_bytes.max(1) }),
+            lane_capacity,
+            next_seq: AtomicU64::new(store.max_seq()? + 1),
+            order: (0..lanes).map(|_| Mutex::new(())).collect(),
+            store,
+        };
+        dispatcher.recover()?;
+        Ok((dispatcher, Workers { set, hard_stop }))
+    }
+
+    fn recover(&self) -> Result<(), StoreError> {
+        let mut requeued = 0usize;
+        let mut buried = 0usize;
+        for (watcher, seq, event) in self.store.queued()? {
+            match self.watchers.iter().find(|w| w.id == watcher) {
+                Some(w) => {
+                    let lane = self.lane_of(&event);
+                    let admitted = self.admit_unchecked(event);
+                    w.lanes[lane].depth.fetch_add(1, Ordering::Relaxed);
+                    w.metrics.queue_depth.inc();
+                    let _ = w.lanes[lane].tx.send(Queued { admitted, seq, accepted_at: Instant::now() });
+                    requeued += 1;
+                }
+                None => {
+                    self.store.bury(&DeadLetter {
+                        watcher,
+                        seq,
+                        watcher_name: self.store.name_of(watcher),
+                        error: "the watcher is no longer configured".into(),
+                        attempts: 0,
+                        dead_at_ms: now_ms(),
+                        event,
+                    })?;
+                    buried += 1;
+                }
+            }
+        }
+        if requeued > 0 || buried > 0 {
+            tracing::info!(requeued, buried, "recovered events stored by an earlier run");
+        }
+        Ok(())
+    }
+
+    fn lane_of(&self, event: &CloudEvent) -> usize {
+        lane_index(event.ordering_key(), self.order.len())
+    }
+
+    fn admit_unchecked(&self, event: CloudEvent) -> Arc<Admitted> {
+        let size = event_size(&event);
+        self.budget.used.fetch_add(size, Ordering::Relaxed);
+        Arc::new(Admitted { event, size, budget: self.budget.clone() })
+    }
+
+    /// Takes `size` bytes of the budget, or refuses. An event larger than the whole
+    /// budget is still taken when nothing else is queued, so it can never starve.
+    fn reserve_bytes(&self, size: usize) -> Result<(), Refused> {
+        let before = self.budget.used.fetch_add(size, Ordering::Relaxed);
+        if before > 0 && before + size > self.budget.max {
+            self.budget.used.fetch_sub(size, Ordering::Relaxed);
+            return Err(Refused::OverBudget { max: self.budget.max });
+        }
+        Ok(())
+    }
+
+    /// Reserves a slot in `lane` of each listed watcher, or none of them.
+    fn reserve_slots(&self, watchers: &[&WatcherQueue], lane: usize) -> Result<(), Refused> {
+        for (i, w) in watchers.iter().enumerate() {
+            if w.lanes[lane].depth.fetch_add(1, Ordering::Relaxed) >= self.lane_capacity {
+                for undo in &watchers[..=i] {
+                    undo.lanes[lane].depth.fetch_sub(1, Ordering::Relaxed);
+                }
+                return Err(Refused::Full { watcher: w.name.clone() });
+            }
+        }
+        Ok(())
+    }
+
+    fn release_slots(&self, watchers: &[&WatcherQueue], lane: usize) {
+        for w in watchers {
+            w.lanes[lane].depth.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     pub fn watcher_count(&self) -> usize {
         self.watchers.len()
     }
 
-    /// Queues the event for every watcher, or for none: if any watcher's lane is
-    /// full, the reservations already made are released and the caller answers 503.
-    pub fn try_dispatch(&self, event: Arc<CloudEvent>) -> Result<(), QueueFull> {
-        let lane = lane_index(event.ordering_key(), self.watchers.first().map_or(1, |w| w.lanes.len()));
-        let mut permits = Vec::with_capacity(self.watchers.len());
-        for w in &self.watchers {
-            match w.lanes[lane].try_reserve() {
-                Ok(permit) => permits.push(permit),
-                Err(_) => return Err(QueueFull { watcher: w.name.clone() }),
+    /// Stores the event for every watcher and queues it, or refuses it whole. When
+    /// this returns Ok the event is as durable as the fsync policy promises.
+    pub async fn dispatch(&self, event: CloudEvent) -> Result<(), Refused> {
+        let targets: Vec<&WatcherQueue> = self.watchers.iter().collect();
+        self.enqueue(&targets, event, None).await
+    }
+
+    /// Queues a dead letter again for its watcher, after what is queued now.
+    pub async fn replay(&self, letter: DeadLetter) -> Result<(), Refused> {
+        let Some(w) = self.watchers.iter().find(|w| w.id == letter.watcher) else {
+            return Err(Refused::UnknownWatcher(letter.watcher_name));
+        };
+        let event = letter.event.clone();
+        self.enqueue(&[w], event, Some(&letter)).await
+    }
+
+    async fn enqueue(
+        &self,
+        targets: &[&WatcherQueue],
+        event: CloudEvent,
+        replaying: Option<&DeadLetter>,
+    ) -> Result<(), Refused> {
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let lane = self.lane_of(&event);
+        let size = event_size(&event);
+        self.reserve_slots(targets, lane)?;
+        if let Err(e) = self.reserve_bytes(size) {
+            self.release_slots(targets, lane);
+            return Err(e);
+        }
+        let admitted = Arc::new(Admitted { event, size, budget: self.budget.clone() });
+        {
+            let _order = self.order[lane].lock().unwrap_or_else(|p| p.into_inner());
+            let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+            let stored = match replaying {
+                Some(letter) => self.store.resurrect(letter, seq),
+                None if targets.len() == self.ids.len() => {
+                    self.store.append(&self.ids, seq, &encode_event(&admitted.event))
+                }
+                None => {
+                    let ids: Vec<WatcherId> = targets.iter().map(|w| w.id).collect();
+                    self.store.append(&ids, seq, &encode_event(&admitted.event))
+                }
+            };
+            if let Err(e) = stored {
+                self.release_slots(targets, lane);
+                return Err(e.into());
+            }
+            let accepted_at = Instant::now();
+            for w in targets {
+                w.metrics.queue_depth.inc();
+                let _ = w.lanes[lane].tx.send(Queued { admitted: admitted.clone(), seq, accepted_at });
             }
         }
-        let accepted_at = Instant::now();
-        for (permit, w) in permits.into_iter().zip(&self.watchers) {
-            permit.send(Queued { event: event.clone(), accepted_at });
-            w.metrics.queue_depth.inc();
+        if self.store.fsync() == Fsync::Always && replaying.is_none() {
+            let store = self.store.clone();
+            match tokio::task::spawn_blocking(move || store.sync()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e.into()),
+                Err(e) => return Err(Refused::Store(StoreError::Io(fjall::Error::from(std::io::Error::other(e))))),
+            }
         }
         Ok(())
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
     }
 
     /// Stops intake; workers deliver what is queued and then exit.
     pub fn close(self) {}
 }
 
+/// What an event costs the memory budget: its data plus its attributes.
+fn event_size(e: &CloudEvent) -> usize {
+    e.data.len()
+        + e.id.len()
+        + e.source.len()
+        + e.ty.len()
+        + e.subject.as_ref().map_or(0, String::len)
+        + e.extensions.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        + 128
+}
+
 impl Workers {
-    /// Waits for the queues to drain; after `deadline`, interrupts retries and
-    /// returns how many events were still undelivered.
+    /// Waits for the queues to drain; after `deadline`, interrupts delivery. What is
+    /// left stays in the store and is delivered after the next start.
     pub async fn drain(mut self, deadline: std::time::Duration) {
         let drained = tokio::time::timeout(deadline, async {
             while self.set.join_next().await.is_some() {}
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(?deadline, "shutdown deadline passed with events still queued; stopping delivery");
+            tracing::warn!(?deadline, "shutdown deadline passed with events still queued; they stay stored for the next start");
             self.hard_stop.cancel();
             while self.set.join_next().await.is_some() {}
         }
@@ -136,76 +342,99 @@ fn lane_index(key: &str, lanes: usize) -> usize {
     (h.finish() % lanes as u64) as usize
 }
 
-async fn lane_worker(
-    mut rx: mpsc::Receiver<Queued>,
-    sink: Arc<dyn Sink>,
-    policy: RetryPolicy,
-    metrics: WatcherMetrics,
-    hard_stop: CancellationToken,
-) {
-    loop {
-        let queued = tokio::select! {
-            biased;
-            _ = hard_stop.cancelled() => break,
-            q = rx.recv() => match q { Some(q) => q, None => return },
-        };
-        metrics.queue_depth.dec();
-        if !deliver_with_retry(&*sink, &queued, &policy, &metrics, &hard_stop).await {
-            break;
-        }
-    }
-    let mut left = 0u64;
-    rx.close();
-    while rx.try_recv().is_ok() {
-        left += 1;
-        metrics.queue_depth.dec();
-    }
-    if left > 0 {
-        tracing::error!(watcher = sink.name(), undelivered = left, "events left undelivered at shutdown");
-    }
+enum Outcome {
+    Delivered,
+    GaveUp { error: String, attempts: u32 },
+    Interrupted,
 }
 
-/// Delivers one event, retrying as the policy says. Returns false if interrupted by
-/// the hard stop (the event is then counted as undelivered).
-async fn deliver_with_retry(
-    sink: &dyn Sink,
-    queued: &Queued,
-    policy: &RetryPolicy,
-    metrics: &WatcherMetrics,
-    hard_stop: &CancellationToken,
-) -> bool {
-    let mut backoff = Backoff::new(policy.base, policy.cap);
-    loop {
-        let result = tokio::select! {
-            biased;
-            _ = hard_stop.cancelled() => {
-                tracing::error!(watcher = sink.name(), id = %queued.event.id, "delivery interrupted by shutdown");
-                return false;
-            }
-            r = sink.deliver(&queued.event) => r,
-        };
-        match result {
-            Ok(()) => {
-                metrics.delivered.inc();
-                metrics.latency.observe(queued.accepted_at.elapsed().as_secs_f64());
-                return true;
-            }
-            Err(DeliveryError { retryable: true, message })
-                if policy.attempts == 0 || backoff.attempts() + 1 < policy.attempts =>
-            {
-                metrics.retries.inc();
-                let delay = backoff.next_delay();
-                tracing::warn!(watcher = sink.name(), id = %queued.event.id, attempt = backoff.attempts(), ?delay, error = %message, "delivery failed; will retry");
-                tokio::select! {
-                    biased;
-                    _ = hard_stop.cancelled() => return false,
-                    _ = tokio::time::sleep(delay) => {}
+struct LaneWorker {
+    rx: mpsc::UnboundedReceiver<Queued>,
+    sink: Arc<dyn Sink>,
+    watcher: WatcherId,
+    depth: Arc<AtomicUsize>,
+    policy: RetryPolicy,
+    metrics: WatcherMetrics,
+    store: Arc<Store>,
+    hard_stop: CancellationToken,
+}
+
+impl LaneWorker {
+    async fn run(mut self) {
+        let mut held = 0u64;
+        loop {
+            let queued = tokio::select! {
+                biased;
+                _ = self.hard_stop.cancelled() => break,
+                q = self.rx.recv() => match q { Some(q) => q, None => return },
+            };
+            let outcome = self.deliver(&queued).await;
+            let stored = match &outcome {
+                Outcome::Delivered => {
+                    self.metrics.delivered.inc();
+                    self.metrics.latency.observe(queued.accepted_at.elapsed().as_secs_f64());
+                    self.store.ack(self.watcher, queued.seq)
                 }
+                Outcome::GaveUp { error, attempts } => {
+                    self.metrics.dead_lettered.inc();
+                    tracing::error!(watcher = self.sink.name(), id = %queued.admitted.event.id, subject = ?queued.admitted.event.subject, attempts, %error, "delivery gave up; event dead-lettered");
+                    self.store.bury(&DeadLetter {
+                        watcher: self.watcher,
+                        seq: queued.seq,
+                        watcher_name: self.sink.name().to_owned(),
+                        error: error.clone(),
+                        attempts: *attempts,
+                        dead_at_ms: now_ms(),
+                        event: queued.admitted.event.clone(),
+                    })
+                }
+                Outcome::Interrupted => {
+                    held = 1;
+                    break;
+                }
+            };
+            if let Err(e) = stored {
+                tracing::error!(watcher = self.sink.name(), error = %e, "cannot update the event store; the event may be delivered again after a restart");
             }
-            Err(err) => {
-                metrics.dead_lettered.inc();
-                tracing::error!(watcher = sink.name(), id = %queued.event.id, subject = ?queued.event.subject, error = %err.message, "delivery gave up; event dead-lettered");
-                return true;
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.queue_depth.dec();
+        }
+        self.rx.close();
+        let mut left = held;
+        while self.rx.try_recv().is_ok() {
+            left += 1;
+        }
+        if left > 0 {
+            tracing::warn!(watcher = self.sink.name(), left, "delivery stopped; undelivered events stay stored for the next start");
+        }
+    }
+
+    /// Delivers one event, retrying as the policy says.
+    async fn deliver(&self, queued: &Queued) -> Outcome {
+        let mut backoff = Backoff::new(self.policy.base, self.policy.cap);
+        let event = &queued.admitted.event;
+        loop {
+            let result = tokio::select! {
+                biased;
+                _ = self.hard_stop.cancelled() => return Outcome::Interrupted,
+                r = self.sink.deliver(event) => r,
+            };
+            let attempts = backoff.attempts() + 1;
+            match result {
+                Ok(()) => return Outcome::Delivered,
+                Err(DeliveryError { retryable: true, message })
+                    if self.policy.attempts == 0 || attempts < self.policy.attempts =>
+                {
+                    self.metrics.retries.inc();
+                    let delay = backoff.next_delay();
+                    tracing::warn!(watcher = self.sink.name(), id = %event.id, attempt = attempts, ?delay, error = %message, "delivery failed; will retry");
+                    tokio::select! {
+                        biased;
+                        _ = self.hard_stop.cancelled() => return Outcome::Interrupted,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Err(err) => return Outcome::GaveUp { error: err.message, attempts },
             }
         }
     }

@@ -1,0 +1,134 @@
+//! The operator's view of events that exhausted their retries: list, inspect,
+//! replay (one, or all of a watcher's), delete. A replayed event goes back to its
+//! watcher's queue with its CloudEvent id unchanged, after what is queued now.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::routes::{refused, AppState};
+use crate::store::{DeadLetter, StoreError};
+
+pub fn router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/deadletters", get(list))
+        .route("/deadletters/replay", post(replay_all))
+        .route("/deadletters/{id}", get(show).delete(delete))
+        .route("/deadletters/{id}/replay", post(replay_one))
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store_error", e.to_string())
+}
+
+/// A dead letter as JSON: why it died, and the CloudEvent in structured form.
+fn render(d: &DeadLetter) -> Value {
+    let event: Value = serde_json::from_slice(&d.event.to_structured_json()).unwrap_or(Value::Null);
+    json!({
+        "id": d.id(),
+        "watcher": d.watcher_name,
+        "error": d.error,
+        "attempts": d.attempts,
+        "dead_at": time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(d.dead_at_ms) * 1_000_000)
+            .ok()
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
+        "event": event,
+    })
+}
+
+fn parse_id(id: &str) -> Result<(u64, u64), ApiError> {
+    DeadLetter::parse_id(id).ok_or_else(|| {
+        ApiError::bad_request(format!("{id:?} is not a dead-letter id (32 hex digits, as GET /deadletters lists them)"))
+    })
+}
+
+async fn list(
+    State(st): State<Arc<AppState>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = match q.get("limit") {
+        Some(l) => l.parse::<usize>().map_err(|_| ApiError::bad_request(format!("limit {l:?} is not a number")))?,
+        None => 1000,
+    };
+    let dispatcher = st.dispatcher().await?;
+    let store = dispatcher.store();
+    let letters: Vec<Value> = store
+        .dead_letters(usize::MAX)
+        .map_err(store_error)?
+        .iter()
+        .filter(|d| q.get("watcher").is_none_or(|w| *w == d.watcher_name))
+        .take(limit)
+        .map(render)
+        .collect();
+    let total = store.dead_count().map_err(store_error)?;
+    Ok(Json(json!({ "total": total, "deadletters": letters })))
+}
+
+async fn show(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let (w, seq) = parse_id(&id)?;
+    let dispatcher = st.dispatcher().await?;
+    match dispatcher.store().dead_letter(w, seq).map_err(store_error)? {
+        Some(d) => Ok(Json(render(&d))),
+        None => Err(ApiError::not_found("unknown_dead_letter", format!("no dead letter {id}"))),
+    }
+}
+
+async fn delete(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let (w, seq) = parse_id(&id)?;
+    let dispatcher = st.dispatcher().await?;
+    if dispatcher.store().delete_dead(w, seq).map_err(store_error)? {
+        Ok(Json(json!({ "deleted": id })))
+    } else {
+        Err(ApiError::not_found("unknown_dead_letter", format!("no dead letter {id}")))
+    }
+}
+
+async fn replay_one(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let (w, seq) = parse_id(&id)?;
+    let dispatcher = st.dispatcher().await?;
+    let Some(letter) = dispatcher.store().dead_letter(w, seq).map_err(store_error)? else {
+        return Err(ApiError::not_found("unknown_dead_letter", format!("no dead letter {id}")));
+    };
+    let event_id = letter.event.id.clone();
+    dispatcher.replay(letter).await.map_err(refused)?;
+    st.metrics.replayed.inc();
+    Ok(Json(json!({ "replayed": 1, "event": event_id })))
+}
+
+/// Replays every dead letter (of one watcher with `?watcher=URL`) until the queue
+/// is full; the answer says how many went and how many remain.
+async fn replay_all(
+    State(st): State<Arc<AppState>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let dispatcher = st.dispatcher().await?;
+    let letters = dispatcher.store().dead_letters(usize::MAX).map_err(store_error)?;
+    let mut replayed = 0usize;
+    let mut remaining = 0usize;
+    let mut stopped_by = None;
+    for letter in letters {
+        if q.get("watcher").is_some_and(|w| *w != letter.watcher_name) {
+            continue;
+        }
+        if stopped_by.is_some() || st.shutting_down.load(Ordering::Relaxed) {
+            remaining += 1;
+            continue;
+        }
+        match dispatcher.replay(letter).await {
+            Ok(()) => replayed += 1,
+            Err(e) => {
+                remaining += 1;
+                stopped_by = Some(e.to_string());
+            }
+        }
+    }
+    st.metrics.replayed.inc_by(replayed as u64);
+    Ok(Json(json!({ "replayed": replayed, "remaining": remaining, "stopped_by": stopped_by })))
+}

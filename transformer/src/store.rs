@@ -1,0 +1,453 @@
+//! The transformer's durable queue, on fjall (an embedded LSM store). Every accepted
+//! event is written once per watcher before the producer is answered 2xx, removed
+//! when that watcher acknowledges it, and moved to the dead letters when its retries
+//! are exhausted. On start, what is still stored is delivered again, in order and
+//! with the same CloudEvent id.
+//!
+//! Durability is the fsync policy's: writes always reach the operating system before
+//! the 2xx, so they survive the transformer being killed (SIGKILL, OOM, panic);
+//! surviving a power loss or kernel crash needs `TRANSFORMER_FSYNC=always` (or a
+//! period), which costs an fsync per event or per period.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+use crate::cloudevent::CloudEvent;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("event store at {path}: {source}")]
+    Open { path: PathBuf, source: fjall::Error },
+    #[error("event store: {0}")]
+    Io(#[from] fjall::Error),
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(&'static str),
+}
+
+/// When the store forces its writes to stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// Writes reach the OS before the 2xx: safe against process death, not power loss.
+    Never,
+    /// An fsync before every 2xx: safe against power loss.
+    Always,
+    /// An fsync every period: a power loss loses at most one period.
+    Every(Duration),
+}
+
+/// A watcher's stable key prefix: FNV-1a 64 of its name (its URL).
+pub type WatcherId = u64;
+
+pub fn watcher_id(name: &str) -> WatcherId {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn key(watcher: WatcherId, seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&watcher.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn split_key(k: &[u8]) -> Result<(WatcherId, u64), StoreError> {
+    let k: [u8; 16] = k.try_into().map_err(|_| StoreError::Corrupt("key length"))?;
+    let mut w = [0u8; 8];
+    let mut s = [0u8; 8];
+    w.copy_from_slice(&k[..8]);
+    s.copy_from_slice(&k[8..]);
+    Ok((u64::from_be_bytes(w), u64::from_be_bytes(s)))
+}
+
+/// An event given up for one watcher, with why.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub watcher: WatcherId,
+    pub seq: u64,
+    pub watcher_name: String,
+    pub error: String,
+    pub attempts: u32,
+    pub dead_at_ms: u64,
+    pub event: CloudEvent,
+}
+
+impl DeadLetter {
+    /// The operator-facing id: watcher and sequence, 32 hex digits.
+    pub fn id(&self) -> String {
+        format!("{:016x}{:016x}", self.watcher, self.seq)
+    }
+
+    pub fn parse_id(id: &str) -> Option<(WatcherId, u64)> {
+        if id.len() != 32 {
+            return None;
+        }
+        let w = u64::from_str_radix(id.get(..16)?, 16).ok()?;
+        let s = u64::from_str_radix(id.get(16..)?, 16).ok()?;
+        Some((w, s))
+    }
+}
+
+pub struct Store {
+    db: Database,
+    queue: Keyspace,
+    dead: Keyspace,
+    watchers: Keyspace,
+    fsync: Fsync,
+    _temporary: Option<tempfile::TempDir>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`. Fails if another process holds it.
+    pub fn open(dir: &Path, fsync: Fsync) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+            path: dir.to_owned(),
+            source: fjall::Error::from(e),
+        })?;
+        Self::open_db(dir, fsync, None)
+    }
+
+    /// A store in a fresh temporary directory, removed when dropped: dead letters
+    /// and bookkeeping work as usual, but nothing survives the process.
+    pub fn temporary() -> Result<Store, StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Io(fjall::Error::from(e)))?;
+        let path = dir.path().to_owned();
+        Self::open_db(&path, Fsync::Never, Some(dir))
+    }
+
+    fn open_db(dir: &Path, fsync: Fsync, temporary: Option<tempfile::TempDir>) -> Result<Store, StoreError> {
+        let open = |source| StoreError::Open { path: dir.to_owned(), source };
+        let db = Database::builder(dir).cache_size(4 * 1024 * 1024).open().map_err(open)?;
+        // Small memtables keep the store's share of resident memory bounded; queued
+        // events are short-lived, so most never leave the memtable and journal.
+        let options = || KeyspaceCreateOptions::default().max_memtable_size(8 * 1024 * 1024);
+        let queue = db.keyspace("queue", options).map_err(open)?;
+        let dead = db.keyspace("dead", options).map_err(open)?;
+        let watchers = db.keyspace("watchers", options).map_err(open)?;
+        Ok(Store { db, queue, dead, watchers, fsync, _temporary: temporary })
+    }
+
+    pub fn fsync(&self) -> Fsync {
+        self.fsync
+    }
+
+    /// Records the name behind a watcher id, so stored events can be named later.
+    pub fn register_watcher(&self, name: &str) -> Result<WatcherId, StoreError> {
+        let id = watcher_id(name);
+        self.watchers.insert(id.to_be_bytes(), name.as_bytes())?;
+        Ok(id)
+    }
+
+    fn watcher_name(&self, id: WatcherId) -> String {
+        match self.watchers.get(id.to_be_bytes()) {
+            Ok(Some(v)) => String::from_utf8_lossy(&v).into_owned(),
+            _ => format!("{id:016x}"),
+        }
+    }
+
+    /// Stores one event for every listed watcher, atomically; returns once the
+    /// write is as durable as the fsync policy promises.
+    pub fn append(&self, watchers: &[WatcherId], seq: u64, event: &[u8]) -> Result<(), StoreError> {
+        let mut batch = self.db.batch();
+        let value = fjall::UserValue::from(event);
+        for w in watchers {
+            batch.insert(&self.queue, key(*w, seq), value.clone());
+        }
+        batch.commit()?;
+        if self.fsync == Fsync::Always {
+            self.db.persist(PersistMode::SyncData)?;
+        }
+        Ok(())
+    }
+
+    /// The watcher has the event: forget it.
+    pub fn ack(&self, watcher: WatcherId, seq: u64) -> Result<(), StoreError> {
+        self.queue.remove(key(watcher, seq))?;
+        Ok(())
+    }
+
+    /// Moves an event from the queue to the dead letters, atomically.
+    pub fn bury(&self, letter: &DeadLetter) -> Result<(), StoreError> {
+        let mut batch = self.db.batch();
+        batch.remove(&self.queue, key(letter.watcher, letter.seq));
+        batch.insert(&self.dead, key(letter.watcher, letter.seq), encode_dead(letter));
+        batch.commit()?;
+        Ok(())
+    }
+
+    /// Every queued event, in acceptance order per watcher, for redelivery on start.
+    pub fn queued(&self) -> Result<Vec<(WatcherId, u64, CloudEvent)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.queue.iter() {
+            let (k, v) = item.into_inner()?;
+            let (w, seq) = split_key(&k)?;
+            out.push((w, seq, decode_event(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// The highest sequence number stored anywhere, so new ones sort after it.
+    pub fn max_seq(&self) -> Result<u64, StoreError> {
+        let mut max = 0;
+        for ks in [&self.queue, &self.dead] {
+            for item in ks.iter() {
+                max = max.max(split_key(&item.key()?)?.1);
+            }
+        }
+        Ok(max)
+    }
+
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.dead.iter().take(limit) {
+            let (k, v) = item.into_inner()?;
+            let (w, seq) = split_key(&k)?;
+            out.push(decode_dead(w, seq, &v)?);
+        }
+        Ok(out)
+    }
+
+    pub fn dead_count(&self) -> Result<usize, StoreError> {
+        Ok(self.dead.len()?)
+    }
+
+    pub fn dead_letter(&self, watcher: WatcherId, seq: u64) -> Result<Option<DeadLetter>, StoreError> {
+        match self.dead.get(key(watcher, seq))? {
+            Some(v) => Ok(Some(decode_dead(watcher, seq, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn delete_dead(&self, watcher: WatcherId, seq: u64) -> Result<bool, StoreError> {
+        let existed = self.dead.contains_key(key(watcher, seq))?;
+        self.dead.remove(key(watcher, seq))?;
+        Ok(existed)
+    }
+
+    /// Moves a dead letter back into its watcher's queue under a new sequence
+    /// number, atomically, so a replay is never lost nor doubled by a crash.
+    pub fn resurrect(&self, letter: &DeadLetter, new_seq: u64) -> Result<(), StoreError> {
+        let mut batch = self.db.batch();
+        batch.remove(&self.dead, key(letter.watcher, letter.seq));
+        batch.insert(&self.queue, key(letter.watcher, new_seq), encode_event(&letter.event));
+        batch.commit()?;
+        Ok(())
+    }
+
+    /// Forces everything written so far to stable storage.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.db.persist(PersistMode::SyncData)?;
+        Ok(())
+    }
+
+    pub fn name_of(&self, id: WatcherId) -> String {
+        self.watcher_name(id)
+    }
+}
+
+/// Milliseconds since the epoch, for dead-letter timestamps.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+const CODEC_VERSION: u8 = 1;
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn str(&mut self, s: &str) {
+        self.bytes(s.as_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.0.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        self.0.extend_from_slice(b);
+    }
+    fn opt(&mut self, s: Option<&str>) {
+        match s {
+            Some(s) => {
+                self.0.push(1);
+                self.str(s);
+            }
+            None => self.0.push(0),
+        }
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+        if self.0.len() < n {
+            return Err(StoreError::Corrupt("truncated record"));
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, StoreError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, StoreError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, StoreError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], StoreError> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn str(&mut self) -> Result<String, StoreError> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| StoreError::Corrupt("text is not UTF-8"))
+    }
+    fn opt(&mut self) -> Result<Option<String>, StoreError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.str()?)),
+            _ => Err(StoreError::Corrupt("bad option flag")),
+        }
+    }
+}
+
+/// A compact, versioned encoding of a CloudEvent for the store: length-prefixed
+/// attributes, then the data as it is.
+pub fn encode_event(ev: &CloudEvent) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(128 + ev.data.len()));
+    w.0.push(CODEC_VERSION);
+    w.str(&ev.id);
+    w.str(&ev.source);
+    w.str(&ev.ty);
+    w.opt(ev.subject.as_deref());
+    w.opt(ev.time.as_deref());
+    w.opt(ev.datacontenttype.as_deref());
+    w.opt(ev.dataschema.as_deref());
+    w.0.extend_from_slice(&(ev.extensions.len() as u32).to_le_bytes());
+    for (k, v) in &ev.extensions {
+        w.str(k);
+        w.str(v);
+    }
+    w.bytes(&ev.data);
+    w.0
+}
+
+pub fn decode_event(b: &[u8]) -> Result<CloudEvent, StoreError> {
+    let mut r = Reader(b);
+    if r.u8()? != CODEC_VERSION {
+        return Err(StoreError::Corrupt("unknown record version"));
+    }
+    let id = r.str()?;
+    let source = r.str()?;
+    let ty = r.str()?;
+    let subject = r.opt()?;
+    let time = r.opt()?;
+    let datacontenttype = r.opt()?;
+    let dataschema = r.opt()?;
+    let n = r.u32()? as usize;
+    let mut extensions = Vec::with_capacity(n.min(64));
+    for _ in 0..n {
+        extensions.push((r.str()?, r.str()?));
+    }
+    let data = Bytes::copy_from_slice(r.bytes()?);
+    Ok(CloudEvent { id, source, ty, subject, time, datacontenttype, dataschema, extensions, data })
+}
+
+fn encode_dead(d: &DeadLetter) -> Vec<u8> {
+    let mut w = Writer(Vec::new());
+    w.0.push(CODEC_VERSION);
+    w.0.extend_from_slice(&d.attempts.to_le_bytes());
+    w.0.extend_from_slice(&d.dead_at_ms.to_le_bytes());
+    w.str(&d.watcher_name);
+    w.str(&d.error);
+    w.bytes(&encode_event(&d.event));
+    w.0
+}
+
+fn decode_dead(watcher: WatcherId, seq: u64, b: &[u8]) -> Result<DeadLetter, StoreError> {
+    let mut r = Reader(b);
+    if r.u8()? != CODEC_VERSION {
+        return Err(StoreError::Corrupt("unknown record version"));
+    }
+    let attempts = r.u32()?;
+    let dead_at_ms = r.u64()?;
+    let watcher_name = r.str()?;
+    let error = r.str()?;
+    let event = decode_event(r.bytes()?)?;
+    Ok(DeadLetter { watcher, seq, watcher_name, error, attempts, dead_at_ms, event })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(i: u8) -> CloudEvent {
+        let mut e = CloudEvent::from_gateway_event("gw", "t", "cfg", Bytes::from(vec![i; 10]));
+        e.extensions.push(("traceparent".into(), "00-1-2-01".into()));
+        e
+    }
+
+    #[test]
+    fn codec_round_trip_and_corruption() {
+        let e = event(7);
+        let b = encode_event(&e);
+        assert_eq!(decode_event(&b).unwrap(), e);
+        for cut in 0..b.len() {
+            assert!(decode_event(&b[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn queue_survives_reopen_and_dead_letters_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path(), Fsync::Never).unwrap();
+            let a = s.register_watcher("http://a/").unwrap();
+            let b = s.register_watcher("http://b/").unwrap();
+            for seq in 1..=3 {
+                s.append(&[a, b], seq, &encode_event(&event(seq as u8))).unwrap();
+            }
+            s.ack(a, 1).unwrap();
+            let letter = DeadLetter {
+                watcher: b,
+                seq: 2,
+                watcher_name: "http://b/".into(),
+                error: "400".into(),
+                attempts: 1,
+                dead_at_ms: now_ms(),
+                event: event(2),
+            };
+            s.bury(&letter).unwrap();
+        }
+        let s = Store::open(dir.path(), Fsync::Always).unwrap();
+        let queued: Vec<(u64, u64)> = s.queued().unwrap().into_iter().map(|(w, seq, _)| (w, seq)).collect();
+        let (a, b) = (watcher_id("http://a/"), watcher_id("http://b/"));
+        let mut expected = vec![(a, 2), (a, 3), (b, 1), (b, 3)];
+        expected.sort();
+        assert_eq!(queued, expected);
+        assert_eq!(s.max_seq().unwrap(), 3);
+        let dead = s.dead_letters(10).unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].event.data, event(2).data);
+        assert_eq!(DeadLetter::parse_id(&dead[0].id()), Some((b, 2)));
+        assert_eq!(s.name_of(b), "http://b/");
+        s.resurrect(&dead[0], 9).unwrap();
+        assert_eq!(s.dead_count().unwrap(), 0);
+        assert_eq!(s.queued().unwrap().len(), 5);
+    }
+
+    #[test]
+    fn a_second_process_cannot_open_the_same_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path(), Fsync::Never).unwrap();
+        assert!(Store::open(dir.path(), Fsync::Never).is_err());
+    }
+}
