@@ -228,3 +228,22 @@ async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
         st.metrics.encode(&st.registry),
     )
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Notice bodies are outside input: any bytes give a notice or an error.
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn fuzz_notice(body in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = super::read_notice(&body);
+        }
+
+        #[test]
+        fn fuzz_notice_json(src in prop::option::of(".{0,8}"), id in prop::option::of("[0-9]{0,10}"), n in any::<i64>()) {
+            let body = serde_json::json!({ "src": src, "id": id, "message": n });
+            let _ = super::read_notice(&serde_json::to_vec(&body).unwrap_or_default());
+        }
+    }
+}

@@ -250,3 +250,30 @@ mod tests {
         assert!(e.contains("GATEWAY_PROCESSOR_CONFIG_MAP"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Configuration files are outside input: any text parses or errs, never panics.
+    //! Long run: `PROPTEST_CASES=1000000 cargo test -p processor-client fuzz`.
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn fuzz_configuration_file(text in "(?s).{0,200}") {
+            let _ = super::parse_file(&text);
+        }
+
+        #[test]
+        fn fuzz_yaml_shaped_configuration(
+            lines in prop::collection::vec(("[a-z.:{}\\[\\]-]{0,8}", "[ -~]{0,16}", 0usize..4), 0..12),
+        ) {
+            let text: String = lines
+                .iter()
+                .map(|(k, v, indent)| format!("{}{k}: {v}\n", "  ".repeat(*indent)))
+                .collect();
+            if let Ok(snapshot) = super::parse_file(&text) {
+                prop_assert!(snapshot.keys().all(|k| !k.is_empty()));
+            }
+        }
+    }
+}

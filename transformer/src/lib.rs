@@ -10,6 +10,8 @@ pub mod config;
 pub mod deadletters;
 pub mod dispatch;
 pub mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod metrics;
 pub mod routes;
 pub mod shutdown;

@@ -1,0 +1,284 @@
+//! Delivery that loses nothing: components killed with SIGKILL mid-stream, a sensor
+//! that never answers, dead letters and their replay, and a flood against a dead
+//! sensor with memory staying bounded.
+
+use std::collections::{HashMap, HashSet};
+use std::process::Command;
+use std::time::Duration;
+
+use gateway_tests::*;
+use serde_json::Value;
+
+/// Every (src, timeID, seq) the sensor got, with the CloudEvent ids it came under.
+fn deliveries(g: &Gateway) -> HashMap<(String, String, i64), HashSet<String>> {
+    let mut out: HashMap<(String, String, i64), HashSet<String>> = HashMap::new();
+    for e in g.sensor_events() {
+        let d = payload(&e);
+        let key = (
+            d["src"].as_str().unwrap_or("").to_owned(),
+            d["timeID"].as_str().unwrap_or("").to_owned(),
+            d["seq"].as_i64().unwrap_or(-1),
+        );
+        out.entry(key).or_default().insert(e["id"].as_str().unwrap_or("").to_owned());
+    }
+    out
+}
+
+async fn wait_all_acked_delivered(g: &Gateway) {
+    wait_for("every acknowledged event at the sensor", || async {
+        let got = deliveries(g);
+        let missing = g
+            .journal()
+            .iter()
+            .filter(|a| a["op"] == "acked")
+            .filter(|a| {
+                let key = (
+                    a["src"].as_str().unwrap_or("").to_owned(),
+                    a["timeID"].as_str().unwrap_or("").to_owned(),
+                    a["seq"].as_i64().unwrap_or(-1),
+                );
+                !got.contains_key(&key)
+            })
+            .count();
+        (missing == 0).then_some(())
+    })
+    .await;
+}
+
+fn assert_redeliveries_keep_their_id(g: &Gateway) {
+    for (key, ids) in deliveries(g) {
+        assert_eq!(ids.len(), 1, "{key:?} was delivered under several CloudEvent ids: {ids:?}");
+    }
+}
+
+fn acked(g: &Gateway) -> usize {
+    g.journal().iter().filter(|e| e["op"] == "acked").count()
+}
+
+#[tokio::test]
+async fn transformer_killed_mid_stream_loses_nothing_acknowledged() {
+    let mut g = Gateway::up(UserServerKind::Python, &[]).await;
+    std::fs::write(&g.fail_file, "x").expect("fail file");
+    g.set_config("alpha", r#"{"count": 400, "interval_ms": 1}"#);
+    g.set_config("beta", r#"{"count": 400, "interval_ms": 1}"#);
+    wait_for("events queued behind a failing sensor", || async { (acked(&g) >= 150).then_some(()) }).await;
+    g.transformer.as_mut().expect("transformer").kill();
+    std::fs::remove_file(&g.fail_file).expect("sensor recovers");
+    g.start_transformer().await;
+    g.wait_journal("acked", "alpha", 400).await;
+    g.wait_journal("acked", "beta", 400).await;
+    wait_all_acked_delivered(&g).await;
+    let log = g.transformer.as_ref().expect("transformer").output();
+    assert!(log.contains("recovered events stored by an earlier run"), "the restart redelivered from the store:\n{log}");
+    assert_ordered(&g.sensor_events());
+    assert_redeliveries_keep_their_id(&g);
+}
+
+#[tokio::test]
+async fn transformer_killed_twice_while_sensor_flaps() {
+    let mut g = Gateway::up(UserServerKind::Node, &[("alpha", r#"{"count": 300, "interval_ms": 1}"#)]).await;
+    for round in 0..2 {
+        let before = acked(&g);
+        wait_for("progress between kills", || async { (acked(&g) >= before + 60).then_some(()) }).await;
+        if round == 0 {
+            std::fs::write(&g.fail_file, "x").expect("fail file");
+        }
+        g.transformer.as_mut().expect("transformer").kill();
+        g.start_transformer().await;
+    }
+    let _ = std::fs::remove_file(&g.fail_file);
+    g.wait_journal("acked", "alpha", 300).await;
+    wait_all_acked_delivered(&g).await;
+    assert_ordered(&g.sensor_events());
+    assert_redeliveries_keep_their_id(&g);
+}
+
+#[tokio::test]
+async fn processor_client_killed_mid_stream_loses_nothing_acknowledged() {
+    let mut g = Gateway::up(UserServerKind::Python, &[("alpha", r#"{"count": 300, "interval_ms": 2}"#)]).await;
+    wait_for("events flowing", || async { (acked(&g) >= 60).then_some(()) }).await;
+    g.processor.as_mut().expect("processor-client").kill();
+    g.start_processor().await;
+    // The new processor-client starts the configuration again (fresh timeID).
+    let starts = g.wait_journal("start", "alpha", 2).await;
+    let restarted = starts[1]["timeID"].as_str().expect("timeID").to_owned();
+    wait_for("the restarted configuration to finish", || async {
+        let n = g.journal_of("acked", "alpha").iter().filter(|a| a["timeID"] == restarted.as_str()).count();
+        (n >= 300).then_some(())
+    })
+    .await;
+    wait_all_acked_delivered(&g).await;
+    assert_ordered(&g.sensor_events());
+}
+
+#[tokio::test]
+async fn sensor_that_never_answers_is_timed_out_and_holds_back_no_other() {
+    let mut g = Gateway::new(UserServerKind::Python);
+    let hole = free_port();
+    let mut cmd = Command::new("python3");
+    cmd.arg(support("blackhole.py")).arg("--port").arg(hole.to_string());
+    let _blackhole = Proc::spawn("blackhole", cmd, g.dir.path());
+    wait_port(hole, "the black hole to listen").await;
+    g.transformer_env.push(("SENSOR_WATCHERS".into(), format!("http://127.0.0.1:{hole}/,{}", g.sensor_url())));
+    g.transformer_env.push(("WATCHER_TIMEOUT".into(), "300ms".into()));
+    g.set_config("alpha", r#"{"count": 200, "interval_ms": 1}"#);
+    g.start_sensor().await;
+    g.start_transformer().await;
+    g.start_user_server().await;
+    g.start_processor().await;
+    let events = g.wait_sensor(200).await;
+    assert_ordered(&events);
+    let metrics = g.http.get(g.tr_url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    let retries: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("transformer_delivery_retries_total") && l.contains(&hole.to_string()))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(retries >= 1.0, "the silent sensor was timed out and retried:\n{metrics}");
+    let log = g.transformer.as_ref().expect("transformer").output();
+    assert!(log.contains("timed out"), "timeouts are logged");
+}
+
+#[tokio::test]
+async fn exhausted_events_become_dead_letters_and_replay_delivers_them() {
+    let mut g = Gateway::new(UserServerKind::Python);
+    g.transformer_env.push(("WATCHER_RETRY_ATTEMPTS".into(), "3".into()));
+    g.transformer_env.push(("WATCHER_RETRY_BASE".into(), "10ms".into()));
+    g.transformer_env.push(("WATCHER_RETRY_CAP".into(), "20ms".into()));
+    std::fs::write(&g.fail_file, "x").expect("fail file");
+    g.set_config("alpha", r#"{"count": 20, "interval_ms": 1}"#);
+    g.start_sensor().await;
+    g.start_transformer().await;
+    g.start_user_server().await;
+    g.start_processor().await;
+    g.wait_journal("acked", "alpha", 20).await;
+    let listing: Value = wait_for("20 dead letters", || async {
+        let v: Value = g.http.get(g.tr_url("/deadletters")).send().await.ok()?.json().await.ok()?;
+        (v["total"] == 20).then_some(v)
+    })
+    .await;
+    let letters = listing["deadletters"].as_array().expect("array");
+    let first = &letters[0];
+    assert_eq!(first["watcher"], g.sensor_url());
+    assert_eq!(first["attempts"], 3);
+    assert!(first["error"].as_str().expect("error").contains("500"), "{first}");
+    assert_eq!(first["event"]["specversion"], "1.0");
+    assert_eq!(first["event"]["subject"], "alpha");
+    let one: Value = g
+        .http
+        .get(g.tr_url(&format!("/deadletters/{}", first["id"].as_str().expect("id"))))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(one["event"]["id"], first["event"]["id"]);
+    let ids: HashSet<String> = letters.iter().map(|l| l["event"]["id"].as_str().unwrap_or("").to_owned()).collect();
+
+    // The dead letters survive a restart of the transformer.
+    g.transformer.as_mut().expect("transformer").kill();
+    g.start_transformer().await;
+    std::fs::remove_file(&g.fail_file).expect("sensor fixed");
+    let r = g.post(&g.tr_url("/deadletters/replay"), "application/json", "").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["replayed"], 20);
+    let events = g.wait_sensor(20).await;
+    let delivered: HashSet<String> = events.iter().map(|e| e["id"].as_str().unwrap_or("").to_owned()).collect();
+    assert_eq!(delivered, ids, "replay delivers the same CloudEvents");
+    assert_ordered(&events);
+    let after: Value = g.http.get(g.tr_url("/deadletters")).send().await.expect("list").json().await.expect("json");
+    assert_eq!(after["total"], 0);
+    let r = g.post(&g.tr_url("/deadletters/nothex/replay"), "application/json", "").await;
+    assert_eq!(r.status, 400);
+    let r = g.post(&g.tr_url(&format!("/deadletters/{}/replay", "0".repeat(32))), "application/json", "").await;
+    assert_eq!(r.status, 404);
+}
+
+/// Peak resident memory of a process, from /proc.
+fn peak_rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn flood_against_a_dead_sensor_stays_bounded_and_loses_nothing() {
+    let mut g = Gateway::new(UserServerKind::Python);
+    g.transformer_env.push(("TRANSFORMER_QUEUE_MAX_BYTES".into(), (4 * 1024 * 1024).to_string()));
+    g.transformer_env.push(("TRANSFORMER_QUEUE_CAPACITY".into(), "100000".into()));
+    g.start_transformer().await; // no sensor: it is dead
+    let payload = base64_16k();
+    let mut producers = Vec::new();
+    for p in 0..4 {
+        let url = g.tr_url("/");
+        let http = g.http.clone();
+        let payload = payload.clone();
+        producers.push(tokio::spawn(async move {
+            let (mut accepted, mut refused) = (Vec::new(), 0u32);
+            for i in 0..400 {
+                let body = format!(r#"{{"src":"p{p}","payload":"{payload}"}}"#);
+                let r = http.post(&url).header("content-type", "application/json").body(body).send().await.expect("post");
+                match r.status().as_u16() {
+                    200 => accepted.push(r.json::<Value>().await.expect("json")["id"].as_str().unwrap_or("").to_owned()),
+                    503 => {
+                        assert!(r.headers().contains_key("retry-after"));
+                        refused += 1;
+                    }
+                    other => panic!("producer {p} event {i}: {other}"),
+                }
+            }
+            (accepted, refused)
+        }));
+    }
+    let mut accepted = HashSet::new();
+    let mut refused = 0;
+    for p in producers {
+        let (a, r) = p.await.expect("producer");
+        accepted.extend(a);
+        refused += r;
+    }
+    assert!(refused > 0, "a flood against a dead sensor must meet 503s");
+    let pid = g.transformer.as_ref().expect("transformer").pid();
+    let peak_mib = peak_rss_kib(pid) / 1024;
+    eprintln!("flood: {} accepted, {refused} refused with 503, transformer peak RSS {peak_mib} MiB", accepted.len());
+    assert!(peak_mib < 96, "transformer peak RSS {peak_mib} MiB with a 4 MiB queue budget");
+    g.start_sensor().await;
+    wait_for("every accepted event at the sensor", || async {
+        let got: HashSet<String> = g.sensor_events().iter().map(|e| e["id"].as_str().unwrap_or("").to_owned()).collect();
+        accepted.is_subset(&got).then_some(())
+    })
+    .await;
+}
+
+fn base64_16k() -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(vec![b'x'; 16 * 1024])
+}
+
+#[tokio::test]
+async fn sigterm_with_a_dead_sensor_keeps_the_queue_for_the_next_start() {
+    let mut g = Gateway::new(UserServerKind::Python);
+    g.transformer_env.push(("SHUTDOWN_TIMEOUT".into(), "1s".into()));
+    g.set_config("alpha", r#"{"count": 30, "interval_ms": 1}"#);
+    g.start_transformer().await; // the sensor is down
+    g.start_user_server().await;
+    g.start_processor().await;
+    g.wait_journal("acked", "alpha", 30).await;
+    let tr = g.transformer.as_mut().expect("transformer");
+    tr.signal(libc::SIGTERM);
+    let status = tr.wait_exit(Duration::from_secs(15)).await.expect("exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    g.start_sensor().await;
+    g.start_transformer().await;
+    let events = g.wait_sensor(30).await;
+    let log = g.transformer.as_ref().expect("transformer").output();
+    assert!(log.contains("requeued=30"), "all 30 came back from the store:\n{log}");
+    assert_ordered(&events);
+    assert_acked_delivered(&g);
+}
