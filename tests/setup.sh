@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the gateway's tests and demo need on a fresh machine, and nothing
-# that is already there: Python's CloudEvents SDK for the sensors, Node.js for the
-# Node user server. Safe to run repeatedly.
+# that is already there: Python's CloudEvents SDK and nats-py for the sensors,
+# Node.js for the Node user server, Debian's nats-server for the NATS tests. Safe to run repeatedly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +19,8 @@ apt_install() {
 
 command -v python3 >/dev/null || apt_install python3 python3-pip
 command -v node >/dev/null || apt_install nodejs
-if ! python3 -c 'import cloudevents.core.bindings.http' 2>/dev/null; then
+command -v nats-server >/dev/null || [[ -x /usr/sbin/nats-server ]] || apt_install nats-server
+if ! python3 -c 'import cloudevents.core.bindings.http, nats' 2>/dev/null; then
   python3 -m pip install -q -r tests/requirements.txt 2>/dev/null \
     || python3 -m pip install -q --break-system-packages -r tests/requirements.txt
 fi

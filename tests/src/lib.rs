@@ -492,3 +492,52 @@ pub fn assert_acked_delivered(g: &Gateway) {
         assert!(got.contains(&key), "acknowledged event {key:?} never reached the sensor");
     }
 }
+
+/// A real `nats-server` with JetStream, on a free port with its own store, that a
+/// test can kill and start again on the same port and store.
+pub struct NatsServer {
+    pub port: u16,
+    store: PathBuf,
+    log_dir: PathBuf,
+    pub proc: Option<Proc>,
+}
+
+impl NatsServer {
+    pub async fn start(dir: &Path) -> NatsServer {
+        let mut n = NatsServer {
+            port: free_port(),
+            store: dir.join("nats-store"),
+            log_dir: dir.to_owned(),
+            proc: None,
+        };
+        n.restart().await;
+        n
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again), with the same port and store.
+    pub async fn restart(&mut self) {
+        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("nats-server");
+        let mut cmd = Command::new(bin);
+        cmd.arg("-js").arg("-a").arg("127.0.0.1").arg("-p").arg(self.port.to_string()).arg("-sd").arg(&self.store);
+        self.proc = Some(Proc::spawn("nats-server", cmd, &self.log_dir));
+        wait_port(self.port, "nats-server to listen").await;
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(p) = self.proc.as_mut() {
+            p.kill();
+        }
+    }
+
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        let client = async_nats::connect(self.url()).await.expect("connect to nats-server");
+        async_nats::jetstream::new(client)
+    }
+}

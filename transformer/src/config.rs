@@ -108,6 +108,16 @@ pub struct NatsConfig {
     pub ty: NatsType,
     pub subject: String,
     pub stream: String,
+    /// Content mode of the CloudEvents NATS binding; structured by default.
+    pub ce_mode: CeMode,
+    pub token: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub creds: Option<std::path::PathBuf>,
+    pub tls_ca: Option<std::path::PathBuf>,
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
+    pub tls_required: bool,
 }
 
 /// The transformer's typed configuration.
@@ -161,6 +171,17 @@ struct RawEnv {
     #[serde(default = "default_nats_subject")]
     nats_subject: String,
     nats_stream: Option<String>,
+    #[serde(default = "default_nats_ce_mode")]
+    nats_ce_mode: String,
+    nats_token: Option<String>,
+    nats_user: Option<String>,
+    nats_password: Option<String>,
+    nats_creds: Option<String>,
+    nats_tls_ca: Option<String>,
+    nats_tls_cert: Option<String>,
+    nats_tls_key: Option<String>,
+    #[serde(default = "default_false")]
+    nats_tls_required: String,
     #[serde(default = "default_ce_mode")]
     ce_mode: String,
     #[serde(default = "default_queue_capacity")]
@@ -249,6 +270,27 @@ fn default_nats_subject() -> String {
 fn default_ce_mode() -> String {
     "binary".into()
 }
+fn default_nats_ce_mode() -> String {
+    "structured".into()
+}
+fn default_false() -> String {
+    "false".into()
+}
+
+fn parse_ce_mode(var: &'static str, raw: &str) -> Result<CeMode, ConfigError> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "binary" => Ok(CeMode::Binary),
+        "structured" => Ok(CeMode::Structured),
+        other => Err(ConfigError::Invalid { var, reason: format!("{other:?}; expected binary or structured") }),
+    }
+}
+
+/// A JetStream stream name: none of whitespace, `.`, `*`, `>`, `/` or a backslash.
+fn stream_name(raw: &str) -> String {
+    raw.chars()
+        .map(|c| if c.is_whitespace() || ".*>/\\".contains(c) { '_' } else { c })
+        .collect()
+}
 fn default_queue_capacity() -> usize {
     10_000
 }
@@ -327,25 +369,49 @@ impl Config {
                 })
             }
         };
-        let nats = nats_enabled.then(|| NatsConfig {
-            url: raw.nats_url.clone(),
-            ty,
-            subject: raw.nats_subject.clone(),
-            stream: raw
-                .nats_stream
-                .clone()
-                .unwrap_or_else(|| raw.gateway_name.to_ascii_uppercase()),
-        });
-        let ce_mode = match raw.ce_mode.trim().to_ascii_lowercase().as_str() {
-            "binary" => CeMode::Binary,
-            "structured" => CeMode::Structured,
-            other => {
+        let path = |v: &Option<String>| v.as_ref().map(std::path::PathBuf::from);
+        let nats = if nats_enabled {
+            let stream = match &raw.nats_stream {
+                Some(s) if stream_name(s) != *s => {
+                    return Err(ConfigError::Invalid {
+                        var: "NATS_STREAM",
+                        reason: format!("{s:?} may not contain whitespace, '.', '*', '>', '/' or a backslash"),
+                    })
+                }
+                Some(s) => s.clone(),
+                None => stream_name(&raw.gateway_name.to_ascii_uppercase()),
+            };
+            if raw.nats_user.is_some() != raw.nats_password.is_some() {
                 return Err(ConfigError::Invalid {
-                    var: "CE_MODE",
-                    reason: format!("{other:?}; expected binary or structured"),
-                })
+                    var: if raw.nats_user.is_some() { "NATS_PASSWORD" } else { "NATS_USER" },
+                    reason: "NATS_USER and NATS_PASSWORD go together".into(),
+                });
             }
+            if raw.nats_tls_cert.is_some() != raw.nats_tls_key.is_some() {
+                return Err(ConfigError::Invalid {
+                    var: if raw.nats_tls_cert.is_some() { "NATS_TLS_KEY" } else { "NATS_TLS_CERT" },
+                    reason: "NATS_TLS_CERT and NATS_TLS_KEY go together".into(),
+                });
+            }
+            Some(NatsConfig {
+                url: raw.nats_url.clone(),
+                ty,
+                subject: raw.nats_subject.clone(),
+                stream,
+                ce_mode: parse_ce_mode("NATS_CE_MODE", &raw.nats_ce_mode)?,
+                token: raw.nats_token.clone(),
+                user: raw.nats_user.clone(),
+                password: raw.nats_password.clone(),
+                creds: path(&raw.nats_creds),
+                tls_ca: path(&raw.nats_tls_ca),
+                tls_cert: path(&raw.nats_tls_cert),
+                tls_key: path(&raw.nats_tls_key),
+                tls_required: parse_bool("NATS_TLS_REQUIRED", &raw.nats_tls_required)?,
+            })
+        } else {
+            None
         };
+        let ce_mode = parse_ce_mode("CE_MODE", &raw.ce_mode)?;
         let positive = |var: &'static str, v: usize| {
             if v == 0 {
                 Err(ConfigError::Invalid { var, reason: "must be at least 1".into() })

@@ -28,6 +28,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::dispatch::http::HttpSink;
+use crate::dispatch::nats::{NatsSink, SubjectTemplate};
 use crate::dispatch::{Dispatcher, Limits, Sink};
 use crate::store::{Fsync, Store};
 use tokio_util::sync::CancellationToken;
@@ -41,7 +42,7 @@ pub enum RunError {
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
     #[error("{0}")]
-    Unsupported(String),
+    Nats(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }
@@ -66,19 +67,14 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    if config.nats.is_some() {
-        return Err(RunError::Unsupported(
-            "EVENT_PROTOCOL=NATS is not available in this build yet; use HTTP".into(),
-        ));
-    }
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(match &config.data_dir {
         Some(dir) => Store::open(dir, config.fsync)?,
         None => Store::temporary()?,
     });
-    let sinks = build_sinks(&config);
+    let sinks = build_sinks(&config, &metrics).await?;
     if sinks.is_empty() {
-        tracing::warn!("no SENSOR_WATCHERS or GATEWAY_WATCHERS: events will be accepted and dropped");
+        tracing::warn!("no SENSOR_WATCHERS, GATEWAY_WATCHERS or NATS: events will be accepted and dropped");
     }
     let (dispatcher, workers) = Dispatcher::start(
         sinks,
@@ -145,7 +141,9 @@ async fn sync_every(store: Arc<Store>, period: std::time::Duration, stop: Cancel
     }
 }
 
-fn build_sinks(config: &Config) -> Vec<Arc<dyn Sink>> {
+/// One sink per destination: each HTTP watcher, and NATS when `EVENT_PROTOCOL`
+/// names it (one connection, made in the background).
+async fn build_sinks(config: &Config, metrics: &Metrics) -> Result<Vec<Arc<dyn Sink>>, RunError> {
     let client = HttpSink::client();
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     if config.http_enabled {
@@ -158,5 +156,10 @@ fn build_sinks(config: &Config) -> Vec<Arc<dyn Sink>> {
             )));
         }
     }
-    sinks
+    if let Some(nats) = &config.nats {
+        let client = dispatch::nats::connect(nats, metrics.nats.clone()).await.map_err(RunError::Nats)?;
+        let subjects = SubjectTemplate::new(&nats.subject, &config.gateway_name, &config.namespace);
+        sinks.push(Arc::new(NatsSink::new(client, nats, subjects, config.retry.timeout, metrics.nats.clone())));
+    }
+    Ok(sinks)
 }

@@ -35,6 +35,18 @@ pub struct Metrics {
     dead_lettered: Family<WatcherLabel, Counter>,
     queue_depth: Family<WatcherLabel, Gauge>,
     latency: HistogramFamily,
+    pub nats: NatsMetrics,
+}
+
+/// The NATS connection's and publishers' counters.
+#[derive(Clone, Default)]
+pub struct NatsMetrics {
+    pub published: Counter,
+    pub acked: Counter,
+    pub duplicates: Counter,
+    pub failures: Counter,
+    pub connects: Counter,
+    pub disconnects: Counter,
 }
 
 /// One watcher's handles.
@@ -102,7 +114,18 @@ impl Metrics {
             "Time from acceptance to acknowledgement by the watcher",
             latency.clone(),
         );
-        Metrics { registry, received, rejected, replayed, delivered, retries, dead_lettered, queue_depth, latency }
+        let nats = NatsMetrics::default();
+        for (name, help, c) in [
+            ("transformer_nats_published", "Events published to NATS (core: written; JetStream: acknowledged)", &nats.published),
+            ("transformer_nats_acks", "JetStream publish acknowledgements received", &nats.acked),
+            ("transformer_nats_duplicates", "JetStream acknowledgements that reported a duplicate (stored once)", &nats.duplicates),
+            ("transformer_nats_failures", "NATS publishes that failed and will be retried", &nats.failures),
+            ("transformer_nats_connects", "Connections (and reconnections) to NATS", &nats.connects),
+            ("transformer_nats_disconnects", "Losses of the NATS connection", &nats.disconnects),
+        ] {
+            registry.register(name, help, c.clone());
+        }
+        Metrics { registry, received, rejected, replayed, delivered, retries, dead_lettered, queue_depth, latency, nats }
     }
 
     pub fn watcher(&self, name: &str) -> WatcherMetrics {

@@ -3,6 +3,7 @@
 //! destination holds back no other. Adding a destination kind means one new file.
 
 pub mod http;
+pub mod nats;
 pub mod watcher;
 
 use futures::future::BoxFuture;

@@ -1,0 +1,285 @@
+//! NATS destinations. Core NATS publishes and forgets (at most once: a message
+//! published while the server is away may be lost). JetStream publishes with the
+//! CloudEvent `id` as `Nats-Msg-Id` and waits for the server's acknowledgement, so
+//! the event stays in the transformer's durable queue until the stream has it, and a
+//! retried publish is stored once. CloudEvents follow the NATS protocol binding, in
+//! structured mode by default (the payload is the JSON event) or binary mode
+//! (attributes in `ce-` headers, data as the payload).
+
+use std::time::Duration;
+
+use async_nats::header::HeaderMap;
+use async_nats::jetstream::{self, message::PublishMessage, stream};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use tokio::sync::OnceCell;
+
+use super::{DeliveryError, Sink};
+use crate::cloudevent::{CloudEvent, STRUCTURED_CONTENT_TYPE};
+use crate::config::{CeMode, NatsConfig, NatsType};
+use crate::metrics::NatsMetrics;
+
+/// Renders `NATS_SUBJECT` for one event: `{gateway}`, `{namespace}`, `{src}` and
+/// `{type}` are replaced, with characters NATS forbids in a token made `_`.
+#[derive(Debug, Clone)]
+pub struct SubjectTemplate {
+    template: String,
+    gateway: String,
+    namespace: String,
+}
+
+impl SubjectTemplate {
+    pub fn new(template: &str, gateway: &str, namespace: &str) -> Self {
+        SubjectTemplate { template: template.to_owned(), gateway: token(gateway), namespace: token(namespace) }
+    }
+
+    pub fn render(&self, event: &CloudEvent) -> String {
+        let src = event.subject.as_deref().unwrap_or(&event.source);
+        tidy(
+            &self
+                .template
+                .replace("{gateway}", &self.gateway)
+                .replace("{namespace}", &self.namespace)
+                .replace("{type}", &token(&event.ty))
+                .replace("{src}", &src.split('.').map(token).collect::<Vec<_>>().join(".")),
+        )
+    }
+
+    /// The subjects a stream must cover to hold every rendered subject: `{src}`
+    /// as the last token becomes `>` (a key may contain dots), elsewhere `*`.
+    pub fn stream_subjects(&self) -> Vec<String> {
+        let tokens: Vec<&str> = self.template.split('.').collect();
+        let last = tokens.len().saturating_sub(1);
+        let wild = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match *t {
+                "{src}" if i == last => ">".to_owned(),
+                "{src}" | "{type}" => "*".to_owned(),
+                t => t.replace("{gateway}", &self.gateway).replace("{namespace}", &self.namespace),
+            })
+            .collect::<Vec<_>>()
+            .join(".");
+        vec![wild]
+    }
+}
+
+/// One subject token: no whitespace, `*`, `>` or `.`, and never empty.
+fn token(s: &str) -> String {
+    let t: String = s
+        .chars()
+        .map(|c| if c.is_whitespace() || c == '*' || c == '>' || c == '.' { '_' } else { c })
+        .collect();
+    if t.is_empty() {
+        "_".into()
+    } else {
+        t
+    }
+}
+
+/// Fills empty tokens left by leading, trailing or doubled dots.
+fn tidy(subject: &str) -> String {
+    subject.split('.').map(|t| if t.is_empty() { "_" } else { t }).collect::<Vec<_>>().join(".")
+}
+
+/// Connects with the settings `NATS_*` give; the connection is made, and remade,
+/// in the background, so a NATS server that is down does not stop the transformer.
+pub async fn connect(config: &NatsConfig, metrics: NatsMetrics) -> Result<async_nats::Client, String> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name("gateway-transformer")
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(move |event| {
+            let metrics = metrics.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        metrics.connects.inc();
+                        tracing::info!("connected to NATS");
+                    }
+                    async_nats::Event::Disconnected => {
+                        metrics.disconnects.inc();
+                        tracing::warn!("disconnected from NATS; reconnecting");
+                    }
+                    other => tracing::info!(event = %other, "NATS"),
+                }
+            }
+        });
+    if let Some(token) = &config.token {
+        options = options.token(token.clone());
+    }
+    if let (Some(user), Some(password)) = (&config.user, &config.password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(creds) = &config.creds {
+        options = options
+            .credentials_file(creds)
+            .await
+            .map_err(|e| format!("NATS_CREDS {}: {e}", creds.display()))?;
+    }
+    if let Some(ca) = &config.tls_ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    if config.tls_required {
+        options = options.require_tls(true);
+    }
+    let servers: Vec<String> = config.url.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+    options.connect(servers).await.map_err(|e| format!("NATS_URL {}: {e}", config.url))
+}
+
+pub struct NatsSink {
+    name: String,
+    client: async_nats::Client,
+    jetstream: Option<jetstream::Context>,
+    stream: String,
+    subjects: SubjectTemplate,
+    mode: CeMode,
+    timeout: Duration,
+    stream_ready: OnceCell<()>,
+    metrics: NatsMetrics,
+}
+
+impl NatsSink {
+    pub fn new(
+        client: async_nats::Client,
+        config: &NatsConfig,
+        subjects: SubjectTemplate,
+        timeout: Duration,
+        metrics: NatsMetrics,
+    ) -> Self {
+        let (name, jetstream) = match config.ty {
+            NatsType::Standard => (format!("nats:{}", config.url), None),
+            NatsType::Streaming => (
+                format!("jetstream:{}/{}", config.url, config.stream),
+                Some(jetstream::new(client.clone())),
+            ),
+        };
+        NatsSink {
+            name,
+            client,
+            jetstream,
+            stream: config.stream.clone(),
+            subjects,
+            mode: config.ce_mode,
+            timeout,
+            stream_ready: OnceCell::new(),
+            metrics,
+        }
+    }
+
+    /// The message for one event, in the binding's structured or binary mode.
+    fn message(&self, event: &CloudEvent) -> (HeaderMap, Bytes) {
+        let mut headers = HeaderMap::new();
+        match self.mode {
+            CeMode::Structured => {
+                headers.insert("content-type", STRUCTURED_CONTENT_TYPE);
+                (headers, Bytes::from(event.to_structured_json()))
+            }
+            CeMode::Binary => {
+                for (name, value) in event.to_binary_headers().iter() {
+                    if let Ok(v) = value.to_str() {
+                        headers.insert(name.as_str(), v);
+                    }
+                }
+                (headers, event.data.clone())
+            }
+        }
+    }
+
+    /// Creates the stream when it is missing; an existing stream is left as the
+    /// operator configured it.
+    async fn ensure_stream(&self, js: &jetstream::Context) -> Result<(), DeliveryError> {
+        self.stream_ready
+            .get_or_try_init(|| async {
+                let config = stream::Config {
+                    name: self.stream.clone(),
+                    subjects: self.subjects.stream_subjects(),
+                    storage: stream::StorageType::File,
+                    duplicate_window: Duration::from_secs(120),
+                    ..Default::default()
+                };
+                js.get_or_create_stream(config)
+                    .await
+                    .map(|s| tracing::info!(stream = %s.cached_info().config.name, subjects = ?s.cached_info().config.subjects, "JetStream stream ready"))
+                    .map_err(|e| DeliveryError::retryable(format!("JetStream stream {}: {e}", self.stream)))
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn publish(&self, event: &CloudEvent) -> Result<(), DeliveryError> {
+        let subject = self.subjects.render(event);
+        let (headers, payload) = self.message(event);
+        let result = match &self.jetstream {
+            None => self
+                .client
+                .publish_with_headers(subject, headers, payload)
+                .await
+                .map_err(|e| DeliveryError::retryable(format!("NATS publish: {e}"))),
+            Some(js) => {
+                self.ensure_stream(js).await?;
+                let publish = PublishMessage::build().payload(payload).headers(headers).message_id(&event.id);
+                let acked = tokio::time::timeout(self.timeout, async {
+                    let ack = js.send_publish(subject, publish).await.map_err(|e| e.to_string())?;
+                    ack.await.map_err(|e| e.to_string())
+                })
+                .await;
+                match acked {
+                    Ok(Ok(ack)) => {
+                        self.metrics.acked.inc();
+                        if ack.duplicate {
+                            self.metrics.duplicates.inc();
+                        }
+                        Ok(())
+                    }
+                    Ok(Err(e)) => Err(DeliveryError::retryable(format!("JetStream publish: {e}"))),
+                    Err(_) => Err(DeliveryError::retryable(format!(
+                        "JetStream publish timed out after {:?} waiting for the acknowledgement",
+                        self.timeout
+                    ))),
+                }
+            }
+        };
+        match &result {
+            Ok(()) => self.metrics.published.inc(),
+            Err(_) => self.metrics.failures.inc(),
+        };
+        result
+    }
+}
+
+impl Sink for NatsSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn deliver<'a>(&'a self, event: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        Box::pin(self.publish(event))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(subject: &str) -> CloudEvent {
+        CloudEvent::from_gateway_event("gw", "t", subject, Bytes::new())
+    }
+
+    #[test]
+    fn subjects_render_and_stay_valid() {
+        let t = SubjectTemplate::new("{gateway}.{src}", "my gw", "default");
+        assert_eq!(t.render(&ev("alpha")), "my_gw.alpha");
+        assert_eq!(t.render(&ev("webhook.fooConfig")), "my_gw.webhook.fooConfig");
+        assert_eq!(t.render(&ev("a b*>")), "my_gw.a_b__");
+        assert_eq!(t.render(&ev(".x.")), "my_gw._.x._");
+        assert_eq!(t.stream_subjects(), vec!["my_gw.>"]);
+        let t = SubjectTemplate::new("events.{src}.{namespace}", "g", "prod");
+        assert_eq!(t.render(&ev("k")), "events.k.prod");
+        assert_eq!(t.stream_subjects(), vec!["events.*.prod"]);
+    }
+}
