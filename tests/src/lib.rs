@@ -499,15 +499,22 @@ pub struct NatsServer {
     pub port: u16,
     store: PathBuf,
     log_dir: PathBuf,
+    args: Vec<String>,
     pub proc: Option<Proc>,
 }
 
 impl NatsServer {
     pub async fn start(dir: &Path) -> NatsServer {
+        Self::start_with(dir, &[]).await
+    }
+
+    /// Starts with extra command-line arguments (e.g. `--auth TOKEN`).
+    pub async fn start_with(dir: &Path, args: &[&str]) -> NatsServer {
         let mut n = NatsServer {
             port: free_port(),
             store: dir.join("nats-store"),
             log_dir: dir.to_owned(),
+            args: args.iter().map(|a| a.to_string()).collect(),
             proc: None,
         };
         n.restart().await;
@@ -525,7 +532,7 @@ impl NatsServer {
             .find(|p| Path::new(p).exists())
             .unwrap_or("nats-server");
         let mut cmd = Command::new(bin);
-        cmd.arg("-js").arg("-a").arg("127.0.0.1").arg("-p").arg(self.port.to_string()).arg("-sd").arg(&self.store);
+        cmd.arg("-js").arg("-a").arg("127.0.0.1").arg("-p").arg(self.port.to_string()).arg("-sd").arg(&self.store).args(&self.args);
         self.proc = Some(Proc::spawn("nats-server", cmd, &self.log_dir));
         wait_port(self.port, "nats-server to listen").await;
     }
@@ -537,7 +544,12 @@ impl NatsServer {
     }
 
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
-        let client = async_nats::connect(self.url()).await.expect("connect to nats-server");
+        let token = self.args.iter().position(|a| a == "--auth").and_then(|i| self.args.get(i + 1));
+        let options = match token {
+            Some(t) => async_nats::ConnectOptions::with_token(t.clone()),
+            None => async_nats::ConnectOptions::new(),
+        };
+        let client = options.connect(self.url()).await.expect("connect to nats-server");
         async_nats::jetstream::new(client)
     }
 }

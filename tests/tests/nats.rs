@@ -37,6 +37,21 @@ fn streaming(g: &mut Gateway, nats: &NatsServer, protocol: &str) {
     }
 }
 
+#[tokio::test]
+async fn token_authentication_comes_from_the_environment() {
+    let mut g = Gateway::new(UserServerKind::Python);
+    let nats = NatsServer::start_with(g.dir.path(), &["--auth", "s3cret"]).await;
+    streaming(&mut g, &nats, "NATS");
+    g.transformer_env.push(("NATS_TOKEN".into(), "s3cret".into()));
+    g.start_transformer().await;
+    let r = g.post(&g.tr_url("/"), "application/json", r#"{"src":"a","payload":"eyJrIjoxfQ=="}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    wait_for("the event in the stream of a token-protected server", || async {
+        (stream_messages(&nats).await == 1).then_some(())
+    })
+    .await;
+}
+
 async fn stream_messages(nats: &NatsServer) -> u64 {
     match nats.jetstream().await.get_stream("TEST-GATEWAY").await {
         Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
@@ -93,7 +108,8 @@ async fn jetstream_stores_each_event_once_and_a_durable_consumer_replays_from_a_
     let mut ids = Vec::new();
     for i in 0..9 {
         let payload = base64_json(&format!(r#"{{"n":{i}}}"#));
-        let r = g.post(&g.tr_url("/"), "application/json", format!(r#"{{"src":"s{i}","payload":"{payload}"}}"#)).await;
+        // One configuration key: order is promised per configuration.
+        let r = g.post(&g.tr_url("/"), "application/json", format!(r#"{{"src":"same","payload":"{payload}"}}"#)).await;
         assert_eq!(r.status, 200, "{}", r.text);
         ids.push(r.json["id"].as_str().expect("id").to_owned());
     }
@@ -106,7 +122,7 @@ async fn jetstream_stores_each_event_once_and_a_durable_consumer_replays_from_a_
             .header("ce-id", "the-same-id")
             .header("ce-source", "elsewhere")
             .header("ce-type", "t")
-            .header("ce-subject", "dup")
+            .header("ce-subject", "same")
             .header("content-type", "text/plain")
             .body("twice")
             .send()
