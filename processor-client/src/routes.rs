@@ -159,11 +159,15 @@ struct Notice {
     message: Option<String>,
 }
 
-/// A notice body: JSON when it parses as a JSON object, otherwise plain text.
-fn read_notice(body: &[u8]) -> Result<Notice, String> {
+/// A notice body: JSON when it parses as a JSON object, otherwise plain text. A body
+/// that says it is JSON must be an object (or empty).
+fn read_notice(json: bool, body: &[u8]) -> Result<Notice, String> {
     match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(serde_json::Value::Object(_)) => {
             serde_json::from_slice::<Notice>(body).map_err(|e| format!("notice fields have the wrong type: {e}"))
+        }
+        _ if json && !body.trim_ascii().is_empty() => {
+            Err("a JSON notice must be an object such as {\"src\": \"KEY\"}".into())
         }
         _ => Ok(Notice {
             src: None,
@@ -180,7 +184,7 @@ async fn running(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let body = body.map_err(|r| ApiError::from_body(r, st.max_body_bytes))?;
-    let notice = read_notice(&body).map_err(ApiError::bad_request)?;
+    let notice = read_notice(content_type(&headers) == "application/json", &body).map_err(ApiError::bad_request)?;
     let named = notice.src.as_deref().filter(|s| !s.is_empty()).or(src_outside_body(&params, &headers));
     let src = st.registry.resolve(named).map_err(lookup_error)?;
     st.registry.running(&src, notice.id.as_deref()).map_err(lookup_error)?;
@@ -195,7 +199,7 @@ async fn error(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let body = body.map_err(|r| ApiError::from_body(r, st.max_body_bytes))?;
-    let notice = read_notice(&body).map_err(ApiError::bad_request)?;
+    let notice = read_notice(content_type(&headers) == "application/json", &body).map_err(ApiError::bad_request)?;
     let named = notice.src.as_deref().filter(|s| !s.is_empty()).or(src_outside_body(&params, &headers));
     let src = st.registry.resolve(named).map_err(lookup_error)?;
     let message = notice.message.filter(|m| !m.is_empty()).unwrap_or_else(|| "error reported by the user server".into());
@@ -237,13 +241,14 @@ mod fuzz {
     proptest! {
         #[test]
         fn fuzz_notice(body in prop::collection::vec(any::<u8>(), 0..256)) {
-            let _ = super::read_notice(&body);
+            let _ = super::read_notice(true, &body);
+            let _ = super::read_notice(false, &body);
         }
 
         #[test]
         fn fuzz_notice_json(src in prop::option::of(".{0,8}"), id in prop::option::of("[0-9]{0,10}"), n in any::<i64>()) {
             let body = serde_json::json!({ "src": src, "id": id, "message": n });
-            let _ = super::read_notice(&serde_json::to_vec(&body).unwrap_or_default());
+            let _ = super::read_notice(true, &serde_json::to_vec(&body).unwrap_or_default());
         }
     }
 }

@@ -39,12 +39,27 @@ pub enum CloudEventError {
     SpecVersion(String),
     #[error("structured CloudEvent is not valid JSON: {0}")]
     Json(String),
-    #[error("attribute \"{0}\" is not a string")]
+    #[error("attribute \"{0}\" must be a string, an integer or a boolean")]
     NotAString(String),
     #[error("\"data_base64\" is not valid base64: {0}")]
     Base64(String),
     #[error("header {0} is not valid text")]
     Header(String),
+    #[error("attribute name {0:?} is invalid: CloudEvents attribute names are lower-case letters and digits")]
+    AttributeName(String),
+    #[error("attribute \"{0}\" must not be empty when present")]
+    Empty(&'static str),
+    #[error("attribute \"time\" is not an RFC 3339 timestamp: {0:?}")]
+    Time(String),
+}
+
+/// CloudEvents attribute names: `[a-z0-9]+`.
+fn check_name(name: &str) -> Result<(), CloudEventError> {
+    if !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err(CloudEventError::AttributeName(name.to_owned()))
+    }
 }
 
 impl CloudEvent {
@@ -215,7 +230,10 @@ impl CloudEvent {
                 "subject" => ev.subject = Some(v),
                 "time" => ev.time = Some(v),
                 "dataschema" => ev.dataschema = Some(v),
-                other => ev.extensions.push((other.to_owned(), v)),
+                other => {
+                    check_name(other)?;
+                    ev.extensions.push((other.to_owned(), v))
+                }
             }
         }
         if let Some(ct) = headers.get(axum::http::header::CONTENT_TYPE) {
@@ -253,7 +271,13 @@ impl CloudEvent {
                 serde_json::Value::String(s) => s,
                 serde_json::Value::Null => continue,
                 serde_json::Value::Bool(b) => b.to_string(),
-                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
+                // JSON Schema's integers include `3.0`: a whole float is that integer.
+                serde_json::Value::Number(n)
+                    if n.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() < 9.0e15) =>
+                {
+                    (n.as_f64().unwrap_or_default() as i64).to_string()
+                }
                 _ => return Err(CloudEventError::NotAString(k)),
             };
             match k.as_str() {
@@ -271,7 +295,10 @@ impl CloudEvent {
                             .map_err(|e| CloudEventError::Base64(e.to_string()))?,
                     )
                 }
-                _ => ev.extensions.push((k, s)),
+                _ => {
+                    check_name(&k)?;
+                    ev.extensions.push((k, s))
+                }
             }
         }
         match spec {
@@ -286,6 +313,9 @@ impl CloudEvent {
         Ok(ev)
     }
 
+    /// The spec's rules for incoming events: required attributes present, optional
+    /// ones non-empty when present, `time` in RFC 3339. Refusing here, with a 400,
+    /// beats accepting an event every conforming sensor will refuse later.
     fn check_required(&self) -> Result<(), CloudEventError> {
         if self.id.is_empty() {
             return Err(CloudEventError::Missing("id"));
@@ -295,6 +325,20 @@ impl CloudEvent {
         }
         if self.ty.is_empty() {
             return Err(CloudEventError::Missing("type"));
+        }
+        for (name, value) in [
+            ("subject", &self.subject),
+            ("datacontenttype", &self.datacontenttype),
+            ("dataschema", &self.dataschema),
+        ] {
+            if value.as_deref().is_some_and(str::is_empty) {
+                return Err(CloudEventError::Empty(name));
+            }
+        }
+        if let Some(t) = &self.time {
+            if OffsetDateTime::parse(t, &Rfc3339).is_err() {
+                return Err(CloudEventError::Time(t.clone()));
+            }
         }
         Ok(())
     }
@@ -427,6 +471,33 @@ mod tests {
             CloudEvent::from_structured(b"[1,2]"),
             Err(CloudEventError::Json(_))
         ));
+        assert_eq!(
+            CloudEvent::from_structured(br#"{"specversion":"1.0","id":"1","source":"s","type":"t","n":2.5}"#),
+            Err(CloudEventError::NotAString("n".into()))
+        );
+    }
+
+    #[test]
+    fn optional_attributes_must_be_well_formed_when_present() {
+        let base = r#""specversion":"1.0","id":"1","source":"s","type":"t""#;
+        for (extra, err) in [
+            (r#""subject":"""#, CloudEventError::Empty("subject")),
+            (r#""datacontenttype":"""#, CloudEventError::Empty("datacontenttype")),
+            (r#""time":"yesterday""#, CloudEventError::Time("yesterday".into())),
+        ] {
+            let doc = format!("{{{base},{extra}}}");
+            assert_eq!(CloudEvent::from_structured(doc.as_bytes()), Err(err));
+        }
+        let ok = format!(r#"{{{base},"time":"2026-11-22T10:00:00Z"}}"#);
+        assert!(CloudEvent::from_structured(ok.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn extension_names_must_be_lowercase_alphanumeric() {
+        let doc = br#"{"specversion":"1.0","id":"1","source":"s","type":"t","x-bad":"v"}"#;
+        assert_eq!(CloudEvent::from_structured(doc), Err(CloudEventError::AttributeName("x-bad".into())));
+        let ok = br#"{"specversion":"1.0","id":"1","source":"s","type":"t","traceparent":"v","n":null}"#;
+        assert_eq!(CloudEvent::from_structured(ok).unwrap().extensions, vec![("traceparent".to_owned(), "v".to_owned())]);
     }
 
     #[test]
