@@ -20,7 +20,7 @@ apt_install() {
 command -v python3 >/dev/null || apt_install python3 python3-pip
 command -v node >/dev/null || apt_install nodejs
 command -v nats-server >/dev/null || [[ -x /usr/sbin/nats-server ]] || apt_install nats-server
-if ! python3 -c 'import cloudevents.core.bindings.http, nats' 2>/dev/null; then
+if ! python3 -c 'import cloudevents.core.bindings.http, nats, schemathesis, openapi_spec_validator' 2>/dev/null; then
   python3 -m pip install -q -r tests/requirements.txt 2>/dev/null \
     || python3 -m pip install -q --break-system-packages -r tests/requirements.txt
 fi

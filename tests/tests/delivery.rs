@@ -45,10 +45,16 @@ async fn wait_all_acked_delivered(g: &Gateway) {
     .await;
 }
 
-fn assert_redeliveries_keep_their_id(g: &Gateway) {
-    for (key, ids) in deliveries(g) {
-        assert_eq!(ids.len(), 1, "{key:?} was delivered under several CloudEvent ids: {ids:?}");
-    }
+/// The gateway's own redeliveries keep the CloudEvent id. A second id for the same
+/// payload can only come from the producer resending a request it got no answer
+/// for (the transformer died after storing it and before answering): at most one
+/// such event per producer in flight at each kill.
+fn assert_redeliveries_keep_their_id(g: &Gateway, producers_times_kills: usize) {
+    let resent: Vec<_> = deliveries(g).into_iter().filter(|(_, ids)| ids.len() > 1).collect();
+    assert!(
+        resent.len() <= producers_times_kills,
+        "more events under several CloudEvent ids than unanswered requests could explain: {resent:?}"
+    );
 }
 
 fn acked(g: &Gateway) -> usize {
@@ -71,7 +77,7 @@ async fn transformer_killed_mid_stream_loses_nothing_acknowledged() {
     let log = g.transformer.as_ref().expect("transformer").output();
     assert!(log.contains("recovered events stored by an earlier run"), "the restart redelivered from the store:\n{log}");
     assert_ordered(&g.sensor_events());
-    assert_redeliveries_keep_their_id(&g);
+    assert_redeliveries_keep_their_id(&g, 2);
 }
 
 #[tokio::test]
@@ -90,7 +96,7 @@ async fn transformer_killed_twice_while_sensor_flaps() {
     g.wait_journal("acked", "alpha", 300).await;
     wait_all_acked_delivered(&g).await;
     assert_ordered(&g.sensor_events());
-    assert_redeliveries_keep_their_id(&g);
+    assert_redeliveries_keep_their_id(&g, 2);
 }
 
 #[tokio::test]
