@@ -360,6 +360,15 @@ impl Gateway {
         wait_port(self.us_port, "the user server to listen").await;
     }
 
+    /// Starts a user server of the caller's making on `us_port`; it is told both
+    /// ports through the contract's variables.
+    pub async fn start_user_server_with(&mut self, mut cmd: Command) {
+        cmd.env("GATEWAY_PROCESSOR_SERVER_HTTP_PORT", self.us_port.to_string())
+            .env("GATEWAY_PROCESSOR_CLIENT_HTTP_PORT", self.pc_port.to_string());
+        self.user_server = Some(Proc::spawn("user-server", cmd, self.dir.path()));
+        wait_port(self.us_port, "the user server to listen").await;
+    }
+
     /// Adds or changes one configuration, as a ConfigMap update would.
     pub fn set_config(&self, key: &str, value: &str) {
         let mut map = self.configs.lock().expect("configs");
