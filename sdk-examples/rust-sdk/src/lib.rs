@@ -1,0 +1,41 @@
+//! Writing a gateway user server in Rust. Implement [`ConfigExecutor`] (the seeds'
+//! `StartConfig` / `StopConfig` / `Validate`, out of process) and call [`run`]: the
+//! crate serves `/start` and `/stop` as the contract says, runs each configuration
+//! as its own cancellable task, and hands it an [`Emitter`] that posts events to
+//! the processor-client, waiting out 503 + `Retry-After` so nothing is dropped.
+
+mod emitter;
+mod server;
+
+pub use emitter::{EmitError, Emitter};
+pub use server::{run, serve, Settings};
+pub use tokio_util::sync::CancellationToken;
+
+use serde::{Deserialize, Serialize};
+
+/// What `/start` and `/stop` receive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigData {
+    pub id: String,
+    #[serde(rename = "timeID")]
+    pub time_id: String,
+    pub src: String,
+    pub config: String,
+}
+
+/// A kind of event source. One executor serves every configuration; the server
+/// calls `start` once per start, on a task of its own, and cancels `stop` when the
+/// configuration is stopped, changed or replaced.
+pub trait ConfigExecutor: Send + Sync + 'static {
+    /// Checks a configuration before it starts. An error becomes a 400 whose body
+    /// the processor-client shows as the configuration's Error message.
+    fn validate(&self, config: &ConfigData) -> Result<(), String>;
+
+    /// Runs the configuration until `stop` is cancelled, emitting its events.
+    fn start(
+        &self,
+        config: ConfigData,
+        emitter: Emitter,
+        stop: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static;
+}

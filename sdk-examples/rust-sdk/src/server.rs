@@ -1,0 +1,151 @@
+//! The user server's HTTP side: `/start` validates and starts a task per
+//! configuration (replacing one already running for the same `src`), `/stop`
+//! cancels it. Shutdown cancels every task.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{ConfigData, ConfigExecutor, Emitter};
+
+/// Where things are, from the contract's environment variables.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `GATEWAY_PROCESSOR_SERVER_HTTP_PORT` (default 8080).
+    pub port: u16,
+    /// `http://HOST:PORT` of the processor-client: `GATEWAY_PROCESSOR_CLIENT_HOST`
+    /// (default 127.0.0.1) and `GATEWAY_PROCESSOR_CLIENT_HTTP_PORT` (default 9393).
+    pub processor_client: String,
+    pub start_path: String,
+    pub stop_path: String,
+    pub event_path: String,
+    pub running_path: String,
+    pub error_path: String,
+}
+
+impl Settings {
+    /// Reads the contract's variables; malformed ports fall back to an error naming them.
+    pub fn from_env() -> Result<Settings, String> {
+        let var = |k: &str, d: &str| std::env::var(k).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| d.to_owned());
+        let port = |k: &str, d: &str| var(k, d).parse::<u16>().map_err(|e| format!("{k}: {e}"));
+        Ok(Settings {
+            port: port("GATEWAY_PROCESSOR_SERVER_HTTP_PORT", "8080")?,
+            processor_client: format!(
+                "http://{}:{}",
+                var("GATEWAY_PROCESSOR_CLIENT_HOST", "127.0.0.1"),
+                port("GATEWAY_PROCESSOR_CLIENT_HTTP_PORT", "9393")?
+            ),
+            start_path: var("GATEWAY_HTTP_CONFIG_START", "/start"),
+            stop_path: var("GATEWAY_HTTP_CONFIG_STOP", "/stop"),
+            event_path: var("GATEWAY_HTTP_CONFIG_EVENT", "/event"),
+            running_path: var("GATEWAY_HTTP_CONFIG_RUNNING", "/activated"),
+            error_path: var("GATEWAY_HTTP_CONFIG_ERROR", "/error"),
+        })
+    }
+}
+
+struct Shared<E> {
+    executor: Arc<E>,
+    settings: Settings,
+    client: reqwest::Client,
+    running: Mutex<HashMap<String, CancellationToken>>,
+}
+
+/// Serves `executor` on the port the environment names until SIGTERM or SIGINT.
+pub async fn run<E: ConfigExecutor>(executor: E) -> Result<(), String> {
+    let settings = Settings::from_env()?;
+    let listener = TcpListener::bind(("0.0.0.0", settings.port))
+        .await
+        .map_err(|e| format!("cannot listen on port {}: {e}", settings.port))?;
+    serve(executor, settings, listener, shutdown_signal()).await.map_err(|e| e.to_string())
+}
+
+/// Serves on a bound listener until `shutdown`, then stops every configuration.
+pub async fn serve<E: ConfigExecutor>(
+    executor: E,
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let shared = Arc::new(Shared {
+        executor: Arc::new(executor),
+        client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap_or_default(),
+        settings: settings.clone(),
+        running: Mutex::new(HashMap::new()),
+    });
+    let app = Router::new()
+        .route(&settings.start_path, post(start::<E>))
+        .route(&settings.stop_path, post(stop::<E>))
+        .with_state(shared.clone());
+    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    for (_, token) in shared.running.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+        token.cancel();
+    }
+    result
+}
+
+async fn start<E: ConfigExecutor>(
+    State(shared): State<Arc<Shared<E>>>,
+    Json(config): Json<ConfigData>,
+) -> Result<StatusCode, (StatusCode, String)> {
+    shared.executor.validate(&config).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+    let token = CancellationToken::new();
+    let previous = shared
+        .running
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(config.src.clone(), token.clone());
+    if let Some(previous) = previous {
+        previous.cancel();
+    }
+    let s = &shared.settings;
+    let emitter = Emitter {
+        client: shared.client.clone(),
+        base: s.processor_client.clone(),
+        event_path: s.event_path.clone(),
+        running_path: s.running_path.clone(),
+        error_path: s.error_path.clone(),
+        config: config.clone(),
+        stop: token.clone(),
+    };
+    tracing::info!(src = %config.src, id = %config.id, "configuration started");
+    let task = shared.executor.start(config, emitter, token.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = task => {}
+            _ = token.cancelled() => {}
+        }
+    });
+    Ok(StatusCode::OK)
+}
+
+async fn stop<E: ConfigExecutor>(State(shared): State<Arc<Shared<E>>>, Json(config): Json<ConfigData>) -> StatusCode {
+    if let Some(token) = shared.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&config.src) {
+        token.cancel();
+        tracing::info!(src = %config.src, "configuration stopped");
+    }
+    StatusCode::OK
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

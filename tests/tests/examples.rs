@@ -1,0 +1,131 @@
+//! The SDK examples end to end: each runs as the user server of a real gateway
+//! (or, for the framework-independent producer, straight into the transformer),
+//! and its events reach the sensor as CloudEvents.
+
+use std::collections::HashSet;
+use std::process::Command;
+
+use gateway_tests::*;
+
+fn example(path: &str) -> std::path::PathBuf {
+    root().join("sdk-examples").join(path)
+}
+
+fn ymd(days_from_today: i64) -> String {
+    let d = time::OffsetDateTime::now_utc().date() + time::Duration::days(days_from_today);
+    format!("{:04}{:02}{:02}", d.year(), u8::from(d.month()), d.day())
+}
+
+fn events_of<'a>(events: &'a [serde_json::Value], src: &str) -> Vec<&'a serde_json::Value> {
+    events.iter().filter(|e| e["subject"] == src).collect()
+}
+
+#[tokio::test]
+async fn calendar_fires_on_intervals_and_schedules_and_honours_exclusions() {
+    let mut g = Gateway::new(UserServerKind::Python);
+    g.set_config("every-second", "interval: 1s\nuserPayload: {k: 1}");
+    g.set_config("tokyo", "schedule: '* * * * * *'\ntimezone: Asia/Tokyo");
+    g.set_config("excluded", &format!("schedule: '* * * * * *'\nrecurrence: ['EXDATE:{},{}']", ymd(0), ymd(1)));
+    g.set_config("broken", "schedule: nonsense");
+    g.start_sensor().await;
+    g.start_transformer().await;
+    g.start_user_server_with(Command::new(bin("calendar"))).await;
+    g.start_processor().await;
+    wait_for("three events of every-second and of tokyo", || async {
+        let e = g.sensor_events();
+        (events_of(&e, "every-second").len() >= 3 && events_of(&e, "tokyo").len() >= 3).then_some(())
+    })
+    .await;
+    let events = g.sensor_events();
+    for e in events_of(&events, "every-second") {
+        assert_eq!(e["data"]["userPayload"]["k"], 1);
+        assert!(e["data"]["eventTime"].as_str().expect("eventTime").ends_with("+00:00"));
+    }
+    for e in events_of(&events, "tokyo") {
+        assert!(e["data"]["eventTime"].as_str().expect("eventTime").ends_with("+09:00"), "{e}");
+    }
+    assert!(events_of(&events, "excluded").is_empty(), "today and tomorrow are excluded");
+    let broken = g.wait_phase("broken", "Error").await;
+    assert!(broken["message"].as_str().unwrap_or("").contains("cron"), "{broken}");
+
+    // A changed schedule is a stop and a start: no instant fires twice.
+    g.set_config("every-second", "schedule: '* * * * * *'\nuserPayload: {k: 2}");
+    wait_for("events of the changed schedule", || async {
+        let e = g.sensor_events();
+        (events_of(&e, "every-second").iter().filter(|e| e["data"]["userPayload"]["k"] == 2).count() >= 3).then_some(())
+    })
+    .await;
+    let events = g.sensor_events();
+    let times: Vec<&str> = events_of(&events, "every-second").iter().map(|e| e["data"]["eventTime"].as_str().unwrap_or("")).collect();
+    let unique: HashSet<&str> = times.iter().copied().collect();
+    assert_eq!(unique.len(), times.len(), "an instant fired twice: {times:?}");
+    assert!(events_of(&events, "excluded").is_empty());
+}
+
+#[tokio::test]
+async fn webhook_turns_matching_requests_into_events() {
+    let mut g = Gateway::new(UserServerKind::Python);
+    let hook = free_port();
+    g.set_config("orders", &format!(r#"{{"port": {hook}, "endpoint": "/orders", "method": "POST"}}"#));
+    g.set_config("refunds", &format!("port: \"{hook}\"\nendpoint: \"/refunds\"\nmethod: \"PUT\""));
+    g.start_sensor().await;
+    g.start_transformer().await;
+    let mut cmd = Command::new("python3");
+    cmd.arg(example("webhook/webhook.py"));
+    g.start_user_server_with(cmd).await;
+    g.start_processor().await;
+    g.wait_phase("orders", "Running").await;
+    g.wait_phase("refunds", "Running").await;
+    wait_port(hook, "the webhook port").await;
+    let url = |p: &str| format!("http://127.0.0.1:{hook}{p}");
+    let r = g.http.post(url("/orders?x=1")).header("x-order", "42").body(r#"{"order":42}"#).send().await.expect("post");
+    assert_eq!(r.status().as_u16(), 200);
+    let r = g.http.put(url("/refunds")).body("plain").send().await.expect("put");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(g.http.get(url("/orders")).send().await.expect("get").status().as_u16(), 405);
+    assert_eq!(g.http.post(url("/nowhere")).send().await.expect("post").status().as_u16(), 404);
+    let events = g.wait_sensor(2).await;
+    let order = events.iter().find(|e| e["subject"] == "orders").expect("order event");
+    assert_eq!(order["data"]["method"], "POST");
+    assert_eq!(order["data"]["path"], "/orders?x=1");
+    assert_eq!(order["data"]["body"], r#"{"order":42}"#);
+    assert_eq!(order["data"]["headers"]["x-order"], "42");
+    let refund = events.iter().find(|e| e["subject"] == "refunds").expect("refund event");
+    assert_eq!(refund["data"]["body"], "plain");
+
+    g.remove_config("orders");
+    g.wait_phase("orders", "Stopped").await;
+    assert_eq!(g.http.post(url("/orders")).send().await.expect("post").status().as_u16(), 404);
+    g.remove_config("refunds");
+    wait_for("the port to close with its last webhook", || async {
+        std::net::TcpStream::connect(("127.0.0.1", hook)).is_err().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn framework_independent_producer_posts_straight_to_the_transformer() {
+    let mut g = Gateway::new(UserServerKind::Python);
+    g.start_sensor().await;
+    g.start_transformer().await;
+    let out = Command::new("bash")
+        .arg(example("framework-independent/post-event.sh"))
+        .args(["cli-source", r#"{"hello":"world"}"#])
+        .env("TRANSFORMER_PORT", g.tr_port.to_string())
+        .output()
+        .expect("run post-event.sh");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let events = g.wait_sensor(1).await;
+    assert_eq!(events[0]["id"], id.as_str(), "the script prints the CloudEvent id");
+    assert_eq!(events[0]["subject"], "cli-source");
+    assert_eq!(events[0]["data"]["hello"], "world");
+    let refused = Command::new("bash")
+        .arg(example("framework-independent/post-event.sh"))
+        .args(["", "x"])
+        .env("TRANSFORMER_PORT", g.tr_port.to_string())
+        .output()
+        .expect("run post-event.sh");
+    assert!(!refused.status.success(), "an empty src is refused");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("usage"));
+}
