@@ -20,12 +20,16 @@ apt_install() {
 command -v python3 >/dev/null || apt_install python3 python3-pip
 command -v node >/dev/null || apt_install nodejs
 command -v nats-server >/dev/null || [[ -x /usr/sbin/nats-server ]] || apt_install nats-server
+{ command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]]; } && command -v mosquitto_pub >/dev/null \
+  || apt_install mosquitto mosquitto-clients
 if ! python3 -c 'import cloudevents.core.bindings.http, nats, schemathesis, openapi_spec_validator, fastapi_code_generator, fastapi, uvicorn' 2>/dev/null; then
   python3 -m pip install -q -r tests/requirements.txt 2>/dev/null \
     || python3 -m pip install -q --break-system-packages -r tests/requirements.txt
 fi
 
-# The TypeScript example's pinned tools (openapi-typescript, typescript).
-if [[ ! -d sdk-examples/node-typescript/node_modules ]]; then
-  (cd sdk-examples/node-typescript && npm ci --silent --no-audit --no-fund)
-fi
+# The Node examples' pinned packages (openapi-typescript, typescript; mqtt, nats).
+for example in node-typescript stream-node; do
+  if [[ ! -d sdk-examples/$example/node_modules ]]; then
+    (cd sdk-examples/$example && npm ci --silent --no-audit --no-fund)
+  fi
+done

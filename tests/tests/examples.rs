@@ -129,3 +129,59 @@ async fn framework_independent_producer_posts_straight_to_the_transformer() {
     assert!(!refused.status.success(), "an empty src is refused");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("usage"));
 }
+
+#[tokio::test]
+async fn stream_server_turns_mqtt_and_nats_messages_into_events() {
+    let mut g = Gateway::new(UserServerKind::Node);
+    let mqtt_port = free_port();
+    let mosquitto_bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"].into_iter().find(|p| std::path::Path::new(p).exists()).unwrap_or("mosquitto");
+    let mut cmd = Command::new(mosquitto_bin);
+    cmd.arg("-p").arg(mqtt_port.to_string());
+    let _mosquitto = Proc::spawn("mosquitto", cmd, g.dir.path());
+    wait_port(mqtt_port, "mosquitto to listen").await;
+    let nats = NatsServer::start(g.dir.path()).await;
+    g.set_config("mqtt-in", &format!(r#"{{"broker": "mqtt", "url": "mqtt://127.0.0.1:{mqtt_port}", "topic": "sensors/#"}}"#));
+    g.set_config("nats-in", &format!(r#"{{"broker": "nats", "url": "{}", "subject": "readings.>"}}"#, nats.url()));
+    g.set_config("bad", r#"{"broker": "kafka"}"#);
+    g.start_sensor().await;
+    g.start_transformer().await;
+    let mut node = Command::new("node");
+    node.arg(example("stream-node/stream.js"));
+    g.start_user_server_with(node).await;
+    g.start_processor().await;
+    g.wait_phase("mqtt-in", "Running").await;
+    g.wait_phase("nats-in", "Running").await;
+    assert!(g.wait_phase("bad", "Error").await["message"].as_str().unwrap_or("").contains("broker"));
+
+    let publish_mqtt = |topic: &str, msg: &str| {
+        let ok = Command::new("mosquitto_pub")
+            .args(["-p", &mqtt_port.to_string(), "-q", "1", "-t", topic, "-m", msg])
+            .status()
+            .expect("mosquitto_pub");
+        assert!(ok.success());
+    };
+    let client = async_nats::connect(nats.url()).await.expect("nats");
+    for i in 0..5 {
+        publish_mqtt("sensors/kitchen", &format!("m{i}"));
+        client.publish(format!("readings.r{i}"), format!("n{i}").into()).await.expect("publish");
+    }
+    client.flush().await.expect("flush");
+    let events = g.wait_sensor(10).await;
+    let mqtt: Vec<&str> = events_of(&events, "mqtt-in").iter().map(|e| e["data"]["payload"].as_str().unwrap_or("")).collect();
+    let nats_payloads: Vec<&str> = events_of(&events, "nats-in").iter().map(|e| e["data"]["payload"].as_str().unwrap_or("")).collect();
+    assert_eq!(mqtt, ["m0", "m1", "m2", "m3", "m4"]);
+    assert_eq!(nats_payloads, ["n0", "n1", "n2", "n3", "n4"]);
+    assert_eq!(events_of(&events, "mqtt-in")[0]["data"]["topic"], "sensors/kitchen");
+    assert_eq!(events_of(&events, "nats-in")[2]["data"]["topic"], "readings.r2");
+
+    g.remove_config("mqtt-in");
+    g.wait_phase("mqtt-in", "Stopped").await;
+    publish_mqtt("sensors/kitchen", "after-stop");
+    client.publish("readings.last", "n-last".into()).await.expect("publish");
+    client.flush().await.expect("flush");
+    wait_for("the NATS message after the MQTT stop", || async {
+        g.sensor_events().iter().any(|e| e["data"]["payload"] == "n-last").then_some(())
+    })
+    .await;
+    assert!(!g.sensor_events().iter().any(|e| e["data"]["payload"] == "after-stop"), "stop unsubscribes");
+}
