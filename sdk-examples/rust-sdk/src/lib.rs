@@ -38,4 +38,8 @@ pub trait ConfigExecutor: Send + Sync + 'static {
         emitter: Emitter,
         stop: CancellationToken,
     ) -> impl std::future::Future<Output = ()> + Send + 'static;
+
+    /// Called on `/stop`, after the configuration's task was cancelled: release
+    /// what `start` could not release by itself. Does nothing by default.
+    fn stop(&self, _config: &ConfigData) {}
 }

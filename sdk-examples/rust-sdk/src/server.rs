@@ -128,8 +128,10 @@ async fn start<E: ConfigExecutor>(
 }
 
 async fn stop<E: ConfigExecutor>(State(shared): State<Arc<Shared<E>>>, Json(config): Json<ConfigData>) -> StatusCode {
-    if let Some(token) = shared.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&config.src) {
+    let token = shared.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&config.src);
+    if let Some(token) = token {
         token.cancel();
+        shared.executor.stop(&config);
         tracing::info!(src = %config.src, "configuration stopped");
     }
     StatusCode::OK
