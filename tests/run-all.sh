@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 bash tests/setup.sh
 cargo build --workspace --locked
 cargo test --workspace --locked
+GATEWAY_BIN_DIR=target/debug ./target/debug/bench --smoke > /dev/null
+echo "benchmark smoke: every scenario ran"
 out=$(DEMO_SECONDS=${DEMO_SECONDS:-8} bash sdk-examples/local-gateway.sh 2>/dev/null)
 if grep -q '"specversion": "1.0"' <<<"$out"; then
   echo "demo smoke: CloudEvents printed"

@@ -1,0 +1,385 @@
+//! The gateway's benchmark: one run measures the machine's own limit (a bare axum
+//! server behind the same load generator, one HTTP hop) and the gateway end to end
+//! (generator as user server -> processor-client -> transformer -> sensor), into
+//! NATS core and into JetStream, and prints each as events per second at
+//! saturation, latency at half that rate (stamped by the producer, read at the
+//! sensor), peak resident memory of each component, and the ratio to the limit.
+//! Then the scaling series: payload size, watchers, configurations.
+//!
+//! `bash tests/bench.sh` builds release binaries and runs it; `--smoke` runs every
+//! scenario for a moment, which is what CI does to keep it working.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::Router;
+use base64::Engine as _;
+use bytes::Bytes;
+use gateway_tests::{bin, free_port, wait_port, write_configmap, NatsServer, Proc};
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// Where latencies are read: the sensor (or NATS subscriber) of a scenario.
+#[derive(Default)]
+struct Sink {
+    received: AtomicU64,
+    recording: AtomicBool,
+    latencies: Mutex<Vec<u64>>,
+}
+
+impl Sink {
+    fn take(&self, body: &[u8]) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        if self.recording.load(Ordering::Relaxed) && body.len() >= 8 {
+            let mut ts = [0u8; 8];
+            ts.copy_from_slice(&body[..8]);
+            let sent = u64::from_le_bytes(ts);
+            self.latencies.lock().unwrap_or_else(|p| p.into_inner()).push(now_ns().saturating_sub(sent));
+        }
+    }
+}
+
+async fn serve(router: Router, port: u16) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+}
+
+/// An HTTP sensor in this process: any path, binary-mode CloudEvents.
+async fn start_sensor(port: u16) -> Arc<Sink> {
+    let sink = Arc::new(Sink::default());
+    let router = Router::new()
+        .fallback(|State(s): State<Arc<Sink>>, body: Bytes| async move {
+            s.take(&body);
+            "ok"
+        })
+        .with_state(sink.clone());
+    serve(router, port).await;
+    wait_port(port, "the bench sensor").await;
+    sink
+}
+
+/// The user server: accepts every start, and counts them.
+async fn start_user_server(port: u16) -> Arc<AtomicU64> {
+    let starts = Arc::new(AtomicU64::new(0));
+    let router = Router::new()
+        .route("/start", post(|State(n): State<Arc<AtomicU64>>| async move {
+            n.fetch_add(1, Ordering::Relaxed);
+            "ok"
+        }))
+        .route("/stop", post(|| async { "ok" }))
+        .route("/count", get(|State(n): State<Arc<AtomicU64>>| async move { n.load(Ordering::Relaxed).to_string() }))
+        .with_state(starts.clone());
+    serve(router, port).await;
+    wait_port(port, "the bench user server").await;
+    starts
+}
+
+/// A payload of `size` bytes whose first 8 are the send time.
+fn payload(size: usize) -> String {
+    let mut p = vec![b'x'; size.max(8)];
+    p[..8].copy_from_slice(&now_ns().to_le_bytes());
+    base64::engine::general_purpose::STANDARD.encode(p)
+}
+
+struct Load {
+    ok: u64,
+    refused: u64,
+    rtts: Vec<u64>,
+}
+
+/// `workers` producers POST `{src, payload}` to `url` for `secs`; with a `rate`,
+/// the total is paced to that many per second, otherwise they go flat out.
+async fn generate(url: &str, sources: usize, size: usize, workers: usize, secs: f64, rate: Option<f64>) -> Load {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(workers).tcp_nodelay(true).build().expect("client");
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let client = client.clone();
+        let url = url.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut load = Load { ok: 0, refused: 0, rtts: Vec::new() };
+            let mut tick = rate.map(|r| {
+                let mut i = tokio::time::interval(Duration::from_secs_f64(workers as f64 / r));
+                i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                i
+            });
+            let mut n = w;
+            while Instant::now() < deadline {
+                if let Some(t) = tick.as_mut() {
+                    t.tick().await;
+                }
+                let body = format!(r#"{{"src":"bench-{}","payload":"{}"}}"#, n % sources, payload(size));
+                n += workers;
+                let start = Instant::now();
+                match client.post(&url).header("content-type", "application/json").body(body).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        load.ok += 1;
+                        load.rtts.push(start.elapsed().as_nanos() as u64);
+                    }
+                    _ => {
+                        load.refused += 1;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }
+            load
+        }));
+    }
+    let mut total = Load { ok: 0, refused: 0, rtts: Vec::new() };
+    for t in tasks {
+        if let Ok(l) = t.await {
+            total.ok += l.ok;
+            total.refused += l.refused;
+            total.rtts.extend(l.rtts);
+        }
+    }
+    total
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)] as f64 / 1e6
+}
+
+fn peak_rss_mib(pid: i32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+struct Row {
+    name: String,
+    rate: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    rss: String,
+    note: String,
+}
+
+struct Settings {
+    secs: f64,
+    workers: usize,
+    sources: usize,
+}
+
+/// Saturation, then latency at half of it, read at `sink`.
+async fn measure(name: &str, url: &str, sink: Option<&Sink>, size: usize, s: &Settings) -> (Row, f64) {
+    let sat = generate(url, s.sources, size, s.workers, s.secs, None).await;
+    let rate = sat.ok as f64 / s.secs;
+    if let Some(sink) = sink {
+        sink.latencies.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        sink.recording.store(true, Ordering::Relaxed);
+    }
+    let half = generate(url, s.sources, size, s.workers, s.secs, Some((rate / 2.0).max(1.0))).await;
+    let mut lat = match sink {
+        Some(sink) => {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            sink.recording.store(false, Ordering::Relaxed);
+            std::mem::take(&mut *sink.latencies.lock().unwrap_or_else(|p| p.into_inner()))
+        }
+        None => half.rtts,
+    };
+    lat.sort_unstable();
+    let note = if sat.refused > 0 { format!("{} refused (503) at saturation", sat.refused) } else { String::new() };
+    (
+        Row {
+            name: name.to_owned(),
+            rate,
+            p50: percentile(&lat, 0.5),
+            p99: percentile(&lat, 0.99),
+            p999: percentile(&lat, 0.999),
+            rss: String::new(),
+            note,
+        },
+        rate,
+    )
+}
+
+struct Gateway {
+    transformer: Proc,
+    processor: Proc,
+    pc_url: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn gateway(transformer_env: &[(&str, String)], sources: usize, us_port: u16) -> Gateway {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let configs: BTreeMap<String, String> = (0..sources).map(|i| (format!("bench-{i}"), "{}".to_owned())).collect();
+    let cfg_dir = dir.path().join("configs");
+    write_configmap(&cfg_dir, &configs);
+    let (tr_port, pc_port) = (free_port(), free_port());
+    let mut t = Command::new(bin("transformer"));
+    t.env_clear()
+        .env("GATEWAY_NAME", "bench")
+        .env("TRANSFORMER_PORT", tr_port.to_string())
+        .env("TRANSFORMER_DATA_DIR", dir.path().join("data"))
+        .env("TRANSFORMER_MAX_BODY_BYTES", (4 << 20).to_string())
+        .env("TRANSFORMER_QUEUE_MAX_BYTES", (256 << 20).to_string())
+        .env("TRANSFORMER_QUEUE_CAPACITY", "100000")
+        .env("RUST_LOG", "warn");
+    for (k, v) in transformer_env {
+        t.env(k, v);
+    }
+    let transformer = Proc::spawn("transformer", t, dir.path());
+    wait_port(tr_port, "the transformer").await;
+    let mut p = Command::new(bin("processor-client"));
+    p.env_clear()
+        .env("GATEWAY_NAME", "bench")
+        .env("GATEWAY_PROCESSOR_CONFIG_MAP", &cfg_dir)
+        .env("GATEWAY_PROCESSOR_SERVER_HTTP_PORT", us_port.to_string())
+        .env("GATEWAY_PROCESSOR_CLIENT_HTTP_PORT", pc_port.to_string())
+        .env("GATEWAY_PROCESSOR_MAX_BODY_BYTES", (4 << 20).to_string())
+        .env("TRANSFORMER_PORT", tr_port.to_string())
+        .env("RUST_LOG", "warn");
+    let processor = Proc::spawn("processor-client", p, dir.path());
+    wait_port(pc_port, "the processor-client").await;
+    Gateway { transformer, processor, pc_url: format!("http://127.0.0.1:{pc_port}/event"), _dir: dir }
+}
+
+async fn wait_starts(starts: &AtomicU64, n: u64) -> Duration {
+    let t0 = Instant::now();
+    while starts.load(Ordering::Relaxed) < n && t0.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    t0.elapsed()
+}
+
+fn rss_of(g: &Gateway) -> String {
+    format!("pc {:.1} / tr {:.1}", peak_rss_mib(g.processor.pid()), peak_rss_mib(g.transformer.pid()))
+}
+
+/// The limit's server: answers every POST with 200 and a small JSON, like the
+/// processor-client does, in a process of its own.
+async fn bare_server(port: u16) {
+    let router = Router::new().fallback(|_body: Bytes| async { r#"{"id":"x"}"# });
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
+    let _ = axum::serve(listener, router).await;
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--bare-server") {
+        let port = args.get(i + 1).and_then(|p| p.parse().ok()).expect("--bare-server PORT");
+        return bare_server(port).await;
+    }
+    let smoke = std::env::args().any(|a| a == "--smoke");
+    let s = Settings {
+        secs: if smoke { 0.5 } else { 5.0 },
+        workers: if smoke { 8 } else { 64 },
+        sources: 32,
+    };
+    let size = 100;
+    let mut rows = Vec::new();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .unwrap_or_default();
+    println!("machine: {} cores, {cpu}; {} s per measurement, {} producers, {} configurations\n", std::thread::available_parallelism().map_or(0, |n| n.get()), s.secs, s.workers, s.sources);
+
+    // 1. The limit: a bare axum server, one hop.
+    let bare_port = free_port();
+    let mut cmd = Command::new(std::env::current_exe().expect("exe"));
+    cmd.arg("--bare-server").arg(bare_port.to_string());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bare = Proc::spawn("bare-axum", cmd, dir.path());
+    wait_port(bare_port, "the bare server").await;
+    let (mut row, limit) = measure("limit: bare axum, one hop (latency = round trip)", &format!("http://127.0.0.1:{bare_port}/"), None, size, &s).await;
+    row.rss = format!("{:.1}", peak_rss_mib(bare.pid()));
+    rows.push(row);
+    drop(bare);
+
+    // 2. End to end over HTTP.
+    let us_port = free_port();
+    let starts = start_user_server(us_port).await;
+    let sensor_port = free_port();
+    let sensor = start_sensor(sensor_port).await;
+    let sensor_url = format!("http://127.0.0.1:{sensor_port}/");
+    let g = gateway(&[("SENSOR_WATCHERS", sensor_url.clone())], s.sources, us_port).await;
+    wait_starts(&starts, s.sources as u64).await;
+    let (mut row, _) = measure("end to end: HTTP sensor", &g.pc_url, Some(&sensor), size, &s).await;
+    row.rss = rss_of(&g);
+    rows.push(row);
+    drop(g);
+
+    // 3. Into NATS core and JetStream.
+    let nats_dir = tempfile::tempdir().expect("tempdir");
+    let nats = NatsServer::start(nats_dir.path()).await;
+    let nats_sink = Arc::new(Sink::default());
+    {
+        let client = async_nats::connect(nats.url()).await.expect("nats");
+        let mut sub = client.subscribe("bench.>").await.expect("subscribe");
+        let sink = nats_sink.clone();
+        tokio::spawn(async move {
+            use futures::StreamExt as _;
+            let _client = client;
+            while let Some(m) = sub.next().await {
+                sink.take(&m.payload);
+            }
+        });
+    }
+    for (ty, name) in [("Standard", "into NATS core"), ("Streaming", "into JetStream")] {
+        let starts_before = starts.load(Ordering::Relaxed);
+        let env = [
+            ("EVENT_PROTOCOL", "NATS".to_owned()),
+            ("NATS_URL", nats.url()),
+            ("NATS_TYPE", ty.to_owned()),
+            ("NATS_CE_MODE", "binary".to_owned()),
+        ];
+        let g = gateway(&env, s.sources, us_port).await;
+        wait_starts(&starts, starts_before + s.sources as u64).await;
+        let (mut row, _) = measure(name, &g.pc_url, Some(&nats_sink), size, &s).await;
+        row.rss = rss_of(&g);
+        rows.push(row);
+    }
+    drop(nats);
+
+    println!("| scenario | events/s at saturation | ratio to limit | p50 ms | p99 ms | p99.9 ms | peak RSS MiB | note |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} |",
+            r.name, r.rate, r.rate / limit, r.p50, r.p99, r.p999, r.rss, r.note
+        );
+    }
+
+    // 4. Scaling series (saturation only).
+    println!("\n| series | value | events/s | peak RSS MiB (pc / tr) |");
+    println!("|---|---|---|---|");
+    let sizes: &[usize] = if smoke { &[100, 10 * 1024] } else { &[100, 10 * 1024, 1024 * 1024] };
+    for &size in sizes {
+        let g = gateway(&[("SENSOR_WATCHERS", sensor_url.clone())], s.sources, us_port).await;
+        let workers = if size >= 1 << 20 { 8 } else { s.workers };
+        let load = generate(&g.pc_url, s.sources, size, workers, s.secs, None).await;
+        println!("| payload | {} B | {:.0} | {} |", size, load.ok as f64 / s.secs, rss_of(&g));
+    }
+    let watcher_counts: &[usize] = if smoke { &[1, 8] } else { &[1, 8, 32] };
+    for &n in watcher_counts {
+        let urls: Vec<String> = (0..n).map(|i| format!("{sensor_url}w{i}")).collect();
+        let g = gateway(&[("SENSOR_WATCHERS", urls.join(","))], s.sources, us_port).await;
+        let load = generate(&g.pc_url, s.sources, 100, s.workers, s.secs, None).await;
+        println!("| watchers | {n} | {:.0} | {} |", load.ok as f64 / s.secs, rss_of(&g));
+    }
+    let config_counts: &[usize] = if smoke { &[1, 100] } else { &[1, 1000, 10_000] };
+    for &n in config_counts {
+        let before = starts.load(Ordering::Relaxed);
+        let t0 = Instant::now();
+        let g = gateway(&[("SENSOR_WATCHERS", sensor_url.clone())], n, us_port).await;
+        wait_starts(&starts, before + n as u64).await;
+        println!("| configurations started | {n} | in {:.2} s | {} |", t0.elapsed().as_secs_f64(), rss_of(&g));
+    }
+}
