@@ -44,6 +44,11 @@ pub struct Config {
     pub poll_interval: Duration,
     pub shutdown_timeout: Duration,
     pub json_logs: bool,
+    /// `GATEWAY_PROCESSOR_CLIENT_TOKEN`: when set, the user server must send it as
+    /// a bearer token, and the processor-client sends it on `/start` and `/stop`.
+    pub token: Option<String>,
+    /// `TRANSFORMER_TOKEN`: sent to the transformer.
+    pub transformer_token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -93,6 +98,8 @@ struct RawEnv {
     shutdown_timeout: String,
     #[serde(default)]
     log_format: String,
+    gateway_processor_client_token: Option<String>,
+    transformer_token: Option<String>,
 }
 
 fn default_server_host() -> String {
@@ -225,6 +232,8 @@ impl Config {
             .max(Duration::from_millis(100)),
             shutdown_timeout: parse_duration("SHUTDOWN_TIMEOUT", &raw.shutdown_timeout)?,
             json_logs: parse_log_format(&raw.log_format)?,
+            token: raw.gateway_processor_client_token.map(|t| t.trim().to_owned()),
+            transformer_token: raw.transformer_token.map(|t| t.trim().to_owned()),
         })
     }
 }

@@ -65,10 +65,12 @@ pub async fn serve(
         &config.paths.start,
         &config.paths.stop,
         config.server_timeout,
+        config.token.clone(),
     )
     .map_err(|e| RunError::Address(format!("GATEWAY_PROCESSOR_SERVER_HOST: {e}")))?;
     let transformer = TransformerClient::new(&config.transformer_host, config.transformer_port, config.transformer_timeout)
-        .map_err(|e| RunError::Address(format!("TRANSFORMER_HOST: {e}")))?;
+        .map_err(|e| RunError::Address(format!("TRANSFORMER_HOST: {e}")))?
+        .with_token(config.transformer_token.clone());
 
     let background = CancellationToken::new();
     let probe = tokio::spawn(user_server::probe_loop(
@@ -120,7 +122,10 @@ pub async fn serve(
             tracing::warn!("configurations did not all stop before the shutdown deadline");
         }
     };
-    axum::serve(listener, routes::router(&config.paths, state))
+    let bearer = transformer::auth::Bearer(config.token.as_deref().map(Arc::from));
+    let app = routes::router(&config.paths, state)
+        .layer(axum::middleware::from_fn_with_state(bearer, transformer::auth::require));
+    axum::serve(listener, app)
         .with_graceful_shutdown(graceful)
         .await
         .map_err(RunError::Serve)?;

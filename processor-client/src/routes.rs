@@ -133,7 +133,11 @@ async fn forward_event(
     st.registry.admit_event(&req.src).map_err(lookup_error)?;
     let encoded = serde_json::to_vec(&req)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    match st.transformer.send(encoded).await {
+    let trace: Vec<(&'static str, axum::http::HeaderValue)> = ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|name| headers.get(name).map(|v| (name, v.clone())))
+        .collect();
+    match st.transformer.send(encoded, &trace).await {
         Ok(answer) => Ok(([(header::CONTENT_TYPE, "application/json")], answer).into_response()),
         Err(SendError::Busy { retry_after_secs, detail }) => Err(ApiError::unavailable(
             "backpressure",

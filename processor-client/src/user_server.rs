@@ -24,13 +24,19 @@ pub enum Outcome {
     Failed { message: String, refused: bool },
 }
 
+/// At most this many `/start` and `/stop` requests are in flight at once: starting
+/// ten thousand configurations must not mean ten thousand connections.
+const MAX_IN_FLIGHT: usize = 32;
+
 #[derive(Clone)]
 pub struct UserServer {
     client: reqwest::Client,
+    in_flight: std::sync::Arc<tokio::sync::Semaphore>,
     start_url: reqwest::Url,
     stop_url: reqwest::Url,
     host: String,
     port: u16,
+    authorization: Option<reqwest::header::HeaderValue>,
 }
 
 impl UserServer {
@@ -40,19 +46,23 @@ impl UserServer {
         start_path: &str,
         stop_path: &str,
         timeout: Duration,
+        token: Option<String>,
     ) -> Result<Self, url::ParseError> {
         let base = format!("http://{}", transformer::client::join_host_port(host, port));
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(MAX_IN_FLIGHT)
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
         Ok(UserServer {
             client,
+            in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
             start_url: reqwest::Url::parse(&format!("{base}{start_path}"))?,
             stop_url: reqwest::Url::parse(&format!("{base}{stop_path}"))?,
             host: host.to_owned(),
             port,
+            authorization: token.and_then(|t| reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).ok()),
         })
     }
 
@@ -65,7 +75,12 @@ impl UserServer {
     }
 
     async fn post(&self, url: &reqwest::Url, data: &ConfigData) -> Outcome {
-        let response = match self.client.post(url.clone()).json(data).send().await {
+        let _slot = self.in_flight.acquire().await;
+        let mut request = self.client.post(url.clone()).json(data);
+        if let Some(auth) = &self.authorization {
+            request = request.header(reqwest::header::AUTHORIZATION, auth.clone());
+        }
+        let response = match request.send().await {
             Ok(r) => r,
             Err(e) => {
                 return Outcome::Failed { refused: is_refused(&e), message: error_chain(&e) };

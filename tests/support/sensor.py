@@ -15,6 +15,7 @@ from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--port", type=int, required=True)
+parser.add_argument("--host", default="127.0.0.1")
 parser.add_argument("--out")
 parser.add_argument("--print", action="store_true", dest="print_events")
 parser.add_argument("--fail-file")
@@ -72,7 +73,7 @@ class Handler(BaseHTTPRequestHandler):
         self.answer(200)
 
 
-server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+server = ThreadingHTTPServer((args.host, args.port), Handler)
 server.daemon_threads = True
 print(f"sensor listening on {args.port}", file=sys.stderr, flush=True)
 try:

@@ -14,6 +14,7 @@ pub struct TransformerClient {
     url: reqwest::Url,
     base: reqwest::Url,
     client: reqwest::Client,
+    authorization: Option<reqwest::header::HeaderValue>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,20 +39,27 @@ impl TransformerClient {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        Ok(TransformerClient { url: base.clone(), base, client })
+        Ok(TransformerClient { url: base.clone(), base, client, authorization: None })
+    }
+
+    /// Sends `Authorization: Bearer TOKEN` (the transformer's `TRANSFORMER_TOKEN`).
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.authorization = token.and_then(|t| reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).ok());
+        self
     }
 
     /// POSTs an already-encoded `{src, payload}` body; returns the transformer's JSON
     /// answer (it carries the CloudEvent id) on success.
-    pub async fn send(&self, body: Vec<u8>) -> Result<Bytes, SendError> {
-        let response = self
-            .client
-            .post(self.url.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| SendError::Unavailable(error_chain(&e)))?;
+    /// `trace` carries the producer's `traceparent` / `tracestate` headers on.
+    pub async fn send(&self, body: Vec<u8>, trace: &[(&'static str, reqwest::header::HeaderValue)]) -> Result<Bytes, SendError> {
+        let mut request = self.client.post(self.url.clone()).header(CONTENT_TYPE, "application/json").body(body);
+        if let Some(auth) = &self.authorization {
+            request = request.header(reqwest::header::AUTHORIZATION, auth.clone());
+        }
+        for (name, value) in trace {
+            request = request.header(*name, value.clone());
+        }
+        let response = request.send().await.map_err(|e| SendError::Unavailable(error_chain(&e)))?;
         let status = response.status();
         let retry_after = response
             .headers()

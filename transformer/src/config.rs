@@ -144,6 +144,11 @@ pub struct Config {
     pub data_dir: Option<std::path::PathBuf>,
     pub fsync: crate::store::Fsync,
     pub queue_max_bytes: usize,
+    /// `TRANSFORMER_TOKEN`: when set, producers must send it as a bearer token.
+    pub token: Option<String>,
+    /// `WATCHER_TOKEN`: sent as a bearer token to every HTTP watcher, e.g. the
+    /// `TRANSFORMER_TOKEN` of a gateway this one feeds.
+    pub watcher_token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -209,6 +214,8 @@ struct RawEnv {
     transformer_fsync: String,
     #[serde(default = "default_queue_max_bytes")]
     transformer_queue_max_bytes: usize,
+    transformer_token: Option<String>,
+    watcher_token: Option<String>,
 }
 
 fn default_durable() -> String {
@@ -294,8 +301,10 @@ fn stream_name(raw: &str) -> String {
 fn default_queue_capacity() -> usize {
     10_000
 }
+/// Deliveries in flight per watcher. Each configuration keeps to one lane, so order
+/// holds; more lanes let more configurations' events travel at once.
 fn default_lanes() -> usize {
-    4
+    16
 }
 /// Room for a 1 MiB event body from the processor-client plus its JSON envelope.
 fn default_max_body() -> usize {
@@ -457,6 +466,8 @@ impl Config {
             },
             fsync: parse_fsync(&raw.transformer_fsync)?,
             queue_max_bytes: positive("TRANSFORMER_QUEUE_MAX_BYTES", raw.transformer_queue_max_bytes)?,
+            token: raw.transformer_token.map(|t| t.trim().to_owned()),
+            watcher_token: raw.watcher_token.map(|t| t.trim().to_owned()),
         })
     }
 }

@@ -3,6 +3,7 @@
 //! to every watcher through a bounded queue of its own. [`run`] is the whole service;
 //! `main.rs` only reads the environment and calls it.
 
+pub mod auth;
 pub mod backoff;
 pub mod client;
 pub mod cloudevent;
@@ -110,7 +111,8 @@ pub async fn serve(
         shutdown.await;
         stopping.shutting_down.store(true, Ordering::Relaxed);
     };
-    axum::serve(listener, routes::router(state.clone()))
+    let bearer = auth::Bearer(config.token.as_deref().map(Arc::from));
+    axum::serve(listener, routes::router(state.clone()).layer(axum::middleware::from_fn_with_state(bearer, auth::require)))
         .with_graceful_shutdown(graceful)
         .await
         .map_err(RunError::Serve)?;
@@ -148,12 +150,10 @@ async fn build_sinks(config: &Config, metrics: &Metrics) -> Result<Vec<Arc<dyn S
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     if config.http_enabled {
         for url in config.sensor_watchers.iter().chain(&config.gateway_watchers) {
-            sinks.push(Arc::new(HttpSink::new(
-                url.clone(),
-                config.ce_mode,
-                client.clone(),
-                config.retry.timeout,
-            )));
+            sinks.push(Arc::new(
+                HttpSink::new(url.clone(), config.ce_mode, client.clone(), config.retry.timeout)
+                    .with_token(config.watcher_token.clone()),
+            ));
         }
     }
     if let Some(nats) = &config.nats {

@@ -130,7 +130,12 @@ fn decode(
     }
     let request = wire::parse_event_request(&body).map_err(|e| bad(&e))?;
     let data = wire::decode_payload(&request.payload).map_err(|e| bad(&e))?;
-    let event = CloudEvent::from_gateway_event(&st.gateway_name, &st.event_type, &request.src, Bytes::from(data));
+    let mut event = CloudEvent::from_gateway_event(&st.gateway_name, &st.event_type, &request.src, Bytes::from(data));
+    for name in ["traceparent", "tracestate"] {
+        if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()) {
+            event.extensions.push((name.to_owned(), v.to_owned()));
+        }
+    }
     Ok((event, "gateway"))
 }
 

@@ -17,11 +17,18 @@ pub struct HttpSink {
     mode: CeMode,
     client: reqwest::Client,
     timeout: Duration,
+    authorization: Option<HeaderValue>,
 }
 
 impl HttpSink {
     pub fn new(url: reqwest::Url, mode: CeMode, client: reqwest::Client, timeout: Duration) -> Self {
-        HttpSink { name: url.to_string(), url, mode, client, timeout }
+        HttpSink { name: url.to_string(), url, mode, client, timeout, authorization: None }
+    }
+
+    /// Sends `Authorization: Bearer TOKEN` with every delivery.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.authorization = token.and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok());
+        self
     }
 
     /// One client for all HTTP sinks: connections are pooled per host, redirects
@@ -48,6 +55,19 @@ impl HttpSink {
                 .header(CONTENT_TYPE, HeaderValue::from_static(STRUCTURED_CONTENT_TYPE))
                 .body(event.to_structured_json()),
         };
+        let mut request = request;
+        if let Some(auth) = &self.authorization {
+            request = request.header(axum::http::header::AUTHORIZATION, auth.clone());
+        }
+        // The distributed-tracing extension travels as the HTTP header too, so a
+        // sensor's tracing joins the producer's trace without reading CloudEvents.
+        for name in ["traceparent", "tracestate"] {
+            if let Some((_, v)) = event.extensions.iter().find(|(k, _)| k == name) {
+                if let Ok(v) = HeaderValue::from_str(v) {
+                    request = request.header(name, v);
+                }
+            }
+        }
         let response = request.timeout(self.timeout).send().await.map_err(|e| {
             let what = if e.is_timeout() { "timed out" } else { "failed" };
             DeliveryError::retryable(format!("POST {} {what}: {}", self.url, error_chain(&e)))

@@ -1,0 +1,143 @@
+//! `docker/` against the code: every compose service and Kubernetes container of a
+//! gateway component sets only variables that component reads, and every variable
+//! it requires. The variables read are taken from the code itself (the `RawEnv`
+//! structs that envy fills, and the SDK's settings), so neither side can drift.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use gateway_tests::root;
+
+/// Fields of `struct RawEnv` in a config.rs: (VARIABLE, required).
+fn env_fields(file: &str) -> BTreeMap<String, bool> {
+    let text = std::fs::read_to_string(root().join(file)).expect("read config.rs");
+    let body = text.split("struct RawEnv {").nth(1).and_then(|t| t.split("\n}").next()).expect("RawEnv");
+    let mut out = BTreeMap::new();
+    let mut defaulted = false;
+    for line in body.lines().map(str::trim) {
+        if line.starts_with("#[serde(default") {
+            defaulted = true;
+            continue;
+        }
+        if let Some((name, ty)) = line.trim_end_matches(',').split_once(": ") {
+            let required = !defaulted && !ty.starts_with("Option<");
+            out.insert(name.to_uppercase(), required);
+            defaulted = false;
+        }
+    }
+    assert!(out.len() > 5, "{file}: parsed too few variables: {out:?}");
+    out
+}
+
+/// Variables the Rust SDK's user servers read (`var("NAME", ..)` / `port("NAME", ..)`).
+fn sdk_fields() -> BTreeMap<String, bool> {
+    let text = std::fs::read_to_string(root().join("sdk-examples/rust-sdk/src/server.rs")).expect("read server.rs");
+    text.split('"')
+        .filter(|t| t.starts_with("GATEWAY_") && t.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .map(|t| (t.to_owned(), false))
+        .collect()
+}
+
+/// Read by every binary outside its RawEnv (tracing's filter).
+const ALWAYS: [&str; 1] = ["RUST_LOG"];
+
+fn check(place: &str, component: &str, set: &BTreeSet<String>, reads: &BTreeMap<String, bool>) {
+    for var in set {
+        assert!(
+            reads.contains_key(var) || ALWAYS.contains(&var.as_str()),
+            "{place}: {component} sets {var}, which it does not read"
+        );
+    }
+    for (var, required) in reads {
+        assert!(!required || set.contains(var), "{place}: {component} misses the required {var}");
+    }
+}
+
+fn components() -> BTreeMap<&'static str, BTreeMap<String, bool>> {
+    BTreeMap::from([
+        ("transformer", env_fields("transformer/src/config.rs")),
+        ("processor-client", env_fields("processor-client/src/config.rs")),
+        ("calendar", sdk_fields()),
+    ])
+}
+
+fn yaml_docs(path: &str) -> Vec<serde_norway::Value> {
+    let text = std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_norway::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap_or_else(|e| panic!("{path} does not parse: {e}")))
+        .collect()
+}
+
+#[test]
+fn compose_services_set_what_the_code_reads() {
+    let comps = components();
+    let compose = yaml_docs("docker/docker-compose.yaml").remove(0);
+    let services = compose["services"].as_mapping().expect("services");
+    let mut seen = BTreeSet::new();
+    for (name, service) in services {
+        let name = name.as_str().unwrap_or("");
+        let Some(target) = service["build"]["target"].as_str() else { continue };
+        let Some(reads) = comps.get(target) else { continue };
+        let mut set: BTreeSet<String> = service["environment"]
+            .as_mapping()
+            .map(|m| m.keys().filter_map(|k| k.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        set.extend(dockerfile_env(target));
+        check("docker-compose.yaml", name, &set, reads);
+        for host_var in ["GATEWAY_PROCESSOR_SERVER_HOST", "TRANSFORMER_HOST", "GATEWAY_PROCESSOR_CLIENT_HOST"] {
+            if let Some(host) = service["environment"][host_var].as_str() {
+                assert!(services.contains_key(host), "docker-compose.yaml: {name}: {host_var}={host} names no service");
+            }
+        }
+        seen.insert(target.to_owned());
+    }
+    assert_eq!(seen, comps.keys().map(|k| k.to_string()).collect(), "compose runs every component");
+}
+
+/// `ENV` names set in the Dockerfile stage named `target`.
+fn dockerfile_env(target: &str) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(root().join("docker/Dockerfile")).expect("Dockerfile");
+    let mut stage = String::new();
+    let mut out = BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("FROM ") {
+            stage = rest.split(" AS ").nth(1).unwrap_or("").trim().to_owned();
+        } else if let Some(rest) = line.strip_prefix("ENV ") {
+            if stage == target {
+                out.insert(rest.split('=').next().unwrap_or("").trim().to_owned());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn kubernetes_containers_set_what_the_code_reads() {
+    let comps = components();
+    let mut seen = BTreeSet::new();
+    for entry in std::fs::read_dir(root().join("docker/k8s")).expect("k8s dir") {
+        let path = format!("docker/k8s/{}", entry.expect("entry").file_name().to_string_lossy());
+        for doc in yaml_docs(&path) {
+            let Some(containers) = doc["spec"]["template"]["spec"]["containers"].as_sequence() else { continue };
+            for c in containers {
+                let name = c["name"].as_str().unwrap_or("");
+                let Some(reads) = comps.get(name) else { continue };
+                let mut set: BTreeSet<String> = c["env"]
+                    .as_sequence()
+                    .map(|s| s.iter().filter_map(|e| e["name"].as_str().map(str::to_owned)).collect())
+                    .unwrap_or_default();
+                set.extend(dockerfile_env(name));
+                check(&path, name, &set, reads);
+                seen.insert(name.to_owned());
+            }
+        }
+    }
+    assert_eq!(seen, comps.keys().map(|k| k.to_string()).collect(), "the pod runs every component");
+}
+
+#[test]
+fn the_consistency_check_catches_a_stray_variable() {
+    let reads = components()["transformer"].clone();
+    let set: BTreeSet<String> = ["GATEWAY_NAME", "SENSOR_WATCHER"].map(str::to_owned).into();
+    let caught = std::panic::catch_unwind(|| check("test", "transformer", &set, &reads));
+    assert!(caught.is_err(), "a misspelt variable must fail the check");
+}
