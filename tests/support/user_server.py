@@ -91,7 +91,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         data = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
         op = self.path.strip("/")
-        journal(op=op, **data)
+        journal(op=op, auth=self.headers.get("Authorization"), **data)
         if op == "start":
             try:
                 cfg = json.loads(data["config"])

@@ -1,0 +1,109 @@
+//! Operating a gateway: bearer tokens keep out whoever lacks them (and dispatch
+//! nothing for them), W3C trace context travels from the producer to the sensor,
+//! and the metrics move as events flow.
+
+use gateway_tests::*;
+
+async fn metric(g: &Gateway, url: &str, line_start: &str) -> f64 {
+    let text = g.http.get(url).send().await.expect("metrics").text().await.expect("text");
+    text.lines()
+        .filter(|l| l.starts_with(line_start))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn wrong_or_missing_tokens_get_401_and_dispatch_nothing() {
+    let mut g = Gateway::new(UserServerKind::Python);
+    g.processor_env.push(("GATEWAY_PROCESSOR_CLIENT_TOKEN".into(), "pc-secret".into()));
+    g.processor_env.push(("TRANSFORMER_TOKEN".into(), "tr-secret".into()));
+    g.transformer_env.push(("TRANSFORMER_TOKEN".into(), "tr-secret".into()));
+    g.set_config("alpha", r#"{"count": 0}"#);
+    g.start_sensor().await;
+    g.start_transformer().await;
+    g.start_user_server().await;
+    g.start_processor().await;
+    let start = g.wait_journal("start", "alpha", 1).await;
+    assert_eq!(start[0]["auth"], "Bearer pc-secret", "the user server can check who calls it");
+
+    let body = r#"{"src":"alpha","payload":"eyJrIjoxfQ=="}"#;
+    let post = |url: String, token: Option<&'static str>| {
+        let mut r = g.http.post(url).header("content-type", "application/json").body(body);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    for (url, token) in [
+        (g.pc_url("/event"), None),
+        (g.pc_url("/event"), Some("wrong")),
+        (g.pc_url("/event"), Some("tr-secret")),
+        (g.tr_url("/"), None),
+        (g.tr_url("/"), Some("pc-secret")),
+    ] {
+        let r = post(url.clone(), token).await.expect("post");
+        assert_eq!(r.status().as_u16(), 401, "{url} with {token:?}");
+        assert_eq!(r.headers()["www-authenticate"], "Bearer");
+        let v: serde_json::Value = r.json().await.expect("json error");
+        assert_eq!(v["error"], "unauthorized");
+    }
+    let r = g.http.get(g.pc_url("/configs")).send().await.expect("configs");
+    assert_eq!(r.status().as_u16(), 401, "the configurations are not public either");
+    for url in [g.pc_url("/healthz"), g.tr_url("/healthz"), g.pc_url("/metrics")] {
+        assert_eq!(g.http.get(&url).send().await.expect("probe").status().as_u16(), 200, "{url} stays open");
+    }
+    assert_eq!(post(g.pc_url("/event"), Some("pc-secret")).await.expect("post").status().as_u16(), 200);
+    assert_eq!(post(g.tr_url("/"), Some("tr-secret")).await.expect("post").status().as_u16(), 200);
+    g.wait_sensor(2).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(g.sensor_events().len(), 2, "only the authorised events were dispatched");
+}
+
+#[tokio::test]
+async fn traceparent_travels_from_the_producer_to_the_sensor() {
+    let g = Gateway::up(UserServerKind::Python, &[("alpha", r#"{"count": 0}"#)]).await;
+    g.wait_phase("alpha", "Running").await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = g
+        .http
+        .post(g.pc_url("/event"))
+        .header("content-type", "application/json")
+        .header("traceparent", traceparent)
+        .header("tracestate", "vendor=1")
+        .body(r#"{"src":"alpha","payload":"eyJrIjoxfQ=="}"#)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 200);
+    let events = g.wait_sensor(1).await;
+    assert_eq!(events[0]["traceparent"], traceparent, "the sensor sees the producer's trace");
+}
+
+#[tokio::test]
+async fn metrics_move_as_events_flow() {
+    let g = Gateway::up(UserServerKind::Python, &[("alpha", r#"{"count": 0}"#)]).await;
+    g.wait_phase("alpha", "Running").await;
+    let tr = g.tr_url("/metrics");
+    let pc = g.pc_url("/metrics");
+    let received = metric(&g, &tr, "transformer_events_received_total").await;
+    let delivered = metric(&g, &tr, "transformer_events_delivered_total").await;
+    let timed = metric(&g, &tr, "transformer_delivery_duration_seconds_count").await;
+    let forwarded = metric(&g, &pc, "processor_events_forwarded_total").await;
+    for _ in 0..5 {
+        let r = g.post(&g.pc_url("/event"), "application/json", r#"{"src":"alpha","payload":"eyJrIjoxfQ=="}"#).await;
+        assert_eq!(r.status, 200);
+    }
+    let r = g.post(&g.pc_url("/event"), "application/json", "not json").await;
+    assert_eq!(r.status, 400);
+    g.wait_sensor(5).await;
+    wait_for("the delivered counter to move", || async {
+        (metric(&g, &tr, "transformer_events_delivered_total").await >= delivered + 5.0).then_some(())
+    })
+    .await;
+    assert_eq!(metric(&g, &tr, "transformer_events_received_total").await, received + 5.0);
+    assert_eq!(metric(&g, &tr, "transformer_delivery_duration_seconds_count").await, timed + 5.0);
+    assert_eq!(metric(&g, &pc, "processor_events_forwarded_total").await, forwarded + 5.0);
+    assert!(metric(&g, &pc, "processor_events_rejected_total{reason=\"bad_request\"}").await >= 1.0);
+    assert_eq!(metric(&g, &pc, "processor_configurations{phase=\"Running\"}").await, 1.0);
+    assert_eq!(metric(&g, &tr, "transformer_queue_depth").await, 0.0);
+}
