@@ -19,6 +19,7 @@ apt_install() {
 
 command -v python3 >/dev/null || apt_install python3 python3-pip
 command -v node >/dev/null || apt_install nodejs
+command -v openssl >/dev/null || apt_install openssl
 command -v nats-server >/dev/null || [[ -x /usr/sbin/nats-server ]] || apt_install nats-server
 { command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]]; } && command -v mosquitto_pub >/dev/null \
   || apt_install mosquitto mosquitto-clients

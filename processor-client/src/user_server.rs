@@ -49,7 +49,7 @@ impl UserServer {
         token: Option<String>,
     ) -> Result<Self, url::ParseError> {
         let base = format!("http://{}", transformer::client::join_host_port(host, port));
-        let client = reqwest::Client::builder()
+        let client = transformer::tls::client_builder()
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(MAX_IN_FLIGHT)

@@ -194,6 +194,12 @@ pub fn write_configmap(dir: &Path, data: &BTreeMap<String, String>) {
     }
 }
 
+/// A reqwest client for tests; installs the TLS provider reqwest needs.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UserServerKind {
     Python,
@@ -214,6 +220,8 @@ pub struct Gateway {
     pub us_port: u16,
     pub sensor_port: u16,
     pub kind: UserServerKind,
+    /// Certificate and key for an HTTPS sensor; plain HTTP when `None`.
+    pub sensor_tls: Option<(PathBuf, PathBuf)>,
     pub transformer_env: Vec<(String, String)>,
     pub processor_env: Vec<(String, String)>,
     pub transformer: Option<Proc>,
@@ -242,6 +250,7 @@ impl Gateway {
             us_port: free_port(),
             sensor_port: free_port(),
             kind,
+            sensor_tls: None,
             transformer_env: Vec::new(),
             processor_env: Vec::new(),
             transformer: None,
@@ -249,7 +258,7 @@ impl Gateway {
             user_server: None,
             sensor: None,
             configs: Mutex::new(BTreeMap::new()),
-            http: reqwest::Client::new(),
+            http: http_client(),
         }
     }
 
@@ -275,7 +284,8 @@ impl Gateway {
     }
 
     pub fn sensor_url(&self) -> String {
-        format!("http://127.0.0.1:{}/", self.sensor_port)
+        let scheme = if self.sensor_tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/", self.sensor_port)
     }
 
     pub async fn start_sensor(&mut self) {
@@ -287,6 +297,9 @@ impl Gateway {
             .arg(&self.sensor_out)
             .arg("--fail-file")
             .arg(&self.fail_file);
+        if let Some((cert, key)) = &self.sensor_tls {
+            cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+        }
         self.sensor = Some(Proc::spawn("sensor", cmd, self.dir.path()));
         wait_port(self.sensor_port, "the sensor to listen").await;
     }

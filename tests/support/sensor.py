@@ -19,6 +19,8 @@ parser.add_argument("--host", default="127.0.0.1")
 parser.add_argument("--out")
 parser.add_argument("--print", action="store_true", dest="print_events")
 parser.add_argument("--fail-file")
+parser.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
+parser.add_argument("--tls-key", help="and this private key (PEM)")
 args = parser.parse_args()
 lock = threading.Lock()
 
@@ -75,6 +77,12 @@ class Handler(BaseHTTPRequestHandler):
 
 server = ThreadingHTTPServer((args.host, args.port), Handler)
 server.daemon_threads = True
+if args.tls_cert:
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(args.tls_cert, args.tls_key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
 print(f"sensor listening on {args.port}", file=sys.stderr, flush=True)
 try:
     server.serve_forever()

@@ -107,3 +107,54 @@ async fn metrics_move_as_events_flow() {
     assert_eq!(metric(&g, &pc, "processor_configurations{phase=\"Running\"}").await, 1.0);
     assert_eq!(metric(&g, &tr, "transformer_queue_depth").await, 0.0);
 }
+
+/// A private CA and a server certificate for 127.0.0.1 it signed, made by openssl.
+fn private_ca(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=gateway test CA", "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"]);
+    run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
+    std::fs::write(dir.join("ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n").expect("ext");
+    run(&["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext"]);
+    (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
+}
+
+#[tokio::test]
+async fn https_sensor_with_a_private_ca_receives_events() {
+    let mut g = Gateway::new(UserServerKind::Python);
+    let (ca, cert, key) = private_ca(g.dir.path());
+    g.sensor_tls = Some((cert, key));
+    g.transformer_env.push(("WATCHER_TLS_CA".into(), ca.display().to_string()));
+    g.start_sensor().await;
+    g.start_transformer().await;
+    assert!(g.sensor_url().starts_with("https://"));
+    let r = g.post(&g.tr_url("/"), "application/json", r#"{"src":"secure","payload":"eyJrIjoxfQ=="}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let events = g.wait_sensor(1).await;
+    assert_eq!(events[0]["subject"], "secure");
+    assert_eq!(events[0]["data"]["k"], 1);
+}
+
+#[tokio::test]
+async fn https_sensor_without_its_ca_is_not_trusted() {
+    let mut g = Gateway::new(UserServerKind::Python);
+    let (_, cert, key) = private_ca(g.dir.path());
+    g.sensor_tls = Some((cert, key));
+    g.transformer_env.push(("WATCHER_RETRY_BASE".into(), "10ms".into()));
+    g.start_sensor().await;
+    g.start_transformer().await;
+    let r = g.post(&g.tr_url("/"), "application/json", r#"{"src":"secure","payload":""}"#).await;
+    assert_eq!(r.status, 200);
+    let sensor = g.sensor_url();
+    wait_for("failed deliveries to the untrusted sensor", || async {
+        let text = g.http.get(g.tr_url("/metrics")).send().await.ok()?.text().await.ok()?;
+        text.lines()
+            .any(|l| l.starts_with("transformer_delivery_retries_total") && l.contains(&sensor) && !l.ends_with(" 0"))
+            .then_some(())
+    })
+    .await;
+    assert!(g.sensor_events().is_empty(), "nothing reaches a sensor whose certificate is not trusted");
+}

@@ -33,7 +33,7 @@ pub enum SendError {
 impl TransformerClient {
     pub fn new(host: &str, port: u16, timeout: Duration) -> Result<Self, url::ParseError> {
         let base = reqwest::Url::parse(&format!("http://{}/", join_host_port(host, port)))?;
-        let client = reqwest::Client::builder()
+        let client = crate::tls::client_builder()
             .timeout(timeout)
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(30))

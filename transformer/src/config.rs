@@ -149,6 +149,8 @@ pub struct Config {
     /// `WATCHER_TOKEN`: sent as a bearer token to every HTTP watcher, e.g. the
     /// `TRANSFORMER_TOKEN` of a gateway this one feeds.
     pub watcher_token: Option<String>,
+    /// `WATCHER_TLS_CA`: a PEM file of CA certificates trusted for HTTPS watchers.
+    pub watcher_tls_ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -216,6 +218,7 @@ struct RawEnv {
     transformer_queue_max_bytes: usize,
     transformer_token: Option<String>,
     watcher_token: Option<String>,
+    watcher_tls_ca: Option<String>,
 }
 
 fn default_durable() -> String {
@@ -468,6 +471,7 @@ impl Config {
             queue_max_bytes: positive("TRANSFORMER_QUEUE_MAX_BYTES", raw.transformer_queue_max_bytes)?,
             token: raw.transformer_token.map(|t| t.trim().to_owned()),
             watcher_token: raw.watcher_token.map(|t| t.trim().to_owned()),
+            watcher_tls_ca: raw.watcher_tls_ca.map(std::path::PathBuf::from),
         })
     }
 }

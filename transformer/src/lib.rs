@@ -18,6 +18,7 @@ pub mod routes;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod wire;
 
 use std::future::Future;
@@ -44,6 +45,8 @@ pub enum RunError {
     Serve(std::io::Error),
     #[error("{0}")]
     Nats(String),
+    #[error("{0}")]
+    Tls(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }
@@ -146,7 +149,11 @@ async fn sync_every(store: Arc<Store>, period: std::time::Duration, stop: Cancel
 /// One sink per destination: each HTTP watcher, and NATS when `EVENT_PROTOCOL`
 /// names it (one connection, made in the background).
 async fn build_sinks(config: &Config, metrics: &Metrics) -> Result<Vec<Arc<dyn Sink>>, RunError> {
-    let client = HttpSink::client();
+    let extra_roots = match &config.watcher_tls_ca {
+        Some(path) => tls::load_ca(path).map_err(RunError::Tls)?,
+        None => Vec::new(),
+    };
+    let client = HttpSink::client(extra_roots);
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     if config.http_enabled {
         for url in config.sensor_watchers.iter().chain(&config.gateway_watchers) {

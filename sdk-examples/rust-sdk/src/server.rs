@@ -77,7 +77,10 @@ pub async fn serve<E: ConfigExecutor>(
 ) -> std::io::Result<()> {
     let shared = Arc::new(Shared {
         executor: Arc::new(executor),
-        client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap_or_default(),
+        client: {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap_or_default()
+        },
         settings: settings.clone(),
         running: Mutex::new(HashMap::new()),
     });

@@ -99,6 +99,7 @@ struct Load {
 /// `workers` producers POST `{src, payload}` to `url` for `secs`; with a `rate`,
 /// the total is paced to that many per second, otherwise they go flat out.
 async fn generate(url: &str, sources: usize, size: usize, workers: usize, secs: f64, rate: Option<f64>) -> Load {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder().pool_max_idle_per_host(workers).tcp_nodelay(true).build().expect("client");
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();

@@ -32,14 +32,24 @@ impl HttpSink {
     }
 
     /// One client for all HTTP sinks: connections are pooled per host, redirects
-    /// are not followed (a POST must not silently become a GET).
-    pub fn client() -> reqwest::Client {
-        reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .tcp_nodelay(true)
+    /// are not followed (a POST must not silently become a GET), and HTTPS trusts
+    /// the platform's roots plus `extra_roots` (or only those, where the platform
+    /// verifier cannot merge).
+    pub fn client(extra_roots: Vec<reqwest::Certificate>) -> reqwest::Client {
+        let base = || {
+            crate::tls::client_builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .tcp_nodelay(true)
+        };
+        base()
+            .tls_certs_merge(extra_roots.clone())
             .build()
-            .unwrap_or_else(|_| reqwest::Client::new())
+            .or_else(|_| base().tls_certs_only(extra_roots).build())
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot build the HTTPS client with the extra CA; using the defaults");
+                base().build().unwrap_or_default()
+            })
     }
 
     async fn post(&self, event: &CloudEvent) -> Result<(), DeliveryError> {

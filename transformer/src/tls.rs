@@ -1,0 +1,31 @@
+//! TLS for outgoing HTTPS (sensors, gateways): rustls with the ring provider, the
+//! platform's trusted roots, and optionally a private CA named by `WATCHER_TLS_CA`.
+//! Every reqwest client in the project is built through [`client_builder`], which
+//! installs the provider first (reqwest refuses to build a client without one).
+
+use std::sync::Once;
+
+static PROVIDER: Once = Once::new();
+
+/// Installs ring as the process's rustls provider, once.
+pub fn install_provider() {
+    PROVIDER.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// A reqwest builder that can speak HTTPS.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    install_provider();
+    reqwest::Client::builder()
+}
+
+/// Reads a PEM file of one or more CA certificates.
+pub fn load_ca(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("WATCHER_TLS_CA {}: {e}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("WATCHER_TLS_CA {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("WATCHER_TLS_CA {} holds no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
