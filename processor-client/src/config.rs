@@ -166,7 +166,9 @@ impl Config {
         Self::from_vars(std::env::vars())
     }
 
-    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let raw: RawEnv = load_from(vars)?;
         if raw.gateway_name.trim().is_empty() {
             return Err(ConfigError::Missing("GATEWAY_NAME".into()));
@@ -175,7 +177,10 @@ impl Config {
             start: check_path("GATEWAY_HTTP_CONFIG_START", raw.gateway_http_config_start)?,
             stop: check_path("GATEWAY_HTTP_CONFIG_STOP", raw.gateway_http_config_stop)?,
             event: check_path("GATEWAY_HTTP_CONFIG_EVENT", raw.gateway_http_config_event)?,
-            running: check_path("GATEWAY_HTTP_CONFIG_RUNNING", raw.gateway_http_config_running)?,
+            running: check_path(
+                "GATEWAY_HTTP_CONFIG_RUNNING",
+                raw.gateway_http_config_running,
+            )?,
             error: check_path("GATEWAY_HTTP_CONFIG_ERROR", raw.gateway_http_config_error)?,
         };
         let served = [
@@ -184,7 +189,8 @@ impl Config {
             ("GATEWAY_HTTP_CONFIG_ERROR", &paths.error),
         ];
         for (i, (var, p)) in served.iter().enumerate() {
-            let clash = FIXED_PATHS.contains(&p.as_str()) || served[..i].iter().any(|(_, q)| q == p);
+            let clash =
+                FIXED_PATHS.contains(&p.as_str()) || served[..i].iter().any(|(_, q)| q == p);
             if clash {
                 return Err(ConfigError::Invalid {
                     var,
@@ -218,8 +224,14 @@ impl Config {
                 "GATEWAY_PROCESSOR_SERVER_TIMEOUT",
                 &raw.gateway_processor_server_timeout,
             )?,
-            retry_base: parse_duration("GATEWAY_PROCESSOR_RETRY_BASE", &raw.gateway_processor_retry_base)?,
-            retry_cap: parse_duration("GATEWAY_PROCESSOR_RETRY_CAP", &raw.gateway_processor_retry_cap)?,
+            retry_base: parse_duration(
+                "GATEWAY_PROCESSOR_RETRY_BASE",
+                &raw.gateway_processor_retry_base,
+            )?,
+            retry_cap: parse_duration(
+                "GATEWAY_PROCESSOR_RETRY_CAP",
+                &raw.gateway_processor_retry_cap,
+            )?,
             probe_interval: parse_duration(
                 "GATEWAY_PROCESSOR_SERVER_PROBE_INTERVAL",
                 &raw.gateway_processor_server_probe_interval,
@@ -232,7 +244,9 @@ impl Config {
             .max(Duration::from_millis(100)),
             shutdown_timeout: parse_duration("SHUTDOWN_TIMEOUT", &raw.shutdown_timeout)?,
             json_logs: parse_log_format(&raw.log_format)?,
-            token: raw.gateway_processor_client_token.map(|t| t.trim().to_owned()),
+            token: raw
+                .gateway_processor_client_token
+                .map(|t| t.trim().to_owned()),
             transformer_token: raw.transformer_token.map(|t| t.trim().to_owned()),
         })
     }
@@ -243,7 +257,9 @@ mod tests {
     use super::*;
 
     fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     const BASE: [(&str, &str); 3] = [
@@ -270,7 +286,11 @@ mod tests {
     #[test]
     fn required_variables_are_named() {
         for missing in BASE.iter().map(|(k, _)| *k) {
-            let list: Vec<_> = BASE.iter().copied().filter(|(k, _)| *k != missing).collect();
+            let list: Vec<_> = BASE
+                .iter()
+                .copied()
+                .filter(|(k, _)| *k != missing)
+                .collect();
             let e = Config::from_vars(vars(&list)).unwrap_err().to_string();
             assert!(e.contains(missing), "{e}");
         }

@@ -81,7 +81,11 @@ pub enum LookupError {
     #[error("configuration {0:?} was removed and is stopped")]
     Stopped(String),
     #[error("configuration {src:?} is now id {current}, not {given}; the notice is for an older version")]
-    StaleId { src: String, given: String, current: String },
+    StaleId {
+        src: String,
+        given: String,
+        current: String,
+    },
     #[error("no configuration named in the request (send src in the body or as ?src=), and there is not exactly one configuration to assume")]
     Ambiguous,
 }
@@ -173,7 +177,9 @@ impl Registry {
             let map = self.read();
             match map.get(src) {
                 None => return Err(LookupError::Unknown(src.to_owned())),
-                Some(e) if e.phase == Phase::Stopped => return Err(LookupError::Stopped(src.to_owned())),
+                Some(e) if e.phase == Phase::Stopped => {
+                    return Err(LookupError::Stopped(src.to_owned()))
+                }
                 Some(e) if !(e.phase == Phase::Pending && e.accepted) => return Ok(()),
                 Some(_) => {}
             }
@@ -190,7 +196,9 @@ impl Registry {
     /// version of the configuration is refused rather than misreported.
     pub fn running(&self, src: &str, id: Option<&str>) -> Result<(), LookupError> {
         let mut map = self.write();
-        let e = map.get_mut(src).ok_or_else(|| LookupError::Unknown(src.to_owned()))?;
+        let e = map
+            .get_mut(src)
+            .ok_or_else(|| LookupError::Unknown(src.to_owned()))?;
         if e.phase == Phase::Stopped {
             return Err(LookupError::Stopped(src.to_owned()));
         }
@@ -263,7 +271,10 @@ mod tests {
     fn running_notice_and_stale_id() {
         let (r, d) = reg_with("a");
         assert_eq!(r.list()[0].phase, Phase::Pending);
-        assert!(matches!(r.running("a", Some("123")), Err(LookupError::StaleId { .. })));
+        assert!(matches!(
+            r.running("a", Some("123")),
+            Err(LookupError::StaleId { .. })
+        ));
         r.running("a", Some(&d.id)).unwrap();
         assert_eq!(r.list()[0].phase, Phase::Running);
         assert!(matches!(r.running("b", None), Err(LookupError::Unknown(_))));
@@ -279,7 +290,10 @@ mod tests {
         assert_eq!(r.list()[0].phase, Phase::Running);
         r.stopped("a", "removed");
         assert_eq!(r.admit_event("a"), Err(LookupError::Stopped("a".into())));
-        assert_eq!(r.admit_event("zzz"), Err(LookupError::Unknown("zzz".into())));
+        assert_eq!(
+            r.admit_event("zzz"),
+            Err(LookupError::Unknown("zzz".into()))
+        );
     }
 
     #[test]

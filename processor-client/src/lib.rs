@@ -31,7 +31,10 @@ use crate::user_server::{Health, UserServer};
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
     #[error(transparent)]
@@ -41,9 +44,14 @@ pub enum RunError {
 }
 
 /// Binds the configured address and serves until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), RunError> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
     let addr = SocketAddr::new(config.listen, config.port);
-    let listener = TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, source })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind { addr, source })?;
     serve(config, listener, shutdown).await
 }
 
@@ -68,9 +76,13 @@ pub async fn serve(
         config.token.clone(),
     )
     .map_err(|e| RunError::Address(format!("GATEWAY_PROCESSOR_SERVER_HOST: {e}")))?;
-    let transformer = TransformerClient::new(&config.transformer_host, config.transformer_port, config.transformer_timeout)
-        .map_err(|e| RunError::Address(format!("TRANSFORMER_HOST: {e}")))?
-        .with_token(config.transformer_token.clone());
+    let transformer = TransformerClient::new(
+        &config.transformer_host,
+        config.transformer_port,
+        config.transformer_timeout,
+    )
+    .map_err(|e| RunError::Address(format!("TRANSFORMER_HOST: {e}")))?
+    .with_token(config.transformer_token.clone());
 
     let background = CancellationToken::new();
     let probe = tokio::spawn(user_server::probe_loop(
@@ -80,7 +92,12 @@ pub async fn serve(
         background.clone(),
     ));
     let (snap_tx, snap_rx) = tokio::sync::watch::channel(Arc::new(initial));
-    let watcher = tokio::spawn(watch::run(config.config_map.clone(), config.poll_interval, snap_tx, background.clone()));
+    let watcher = tokio::spawn(watch::run(
+        config.config_map.clone(),
+        config.poll_interval,
+        snap_tx,
+        background.clone(),
+    ));
     let supervisor_stop = CancellationToken::new();
     let supervisor = tokio::spawn(
         Supervisor::new(Arc::new(Shared {
@@ -123,8 +140,10 @@ pub async fn serve(
         }
     };
     let bearer = transformer::auth::Bearer(config.token.as_deref().map(Arc::from));
-    let app = routes::router(&config.paths, state)
-        .layer(axum::middleware::from_fn_with_state(bearer, transformer::auth::require));
+    let app = routes::router(&config.paths, state).layer(axum::middleware::from_fn_with_state(
+        bearer,
+        transformer::auth::require,
+    ));
     axum::serve(listener, app)
         .with_graceful_shutdown(graceful)
         .await

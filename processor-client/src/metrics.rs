@@ -63,8 +63,19 @@ impl Metrics {
             "Times the user server came back after being seen down",
             user_server_restarts.clone(),
         );
-        registry.register("processor_configurations", "Configurations by phase", configs.clone());
-        Metrics { registry, events_forwarded, rejected, calls, user_server_restarts, configs }
+        registry.register(
+            "processor_configurations",
+            "Configurations by phase",
+            configs.clone(),
+        );
+        Metrics {
+            registry,
+            events_forwarded,
+            rejected,
+            calls,
+            user_server_restarts,
+            configs,
+        }
     }
 
     pub fn reject(&self, reason: &'static str) {
@@ -84,7 +95,11 @@ impl Metrics {
     /// Refreshes the per-phase gauges and renders the text format.
     pub fn encode(&self, configs: &Configs) -> String {
         for (phase, n) in configs.count_by_phase() {
-            self.configs.get_or_create(&PhaseLabel { phase: phase.as_str() }).set(n);
+            self.configs
+                .get_or_create(&PhaseLabel {
+                    phase: phase.as_str(),
+                })
+                .set(n);
         }
         transformer::metrics::encode_registry(&self.registry)
     }

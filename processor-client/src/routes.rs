@@ -51,7 +51,9 @@ fn lookup_error(e: LookupError) -> ApiError {
     match e {
         LookupError::Unknown(_) => ApiError::not_found("unknown_src", e.to_string()),
         LookupError::Stopped(_) => ApiError::new(StatusCode::GONE, "stopped_src", e.to_string()),
-        LookupError::StaleId { .. } => ApiError::new(StatusCode::CONFLICT, "stale_id", e.to_string()),
+        LookupError::StaleId { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "stale_id", e.to_string())
+        }
         LookupError::Ambiguous => ApiError::bad_request(e.to_string()),
     }
 }
@@ -69,7 +71,10 @@ fn content_type(headers: &HeaderMap) -> String {
 }
 
 /// The `src` a request names outside its body: `?src=` or an `X-Gateway-Src` header.
-fn src_outside_body<'a>(params: &'a HashMap<String, String>, headers: &'a HeaderMap) -> Option<&'a str> {
+fn src_outside_body<'a>(
+    params: &'a HashMap<String, String>,
+    headers: &'a HeaderMap,
+) -> Option<&'a str> {
     params
         .get("src")
         .map(String::as_str)
@@ -92,8 +97,14 @@ fn read_event(
             wire::decode_payload(&req.payload).map_err(|e| bad(&e))?;
             return Ok(req);
         }
-        let src = st.registry.resolve(src_outside_body(params, headers)).map_err(lookup_error)?;
-        return Ok(EventRequest { src, payload: wire::encode_payload(body) });
+        let src = st
+            .registry
+            .resolve(src_outside_body(params, headers))
+            .map_err(lookup_error)?;
+        return Ok(EventRequest {
+            src,
+            payload: wire::encode_payload(body),
+        });
     }
     let req = wire::parse_event_request(body).map_err(|e| bad(&e))?;
     wire::decode_payload(&req.payload).map_err(|e| bad(&e))?;
@@ -139,7 +150,10 @@ async fn forward_event(
         .collect();
     match st.transformer.send(encoded, &trace).await {
         Ok(answer) => Ok(([(header::CONTENT_TYPE, "application/json")], answer).into_response()),
-        Err(SendError::Busy { retry_after_secs, detail }) => Err(ApiError::unavailable(
+        Err(SendError::Busy {
+            retry_after_secs,
+            detail,
+        }) => Err(ApiError::unavailable(
             "backpressure",
             format!("the transformer cannot take the event now: {detail}"),
             retry_after_secs,
@@ -167,9 +181,8 @@ struct Notice {
 /// that says it is JSON must be an object (or empty).
 fn read_notice(json: bool, body: &[u8]) -> Result<Notice, String> {
     match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(serde_json::Value::Object(_)) => {
-            serde_json::from_slice::<Notice>(body).map_err(|e| format!("notice fields have the wrong type: {e}"))
-        }
+        Ok(serde_json::Value::Object(_)) => serde_json::from_slice::<Notice>(body)
+            .map_err(|e| format!("notice fields have the wrong type: {e}")),
         _ if json && !body.trim_ascii().is_empty() => {
             Err("a JSON notice must be an object such as {\"src\": \"KEY\"}".into())
         }
@@ -188,10 +201,17 @@ async fn running(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let body = body.map_err(|r| ApiError::from_body(r, st.max_body_bytes))?;
-    let notice = read_notice(content_type(&headers) == "application/json", &body).map_err(ApiError::bad_request)?;
-    let named = notice.src.as_deref().filter(|s| !s.is_empty()).or(src_outside_body(&params, &headers));
+    let notice = read_notice(content_type(&headers) == "application/json", &body)
+        .map_err(ApiError::bad_request)?;
+    let named = notice
+        .src
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .or(src_outside_body(&params, &headers));
     let src = st.registry.resolve(named).map_err(lookup_error)?;
-    st.registry.running(&src, notice.id.as_deref()).map_err(lookup_error)?;
+    st.registry
+        .running(&src, notice.id.as_deref())
+        .map_err(lookup_error)?;
     tracing::info!(%src, "configuration running");
     Ok(Json(serde_json::json!({ "src": src, "phase": "Running" })))
 }
@@ -203,13 +223,23 @@ async fn error(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let body = body.map_err(|r| ApiError::from_body(r, st.max_body_bytes))?;
-    let notice = read_notice(content_type(&headers) == "application/json", &body).map_err(ApiError::bad_request)?;
-    let named = notice.src.as_deref().filter(|s| !s.is_empty()).or(src_outside_body(&params, &headers));
+    let notice = read_notice(content_type(&headers) == "application/json", &body)
+        .map_err(ApiError::bad_request)?;
+    let named = notice
+        .src
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .or(src_outside_body(&params, &headers));
     let src = st.registry.resolve(named).map_err(lookup_error)?;
-    let message = notice.message.filter(|m| !m.is_empty()).unwrap_or_else(|| "error reported by the user server".into());
+    let message = notice
+        .message
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| "error reported by the user server".into());
     tracing::warn!(%src, %message, "user server reported an error");
     st.registry.error(&src, &message);
-    Ok(Json(serde_json::json!({ "src": src, "phase": "Error", "message": message })))
+    Ok(Json(
+        serde_json::json!({ "src": src, "phase": "Error", "message": message }),
+    ))
 }
 
 async fn configs(State(st): State<Arc<AppState>>) -> Json<Vec<crate::configs::ConfigStatus>> {
@@ -222,10 +252,18 @@ async fn healthz() -> Json<serde_json::Value> {
 
 async fn readyz(State(st): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
     if st.shutting_down.load(Ordering::Relaxed) {
-        return Err(ApiError::unavailable("shutting_down", "the processor-client is shutting down", 1));
+        return Err(ApiError::unavailable(
+            "shutting_down",
+            "the processor-client is shutting down",
+            1,
+        ));
     }
     if !st.transformer.ready().await {
-        return Err(ApiError::unavailable("not_ready", "the transformer is not reachable", 1));
+        return Err(ApiError::unavailable(
+            "not_ready",
+            "the transformer is not reachable",
+            1,
+        ));
     }
     Ok(Json(serde_json::json!({ "status": "ready" })))
 }

@@ -51,12 +51,21 @@ pub struct Supervisor {
 
 impl Supervisor {
     pub fn new(shared: Arc<Shared>) -> Self {
-        Supervisor { shared, handles: HashMap::new(), tasks: JoinSet::new(), stop_all: CancellationToken::new() }
+        Supervisor {
+            shared,
+            handles: HashMap::new(),
+            tasks: JoinSet::new(),
+            stop_all: CancellationToken::new(),
+        }
     }
 
     /// Applies snapshots until `cancel`, then stops every started configuration (the
     /// user server should not keep producing events nobody will take) and returns.
-    pub async fn run(mut self, mut snapshots: watch::Receiver<Arc<Snapshot>>, cancel: CancellationToken) {
+    pub async fn run(
+        mut self,
+        mut snapshots: watch::Receiver<Arc<Snapshot>>,
+        cancel: CancellationToken,
+    ) {
         let first = snapshots.borrow_and_update().clone();
         self.reconcile(&first);
         loop {
@@ -85,9 +94,20 @@ impl Supervisor {
                 None => {
                     let (tx, rx) = mpsc::unbounded_channel();
                     let _ = tx.send(Command::Apply(value.clone()));
-                    let task = ConfigTask::new(src.clone(), self.shared.clone(), rx, self.stop_all.clone());
+                    let task = ConfigTask::new(
+                        src.clone(),
+                        self.shared.clone(),
+                        rx,
+                        self.stop_all.clone(),
+                    );
                     self.tasks.spawn(task.run());
-                    self.handles.insert(src.clone(), Handle { tx, value: Some(value.clone()) });
+                    self.handles.insert(
+                        src.clone(),
+                        Handle {
+                            tx,
+                            value: Some(value.clone()),
+                        },
+                    );
                 }
             }
         }
@@ -125,13 +145,25 @@ impl ConfigTask {
     ) -> Self {
         let health = shared.health.subscribe();
         let backoff = Backoff::new(shared.retry_base, shared.retry_cap);
-        ConfigTask { src, shared, rx, health, stop_all, current: None, started_epoch: None, rejected: false, backoff }
+        ConfigTask {
+            src,
+            shared,
+            rx,
+            health,
+            stop_all,
+            current: None,
+            started_epoch: None,
+            rejected: false,
+            backoff,
+        }
     }
 
     async fn run(mut self) {
         loop {
             let mut retry_in = None;
-            if let (Some(data), None, false) = (self.current.clone(), self.started_epoch, self.rejected) {
+            if let (Some(data), None, false) =
+                (self.current.clone(), self.started_epoch, self.rejected)
+            {
                 retry_in = self.try_start(&data).await;
             }
             let sleep = async {
@@ -179,18 +211,23 @@ impl ConfigTask {
 
     /// Reacts to the user server going away or coming back.
     fn on_health(&mut self, state: HealthState) {
-        let Some(data) = self.current.as_mut() else { return };
+        let Some(data) = self.current.as_mut() else {
+            return;
+        };
         match self.started_epoch {
             Some(epoch) if state.epoch > epoch => {
                 self.started_epoch = None;
                 data.time_id = crate::id::time_id();
-                self.shared.registry.starting(data, "the user server restarted; starting again");
+                self.shared
+                    .registry
+                    .starting(data, "the user server restarted; starting again");
                 self.backoff.reset();
             }
             Some(_) if !state.up => {
-                self.shared
-                    .registry
-                    .pending(&self.src, "the user server is not listening; will start again when it returns");
+                self.shared.registry.pending(
+                    &self.src,
+                    "the user server is not listening; will start again when it returns",
+                );
             }
             None if state.up => self.backoff.reset(),
             _ => {}
@@ -211,7 +248,11 @@ impl ConfigTask {
             }
             Outcome::Rejected { status, body } => {
                 self.rejected = true;
-                let message = if body.is_empty() { format!("the user server answered {status}") } else { body };
+                let message = if body.is_empty() {
+                    format!("the user server answered {status}")
+                } else {
+                    body
+                };
                 tracing::warn!(src = %self.src, status, %message, "user server refused the configuration");
                 self.shared.registry.error(&self.src, &message);
                 None
@@ -222,7 +263,9 @@ impl ConfigTask {
                 }
                 let delay = self.backoff.next_delay();
                 tracing::warn!(src = %self.src, error = %message, retry_in = ?delay, "start failed; will retry");
-                self.shared.registry.pending(&self.src, &format!("start failed, retrying: {message}"));
+                self.shared
+                    .registry
+                    .pending(&self.src, &format!("start failed, retrying: {message}"));
                 Some(delay)
             }
         }
@@ -231,7 +274,9 @@ impl ConfigTask {
     /// Stops the current value if the user server had accepted it. A user server
     /// that is not listening has nothing to stop; 5xx is retried a few times.
     async fn stop_current(&mut self, why: &str) {
-        let Some(data) = self.current.clone() else { return };
+        let Some(data) = self.current.clone() else {
+            return;
+        };
         let was_started = self.started_epoch.take().is_some();
         if was_started {
             let mut backoff = Backoff::new(self.shared.retry_base, self.shared.retry_cap);

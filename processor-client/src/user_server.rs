@@ -62,7 +62,8 @@ impl UserServer {
             stop_url: reqwest::Url::parse(&format!("{base}{stop_path}"))?,
             host: host.to_owned(),
             port,
-            authorization: token.and_then(|t| reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).ok()),
+            authorization: token
+                .and_then(|t| reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).ok()),
         })
     }
 
@@ -83,7 +84,10 @@ impl UserServer {
         let response = match request.send().await {
             Ok(r) => r,
             Err(e) => {
-                return Outcome::Failed { refused: is_refused(&e), message: error_chain(&e) };
+                return Outcome::Failed {
+                    refused: is_refused(&e),
+                    message: error_chain(&e),
+                };
             }
         };
         let status = response.status();
@@ -93,16 +97,27 @@ impl UserServer {
         let body = response.text().await.unwrap_or_default();
         let body = body.trim().chars().take(2048).collect::<String>();
         if status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429 {
-            Outcome::Rejected { status: status.as_u16(), body }
+            Outcome::Rejected {
+                status: status.as_u16(),
+                body,
+            }
         } else {
-            Outcome::Failed { message: format!("{url} answered {status}: {body}"), refused: false }
+            Outcome::Failed {
+                message: format!("{url} answered {status}: {body}"),
+                refused: false,
+            }
         }
     }
 
     /// Connects and closes: enough to tell whether anything listens on the port.
     /// Returns `Some(true)` up, `Some(false)` refused, `None` inconclusive.
     async fn probe(&self) -> Option<bool> {
-        match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect((self.host.as_str(), self.port))).await {
+        match tokio::time::timeout(
+            Duration::from_secs(1),
+            TcpStream::connect((self.host.as_str(), self.port)),
+        )
+        .await
+        {
             Ok(Ok(_)) => Some(true),
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(false),
             _ => None,
@@ -140,7 +155,10 @@ pub struct Health {
 impl Health {
     /// `restarts` counts each return of a user server that had been up before.
     pub fn new(restarts: Counter) -> Self {
-        Health { tx: watch::channel(HealthState::default()).0, restarts }
+        Health {
+            tx: watch::channel(HealthState::default()).0,
+            restarts,
+        }
     }
 
     pub fn subscribe(&self) -> watch::Receiver<HealthState> {
@@ -155,7 +173,10 @@ impl Health {
             } else {
                 if s.epoch > 0 {
                     self.restarts.inc();
-                    tracing::warn!(epoch = s.epoch + 1, "user server is back; its configurations will be started again");
+                    tracing::warn!(
+                        epoch = s.epoch + 1,
+                        "user server is back; its configurations will be started again"
+                    );
                 } else {
                     tracing::info!("user server is up");
                 }
@@ -170,7 +191,8 @@ impl Health {
     /// Records that nothing listens on the user server's port. Returns true if that
     /// is news.
     pub fn mark_down(&self) -> bool {
-        self.tx.send_if_modified(|s| std::mem::replace(&mut s.up, false))
+        self.tx
+            .send_if_modified(|s| std::mem::replace(&mut s.up, false))
     }
 
     pub fn state(&self) -> HealthState {
@@ -192,12 +214,10 @@ pub async fn probe_loop(
             Some(true) => {
                 health.mark_up();
             }
-            Some(false) => {
-                if health.mark_down() {
-                    tracing::warn!(host = %server.host, port = server.port, "user server is not listening");
-                }
+            Some(false) if health.mark_down() => {
+                tracing::warn!(host = %server.host, port = server.port, "user server is not listening");
             }
-            None => {}
+            Some(false) | None => {}
         }
         tokio::select! {
             _ = cancel.cancelled() => return,

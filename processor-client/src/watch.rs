@@ -18,27 +18,39 @@ pub type Snapshot = BTreeMap<String, String>;
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
     #[error("GATEWAY_PROCESSOR_CONFIG_MAP {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("GATEWAY_PROCESSOR_CONFIG_MAP {path} is not a YAML or JSON mapping of key to value: {reason}")]
     Parse { path: PathBuf, reason: String },
 }
 
 /// Reads the configurations as they are now.
 pub fn load(path: &Path) -> Result<Snapshot, WatchError> {
-    let io = |source| WatchError::Io { path: path.to_owned(), source };
+    let io = |source| WatchError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let meta = std::fs::metadata(path).map_err(io)?;
     if meta.is_dir() {
         load_dir(path)
     } else {
         let text = std::fs::read_to_string(path).map_err(io)?;
-        parse_file(&text).map_err(|reason| WatchError::Parse { path: path.to_owned(), reason })
+        parse_file(&text).map_err(|reason| WatchError::Parse {
+            path: path.to_owned(),
+            reason,
+        })
     }
 }
 
 /// A ConfigMap volume: every regular file (symlinks followed) whose name does not
 /// start with `.` is a key. `..data`, `..2026_…` and editors' dot-files are skipped.
 fn load_dir(dir: &Path) -> Result<Snapshot, WatchError> {
-    let io = |source| WatchError::Io { path: dir.to_owned(), source };
+    let io = |source| WatchError::Io {
+        path: dir.to_owned(),
+        source,
+    };
     let mut out = Snapshot::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
@@ -62,7 +74,9 @@ fn load_dir(dir: &Path) -> Result<Snapshot, WatchError> {
                 Ok(text) => {
                     out.insert(name.to_owned(), text);
                 }
-                Err(_) => tracing::warn!(file = %path.display(), "skipping configuration that is not UTF-8 text"),
+                Err(_) => {
+                    tracing::warn!(file = %path.display(), "skipping configuration that is not UTF-8 text")
+                }
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(source) => return Err(WatchError::Io { path, source }),
@@ -87,7 +101,12 @@ pub fn parse_file(text: &str) -> Result<Snapshot, String> {
         match mapping.get("data") {
             Some(serde_norway::Value::Mapping(m)) => m.clone(),
             None | Some(serde_norway::Value::Null) => return Ok(Snapshot::new()),
-            Some(other) => return Err(format!("ConfigMap data is a {}, not a mapping", kind(other))),
+            Some(other) => {
+                return Err(format!(
+                    "ConfigMap data is a {}, not a mapping",
+                    kind(other)
+                ))
+            }
         }
     } else {
         mapping
@@ -103,7 +122,9 @@ pub fn parse_file(text: &str) -> Result<Snapshot, String> {
             serde_norway::Value::Null => String::new(),
             other => match scalar_text(&other) {
                 Some(s) => s,
-                None => serde_json::to_string(&other).map_err(|e| format!("value of {key}: {e}"))?,
+                None => {
+                    serde_json::to_string(&other).map_err(|e| format!("value of {key}: {e}"))?
+                }
             },
         };
         out.insert(key, value);
@@ -168,7 +189,9 @@ pub async fn run(
                     }
                 });
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read configurations; keeping the last ones"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read configurations; keeping the last ones")
+            }
             Err(e) => tracing::warn!(error = %e, "configuration reload task failed"),
         }
     }
@@ -180,7 +203,10 @@ fn start_notify(path: &Path, kick: mpsc::Sender<()>) -> Option<notify::Recommend
     let target = if path.is_dir() {
         path.to_owned()
     } else {
-        path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned()
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned()
     };
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if res.is_ok() {
@@ -216,7 +242,10 @@ mod tests {
 
     #[test]
     fn configmap_manifest_uses_its_data() {
-        let s = parse_file("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata:\n  one: hello\n").unwrap();
+        let s = parse_file(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata:\n  one: hello\n",
+        )
+        .unwrap();
         assert_eq!(s.len(), 1);
         assert_eq!(s["one"], "hello");
     }
@@ -246,7 +275,9 @@ mod tests {
 
     #[test]
     fn missing_path_names_the_variable() {
-        let e = load(Path::new("/definitely/not/here")).unwrap_err().to_string();
+        let e = load(Path::new("/definitely/not/here"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("GATEWAY_PROCESSOR_CONFIG_MAP"), "{e}");
     }
 }

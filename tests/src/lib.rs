@@ -19,7 +19,10 @@ use serde_json::Value;
 pub const DEADLINE: Duration = Duration::from_secs(40);
 
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned()
 }
 
 /// A gateway binary built by `cargo build` (the test command builds them first).
@@ -29,7 +32,11 @@ pub fn bin(name: &str) -> PathBuf {
         .or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(|d| PathBuf::from(d).join("debug")))
         .unwrap_or_else(|| root().join("target").join("debug"));
     let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --workspace` first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        path.display()
+    );
     path
 }
 
@@ -65,14 +72,19 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(start.elapsed() < DEADLINE, "timed out after {DEADLINE:?} waiting for {what}");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 pub async fn wait_port(port: u16, what: &str) {
     wait_for(what, || async move {
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .map(|_| ())
     })
     .await
 }
@@ -96,7 +108,11 @@ impl Proc {
             .stderr(Stdio::from(err))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc { name: name.to_owned(), child, log }
+        Proc {
+            name: name.to_owned(),
+            child,
+            log,
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -167,7 +183,11 @@ pub fn read_jsonl(path: &Path) -> Vec<Value> {
 pub fn write_configmap(dir: &Path, data: &BTreeMap<String, String>) {
     static GEN: AtomicU64 = AtomicU64::new(0);
     fs::create_dir_all(dir).expect("config dir");
-    let ts = format!("..2026_11_22_{}_{}", std::process::id(), GEN.fetch_add(1, Ordering::Relaxed));
+    let ts = format!(
+        "..2026_11_22_{}_{}",
+        std::process::id(),
+        GEN.fetch_add(1, Ordering::Relaxed)
+    );
     fs::create_dir(dir.join(&ts)).expect("timestamp dir");
     for (k, v) in data {
         fs::write(dir.join(&ts).join(k), v).expect("write key");
@@ -284,7 +304,11 @@ impl Gateway {
     }
 
     pub fn sensor_url(&self) -> String {
-        let scheme = if self.sensor_tls.is_some() { "https" } else { "http" };
+        let scheme = if self.sensor_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         format!("{scheme}://127.0.0.1:{}/", self.sensor_port)
     }
 
@@ -312,7 +336,10 @@ impl Gateway {
             .env("TRANSFORMER_LISTEN_ADDRESS", "127.0.0.1")
             .env("SENSOR_WATCHERS", self.sensor_url())
             .env("WATCHER_RETRY_CAP", "500ms")
-            .env("TRANSFORMER_DATA_DIR", self.dir.path().join("transformer-data"))
+            .env(
+                "TRANSFORMER_DATA_DIR",
+                self.dir.path().join("transformer-data"),
+            )
             .env("RUST_LOG", "info");
         for (k, v) in &self.transformer_env {
             cmd.env(k, v);
@@ -331,8 +358,14 @@ impl Gateway {
         cmd.env_clear()
             .env("GATEWAY_NAME", &self.name)
             .env("GATEWAY_PROCESSOR_CONFIG_MAP", &self.config_dir)
-            .env("GATEWAY_PROCESSOR_SERVER_HTTP_PORT", self.us_port.to_string())
-            .env("GATEWAY_PROCESSOR_CLIENT_HTTP_PORT", self.pc_port.to_string())
+            .env(
+                "GATEWAY_PROCESSOR_SERVER_HTTP_PORT",
+                self.us_port.to_string(),
+            )
+            .env(
+                "GATEWAY_PROCESSOR_CLIENT_HTTP_PORT",
+                self.pc_port.to_string(),
+            )
             .env("GATEWAY_PROCESSOR_CLIENT_LISTEN_ADDRESS", "127.0.0.1")
             .env("GATEWAY_PROCESSOR_RETRY_CAP", "1s")
             .env("TRANSFORMER_PORT", self.tr_port.to_string())
@@ -376,8 +409,14 @@ impl Gateway {
     /// Starts a user server of the caller's making on `us_port`; it is told both
     /// ports through the contract's variables.
     pub async fn start_user_server_with(&mut self, mut cmd: Command) {
-        cmd.env("GATEWAY_PROCESSOR_SERVER_HTTP_PORT", self.us_port.to_string())
-            .env("GATEWAY_PROCESSOR_CLIENT_HTTP_PORT", self.pc_port.to_string());
+        cmd.env(
+            "GATEWAY_PROCESSOR_SERVER_HTTP_PORT",
+            self.us_port.to_string(),
+        )
+        .env(
+            "GATEWAY_PROCESSOR_CLIENT_HTTP_PORT",
+            self.pc_port.to_string(),
+        );
         self.user_server = Some(Proc::spawn("user-server", cmd, self.dir.path()));
         wait_port(self.us_port, "the user server to listen").await;
     }
@@ -401,7 +440,10 @@ impl Gateway {
 
     /// Journal entries of one operation (`start`, `stop`, `acked`) for one key.
     pub fn journal_of(&self, op: &str, src: &str) -> Vec<Value> {
-        self.journal().into_iter().filter(|e| e["op"] == op && e["src"] == src).collect()
+        self.journal()
+            .into_iter()
+            .filter(|e| e["op"] == op && e["src"] == src)
+            .collect()
     }
 
     pub fn sensor_events(&self) -> Vec<Value> {
@@ -418,7 +460,10 @@ impl Gateway {
     /// Waits until `src` is listed with `phase`, returning its entry.
     pub async fn wait_phase(&self, src: &str, phase: &str) -> Value {
         wait_for(&format!("{src} to be {phase}"), || async {
-            self.configs().await.into_iter().find(|c| c["src"] == src && c["phase"] == phase)
+            self.configs()
+                .await
+                .into_iter()
+                .find(|c| c["src"] == src && c["phase"] == phase)
         })
         .await
     }
@@ -442,7 +487,12 @@ impl Gateway {
     }
 
     /// POSTs a body with a content type to a URL; returns status, headers and JSON.
-    pub async fn post(&self, url: &str, content_type: &str, body: impl Into<reqwest::Body>) -> Reply {
+    pub async fn post(
+        &self,
+        url: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Reply {
         let r = self
             .http
             .post(url)
@@ -452,9 +502,18 @@ impl Gateway {
             .await
             .unwrap_or_else(|e| panic!("POST {url}: {e}"));
         let status = r.status().as_u16();
-        let retry_after = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let retry_after = r
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let text = r.text().await.unwrap_or_default();
-        Reply { status, retry_after, json: serde_json::from_str(&text).unwrap_or(Value::Null), text }
+        Reply {
+            status,
+            retry_after,
+            json: serde_json::from_str(&text).unwrap_or(Value::Null),
+            text,
+        }
     }
 }
 
@@ -479,7 +538,10 @@ pub fn assert_ordered(events: &[Value]) {
     let mut seen = std::collections::HashSet::new();
     for e in events {
         let d = payload(e);
-        let key = (d["src"].as_str().unwrap_or("").to_owned(), d["timeID"].as_str().unwrap_or("").to_owned());
+        let key = (
+            d["src"].as_str().unwrap_or("").to_owned(),
+            d["timeID"].as_str().unwrap_or("").to_owned(),
+        );
         let seq = d["seq"].as_i64().expect("seq in payload");
         if !seen.insert((key.clone(), seq)) {
             continue;
@@ -511,7 +573,10 @@ pub fn assert_acked_delivered(g: &Gateway) {
             a["timeID"].as_str().unwrap_or("").to_owned(),
             a["seq"].as_i64().unwrap_or(-1),
         );
-        assert!(got.contains(&key), "acknowledged event {key:?} never reached the sensor");
+        assert!(
+            got.contains(&key),
+            "acknowledged event {key:?} never reached the sensor"
+        );
     }
 }
 
@@ -554,7 +619,14 @@ impl NatsServer {
             .find(|p| Path::new(p).exists())
             .unwrap_or("nats-server");
         let mut cmd = Command::new(bin);
-        cmd.arg("-js").arg("-a").arg("127.0.0.1").arg("-p").arg(self.port.to_string()).arg("-sd").arg(&self.store).args(&self.args);
+        cmd.arg("-js")
+            .arg("-a")
+            .arg("127.0.0.1")
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-sd")
+            .arg(&self.store)
+            .args(&self.args);
         self.proc = Some(Proc::spawn("nats-server", cmd, &self.log_dir));
         wait_port(self.port, "nats-server to listen").await;
     }
@@ -566,12 +638,19 @@ impl NatsServer {
     }
 
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
-        let token = self.args.iter().position(|a| a == "--auth").and_then(|i| self.args.get(i + 1));
+        let token = self
+            .args
+            .iter()
+            .position(|a| a == "--auth")
+            .and_then(|i| self.args.get(i + 1));
         let options = match token {
             Some(t) => async_nats::ConnectOptions::with_token(t.clone()),
             None => async_nats::ConnectOptions::new(),
         };
-        let client = options.connect(self.url()).await.expect("connect to nats-server");
+        let client = options
+            .connect(self.url())
+            .await
+            .expect("connect to nats-server");
         async_nats::jetstream::new(client)
     }
 }

@@ -19,7 +19,9 @@ fn deliveries(g: &Gateway) -> HashMap<(String, String, i64), HashSet<String>> {
             d["timeID"].as_str().unwrap_or("").to_owned(),
             d["seq"].as_i64().unwrap_or(-1),
         );
-        out.entry(key).or_default().insert(e["id"].as_str().unwrap_or("").to_owned());
+        out.entry(key)
+            .or_default()
+            .insert(e["id"].as_str().unwrap_or("").to_owned());
     }
     out
 }
@@ -50,7 +52,10 @@ async fn wait_all_acked_delivered(g: &Gateway) {
 /// for (the transformer died after storing it and before answering): at most one
 /// such event per producer in flight at each kill.
 fn assert_redeliveries_keep_their_id(g: &Gateway, producers_times_kills: usize) {
-    let resent: Vec<_> = deliveries(g).into_iter().filter(|(_, ids)| ids.len() > 1).collect();
+    let resent: Vec<_> = deliveries(g)
+        .into_iter()
+        .filter(|(_, ids)| ids.len() > 1)
+        .collect();
     assert!(
         resent.len() <= producers_times_kills,
         "more events under several CloudEvent ids than unanswered requests could explain: {resent:?}"
@@ -67,7 +72,10 @@ async fn transformer_killed_mid_stream_loses_nothing_acknowledged() {
     std::fs::write(&g.fail_file, "x").expect("fail file");
     g.set_config("alpha", r#"{"count": 400, "interval_ms": 1}"#);
     g.set_config("beta", r#"{"count": 400, "interval_ms": 1}"#);
-    wait_for("events queued behind a failing sensor", || async { (acked(&g) >= 150).then_some(()) }).await;
+    wait_for("events queued behind a failing sensor", || async {
+        (acked(&g) >= 150).then_some(())
+    })
+    .await;
     g.transformer.as_mut().expect("transformer").kill();
     std::fs::remove_file(&g.fail_file).expect("sensor recovers");
     g.start_transformer().await;
@@ -75,17 +83,27 @@ async fn transformer_killed_mid_stream_loses_nothing_acknowledged() {
     g.wait_journal("acked", "beta", 400).await;
     wait_all_acked_delivered(&g).await;
     let log = g.transformer.as_ref().expect("transformer").output();
-    assert!(log.contains("recovered events stored by an earlier run"), "the restart redelivered from the store:\n{log}");
+    assert!(
+        log.contains("recovered events stored by an earlier run"),
+        "the restart redelivered from the store:\n{log}"
+    );
     assert_ordered(&g.sensor_events());
     assert_redeliveries_keep_their_id(&g, 2);
 }
 
 #[tokio::test]
 async fn transformer_killed_twice_while_sensor_flaps() {
-    let mut g = Gateway::up(UserServerKind::Node, &[("alpha", r#"{"count": 300, "interval_ms": 1}"#)]).await;
+    let mut g = Gateway::up(
+        UserServerKind::Node,
+        &[("alpha", r#"{"count": 300, "interval_ms": 1}"#)],
+    )
+    .await;
     for round in 0..2 {
         let before = acked(&g);
-        wait_for("progress between kills", || async { (acked(&g) >= before + 60).then_some(()) }).await;
+        wait_for("progress between kills", || async {
+            (acked(&g) >= before + 60).then_some(())
+        })
+        .await;
         if round == 0 {
             std::fs::write(&g.fail_file, "x").expect("fail file");
         }
@@ -101,15 +119,26 @@ async fn transformer_killed_twice_while_sensor_flaps() {
 
 #[tokio::test]
 async fn processor_client_killed_mid_stream_loses_nothing_acknowledged() {
-    let mut g = Gateway::up(UserServerKind::Python, &[("alpha", r#"{"count": 300, "interval_ms": 2}"#)]).await;
-    wait_for("events flowing", || async { (acked(&g) >= 60).then_some(()) }).await;
+    let mut g = Gateway::up(
+        UserServerKind::Python,
+        &[("alpha", r#"{"count": 300, "interval_ms": 2}"#)],
+    )
+    .await;
+    wait_for("events flowing", || async {
+        (acked(&g) >= 60).then_some(())
+    })
+    .await;
     g.processor.as_mut().expect("processor-client").kill();
     g.start_processor().await;
     // The new processor-client starts the configuration again (fresh timeID).
     let starts = g.wait_journal("start", "alpha", 2).await;
     let restarted = starts[1]["timeID"].as_str().expect("timeID").to_owned();
     wait_for("the restarted configuration to finish", || async {
-        let n = g.journal_of("acked", "alpha").iter().filter(|a| a["timeID"] == restarted.as_str()).count();
+        let n = g
+            .journal_of("acked", "alpha")
+            .iter()
+            .filter(|a| a["timeID"] == restarted.as_str())
+            .count();
         (n >= 300).then_some(())
     })
     .await;
@@ -122,11 +151,17 @@ async fn sensor_that_never_answers_is_timed_out_and_holds_back_no_other() {
     let mut g = Gateway::new(UserServerKind::Python);
     let hole = free_port();
     let mut cmd = Command::new("python3");
-    cmd.arg(support("blackhole.py")).arg("--port").arg(hole.to_string());
+    cmd.arg(support("blackhole.py"))
+        .arg("--port")
+        .arg(hole.to_string());
     let _blackhole = Proc::spawn("blackhole", cmd, g.dir.path());
     wait_port(hole, "the black hole to listen").await;
-    g.transformer_env.push(("SENSOR_WATCHERS".into(), format!("http://127.0.0.1:{hole}/,{}", g.sensor_url())));
-    g.transformer_env.push(("WATCHER_TIMEOUT".into(), "300ms".into()));
+    g.transformer_env.push((
+        "SENSOR_WATCHERS".into(),
+        format!("http://127.0.0.1:{hole}/,{}", g.sensor_url()),
+    ));
+    g.transformer_env
+        .push(("WATCHER_TIMEOUT".into(), "300ms".into()));
     g.set_config("alpha", r#"{"count": 200, "interval_ms": 1}"#);
     g.start_sensor().await;
     g.start_transformer().await;
@@ -134,14 +169,27 @@ async fn sensor_that_never_answers_is_timed_out_and_holds_back_no_other() {
     g.start_processor().await;
     let events = g.wait_sensor(200).await;
     assert_ordered(&events);
-    let metrics = g.http.get(g.tr_url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    let metrics = g
+        .http
+        .get(g.tr_url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
     let retries: f64 = metrics
         .lines()
-        .find(|l| l.starts_with("transformer_delivery_retries_total") && l.contains(&hole.to_string()))
+        .find(|l| {
+            l.starts_with("transformer_delivery_retries_total") && l.contains(&hole.to_string())
+        })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
-    assert!(retries >= 1.0, "the silent sensor was timed out and retried:\n{metrics}");
+    assert!(
+        retries >= 1.0,
+        "the silent sensor was timed out and retried:\n{metrics}"
+    );
     let log = g.transformer.as_ref().expect("transformer").output();
     assert!(log.contains("timed out"), "timeouts are logged");
 }
@@ -149,9 +197,12 @@ async fn sensor_that_never_answers_is_timed_out_and_holds_back_no_other() {
 #[tokio::test]
 async fn exhausted_events_become_dead_letters_and_replay_delivers_them() {
     let mut g = Gateway::new(UserServerKind::Python);
-    g.transformer_env.push(("WATCHER_RETRY_ATTEMPTS".into(), "3".into()));
-    g.transformer_env.push(("WATCHER_RETRY_BASE".into(), "10ms".into()));
-    g.transformer_env.push(("WATCHER_RETRY_CAP".into(), "20ms".into()));
+    g.transformer_env
+        .push(("WATCHER_RETRY_ATTEMPTS".into(), "3".into()));
+    g.transformer_env
+        .push(("WATCHER_RETRY_BASE".into(), "10ms".into()));
+    g.transformer_env
+        .push(("WATCHER_RETRY_CAP".into(), "20ms".into()));
     std::fs::write(&g.fail_file, "x").expect("fail file");
     g.set_config("alpha", r#"{"count": 20, "interval_ms": 1}"#);
     g.start_sensor().await;
@@ -160,7 +211,15 @@ async fn exhausted_events_become_dead_letters_and_replay_delivers_them() {
     g.start_processor().await;
     g.wait_journal("acked", "alpha", 20).await;
     let listing: Value = wait_for("20 dead letters", || async {
-        let v: Value = g.http.get(g.tr_url("/deadletters")).send().await.ok()?.json().await.ok()?;
+        let v: Value = g
+            .http
+            .get(g.tr_url("/deadletters"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
         (v["total"] == 20).then_some(v)
     })
     .await;
@@ -168,12 +227,18 @@ async fn exhausted_events_become_dead_letters_and_replay_delivers_them() {
     let first = &letters[0];
     assert_eq!(first["watcher"], g.sensor_url());
     assert_eq!(first["attempts"], 3);
-    assert!(first["error"].as_str().expect("error").contains("500"), "{first}");
+    assert!(
+        first["error"].as_str().expect("error").contains("500"),
+        "{first}"
+    );
     assert_eq!(first["event"]["specversion"], "1.0");
     assert_eq!(first["event"]["subject"], "alpha");
     let one: Value = g
         .http
-        .get(g.tr_url(&format!("/deadletters/{}", first["id"].as_str().expect("id"))))
+        .get(g.tr_url(&format!(
+            "/deadletters/{}",
+            first["id"].as_str().expect("id")
+        )))
         .send()
         .await
         .expect("get")
@@ -181,24 +246,52 @@ async fn exhausted_events_become_dead_letters_and_replay_delivers_them() {
         .await
         .expect("json");
     assert_eq!(one["event"]["id"], first["event"]["id"]);
-    let ids: HashSet<String> = letters.iter().map(|l| l["event"]["id"].as_str().unwrap_or("").to_owned()).collect();
+    let ids: HashSet<String> = letters
+        .iter()
+        .map(|l| l["event"]["id"].as_str().unwrap_or("").to_owned())
+        .collect();
 
     // The dead letters survive a restart of the transformer.
     g.transformer.as_mut().expect("transformer").kill();
     g.start_transformer().await;
     std::fs::remove_file(&g.fail_file).expect("sensor fixed");
-    let r = g.post(&g.tr_url("/deadletters/replay"), "application/json", "").await;
+    let r = g
+        .post(&g.tr_url("/deadletters/replay"), "application/json", "")
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json["replayed"], 20);
     let events = g.wait_sensor(20).await;
-    let delivered: HashSet<String> = events.iter().map(|e| e["id"].as_str().unwrap_or("").to_owned()).collect();
+    let delivered: HashSet<String> = events
+        .iter()
+        .map(|e| e["id"].as_str().unwrap_or("").to_owned())
+        .collect();
     assert_eq!(delivered, ids, "replay delivers the same CloudEvents");
     assert_ordered(&events);
-    let after: Value = g.http.get(g.tr_url("/deadletters")).send().await.expect("list").json().await.expect("json");
+    let after: Value = g
+        .http
+        .get(g.tr_url("/deadletters"))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(after["total"], 0);
-    let r = g.post(&g.tr_url("/deadletters/nothex/replay"), "application/json", "").await;
+    let r = g
+        .post(
+            &g.tr_url("/deadletters/nothex/replay"),
+            "application/json",
+            "",
+        )
+        .await;
     assert_eq!(r.status, 400);
-    let r = g.post(&g.tr_url(&format!("/deadletters/{}/replay", "0".repeat(32))), "application/json", "").await;
+    let r = g
+        .post(
+            &g.tr_url(&format!("/deadletters/{}/replay", "0".repeat(32))),
+            "application/json",
+            "",
+        )
+        .await;
     assert_eq!(r.status, 404);
 }
 
@@ -216,8 +309,12 @@ fn peak_rss_kib(pid: i32) -> u64 {
 #[tokio::test]
 async fn flood_against_a_dead_sensor_stays_bounded_and_loses_nothing() {
     let mut g = Gateway::new(UserServerKind::Python);
-    g.transformer_env.push(("TRANSFORMER_QUEUE_MAX_BYTES".into(), (4 * 1024 * 1024).to_string()));
-    g.transformer_env.push(("TRANSFORMER_QUEUE_CAPACITY".into(), "100000".into()));
+    g.transformer_env.push((
+        "TRANSFORMER_QUEUE_MAX_BYTES".into(),
+        (4 * 1024 * 1024).to_string(),
+    ));
+    g.transformer_env
+        .push(("TRANSFORMER_QUEUE_CAPACITY".into(), "100000".into()));
     g.start_transformer().await; // no sensor: it is dead
     let payload = base64_16k();
     let mut producers = Vec::new();
@@ -229,9 +326,20 @@ async fn flood_against_a_dead_sensor_stays_bounded_and_loses_nothing() {
             let (mut accepted, mut refused) = (Vec::new(), 0u32);
             for i in 0..400 {
                 let body = format!(r#"{{"src":"p{p}","payload":"{payload}"}}"#);
-                let r = http.post(&url).header("content-type", "application/json").body(body).send().await.expect("post");
+                let r = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("post");
                 match r.status().as_u16() {
-                    200 => accepted.push(r.json::<Value>().await.expect("json")["id"].as_str().unwrap_or("").to_owned()),
+                    200 => accepted.push(
+                        r.json::<Value>().await.expect("json")["id"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_owned(),
+                    ),
                     503 => {
                         assert!(r.headers().contains_key("retry-after"));
                         refused += 1;
@@ -252,11 +360,21 @@ async fn flood_against_a_dead_sensor_stays_bounded_and_loses_nothing() {
     assert!(refused > 0, "a flood against a dead sensor must meet 503s");
     let pid = g.transformer.as_ref().expect("transformer").pid();
     let peak_mib = peak_rss_kib(pid) / 1024;
-    eprintln!("flood: {} accepted, {refused} refused with 503, transformer peak RSS {peak_mib} MiB", accepted.len());
-    assert!(peak_mib < 96, "transformer peak RSS {peak_mib} MiB with a 4 MiB queue budget");
+    eprintln!(
+        "flood: {} accepted, {refused} refused with 503, transformer peak RSS {peak_mib} MiB",
+        accepted.len()
+    );
+    assert!(
+        peak_mib < 96,
+        "transformer peak RSS {peak_mib} MiB with a 4 MiB queue budget"
+    );
     g.start_sensor().await;
     wait_for("every accepted event at the sensor", || async {
-        let got: HashSet<String> = g.sensor_events().iter().map(|e| e["id"].as_str().unwrap_or("").to_owned()).collect();
+        let got: HashSet<String> = g
+            .sensor_events()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap_or("").to_owned())
+            .collect();
         accepted.is_subset(&got).then_some(())
     })
     .await;
@@ -270,7 +388,8 @@ fn base64_16k() -> String {
 #[tokio::test]
 async fn sigterm_with_a_dead_sensor_keeps_the_queue_for_the_next_start() {
     let mut g = Gateway::new(UserServerKind::Python);
-    g.transformer_env.push(("SHUTDOWN_TIMEOUT".into(), "1s".into()));
+    g.transformer_env
+        .push(("SHUTDOWN_TIMEOUT".into(), "1s".into()));
     g.set_config("alpha", r#"{"count": 30, "interval_ms": 1}"#);
     g.start_transformer().await; // the sensor is down
     g.start_user_server().await;
@@ -278,13 +397,19 @@ async fn sigterm_with_a_dead_sensor_keeps_the_queue_for_the_next_start() {
     g.wait_journal("acked", "alpha", 30).await;
     let tr = g.transformer.as_mut().expect("transformer");
     tr.signal(libc::SIGTERM);
-    let status = tr.wait_exit(Duration::from_secs(15)).await.expect("exits after SIGTERM");
+    let status = tr
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("exits after SIGTERM");
     assert!(status.success(), "{status:?}");
     g.start_sensor().await;
     g.start_transformer().await;
     let events = g.wait_sensor(30).await;
     let log = g.transformer.as_ref().expect("transformer").output();
-    assert!(log.contains("requeued=30"), "all 30 came back from the store:\n{log}");
+    assert!(
+        log.contains("requeued=30"),
+        "all 30 came back from the store:\n{log}"
+    );
     assert_ordered(&events);
     assert_acked_delivered(&g);
 }

@@ -10,7 +10,11 @@ use gateway_tests::root;
 /// Fields of `struct RawEnv` in a config.rs: (VARIABLE, required).
 fn env_fields(file: &str) -> BTreeMap<String, bool> {
     let text = std::fs::read_to_string(root().join(file)).expect("read config.rs");
-    let body = text.split("struct RawEnv {").nth(1).and_then(|t| t.split("\n}").next()).expect("RawEnv");
+    let body = text
+        .split("struct RawEnv {")
+        .nth(1)
+        .and_then(|t| t.split("\n}").next())
+        .expect("RawEnv");
     let mut out = BTreeMap::new();
     let mut defaulted = false;
     for line in body.lines().map(str::trim) {
@@ -30,9 +34,12 @@ fn env_fields(file: &str) -> BTreeMap<String, bool> {
 
 /// Variables the Rust SDK's user servers read (`var("NAME", ..)` / `port("NAME", ..)`).
 fn sdk_fields() -> BTreeMap<String, bool> {
-    let text = std::fs::read_to_string(root().join("sdk-examples/rust-sdk/src/server.rs")).expect("read server.rs");
+    let text = std::fs::read_to_string(root().join("sdk-examples/rust-sdk/src/server.rs"))
+        .expect("read server.rs");
     text.split('"')
-        .filter(|t| t.starts_with("GATEWAY_") && t.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .filter(|t| {
+            t.starts_with("GATEWAY_") && t.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+        })
         .map(|t| (t.to_owned(), false))
         .collect()
 }
@@ -48,14 +55,20 @@ fn check(place: &str, component: &str, set: &BTreeSet<String>, reads: &BTreeMap<
         );
     }
     for (var, required) in reads {
-        assert!(!required || set.contains(var), "{place}: {component} misses the required {var}");
+        assert!(
+            !required || set.contains(var),
+            "{place}: {component} misses the required {var}"
+        );
     }
 }
 
 fn components() -> BTreeMap<&'static str, BTreeMap<String, bool>> {
     BTreeMap::from([
         ("transformer", env_fields("transformer/src/config.rs")),
-        ("processor-client", env_fields("processor-client/src/config.rs")),
+        (
+            "processor-client",
+            env_fields("processor-client/src/config.rs"),
+        ),
         ("calendar", sdk_fields()),
     ])
 }
@@ -63,7 +76,10 @@ fn components() -> BTreeMap<&'static str, BTreeMap<String, bool>> {
 fn yaml_docs(path: &str) -> Vec<serde_norway::Value> {
     let text = std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_norway::Deserializer::from_str(&text)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap_or_else(|e| panic!("{path} does not parse: {e}")))
+        .map(|d| {
+            serde::Deserialize::deserialize(d)
+                .unwrap_or_else(|e| panic!("{path} does not parse: {e}"))
+        })
         .collect()
 }
 
@@ -75,22 +91,41 @@ fn compose_services_set_what_the_code_reads() {
     let mut seen = BTreeSet::new();
     for (name, service) in services {
         let name = name.as_str().unwrap_or("");
-        let Some(target) = service["build"]["target"].as_str() else { continue };
-        let Some(reads) = comps.get(target) else { continue };
+        let Some(target) = service["build"]["target"].as_str() else {
+            continue;
+        };
+        let Some(reads) = comps.get(target) else {
+            continue;
+        };
         let mut set: BTreeSet<String> = service["environment"]
             .as_mapping()
-            .map(|m| m.keys().filter_map(|k| k.as_str().map(str::to_owned)).collect())
+            .map(|m| {
+                m.keys()
+                    .filter_map(|k| k.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default();
         set.extend(dockerfile_env(target));
         check("docker-compose.yaml", name, &set, reads);
-        for host_var in ["GATEWAY_PROCESSOR_SERVER_HOST", "TRANSFORMER_HOST", "GATEWAY_PROCESSOR_CLIENT_HOST"] {
+        for host_var in [
+            "GATEWAY_PROCESSOR_SERVER_HOST",
+            "TRANSFORMER_HOST",
+            "GATEWAY_PROCESSOR_CLIENT_HOST",
+        ] {
             if let Some(host) = service["environment"][host_var].as_str() {
-                assert!(services.contains_key(host), "docker-compose.yaml: {name}: {host_var}={host} names no service");
+                assert!(
+                    services.contains_key(host),
+                    "docker-compose.yaml: {name}: {host_var}={host} names no service"
+                );
             }
         }
         seen.insert(target.to_owned());
     }
-    assert_eq!(seen, comps.keys().map(|k| k.to_string()).collect(), "compose runs every component");
+    assert_eq!(
+        seen,
+        comps.keys().map(|k| k.to_string()).collect(),
+        "compose runs every component"
+    );
 }
 
 /// `ENV` names set in the Dockerfile stage named `target`.
@@ -115,15 +150,27 @@ fn kubernetes_containers_set_what_the_code_reads() {
     let comps = components();
     let mut seen = BTreeSet::new();
     for entry in std::fs::read_dir(root().join("docker/k8s")).expect("k8s dir") {
-        let path = format!("docker/k8s/{}", entry.expect("entry").file_name().to_string_lossy());
+        let path = format!(
+            "docker/k8s/{}",
+            entry.expect("entry").file_name().to_string_lossy()
+        );
         for doc in yaml_docs(&path) {
-            let Some(containers) = doc["spec"]["template"]["spec"]["containers"].as_sequence() else { continue };
+            let Some(containers) = doc["spec"]["template"]["spec"]["containers"].as_sequence()
+            else {
+                continue;
+            };
             for c in containers {
                 let name = c["name"].as_str().unwrap_or("");
-                let Some(reads) = comps.get(name) else { continue };
+                let Some(reads) = comps.get(name) else {
+                    continue;
+                };
                 let mut set: BTreeSet<String> = c["env"]
                     .as_sequence()
-                    .map(|s| s.iter().filter_map(|e| e["name"].as_str().map(str::to_owned)).collect())
+                    .map(|s| {
+                        s.iter()
+                            .filter_map(|e| e["name"].as_str().map(str::to_owned))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 set.extend(dockerfile_env(name));
                 check(&path, name, &set, reads);
@@ -131,7 +178,11 @@ fn kubernetes_containers_set_what_the_code_reads() {
             }
         }
     }
-    assert_eq!(seen, comps.keys().map(|k| k.to_string()).collect(), "the pod runs every component");
+    assert_eq!(
+        seen,
+        comps.keys().map(|k| k.to_string()).collect(),
+        "the pod runs every component"
+    );
 }
 
 #[test]

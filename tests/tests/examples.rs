@@ -25,40 +25,79 @@ async fn calendar_fires_on_intervals_and_schedules_and_honours_exclusions() {
     let mut g = Gateway::new(UserServerKind::Python);
     g.set_config("every-second", "interval: 1s\nuserPayload: {k: 1}");
     g.set_config("tokyo", "schedule: '* * * * * *'\ntimezone: Asia/Tokyo");
-    g.set_config("excluded", &format!("schedule: '* * * * * *'\nrecurrence: ['EXDATE:{},{}']", ymd(0), ymd(1)));
+    g.set_config(
+        "excluded",
+        &format!(
+            "schedule: '* * * * * *'\nrecurrence: ['EXDATE:{},{}']",
+            ymd(0),
+            ymd(1)
+        ),
+    );
     g.set_config("broken", "schedule: nonsense");
     g.start_sensor().await;
     g.start_transformer().await;
-    g.start_user_server_with(Command::new(bin("calendar"))).await;
+    g.start_user_server_with(Command::new(bin("calendar")))
+        .await;
     g.start_processor().await;
     wait_for("three events of every-second and of tokyo", || async {
         let e = g.sensor_events();
-        (events_of(&e, "every-second").len() >= 3 && events_of(&e, "tokyo").len() >= 3).then_some(())
+        (events_of(&e, "every-second").len() >= 3 && events_of(&e, "tokyo").len() >= 3)
+            .then_some(())
     })
     .await;
     let events = g.sensor_events();
     for e in events_of(&events, "every-second") {
         assert_eq!(e["data"]["userPayload"]["k"], 1);
-        assert!(e["data"]["eventTime"].as_str().expect("eventTime").ends_with("+00:00"));
+        assert!(e["data"]["eventTime"]
+            .as_str()
+            .expect("eventTime")
+            .ends_with("+00:00"));
     }
     for e in events_of(&events, "tokyo") {
-        assert!(e["data"]["eventTime"].as_str().expect("eventTime").ends_with("+09:00"), "{e}");
+        assert!(
+            e["data"]["eventTime"]
+                .as_str()
+                .expect("eventTime")
+                .ends_with("+09:00"),
+            "{e}"
+        );
     }
-    assert!(events_of(&events, "excluded").is_empty(), "today and tomorrow are excluded");
+    assert!(
+        events_of(&events, "excluded").is_empty(),
+        "today and tomorrow are excluded"
+    );
     let broken = g.wait_phase("broken", "Error").await;
-    assert!(broken["message"].as_str().unwrap_or("").contains("cron"), "{broken}");
+    assert!(
+        broken["message"].as_str().unwrap_or("").contains("cron"),
+        "{broken}"
+    );
 
     // A changed schedule is a stop and a start: no instant fires twice.
-    g.set_config("every-second", "schedule: '* * * * * *'\nuserPayload: {k: 2}");
+    g.set_config(
+        "every-second",
+        "schedule: '* * * * * *'\nuserPayload: {k: 2}",
+    );
     wait_for("events of the changed schedule", || async {
         let e = g.sensor_events();
-        (events_of(&e, "every-second").iter().filter(|e| e["data"]["userPayload"]["k"] == 2).count() >= 3).then_some(())
+        (events_of(&e, "every-second")
+            .iter()
+            .filter(|e| e["data"]["userPayload"]["k"] == 2)
+            .count()
+            >= 3)
+            .then_some(())
     })
     .await;
     let events = g.sensor_events();
-    let times: Vec<&str> = events_of(&events, "every-second").iter().map(|e| e["data"]["eventTime"].as_str().unwrap_or("")).collect();
+    let times: Vec<&str> = events_of(&events, "every-second")
+        .iter()
+        .map(|e| e["data"]["eventTime"].as_str().unwrap_or(""))
+        .collect();
     let unique: HashSet<&str> = times.iter().copied().collect();
-    assert_eq!(unique.len(), times.len(), "an instant fired twice: {times:?}");
+    assert_eq!(
+        unique.len(),
+        times.len(),
+        "an instant fired twice: {times:?}"
+    );
     assert!(events_of(&events, "excluded").is_empty());
 }
 
@@ -66,8 +105,14 @@ async fn calendar_fires_on_intervals_and_schedules_and_honours_exclusions() {
 async fn webhook_turns_matching_requests_into_events() {
     let mut g = Gateway::new(UserServerKind::Python);
     let hook = free_port();
-    g.set_config("orders", &format!(r#"{{"port": {hook}, "endpoint": "/orders", "method": "POST"}}"#));
-    g.set_config("refunds", &format!("port: \"{hook}\"\nendpoint: \"/refunds\"\nmethod: \"PUT\""));
+    g.set_config(
+        "orders",
+        &format!(r#"{{"port": {hook}, "endpoint": "/orders", "method": "POST"}}"#),
+    );
+    g.set_config(
+        "refunds",
+        &format!("port: \"{hook}\"\nendpoint: \"/refunds\"\nmethod: \"PUT\""),
+    );
     g.start_sensor().await;
     g.start_transformer().await;
     let mut cmd = Command::new("python3");
@@ -78,27 +123,75 @@ async fn webhook_turns_matching_requests_into_events() {
     g.wait_phase("refunds", "Running").await;
     wait_port(hook, "the webhook port").await;
     let url = |p: &str| format!("http://127.0.0.1:{hook}{p}");
-    let r = g.http.post(url("/orders?x=1")).header("x-order", "42").body(r#"{"order":42}"#).send().await.expect("post");
+    let r = g
+        .http
+        .post(url("/orders?x=1"))
+        .header("x-order", "42")
+        .body(r#"{"order":42}"#)
+        .send()
+        .await
+        .expect("post");
     assert_eq!(r.status().as_u16(), 200);
-    let r = g.http.put(url("/refunds")).body("plain").send().await.expect("put");
+    let r = g
+        .http
+        .put(url("/refunds"))
+        .body("plain")
+        .send()
+        .await
+        .expect("put");
     assert_eq!(r.status().as_u16(), 200);
-    assert_eq!(g.http.get(url("/orders")).send().await.expect("get").status().as_u16(), 405);
-    assert_eq!(g.http.post(url("/nowhere")).send().await.expect("post").status().as_u16(), 404);
+    assert_eq!(
+        g.http
+            .get(url("/orders"))
+            .send()
+            .await
+            .expect("get")
+            .status()
+            .as_u16(),
+        405
+    );
+    assert_eq!(
+        g.http
+            .post(url("/nowhere"))
+            .send()
+            .await
+            .expect("post")
+            .status()
+            .as_u16(),
+        404
+    );
     let events = g.wait_sensor(2).await;
-    let order = events.iter().find(|e| e["subject"] == "orders").expect("order event");
+    let order = events
+        .iter()
+        .find(|e| e["subject"] == "orders")
+        .expect("order event");
     assert_eq!(order["data"]["method"], "POST");
     assert_eq!(order["data"]["path"], "/orders?x=1");
     assert_eq!(order["data"]["body"], r#"{"order":42}"#);
     assert_eq!(order["data"]["headers"]["x-order"], "42");
-    let refund = events.iter().find(|e| e["subject"] == "refunds").expect("refund event");
+    let refund = events
+        .iter()
+        .find(|e| e["subject"] == "refunds")
+        .expect("refund event");
     assert_eq!(refund["data"]["body"], "plain");
 
     g.remove_config("orders");
     g.wait_phase("orders", "Stopped").await;
-    assert_eq!(g.http.post(url("/orders")).send().await.expect("post").status().as_u16(), 404);
+    assert_eq!(
+        g.http
+            .post(url("/orders"))
+            .send()
+            .await
+            .expect("post")
+            .status()
+            .as_u16(),
+        404
+    );
     g.remove_config("refunds");
     wait_for("the port to close with its last webhook", || async {
-        std::net::TcpStream::connect(("127.0.0.1", hook)).is_err().then_some(())
+        std::net::TcpStream::connect(("127.0.0.1", hook))
+            .is_err()
+            .then_some(())
     })
     .await;
 }
@@ -114,10 +207,18 @@ async fn framework_independent_producer_posts_straight_to_the_transformer() {
         .env("TRANSFORMER_PORT", g.tr_port.to_string())
         .output()
         .expect("run post-event.sh");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let events = g.wait_sensor(1).await;
-    assert_eq!(events[0]["id"], id.as_str(), "the script prints the CloudEvent id");
+    assert_eq!(
+        events[0]["id"],
+        id.as_str(),
+        "the script prints the CloudEvent id"
+    );
     assert_eq!(events[0]["subject"], "cli-source");
     assert_eq!(events[0]["data"]["hello"], "world");
     let refused = Command::new("bash")
@@ -134,14 +235,28 @@ async fn framework_independent_producer_posts_straight_to_the_transformer() {
 async fn stream_server_turns_mqtt_and_nats_messages_into_events() {
     let mut g = Gateway::new(UserServerKind::Node);
     let mqtt_port = free_port();
-    let mosquitto_bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"].into_iter().find(|p| std::path::Path::new(p).exists()).unwrap_or("mosquitto");
+    let mosquitto_bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("mosquitto");
     let mut cmd = Command::new(mosquitto_bin);
     cmd.arg("-p").arg(mqtt_port.to_string());
     let _mosquitto = Proc::spawn("mosquitto", cmd, g.dir.path());
     wait_port(mqtt_port, "mosquitto to listen").await;
     let nats = NatsServer::start(g.dir.path()).await;
-    g.set_config("mqtt-in", &format!(r#"{{"broker": "mqtt", "url": "mqtt://127.0.0.1:{mqtt_port}", "topic": "sensors/#"}}"#));
-    g.set_config("nats-in", &format!(r#"{{"broker": "nats", "url": "{}", "subject": "readings.>"}}"#, nats.url()));
+    g.set_config(
+        "mqtt-in",
+        &format!(
+            r#"{{"broker": "mqtt", "url": "mqtt://127.0.0.1:{mqtt_port}", "topic": "sensors/#"}}"#
+        ),
+    );
+    g.set_config(
+        "nats-in",
+        &format!(
+            r#"{{"broker": "nats", "url": "{}", "subject": "readings.>"}}"#,
+            nats.url()
+        ),
+    );
     g.set_config("bad", r#"{"broker": "kafka"}"#);
     g.start_sensor().await;
     g.start_transformer().await;
@@ -151,11 +266,23 @@ async fn stream_server_turns_mqtt_and_nats_messages_into_events() {
     g.start_processor().await;
     g.wait_phase("mqtt-in", "Running").await;
     g.wait_phase("nats-in", "Running").await;
-    assert!(g.wait_phase("bad", "Error").await["message"].as_str().unwrap_or("").contains("broker"));
+    assert!(g.wait_phase("bad", "Error").await["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("broker"));
 
     let publish_mqtt = |topic: &str, msg: &str| {
         let ok = Command::new("mosquitto_pub")
-            .args(["-p", &mqtt_port.to_string(), "-q", "1", "-t", topic, "-m", msg])
+            .args([
+                "-p",
+                &mqtt_port.to_string(),
+                "-q",
+                "1",
+                "-t",
+                topic,
+                "-m",
+                msg,
+            ])
             .status()
             .expect("mosquitto_pub");
         assert!(ok.success());
@@ -163,25 +290,51 @@ async fn stream_server_turns_mqtt_and_nats_messages_into_events() {
     let client = async_nats::connect(nats.url()).await.expect("nats");
     for i in 0..5 {
         publish_mqtt("sensors/kitchen", &format!("m{i}"));
-        client.publish(format!("readings.r{i}"), format!("n{i}").into()).await.expect("publish");
+        client
+            .publish(format!("readings.r{i}"), format!("n{i}").into())
+            .await
+            .expect("publish");
     }
     client.flush().await.expect("flush");
     let events = g.wait_sensor(10).await;
-    let mqtt: Vec<&str> = events_of(&events, "mqtt-in").iter().map(|e| e["data"]["payload"].as_str().unwrap_or("")).collect();
-    let nats_payloads: Vec<&str> = events_of(&events, "nats-in").iter().map(|e| e["data"]["payload"].as_str().unwrap_or("")).collect();
+    let mqtt: Vec<&str> = events_of(&events, "mqtt-in")
+        .iter()
+        .map(|e| e["data"]["payload"].as_str().unwrap_or(""))
+        .collect();
+    let nats_payloads: Vec<&str> = events_of(&events, "nats-in")
+        .iter()
+        .map(|e| e["data"]["payload"].as_str().unwrap_or(""))
+        .collect();
     assert_eq!(mqtt, ["m0", "m1", "m2", "m3", "m4"]);
     assert_eq!(nats_payloads, ["n0", "n1", "n2", "n3", "n4"]);
-    assert_eq!(events_of(&events, "mqtt-in")[0]["data"]["topic"], "sensors/kitchen");
-    assert_eq!(events_of(&events, "nats-in")[2]["data"]["topic"], "readings.r2");
+    assert_eq!(
+        events_of(&events, "mqtt-in")[0]["data"]["topic"],
+        "sensors/kitchen"
+    );
+    assert_eq!(
+        events_of(&events, "nats-in")[2]["data"]["topic"],
+        "readings.r2"
+    );
 
     g.remove_config("mqtt-in");
     g.wait_phase("mqtt-in", "Stopped").await;
     publish_mqtt("sensors/kitchen", "after-stop");
-    client.publish("readings.last", "n-last".into()).await.expect("publish");
+    client
+        .publish("readings.last", "n-last".into())
+        .await
+        .expect("publish");
     client.flush().await.expect("flush");
     wait_for("the NATS message after the MQTT stop", || async {
-        g.sensor_events().iter().any(|e| e["data"]["payload"] == "n-last").then_some(())
+        g.sensor_events()
+            .iter()
+            .any(|e| e["data"]["payload"] == "n-last")
+            .then_some(())
     })
     .await;
-    assert!(!g.sensor_events().iter().any(|e| e["data"]["payload"] == "after-stop"), "stop unsubscribes");
+    assert!(
+        !g.sensor_events()
+            .iter()
+            .any(|e| e["data"]["payload"] == "after-stop"),
+        "stop unsubscribes"
+    );
 }

@@ -21,18 +21,32 @@ fn run(cmd: &mut Command, what: &str) {
 }
 
 fn assert_same(generated: &std::path::Path, committed: &std::path::Path) {
-    let a = std::fs::read_to_string(generated).unwrap_or_else(|e| panic!("{}: {e}", generated.display()));
-    let b = std::fs::read_to_string(committed).unwrap_or_else(|e| panic!("{}: {e}", committed.display()));
-    assert!(a == b, "{} differs from what the generator makes now; run the example's generate step and commit", committed.display());
+    let a = std::fs::read_to_string(generated)
+        .unwrap_or_else(|e| panic!("{}: {e}", generated.display()));
+    let b = std::fs::read_to_string(committed)
+        .unwrap_or_else(|e| panic!("{}: {e}", committed.display()));
+    assert!(
+        a == b,
+        "{} differs from what the generator makes now; run the example's generate step and commit",
+        committed.display()
+    );
 }
 
 #[test]
 fn python_stub_is_what_fastapi_code_generator_makes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("app");
-    run(Command::new("bash").arg(example("python-generated").join("generate.sh")).arg(&out), "fastapi-codegen");
+    run(
+        Command::new("bash")
+            .arg(example("python-generated").join("generate.sh"))
+            .arg(&out),
+        "fastapi-codegen",
+    );
     for file in ["main.py", "models.py"] {
-        assert_same(&out.join(file), &example("python-generated").join("app").join(file));
+        assert_same(
+            &out.join(file),
+            &example("python-generated").join("app").join(file),
+        );
     }
 }
 
@@ -64,10 +78,18 @@ async fn through_the_gateway(mut g: Gateway, cmd: Command) {
     g.start_processor().await;
     let events = g.wait_sensor(10).await;
     assert_ordered(&events);
-    assert!(events.iter().all(|e| e["subject"] == "alpha" && e["specversion"] == "1.0"));
+    assert!(events
+        .iter()
+        .all(|e| e["subject"] == "alpha" && e["specversion"] == "1.0"));
     g.wait_phase("alpha", "Running").await;
     let refused = g.wait_phase("refused", "Error").await;
-    assert!(refused["message"].as_str().unwrap_or("").contains("reject requested"), "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("reject requested"),
+        "{refused}"
+    );
     g.remove_config("alpha");
     g.wait_phase("alpha", "Stopped").await;
 }
@@ -77,7 +99,14 @@ async fn generated_python_user_server_runs_through_the_gateway() {
     let g = Gateway::new(UserServerKind::Python);
     let mut cmd = Command::new("python3");
     cmd.current_dir(example("python-generated"))
-        .args(["-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port"])
+        .args([
+            "-m",
+            "uvicorn",
+            "app.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+        ])
         .arg(g.us_port.to_string());
     through_the_gateway(g, cmd).await;
 }

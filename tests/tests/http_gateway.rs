@@ -10,7 +10,8 @@ use serde_json::Value;
 
 async fn full_run(kind: UserServerKind) {
     let mut g = Gateway::new(kind);
-    g.transformer_env.push(("EVENT_TYPE".into(), "test.event".into()));
+    g.transformer_env
+        .push(("EVENT_TYPE".into(), "test.event".into()));
     g.set_config("alpha", r#"{"count": 25, "interval_ms": 2}"#);
     g.set_config("beta", r#"{"count": 25, "interval_ms": 2}"#);
     g.start_sensor().await;
@@ -20,7 +21,10 @@ async fn full_run(kind: UserServerKind) {
 
     let events = g.wait_sensor(50).await;
     g.wait_phase("alpha", "Running").await;
-    let ids: HashSet<&str> = events.iter().map(|e| e["id"].as_str().expect("id")).collect();
+    let ids: HashSet<&str> = events
+        .iter()
+        .map(|e| e["id"].as_str().expect("id"))
+        .collect();
     assert_eq!(ids.len(), events.len(), "CloudEvent ids must be unique");
     for e in &events {
         assert_eq!(e["specversion"], "1.0");
@@ -30,7 +34,10 @@ async fn full_run(kind: UserServerKind) {
         assert_eq!(e["mode"], "binary");
         assert!(e["time"].is_string());
         let data = payload(e);
-        assert_eq!(e["subject"], data["src"], "subject is the configuration key");
+        assert_eq!(
+            e["subject"], data["src"],
+            "subject is the configuration key"
+        );
     }
     for src in ["alpha", "beta"] {
         let start = &g.journal_of("start", src)[0];
@@ -39,9 +46,17 @@ async fn full_run(kind: UserServerKind) {
             .filter(|e| e["subject"] == src)
             .map(|e| payload(e)["seq"].as_i64().expect("seq"))
             .collect();
-        assert_eq!(seqs, (0..25).collect::<Vec<_>>(), "{src}: every event, in order, intact");
+        assert_eq!(
+            seqs,
+            (0..25).collect::<Vec<_>>(),
+            "{src}: every event, in order, intact"
+        );
         let first = events.iter().find(|e| e["subject"] == src).expect("event");
-        assert_eq!(payload(first)["id"], start["id"], "data carries the ConfigData id");
+        assert_eq!(
+            payload(first)["id"],
+            start["id"],
+            "data carries the ConfigData id"
+        );
         assert_eq!(start["config"], r#"{"count": 25, "interval_ms": 2}"#);
     }
     assert_acked_delivered(&g);
@@ -63,7 +78,10 @@ async fn configuration_changes_give_the_contract_stops_and_starts() {
     let g = Gateway::up(UserServerKind::Python, &[("alpha", idle)]).await;
     let first = g.wait_journal("start", "alpha", 1).await[0].clone();
     let expected_id = first["id"].as_str().expect("id").to_owned();
-    assert!(expected_id.parse::<u32>().is_ok(), "id is FNV-32a in decimal");
+    assert!(
+        expected_id.parse::<u32>().is_ok(),
+        "id is FNV-32a in decimal"
+    );
     g.wait_phase("alpha", "Running").await;
 
     g.set_config("beta", idle);
@@ -74,10 +92,16 @@ async fn configuration_changes_give_the_contract_stops_and_starts() {
     let starts = g.wait_journal("start", "alpha", 2).await;
     let stops = g.journal_of("stop", "alpha");
     assert_eq!(stops.len(), 1, "the old value is stopped once");
-    assert_eq!(stops[0]["id"], first["id"], "the stop names the old configuration");
+    assert_eq!(
+        stops[0]["id"], first["id"],
+        "the stop names the old configuration"
+    );
     assert_eq!(stops[0]["timeID"], first["timeID"]);
     assert_ne!(starts[1]["id"], first["id"], "a new value is a new id");
-    assert_ne!(starts[1]["timeID"], first["timeID"], "each start has a fresh timeID");
+    assert_ne!(
+        starts[1]["timeID"], first["timeID"],
+        "each start has a fresh timeID"
+    );
     assert_eq!(starts[1]["config"], changed);
     let order: Vec<String> = g
         .journal()
@@ -85,7 +109,11 @@ async fn configuration_changes_give_the_contract_stops_and_starts() {
         .filter(|e| e["src"] == "alpha" && e["op"] != "acked")
         .map(|e| e["op"].as_str().unwrap_or("").to_owned())
         .collect();
-    assert_eq!(order, ["start", "stop", "start"], "a change is a stop, then a start");
+    assert_eq!(
+        order,
+        ["start", "stop", "start"],
+        "a change is a stop, then a start"
+    );
 
     g.remove_config("beta");
     let stop = g.wait_journal("stop", "beta", 1).await;
@@ -93,7 +121,10 @@ async fn configuration_changes_give_the_contract_stops_and_starts() {
     g.wait_phase("beta", "Stopped").await;
     g.wait_phase("alpha", "Running").await;
     let listed = g.configs().await;
-    let alpha = listed.iter().find(|c| c["src"] == "alpha").expect("alpha listed");
+    let alpha = listed
+        .iter()
+        .find(|c| c["src"] == "alpha")
+        .expect("alpha listed");
     assert_eq!(alpha["id"], starts[1]["id"]);
     assert!(alpha["since"].is_string() && alpha["message"].is_string());
 }
@@ -111,7 +142,10 @@ async fn killed_user_server_gets_its_configurations_again() {
     let alpha = g.wait_journal("start", "alpha", 2).await;
     let beta = g.wait_journal("start", "beta", 2).await;
     assert_ne!(alpha[0]["timeID"], alpha[1]["timeID"]);
-    assert_eq!(alpha[0]["id"], alpha[1]["id"], "same configuration, same id");
+    assert_eq!(
+        alpha[0]["id"], alpha[1]["id"],
+        "same configuration, same id"
+    );
     assert_eq!(beta[1]["config"], idle);
     g.wait_phase("alpha", "Running").await;
     g.wait_phase("beta", "Running").await;
@@ -140,7 +174,14 @@ async fn user_server_started_after_the_processor_client_gets_its_configurations(
 
 #[tokio::test]
 async fn sensor_outage_loses_nothing_and_keeps_order() {
-    let mut g = Gateway::up(UserServerKind::Python, &[("alpha", r#"{"count": 150, "interval_ms": 3}"#), ("beta", r#"{"count": 150, "interval_ms": 3}"#)]).await;
+    let mut g = Gateway::up(
+        UserServerKind::Python,
+        &[
+            ("alpha", r#"{"count": 150, "interval_ms": 3}"#),
+            ("beta", r#"{"count": 150, "interval_ms": 3}"#),
+        ],
+    )
+    .await;
     g.wait_sensor(20).await;
     g.sensor.as_mut().expect("sensor").kill();
     let at_kill = g.journal_of("acked", "alpha").len();
@@ -155,7 +196,12 @@ async fn sensor_outage_loses_nothing_and_keeps_order() {
         let got: HashSet<(String, i64)> = g
             .sensor_events()
             .iter()
-            .map(|e| (e["subject"].as_str().unwrap_or("").to_owned(), payload(e)["seq"].as_i64().unwrap_or(-1)))
+            .map(|e| {
+                (
+                    e["subject"].as_str().unwrap_or("").to_owned(),
+                    payload(e)["seq"].as_i64().unwrap_or(-1),
+                )
+            })
             .collect();
         (got.len() >= 300).then_some(())
     })
@@ -170,7 +216,10 @@ async fn sensor_answering_500_then_200_loses_nothing() {
     std::fs::write(&g.fail_file, "x").expect("fail file");
     g.set_config("alpha", r#"{"count": 60, "interval_ms": 2}"#);
     g.wait_journal("acked", "alpha", 60).await;
-    assert!(g.sensor_events().is_empty(), "the sensor refused everything so far");
+    assert!(
+        g.sensor_events().is_empty(),
+        "the sensor refused everything so far"
+    );
     std::fs::remove_file(&g.fail_file).expect("remove fail file");
     let events = g.wait_sensor(60).await;
     assert_ordered(&events);
@@ -183,7 +232,11 @@ async fn rejected_configuration_is_in_error_until_its_value_changes() {
     let entry = g.wait_phase("bad", "Error").await;
     assert_eq!(entry["message"], "invalid configuration: reject requested");
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(g.journal_of("start", "bad").len(), 1, "a 4xx is not retried");
+    assert_eq!(
+        g.journal_of("start", "bad").len(),
+        1,
+        "a 4xx is not retried"
+    );
     g.set_config("bad", r#"{"count": 1}"#);
     g.wait_phase("bad", "Running").await;
     g.wait_sensor(1).await;
@@ -194,37 +247,83 @@ async fn running_and_error_notices_change_the_phase() {
     let g = Gateway::up(UserServerKind::Python, &[("only", r#"{"count": 0}"#)]).await;
     g.wait_phase("only", "Running").await;
 
-    let r = g.post(&g.pc_url("/error"), "application/json", r#"{"src":"only","message":"disk full"}"#).await;
+    let r = g
+        .post(
+            &g.pc_url("/error"),
+            "application/json",
+            r#"{"src":"only","message":"disk full"}"#,
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(g.wait_phase("only", "Error").await["message"], "disk full");
 
-    let r = g.post(&g.pc_url("/activated"), "application/json", r#"{"src":"only"}"#).await;
+    let r = g
+        .post(
+            &g.pc_url("/activated"),
+            "application/json",
+            r#"{"src":"only"}"#,
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     g.wait_phase("only", "Running").await;
 
     // Argo's form: plain text, naming the configuration by ?src= or not at all.
-    let r = g.post(&g.pc_url("/error?src=only"), "text/plain", "lost connection").await;
+    let r = g
+        .post(
+            &g.pc_url("/error?src=only"),
+            "text/plain",
+            "lost connection",
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(g.wait_phase("only", "Error").await["message"], "lost connection");
-    let r = g.post(&g.pc_url("/activated"), "application/octet-stream", "").await;
+    assert_eq!(
+        g.wait_phase("only", "Error").await["message"],
+        "lost connection"
+    );
+    let r = g
+        .post(&g.pc_url("/activated"), "application/octet-stream", "")
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     g.wait_phase("only", "Running").await;
-    let r = g.post(&g.pc_url("/error"), "text/plain", "the only one").await;
+    let r = g
+        .post(&g.pc_url("/error"), "text/plain", "the only one")
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(g.wait_phase("only", "Error").await["message"], "the only one");
+    assert_eq!(
+        g.wait_phase("only", "Error").await["message"],
+        "the only one"
+    );
 
-    let r = g.post(&g.pc_url("/activated"), "application/json", r#"{"src":"ghost"}"#).await;
+    let r = g
+        .post(
+            &g.pc_url("/activated"),
+            "application/json",
+            r#"{"src":"ghost"}"#,
+        )
+        .await;
     assert_eq!(r.status, 404);
     assert_eq!(r.json["error"], "unknown_src");
-    let r = g.post(&g.pc_url("/activated"), "application/json", r#"{"src":"only","id":"1"}"#).await;
-    assert_eq!(r.status, 409, "a notice for an older id is refused: {}", r.text);
+    let r = g
+        .post(
+            &g.pc_url("/activated"),
+            "application/json",
+            r#"{"src":"only","id":"1"}"#,
+        )
+        .await;
+    assert_eq!(
+        r.status, 409,
+        "a notice for an older id is refused: {}",
+        r.text
+    );
 }
 
 #[tokio::test]
 async fn bad_input_gets_a_status_and_a_json_error() {
     let mut g = Gateway::new(UserServerKind::Python);
-    g.processor_env.push(("GATEWAY_PROCESSOR_MAX_BODY_BYTES".into(), "2048".into()));
-    g.transformer_env.push(("TRANSFORMER_MAX_BODY_BYTES".into(), "2048".into()));
+    g.processor_env
+        .push(("GATEWAY_PROCESSOR_MAX_BODY_BYTES".into(), "2048".into()));
+    g.transformer_env
+        .push(("TRANSFORMER_MAX_BODY_BYTES".into(), "2048".into()));
     g.set_config("alpha", r#"{"count": 0}"#);
     g.start_sensor().await;
     g.start_transformer().await;
@@ -233,28 +332,111 @@ async fn bad_input_gets_a_status_and_a_json_error() {
     g.wait_phase("alpha", "Running").await;
     let big = format!(r#"{{"src":"alpha","payload":"{}"}}"#, "A".repeat(4096));
     let cases: Vec<(String, &str, String, u16, &str)> = vec![
-        (g.pc_url("/event"), "application/json", "{not json".into(), 400, "not a JSON object"),
-        (g.pc_url("/event"), "application/json", r#"["src"]"#.into(), 400, "not a JSON object"),
-        (g.pc_url("/event"), "application/json", r#"{"payload":"aGk="}"#.into(), 400, "\"src\""),
-        (g.pc_url("/event"), "application/json", r#"{"src":"alpha","payload":"%%%"}"#.into(), 400, "base64"),
-        (g.pc_url("/event"), "application/json", r#"{"src":"alpha","payload":5}"#.into(), 400, "payload"),
-        (g.pc_url("/event"), "application/json", r#"{"src":"ghost","payload":"aGk="}"#.into(), 404, "ghost"),
-        (g.pc_url("/event"), "application/json", big.clone(), 413, "limit"),
-        (g.pc_url("/nowhere"), "application/json", "{}".into(), 404, "/nowhere"),
-        (g.tr_url("/"), "application/json", "{not json".into(), 400, "not a JSON object"),
-        (g.tr_url("/"), "application/json", r#"{"payload":"aGk="}"#.into(), 400, "\"src\""),
-        (g.tr_url("/"), "application/json", r#"{"src":"a","payload":"***"}"#.into(), 400, "base64"),
+        (
+            g.pc_url("/event"),
+            "application/json",
+            "{not json".into(),
+            400,
+            "not a JSON object",
+        ),
+        (
+            g.pc_url("/event"),
+            "application/json",
+            r#"["src"]"#.into(),
+            400,
+            "not a JSON object",
+        ),
+        (
+            g.pc_url("/event"),
+            "application/json",
+            r#"{"payload":"aGk="}"#.into(),
+            400,
+            "\"src\"",
+        ),
+        (
+            g.pc_url("/event"),
+            "application/json",
+            r#"{"src":"alpha","payload":"%%%"}"#.into(),
+            400,
+            "base64",
+        ),
+        (
+            g.pc_url("/event"),
+            "application/json",
+            r#"{"src":"alpha","payload":5}"#.into(),
+            400,
+            "payload",
+        ),
+        (
+            g.pc_url("/event"),
+            "application/json",
+            r#"{"src":"ghost","payload":"aGk="}"#.into(),
+            404,
+            "ghost",
+        ),
+        (
+            g.pc_url("/event"),
+            "application/json",
+            big.clone(),
+            413,
+            "limit",
+        ),
+        (
+            g.pc_url("/nowhere"),
+            "application/json",
+            "{}".into(),
+            404,
+            "/nowhere",
+        ),
+        (
+            g.tr_url("/"),
+            "application/json",
+            "{not json".into(),
+            400,
+            "not a JSON object",
+        ),
+        (
+            g.tr_url("/"),
+            "application/json",
+            r#"{"payload":"aGk="}"#.into(),
+            400,
+            "\"src\"",
+        ),
+        (
+            g.tr_url("/"),
+            "application/json",
+            r#"{"src":"a","payload":"***"}"#.into(),
+            400,
+            "base64",
+        ),
         (g.tr_url("/"), "application/json", big, 413, "limit"),
-        (g.tr_url("/"), "application/cloudevents+json", r#"{"specversion":"1.0","source":"s","type":"t"}"#.into(), 400, "id"),
-        (g.tr_url("/"), "application/cloudevents+json", r#"{"specversion":"0.3","id":"1","source":"s","type":"t"}"#.into(), 400, "specversion"),
+        (
+            g.tr_url("/"),
+            "application/cloudevents+json",
+            r#"{"specversion":"1.0","source":"s","type":"t"}"#.into(),
+            400,
+            "id",
+        ),
+        (
+            g.tr_url("/"),
+            "application/cloudevents+json",
+            r#"{"specversion":"0.3","id":"1","source":"s","type":"t"}"#.into(),
+            400,
+            "specversion",
+        ),
     ];
     for (url, ct, body, status, needle) in cases {
         let r = g.post(&url, ct, body.clone()).await;
         assert_eq!(r.status, status, "{url} {body:.60}: {}", r.text);
-        let err = r.json["error"].as_str().unwrap_or_else(|| panic!("no JSON error from {url}: {}", r.text));
+        let err = r.json["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no JSON error from {url}: {}", r.text));
         let detail = r.json["detail"].as_str().expect("detail");
         assert!(!err.is_empty());
-        assert!(detail.contains(needle), "{url} {body:.60}: {detail:?} should mention {needle:?}");
+        assert!(
+            detail.contains(needle),
+            "{url} {body:.60}: {detail:?} should mention {needle:?}"
+        );
     }
     let r = g.http.get(g.tr_url("/")).send().await.expect("GET /");
     assert_eq!(r.status().as_u16(), 405);
@@ -270,10 +452,20 @@ async fn bad_input_gets_a_status_and_a_json_error() {
         .expect("post");
     assert_eq!(binary_without_id.status().as_u16(), 400);
     for port in [g.pc_port, g.tr_port] {
-        let r = g.http.get(format!("http://127.0.0.1:{port}/healthz")).send().await.expect("healthz");
+        let r = g
+            .http
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .expect("healthz");
         assert_eq!(r.status().as_u16(), 200, "still up after bad input");
     }
-    let r = g.http.get(g.pc_url("/readyz")).send().await.expect("readyz");
+    let r = g
+        .http
+        .get(g.pc_url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
     assert_eq!(r.status().as_u16(), 200);
     assert!(g.sensor_events().is_empty(), "nothing bad was dispatched");
 }
@@ -282,9 +474,21 @@ async fn bad_input_gets_a_status_and_a_json_error() {
 async fn octet_stream_events_from_argo_style_user_servers() {
     let g = Gateway::up(UserServerKind::Python, &[("raw", r#"{"count": 0}"#)]).await;
     g.wait_phase("raw", "Running").await;
-    let r = g.post(&g.pc_url("/event?src=raw"), "application/octet-stream", vec![0u8, 1, 2, 255]).await;
+    let r = g
+        .post(
+            &g.pc_url("/event?src=raw"),
+            "application/octet-stream",
+            vec![0u8, 1, 2, 255],
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    let r = g.post(&g.pc_url("/event"), "application/octet-stream", r#"{"src":"raw","payload":"eyJrIjoxfQ=="}"#).await;
+    let r = g
+        .post(
+            &g.pc_url("/event"),
+            "application/octet-stream",
+            r#"{"src":"raw","payload":"eyJrIjoxfQ=="}"#,
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     let events = g.wait_sensor(2).await;
     assert_eq!(events[0]["datacontenttype"], "application/octet-stream");
@@ -296,8 +500,10 @@ async fn octet_stream_events_from_argo_style_user_servers() {
 #[tokio::test]
 async fn backpressure_answers_503_with_retry_after_and_loses_nothing() {
     let mut g = Gateway::new(UserServerKind::Python);
-    g.transformer_env.push(("TRANSFORMER_QUEUE_CAPACITY".into(), "5".into()));
-    g.transformer_env.push(("WATCHER_CONCURRENCY".into(), "1".into()));
+    g.transformer_env
+        .push(("TRANSFORMER_QUEUE_CAPACITY".into(), "5".into()));
+    g.transformer_env
+        .push(("WATCHER_CONCURRENCY".into(), "1".into()));
     g.set_config("flood", r#"{"count": 0}"#);
     g.start_transformer().await; // the sensor is not started: it is down
     g.start_user_server().await;
@@ -306,7 +512,10 @@ async fn backpressure_answers_503_with_retry_after_and_loses_nothing() {
     let mut accepted = 0;
     let mut refused = None;
     for i in 0..20 {
-        let body = format!(r#"{{"src":"flood","payload":"{}"}}"#, base64_of(&format!(r#"{{"src":"flood","seq":{i},"timeID":"t"}}"#)));
+        let body = format!(
+            r#"{{"src":"flood","payload":"{}"}}"#,
+            base64_of(&format!(r#"{{"src":"flood","seq":{i},"timeID":"t"}}"#))
+        );
         let r = g.post(&g.pc_url("/event"), "application/json", body).await;
         match r.status {
             200 => accepted += 1,
@@ -320,7 +529,13 @@ async fn backpressure_answers_503_with_retry_after_and_loses_nothing() {
     let refused = refused.expect("a full queue must answer 503");
     assert!(refused.retry_after.is_some(), "503 carries Retry-After");
     assert_eq!(refused.json["error"], "backpressure");
-    let direct = g.post(&g.tr_url("/"), "application/json", r#"{"src":"flood","payload":""}"#).await;
+    let direct = g
+        .post(
+            &g.tr_url("/"),
+            "application/json",
+            r#"{"src":"flood","payload":""}"#,
+        )
+        .await;
     assert_eq!(direct.status, 503);
     assert!(direct.retry_after.is_some());
     g.start_sensor().await;
@@ -331,17 +546,30 @@ async fn backpressure_answers_503_with_retry_after_and_loses_nothing() {
 
 #[tokio::test]
 async fn sigterm_drains_and_exits_zero() {
-    let mut g = Gateway::up(UserServerKind::Python, &[("alpha", r#"{"interval_ms": 1}"#), ("beta", r#"{"interval_ms": 1}"#)]).await;
+    let mut g = Gateway::up(
+        UserServerKind::Python,
+        &[
+            ("alpha", r#"{"interval_ms": 1}"#),
+            ("beta", r#"{"interval_ms": 1}"#),
+        ],
+    )
+    .await;
     g.wait_sensor(50).await;
     let pc = g.processor.as_mut().expect("processor-client");
     pc.signal(libc::SIGTERM);
-    let status = pc.wait_exit(Duration::from_secs(15)).await.expect("processor-client exits after SIGTERM");
+    let status = pc
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("processor-client exits after SIGTERM");
     assert!(status.success(), "processor-client exit status {status:?}");
     g.wait_journal("stop", "alpha", 1).await;
     g.wait_journal("stop", "beta", 1).await;
     let tr = g.transformer.as_mut().expect("transformer");
     tr.signal(libc::SIGTERM);
-    let status = tr.wait_exit(Duration::from_secs(15)).await.expect("transformer exits after SIGTERM");
+    let status = tr
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("transformer exits after SIGTERM");
     assert!(status.success(), "transformer exit status {status:?}");
     assert_acked_delivered(&g);
     assert_ordered(&g.sensor_events());
@@ -357,20 +585,30 @@ async fn configurations_from_one_yaml_file() {
     let mut g = Gateway::new(UserServerKind::Node);
     let file = g.dir.path().join("gateway.yaml");
     std::fs::write(&file, "one: '{\"count\": 1}'\ntwo:\n  count: 1\n").expect("yaml");
-    g.processor_env.push(("GATEWAY_PROCESSOR_CONFIG_MAP".into(), file.display().to_string()));
+    g.processor_env.push((
+        "GATEWAY_PROCESSOR_CONFIG_MAP".into(),
+        file.display().to_string(),
+    ));
     g.start_sensor().await;
     g.start_transformer().await;
     g.start_user_server().await;
     g.start_processor().await;
     let two = g.wait_journal("start", "two", 1).await;
-    assert_eq!(two[0]["config"], r#"{"count":1}"#, "non-string values are passed as JSON");
+    assert_eq!(
+        two[0]["config"], r#"{"count":1}"#,
+        "non-string values are passed as JSON"
+    );
     g.wait_sensor(2).await;
     let tmp = g.dir.path().join("gateway.yaml.tmp");
     std::fs::write(&tmp, "{\"one\": \"{\\\"count\\\": 1}\"}").expect("json");
     std::fs::rename(&tmp, &file).expect("atomic replace");
     g.wait_journal("stop", "two", 1).await;
     g.wait_phase("two", "Stopped").await;
-    assert_eq!(g.journal_of("start", "one").len(), 1, "an unchanged key is left alone");
+    assert_eq!(
+        g.journal_of("start", "one").len(),
+        1,
+        "an unchanged key is left alone"
+    );
 }
 
 #[tokio::test]
@@ -381,21 +619,39 @@ async fn structured_mode_and_a_gateway_watching_another() {
     downstream.start_transformer().await;
 
     let mut g = Gateway::new(UserServerKind::Python);
-    g.transformer_env.push(("CE_MODE".into(), "structured".into()));
-    g.transformer_env.push(("GATEWAY_WATCHERS".into(), downstream.tr_url("/")));
+    g.transformer_env
+        .push(("CE_MODE".into(), "structured".into()));
+    g.transformer_env
+        .push(("GATEWAY_WATCHERS".into(), downstream.tr_url("/")));
     g.start_sensor().await;
     g.start_transformer().await;
     // A framework-independent producer posts straight to the transformer.
-    let r = g.post(&g.tr_url("/"), "application/json", format!(r#"{{"src":"direct","payload":"{}"}}"#, base64_of(r#"{"hello":"world"}"#))).await;
+    let r = g
+        .post(
+            &g.tr_url("/"),
+            "application/json",
+            format!(
+                r#"{{"src":"direct","payload":"{}"}}"#,
+                base64_of(r#"{"hello":"world"}"#)
+            ),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    let id = r.json["id"].as_str().expect("the answer names the CloudEvent id").to_owned();
+    let id = r.json["id"]
+        .as_str()
+        .expect("the answer names the CloudEvent id")
+        .to_owned();
     let here = g.wait_sensor(1).await;
     assert_eq!(here[0]["mode"], "structured");
     assert_eq!(here[0]["id"], id.as_str());
     assert_eq!(here[0]["data"]["hello"], "world");
     let there = downstream.wait_sensor(1).await;
     assert_eq!(there[0]["mode"], "binary");
-    assert_eq!(there[0]["id"], id.as_str(), "a chained gateway relays the event unchanged");
+    assert_eq!(
+        there[0]["id"],
+        id.as_str(),
+        "a chained gateway relays the event unchanged"
+    );
     assert_eq!(there[0]["source"], "test-gateway");
     assert_eq!(there[0]["subject"], "direct");
     assert_eq!(there[0]["data"]["hello"], "world");
@@ -407,7 +663,10 @@ async fn plain_directory_of_files_is_watched_too() {
     let plain = g.dir.path().join("plain");
     std::fs::create_dir(&plain).expect("dir");
     std::fs::write(plain.join("first"), r#"{"count": 1}"#).expect("write");
-    g.processor_env.push(("GATEWAY_PROCESSOR_CONFIG_MAP".into(), plain.display().to_string()));
+    g.processor_env.push((
+        "GATEWAY_PROCESSOR_CONFIG_MAP".into(),
+        plain.display().to_string(),
+    ));
     g.start_sensor().await;
     g.start_transformer().await;
     g.start_user_server().await;
@@ -419,7 +678,10 @@ async fn plain_directory_of_files_is_watched_too() {
     g.wait_journal("stop", "first", 1).await;
     let mut phases = BTreeMap::new();
     for c in g.configs().await {
-        phases.insert(c["src"].as_str().unwrap_or("").to_owned(), c["phase"].clone());
+        phases.insert(
+            c["src"].as_str().unwrap_or("").to_owned(),
+            c["phase"].clone(),
+        );
     }
     assert_eq!(phases["first"], "Stopped");
     let _: &Value = &phases["second"];
@@ -429,20 +691,77 @@ async fn plain_directory_of_files_is_watched_too() {
 async fn missing_or_malformed_environment_exits_naming_the_variable() {
     let dir = tempfile::tempdir().expect("tempdir");
     let run = |bin_name: &str, env: &[(&str, &str)]| {
-        let out = std::process::Command::new(bin(bin_name)).env_clear().envs(env.iter().copied()).output().expect("run");
-        (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+        let out = std::process::Command::new(bin(bin_name))
+            .env_clear()
+            .envs(env.iter().copied())
+            .output()
+            .expect("run");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let cfg = dir.path().display().to_string();
-    let cases: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
-        ("processor-client", vec![("GATEWAY_NAME", "g"), ("GATEWAY_PROCESSOR_CONFIG_MAP", &cfg)], "GATEWAY_PROCESSOR_SERVER_HTTP_PORT"),
-        ("processor-client", vec![("GATEWAY_NAME", "g"), ("GATEWAY_PROCESSOR_SERVER_HTTP_PORT", "1")], "GATEWAY_PROCESSOR_CONFIG_MAP"),
-        ("processor-client", vec![("GATEWAY_PROCESSOR_CONFIG_MAP", &cfg), ("GATEWAY_PROCESSOR_SERVER_HTTP_PORT", "1")], "GATEWAY_NAME"),
-        ("processor-client", vec![("GATEWAY_NAME", "g"), ("GATEWAY_PROCESSOR_CONFIG_MAP", &cfg), ("GATEWAY_PROCESSOR_SERVER_HTTP_PORT", "http")], "GATEWAY_PROCESSOR_SERVER_HTTP_PORT"),
-        ("processor-client", vec![("GATEWAY_NAME", "g"), ("GATEWAY_PROCESSOR_CONFIG_MAP", "/no/such/dir"), ("GATEWAY_PROCESSOR_SERVER_HTTP_PORT", "1")], "GATEWAY_PROCESSOR_CONFIG_MAP"),
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "processor-client",
+            vec![
+                ("GATEWAY_NAME", "g"),
+                ("GATEWAY_PROCESSOR_CONFIG_MAP", &cfg),
+            ],
+            "GATEWAY_PROCESSOR_SERVER_HTTP_PORT",
+        ),
+        (
+            "processor-client",
+            vec![
+                ("GATEWAY_NAME", "g"),
+                ("GATEWAY_PROCESSOR_SERVER_HTTP_PORT", "1"),
+            ],
+            "GATEWAY_PROCESSOR_CONFIG_MAP",
+        ),
+        (
+            "processor-client",
+            vec![
+                ("GATEWAY_PROCESSOR_CONFIG_MAP", &cfg),
+                ("GATEWAY_PROCESSOR_SERVER_HTTP_PORT", "1"),
+            ],
+            "GATEWAY_NAME",
+        ),
+        (
+            "processor-client",
+            vec![
+                ("GATEWAY_NAME", "g"),
+                ("GATEWAY_PROCESSOR_CONFIG_MAP", &cfg),
+                ("GATEWAY_PROCESSOR_SERVER_HTTP_PORT", "http"),
+            ],
+            "GATEWAY_PROCESSOR_SERVER_HTTP_PORT",
+        ),
+        (
+            "processor-client",
+            vec![
+                ("GATEWAY_NAME", "g"),
+                ("GATEWAY_PROCESSOR_CONFIG_MAP", "/no/such/dir"),
+                ("GATEWAY_PROCESSOR_SERVER_HTTP_PORT", "1"),
+            ],
+            "GATEWAY_PROCESSOR_CONFIG_MAP",
+        ),
         ("transformer", vec![], "GATEWAY_NAME"),
-        ("transformer", vec![("GATEWAY_NAME", "g"), ("TRANSFORMER_PORT", "nine")], "TRANSFORMER_PORT"),
-        ("transformer", vec![("GATEWAY_NAME", "g"), ("SENSOR_WATCHERS", "not a url")], "SENSOR_WATCHERS"),
-        ("transformer", vec![("GATEWAY_NAME", "g"), ("EVENT_PROTOCOL", "SMTP")], "EVENT_PROTOCOL"),
+        (
+            "transformer",
+            vec![("GATEWAY_NAME", "g"), ("TRANSFORMER_PORT", "nine")],
+            "TRANSFORMER_PORT",
+        ),
+        (
+            "transformer",
+            vec![("GATEWAY_NAME", "g"), ("SENSOR_WATCHERS", "not a url")],
+            "SENSOR_WATCHERS",
+        ),
+        (
+            "transformer",
+            vec![("GATEWAY_NAME", "g"), ("EVENT_PROTOCOL", "SMTP")],
+            "EVENT_PROTOCOL",
+        ),
     ];
     for (name, env, var) in cases {
         let (status, stderr) = run(name, &env);

@@ -42,13 +42,21 @@ async fn token_authentication_comes_from_the_environment() {
     let mut g = Gateway::new(UserServerKind::Python);
     let nats = NatsServer::start_with(g.dir.path(), &["--auth", "s3cret"]).await;
     streaming(&mut g, &nats, "NATS");
-    g.transformer_env.push(("NATS_TOKEN".into(), "s3cret".into()));
+    g.transformer_env
+        .push(("NATS_TOKEN".into(), "s3cret".into()));
     g.start_transformer().await;
-    let r = g.post(&g.tr_url("/"), "application/json", r#"{"src":"a","payload":"eyJrIjoxfQ=="}"#).await;
+    let r = g
+        .post(
+            &g.tr_url("/"),
+            "application/json",
+            r#"{"src":"a","payload":"eyJrIjoxfQ=="}"#,
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    wait_for("the event in the stream of a token-protected server", || async {
-        (stream_messages(&nats).await == 1).then_some(())
-    })
+    wait_for(
+        "the event in the stream of a token-protected server",
+        || async { (stream_messages(&nats).await == 1).then_some(()) },
+    )
     .await;
 }
 
@@ -65,8 +73,12 @@ async fn core_nats_subscriber_gets_every_event_and_the_transformer_reconnects() 
     let mut nats = NatsServer::start(g.dir.path()).await;
     let out = g.dir.path().join("core.jsonl");
     let sub = nats_sensor(&g, &nats, &out, &["--core", "--subject", "test-gateway.>"]);
-    wait_for("the subscriber to subscribe", || async { sub.output().contains("subscribed").then_some(()) }).await;
-    g.transformer_env.push(("EVENT_PROTOCOL".into(), "NATS".into()));
+    wait_for("the subscriber to subscribe", || async {
+        sub.output().contains("subscribed").then_some(())
+    })
+    .await;
+    g.transformer_env
+        .push(("EVENT_PROTOCOL".into(), "NATS".into()));
     g.transformer_env.push(("NATS_URL".into(), nats.url()));
     g.set_config("alpha", r#"{"count": 20, "interval_ms": 2}"#);
     g.set_config("web.hook", r#"{"count": 20, "interval_ms": 2}"#);
@@ -78,7 +90,10 @@ async fn core_nats_subscriber_gets_every_event_and_the_transformer_reconnects() 
         assert_eq!(e["source"], "test-gateway");
         assert_eq!(e["datacontenttype"], "application/json");
         let src = e["subject"].as_str().expect("subject");
-        assert_eq!(e["nats_subject"].as_str().expect("nats subject"), format!("test-gateway.{src}"));
+        assert_eq!(
+            e["nats_subject"].as_str().expect("nats subject"),
+            format!("test-gateway.{src}")
+        );
         assert_eq!(e["data"]["src"], src);
     }
     assert_ordered(&events);
@@ -86,15 +101,38 @@ async fn core_nats_subscriber_gets_every_event_and_the_transformer_reconnects() 
     nats.kill();
     nats.restart().await;
     wait_for("the transformer to reconnect", || async {
-        let m = g.http.get(g.tr_url("/metrics")).send().await.ok()?.text().await.ok()?;
-        let connects = m.lines().find(|l| l.starts_with("transformer_nats_connects_total"))?.rsplit(' ').next()?.parse::<f64>().ok()?;
+        let m = g
+            .http
+            .get(g.tr_url("/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let connects = m
+            .lines()
+            .find(|l| l.starts_with("transformer_nats_connects_total"))?
+            .rsplit(' ')
+            .next()?
+            .parse::<f64>()
+            .ok()?;
         (connects >= 2.0).then_some(())
     })
     .await;
     wait_for("the subscriber to reconnect", || async {
-        let r = g.post(&g.tr_url("/"), "application/json", r#"{"src":"after","payload":"eyJzZXEiOjB9"}"#).await;
+        let r = g
+            .post(
+                &g.tr_url("/"),
+                "application/json",
+                r#"{"src":"after","payload":"eyJzZXEiOjB9"}"#,
+            )
+            .await;
         assert_eq!(r.status, 200);
-        read_jsonl(&out).iter().any(|e| e["subject"] == "after").then_some(())
+        read_jsonl(&out)
+            .iter()
+            .any(|e| e["subject"] == "after")
+            .then_some(())
     })
     .await;
 }
@@ -109,7 +147,13 @@ async fn jetstream_stores_each_event_once_and_a_durable_consumer_replays_from_a_
     for i in 0..9 {
         let payload = base64_json(&format!(r#"{{"n":{i}}}"#));
         // One configuration key: order is promised per configuration.
-        let r = g.post(&g.tr_url("/"), "application/json", format!(r#"{{"src":"same","payload":"{payload}"}}"#)).await;
+        let r = g
+            .post(
+                &g.tr_url("/"),
+                "application/json",
+                format!(r#"{{"src":"same","payload":"{payload}"}}"#),
+            )
+            .await;
         assert_eq!(r.status, 200, "{}", r.text);
         ids.push(r.json["id"].as_str().expect("id").to_owned());
     }
@@ -131,25 +175,68 @@ async fn jetstream_stores_each_event_once_and_a_durable_consumer_replays_from_a_
         assert_eq!(r.status().as_u16(), 200);
     }
     ids.push("the-same-id".into());
-    wait_for("10 messages in the stream", || async { (stream_messages(&nats).await == 10).then_some(()) }).await;
+    wait_for("10 messages in the stream", || async {
+        (stream_messages(&nats).await == 10).then_some(())
+    })
+    .await;
     let js = nats.jetstream().await;
     let stream = js.get_stream("TEST-GATEWAY").await.expect("stream");
     for (seq, id) in (1..=10u64).zip(&ids) {
         let msg = stream.get_raw_message(seq).await.expect("message");
-        let msg_id = msg.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_owned());
-        assert_eq!(msg_id.as_deref(), Some(id.as_str()), "Nats-Msg-Id of message {seq}");
+        let msg_id = msg
+            .headers
+            .get("Nats-Msg-Id")
+            .map(|v| v.as_str().to_owned());
+        assert_eq!(
+            msg_id.as_deref(),
+            Some(id.as_str()),
+            "Nats-Msg-Id of message {seq}"
+        );
     }
-    let metrics = g.http.get(g.tr_url("/metrics")).send().await.expect("metrics").text().await.expect("text");
-    assert!(metrics.lines().any(|l| l.starts_with("transformer_nats_duplicates_total 1")), "{metrics}");
+    let metrics = g
+        .http
+        .get(g.tr_url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("transformer_nats_duplicates_total 1")),
+        "{metrics}"
+    );
 
     let out = g.dir.path().join("replay.jsonl");
-    let _replay = nats_sensor(&g, &nats, &out, &["--stream", "TEST-GATEWAY", "--durable", "replay", "--start-seq", "5", "--count", "6"]);
+    let _replay = nats_sensor(
+        &g,
+        &nats,
+        &out,
+        &[
+            "--stream",
+            "TEST-GATEWAY",
+            "--durable",
+            "replay",
+            "--start-seq",
+            "5",
+            "--count",
+            "6",
+        ],
+    );
     let replayed = wait_lines(&out, 6, "the replay from sequence 5").await;
-    let seqs: Vec<i64> = replayed.iter().map(|e| e["stream_seq"].as_i64().expect("stream_seq")).collect();
+    let seqs: Vec<i64> = replayed
+        .iter()
+        .map(|e| e["stream_seq"].as_i64().expect("stream_seq"))
+        .collect();
     assert_eq!(seqs, vec![5, 6, 7, 8, 9, 10]);
     assert_eq!(replayed[0]["id"], ids[4].as_str());
     assert_eq!(replayed[0]["data"]["n"], 4);
-    assert_eq!(replayed[5]["data"]["base64"], "dHdpY2U=", "non-JSON data survives the round trip");
+    assert_eq!(
+        replayed[5]["data"]["base64"], "dHdpY2U=",
+        "non-JSON data survives the round trip"
+    );
 }
 
 #[tokio::test]
@@ -157,12 +244,16 @@ async fn nats_killed_mid_stream_keeps_every_acknowledged_event_in_jetstream() {
     let mut g = Gateway::new(UserServerKind::Python);
     let mut nats = NatsServer::start(g.dir.path()).await;
     streaming(&mut g, &nats, "NATS");
-    g.transformer_env.push(("WATCHER_TIMEOUT".into(), "1s".into()));
+    g.transformer_env
+        .push(("WATCHER_TIMEOUT".into(), "1s".into()));
     g.set_config("alpha", r#"{"count": 300, "interval_ms": 2}"#);
     g.start_transformer().await;
     g.start_user_server().await;
     g.start_processor().await;
-    wait_for("events flowing into JetStream", || async { (stream_messages(&nats).await >= 40).then_some(()) }).await;
+    wait_for("events flowing into JetStream", || async {
+        (stream_messages(&nats).await >= 40).then_some(())
+    })
+    .await;
     nats.kill();
     let at_kill = g.journal_of("acked", "alpha").len();
     wait_for("events acknowledged while NATS is down", || async {
@@ -171,13 +262,27 @@ async fn nats_killed_mid_stream_keeps_every_acknowledged_event_in_jetstream() {
     .await;
     nats.restart().await;
     g.wait_journal("acked", "alpha", 300).await;
-    wait_for("all 300 in the stream", || async { (stream_messages(&nats).await >= 300).then_some(()) }).await;
+    wait_for("all 300 in the stream", || async {
+        (stream_messages(&nats).await >= 300).then_some(())
+    })
+    .await;
     let out = g.dir.path().join("all.jsonl");
-    let _reader = nats_sensor(&g, &nats, &out, &["--stream", "TEST-GATEWAY", "--durable", "all"]);
+    let _reader = nats_sensor(
+        &g,
+        &nats,
+        &out,
+        &["--stream", "TEST-GATEWAY", "--durable", "all"],
+    );
     let stored = wait_lines(&out, 300, "reading the stream back").await;
-    let seqs: HashSet<i64> = stored.iter().map(|e| e["data"]["seq"].as_i64().unwrap_or(-1)).collect();
+    let seqs: HashSet<i64> = stored
+        .iter()
+        .map(|e| e["data"]["seq"].as_i64().unwrap_or(-1))
+        .collect();
     assert_eq!(seqs.len(), 300, "every acknowledged event is in the stream");
-    let ids: HashSet<&str> = stored.iter().map(|e| e["id"].as_str().unwrap_or("")).collect();
+    let ids: HashSet<&str> = stored
+        .iter()
+        .map(|e| e["id"].as_str().unwrap_or(""))
+        .collect();
     assert_eq!(ids.len(), stored.len(), "no event stored twice");
     assert_ordered(&stored);
 }

@@ -16,9 +16,21 @@ fn tool(name: &str) -> Command {
 
 #[test]
 fn documents_are_valid_openapi() {
-    for doc in ["user-server.yaml", "processor-client.yaml", "transformer.yaml"] {
-        let out = tool("openapi_spec_validator").arg(root().join("openapi").join(doc)).output().expect("run openapi-spec-validator");
-        assert!(out.status.success(), "{doc}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    for doc in [
+        "user-server.yaml",
+        "processor-client.yaml",
+        "transformer.yaml",
+    ] {
+        let out = tool("openapi_spec_validator")
+            .arg(root().join("openapi").join(doc))
+            .output()
+            .expect("run openapi-spec-validator");
+        assert!(
+            out.status.success(),
+            "{doc}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -31,7 +43,10 @@ fn documented(doc: &str) -> BTreeSet<(String, String)> {
         for (path, item) in paths {
             for method in ["get", "post", "put", "delete", "patch"] {
                 if item.get(method).is_some() {
-                    out.insert((method.to_uppercase(), path.as_str().unwrap_or("").to_owned()));
+                    out.insert((
+                        method.to_uppercase(),
+                        path.as_str().unwrap_or("").to_owned(),
+                    ));
                 }
             }
         }
@@ -42,13 +57,24 @@ fn documented(doc: &str) -> BTreeSet<(String, String)> {
 /// (METHOD, path) pairs the code routes, read from its `.route(...)` calls, with
 /// configurable paths at their defaults.
 fn routed(files: &[&str]) -> BTreeSet<(String, String)> {
-    let defaults = [("&paths.event", "/event"), ("&paths.running", "/activated"), ("&paths.error", "/error")];
+    let defaults = [
+        ("&paths.event", "/event"),
+        ("&paths.running", "/activated"),
+        ("&paths.error", "/error"),
+    ];
     let mut out = BTreeSet::new();
     for file in files {
         let text = std::fs::read_to_string(root().join(file)).expect("read source");
-        for line in text.lines().filter(|l| l.trim_start().starts_with(".route(")) {
+        for line in text
+            .lines()
+            .filter(|l| l.trim_start().starts_with(".route("))
+        {
             let args = &line[line.find(".route(").unwrap_or(0) + 7..];
-            let path = match args.split('"').nth(1).filter(|_| args.trim_start().starts_with('"')) {
+            let path = match args
+                .split('"')
+                .nth(1)
+                .filter(|_| args.trim_start().starts_with('"'))
+            {
                 Some(p) => p.to_owned(),
                 None => defaults
                     .iter()
@@ -69,25 +95,72 @@ fn routed(files: &[&str]) -> BTreeSet<(String, String)> {
 #[test]
 fn every_route_is_documented_and_every_documented_operation_is_routed() {
     let pc_code = routed(&["processor-client/src/routes.rs"]);
-    let tr_code = routed(&["transformer/src/routes.rs", "transformer/src/deadletters.rs"]);
-    assert!(pc_code.len() >= 7 && tr_code.len() >= 9, "route parsing found too little: {pc_code:?} {tr_code:?}");
-    assert_eq!(pc_code, documented("processor-client.yaml"), "processor-client routes vs openapi/processor-client.yaml");
-    assert_eq!(tr_code, documented("transformer.yaml"), "transformer routes vs openapi/transformer.yaml");
+    let tr_code = routed(&[
+        "transformer/src/routes.rs",
+        "transformer/src/deadletters.rs",
+    ]);
+    assert!(
+        pc_code.len() >= 7 && tr_code.len() >= 9,
+        "route parsing found too little: {pc_code:?} {tr_code:?}"
+    );
+    assert_eq!(
+        pc_code,
+        documented("processor-client.yaml"),
+        "processor-client routes vs openapi/processor-client.yaml"
+    );
+    assert_eq!(
+        tr_code,
+        documented("transformer.yaml"),
+        "transformer routes vs openapi/transformer.yaml"
+    );
     let user = documented("user-server.yaml");
-    assert_eq!(user, [("POST".to_owned(), "/start".to_owned()), ("POST".to_owned(), "/stop".to_owned())].into());
+    assert_eq!(
+        user,
+        [
+            ("POST".to_owned(), "/start".to_owned()),
+            ("POST".to_owned(), "/stop".to_owned())
+        ]
+        .into()
+    );
 }
 
 fn schemathesis(doc: &str, url: &str) {
     let out = tool("schemathesis.cli")
-        .args(["run", &root().join("openapi").join(doc).display().to_string(), "--url", url])
-        .args(["--checks", "all", "--exclude-checks", "negative_data_rejection"])
-        .args(["--max-examples", "40", "--seed", "7", "--request-timeout", "10", "--workers", "1"])
+        .args([
+            "run",
+            &root().join("openapi").join(doc).display().to_string(),
+            "--url",
+            url,
+        ])
+        .args([
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "negative_data_rejection",
+        ])
+        .args([
+            "--max-examples",
+            "40",
+            "--seed",
+            "7",
+            "--request-timeout",
+            "10",
+            "--workers",
+            "1",
+        ])
         .env("SCHEMATHESIS_HOOKS", "")
         .current_dir(std::env::temp_dir())
         .output()
         .expect("run schemathesis");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "schemathesis found problems in {doc}:\n{text}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "schemathesis found problems in {doc}:\n{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -102,7 +175,12 @@ async fn schemathesis_finds_nothing_wrong_with_the_live_gateway() {
     .await
     .expect("schemathesis");
     for port in [g.pc_port, g.tr_port] {
-        let r = g.http.get(format!("http://127.0.0.1:{port}/healthz")).send().await.expect("healthz");
+        let r = g
+            .http
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .expect("healthz");
         assert_eq!(r.status().as_u16(), 200, "still up after schemathesis");
     }
 }

@@ -5,7 +5,15 @@
 use gateway_tests::*;
 
 async fn metric(g: &Gateway, url: &str, line_start: &str) -> f64 {
-    let text = g.http.get(url).send().await.expect("metrics").text().await.expect("text");
+    let text = g
+        .http
+        .get(url)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
     text.lines()
         .filter(|l| l.starts_with(line_start))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -15,20 +23,30 @@ async fn metric(g: &Gateway, url: &str, line_start: &str) -> f64 {
 #[tokio::test]
 async fn wrong_or_missing_tokens_get_401_and_dispatch_nothing() {
     let mut g = Gateway::new(UserServerKind::Python);
-    g.processor_env.push(("GATEWAY_PROCESSOR_CLIENT_TOKEN".into(), "pc-secret".into()));
-    g.processor_env.push(("TRANSFORMER_TOKEN".into(), "tr-secret".into()));
-    g.transformer_env.push(("TRANSFORMER_TOKEN".into(), "tr-secret".into()));
+    g.processor_env
+        .push(("GATEWAY_PROCESSOR_CLIENT_TOKEN".into(), "pc-secret".into()));
+    g.processor_env
+        .push(("TRANSFORMER_TOKEN".into(), "tr-secret".into()));
+    g.transformer_env
+        .push(("TRANSFORMER_TOKEN".into(), "tr-secret".into()));
     g.set_config("alpha", r#"{"count": 0}"#);
     g.start_sensor().await;
     g.start_transformer().await;
     g.start_user_server().await;
     g.start_processor().await;
     let start = g.wait_journal("start", "alpha", 1).await;
-    assert_eq!(start[0]["auth"], "Bearer pc-secret", "the user server can check who calls it");
+    assert_eq!(
+        start[0]["auth"], "Bearer pc-secret",
+        "the user server can check who calls it"
+    );
 
     let body = r#"{"src":"alpha","payload":"eyJrIjoxfQ=="}"#;
     let post = |url: String, token: Option<&'static str>| {
-        let mut r = g.http.post(url).header("content-type", "application/json").body(body);
+        let mut r = g
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body);
         if let Some(t) = token {
             r = r.bearer_auth(t);
         }
@@ -47,16 +65,57 @@ async fn wrong_or_missing_tokens_get_401_and_dispatch_nothing() {
         let v: serde_json::Value = r.json().await.expect("json error");
         assert_eq!(v["error"], "unauthorized");
     }
-    let r = g.http.get(g.pc_url("/configs")).send().await.expect("configs");
-    assert_eq!(r.status().as_u16(), 401, "the configurations are not public either");
-    for url in [g.pc_url("/healthz"), g.tr_url("/healthz"), g.pc_url("/metrics")] {
-        assert_eq!(g.http.get(&url).send().await.expect("probe").status().as_u16(), 200, "{url} stays open");
+    let r = g
+        .http
+        .get(g.pc_url("/configs"))
+        .send()
+        .await
+        .expect("configs");
+    assert_eq!(
+        r.status().as_u16(),
+        401,
+        "the configurations are not public either"
+    );
+    for url in [
+        g.pc_url("/healthz"),
+        g.tr_url("/healthz"),
+        g.pc_url("/metrics"),
+    ] {
+        assert_eq!(
+            g.http
+                .get(&url)
+                .send()
+                .await
+                .expect("probe")
+                .status()
+                .as_u16(),
+            200,
+            "{url} stays open"
+        );
     }
-    assert_eq!(post(g.pc_url("/event"), Some("pc-secret")).await.expect("post").status().as_u16(), 200);
-    assert_eq!(post(g.tr_url("/"), Some("tr-secret")).await.expect("post").status().as_u16(), 200);
+    assert_eq!(
+        post(g.pc_url("/event"), Some("pc-secret"))
+            .await
+            .expect("post")
+            .status()
+            .as_u16(),
+        200
+    );
+    assert_eq!(
+        post(g.tr_url("/"), Some("tr-secret"))
+            .await
+            .expect("post")
+            .status()
+            .as_u16(),
+        200
+    );
     g.wait_sensor(2).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(g.sensor_events().len(), 2, "only the authorised events were dispatched");
+    assert_eq!(
+        g.sensor_events().len(),
+        2,
+        "only the authorised events were dispatched"
+    );
 }
 
 #[tokio::test]
@@ -76,7 +135,10 @@ async fn traceparent_travels_from_the_producer_to_the_sensor() {
         .expect("post");
     assert_eq!(r.status().as_u16(), 200);
     let events = g.wait_sensor(1).await;
-    assert_eq!(events[0]["traceparent"], traceparent, "the sensor sees the producer's trace");
+    assert_eq!(
+        events[0]["traceparent"], traceparent,
+        "the sensor sees the producer's trace"
+    );
 }
 
 #[tokio::test]
@@ -90,36 +152,127 @@ async fn metrics_move_as_events_flow() {
     let timed = metric(&g, &tr, "transformer_delivery_duration_seconds_count").await;
     let forwarded = metric(&g, &pc, "processor_events_forwarded_total").await;
     for _ in 0..5 {
-        let r = g.post(&g.pc_url("/event"), "application/json", r#"{"src":"alpha","payload":"eyJrIjoxfQ=="}"#).await;
+        let r = g
+            .post(
+                &g.pc_url("/event"),
+                "application/json",
+                r#"{"src":"alpha","payload":"eyJrIjoxfQ=="}"#,
+            )
+            .await;
         assert_eq!(r.status, 200);
     }
-    let r = g.post(&g.pc_url("/event"), "application/json", "not json").await;
+    let r = g
+        .post(&g.pc_url("/event"), "application/json", "not json")
+        .await;
     assert_eq!(r.status, 400);
     g.wait_sensor(5).await;
     wait_for("the delivered counter to move", || async {
-        (metric(&g, &tr, "transformer_events_delivered_total").await >= delivered + 5.0).then_some(())
+        (metric(&g, &tr, "transformer_events_delivered_total").await >= delivered + 5.0)
+            .then_some(())
     })
     .await;
-    assert_eq!(metric(&g, &tr, "transformer_events_received_total").await, received + 5.0);
-    assert_eq!(metric(&g, &tr, "transformer_delivery_duration_seconds_count").await, timed + 5.0);
-    assert_eq!(metric(&g, &pc, "processor_events_forwarded_total").await, forwarded + 5.0);
-    assert!(metric(&g, &pc, "processor_events_rejected_total{reason=\"bad_request\"}").await >= 1.0);
-    assert_eq!(metric(&g, &pc, "processor_configurations{phase=\"Running\"}").await, 1.0);
+    assert_eq!(
+        metric(&g, &tr, "transformer_events_received_total").await,
+        received + 5.0
+    );
+    assert_eq!(
+        metric(&g, &tr, "transformer_delivery_duration_seconds_count").await,
+        timed + 5.0
+    );
+    assert_eq!(
+        metric(&g, &pc, "processor_events_forwarded_total").await,
+        forwarded + 5.0
+    );
+    assert!(
+        metric(
+            &g,
+            &pc,
+            "processor_events_rejected_total{reason=\"bad_request\"}"
+        )
+        .await
+            >= 1.0
+    );
+    assert_eq!(
+        metric(&g, &pc, "processor_configurations{phase=\"Running\"}").await,
+        1.0
+    );
     assert_eq!(metric(&g, &tr, "transformer_queue_depth").await, 0.0);
 }
 
 /// A private CA and a server certificate for 127.0.0.1 it signed, made by openssl.
-fn private_ca(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+fn private_ca(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
     let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
-    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-        "-subj", "/CN=gateway test CA", "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"]);
-    run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
-    std::fs::write(dir.join("ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n").expect("ext");
-    run(&["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext"]);
-    (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=gateway test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
 }
 
 #[tokio::test]
@@ -127,11 +280,18 @@ async fn https_sensor_with_a_private_ca_receives_events() {
     let mut g = Gateway::new(UserServerKind::Python);
     let (ca, cert, key) = private_ca(g.dir.path());
     g.sensor_tls = Some((cert, key));
-    g.transformer_env.push(("WATCHER_TLS_CA".into(), ca.display().to_string()));
+    g.transformer_env
+        .push(("WATCHER_TLS_CA".into(), ca.display().to_string()));
     g.start_sensor().await;
     g.start_transformer().await;
     assert!(g.sensor_url().starts_with("https://"));
-    let r = g.post(&g.tr_url("/"), "application/json", r#"{"src":"secure","payload":"eyJrIjoxfQ=="}"#).await;
+    let r = g
+        .post(
+            &g.tr_url("/"),
+            "application/json",
+            r#"{"src":"secure","payload":"eyJrIjoxfQ=="}"#,
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     let events = g.wait_sensor(1).await;
     assert_eq!(events[0]["subject"], "secure");
@@ -143,18 +303,40 @@ async fn https_sensor_without_its_ca_is_not_trusted() {
     let mut g = Gateway::new(UserServerKind::Python);
     let (_, cert, key) = private_ca(g.dir.path());
     g.sensor_tls = Some((cert, key));
-    g.transformer_env.push(("WATCHER_RETRY_BASE".into(), "10ms".into()));
+    g.transformer_env
+        .push(("WATCHER_RETRY_BASE".into(), "10ms".into()));
     g.start_sensor().await;
     g.start_transformer().await;
-    let r = g.post(&g.tr_url("/"), "application/json", r#"{"src":"secure","payload":""}"#).await;
+    let r = g
+        .post(
+            &g.tr_url("/"),
+            "application/json",
+            r#"{"src":"secure","payload":""}"#,
+        )
+        .await;
     assert_eq!(r.status, 200);
     let sensor = g.sensor_url();
     wait_for("failed deliveries to the untrusted sensor", || async {
-        let text = g.http.get(g.tr_url("/metrics")).send().await.ok()?.text().await.ok()?;
+        let text = g
+            .http
+            .get(g.tr_url("/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
         text.lines()
-            .any(|l| l.starts_with("transformer_delivery_retries_total") && l.contains(&sensor) && !l.ends_with(" 0"))
+            .any(|l| {
+                l.starts_with("transformer_delivery_retries_total")
+                    && l.contains(&sensor)
+                    && !l.ends_with(" 0")
+            })
             .then_some(())
     })
     .await;
-    assert!(g.sensor_events().is_empty(), "nothing reaches a sensor whose certificate is not trusted");
+    assert!(
+        g.sensor_events().is_empty(),
+        "nothing reaches a sensor whose certificate is not trusted"
+    );
 }

@@ -13,7 +13,11 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(base: Duration, cap: Duration) -> Self {
-        Backoff { base: base.max(Duration::from_millis(1)), cap: cap.max(base), attempt: 0 }
+        Backoff {
+            base: base.max(Duration::from_millis(1)),
+            cap: cap.max(base),
+            attempt: 0,
+        }
     }
 
     /// The wait before the next attempt: a random point in `[ceiling/2, ceiling]`

@@ -21,9 +21,15 @@ pub struct TransformerClient {
 pub enum SendError {
     /// The transformer is full or shutting down; retry after the given seconds.
     #[error("transformer busy: {detail}")]
-    Busy { retry_after_secs: u64, detail: String },
+    Busy {
+        retry_after_secs: u64,
+        detail: String,
+    },
     /// The transformer refused the event; retrying the same body will not help.
-    #[error("transformer refused the event with {status}: {}", String::from_utf8_lossy(body))]
+    #[error(
+        "transformer refused the event with {status}: {}",
+        String::from_utf8_lossy(body)
+    )]
     Rejected { status: u16, body: Bytes },
     /// No answer: connection refused, reset or timed out.
     #[error("transformer unreachable: {0}")]
@@ -39,27 +45,44 @@ impl TransformerClient {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        Ok(TransformerClient { url: base.clone(), base, client, authorization: None })
+        Ok(TransformerClient {
+            url: base.clone(),
+            base,
+            client,
+            authorization: None,
+        })
     }
 
     /// Sends `Authorization: Bearer TOKEN` (the transformer's `TRANSFORMER_TOKEN`).
     pub fn with_token(mut self, token: Option<String>) -> Self {
-        self.authorization = token.and_then(|t| reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).ok());
+        self.authorization =
+            token.and_then(|t| reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).ok());
         self
     }
 
     /// POSTs an already-encoded `{src, payload}` body; returns the transformer's JSON
     /// answer (it carries the CloudEvent id) on success.
     /// `trace` carries the producer's `traceparent` / `tracestate` headers on.
-    pub async fn send(&self, body: Vec<u8>, trace: &[(&'static str, reqwest::header::HeaderValue)]) -> Result<Bytes, SendError> {
-        let mut request = self.client.post(self.url.clone()).header(CONTENT_TYPE, "application/json").body(body);
+    pub async fn send(
+        &self,
+        body: Vec<u8>,
+        trace: &[(&'static str, reqwest::header::HeaderValue)],
+    ) -> Result<Bytes, SendError> {
+        let mut request = self
+            .client
+            .post(self.url.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .body(body);
         if let Some(auth) = &self.authorization {
             request = request.header(reqwest::header::AUTHORIZATION, auth.clone());
         }
         for (name, value) in trace {
             request = request.header(*name, value.clone());
         }
-        let response = request.send().await.map_err(|e| SendError::Unavailable(error_chain(&e)))?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| SendError::Unavailable(error_chain(&e)))?;
         let status = response.status();
         let retry_after = response
             .headers()
@@ -78,13 +101,18 @@ impl TransformerClient {
                 detail: String::from_utf8_lossy(&body).into_owned(),
             })
         } else {
-            Err(SendError::Rejected { status: status.as_u16(), body })
+            Err(SendError::Rejected {
+                status: status.as_u16(),
+                body,
+            })
         }
     }
 
     /// True when the transformer answers its readiness probe.
     pub async fn ready(&self) -> bool {
-        let Ok(url) = self.base.join("readyz") else { return false };
+        let Ok(url) = self.base.join("readyz") else {
+            return false;
+        };
         matches!(
             self.client.get(url).timeout(Duration::from_secs(1)).send().await,
             Ok(r) if r.status().is_success()

@@ -55,7 +55,11 @@ pub enum CloudEventError {
 
 /// CloudEvents attribute names: `[a-z0-9]+`.
 fn check_name(name: &str) -> Result<(), CloudEventError> {
-    if !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+    if !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
         Ok(())
     } else {
         Err(CloudEventError::AttributeName(name.to_owned()))
@@ -274,7 +278,8 @@ impl CloudEvent {
                 serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
                 // JSON Schema's integers include `3.0`: a whole float is that integer.
                 serde_json::Value::Number(n)
-                    if n.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() < 9.0e15) =>
+                    if n.as_f64()
+                        .is_some_and(|f| f.fract() == 0.0 && f.abs() < 9.0e15) =>
                 {
                     (n.as_f64().unwrap_or_default() as i64).to_string()
                 }
@@ -356,7 +361,12 @@ fn is_json(data: &[u8]) -> bool {
 }
 
 fn is_json_media_type(ct: &str) -> bool {
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     essence == JSON || essence.ends_with("+json") || essence == "text/json"
 }
 
@@ -434,10 +444,13 @@ mod tests {
     fn binary_round_trip() {
         let mut ev = event(b"plain text");
         ev.subject = Some("caf\u{e9} key".into());
-        ev.extensions.push(("traceparent".into(), "00-abc-def-01".into()));
+        ev.extensions
+            .push(("traceparent".into(), "00-abc-def-01".into()));
         let headers = ev.to_binary_headers();
         assert_eq!(headers["ce-subject"], "caf%C3%A9%20key");
-        let back = CloudEvent::from_binary(&headers, ev.data.clone()).unwrap().unwrap();
+        let back = CloudEvent::from_binary(&headers, ev.data.clone())
+            .unwrap()
+            .unwrap();
         assert_eq!(back, ev);
     }
 
@@ -464,7 +477,9 @@ mod tests {
             Err(CloudEventError::Missing("id"))
         );
         assert_eq!(
-            CloudEvent::from_structured(br#"{"specversion":"0.3","id":"1","source":"s","type":"t"}"#),
+            CloudEvent::from_structured(
+                br#"{"specversion":"0.3","id":"1","source":"s","type":"t"}"#
+            ),
             Err(CloudEventError::SpecVersion("0.3".into()))
         );
         assert!(matches!(
@@ -472,7 +487,9 @@ mod tests {
             Err(CloudEventError::Json(_))
         ));
         assert_eq!(
-            CloudEvent::from_structured(br#"{"specversion":"1.0","id":"1","source":"s","type":"t","n":2.5}"#),
+            CloudEvent::from_structured(
+                br#"{"specversion":"1.0","id":"1","source":"s","type":"t","n":2.5}"#
+            ),
             Err(CloudEventError::NotAString("n".into()))
         );
     }
@@ -482,8 +499,14 @@ mod tests {
         let base = r#""specversion":"1.0","id":"1","source":"s","type":"t""#;
         for (extra, err) in [
             (r#""subject":"""#, CloudEventError::Empty("subject")),
-            (r#""datacontenttype":"""#, CloudEventError::Empty("datacontenttype")),
-            (r#""time":"yesterday""#, CloudEventError::Time("yesterday".into())),
+            (
+                r#""datacontenttype":"""#,
+                CloudEventError::Empty("datacontenttype"),
+            ),
+            (
+                r#""time":"yesterday""#,
+                CloudEventError::Time("yesterday".into()),
+            ),
         ] {
             let doc = format!("{{{base},{extra}}}");
             assert_eq!(CloudEvent::from_structured(doc.as_bytes()), Err(err));
@@ -495,9 +518,16 @@ mod tests {
     #[test]
     fn extension_names_must_be_lowercase_alphanumeric() {
         let doc = br#"{"specversion":"1.0","id":"1","source":"s","type":"t","x-bad":"v"}"#;
-        assert_eq!(CloudEvent::from_structured(doc), Err(CloudEventError::AttributeName("x-bad".into())));
-        let ok = br#"{"specversion":"1.0","id":"1","source":"s","type":"t","traceparent":"v","n":null}"#;
-        assert_eq!(CloudEvent::from_structured(ok).unwrap().extensions, vec![("traceparent".to_owned(), "v".to_owned())]);
+        assert_eq!(
+            CloudEvent::from_structured(doc),
+            Err(CloudEventError::AttributeName("x-bad".into()))
+        );
+        let ok =
+            br#"{"specversion":"1.0","id":"1","source":"s","type":"t","traceparent":"v","n":null}"#;
+        assert_eq!(
+            CloudEvent::from_structured(ok).unwrap().extensions,
+            vec![("traceparent".to_owned(), "v".to_owned())]
+        );
     }
 
     #[test]

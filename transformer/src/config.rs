@@ -62,7 +62,9 @@ pub fn parse_urls(var: &'static str, raw: &str) -> Result<Vec<reqwest::Url>, Con
                 "http" | "https" => Ok(url),
                 other => Err(ConfigError::Invalid {
                     var,
-                    reason: format!("{s:?} has scheme {other:?}; only http and https are supported"),
+                    reason: format!(
+                        "{s:?} has scheme {other:?}; only http and https are supported"
+                    ),
                 }),
             }
         })
@@ -252,7 +254,10 @@ fn parse_bool(var: &'static str, raw: &str) -> Result<bool, ConfigError> {
     match raw.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
-        other => Err(ConfigError::Invalid { var, reason: format!("{other:?}; expected true or false") }),
+        other => Err(ConfigError::Invalid {
+            var,
+            reason: format!("{other:?}; expected true or false"),
+        }),
     }
 }
 
@@ -291,14 +296,23 @@ fn parse_ce_mode(var: &'static str, raw: &str) -> Result<CeMode, ConfigError> {
     match raw.trim().to_ascii_lowercase().as_str() {
         "binary" => Ok(CeMode::Binary),
         "structured" => Ok(CeMode::Structured),
-        other => Err(ConfigError::Invalid { var, reason: format!("{other:?}; expected binary or structured") }),
+        other => Err(ConfigError::Invalid {
+            var,
+            reason: format!("{other:?}; expected binary or structured"),
+        }),
     }
 }
 
 /// A JetStream stream name: none of whitespace, `.`, `*`, `>`, `/` or a backslash.
 fn stream_name(raw: &str) -> String {
     raw.chars()
-        .map(|c| if c.is_whitespace() || ".*>/\\".contains(c) { '_' } else { c })
+        .map(|c| {
+            if c.is_whitespace() || ".*>/\\".contains(c) {
+                '_'
+            } else {
+                c
+            }
+        })
         .collect()
 }
 fn default_queue_capacity() -> usize {
@@ -343,7 +357,9 @@ impl Config {
         Self::from_raw(load_env()?)
     }
 
-    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         Self::from_raw(load_from(vars)?)
     }
 
@@ -353,7 +369,12 @@ impl Config {
         }
         let mut http_enabled = false;
         let mut nats_enabled = false;
-        for p in raw.event_protocol.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        for p in raw
+            .event_protocol
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             match p.to_ascii_uppercase().as_str() {
                 "HTTP" => http_enabled = true,
                 "NATS" => nats_enabled = true,
@@ -387,7 +408,9 @@ impl Config {
                 Some(s) if stream_name(s) != *s => {
                     return Err(ConfigError::Invalid {
                         var: "NATS_STREAM",
-                        reason: format!("{s:?} may not contain whitespace, '.', '*', '>', '/' or a backslash"),
+                        reason: format!(
+                            "{s:?} may not contain whitespace, '.', '*', '>', '/' or a backslash"
+                        ),
                     })
                 }
                 Some(s) => s.clone(),
@@ -395,13 +418,21 @@ impl Config {
             };
             if raw.nats_user.is_some() != raw.nats_password.is_some() {
                 return Err(ConfigError::Invalid {
-                    var: if raw.nats_user.is_some() { "NATS_PASSWORD" } else { "NATS_USER" },
+                    var: if raw.nats_user.is_some() {
+                        "NATS_PASSWORD"
+                    } else {
+                        "NATS_USER"
+                    },
                     reason: "NATS_USER and NATS_PASSWORD go together".into(),
                 });
             }
             if raw.nats_tls_cert.is_some() != raw.nats_tls_key.is_some() {
                 return Err(ConfigError::Invalid {
-                    var: if raw.nats_tls_cert.is_some() { "NATS_TLS_KEY" } else { "NATS_TLS_CERT" },
+                    var: if raw.nats_tls_cert.is_some() {
+                        "NATS_TLS_KEY"
+                    } else {
+                        "NATS_TLS_CERT"
+                    },
                     reason: "NATS_TLS_CERT and NATS_TLS_KEY go together".into(),
                 });
             }
@@ -426,7 +457,10 @@ impl Config {
         let ce_mode = parse_ce_mode("CE_MODE", &raw.ce_mode)?;
         let positive = |var: &'static str, v: usize| {
             if v == 0 {
-                Err(ConfigError::Invalid { var, reason: "must be at least 1".into() })
+                Err(ConfigError::Invalid {
+                    var,
+                    reason: "must be at least 1".into(),
+                })
             } else {
                 Ok(v)
             }
@@ -442,7 +476,10 @@ impl Config {
             gateway_name: raw.gateway_name.clone(),
             namespace: raw.gateway_namespace,
             controller_instance_id: raw.gateway_controller_instance_id,
-            listen: parse_ip("TRANSFORMER_LISTEN_ADDRESS", &raw.transformer_listen_address)?,
+            listen: parse_ip(
+                "TRANSFORMER_LISTEN_ADDRESS",
+                &raw.transformer_listen_address,
+            )?,
             port: raw.transformer_port,
             sensor_watchers: parse_urls("SENSOR_WATCHERS", &raw.sensor_watchers)?,
             gateway_watchers: parse_urls("GATEWAY_WATCHERS", &raw.gateway_watchers)?,
@@ -456,19 +493,30 @@ impl Config {
             shutdown_timeout: parse_duration("SHUTDOWN_TIMEOUT", &raw.shutdown_timeout)?,
             json_logs: parse_log_format(&raw.log_format)?,
             data_dir: if parse_bool("TRANSFORMER_DURABLE", &raw.transformer_durable)? {
-                Some(std::path::PathBuf::from(raw.transformer_data_dir.unwrap_or_else(|| {
-                    let safe: String = raw
-                        .gateway_name
-                        .chars()
-                        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
-                        .collect();
-                    format!("gateway-data/transformer-{safe}-{}", raw.transformer_port)
-                })))
+                Some(std::path::PathBuf::from(
+                    raw.transformer_data_dir.unwrap_or_else(|| {
+                        let safe: String = raw
+                            .gateway_name
+                            .chars()
+                            .map(|c| {
+                                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                                    c
+                                } else {
+                                    '_'
+                                }
+                            })
+                            .collect();
+                        format!("gateway-data/transformer-{safe}-{}", raw.transformer_port)
+                    }),
+                ))
             } else {
                 None
             },
             fsync: parse_fsync(&raw.transformer_fsync)?,
-            queue_max_bytes: positive("TRANSFORMER_QUEUE_MAX_BYTES", raw.transformer_queue_max_bytes)?,
+            queue_max_bytes: positive(
+                "TRANSFORMER_QUEUE_MAX_BYTES",
+                raw.transformer_queue_max_bytes,
+            )?,
             token: raw.transformer_token.map(|t| t.trim().to_owned()),
             watcher_token: raw.watcher_token.map(|t| t.trim().to_owned()),
             watcher_tls_ca: raw.watcher_tls_ca.map(std::path::PathBuf::from),
@@ -481,7 +529,9 @@ mod tests {
     use super::*;
 
     fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -494,7 +544,10 @@ mod tests {
         assert!(c.nats.is_none());
         assert_eq!(c.ce_mode, CeMode::Binary);
         assert!(c.sensor_watchers.is_empty());
-        assert_eq!(c.data_dir.unwrap(), std::path::PathBuf::from("gateway-data/transformer-webhook-9300"));
+        assert_eq!(
+            c.data_dir.unwrap(),
+            std::path::PathBuf::from("gateway-data/transformer-webhook-9300")
+        );
         assert_eq!(c.fsync, crate::store::Fsync::Never);
     }
 
@@ -506,17 +559,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("TRANSFORMER_PORT"), "{e}");
-        let e = Config::from_vars(vars(&[("GATEWAY_NAME", "g"), ("SENSOR_WATCHERS", "ftp://x")]))
-            .unwrap_err()
-            .to_string();
+        let e = Config::from_vars(vars(&[
+            ("GATEWAY_NAME", "g"),
+            ("SENSOR_WATCHERS", "ftp://x"),
+        ]))
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("SENSOR_WATCHERS"), "{e}");
         let e = Config::from_vars(vars(&[("GATEWAY_NAME", "g"), ("CE_MODE", "weird")]))
             .unwrap_err()
             .to_string();
         assert!(e.contains("CE_MODE"), "{e}");
-        let e = Config::from_vars(vars(&[("GATEWAY_NAME", "g"), ("TRANSFORMER_FSYNC", "sometimes")]))
-            .unwrap_err()
-            .to_string();
+        let e = Config::from_vars(vars(&[
+            ("GATEWAY_NAME", "g"),
+            ("TRANSFORMER_FSYNC", "sometimes"),
+        ]))
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("TRANSFORMER_FSYNC"), "{e}");
         let e = Config::from_vars(vars(&[("GATEWAY_NAME", "g"), ("WATCHER_TIMEOUT", "soon")]))
             .unwrap_err()
@@ -544,7 +603,10 @@ mod tests {
 
     #[test]
     fn durations_accept_units_and_bare_seconds() {
-        assert_eq!(parse_duration("X", "250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(
+            parse_duration("X", "250ms").unwrap(),
+            Duration::from_millis(250)
+        );
         assert_eq!(parse_duration("X", "2").unwrap(), Duration::from_secs(2));
         assert!(parse_duration("X", "-1").is_err());
     }

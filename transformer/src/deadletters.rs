@@ -25,7 +25,11 @@ pub fn router() -> Router<Arc<AppState>> {
 }
 
 fn store_error(e: StoreError) -> ApiError {
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store_error", e.to_string())
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "store_error",
+        e.to_string(),
+    )
 }
 
 /// A dead letter as JSON: why it died, and the CloudEvent in structured form.
@@ -45,7 +49,9 @@ fn render(d: &DeadLetter) -> Value {
 
 fn parse_id(id: &str) -> Result<(u64, u64), ApiError> {
     DeadLetter::parse_id(id).ok_or_else(|| {
-        ApiError::bad_request(format!("{id:?} is not a dead-letter id (32 hex digits, as GET /deadletters lists them)"))
+        ApiError::bad_request(format!(
+            "{id:?} is not a dead-letter id (32 hex digits, as GET /deadletters lists them)"
+        ))
     })
 }
 
@@ -54,7 +60,9 @@ async fn list(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = match q.get("limit") {
-        Some(l) => l.parse::<usize>().map_err(|_| ApiError::bad_request(format!("limit {l:?} is not a number")))?,
+        Some(l) => l
+            .parse::<usize>()
+            .map_err(|_| ApiError::bad_request(format!("limit {l:?} is not a number")))?,
         None => 1000,
     };
     let dispatcher = st.dispatcher().await?;
@@ -71,30 +79,60 @@ async fn list(
     Ok(Json(json!({ "total": total, "deadletters": letters })))
 }
 
-async fn show(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn show(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let (w, seq) = parse_id(&id)?;
     let dispatcher = st.dispatcher().await?;
-    match dispatcher.store().dead_letter(w, seq).map_err(store_error)? {
+    match dispatcher
+        .store()
+        .dead_letter(w, seq)
+        .map_err(store_error)?
+    {
         Some(d) => Ok(Json(render(&d))),
-        None => Err(ApiError::not_found("unknown_dead_letter", format!("no dead letter {id}"))),
+        None => Err(ApiError::not_found(
+            "unknown_dead_letter",
+            format!("no dead letter {id}"),
+        )),
     }
 }
 
-async fn delete(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn delete(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let (w, seq) = parse_id(&id)?;
     let dispatcher = st.dispatcher().await?;
-    if dispatcher.store().delete_dead(w, seq).map_err(store_error)? {
+    if dispatcher
+        .store()
+        .delete_dead(w, seq)
+        .map_err(store_error)?
+    {
         Ok(Json(json!({ "deleted": id })))
     } else {
-        Err(ApiError::not_found("unknown_dead_letter", format!("no dead letter {id}")))
+        Err(ApiError::not_found(
+            "unknown_dead_letter",
+            format!("no dead letter {id}"),
+        ))
     }
 }
 
-async fn replay_one(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn replay_one(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let (w, seq) = parse_id(&id)?;
     let dispatcher = st.dispatcher().await?;
-    let Some(letter) = dispatcher.store().dead_letter(w, seq).map_err(store_error)? else {
-        return Err(ApiError::not_found("unknown_dead_letter", format!("no dead letter {id}")));
+    let Some(letter) = dispatcher
+        .store()
+        .dead_letter(w, seq)
+        .map_err(store_error)?
+    else {
+        return Err(ApiError::not_found(
+            "unknown_dead_letter",
+            format!("no dead letter {id}"),
+        ));
     };
     let event_id = letter.event.id.clone();
     dispatcher.replay(letter).await.map_err(refused)?;
@@ -109,7 +147,10 @@ async fn replay_all(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let dispatcher = st.dispatcher().await?;
-    let letters = dispatcher.store().dead_letters(usize::MAX).map_err(store_error)?;
+    let letters = dispatcher
+        .store()
+        .dead_letters(usize::MAX)
+        .map_err(store_error)?;
     let mut replayed = 0usize;
     let mut remaining = 0usize;
     let mut stopped_by = None;
@@ -130,5 +171,7 @@ async fn replay_all(
         }
     }
     st.metrics.replayed.inc_by(replayed as u64);
-    Ok(Json(json!({ "replayed": replayed, "remaining": remaining, "stopped_by": stopped_by })))
+    Ok(Json(
+        json!({ "replayed": replayed, "remaining": remaining, "stopped_by": stopped_by }),
+    ))
 }

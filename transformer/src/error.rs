@@ -18,7 +18,12 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, error: &'static str, detail: impl Into<String>) -> Self {
-        ApiError { status, error, detail: detail.into(), retry_after_secs: None }
+        ApiError {
+            status,
+            error,
+            detail: detail.into(),
+            retry_after_secs: None,
+        }
     }
     pub fn bad_request(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", detail)
@@ -27,7 +32,11 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, error, detail)
     }
     /// 503 with `Retry-After`: the caller should try the same request again later.
-    pub fn unavailable(error: &'static str, detail: impl Into<String>, retry_after_secs: u64) -> Self {
+    pub fn unavailable(
+        error: &'static str,
+        detail: impl Into<String>,
+        retry_after_secs: u64,
+    ) -> Self {
         ApiError {
             retry_after_secs: Some(retry_after_secs.max(1)),
             ..Self::new(StatusCode::SERVICE_UNAVAILABLE, error, detail)
@@ -49,7 +58,13 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.error, self.detail)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.error,
+            self.detail
+        )
     }
 }
 
@@ -72,7 +87,10 @@ pub async fn not_found_fallback(uri: axum::http::Uri) -> ApiError {
 }
 
 /// JSON 405 for a known path with the wrong method.
-pub async fn method_not_allowed_fallback(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+pub async fn method_not_allowed_fallback(
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",

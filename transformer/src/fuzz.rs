@@ -14,8 +14,19 @@ use crate::{store, wire};
 /// structured parser sees near-valid documents, not only noise.
 fn json_object() -> impl Strategy<Value = Vec<u8>> {
     let key = prop::sample::select(vec![
-        "specversion", "id", "source", "type", "subject", "time", "datacontenttype", "dataschema",
-        "data", "data_base64", "src", "payload", "ext1",
+        "specversion",
+        "id",
+        "source",
+        "type",
+        "subject",
+        "time",
+        "datacontenttype",
+        "dataschema",
+        "data",
+        "data_base64",
+        "src",
+        "payload",
+        "ext1",
     ]);
     let leaf = prop_oneof![
         Just(serde_json::Value::Null),
@@ -33,8 +44,12 @@ fn json_object() -> impl Strategy<Value = Vec<u8>> {
         ]
     });
     prop::collection::btree_map(key, value, 0..10).prop_map(|m| {
-        serde_json::to_vec(&m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect::<serde_json::Map<_, _>>())
-            .unwrap_or_default()
+        serde_json::to_vec(
+            &m.into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect::<serde_json::Map<_, _>>(),
+        )
+        .unwrap_or_default()
     })
 }
 

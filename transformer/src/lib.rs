@@ -32,15 +32,18 @@ use crate::config::Config;
 use crate::dispatch::http::HttpSink;
 use crate::dispatch::nats::{NatsSink, SubjectTemplate};
 use crate::dispatch::{Dispatcher, Limits, Sink};
-use crate::store::{Fsync, Store};
-use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 use crate::routes::AppState;
+use crate::store::{Fsync, Store};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
     #[error("{0}")]
@@ -78,11 +81,17 @@ pub async fn serve(
     });
     let sinks = build_sinks(&config, &metrics).await?;
     if sinks.is_empty() {
-        tracing::warn!("no SENSOR_WATCHERS, GATEWAY_WATCHERS or NATS: events will be accepted and dropped");
+        tracing::warn!(
+            "no SENSOR_WATCHERS, GATEWAY_WATCHERS or NATS: events will be accepted and dropped"
+        );
     }
     let (dispatcher, workers) = Dispatcher::start(
         sinks,
-        Limits { capacity: config.queue_capacity, lanes: config.lanes, max_bytes: config.queue_max_bytes },
+        Limits {
+            capacity: config.queue_capacity,
+            lanes: config.lanes,
+            max_bytes: config.queue_max_bytes,
+        },
         config.retry.clone(),
         store.clone(),
         metrics.clone(),
@@ -115,11 +124,19 @@ pub async fn serve(
         stopping.shutting_down.store(true, Ordering::Relaxed);
     };
     let bearer = auth::Bearer(config.token.as_deref().map(Arc::from));
-    axum::serve(listener, routes::router(state.clone()).layer(axum::middleware::from_fn_with_state(bearer, auth::require)))
-        .with_graceful_shutdown(graceful)
-        .await
-        .map_err(RunError::Serve)?;
-    let dispatcher = state.dispatcher.write().unwrap_or_else(|p| p.into_inner()).take();
+    axum::serve(
+        listener,
+        routes::router(state.clone())
+            .layer(axum::middleware::from_fn_with_state(bearer, auth::require)),
+    )
+    .with_graceful_shutdown(graceful)
+    .await
+    .map_err(RunError::Serve)?;
+    let dispatcher = state
+        .dispatcher
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
     drop(dispatcher);
     workers.drain(config.shutdown_timeout).await;
     syncing.cancel();
@@ -156,17 +173,34 @@ async fn build_sinks(config: &Config, metrics: &Metrics) -> Result<Vec<Arc<dyn S
     let client = HttpSink::client(extra_roots);
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     if config.http_enabled {
-        for url in config.sensor_watchers.iter().chain(&config.gateway_watchers) {
+        for url in config
+            .sensor_watchers
+            .iter()
+            .chain(&config.gateway_watchers)
+        {
             sinks.push(Arc::new(
-                HttpSink::new(url.clone(), config.ce_mode, client.clone(), config.retry.timeout)
-                    .with_token(config.watcher_token.clone()),
+                HttpSink::new(
+                    url.clone(),
+                    config.ce_mode,
+                    client.clone(),
+                    config.retry.timeout,
+                )
+                .with_token(config.watcher_token.clone()),
             ));
         }
     }
     if let Some(nats) = &config.nats {
-        let client = dispatch::nats::connect(nats, metrics.nats.clone()).await.map_err(RunError::Nats)?;
+        let client = dispatch::nats::connect(nats, metrics.nats.clone())
+            .await
+            .map_err(RunError::Nats)?;
         let subjects = SubjectTemplate::new(&nats.subject, &config.gateway_name, &config.namespace);
-        sinks.push(Arc::new(NatsSink::new(client, nats, subjects, config.retry.timeout, metrics.nats.clone())));
+        sinks.push(Arc::new(NatsSink::new(
+            client,
+            nats,
+            subjects,
+            config.retry.timeout,
+            metrics.nats.clone(),
+        )));
     }
     Ok(sinks)
 }

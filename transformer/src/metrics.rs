@@ -116,20 +116,57 @@ impl Metrics {
         );
         let nats = NatsMetrics::default();
         for (name, help, c) in [
-            ("transformer_nats_published", "Events published to NATS (core: written; JetStream: acknowledged)", &nats.published),
-            ("transformer_nats_acks", "JetStream publish acknowledgements received", &nats.acked),
-            ("transformer_nats_duplicates", "JetStream acknowledgements that reported a duplicate (stored once)", &nats.duplicates),
-            ("transformer_nats_failures", "NATS publishes that failed and will be retried", &nats.failures),
-            ("transformer_nats_connects", "Connections (and reconnections) to NATS", &nats.connects),
-            ("transformer_nats_disconnects", "Losses of the NATS connection", &nats.disconnects),
+            (
+                "transformer_nats_published",
+                "Events published to NATS (core: written; JetStream: acknowledged)",
+                &nats.published,
+            ),
+            (
+                "transformer_nats_acks",
+                "JetStream publish acknowledgements received",
+                &nats.acked,
+            ),
+            (
+                "transformer_nats_duplicates",
+                "JetStream acknowledgements that reported a duplicate (stored once)",
+                &nats.duplicates,
+            ),
+            (
+                "transformer_nats_failures",
+                "NATS publishes that failed and will be retried",
+                &nats.failures,
+            ),
+            (
+                "transformer_nats_connects",
+                "Connections (and reconnections) to NATS",
+                &nats.connects,
+            ),
+            (
+                "transformer_nats_disconnects",
+                "Losses of the NATS connection",
+                &nats.disconnects,
+            ),
         ] {
             registry.register(name, help, c.clone());
         }
-        Metrics { registry, received, rejected, replayed, delivered, retries, dead_lettered, queue_depth, latency, nats }
+        Metrics {
+            registry,
+            received,
+            rejected,
+            replayed,
+            delivered,
+            retries,
+            dead_lettered,
+            queue_depth,
+            latency,
+            nats,
+        }
     }
 
     pub fn watcher(&self, name: &str) -> WatcherMetrics {
-        let label = WatcherLabel { watcher: name.to_owned() };
+        let label = WatcherLabel {
+            watcher: name.to_owned(),
+        };
         WatcherMetrics {
             delivered: self.delivered.get_or_create(&label).clone(),
             retries: self.retries.get_or_create(&label).clone(),

@@ -36,7 +36,9 @@ impl AppState {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-            .ok_or_else(|| ApiError::unavailable("shutting_down", "the transformer is shutting down", 1))
+            .ok_or_else(|| {
+                ApiError::unavailable("shutting_down", "the transformer is shutting down", 1)
+            })
     }
 }
 
@@ -77,7 +79,11 @@ async fn accept(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     if st.shutting_down.load(Ordering::Relaxed) {
-        return Err(ApiError::unavailable("shutting_down", "the transformer is shutting down", 1));
+        return Err(ApiError::unavailable(
+            "shutting_down",
+            "the transformer is shutting down",
+            1,
+        ));
     }
     let body = body.map_err(|r| ApiError::from_body(r, st.max_body_bytes))?;
     let (event, kind) = decode(st, headers, body)?;
@@ -91,10 +97,16 @@ async fn accept(
 /// Every refusal is "try again later": the queue or the store cannot take it now.
 pub fn refused(r: Refused) -> ApiError {
     match r {
-        Refused::UnknownWatcher(_) => ApiError::new(StatusCode::CONFLICT, "unknown_watcher", r.to_string()),
+        Refused::UnknownWatcher(_) => {
+            ApiError::new(StatusCode::CONFLICT, "unknown_watcher", r.to_string())
+        }
         Refused::Store(e) => {
             tracing::error!(error = %e, "event store write failed");
-            ApiError::unavailable("store_unavailable", format!("the event could not be stored: {e}"), 1)
+            ApiError::unavailable(
+                "store_unavailable",
+                format!("the event could not be stored: {e}"),
+                1,
+            )
         }
         other => ApiError::unavailable("backpressure", format!("{other}; retry later"), 1),
     }
@@ -130,9 +142,18 @@ fn decode(
     }
     let request = wire::parse_event_request(&body).map_err(|e| bad(&e))?;
     let data = wire::decode_payload(&request.payload).map_err(|e| bad(&e))?;
-    let mut event = CloudEvent::from_gateway_event(&st.gateway_name, &st.event_type, &request.src, Bytes::from(data));
+    let mut event = CloudEvent::from_gateway_event(
+        &st.gateway_name,
+        &st.event_type,
+        &request.src,
+        Bytes::from(data),
+    );
     for name in ["traceparent", "tracestate"] {
-        if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()) {
+        if let Some(v) = headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+        {
             event.extensions.push((name.to_owned(), v.to_owned()));
         }
     }
@@ -145,11 +166,18 @@ async fn healthz() -> Json<serde_json::Value> {
 
 async fn readyz(State(st): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
     if st.shutting_down.load(Ordering::Relaxed) {
-        return Err(ApiError::unavailable("shutting_down", "the transformer is shutting down", 1));
+        return Err(ApiError::unavailable(
+            "shutting_down",
+            "the transformer is shutting down",
+            1,
+        ));
     }
     Ok(Json(serde_json::json!({ "status": "ready" })))
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], st.metrics.encode())
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        st.metrics.encode(),
+    )
 }

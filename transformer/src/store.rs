@@ -58,7 +58,9 @@ fn key(watcher: WatcherId, seq: u64) -> [u8; 16] {
 }
 
 fn split_key(k: &[u8]) -> Result<(WatcherId, u64), StoreError> {
-    let k: [u8; 16] = k.try_into().map_err(|_| StoreError::Corrupt("key length"))?;
+    let k: [u8; 16] = k
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("key length"))?;
     let mut w = [0u8; 8];
     let mut s = [0u8; 8];
     w.copy_from_slice(&k[..8]);
@@ -121,16 +123,33 @@ impl Store {
         Self::open_db(&path, Fsync::Never, Some(dir))
     }
 
-    fn open_db(dir: &Path, fsync: Fsync, temporary: Option<tempfile::TempDir>) -> Result<Store, StoreError> {
-        let open = |source| StoreError::Open { path: dir.to_owned(), source };
-        let db = Database::builder(dir).cache_size(4 * 1024 * 1024).open().map_err(open)?;
+    fn open_db(
+        dir: &Path,
+        fsync: Fsync,
+        temporary: Option<tempfile::TempDir>,
+    ) -> Result<Store, StoreError> {
+        let open = |source| StoreError::Open {
+            path: dir.to_owned(),
+            source,
+        };
+        let db = Database::builder(dir)
+            .cache_size(4 * 1024 * 1024)
+            .open()
+            .map_err(open)?;
         // Small memtables keep the store's share of resident memory bounded; queued
         // events are short-lived, so most never leave the memtable and journal.
         let options = || KeyspaceCreateOptions::default().max_memtable_size(8 * 1024 * 1024);
         let queue = db.keyspace("queue", options).map_err(open)?;
         let dead = db.keyspace("dead", options).map_err(open)?;
         let watchers = db.keyspace("watchers", options).map_err(open)?;
-        Ok(Store { db, queue, dead, watchers, fsync, _temporary: temporary })
+        Ok(Store {
+            db,
+            queue,
+            dead,
+            watchers,
+            fsync,
+            _temporary: temporary,
+        })
     }
 
     pub fn fsync(&self) -> Fsync {
@@ -176,7 +195,11 @@ impl Store {
     pub fn bury(&self, letter: &DeadLetter) -> Result<(), StoreError> {
         let mut batch = self.db.batch();
         batch.remove(&self.queue, key(letter.watcher, letter.seq));
-        batch.insert(&self.dead, key(letter.watcher, letter.seq), encode_dead(letter));
+        batch.insert(
+            &self.dead,
+            key(letter.watcher, letter.seq),
+            encode_dead(letter),
+        );
         batch.commit()?;
         Ok(())
     }
@@ -217,7 +240,11 @@ impl Store {
         Ok(self.dead.len()?)
     }
 
-    pub fn dead_letter(&self, watcher: WatcherId, seq: u64) -> Result<Option<DeadLetter>, StoreError> {
+    pub fn dead_letter(
+        &self,
+        watcher: WatcherId,
+        seq: u64,
+    ) -> Result<Option<DeadLetter>, StoreError> {
         match self.dead.get(key(watcher, seq))? {
             Some(v) => Ok(Some(decode_dead(watcher, seq, &v)?)),
             None => Ok(None),
@@ -235,7 +262,11 @@ impl Store {
     pub fn resurrect(&self, letter: &DeadLetter, new_seq: u64) -> Result<(), StoreError> {
         let mut batch = self.db.batch();
         batch.remove(&self.dead, key(letter.watcher, letter.seq));
-        batch.insert(&self.queue, key(letter.watcher, new_seq), encode_event(&letter.event));
+        batch.insert(
+            &self.queue,
+            key(letter.watcher, new_seq),
+            encode_event(&letter.event),
+        );
         batch.commit()?;
         Ok(())
     }
@@ -253,7 +284,10 @@ impl Store {
 
 /// Milliseconds since the epoch, for dead-letter timestamps.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 const CODEC_VERSION: u8 = 1;
@@ -308,7 +342,8 @@ impl<'a> Reader<'a> {
         self.take(n)
     }
     fn str(&mut self) -> Result<String, StoreError> {
-        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| StoreError::Corrupt("text is not UTF-8"))
+        String::from_utf8(self.bytes()?.to_vec())
+            .map_err(|_| StoreError::Corrupt("text is not UTF-8"))
     }
     fn opt(&mut self) -> Result<Option<String>, StoreError> {
         match self.u8()? {
@@ -358,7 +393,17 @@ pub fn decode_event(b: &[u8]) -> Result<CloudEvent, StoreError> {
         extensions.push((r.str()?, r.str()?));
     }
     let data = Bytes::copy_from_slice(r.bytes()?);
-    Ok(CloudEvent { id, source, ty, subject, time, datacontenttype, dataschema, extensions, data })
+    Ok(CloudEvent {
+        id,
+        source,
+        ty,
+        subject,
+        time,
+        datacontenttype,
+        dataschema,
+        extensions,
+        data,
+    })
 }
 
 fn encode_dead(d: &DeadLetter) -> Vec<u8> {
@@ -382,7 +427,15 @@ fn decode_dead(watcher: WatcherId, seq: u64, b: &[u8]) -> Result<DeadLetter, Sto
     let watcher_name = r.str()?;
     let error = r.str()?;
     let event = decode_event(r.bytes()?)?;
-    Ok(DeadLetter { watcher, seq, watcher_name, error, attempts, dead_at_ms, event })
+    Ok(DeadLetter {
+        watcher,
+        seq,
+        watcher_name,
+        error,
+        attempts,
+        dead_at_ms,
+        event,
+    })
 }
 
 #[cfg(test)]
@@ -391,7 +444,8 @@ mod tests {
 
     fn event(i: u8) -> CloudEvent {
         let mut e = CloudEvent::from_gateway_event("gw", "t", "cfg", Bytes::from(vec![i; 10]));
-        e.extensions.push(("traceparent".into(), "00-1-2-01".into()));
+        e.extensions
+            .push(("traceparent".into(), "00-1-2-01".into()));
         e
     }
 
@@ -413,7 +467,8 @@ mod tests {
             let a = s.register_watcher("http://a/").unwrap();
             let b = s.register_watcher("http://b/").unwrap();
             for seq in 1..=3 {
-                s.append(&[a, b], seq, &encode_event(&event(seq as u8))).unwrap();
+                s.append(&[a, b], seq, &encode_event(&event(seq as u8)))
+                    .unwrap();
             }
             s.ack(a, 1).unwrap();
             let letter = DeadLetter {
@@ -428,7 +483,12 @@ mod tests {
             s.bury(&letter).unwrap();
         }
         let s = Store::open(dir.path(), Fsync::Always).unwrap();
-        let queued: Vec<(u64, u64)> = s.queued().unwrap().into_iter().map(|(w, seq, _)| (w, seq)).collect();
+        let queued: Vec<(u64, u64)> = s
+            .queued()
+            .unwrap()
+            .into_iter()
+            .map(|(w, seq, _)| (w, seq))
+            .collect();
         let (a, b) = (watcher_id("http://a/"), watcher_id("http://b/"));
         let mut expected = vec![(a, 2), (a, 3), (b, 1), (b, 3)];
         expected.sort();

@@ -23,9 +23,13 @@ pub fn client_builder() -> reqwest::ClientBuilder {
 /// Reads a PEM file of one or more CA certificates.
 pub fn load_ca(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
     let pem = std::fs::read(path).map_err(|e| format!("WATCHER_TLS_CA {}: {e}", path.display()))?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("WATCHER_TLS_CA {}: {e}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("WATCHER_TLS_CA {}: {e}", path.display()))?;
     if certs.is_empty() {
-        return Err(format!("WATCHER_TLS_CA {} holds no PEM certificate", path.display()));
+        return Err(format!(
+            "WATCHER_TLS_CA {} holds no PEM certificate",
+            path.display()
+        ));
     }
     Ok(certs)
 }

@@ -35,7 +35,10 @@ pub fn parse_event_request(body: &[u8]) -> Result<EventRequest, WireError> {
     }
     let loose: Loose =
         serde_json::from_slice(body).map_err(|e| WireError::Malformed(e.to_string()))?;
-    let src = loose.src.filter(|s| !s.is_empty()).ok_or(WireError::MissingSrc)?;
+    let src = loose
+        .src
+        .filter(|s| !s.is_empty())
+        .ok_or(WireError::MissingSrc)?;
     Ok(EventRequest {
         src,
         payload: loose.payload.unwrap_or_default(),
@@ -102,7 +105,10 @@ mod tests {
     fn base64_variants_decode_and_garbage_does_not() {
         assert_eq!(decode_payload("aGk").unwrap(), b"hi");
         assert_eq!(decode_payload("-_8=").unwrap(), vec![0xfb, 0xff]);
-        assert!(matches!(decode_payload("%%%"), Err(WireError::BadBase64(_))));
+        assert!(matches!(
+            decode_payload("%%%"),
+            Err(WireError::BadBase64(_))
+        ));
         assert_eq!(decode_payload("").unwrap(), b"");
     }
 }

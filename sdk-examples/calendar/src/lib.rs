@@ -49,7 +49,8 @@ pub struct Spec {
 
 impl Spec {
     pub fn parse(text: &str) -> Result<Spec, String> {
-        let raw: RawSpec = serde_norway::from_str(text).map_err(|e| format!("invalid calendar configuration: {e}"))?;
+        let raw: RawSpec = serde_norway::from_str(text)
+            .map_err(|e| format!("invalid calendar configuration: {e}"))?;
         let timing = match (raw.schedule, raw.interval) {
             (Some(s), None) => Timing::Cron(Box::new(
                 croner::parser::CronParser::builder()
@@ -59,37 +60,53 @@ impl Spec {
                     .map_err(|e| format!("schedule {s:?} is not a cron expression: {e}"))?,
             )),
             (None, Some(i)) => {
-                let d = humantime::parse_duration(&i).map_err(|e| format!("interval {i:?}: {e}"))?;
+                let d =
+                    humantime::parse_duration(&i).map_err(|e| format!("interval {i:?}: {e}"))?;
                 if d.is_zero() {
                     return Err("interval must be longer than zero".into());
                 }
-                Timing::Every(chrono::Duration::from_std(d).map_err(|e| format!("interval {i:?}: {e}"))?)
+                Timing::Every(
+                    chrono::Duration::from_std(d).map_err(|e| format!("interval {i:?}: {e}"))?,
+                )
             }
             (Some(_), Some(_)) => return Err("give either schedule or interval, not both".into()),
-            (None, None) => return Err("a calendar configuration needs a schedule or an interval".into()),
+            (None, None) => {
+                return Err("a calendar configuration needs a schedule or an interval".into())
+            }
         };
         let timezone = match raw.timezone.as_deref() {
             None | Some("") => Tz::UTC,
-            Some(name) => Tz::from_str(name).map_err(|_| format!("timezone {name:?} is not an IANA time zone"))?,
+            Some(name) => Tz::from_str(name)
+                .map_err(|_| format!("timezone {name:?} is not an IANA time zone"))?,
         };
         let mut excluded_dates = Vec::new();
         let mut excluded_instants = Vec::new();
         for line in &raw.recurrence {
             let Some(values) = line.trim().strip_prefix("EXDATE:") else {
-                return Err(format!("recurrence {line:?}: only EXDATE: lines are supported"));
+                return Err(format!(
+                    "recurrence {line:?}: only EXDATE: lines are supported"
+                ));
             };
             for v in values.split(',').map(str::trim).filter(|v| !v.is_empty()) {
                 if let Ok(d) = NaiveDate::parse_from_str(v, "%Y%m%d") {
                     excluded_dates.push(d);
-                } else if let Ok(t) = NaiveDateTime::parse_from_str(v.trim_end_matches('Z'), "%Y%m%dT%H%M%S") {
+                } else if let Ok(t) =
+                    NaiveDateTime::parse_from_str(v.trim_end_matches('Z'), "%Y%m%dT%H%M%S")
+                {
                     let instant = if v.ends_with('Z') {
                         Utc.from_utc_datetime(&t)
                     } else {
-                        timezone.from_local_datetime(&t).earliest().ok_or(format!("EXDATE {v} does not exist in {timezone}"))?.with_timezone(&Utc)
+                        timezone
+                            .from_local_datetime(&t)
+                            .earliest()
+                            .ok_or(format!("EXDATE {v} does not exist in {timezone}"))?
+                            .with_timezone(&Utc)
                     };
                     excluded_instants.push(instant);
                 } else {
-                    return Err(format!("EXDATE value {v:?} is neither YYYYMMDD nor YYYYMMDDTHHMMSS[Z]"));
+                    return Err(format!(
+                        "EXDATE value {v:?} is neither YYYYMMDD nor YYYYMMDDTHHMMSS[Z]"
+                    ));
                 }
             }
         }
@@ -121,7 +138,10 @@ impl Spec {
     }
 
     fn excluded(&self, t: DateTime<Utc>) -> bool {
-        self.excluded_instants.contains(&t) || self.excluded_dates.contains(&t.with_timezone(&self.timezone).date_naive())
+        self.excluded_instants.contains(&t)
+            || self
+                .excluded_dates
+                .contains(&t.with_timezone(&self.timezone).date_naive())
     }
 
     pub fn event(&self, at: DateTime<Utc>) -> serde_json::Value {
@@ -152,11 +172,15 @@ impl ConfigExecutor for Calendar {
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let last_fired = self.last_fired.clone();
         async move {
-            let Ok(spec) = Spec::parse(&config.config) else { return };
+            let Ok(spec) = Spec::parse(&config.config) else {
+                return;
+            };
             let _ = emitter.running().await;
             let mut after = {
                 let last = last_fired.lock().unwrap_or_else(|p| p.into_inner());
-                last.get(&config.src).copied().map_or(Utc::now(), |l| l.max(Utc::now()))
+                last.get(&config.src)
+                    .copied()
+                    .map_or(Utc::now(), |l| l.max(Utc::now()))
             };
             while let Some(next) = spec.next_after(after) {
                 let wait = (next - Utc::now()).to_std().unwrap_or_default();
@@ -164,7 +188,10 @@ impl ConfigExecutor for Calendar {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(wait) => {}
                 }
-                last_fired.lock().unwrap_or_else(|p| p.into_inner()).insert(config.src.clone(), next);
+                last_fired
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(config.src.clone(), next);
                 let body = spec.event(next).to_string();
                 if emitter.emit(body.as_bytes()).await.is_err() {
                     return;
@@ -186,22 +213,38 @@ mod tests {
     #[test]
     fn cron_with_five_or_six_fields_in_a_timezone() {
         let five = Spec::parse("schedule: '0 9 * * *'\ntimezone: Europe/Berlin").unwrap();
-        assert_eq!(five.next_after(at("2026-11-22T07:00:00Z")), Some(at("2026-11-22T08:00:00Z")));
+        assert_eq!(
+            five.next_after(at("2026-11-22T07:00:00Z")),
+            Some(at("2026-11-22T08:00:00Z"))
+        );
         let six = Spec::parse("schedule: '*/10 * * * * *'").unwrap();
-        assert_eq!(six.next_after(at("2026-11-22T07:00:03Z")), Some(at("2026-11-22T07:00:10Z")));
+        assert_eq!(
+            six.next_after(at("2026-11-22T07:00:03Z")),
+            Some(at("2026-11-22T07:00:10Z"))
+        );
     }
 
     #[test]
     fn interval_and_exclusions() {
         let s = Spec::parse("interval: 12h\nrecurrence: ['EXDATE:20261123']").unwrap();
-        assert_eq!(s.next_after(at("2026-11-22T18:00:00Z")), Some(at("2026-11-24T06:00:00Z")));
-        let s = Spec::parse("schedule: '0 0 * * *'\nrecurrence: ['EXDATE:20261123T000000Z']").unwrap();
-        assert_eq!(s.next_after(at("2026-11-22T18:00:00Z")), Some(at("2026-11-24T00:00:00Z")));
+        assert_eq!(
+            s.next_after(at("2026-11-22T18:00:00Z")),
+            Some(at("2026-11-24T06:00:00Z"))
+        );
+        let s =
+            Spec::parse("schedule: '0 0 * * *'\nrecurrence: ['EXDATE:20261123T000000Z']").unwrap();
+        assert_eq!(
+            s.next_after(at("2026-11-22T18:00:00Z")),
+            Some(at("2026-11-24T00:00:00Z"))
+        );
     }
 
     #[test]
     fn events_carry_time_and_payload() {
-        let s = Spec::parse(r#"{"interval": "1s", "timezone": "Asia/Tokyo", "userPayload": {"k": [1]}}"#).unwrap();
+        let s = Spec::parse(
+            r#"{"interval": "1s", "timezone": "Asia/Tokyo", "userPayload": {"k": [1]}}"#,
+        )
+        .unwrap();
         let e = s.event(at("2026-11-22T00:00:00Z"));
         assert_eq!(e["eventTime"], "2026-11-22T09:00:00+09:00");
         assert_eq!(e["userPayload"]["k"][0], 1);

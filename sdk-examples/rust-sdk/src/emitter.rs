@@ -79,7 +79,10 @@ impl Emitter {
                 }
                 Ok(r) if r.status().is_client_error() => {
                     let status = r.status().as_u16();
-                    return Err(EmitError::Refused { status, body: r.text().await.unwrap_or_default() });
+                    return Err(EmitError::Refused {
+                        status,
+                        body: r.text().await.unwrap_or_default(),
+                    });
                 }
                 Ok(_) | Err(_) => Duration::from_millis(200),
             };

@@ -34,7 +34,12 @@ pub struct Settings {
 impl Settings {
     /// Reads the contract's variables; malformed ports fall back to an error naming them.
     pub fn from_env() -> Result<Settings, String> {
-        let var = |k: &str, d: &str| std::env::var(k).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| d.to_owned());
+        let var = |k: &str, d: &str| {
+            std::env::var(k)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| d.to_owned())
+        };
         let port = |k: &str, d: &str| var(k, d).parse::<u16>().map_err(|e| format!("{k}: {e}"));
         Ok(Settings {
             port: port("GATEWAY_PROCESSOR_SERVER_HTTP_PORT", "8080")?,
@@ -65,7 +70,9 @@ pub async fn run<E: ConfigExecutor>(executor: E) -> Result<(), String> {
     let listener = TcpListener::bind(("0.0.0.0", settings.port))
         .await
         .map_err(|e| format!("cannot listen on port {}: {e}", settings.port))?;
-    serve(executor, settings, listener, shutdown_signal()).await.map_err(|e| e.to_string())
+    serve(executor, settings, listener, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Serves on a bound listener until `shutdown`, then stops every configuration.
@@ -79,7 +86,10 @@ pub async fn serve<E: ConfigExecutor>(
         executor: Arc::new(executor),
         client: {
             let _ = rustls::crypto::ring::default_provider().install_default();
-            reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap_or_default()
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap_or_default()
         },
         settings: settings.clone(),
         running: Mutex::new(HashMap::new()),
@@ -88,8 +98,15 @@ pub async fn serve<E: ConfigExecutor>(
         .route(&settings.start_path, post(start::<E>))
         .route(&settings.stop_path, post(stop::<E>))
         .with_state(shared.clone());
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
-    for (_, token) in shared.running.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    for (_, token) in shared
+        .running
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .drain()
+    {
         token.cancel();
     }
     result
@@ -99,7 +116,10 @@ async fn start<E: ConfigExecutor>(
     State(shared): State<Arc<Shared<E>>>,
     Json(config): Json<ConfigData>,
 ) -> Result<StatusCode, (StatusCode, String)> {
-    shared.executor.validate(&config).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+    shared
+        .executor
+        .validate(&config)
+        .map_err(|e| (StatusCode::BAD_REQUEST, e))?;
     let token = CancellationToken::new();
     let previous = shared
         .running
@@ -130,8 +150,15 @@ async fn start<E: ConfigExecutor>(
     Ok(StatusCode::OK)
 }
 
-async fn stop<E: ConfigExecutor>(State(shared): State<Arc<Shared<E>>>, Json(config): Json<ConfigData>) -> StatusCode {
-    let token = shared.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&config.src);
+async fn stop<E: ConfigExecutor>(
+    State(shared): State<Arc<Shared<E>>>,
+    Json(config): Json<ConfigData>,
+) -> StatusCode {
+    let token = shared
+        .running
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&config.src);
     if let Some(token) = token {
         token.cancel();
         shared.executor.stop(&config);

@@ -23,7 +23,10 @@ use bytes::Bytes;
 use gateway_tests::{bin, free_port, wait_port, write_configmap, NatsServer, Proc};
 
 fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 /// Where latencies are read: the sensor (or NATS subscriber) of a scenario.
@@ -41,13 +44,18 @@ impl Sink {
             let mut ts = [0u8; 8];
             ts.copy_from_slice(&body[..8]);
             let sent = u64::from_le_bytes(ts);
-            self.latencies.lock().unwrap_or_else(|p| p.into_inner()).push(now_ns().saturating_sub(sent));
+            self.latencies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(now_ns().saturating_sub(sent));
         }
     }
 }
 
 async fn serve(router: Router, port: u16) {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind");
     tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;
     });
@@ -70,14 +78,23 @@ async fn start_sensor(port: u16) -> Arc<Sink> {
 /// The user server: accepts every start, and counts them.
 async fn start_user_server(port: u16) -> Arc<AtomicU64> {
     let starts = Arc::new(AtomicU64::new(0));
-    let router = Router::new()
-        .route("/start", post(|State(n): State<Arc<AtomicU64>>| async move {
-            n.fetch_add(1, Ordering::Relaxed);
-            "ok"
-        }))
-        .route("/stop", post(|| async { "ok" }))
-        .route("/count", get(|State(n): State<Arc<AtomicU64>>| async move { n.load(Ordering::Relaxed).to_string() }))
-        .with_state(starts.clone());
+    let router =
+        Router::new()
+            .route(
+                "/start",
+                post(|State(n): State<Arc<AtomicU64>>| async move {
+                    n.fetch_add(1, Ordering::Relaxed);
+                    "ok"
+                }),
+            )
+            .route("/stop", post(|| async { "ok" }))
+            .route(
+                "/count",
+                get(|State(n): State<Arc<AtomicU64>>| async move {
+                    n.load(Ordering::Relaxed).to_string()
+                }),
+            )
+            .with_state(starts.clone());
     serve(router, port).await;
     wait_port(port, "the bench user server").await;
     starts
@@ -98,16 +115,31 @@ struct Load {
 
 /// `workers` producers POST `{src, payload}` to `url` for `secs`; with a `rate`,
 /// the total is paced to that many per second, otherwise they go flat out.
-async fn generate(url: &str, sources: usize, size: usize, workers: usize, secs: f64, rate: Option<f64>) -> Load {
+async fn generate(
+    url: &str,
+    sources: usize,
+    size: usize,
+    workers: usize,
+    secs: f64,
+    rate: Option<f64>,
+) -> Load {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::builder().pool_max_idle_per_host(workers).tcp_nodelay(true).build().expect("client");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(workers)
+        .tcp_nodelay(true)
+        .build()
+        .expect("client");
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
     for w in 0..workers {
         let client = client.clone();
         let url = url.to_owned();
         tasks.push(tokio::spawn(async move {
-            let mut load = Load { ok: 0, refused: 0, rtts: Vec::new() };
+            let mut load = Load {
+                ok: 0,
+                refused: 0,
+                rtts: Vec::new(),
+            };
             let mut tick = rate.map(|r| {
                 let mut i = tokio::time::interval(Duration::from_secs_f64(workers as f64 / r));
                 i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -118,10 +150,20 @@ async fn generate(url: &str, sources: usize, size: usize, workers: usize, secs: 
                 if let Some(t) = tick.as_mut() {
                     t.tick().await;
                 }
-                let body = format!(r#"{{"src":"bench-{}","payload":"{}"}}"#, n % sources, payload(size));
+                let body = format!(
+                    r#"{{"src":"bench-{}","payload":"{}"}}"#,
+                    n % sources,
+                    payload(size)
+                );
                 n += workers;
                 let start = Instant::now();
-                match client.post(&url).header("content-type", "application/json").body(body).send().await {
+                match client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                {
                     Ok(r) if r.status().is_success() => {
                         load.ok += 1;
                         load.rtts.push(start.elapsed().as_nanos() as u64);
@@ -135,7 +177,11 @@ async fn generate(url: &str, sources: usize, size: usize, workers: usize, secs: 
             load
         }));
     }
-    let mut total = Load { ok: 0, refused: 0, rtts: Vec::new() };
+    let mut total = Load {
+        ok: 0,
+        refused: 0,
+        rtts: Vec::new(),
+    };
     for t in tasks {
         if let Ok(l) = t.await {
             total.ok += l.ok;
@@ -157,7 +203,11 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 fn peak_rss_mib(pid: i32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
@@ -193,7 +243,13 @@ async fn drained(sink: &Sink, before: u64, n: u64, started: Instant) -> Option<D
 /// at which events get all the way through: what the producers had accepted,
 /// over the time until the last of it reached the sensor (the durable queue can
 /// accept faster than a sensor takes, and that backlog is not throughput).
-async fn measure(name: &str, url: &str, sink: Option<&Sink>, size: usize, s: &Settings) -> (Row, f64) {
+async fn measure(
+    name: &str,
+    url: &str,
+    sink: Option<&Sink>,
+    size: usize,
+    s: &Settings,
+) -> (Row, f64) {
     let before = sink.map_or(0, |k| k.received.load(Ordering::Relaxed));
     let started = Instant::now();
     let sat = generate(url, s.sources, size, s.workers, s.secs, None).await;
@@ -206,10 +262,21 @@ async fn measure(name: &str, url: &str, sink: Option<&Sink>, size: usize, s: &Se
         None => accepted_rate,
     };
     if let Some(sink) = sink {
-        sink.latencies.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        sink.latencies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         sink.recording.store(true, Ordering::Relaxed);
     }
-    let half = generate(url, s.sources, size, s.workers, s.secs, Some((rate / 2.0).max(1.0))).await;
+    let half = generate(
+        url,
+        s.sources,
+        size,
+        s.workers,
+        s.secs,
+        Some((rate / 2.0).max(1.0)),
+    )
+    .await;
     let mut lat = match sink {
         Some(sink) => {
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -246,7 +313,9 @@ struct Gateway {
 
 async fn gateway(transformer_env: &[(&str, String)], sources: usize, us_port: u16) -> Gateway {
     let dir = tempfile::tempdir().expect("tempdir");
-    let configs: BTreeMap<String, String> = (0..sources).map(|i| (format!("bench-{i}"), "{}".to_owned())).collect();
+    let configs: BTreeMap<String, String> = (0..sources)
+        .map(|i| (format!("bench-{i}"), "{}".to_owned()))
+        .collect();
     let cfg_dir = dir.path().join("configs");
     write_configmap(&cfg_dir, &configs);
     let (tr_port, pc_port) = (free_port(), free_port());
@@ -275,7 +344,12 @@ async fn gateway(transformer_env: &[(&str, String)], sources: usize, us_port: u1
         .env("RUST_LOG", "warn");
     let processor = Proc::spawn("processor-client", p, dir.path());
     wait_port(pc_port, "the processor-client").await;
-    Gateway { transformer, processor, pc_url: format!("http://127.0.0.1:{pc_port}/event"), _dir: dir }
+    Gateway {
+        transformer,
+        processor,
+        pc_url: format!("http://127.0.0.1:{pc_port}/event"),
+        _dir: dir,
+    }
 }
 
 async fn wait_starts(starts: &AtomicU64, n: u64) -> Duration {
@@ -287,14 +361,20 @@ async fn wait_starts(starts: &AtomicU64, n: u64) -> Duration {
 }
 
 fn rss_of(g: &Gateway) -> String {
-    format!("pc {:.1} / tr {:.1}", peak_rss_mib(g.processor.pid()), peak_rss_mib(g.transformer.pid()))
+    format!(
+        "pc {:.1} / tr {:.1}",
+        peak_rss_mib(g.processor.pid()),
+        peak_rss_mib(g.transformer.pid())
+    )
 }
 
 /// The limit's server: answers every POST with 200 and a small JSON, like the
 /// processor-client does, in a process of its own.
 async fn bare_server(port: u16) {
     let router = Router::new().fallback(|_body: Bytes| async { r#"{"id":"x"}"# });
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind");
     let _ = axum::serve(listener, router).await;
 }
 
@@ -302,7 +382,10 @@ async fn bare_server(port: u16) {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--bare-server") {
-        let port = args.get(i + 1).and_then(|p| p.parse().ok()).expect("--bare-server PORT");
+        let port = args
+            .get(i + 1)
+            .and_then(|p| p.parse().ok())
+            .expect("--bare-server PORT");
         return bare_server(port).await;
     }
     let smoke = std::env::args().any(|a| a == "--smoke");
@@ -315,9 +398,19 @@ async fn main() {
     let mut rows = Vec::new();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_default();
-    println!("machine: {} cores, {cpu}; {} s per measurement, {} producers, {} configurations\n", std::thread::available_parallelism().map_or(0, |n| n.get()), s.secs, s.workers, s.sources);
+    println!(
+        "machine: {} cores, {cpu}; {} s per measurement, {} producers, {} configurations\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        s.secs,
+        s.workers,
+        s.sources
+    );
 
     // 1. The limit: a bare axum server, one hop.
     let bare_port = free_port();
@@ -326,7 +419,14 @@ async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bare = Proc::spawn("bare-axum", cmd, dir.path());
     wait_port(bare_port, "the bare server").await;
-    let (mut row, limit) = measure("limit: bare axum, one hop (latency = round trip)", &format!("http://127.0.0.1:{bare_port}/"), None, size, &s).await;
+    let (mut row, limit) = measure(
+        "limit: bare axum, one hop (latency = round trip)",
+        &format!("http://127.0.0.1:{bare_port}/"),
+        None,
+        size,
+        &s,
+    )
+    .await;
     row.rss = format!("{:.1}", peak_rss_mib(bare.pid()));
     rows.push(row);
     drop(bare);
@@ -337,9 +437,21 @@ async fn main() {
     let sensor_port = free_port();
     let sensor = start_sensor(sensor_port).await;
     let sensor_url = format!("http://127.0.0.1:{sensor_port}/");
-    let g = gateway(&[("SENSOR_WATCHERS", sensor_url.clone())], s.sources, us_port).await;
+    let g = gateway(
+        &[("SENSOR_WATCHERS", sensor_url.clone())],
+        s.sources,
+        us_port,
+    )
+    .await;
     wait_starts(&starts, s.sources as u64).await;
-    let (mut row, _) = measure("end to end: HTTP sensor", &g.pc_url, Some(&sensor), size, &s).await;
+    let (mut row, _) = measure(
+        "end to end: HTTP sensor",
+        &g.pc_url,
+        Some(&sensor),
+        size,
+        &s,
+    )
+    .await;
     row.rss = rss_of(&g);
     rows.push(row);
     drop(g);
@@ -360,7 +472,10 @@ async fn main() {
             }
         });
     }
-    for (ty, name) in [("Standard", "into NATS core"), ("Streaming", "into JetStream")] {
+    for (ty, name) in [
+        ("Standard", "into NATS core"),
+        ("Streaming", "into JetStream"),
+    ] {
         let starts_before = starts.load(Ordering::Relaxed);
         let env = [
             ("EVENT_PROTOCOL", "NATS".to_owned()),
@@ -381,21 +496,39 @@ async fn main() {
     for r in &rows {
         println!(
             "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} |",
-            r.name, r.rate, r.rate / limit, r.p50, r.p99, r.p999, r.rss, r.note
+            r.name,
+            r.rate,
+            r.rate / limit,
+            r.p50,
+            r.p99,
+            r.p999,
+            r.rss,
+            r.note
         );
     }
 
     // 4. Scaling series (saturation only).
     println!("\n| series | value | events/s | peak RSS MiB (pc / tr) |");
     println!("|---|---|---|---|");
-    let sizes: &[usize] = if smoke { &[100, 10 * 1024] } else { &[100, 10 * 1024, 1024 * 1024] };
+    let sizes: &[usize] = if smoke {
+        &[100, 10 * 1024]
+    } else {
+        &[100, 10 * 1024, 1024 * 1024]
+    };
     for &size in sizes {
-        let g = gateway(&[("SENSOR_WATCHERS", sensor_url.clone())], s.sources, us_port).await;
+        let g = gateway(
+            &[("SENSOR_WATCHERS", sensor_url.clone())],
+            s.sources,
+            us_port,
+        )
+        .await;
         let workers = if size >= 1 << 20 { 8 } else { s.workers };
         let before = sensor.received.load(Ordering::Relaxed);
         let started = Instant::now();
         let load = generate(&g.pc_url, s.sources, size, workers, s.secs, None).await;
-        let rate = drained(&sensor, before, load.ok, started).await.map_or(f64::NAN, |t| load.ok as f64 / t.as_secs_f64());
+        let rate = drained(&sensor, before, load.ok, started)
+            .await
+            .map_or(f64::NAN, |t| load.ok as f64 / t.as_secs_f64());
         println!("| payload | {} B | {:.0} | {} |", size, rate, rss_of(&g));
     }
     let watcher_counts: &[usize] = if smoke { &[1, 8] } else { &[1, 8, 32] };
@@ -405,7 +538,9 @@ async fn main() {
         let before = sensor.received.load(Ordering::Relaxed);
         let started = Instant::now();
         let load = generate(&g.pc_url, s.sources, 100, s.workers, s.secs, None).await;
-        let rate = drained(&sensor, before, load.ok * n as u64, started).await.map_or(f64::NAN, |t| load.ok as f64 / t.as_secs_f64());
+        let rate = drained(&sensor, before, load.ok * n as u64, started)
+            .await
+            .map_or(f64::NAN, |t| load.ok as f64 / t.as_secs_f64());
         println!("| watchers | {n} | {:.0} | {} |", rate, rss_of(&g));
     }
     let config_counts: &[usize] = if smoke { &[1, 100] } else { &[1, 1000, 10_000] };
@@ -414,6 +549,10 @@ async fn main() {
         let t0 = Instant::now();
         let g = gateway(&[("SENSOR_WATCHERS", sensor_url.clone())], n, us_port).await;
         wait_starts(&starts, before + n as u64).await;
-        println!("| configurations started | {n} | in {:.2} s | {} |", t0.elapsed().as_secs_f64(), rss_of(&g));
+        println!(
+            "| configurations started | {n} | in {:.2} s | {} |",
+            t0.elapsed().as_secs_f64(),
+            rss_of(&g)
+        );
     }
 }

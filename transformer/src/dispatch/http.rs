@@ -21,8 +21,20 @@ pub struct HttpSink {
 }
 
 impl HttpSink {
-    pub fn new(url: reqwest::Url, mode: CeMode, client: reqwest::Client, timeout: Duration) -> Self {
-        HttpSink { name: url.to_string(), url, mode, client, timeout, authorization: None }
+    pub fn new(
+        url: reqwest::Url,
+        mode: CeMode,
+        client: reqwest::Client,
+        timeout: Duration,
+    ) -> Self {
+        HttpSink {
+            name: url.to_string(),
+            url,
+            mode,
+            client,
+            timeout,
+            authorization: None,
+        }
     }
 
     /// Sends `Authorization: Bearer TOKEN` with every delivery.
@@ -62,7 +74,10 @@ impl HttpSink {
             CeMode::Structured => self
                 .client
                 .post(self.url.clone())
-                .header(CONTENT_TYPE, HeaderValue::from_static(STRUCTURED_CONTENT_TYPE))
+                .header(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static(STRUCTURED_CONTENT_TYPE),
+                )
                 .body(event.to_structured_json()),
         };
         let mut request = request;
@@ -79,7 +94,11 @@ impl HttpSink {
             }
         }
         let response = request.timeout(self.timeout).send().await.map_err(|e| {
-            let what = if e.is_timeout() { "timed out" } else { "failed" };
+            let what = if e.is_timeout() {
+                "timed out"
+            } else {
+                "failed"
+            };
             DeliveryError::retryable(format!("POST {} {what}: {}", self.url, error_chain(&e)))
         })?;
         let status = response.status();

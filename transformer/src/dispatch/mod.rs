@@ -23,10 +23,16 @@ pub struct DeliveryError {
 
 impl DeliveryError {
     pub fn retryable(message: impl Into<String>) -> Self {
-        DeliveryError { retryable: true, message: message.into() }
+        DeliveryError {
+            retryable: true,
+            message: message.into(),
+        }
     }
     pub fn permanent(message: impl Into<String>) -> Self {
-        DeliveryError { retryable: false, message: message.into() }
+        DeliveryError {
+            retryable: false,
+            message: message.into(),
+        }
     }
 }
 

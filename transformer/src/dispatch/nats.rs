@@ -30,7 +30,11 @@ pub struct SubjectTemplate {
 
 impl SubjectTemplate {
     pub fn new(template: &str, gateway: &str, namespace: &str) -> Self {
-        SubjectTemplate { template: template.to_owned(), gateway: token(gateway), namespace: token(namespace) }
+        SubjectTemplate {
+            template: template.to_owned(),
+            gateway: token(gateway),
+            namespace: token(namespace),
+        }
     }
 
     pub fn render(&self, event: &CloudEvent) -> String {
@@ -41,7 +45,10 @@ impl SubjectTemplate {
                 .replace("{gateway}", &self.gateway)
                 .replace("{namespace}", &self.namespace)
                 .replace("{type}", &token(&event.ty))
-                .replace("{src}", &src.split('.').map(token).collect::<Vec<_>>().join(".")),
+                .replace(
+                    "{src}",
+                    &src.split('.').map(token).collect::<Vec<_>>().join("."),
+                ),
         )
     }
 
@@ -56,7 +63,9 @@ impl SubjectTemplate {
             .map(|(i, t)| match *t {
                 "{src}" if i == last => ">".to_owned(),
                 "{src}" | "{type}" => "*".to_owned(),
-                t => t.replace("{gateway}", &self.gateway).replace("{namespace}", &self.namespace),
+                t => t
+                    .replace("{gateway}", &self.gateway)
+                    .replace("{namespace}", &self.namespace),
             })
             .collect::<Vec<_>>()
             .join(".");
@@ -68,7 +77,13 @@ impl SubjectTemplate {
 fn token(s: &str) -> String {
     let t: String = s
         .chars()
-        .map(|c| if c.is_whitespace() || c == '*' || c == '>' || c == '.' { '_' } else { c })
+        .map(|c| {
+            if c.is_whitespace() || c == '*' || c == '>' || c == '.' {
+                '_'
+            } else {
+                c
+            }
+        })
         .collect();
     if t.is_empty() {
         "_".into()
@@ -79,12 +94,19 @@ fn token(s: &str) -> String {
 
 /// Fills empty tokens left by leading, trailing or doubled dots.
 fn tidy(subject: &str) -> String {
-    subject.split('.').map(|t| if t.is_empty() { "_" } else { t }).collect::<Vec<_>>().join(".")
+    subject
+        .split('.')
+        .map(|t| if t.is_empty() { "_" } else { t })
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// Connects with the settings `NATS_*` give; the connection is made, and remade,
 /// in the background, so a NATS server that is down does not stop the transformer.
-pub async fn connect(config: &NatsConfig, metrics: NatsMetrics) -> Result<async_nats::Client, String> {
+pub async fn connect(
+    config: &NatsConfig,
+    metrics: NatsMetrics,
+) -> Result<async_nats::Client, String> {
     let mut options = async_nats::ConnectOptions::new()
         .name("gateway-transformer")
         .retry_on_initial_connect()
@@ -127,8 +149,16 @@ pub async fn connect(config: &NatsConfig, metrics: NatsMetrics) -> Result<async_
     if config.tls_required {
         options = options.require_tls(true);
     }
-    let servers: Vec<String> = config.url.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
-    options.connect(servers).await.map_err(|e| format!("NATS_URL {}: {e}", config.url))
+    let servers: Vec<String> = config
+        .url
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    options
+        .connect(servers)
+        .await
+        .map_err(|e| format!("NATS_URL {}: {e}", config.url))
 }
 
 pub struct NatsSink {
@@ -222,9 +252,15 @@ impl NatsSink {
                 .map_err(|e| DeliveryError::retryable(format!("NATS publish: {e}"))),
             Some(js) => {
                 self.ensure_stream(js).await?;
-                let publish = PublishMessage::build().payload(payload).headers(headers).message_id(&event.id);
+                let publish = PublishMessage::build()
+                    .payload(payload)
+                    .headers(headers)
+                    .message_id(&event.id);
                 let acked = tokio::time::timeout(self.timeout, async {
-                    let ack = js.send_publish(subject, publish).await.map_err(|e| e.to_string())?;
+                    let ack = js
+                        .send_publish(subject, publish)
+                        .await
+                        .map_err(|e| e.to_string())?;
                     ack.await.map_err(|e| e.to_string())
                 })
                 .await;
@@ -274,7 +310,10 @@ mod tests {
     fn subjects_render_and_stay_valid() {
         let t = SubjectTemplate::new("{gateway}.{src}", "my gw", "default");
         assert_eq!(t.render(&ev("alpha")), "my_gw.alpha");
-        assert_eq!(t.render(&ev("webhook.fooConfig")), "my_gw.webhook.fooConfig");
+        assert_eq!(
+            t.render(&ev("webhook.fooConfig")),
+            "my_gw.webhook.fooConfig"
+        );
         assert_eq!(t.render(&ev("a b*>")), "my_gw.a_b__");
         assert_eq!(t.render(&ev(".x.")), "my_gw._.x._");
         assert_eq!(t.stream_subjects(), vec!["my_gw.>"]);

@@ -139,12 +139,20 @@ impl Dispatcher {
                     Lane { tx, depth }
                 })
                 .collect();
-            watchers.push(WatcherQueue { name: sink.name().to_owned(), id, lanes, metrics: wm });
+            watchers.push(WatcherQueue {
+                name: sink.name().to_owned(),
+                id,
+                lanes,
+                metrics: wm,
+            });
         }
         let dispatcher = Dispatcher {
             ids: watchers.iter().map(|w| w.id).collect(),
             watchers,
-            budget: Arc::new(Budget { used: AtomicUsize::new(0), max: limits.max_bytes.max(1) }),
+            budget: Arc::new(Budget {
+                used: AtomicUsize::new(0),
+                max: limits.max_bytes.max(1),
+            }),
             lane_capacity,
             next_seq: AtomicU64::new(store.max_seq()? + 1),
             order: (0..lanes).map(|_| Mutex::new(())).collect(),
@@ -164,7 +172,11 @@ impl Dispatcher {
                     let admitted = self.admit_unchecked(event);
                     w.lanes[lane].depth.fetch_add(1, Ordering::Relaxed);
                     w.metrics.queue_depth.inc();
-                    let _ = w.lanes[lane].tx.send(Queued { admitted, seq, accepted_at: Instant::now() });
+                    let _ = w.lanes[lane].tx.send(Queued {
+                        admitted,
+                        seq,
+                        accepted_at: Instant::now(),
+                    });
                     requeued += 1;
                 }
                 None => {
@@ -182,7 +194,11 @@ impl Dispatcher {
             }
         }
         if requeued > 0 || buried > 0 {
-            tracing::info!(requeued, buried, "recovered events stored by an earlier run");
+            tracing::info!(
+                requeued,
+                buried,
+                "recovered events stored by an earlier run"
+            );
         }
         Ok(())
     }
@@ -194,7 +210,11 @@ impl Dispatcher {
     fn admit_unchecked(&self, event: CloudEvent) -> Arc<Admitted> {
         let size = event_size(&event);
         self.budget.used.fetch_add(size, Ordering::Relaxed);
-        Arc::new(Admitted { event, size, budget: self.budget.clone() })
+        Arc::new(Admitted {
+            event,
+            size,
+            budget: self.budget.clone(),
+        })
     }
 
     /// Takes `size` bytes of the budget, or refuses. An event larger than the whole
@@ -203,7 +223,9 @@ impl Dispatcher {
         let before = self.budget.used.fetch_add(size, Ordering::Relaxed);
         if before > 0 && before + size > self.budget.max {
             self.budget.used.fetch_sub(size, Ordering::Relaxed);
-            return Err(Refused::OverBudget { max: self.budget.max });
+            return Err(Refused::OverBudget {
+                max: self.budget.max,
+            });
         }
         Ok(())
     }
@@ -215,7 +237,9 @@ impl Dispatcher {
                 for undo in &watchers[..=i] {
                     undo.lanes[lane].depth.fetch_sub(1, Ordering::Relaxed);
                 }
-                return Err(Refused::Full { watcher: w.name.clone() });
+                return Err(Refused::Full {
+                    watcher: w.name.clone(),
+                });
             }
         }
         Ok(())
@@ -263,14 +287,19 @@ impl Dispatcher {
             self.release_slots(targets, lane);
             return Err(e);
         }
-        let admitted = Arc::new(Admitted { event, size, budget: self.budget.clone() });
+        let admitted = Arc::new(Admitted {
+            event,
+            size,
+            budget: self.budget.clone(),
+        });
         {
             let _order = self.order[lane].lock().unwrap_or_else(|p| p.into_inner());
             let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
             let stored = match replaying {
                 Some(letter) => self.store.resurrect(letter, seq),
                 None if targets.len() == self.ids.len() => {
-                    self.store.append(&self.ids, seq, &encode_event(&admitted.event))
+                    self.store
+                        .append(&self.ids, seq, &encode_event(&admitted.event))
                 }
                 None => {
                     let ids: Vec<WatcherId> = targets.iter().map(|w| w.id).collect();
@@ -284,7 +313,11 @@ impl Dispatcher {
             let accepted_at = Instant::now();
             for w in targets {
                 w.metrics.queue_depth.inc();
-                let _ = w.lanes[lane].tx.send(Queued { admitted: admitted.clone(), seq, accepted_at });
+                let _ = w.lanes[lane].tx.send(Queued {
+                    admitted: admitted.clone(),
+                    seq,
+                    accepted_at,
+                });
             }
         }
         if self.store.fsync() == Fsync::Always && replaying.is_none() {
@@ -292,7 +325,11 @@ impl Dispatcher {
             match tokio::task::spawn_blocking(move || store.sync()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(e.into()),
-                Err(e) => return Err(Refused::Store(StoreError::Io(fjall::Error::from(std::io::Error::other(e))))),
+                Err(e) => {
+                    return Err(Refused::Store(StoreError::Io(fjall::Error::from(
+                        std::io::Error::other(e),
+                    ))))
+                }
             }
         }
         Ok(())
@@ -313,7 +350,10 @@ fn event_size(e: &CloudEvent) -> usize {
         + e.source.len()
         + e.ty.len()
         + e.subject.as_ref().map_or(0, String::len)
-        + e.extensions.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        + e.extensions
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
         + 128
 }
 
@@ -372,7 +412,9 @@ impl LaneWorker {
             let stored = match &outcome {
                 Outcome::Delivered => {
                     self.metrics.delivered.inc();
-                    self.metrics.latency.observe(queued.accepted_at.elapsed().as_secs_f64());
+                    self.metrics
+                        .latency
+                        .observe(queued.accepted_at.elapsed().as_secs_f64());
                     self.store.ack(self.watcher, queued.seq)
                 }
                 Outcome::GaveUp { error, attempts } => {
@@ -405,7 +447,11 @@ impl LaneWorker {
             left += 1;
         }
         if left > 0 {
-            tracing::warn!(watcher = self.sink.name(), left, "delivery stopped; undelivered events stay stored for the next start");
+            tracing::warn!(
+                watcher = self.sink.name(),
+                left,
+                "delivery stopped; undelivered events stay stored for the next start"
+            );
         }
     }
 
@@ -422,9 +468,10 @@ impl LaneWorker {
             let attempts = backoff.attempts() + 1;
             match result {
                 Ok(()) => return Outcome::Delivered,
-                Err(DeliveryError { retryable: true, message })
-                    if self.policy.attempts == 0 || attempts < self.policy.attempts =>
-                {
+                Err(DeliveryError {
+                    retryable: true,
+                    message,
+                }) if self.policy.attempts == 0 || attempts < self.policy.attempts => {
                     self.metrics.retries.inc();
                     let delay = backoff.next_delay();
                     tracing::warn!(watcher = self.sink.name(), id = %event.id, attempt = attempts, ?delay, error = %message, "delivery failed; will retry");
@@ -434,7 +481,12 @@ impl LaneWorker {
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
-                Err(err) => return Outcome::GaveUp { error: err.message, attempts },
+                Err(err) => {
+                    return Outcome::GaveUp {
+                        error: err.message,
+                        attempts,
+                    }
+                }
             }
         }
     }
