@@ -194,21 +194,33 @@ fn read_notice(json: bool, body: &[u8]) -> Result<Notice, String> {
     }
 }
 
+/// Reads a notice and the configuration it is about: named in the body, by
+/// `?src=` or `X-Gateway-Src`, or the only configuration.
+fn notice_for(
+    st: &AppState,
+    params: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(Notice, String), ApiError> {
+    let body = body.map_err(|r| ApiError::from_body(r, st.max_body_bytes))?;
+    let notice = read_notice(content_type(headers) == "application/json", &body)
+        .map_err(ApiError::bad_request)?;
+    let named = notice
+        .src
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .or(src_outside_body(params, headers));
+    let src = st.registry.resolve(named).map_err(lookup_error)?;
+    Ok((notice, src))
+}
+
 async fn running(
     State(st): State<Arc<AppState>>,
     Query(params): Params,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let body = body.map_err(|r| ApiError::from_body(r, st.max_body_bytes))?;
-    let notice = read_notice(content_type(&headers) == "application/json", &body)
-        .map_err(ApiError::bad_request)?;
-    let named = notice
-        .src
-        .as_deref()
-        .filter(|s| !s.is_empty())
-        .or(src_outside_body(&params, &headers));
-    let src = st.registry.resolve(named).map_err(lookup_error)?;
+    let (notice, src) = notice_for(&st, &params, &headers, body)?;
     st.registry
         .running(&src, notice.id.as_deref())
         .map_err(lookup_error)?;
@@ -222,15 +234,7 @@ async fn error(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let body = body.map_err(|r| ApiError::from_body(r, st.max_body_bytes))?;
-    let notice = read_notice(content_type(&headers) == "application/json", &body)
-        .map_err(ApiError::bad_request)?;
-    let named = notice
-        .src
-        .as_deref()
-        .filter(|s| !s.is_empty())
-        .or(src_outside_body(&params, &headers));
-    let src = st.registry.resolve(named).map_err(lookup_error)?;
+    let (notice, src) = notice_for(&st, &params, &headers, body)?;
     let message = notice
         .message
         .filter(|m| !m.is_empty())

@@ -515,6 +515,19 @@ impl Gateway {
             text,
         }
     }
+
+    /// The sum of every sample of a metrics page whose line starts with `prefix`
+    /// (a name, or a name with labels), so tests can watch counters move.
+    pub async fn metric(&self, url: &str, prefix: &str) -> f64 {
+        let Ok(r) = self.http.get(url).send().await else {
+            return 0.0;
+        };
+        let text = r.text().await.unwrap_or_default();
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
 }
 
 #[derive(Debug)]

@@ -101,22 +101,9 @@ async fn core_nats_subscriber_gets_every_event_and_the_transformer_reconnects() 
     nats.kill();
     nats.restart().await;
     wait_for("the transformer to reconnect", || async {
-        let m = g
-            .http
-            .get(g.tr_url("/metrics"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        let connects = m
-            .lines()
-            .find(|l| l.starts_with("transformer_nats_connects_total"))?
-            .rsplit(' ')
-            .next()?
-            .parse::<f64>()
-            .ok()?;
+        let connects = g
+            .metric(&g.tr_url("/metrics"), "transformer_nats_connects_total")
+            .await;
         (connects >= 2.0).then_some(())
     })
     .await;
@@ -193,20 +180,12 @@ async fn jetstream_stores_each_event_once_and_a_durable_consumer_replays_from_a_
             "Nats-Msg-Id of message {seq}"
         );
     }
-    let metrics = g
-        .http
-        .get(g.tr_url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("transformer_nats_duplicates_total 1")),
-        "{metrics}"
+    let duplicates = g
+        .metric(&g.tr_url("/metrics"), "transformer_nats_duplicates_total")
+        .await;
+    assert_eq!(
+        duplicates, 1.0,
+        "the second publish was reported a duplicate"
     );
 
     let out = g.dir.path().join("replay.jsonl");
