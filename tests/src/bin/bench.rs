@@ -211,7 +211,33 @@ fn peak_rss_mib(pid: i32) -> f64 {
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
+/// CPU time (user + system) a process has used so far, in seconds.
+fn cpu_secs(pid: i32) -> f64 {
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name, which may hold spaces.
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / ticks)
+        })
+        .unwrap_or(f64::NAN)
+}
+
+/// Microseconds of CPU per event for each named process: the cost of the path,
+/// which on a shared 2-core machine is steadier than the rate itself.
+fn cpu_per_event(procs: &[(&str, i32)], events: u64) -> String {
+    procs
+        .iter()
+        .map(|(name, pid)| format!("{name} {:.0}", cpu_secs(*pid) * 1e6 / events.max(1) as f64))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
 struct Row {
+    events: u64,
+    cpu: String,
     name: String,
     rate: f64,
     p50: f64,
@@ -298,6 +324,8 @@ async fn measure(
             p99: percentile(&lat, 0.99),
             p999: percentile(&lat, 0.999),
             rss: String::new(),
+            events: sat.ok + half.ok,
+            cpu: String::new(),
             note,
         },
         rate,
@@ -325,12 +353,15 @@ async fn gateway(transformer_env: &[(&str, String)], sources: usize, us_port: u1
         .env("TRANSFORMER_PORT", tr_port.to_string())
         .env("TRANSFORMER_DATA_DIR", dir.path().join("data"))
         .env("TRANSFORMER_MAX_BODY_BYTES", (4 << 20).to_string())
-        .env("TRANSFORMER_QUEUE_MAX_BYTES", (256 << 20).to_string())
-        .env("TRANSFORMER_QUEUE_CAPACITY", "100000")
         .env("RUST_LOG", "warn");
     for (k, v) in transformer_env {
         t.env(k, v);
     }
+    // Allocator settings pass through, to compare them without rebuilding.
+    let allocator: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("MIMALLOC_"))
+        .collect();
+    t.envs(allocator.iter().cloned());
     let transformer = Proc::spawn("transformer", t, dir.path());
     wait_port(tr_port, "the transformer").await;
     let mut p = Command::new(bin("processor-client"));
@@ -341,7 +372,8 @@ async fn gateway(transformer_env: &[(&str, String)], sources: usize, us_port: u1
         .env("GATEWAY_PROCESSOR_CLIENT_HTTP_PORT", pc_port.to_string())
         .env("GATEWAY_PROCESSOR_MAX_BODY_BYTES", (4 << 20).to_string())
         .env("TRANSFORMER_PORT", tr_port.to_string())
-        .env("RUST_LOG", "warn");
+        .env("RUST_LOG", "warn")
+        .envs(allocator);
     let processor = Proc::spawn("processor-client", p, dir.path());
     wait_port(pc_port, "the processor-client").await;
     Gateway {
@@ -358,6 +390,13 @@ async fn wait_starts(starts: &AtomicU64, n: u64) -> Duration {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     t0.elapsed()
+}
+
+fn cpu_of(g: &Gateway, events: u64) -> String {
+    cpu_per_event(
+        &[("pc", g.processor.pid()), ("tr", g.transformer.pid())],
+        events,
+    )
 }
 
 fn rss_of(g: &Gateway) -> String {
@@ -378,9 +417,41 @@ async fn bare_server(port: u16) {
     let _ = axum::serve(listener, router).await;
 }
 
+/// One hop of the bare chain: forwards each POST body to `next` and answers once
+/// it has been answered, with no parsing, storage or queueing. Three of these
+/// hops in a row are what the gateway's path costs before any of its own work.
+async fn bare_forwarder(port: u16, next: String) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .build()
+        .expect("client");
+    let next: reqwest::Url = next.parse().expect("--bare-forward URL");
+    let router = Router::new()
+        .fallback(|State((client, next)): State<(reqwest::Client, reqwest::Url)>, body: Bytes| async move {
+            match client.post(next).body(body).send().await {
+                Ok(r) if r.status().is_success() => (axum::http::StatusCode::OK, r#"{"id":"x"}"#),
+                _ => (axum::http::StatusCode::SERVICE_UNAVAILABLE, r#"{"error":"next hop"}"#),
+            }
+        })
+        .with_state((client, next));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind");
+    let _ = axum::serve(listener, router).await;
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--bare-forward") {
+        let port = args
+            .get(i + 1)
+            .and_then(|p| p.parse().ok())
+            .expect("--bare-forward PORT URL");
+        let next = args.get(i + 2).cloned().expect("--bare-forward PORT URL");
+        return bare_forwarder(port, next).await;
+    }
     if let Some(i) = args.iter().position(|a| a == "--bare-server") {
         let port = args
             .get(i + 1)
@@ -389,6 +460,14 @@ async fn main() {
         return bare_server(port).await;
     }
     let smoke = std::env::args().any(|a| a == "--smoke");
+    // `--only http,nats` runs just those parts (limit, chain, http, nats, series), for
+    // profiling one path at a time.
+    let only: Option<Vec<String>> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.split(',').map(str::to_owned).collect());
+    let want = |part: &str| only.as_ref().is_none_or(|o| o.iter().any(|p| p == part));
     let s = Settings {
         secs: if smoke { 0.5 } else { 5.0 },
         workers: if smoke { 8 } else { 64 },
@@ -413,23 +492,28 @@ async fn main() {
     );
 
     // 1. The limit: a bare axum server, one hop.
-    let bare_port = free_port();
-    let mut cmd = Command::new(std::env::current_exe().expect("exe"));
-    cmd.arg("--bare-server").arg(bare_port.to_string());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bare = Proc::spawn("bare-axum", cmd, dir.path());
-    wait_port(bare_port, "the bare server").await;
-    let (mut row, limit) = measure(
-        "limit: bare axum, one hop (latency = round trip)",
-        &format!("http://127.0.0.1:{bare_port}/"),
-        None,
-        size,
-        &s,
-    )
-    .await;
-    row.rss = format!("{:.1}", peak_rss_mib(bare.pid()));
-    rows.push(row);
-    drop(bare);
+    let mut limit = f64::NAN;
+    if want("limit") {
+        let bare_port = free_port();
+        let mut cmd = Command::new(std::env::current_exe().expect("exe"));
+        cmd.arg("--bare-server").arg(bare_port.to_string());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bare = Proc::spawn("bare-axum", cmd, dir.path());
+        wait_port(bare_port, "the bare server").await;
+        let (mut row, l) = measure(
+            "limit: bare axum, one hop (latency = round trip)",
+            &format!("http://127.0.0.1:{bare_port}/"),
+            None,
+            size,
+            &s,
+        )
+        .await;
+        limit = l;
+        row.rss = format!("{:.1}", peak_rss_mib(bare.pid()));
+        row.cpu = cpu_per_event(&[("server", bare.pid())], row.events);
+        rows.push(row);
+        drop(bare);
+    }
 
     // 2. End to end over HTTP.
     let us_port = free_port();
@@ -437,65 +521,107 @@ async fn main() {
     let sensor_port = free_port();
     let sensor = start_sensor(sensor_port).await;
     let sensor_url = format!("http://127.0.0.1:{sensor_port}/");
-    let g = gateway(
-        &[("SENSOR_WATCHERS", sensor_url.clone())],
-        s.sources,
-        us_port,
-    )
-    .await;
-    wait_starts(&starts, s.sources as u64).await;
-    let (mut row, _) = measure(
-        "end to end: HTTP sensor",
-        &g.pc_url,
-        Some(&sensor),
-        size,
-        &s,
-    )
-    .await;
-    row.rss = rss_of(&g);
-    rows.push(row);
-    drop(g);
-
-    // 3. Into NATS core and JetStream.
-    let nats_dir = tempfile::tempdir().expect("tempdir");
-    let nats = NatsServer::start(nats_dir.path()).await;
-    let nats_sink = Arc::new(Sink::default());
-    {
-        let client = async_nats::connect(nats.url()).await.expect("nats");
-        let mut sub = client.subscribe("bench.>").await.expect("subscribe");
-        let sink = nats_sink.clone();
-        tokio::spawn(async move {
-            use futures::StreamExt as _;
-            let _client = client;
-            while let Some(m) = sub.next().await {
-                sink.take(&m.payload);
-            }
-        });
-    }
-    for (ty, name) in [
-        ("Standard", "into NATS core"),
-        ("Streaming", "into JetStream"),
-    ] {
-        let starts_before = starts.load(Ordering::Relaxed);
-        let env = [
-            ("EVENT_PROTOCOL", "NATS".to_owned()),
-            ("NATS_URL", nats.url()),
-            ("NATS_TYPE", ty.to_owned()),
-            ("NATS_CE_MODE", "binary".to_owned()),
-        ];
-        let g = gateway(&env, s.sources, us_port).await;
-        wait_starts(&starts, starts_before + s.sources as u64).await;
-        let (mut row, _) = measure(name, &g.pc_url, Some(&nats_sink), size, &s).await;
-        row.rss = rss_of(&g);
+    if want("chain") {
+        // The ceiling for the gateway's shape: generator -> hop -> hop -> sensor,
+        // three HTTP exchanges per event as in the gateway, but no work at all.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (free_port(), free_port());
+        let mut cmd = Command::new(std::env::current_exe().expect("exe"));
+        cmd.arg("--bare-forward")
+            .arg(b.to_string())
+            .arg(&sensor_url);
+        let hop_b = Proc::spawn("bare-hop-b", cmd, dir.path());
+        let mut cmd = Command::new(std::env::current_exe().expect("exe"));
+        cmd.arg("--bare-forward")
+            .arg(a.to_string())
+            .arg(format!("http://127.0.0.1:{b}/"));
+        let hop_a = Proc::spawn("bare-hop-a", cmd, dir.path());
+        wait_port(a, "the first bare hop").await;
+        wait_port(b, "the second bare hop").await;
+        // Each hop answers only once the next has, so the generator's round
+        // trip is the end-to-end latency, and what it had answered has arrived.
+        let (mut row, _) = measure(
+            "ceiling: three bare axum hops, no work (latency = round trip)",
+            &format!("http://127.0.0.1:{a}/"),
+            None,
+            size,
+            &s,
+        )
+        .await;
+        row.rss = format!(
+            "hops {:.1} / {:.1}",
+            peak_rss_mib(hop_a.pid()),
+            peak_rss_mib(hop_b.pid())
+        );
+        row.cpu = cpu_per_event(&[("a", hop_a.pid()), ("b", hop_b.pid())], row.events);
         rows.push(row);
     }
-    drop(nats);
+    if want("http") {
+        let g = gateway(
+            &[("SENSOR_WATCHERS", sensor_url.clone())],
+            s.sources,
+            us_port,
+        )
+        .await;
+        wait_starts(&starts, s.sources as u64).await;
+        let (mut row, _) = measure(
+            "end to end: HTTP sensor",
+            &g.pc_url,
+            Some(&sensor),
+            size,
+            &s,
+        )
+        .await;
+        row.rss = rss_of(&g);
+        row.cpu = cpu_of(&g, row.events);
+        rows.push(row);
+        drop(g);
+    }
 
-    println!("| scenario | events/s at saturation | ratio to limit | p50 ms | p99 ms | p99.9 ms | peak RSS MiB | note |");
-    println!("|---|---|---|---|---|---|---|---|");
+    // 3. Into NATS core and JetStream.
+    if want("nats") {
+        let nats_dir = tempfile::tempdir().expect("tempdir");
+        let nats = NatsServer::start(nats_dir.path()).await;
+        let nats_sink = Arc::new(Sink::default());
+        {
+            let client = async_nats::connect(nats.url()).await.expect("nats");
+            let mut sub = client.subscribe("bench.>").await.expect("subscribe");
+            let sink = nats_sink.clone();
+            tokio::spawn(async move {
+                use futures::StreamExt as _;
+                let _client = client;
+                while let Some(m) = sub.next().await {
+                    sink.take(&m.payload);
+                }
+            });
+        }
+        for (ty, name) in [
+            ("Standard", "into NATS core"),
+            ("Streaming", "into JetStream"),
+        ] {
+            let starts_before = starts.load(Ordering::Relaxed);
+            let env = [
+                ("EVENT_PROTOCOL", "NATS".to_owned()),
+                ("NATS_URL", nats.url()),
+                ("NATS_TYPE", ty.to_owned()),
+                ("NATS_CE_MODE", "binary".to_owned()),
+            ];
+            let g = gateway(&env, s.sources, us_port).await;
+            wait_starts(&starts, starts_before + s.sources as u64).await;
+            let (mut row, _) = measure(name, &g.pc_url, Some(&nats_sink), size, &s).await;
+            row.rss = rss_of(&g);
+            row.cpu = cpu_of(&g, row.events);
+            row.cpu = cpu_of(&g, row.events);
+            rows.push(row);
+        }
+        drop(nats);
+    }
+
+    println!("| scenario | events/s at saturation | ratio to limit | p50 ms | p99 ms | p99.9 ms | peak RSS MiB | CPU µs per event | note |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} |",
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
             r.name,
             r.rate,
             r.rate / limit,
@@ -503,11 +629,15 @@ async fn main() {
             r.p99,
             r.p999,
             r.rss,
+            r.cpu,
             r.note
         );
     }
 
     // 4. Scaling series (saturation only).
+    if !want("series") {
+        return;
+    }
     println!("\n| series | value | events/s | peak RSS MiB (pc / tr) |");
     println!("|---|---|---|---|");
     let sizes: &[usize] = if smoke {
