@@ -301,6 +301,9 @@ async fn flood_against_a_dead_sensor_stays_bounded_and_loses_nothing() {
     ));
     g.transformer_env
         .push(("TRANSFORMER_QUEUE_CAPACITY".into(), "100000".into()));
+    // Short, so the flood meets its 503s quickly; the wait itself is tested below.
+    g.transformer_env
+        .push(("TRANSFORMER_ADMIT_WAIT".into(), "20ms".into()));
     g.start_transformer().await; // no sensor: it is dead
     let payload = base64_16k();
     let mut producers = Vec::new();
@@ -364,6 +367,63 @@ async fn flood_against_a_dead_sensor_stays_bounded_and_loses_nothing() {
         accepted.is_subset(&got).then_some(())
     })
     .await;
+}
+
+/// A full queue holds the producer's request until there is room, rather than
+/// answering 503 at once; only a queue still full after TRANSFORMER_ADMIT_WAIT
+/// refuses.
+#[tokio::test]
+async fn a_full_queue_holds_the_request_until_there_is_room() {
+    let mut g = Gateway::new(UserServerKind::Python);
+    for (k, v) in [
+        ("TRANSFORMER_QUEUE_CAPACITY", "1"),
+        ("WATCHER_CONCURRENCY", "1"),
+        ("TRANSFORMER_ADMIT_WAIT", "10m"),
+    ] {
+        g.transformer_env.push((k.into(), v.into()));
+    }
+    g.start_transformer().await; // the sensor is down: the first event stays queued
+    let post = |n: u32| {
+        let (http, url) = (g.http.clone(), g.tr_url("/"));
+        async move {
+            http.post(url)
+                .header("content-type", "application/json")
+                .body(format!(
+                    r#"{{"src":"a","payload":"{}"}}"#,
+                    b64(&n.to_string())
+                ))
+                .send()
+                .await
+                .expect("post")
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(post(1).await, 200);
+    let second = tokio::spawn(post(2));
+    let tr = g.tr_url("/metrics");
+    wait_for("the second request waiting for room", || async {
+        (g.metric(&tr, "transformer_admission_waiting").await == 1.0).then_some(())
+    })
+    .await;
+    g.start_sensor().await;
+    assert_eq!(second.await.expect("second request"), 200);
+    let got = wait_for("both events at the sensor", || async {
+        let got: Vec<String> = g
+            .sensor_events()
+            .iter()
+            .map(|e| e["data"].to_string())
+            .collect();
+        (got.len() == 2).then_some(got)
+    })
+    .await;
+    assert_eq!(got, ["1", "2"], "delivered in the order accepted");
+    assert_eq!(g.metric(&tr, "transformer_admission_waiting").await, 0.0);
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
 }
 
 fn base64_16k() -> String {

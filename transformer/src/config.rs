@@ -146,6 +146,9 @@ pub struct Config {
     pub data_dir: Option<std::path::PathBuf>,
     pub fsync: crate::store::Fsync,
     pub queue_max_bytes: usize,
+    /// `TRANSFORMER_ADMIT_WAIT`: how long a producer's request may wait for room
+    /// in a full queue before it gets 503.
+    pub admit_wait: Duration,
     /// `TRANSFORMER_TOKEN`: when set, producers must send it as a bearer token.
     pub token: Option<String>,
     /// `WATCHER_TOKEN`: sent as a bearer token to every HTTP watcher, e.g. the
@@ -218,11 +221,19 @@ struct RawEnv {
     transformer_fsync: String,
     #[serde(default = "default_queue_max_bytes")]
     transformer_queue_max_bytes: usize,
+    #[serde(default = "default_admit_wait")]
+    transformer_admit_wait: String,
     transformer_token: Option<String>,
     watcher_token: Option<String>,
     watcher_tls_ca: Option<String>,
 }
 
+/// Long enough to ride out a burst while the watchers catch up (the request is
+/// simply answered later, which slows producers without a 503 round trip), short
+/// enough that a dead sensor turns into 503s well inside any client's timeout.
+fn default_admit_wait() -> String {
+    "500ms".into()
+}
 fn default_durable() -> String {
     "true".into()
 }
@@ -517,6 +528,7 @@ impl Config {
                 "TRANSFORMER_QUEUE_MAX_BYTES",
                 raw.transformer_queue_max_bytes,
             )?,
+            admit_wait: parse_duration("TRANSFORMER_ADMIT_WAIT", &raw.transformer_admit_wait)?,
             token: raw.transformer_token.map(|t| t.trim().to_owned()),
             watcher_token: raw.watcher_token.map(|t| t.trim().to_owned()),
             watcher_tls_ca: raw.watcher_tls_ca.map(std::path::PathBuf::from),

@@ -91,6 +91,7 @@ pub async fn serve(
             capacity: config.queue_capacity,
             lanes: config.lanes,
             max_bytes: config.queue_max_bytes,
+            admit_wait: config.admit_wait,
         },
         config.retry.clone(),
         store.clone(),

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub received: Family<KindLabel, Counter>,
     pub rejected: Family<ReasonLabel, Counter>,
     pub replayed: Counter,
+    pub admission_waiting: Gauge,
     delivered: Family<WatcherLabel, Counter>,
     retries: Family<WatcherLabel, Counter>,
     dead_lettered: Family<WatcherLabel, Counter>,
@@ -69,6 +70,7 @@ impl Metrics {
         let received = Family::<KindLabel, Counter>::default();
         let rejected = Family::<ReasonLabel, Counter>::default();
         let replayed = Counter::default();
+        let admission_waiting = Gauge::default();
         let delivered = Family::<WatcherLabel, Counter>::default();
         let retries = Family::<WatcherLabel, Counter>::default();
         let dead_lettered = Family::<WatcherLabel, Counter>::default();
@@ -88,6 +90,11 @@ impl Metrics {
             "transformer_dead_letters_replayed",
             "Dead letters put back into a watcher's queue",
             replayed.clone(),
+        );
+        registry.register(
+            "transformer_admission_waiting",
+            "Producer requests waiting for room in a full queue (TRANSFORMER_ADMIT_WAIT)",
+            admission_waiting.clone(),
         );
         registry.register(
             "transformer_events_delivered",
@@ -154,6 +161,7 @@ impl Metrics {
             received,
             rejected,
             replayed,
+            admission_waiting,
             delivered,
             retries,
             dead_lettered,

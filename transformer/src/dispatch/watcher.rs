@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +41,8 @@ pub enum Refused {
 struct Budget {
     used: AtomicUsize,
     max: usize,
+    /// Woken once per event that gives its bytes back, for producers waiting on room.
+    freed: Notify,
 }
 
 /// An admitted event; its bytes return to the budget when the last watcher is done.
@@ -53,6 +55,7 @@ pub struct Admitted {
 impl Drop for Admitted {
     fn drop(&mut self) {
         self.budget.used.fetch_sub(self.size, Ordering::Relaxed);
+        self.budget.freed.notify_one();
     }
 }
 
@@ -65,6 +68,8 @@ struct Queued {
 struct Lane {
     tx: mpsc::UnboundedSender<Queued>,
     depth: Arc<AtomicUsize>,
+    /// Woken once per event the lane's worker finishes.
+    room: Arc<Notify>,
 }
 
 struct WatcherQueue {
@@ -81,6 +86,8 @@ pub struct Dispatcher {
     store: Arc<Store>,
     budget: Arc<Budget>,
     lane_capacity: usize,
+    admit_wait: std::time::Duration,
+    waiting: prometheus_client::metrics::gauge::Gauge,
     next_seq: AtomicU64,
     /// Held while a sequence number is taken, stored and queued, so the store's
     /// order and each lane's order agree.
@@ -99,6 +106,8 @@ pub struct Limits {
     pub lanes: usize,
     /// Bytes of event data held in memory across all queues.
     pub max_bytes: usize,
+    /// How long an event may wait for room before it is refused.
+    pub admit_wait: std::time::Duration,
 }
 
 impl Dispatcher {
@@ -123,12 +132,14 @@ impl Dispatcher {
                 .map(|_| {
                     let (tx, rx) = mpsc::unbounded_channel();
                     let depth = Arc::new(AtomicUsize::new(0));
+                    let room = Arc::new(Notify::new());
                     set.spawn(
                         LaneWorker {
                             rx,
                             sink: sink.clone(),
                             watcher: id,
                             depth: depth.clone(),
+                            room: room.clone(),
                             policy: policy.clone(),
                             metrics: wm.clone(),
                             store: store.clone(),
@@ -136,7 +147,7 @@ impl Dispatcher {
                         }
                         .run(),
                     );
-                    Lane { tx, depth }
+                    Lane { tx, depth, room }
                 })
                 .collect();
             watchers.push(WatcherQueue {
@@ -152,8 +163,11 @@ impl Dispatcher {
             budget: Arc::new(Budget {
                 used: AtomicUsize::new(0),
                 max: limits.max_bytes.max(1),
+                freed: Notify::new(),
             }),
             lane_capacity,
+            admit_wait: limits.admit_wait,
+            waiting: metrics.admission_waiting.clone(),
             next_seq: AtomicU64::new(store.max_seq()? + 1),
             order: (0..lanes).map(|_| Mutex::new(())).collect(),
             store,
@@ -230,19 +244,71 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Reserves a slot in `lane` of each listed watcher, or none of them.
-    fn reserve_slots(&self, watchers: &[&WatcherQueue], lane: usize) -> Result<(), Refused> {
+    /// Reserves a slot in `lane` of each listed watcher, or none of them; on
+    /// refusal, says which watcher's lane was full.
+    fn reserve_slots(
+        &self,
+        watchers: &[&WatcherQueue],
+        lane: usize,
+    ) -> Result<(), (Refused, usize)> {
         for (i, w) in watchers.iter().enumerate() {
             if w.lanes[lane].depth.fetch_add(1, Ordering::Relaxed) >= self.lane_capacity {
                 for undo in &watchers[..=i] {
                     undo.lanes[lane].depth.fetch_sub(1, Ordering::Relaxed);
                 }
-                return Err(Refused::Full {
-                    watcher: w.name.clone(),
-                });
+                return Err((
+                    Refused::Full {
+                        watcher: w.name.clone(),
+                    },
+                    i,
+                ));
             }
         }
         Ok(())
+    }
+
+    /// Takes a slot for every target and the event's bytes, waiting up to
+    /// `wait` for room. Waiting holds the producer's request open instead of
+    /// answering 503 at once: under a burst the producer is simply slowed, and
+    /// no retry round trip is spent; only a queue that stays full refuses.
+    async fn reserve(
+        &self,
+        targets: &[&WatcherQueue],
+        lane: usize,
+        size: usize,
+        wait: std::time::Duration,
+    ) -> Result<(), Refused> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut counted: Option<WaitingGuard> = None;
+        loop {
+            let blocked = match self.reserve_slots(targets, lane) {
+                Ok(()) => match self.reserve_bytes(size) {
+                    Ok(()) => return Ok(()),
+                    Err(refused) => {
+                        self.release_slots(targets, lane);
+                        (refused, None)
+                    }
+                },
+                Err((refused, full)) => (refused, Some(full)),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(blocked.0);
+            }
+            if counted.is_none() {
+                counted = Some(WaitingGuard::new(&self.waiting));
+            }
+            // A wakeup that came between the check and here is kept by Notify as
+            // a permit, so none is missed; each wakeup is then checked again.
+            let woken = async {
+                match blocked.1 {
+                    Some(i) => targets[i].lanes[lane].room.notified().await,
+                    None => self.budget.freed.notified().await,
+                }
+            };
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                return Err(blocked.0);
+            }
+        }
     }
 
     fn release_slots(&self, watchers: &[&WatcherQueue], lane: usize) {
@@ -282,11 +348,12 @@ impl Dispatcher {
         }
         let lane = self.lane_of(&event);
         let size = event_size(&event);
-        self.reserve_slots(targets, lane)?;
-        if let Err(e) = self.reserve_bytes(size) {
-            self.release_slots(targets, lane);
-            return Err(e);
-        }
+        // Replays take what room there is and stop; only producers wait.
+        let wait = match replaying {
+            Some(_) => std::time::Duration::ZERO,
+            None => self.admit_wait,
+        };
+        self.reserve(targets, lane, size, wait).await?;
         let admitted = Arc::new(Admitted {
             event,
             size,
@@ -343,6 +410,22 @@ impl Dispatcher {
     pub fn close(self) {}
 }
 
+/// Counts a request in `transformer_admission_waiting` while it waits for room.
+struct WaitingGuard(prometheus_client::metrics::gauge::Gauge);
+
+impl WaitingGuard {
+    fn new(gauge: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        WaitingGuard(gauge.clone())
+    }
+}
+
+impl Drop for WaitingGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// What an event costs the memory budget: its data plus its attributes.
 fn event_size(e: &CloudEvent) -> usize {
     e.data.len()
@@ -393,6 +476,7 @@ struct LaneWorker {
     sink: Arc<dyn Sink>,
     watcher: WatcherId,
     depth: Arc<AtomicUsize>,
+    room: Arc<Notify>,
     policy: RetryPolicy,
     metrics: WatcherMetrics,
     store: Arc<Store>,
@@ -439,6 +523,7 @@ impl LaneWorker {
                 tracing::error!(watcher = self.sink.name(), error = %e, "cannot update the event store; the event may be delivered again after a restart");
             }
             self.depth.fetch_sub(1, Ordering::Relaxed);
+            self.room.notify_one();
             self.metrics.queue_depth.dec();
         }
         self.rx.close();
