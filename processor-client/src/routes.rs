@@ -82,33 +82,54 @@ fn src_outside_body<'a>(
         .filter(|s| !s.is_empty())
 }
 
+/// An event ready to go on: its configuration, and the `{src, payload}` body the
+/// transformer takes.
+struct Outgoing {
+    src: String,
+    body: Bytes,
+}
+
 /// Reads an event: JSON `{src, payload}`; or, with `application/octet-stream`, either
 /// that same JSON or the raw payload bytes with `src` given as `?src=` (or the only
-/// configuration), which is how user servers written for Argo post.
+/// configuration), which is how user servers written for Argo post. A JSON body is
+/// checked here and passed on as it came: the transformer reads it with the same
+/// parser, and not re-encoding it saves a copy of every payload.
 fn read_event(
     st: &AppState,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
-    body: &Bytes,
-) -> Result<EventRequest, ApiError> {
+    body: Bytes,
+) -> Result<Outgoing, ApiError> {
     let bad = |e: &dyn std::fmt::Display| ApiError::bad_request(e.to_string());
-    if content_type(headers) == "application/octet-stream" {
-        if let Ok(req) = wire::parse_event_request(body) {
-            wire::decode_payload(&req.payload).map_err(|e| bad(&e))?;
-            return Ok(req);
+    let checked = |body: Bytes| -> Result<Result<Outgoing, ApiError>, Bytes> {
+        match wire::parse_event_request(&body) {
+            Ok(req) => Ok(wire::decode_payload(&req.payload)
+                .map(|_| Outgoing {
+                    src: req.src,
+                    body: body.clone(),
+                })
+                .map_err(|e| bad(&e))),
+            Err(_) if content_type(headers) == "application/octet-stream" => Err(body),
+            Err(e) => Ok(Err(bad(&e))),
         }
-        let src = st
-            .registry
-            .resolve(src_outside_body(params, headers))
-            .map_err(lookup_error)?;
-        return Ok(EventRequest {
-            src,
-            payload: wire::encode_payload(body),
-        });
-    }
-    let req = wire::parse_event_request(body).map_err(|e| bad(&e))?;
-    wire::decode_payload(&req.payload).map_err(|e| bad(&e))?;
-    Ok(req)
+    };
+    let raw = match checked(body) {
+        Ok(result) => return result,
+        Err(raw) => raw,
+    };
+    let src = st
+        .registry
+        .resolve(src_outside_body(params, headers))
+        .map_err(lookup_error)?;
+    let encoded = serde_json::to_vec(&EventRequest {
+        payload: wire::encode_payload(&raw),
+        src: src.clone(),
+    })
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    Ok(Outgoing {
+        src,
+        body: Bytes::from(encoded),
+    })
 }
 
 async fn event(
@@ -140,15 +161,13 @@ async fn forward_event(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|r| ApiError::from_body(r, st.max_body_bytes))?;
-    let req = read_event(st, headers, params, &body)?;
-    st.registry.admit_event(&req.src).map_err(lookup_error)?;
-    let encoded = serde_json::to_vec(&req)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let event = read_event(st, headers, params, body)?;
+    st.registry.admit_event(&event.src).map_err(lookup_error)?;
     let trace: Vec<(&'static str, axum::http::HeaderValue)> = ["traceparent", "tracestate"]
         .into_iter()
         .filter_map(|name| headers.get(name).map(|v| (name, v.clone())))
         .collect();
-    match st.transformer.send(encoded, &trace).await {
+    match st.transformer.send(event.body, &trace).await {
         Ok(answer) => Ok(([(header::CONTENT_TYPE, "application/json")], answer).into_response()),
         Err(SendError::Busy {
             retry_after_secs,

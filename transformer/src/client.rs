@@ -65,7 +65,7 @@ impl TransformerClient {
     /// `trace` carries the producer's `traceparent` / `tracestate` headers on.
     pub async fn send(
         &self,
-        body: Vec<u8>,
+        body: Bytes,
         trace: &[(&'static str, reqwest::header::HeaderValue)],
     ) -> Result<Bytes, SendError> {
         let mut request = self
