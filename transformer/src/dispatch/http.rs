@@ -101,8 +101,19 @@ impl HttpSink {
             };
             DeliveryError::retryable(format!("POST {} {what}: {}", self.url, error_chain(&e)))
         })?;
+        let mut response = response;
         let status = response.status();
         if status.is_success() {
+            // Reading the (short) answer to its end lets the connection go back to
+            // the pool; a dropped unread body would close it. Past 64 KiB it is not
+            // worth keeping.
+            let mut read = 0usize;
+            while let Ok(Some(chunk)) = response.chunk().await {
+                read += chunk.len();
+                if read > 64 * 1024 {
+                    break;
+                }
+            }
             return Ok(());
         }
         let body = response.text().await.unwrap_or_default();
