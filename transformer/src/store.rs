@@ -138,7 +138,7 @@ impl Store {
             .map_err(open)?;
         // Small memtables keep the store's share of resident memory bounded; queued
         // events are short-lived, so most never leave the memtable and journal.
-        let options = || KeyspaceCreateOptions::default().max_memtable_size(8 * 1024 * 1024);
+        let options = || KeyspaceCreateOptions::default().max_memtable_size(4 * 1024 * 1024);
         let queue = db.keyspace("queue", options).map_err(open)?;
         let dead = db.keyspace("dead", options).map_err(open)?;
         let watchers = db.keyspace("watchers", options).map_err(open)?;
