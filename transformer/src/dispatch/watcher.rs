@@ -122,6 +122,8 @@ impl Dispatcher {
     ) -> Result<(Dispatcher, Workers), StoreError> {
         let hard_stop = CancellationToken::new();
         let mut set = JoinSet::new();
+        let (acks, ack_rx) = mpsc::unbounded_channel();
+        set.spawn(write_acks(ack_rx, store.clone()));
         let lanes = limits.lanes.max(1);
         let lane_capacity = limits.capacity.div_ceil(lanes).max(1);
         let mut watchers = Vec::with_capacity(sinks.len());
@@ -143,6 +145,7 @@ impl Dispatcher {
                             policy: policy.clone(),
                             metrics: wm.clone(),
                             store: store.clone(),
+                            acks: acks.clone(),
                             hard_stop: hard_stop.clone(),
                         }
                         .run(),
@@ -480,7 +483,22 @@ struct LaneWorker {
     policy: RetryPolicy,
     metrics: WatcherMetrics,
     store: Arc<Store>,
+    acks: mpsc::UnboundedSender<(WatcherId, u64)>,
     hard_stop: CancellationToken,
+}
+
+/// Removes delivered events from the store, taking every acknowledgement that
+/// arrived while the last batch was written. Ends once every lane worker is
+/// gone, after writing what they sent; so a drained shutdown forgets every
+/// delivered event, and a crash at worst delivers a few again (at least once).
+async fn write_acks(mut rx: mpsc::UnboundedReceiver<(WatcherId, u64)>, store: Arc<Store>) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 4096).await > 0 {
+        if let Err(e) = store.ack_many(&batch) {
+            tracing::error!(error = %e, events = batch.len(), "cannot update the event store; these events may be delivered again after a restart");
+        }
+        batch.clear();
+    }
 }
 
 impl LaneWorker {
@@ -499,7 +517,10 @@ impl LaneWorker {
                     self.metrics
                         .latency
                         .observe(queued.accepted_at.elapsed().as_secs_f64());
-                    self.store.ack(self.watcher, queued.seq)
+                    // Written by `write_acks`; the channel is gone only when
+                    // the process is, and then redelivery is the contract.
+                    let _ = self.acks.send((self.watcher, queued.seq));
+                    Ok(())
                 }
                 Outcome::GaveUp { error, attempts } => {
                     self.metrics.dead_lettered.inc();
