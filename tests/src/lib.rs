@@ -234,6 +234,8 @@ pub struct Gateway {
     pub journal: PathBuf,
     pub sensor_out: PathBuf,
     pub fail_file: PathBuf,
+    /// While this file exists the sensor holds every request: alive but slow.
+    pub hold_file: PathBuf,
     pub name: String,
     pub pc_port: u16,
     pub tr_port: u16,
@@ -262,6 +264,7 @@ impl Gateway {
             journal: dir.path().join("journal.jsonl"),
             sensor_out: dir.path().join("sensor.jsonl"),
             fail_file: dir.path().join("sensor-fails"),
+            hold_file: dir.path().join("sensor-holds"),
             config_dir,
             dir,
             name: "test-gateway".into(),
@@ -320,7 +323,9 @@ impl Gateway {
             .arg("--out")
             .arg(&self.sensor_out)
             .arg("--fail-file")
-            .arg(&self.fail_file);
+            .arg(&self.fail_file)
+            .arg("--hold-file")
+            .arg(&self.hold_file);
         if let Some((cert, key)) = &self.sensor_tls {
             cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
         }

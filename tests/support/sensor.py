@@ -7,6 +7,7 @@ import argparse
 import base64
 import json
 import os
+import time
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +20,7 @@ parser.add_argument("--host", default="127.0.0.1")
 parser.add_argument("--out")
 parser.add_argument("--print", action="store_true", dest="print_events")
 parser.add_argument("--fail-file")
+parser.add_argument("--hold-file", help="while this file exists, hold each request unanswered")
 parser.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
 parser.add_argument("--tls-key", help="and this private key (PEM)")
 args = parser.parse_args()
@@ -48,6 +50,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        while args.hold_file and os.path.exists(args.hold_file):
+            time.sleep(0.01)
         if args.fail_file and os.path.exists(args.fail_file):
             return self.answer(500, b"sensor failing on purpose")
         headers = {k.lower(): v for k, v in self.headers.items()}

@@ -301,9 +301,6 @@ async fn flood_against_a_dead_sensor_stays_bounded_and_loses_nothing() {
     ));
     g.transformer_env
         .push(("TRANSFORMER_QUEUE_CAPACITY".into(), "100000".into()));
-    // Short, so the flood meets its 503s quickly; the wait itself is tested below.
-    g.transformer_env
-        .push(("TRANSFORMER_ADMIT_WAIT".into(), "20ms".into()));
     g.start_transformer().await; // no sensor: it is dead
     let payload = base64_16k();
     let mut producers = Vec::new();
@@ -369,9 +366,8 @@ async fn flood_against_a_dead_sensor_stays_bounded_and_loses_nothing() {
     .await;
 }
 
-/// A full queue holds the producer's request until there is room, rather than
-/// answering 503 at once; only a queue still full after TRANSFORMER_ADMIT_WAIT
-/// refuses.
+/// A full queue whose sensor is alive but slow holds the producer's request
+/// until there is room, rather than answering 503 at once.
 #[tokio::test]
 async fn a_full_queue_holds_the_request_until_there_is_room() {
     let mut g = Gateway::new(UserServerKind::Python);
@@ -382,31 +378,20 @@ async fn a_full_queue_holds_the_request_until_there_is_room() {
     ] {
         g.transformer_env.push((k.into(), v.into()));
     }
-    g.start_transformer().await; // the sensor is down: the first event stays queued
-    let post = |n: u32| {
+    std::fs::write(&g.hold_file, "").expect("hold file");
+    g.start_sensor().await; // alive, but holds every request for now
+    g.start_transformer().await;
+    assert_eq!(post_to_transformer(&g, "1").await, 200);
+    let second = tokio::spawn({
         let (http, url) = (g.http.clone(), g.tr_url("/"));
-        async move {
-            http.post(url)
-                .header("content-type", "application/json")
-                .body(format!(
-                    r#"{{"src":"a","payload":"{}"}}"#,
-                    b64(&n.to_string())
-                ))
-                .send()
-                .await
-                .expect("post")
-                .status()
-                .as_u16()
-        }
-    };
-    assert_eq!(post(1).await, 200);
-    let second = tokio::spawn(post(2));
+        async move { post_with(&http, &url, "2").await }
+    });
     let tr = g.tr_url("/metrics");
     wait_for("the second request waiting for room", || async {
         (g.metric(&tr, "transformer_admission_waiting").await == 1.0).then_some(())
     })
     .await;
-    g.start_sensor().await;
+    std::fs::remove_file(&g.hold_file).expect("release the sensor");
     assert_eq!(second.await.expect("second request"), 200);
     let got = wait_for("both events at the sensor", || async {
         let got: Vec<String> = g
@@ -419,6 +404,58 @@ async fn a_full_queue_holds_the_request_until_there_is_room() {
     .await;
     assert_eq!(got, ["1", "2"], "delivered in the order accepted");
     assert_eq!(g.metric(&tr, "transformer_admission_waiting").await, 0.0);
+}
+
+/// A full queue whose sensor is failing will not make room soon: the producer
+/// gets its 503 at once, however long TRANSFORMER_ADMIT_WAIT is.
+#[tokio::test]
+async fn a_full_queue_behind_a_failing_sensor_refuses_at_once() {
+    let mut g = Gateway::new(UserServerKind::Python);
+    for (k, v) in [
+        ("TRANSFORMER_QUEUE_CAPACITY", "1"),
+        ("WATCHER_CONCURRENCY", "1"),
+        ("TRANSFORMER_ADMIT_WAIT", "10m"),
+    ] {
+        g.transformer_env.push((k.into(), v.into()));
+    }
+    g.start_transformer().await; // the sensor is down
+    assert_eq!(post_to_transformer(&g, "1").await, 200);
+    let tr = g.tr_url("/metrics");
+    wait_for("a failed delivery attempt", || async {
+        (g.metric(&tr, "transformer_delivery_retries_total").await >= 1.0).then_some(())
+    })
+    .await;
+    // Were it held, this would wait ten minutes and the test's deadline would fail it.
+    let refused = tokio::time::timeout(Duration::from_secs(60), post_to_transformer(&g, "2"))
+        .await
+        .expect("a refusal, not a wait");
+    assert_eq!(refused, 503);
+    g.start_sensor().await;
+    let got = wait_for("the accepted event at the sensor", || async {
+        let got: Vec<String> = g
+            .sensor_events()
+            .iter()
+            .map(|e| e["data"].to_string())
+            .collect();
+        (!got.is_empty()).then_some(got)
+    })
+    .await;
+    assert_eq!(got, ["1"]);
+}
+
+async fn post_to_transformer(g: &Gateway, data: &str) -> u16 {
+    post_with(&g.http, &g.tr_url("/"), data).await
+}
+
+async fn post_with(http: &reqwest::Client, url: &str, data: &str) -> u16 {
+    http.post(url)
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"src":"a","payload":"{}"}}"#, b64(data)))
+        .send()
+        .await
+        .expect("post")
+        .status()
+        .as_u16()
 }
 
 fn b64(s: &str) -> String {

@@ -9,7 +9,7 @@
 //! still stored when the process starts is queued again first, in its old order.
 
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -70,6 +70,8 @@ struct Lane {
     depth: Arc<AtomicUsize>,
     /// Woken once per event the lane's worker finishes.
     room: Arc<Notify>,
+    /// Set while the lane's worker is retrying a failed delivery.
+    stalled: Arc<AtomicBool>,
 }
 
 struct WatcherQueue {
@@ -135,6 +137,7 @@ impl Dispatcher {
                     let (tx, rx) = mpsc::unbounded_channel();
                     let depth = Arc::new(AtomicUsize::new(0));
                     let room = Arc::new(Notify::new());
+                    let stalled = Arc::new(AtomicBool::new(false));
                     set.spawn(
                         LaneWorker {
                             rx,
@@ -142,6 +145,7 @@ impl Dispatcher {
                             watcher: id,
                             depth: depth.clone(),
                             room: room.clone(),
+                            stalled: stalled.clone(),
                             policy: policy.clone(),
                             metrics: wm.clone(),
                             store: store.clone(),
@@ -150,7 +154,12 @@ impl Dispatcher {
                         }
                         .run(),
                     );
-                    Lane { tx, depth, room }
+                    Lane {
+                        tx,
+                        depth,
+                        room,
+                        stalled,
+                    }
                 })
                 .collect();
             watchers.push(WatcherQueue {
@@ -273,7 +282,9 @@ impl Dispatcher {
     /// Takes a slot for every target and the event's bytes, waiting up to
     /// `wait` for room. Waiting holds the producer's request open instead of
     /// answering 503 at once: under a burst the producer is simply slowed, and
-    /// no retry round trip is spent; only a queue that stays full refuses.
+    /// no retry round trip is spent; only a queue that stays full refuses. A
+    /// lane whose watcher is failing will not make room soon, so then the
+    /// refusal is immediate: a producer facing a dead sensor is never held.
     async fn reserve(
         &self,
         targets: &[&WatcherQueue],
@@ -294,7 +305,10 @@ impl Dispatcher {
                 },
                 Err((refused, full)) => (refused, Some(full)),
             };
-            if tokio::time::Instant::now() >= deadline {
+            let stalled = targets
+                .iter()
+                .any(|w| w.lanes[lane].stalled.load(Ordering::Relaxed));
+            if stalled || tokio::time::Instant::now() >= deadline {
                 return Err(blocked.0);
             }
             if counted.is_none() {
@@ -480,6 +494,7 @@ struct LaneWorker {
     watcher: WatcherId,
     depth: Arc<AtomicUsize>,
     room: Arc<Notify>,
+    stalled: Arc<AtomicBool>,
     policy: RetryPolicy,
     metrics: WatcherMetrics,
     store: Arc<Store>,
@@ -572,6 +587,8 @@ impl LaneWorker {
                 r = self.sink.deliver(event) => r,
             };
             let attempts = backoff.attempts() + 1;
+            self.stalled
+                .store(matches!(&result, Err(e) if e.retryable), Ordering::Relaxed);
             match result {
                 Ok(()) => return Outcome::Delivered,
                 Err(DeliveryError {
