@@ -661,9 +661,17 @@ impl NatsServer {
             .iter()
             .position(|a| a == "--auth")
             .and_then(|i| self.args.get(i + 1));
-        let options = match token {
-            Some(t) => async_nats::ConnectOptions::with_token(t.clone()),
-            None => async_nats::ConnectOptions::new(),
+        let arg = |name: &str| {
+            self.args
+                .iter()
+                .position(|a| a == name)
+                .and_then(|i| self.args.get(i + 1))
+                .cloned()
+        };
+        let options = match (token, arg("--user"), arg("--pass")) {
+            (Some(t), _, _) => async_nats::ConnectOptions::with_token(t.clone()),
+            (None, Some(u), Some(p)) => async_nats::ConnectOptions::with_user_and_password(u, p),
+            _ => async_nats::ConnectOptions::new(),
         };
         let client = options
             .connect(self.url())
@@ -671,4 +679,80 @@ impl NatsServer {
             .expect("connect to nats-server");
         async_nats::jetstream::new(client)
     }
+}
+
+/// A private CA and a server certificate for 127.0.0.1 it signed, made by openssl.
+pub fn private_ca(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=gateway test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
 }

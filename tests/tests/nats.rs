@@ -60,6 +60,72 @@ async fn token_authentication_comes_from_the_environment() {
     .await;
 }
 
+#[tokio::test]
+async fn user_and_password_come_from_the_environment() {
+    let mut g = Gateway::new(UserServerKind::Python);
+    let nats = NatsServer::start_with(g.dir.path(), &["--user", "gateway", "--pass", "pa55"]).await;
+    streaming(&mut g, &nats, "NATS");
+    for (k, v) in [("NATS_USER", "gateway"), ("NATS_PASSWORD", "pa55")] {
+        g.transformer_env.push((k.into(), v.into()));
+    }
+    g.start_transformer().await;
+    let r = g
+        .post(
+            &g.tr_url("/"),
+            "application/json",
+            r#"{"src":"a","payload":"eyJrIjoxfQ=="}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    wait_for(
+        "the event in the stream of a password-protected server",
+        || async { (stream_messages(&nats).await == 1).then_some(()) },
+    )
+    .await;
+}
+
+/// NATS over TLS with a server certificate from a private CA, trusted through
+/// NATS_TLS_CA.
+#[tokio::test]
+async fn tls_to_nats_with_a_private_ca() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut g = Gateway::new(UserServerKind::Python);
+    let (ca, cert, key) = private_ca(g.dir.path());
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let nats = NatsServer::start_with(
+        g.dir.path(),
+        &["--tls", "--tlscert", &cert, "--tlskey", &key],
+    )
+    .await;
+    streaming(&mut g, &nats, "NATS");
+    g.transformer_env
+        .push(("NATS_TLS_CA".into(), ca.display().to_string()));
+    g.start_transformer().await;
+    let r = g
+        .post(
+            &g.tr_url("/"),
+            "application/json",
+            r#"{"src":"a","payload":"eyJrIjoxfQ=="}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let client = async_nats::ConnectOptions::new()
+        .add_root_certificates(ca)
+        .require_tls(true)
+        .connect(nats.url())
+        .await
+        .expect("a TLS connection trusting the private CA");
+    let js = async_nats::jetstream::new(client);
+    wait_for("the event in the stream of a TLS server", || async {
+        let n = match js.get_stream("TEST-GATEWAY").await {
+            Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+            Err(_) => 0,
+        };
+        (n == 1).then_some(())
+    })
+    .await;
+}
+
 async fn stream_messages(nats: &NatsServer) -> u64 {
     match nats.jetstream().await.get_stream("TEST-GATEWAY").await {
         Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
