@@ -37,36 +37,17 @@ fn streaming(g: &mut Gateway, nats: &NatsServer, protocol: &str) {
     }
 }
 
-#[tokio::test]
-async fn token_authentication_comes_from_the_environment() {
-    let mut g = Gateway::new(UserServerKind::Python);
-    let nats = NatsServer::start_with(g.dir.path(), &["--auth", "s3cret"]).await;
-    streaming(&mut g, &nats, "NATS");
-    g.transformer_env
-        .push(("NATS_TOKEN".into(), "s3cret".into()));
-    g.start_transformer().await;
-    let r = g
-        .post(
-            &g.tr_url("/"),
-            "application/json",
-            r#"{"src":"a","payload":"eyJrIjoxfQ=="}"#,
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    wait_for(
-        "the event in the stream of a token-protected server",
-        || async { (stream_messages(&nats).await == 1).then_some(()) },
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn user_and_password_come_from_the_environment() {
-    let mut g = Gateway::new(UserServerKind::Python);
-    let nats = NatsServer::start_with(g.dir.path(), &["--user", "gateway", "--pass", "pa55"]).await;
-    streaming(&mut g, &nats, "NATS");
-    for (k, v) in [("NATS_USER", "gateway"), ("NATS_PASSWORD", "pa55")] {
-        g.transformer_env.push((k.into(), v.into()));
+/// Starts the transformer into `nats` with `env` added, posts one event, and
+/// waits until `js` (a client the server accepts) sees it in the stream.
+async fn one_event_reaches_the_stream(
+    g: &mut Gateway,
+    nats: &NatsServer,
+    env: &[(&str, String)],
+    js: async_nats::jetstream::Context,
+) {
+    streaming(g, nats, "NATS");
+    for (k, v) in env {
+        g.transformer_env.push((k.to_string(), v.clone()));
     }
     g.start_transformer().await;
     let r = g
@@ -77,11 +58,34 @@ async fn user_and_password_come_from_the_environment() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    wait_for(
-        "the event in the stream of a password-protected server",
-        || async { (stream_messages(&nats).await == 1).then_some(()) },
-    )
+    wait_for("the event in the stream", || async {
+        (messages_in(&js).await == 1).then_some(())
+    })
     .await;
+}
+
+#[tokio::test]
+async fn token_authentication_comes_from_the_environment() {
+    let mut g = Gateway::new(UserServerKind::Python);
+    let nats = NatsServer::start_with(g.dir.path(), &["--auth", "s3cret"]).await;
+    let js = nats.jetstream().await;
+    one_event_reaches_the_stream(&mut g, &nats, &[("NATS_TOKEN", "s3cret".into())], js).await;
+}
+
+#[tokio::test]
+async fn user_and_password_come_from_the_environment() {
+    let mut g = Gateway::new(UserServerKind::Python);
+    let nats = NatsServer::start_with(g.dir.path(), &["--user", "gateway", "--pass", "pa55"]).await;
+    let js = nats.jetstream().await;
+    let env = [
+        ("NATS_USER", "gateway".into()),
+        ("NATS_PASSWORD", "pa55".into()),
+    ];
+    one_event_reaches_the_stream(&mut g, &nats, &env, js).await;
+}
+
+fn path(p: &std::path::Path) -> String {
+    p.display().to_string()
 }
 
 /// NATS over TLS with a server certificate from a private CA, trusted through
@@ -91,43 +95,58 @@ async fn tls_to_nats_with_a_private_ca() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut g = Gateway::new(UserServerKind::Python);
     let (ca, cert, key) = private_ca(g.dir.path());
-    let (cert, key) = (cert.display().to_string(), key.display().to_string());
-    let nats = NatsServer::start_with(
-        g.dir.path(),
-        &["--tls", "--tlscert", &cert, "--tlskey", &key],
-    )
-    .await;
-    streaming(&mut g, &nats, "NATS");
-    g.transformer_env
-        .push(("NATS_TLS_CA".into(), ca.display().to_string()));
-    g.start_transformer().await;
-    let r = g
-        .post(
-            &g.tr_url("/"),
-            "application/json",
-            r#"{"src":"a","payload":"eyJrIjoxfQ=="}"#,
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    let args = ["--tls", "--tlscert", &path(&cert), "--tlskey", &path(&key)].map(String::from);
+    let nats = NatsServer::start_with(g.dir.path(), &args.each_ref().map(String::as_str)).await;
     let client = async_nats::ConnectOptions::new()
-        .add_root_certificates(ca)
+        .add_root_certificates(ca.clone())
         .require_tls(true)
         .connect(nats.url())
         .await
         .expect("a TLS connection trusting the private CA");
-    let js = async_nats::jetstream::new(client);
-    wait_for("the event in the stream of a TLS server", || async {
-        let n = match js.get_stream("TEST-GATEWAY").await {
-            Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
-            Err(_) => 0,
-        };
-        (n == 1).then_some(())
-    })
-    .await;
+    let env = [("NATS_TLS_CA", path(&ca))];
+    one_event_reaches_the_stream(&mut g, &nats, &env, async_nats::jetstream::new(client)).await;
+}
+
+/// Mutual TLS: the server verifies a client certificate, which the transformer
+/// presents from NATS_TLS_CERT and NATS_TLS_KEY.
+#[tokio::test]
+async fn mutual_tls_to_nats_with_a_client_certificate() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut g = Gateway::new(UserServerKind::Python);
+    let (ca, cert, key) = private_ca(g.dir.path());
+    let (client_cert, client_key) = client_cert(g.dir.path());
+    let args = [
+        "--tlsverify",
+        "--tlscert",
+        &path(&cert),
+        "--tlskey",
+        &path(&key),
+        "--tlscacert",
+        &path(&ca),
+    ]
+    .map(String::from);
+    let nats = NatsServer::start_with(g.dir.path(), &args.each_ref().map(String::as_str)).await;
+    let client = async_nats::ConnectOptions::new()
+        .add_root_certificates(ca.clone())
+        .add_client_certificate(client_cert.clone(), client_key.clone())
+        .require_tls(true)
+        .connect(nats.url())
+        .await
+        .expect("a mutual-TLS connection");
+    let env = [
+        ("NATS_TLS_CA", path(&ca)),
+        ("NATS_TLS_CERT", path(&client_cert)),
+        ("NATS_TLS_KEY", path(&client_key)),
+    ];
+    one_event_reaches_the_stream(&mut g, &nats, &env, async_nats::jetstream::new(client)).await;
 }
 
 async fn stream_messages(nats: &NatsServer) -> u64 {
-    match nats.jetstream().await.get_stream("TEST-GATEWAY").await {
+    messages_in(&nats.jetstream().await).await
+}
+
+async fn messages_in(js: &async_nats::jetstream::Context) -> u64 {
+    match js.get_stream("TEST-GATEWAY").await {
         Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
         Err(_) => 0,
     }
