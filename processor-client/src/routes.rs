@@ -101,28 +101,21 @@ fn read_event(
     body: Bytes,
 ) -> Result<Outgoing, ApiError> {
     let bad = |e: &dyn std::fmt::Display| ApiError::bad_request(e.to_string());
-    let checked = |body: Bytes| -> Result<Result<Outgoing, ApiError>, Bytes> {
-        match wire::parse_event_request(&body) {
-            Ok(req) => Ok(wire::decode_payload(&req.payload)
-                .map(|_| Outgoing {
-                    src: req.src,
-                    body: body.clone(),
-                })
-                .map_err(|e| bad(&e))),
-            Err(_) if content_type(headers) == "application/octet-stream" => Err(body),
-            Err(e) => Ok(Err(bad(&e))),
+    match wire::parse_event_request(&body) {
+        Ok(req) => {
+            wire::decode_payload(&req.payload).map_err(|e| bad(&e))?;
+            return Ok(Outgoing { src: req.src, body });
         }
-    };
-    let raw = match checked(body) {
-        Ok(result) => return result,
-        Err(raw) => raw,
-    };
+        // Raw bytes are Argo's form, and only with this content type.
+        Err(_) if content_type(headers) == "application/octet-stream" => {}
+        Err(e) => return Err(bad(&e)),
+    }
     let src = st
         .registry
         .resolve(src_outside_body(params, headers))
         .map_err(lookup_error)?;
     let encoded = serde_json::to_vec(&EventRequest {
-        payload: wire::encode_payload(&raw),
+        payload: wire::encode_payload(&body),
         src: src.clone(),
     })
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;

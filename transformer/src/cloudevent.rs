@@ -16,7 +16,7 @@ const OCTET_STREAM: &str = "application/octet-stream";
 
 /// One CloudEvent. `data` is kept as raw bytes: JSON data is embedded verbatim in
 /// structured mode, anything else travels as `data_base64`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CloudEvent {
     pub id: String,
     pub source: String,
@@ -211,15 +211,8 @@ impl CloudEvent {
             return Err(CloudEventError::SpecVersion(spec));
         }
         let mut ev = CloudEvent {
-            id: String::new(),
-            source: String::new(),
-            ty: String::new(),
-            subject: None,
-            time: None,
-            datacontenttype: None,
-            dataschema: None,
-            extensions: Vec::new(),
             data: body,
+            ..CloudEvent::default()
         };
         for (name, value) in headers {
             let Some(attr) = name.as_str().strip_prefix("ce-") else {
@@ -251,17 +244,7 @@ impl CloudEvent {
     pub fn from_structured(body: &[u8]) -> Result<Self, CloudEventError> {
         let map: serde_json::Map<String, serde_json::Value> =
             serde_json::from_slice(body).map_err(|e| CloudEventError::Json(e.to_string()))?;
-        let mut ev = CloudEvent {
-            id: String::new(),
-            source: String::new(),
-            ty: String::new(),
-            subject: None,
-            time: None,
-            datacontenttype: None,
-            dataschema: None,
-            extensions: Vec::new(),
-            data: Bytes::new(),
-        };
+        let mut ev = CloudEvent::default();
         let mut spec = None;
         for (k, v) in map {
             if k == "data" {

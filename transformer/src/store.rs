@@ -185,12 +185,6 @@ impl Store {
         Ok(())
     }
 
-    /// The watcher has the event: forget it.
-    pub fn ack(&self, watcher: WatcherId, seq: u64) -> Result<(), StoreError> {
-        self.queue.remove(key(watcher, seq))?;
-        Ok(())
-    }
-
     /// Forgets many delivered events in one write: under load, acknowledgements
     /// batch up while the previous batch is written, so the journal sees one
     /// write for many events instead of one each.
@@ -482,7 +476,7 @@ mod tests {
                 s.append(&[a, b], seq, &encode_event(&event(seq as u8)))
                     .unwrap();
             }
-            s.ack(a, 1).unwrap();
+            s.ack_many(&[(a, 1)]).unwrap();
             let letter = DeadLetter {
                 watcher: b,
                 seq: 2,
