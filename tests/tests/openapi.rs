@@ -61,6 +61,7 @@ fn routed(files: &[&str]) -> BTreeSet<(String, String)> {
         ("&paths.event", "/event"),
         ("&paths.running", "/activated"),
         ("&paths.error", "/error"),
+        ("wire::BATCH_PATH", "/batch"),
     ];
     let mut out = BTreeSet::new();
     for file in files {

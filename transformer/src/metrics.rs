@@ -31,6 +31,7 @@ pub struct Metrics {
     pub rejected: Family<ReasonLabel, Counter>,
     pub replayed: Counter,
     pub admission_waiting: Gauge,
+    pub batches: Counter,
     delivered: Family<WatcherLabel, Counter>,
     retries: Family<WatcherLabel, Counter>,
     dead_lettered: Family<WatcherLabel, Counter>,
@@ -71,6 +72,7 @@ impl Metrics {
         let rejected = Family::<ReasonLabel, Counter>::default();
         let replayed = Counter::default();
         let admission_waiting = Gauge::default();
+        let batches = Counter::default();
         let delivered = Family::<WatcherLabel, Counter>::default();
         let retries = Family::<WatcherLabel, Counter>::default();
         let dead_lettered = Family::<WatcherLabel, Counter>::default();
@@ -95,6 +97,11 @@ impl Metrics {
             "transformer_admission_waiting",
             "Producer requests waiting for room in a full queue (TRANSFORMER_ADMIT_WAIT)",
             admission_waiting.clone(),
+        );
+        registry.register(
+            "transformer_batches",
+            "Requests to POST /batch (events received over all inputs / this = mean batch size when the processor-client batches)",
+            batches.clone(),
         );
         registry.register(
             "transformer_events_delivered",
@@ -162,6 +169,7 @@ impl Metrics {
             rejected,
             replayed,
             admission_waiting,
+            batches,
             delivered,
             retries,
             dead_lettered,

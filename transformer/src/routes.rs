@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
@@ -17,7 +17,7 @@ use crate::cloudevent::{CloudEvent, STRUCTURED_CONTENT_TYPE};
 use crate::dispatch::{Dispatcher, Refused};
 use crate::error::{method_not_allowed_fallback, not_found_fallback, ApiError};
 use crate::metrics::{KindLabel, Metrics};
-use crate::wire;
+use crate::wire::{self, BatchAnswer, BatchItem, BatchResult};
 
 pub struct AppState {
     pub gateway_name: String,
@@ -46,6 +46,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.max_body_bytes;
     Router::new()
         .route("/", post(ingest))
+        .route(wire::BATCH_PATH, post(batch))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -60,17 +61,115 @@ async fn ingest(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let result = accept(&st, &headers, body).await;
     if let Err(e) = &result {
-        st.metrics.reject(match e.status {
-            StatusCode::PAYLOAD_TOO_LARGE => "too_large",
-            StatusCode::SERVICE_UNAVAILABLE if e.error == "shutting_down" => "shutting_down",
-            StatusCode::SERVICE_UNAVAILABLE => "backpressure",
-            _ => "bad_request",
-        });
+        st.metrics.reject(reject_reason(e));
     }
-    result
+    let offer = [(wire::BATCH_HEADER, st.max_body_bytes)];
+    result.map(|json| (offer, json).into_response())
+}
+
+/// The label of `transformer_rejected_total` for a refusal.
+fn reject_reason(e: &ApiError) -> &'static str {
+    match e.status {
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::SERVICE_UNAVAILABLE if e.error == "shutting_down" => "shutting_down",
+        StatusCode::SERVICE_UNAVAILABLE => "backpressure",
+        _ => "bad_request",
+    }
+}
+
+/// `POST /batch`: many `{src, payload}` events in one request, each answered as
+/// `POST /` would have answered it alone. The processor-client sends what its
+/// producers posted while its last requests were in flight, so under load one
+/// exchange and one store write carry many events. Whole-request failures
+/// (shutdown, a body that is not a batch) answer for every event.
+async fn batch(
+    State(st): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let result = accept_batch(&st, body).await;
+    if let Err(e) = &result {
+        st.metrics.reject(reject_reason(e));
+    }
+    let offer = [(wire::BATCH_HEADER, st.max_body_bytes)];
+    result.map(|json| (offer, json).into_response())
+}
+
+async fn accept_batch(
+    st: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<BatchAnswer>, ApiError> {
+    if st.shutting_down.load(Ordering::Relaxed) {
+        return Err(ApiError::unavailable(
+            "shutting_down",
+            "the transformer is shutting down",
+            1,
+        ));
+    }
+    let body = body.map_err(|r| ApiError::from_body(r, st.max_body_bytes))?;
+    let items: Vec<BatchItem> = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "a batch is a JSON array of {{\"event\": {{\"src\", \"payload\"}}}} objects: {e}"
+        ))
+    })?;
+    let dispatcher = st.dispatcher().await?;
+    st.metrics.batches.inc();
+    let mut results = Vec::with_capacity(items.len());
+    let mut events = Vec::with_capacity(items.len());
+    let mut slots = Vec::with_capacity(items.len());
+    for item in &items {
+        let trace = [
+            ("traceparent", item.traceparent.as_deref()),
+            ("tracestate", item.tracestate.as_deref()),
+        ];
+        let trace = trace.into_iter().filter_map(|(k, v)| Some((k, v?)));
+        match gateway_event(st, item.event.get().as_bytes(), trace) {
+            Ok(event) => {
+                slots.push(results.len());
+                results.push(BatchResult {
+                    status: 200,
+                    id: Some(event.id.clone()),
+                    error: None,
+                    detail: None,
+                    retry_after: None,
+                });
+                events.push(event);
+            }
+            Err(e) => {
+                st.metrics.reject(reject_reason(&e));
+                results.push(failed(e));
+            }
+        }
+    }
+    let outcomes = dispatcher.dispatch_many(events).await;
+    for (slot, outcome) in slots.into_iter().zip(outcomes) {
+        match outcome {
+            Ok(()) => {
+                st.metrics
+                    .received
+                    .get_or_create(&KindLabel { kind: "gateway" })
+                    .inc();
+            }
+            Err(r) => {
+                let e = refused(r);
+                st.metrics.reject(reject_reason(&e));
+                results[slot] = failed(e);
+            }
+        }
+    }
+    Ok(Json(BatchAnswer { results }))
+}
+
+fn failed(e: ApiError) -> BatchResult {
+    BatchResult {
+        status: e.status.as_u16(),
+        id: None,
+        error: Some(e.error.to_owned()),
+        detail: Some(e.detail),
+        retry_after: e.retry_after_secs,
+    }
 }
 
 async fn accept(
@@ -140,7 +239,24 @@ fn decode(
             "batched CloudEvents are not accepted; send one event per request",
         ));
     }
-    let request = wire::parse_event_request(&body).map_err(|e| bad(&e))?;
+    let trace = ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|name| {
+            let value = headers.get(name)?.to_str().ok()?;
+            Some((name, value))
+        });
+    gateway_event(st, &body, trace).map(|e| (e, "gateway"))
+}
+
+/// A new CloudEvent from a `{src, payload}` body, carrying the producer's
+/// non-empty `traceparent` / `tracestate`.
+fn gateway_event<'a>(
+    st: &AppState,
+    body: &[u8],
+    trace: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Result<CloudEvent, ApiError> {
+    let bad = |e: &dyn std::fmt::Display| ApiError::bad_request(e.to_string());
+    let request = wire::parse_event_request(body).map_err(|e| bad(&e))?;
     let data = wire::decode_payload(&request.payload).map_err(|e| bad(&e))?;
     let mut event = CloudEvent::from_gateway_event(
         &st.gateway_name,
@@ -148,16 +264,10 @@ fn decode(
         &request.src,
         Bytes::from(data),
     );
-    for name in ["traceparent", "tracestate"] {
-        if let Some(v) = headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty())
-        {
-            event.extensions.push((name.to_owned(), v.to_owned()));
-        }
+    for (name, value) in trace.filter(|(_, v)| !v.is_empty()) {
+        event.extensions.push((name.to_owned(), value.to_owned()));
     }
-    Ok((event, "gateway"))
+    Ok(event)
 }
 
 async fn healthz() -> Json<serde_json::Value> {

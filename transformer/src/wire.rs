@@ -66,6 +66,73 @@ pub fn encode_payload(data: &[u8]) -> String {
     STANDARD.encode(data)
 }
 
+/// Where the transformer takes many `{src, payload}` events in one request. Not in
+/// the contract: an internal link between our two services, which the
+/// processor-client uses only after the transformer has offered it (below).
+pub const BATCH_PATH: &str = "/batch";
+
+/// Sent with every answer to `POST /`: the transformer takes batches at
+/// [`BATCH_PATH`], of at most this many bytes. A transformer that does not send
+/// it (an older one, or another implementation) only ever gets single events.
+pub const BATCH_HEADER: &str = "x-gateway-batch-max-bytes";
+
+/// One event of a batch: the `{src, payload}` body as its producer sent it, and
+/// the trace headers that came with it.
+#[derive(Debug, Deserialize)]
+pub struct BatchItem<'a> {
+    #[serde(borrow)]
+    pub event: &'a serde_json::value::RawValue,
+    #[serde(default)]
+    pub traceparent: Option<String>,
+    #[serde(default)]
+    pub tracestate: Option<String>,
+}
+
+/// Writes a batch body from events already encoded as `{src, payload}` JSON, so
+/// no payload is parsed or copied twice. Each `event` must be valid JSON.
+pub fn encode_batch<'a>(
+    items: impl IntoIterator<Item = (&'a [u8], &'a [(&'a str, String)])>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4096);
+    out.push(b'[');
+    for (n, (event, trace)) in items.into_iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"event\":");
+        out.extend_from_slice(event);
+        for (name, value) in trace {
+            out.extend_from_slice(format!(",\"{name}\":").as_bytes());
+            // Strings always serialize.
+            out.extend_from_slice(serde_json::to_string(value).unwrap_or_default().as_bytes());
+        }
+        out.push(b'}');
+    }
+    out.push(b']');
+    out
+}
+
+/// The answer to a batch: one result per event, in the batch's order.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BatchAnswer {
+    pub results: Vec<BatchResult>,
+}
+
+/// What a single `POST /` of that event would have answered: its status, and
+/// the CloudEvent id or the error with its `Retry-After`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BatchResult {
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,5 +177,30 @@ mod tests {
             Err(WireError::BadBase64(_))
         ));
         assert_eq!(decode_payload("").unwrap(), b"");
+    }
+
+    #[test]
+    fn a_batch_body_reads_back_item_by_item() {
+        let trace = [("traceparent", "00-ab\"c-01".to_owned())];
+        let body = encode_batch([
+            (&br#"{"src":"a","payload":"aGk="}"#[..], &trace[..]),
+            (&br#"{"src":"b"}"#[..], &[][..]),
+        ]);
+        let items: Vec<BatchItem> = serde_json::from_slice(&body).unwrap();
+        assert_eq!(items.len(), 2);
+        assert_eq!(
+            parse_event_request(items[0].event.get().as_bytes())
+                .unwrap()
+                .src,
+            "a"
+        );
+        assert_eq!(items[0].traceparent.as_deref(), Some("00-ab\"c-01"));
+        assert_eq!(
+            parse_event_request(items[1].event.get().as_bytes())
+                .unwrap()
+                .src,
+            "b"
+        );
+        assert_eq!(items[1].traceparent, None);
     }
 }
