@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
-use transformer::client::{SendError, TransformerClient};
+use transformer::client::{SendError, Trace, TransformerClient};
 use transformer::error::{method_not_allowed_fallback, not_found_fallback, ApiError};
 use transformer::wire::{self, EventRequest};
 
@@ -156,11 +156,11 @@ async fn forward_event(
     let body = body.map_err(|r| ApiError::from_body(r, st.max_body_bytes))?;
     let event = read_event(st, headers, params, body)?;
     st.registry.admit_event(&event.src).map_err(lookup_error)?;
-    let trace: Vec<(&'static str, axum::http::HeaderValue)> = ["traceparent", "tracestate"]
+    let trace: Trace = ["traceparent", "tracestate"]
         .into_iter()
         .filter_map(|name| headers.get(name).map(|v| (name, v.clone())))
         .collect();
-    match st.transformer.send(event.body, &trace).await {
+    match st.transformer.send(event.body, trace).await {
         Ok(answer) => Ok(([(header::CONTENT_TYPE, "application/json")], answer).into_response()),
         Err(SendError::Busy {
             retry_after_secs,

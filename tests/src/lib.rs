@@ -543,6 +543,15 @@ pub struct Reply {
     pub text: String,
 }
 
+/// A `{src, payload}` body whose payload is the JSON the test user servers send,
+/// `{"src", "seq", "timeID"}`, so [`assert_ordered`] and the delivery checks read it.
+pub fn event_body(src: &str, time_id: &str, seq: usize) -> String {
+    use base64::Engine as _;
+    let data = serde_json::json!({ "src": src, "seq": seq, "timeID": time_id });
+    let payload = base64::engine::general_purpose::STANDARD.encode(data.to_string());
+    serde_json::json!({ "src": src, "payload": payload }).to_string()
+}
+
 /// The event payloads the test user servers send, decoded from a sensor record.
 pub fn payload(event: &Value) -> &Value {
     &event["data"]

@@ -1,7 +1,11 @@
 //! The client side of the transformer's `POST /`, used by the processor-client. It
 //! sorts every outcome into the three answers a producer needs: accepted, try again
-//! later, or refused.
+//! later, or refused. Once the transformer offers batches, concurrent events go
+//! together ([`batch`]); a transformer that does not only ever sees `POST /`.
 
+mod batch;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
@@ -15,9 +19,13 @@ pub struct TransformerClient {
     base: reqwest::Url,
     client: reqwest::Client,
     authorization: Option<reqwest::header::HeaderValue>,
+    batching: Arc<batch::Batching>,
 }
 
-#[derive(Debug, thiserror::Error)]
+/// A producer's trace context, carried on to the transformer.
+pub type Trace = Vec<(&'static str, reqwest::header::HeaderValue)>;
+
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SendError {
     /// The transformer is full or shutting down; retry after the given seconds.
     #[error("transformer busy: {detail}")]
@@ -50,6 +58,7 @@ impl TransformerClient {
             base,
             client,
             authorization: None,
+            batching: Arc::default(),
         })
     }
 
@@ -60,14 +69,20 @@ impl TransformerClient {
         self
     }
 
-    /// POSTs an already-encoded `{src, payload}` body; returns the transformer's JSON
-    /// answer (it carries the CloudEvent id) on success.
-    /// `trace` carries the producer's `traceparent` / `tracestate` headers on.
-    pub async fn send(
-        &self,
-        body: Bytes,
-        trace: &[(&'static str, reqwest::header::HeaderValue)],
-    ) -> Result<Bytes, SendError> {
+    /// Hands on an already-encoded `{src, payload}` body; returns the transformer's
+    /// JSON answer (it carries the CloudEvent id) on success. `trace` carries the
+    /// producer's `traceparent` / `tracestate` headers on.
+    pub async fn send(&self, body: Bytes, trace: Trace) -> Result<Bytes, SendError> {
+        match self.batching.offer(body, trace) {
+            Ok(answer) => answer
+                .await
+                .unwrap_or_else(|_| Err(SendError::Unavailable("the batch sender stopped".into()))),
+            Err((body, trace)) => self.send_one(body, &trace).await,
+        }
+    }
+
+    /// One `POST /`; notes whether the transformer offers batches.
+    async fn send_one(&self, body: Bytes, trace: &Trace) -> Result<Bytes, SendError> {
         let mut request = self
             .client
             .post(self.url.clone())
@@ -84,28 +99,20 @@ impl TransformerClient {
             .await
             .map_err(|e| SendError::Unavailable(error_chain(&e)))?;
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
+        if status.is_success() {
+            let offered = response
+                .headers()
+                .get(crate::wire::BATCH_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            self.batching.offered(self, offered.unwrap_or(0));
+        }
+        let retry_after = retry_after(response.headers());
         let body = response
             .bytes()
             .await
             .map_err(|e| SendError::Unavailable(error_chain(&e)))?;
-        if status.is_success() {
-            Ok(body)
-        } else if status.is_server_error() || status.as_u16() == 429 {
-            Err(SendError::Busy {
-                retry_after_secs: retry_after.unwrap_or(1),
-                detail: String::from_utf8_lossy(&body).into_owned(),
-            })
-        } else {
-            Err(SendError::Rejected {
-                status: status.as_u16(),
-                body,
-            })
-        }
+        classify(status.as_u16(), retry_after, body)
     }
 
     /// True when the transformer answers its readiness probe.
@@ -117,6 +124,27 @@ impl TransformerClient {
             self.client.get(url).timeout(Duration::from_secs(1)).send().await,
             Ok(r) if r.status().is_success()
         )
+    }
+}
+
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+    headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+/// Sorts an answer for one event into accepted, busy, or refused.
+fn classify(status: u16, retry_after: Option<u64>, body: Bytes) -> Result<Bytes, SendError> {
+    if (200..300).contains(&status) {
+        Ok(body)
+    } else if status >= 500 || status == 429 {
+        Err(SendError::Busy {
+            retry_after_secs: retry_after.unwrap_or(1),
+            detail: String::from_utf8_lossy(&body).into_owned(),
+        })
+    } else {
+        Err(SendError::Rejected { status, body })
     }
 }
 

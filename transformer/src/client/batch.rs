@@ -1,0 +1,273 @@
+//! Batching on the link from the processor-client to the transformer. Events that
+//! producers post while earlier requests are in flight wait in a queue; the next
+//! free request slot takes everything queued (group commit, no timer). An idle
+//! gateway therefore sends each event at once, alone, and a loaded one sends
+//! fewer, larger requests, which the transformer also stores with one write.
+//! Every event still gets its own answer, exactly as a single `POST /` would.
+//!
+//! Batching starts only after a `POST /` answer carried the transformer's offer
+//! (`x-gateway-batch-max-bytes`), and stops if `POST /batch` is not found, so a
+//! processor-client in front of a transformer that does not batch keeps working.
+//! After such a refusal, offers are ignored for [`COOL_DOWN`]: a transformer
+//! that offers batches but has no endpoint for them is not asked again and again.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::http::header::CONTENT_TYPE;
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::{classify, retry_after, SendError, Trace, TransformerClient};
+use crate::dispatch::http::error_chain;
+use crate::wire::{self, BatchAnswer, BatchResult};
+
+/// Batch requests in flight at once. Enough to keep both the transformer's cores
+/// busy; beyond that, waiting events are better off joining the next batch.
+const IN_FLIGHT: usize = 4;
+/// Most events in one batch, so one slow admission holds back few answers.
+const MAX_EVENTS: usize = 256;
+/// Bytes a batch adds around each event (`{"event":…}` and its trace context).
+const FRAMING: usize = 128;
+/// How long offers are ignored after `POST /batch` was refused.
+const COOL_DOWN: Duration = Duration::from_secs(60);
+
+/// An event waiting for a batch, and where its answer goes.
+struct Pending {
+    body: Bytes,
+    trace: Trace,
+    answer: oneshot::Sender<Result<Bytes, SendError>>,
+}
+
+/// Shared by every clone of a [`TransformerClient`].
+#[derive(Default)]
+pub(super) struct Batching {
+    /// The largest batch the transformer takes, in bytes; 0 while it has not
+    /// offered batches (or stopped taking them).
+    max_bytes: AtomicUsize,
+    queue: OnceLock<mpsc::UnboundedSender<Pending>>,
+    /// Offers are ignored until this many milliseconds after `epoch`.
+    ignore_until_ms: AtomicU64,
+    epoch: OnceLock<Instant>,
+}
+
+pub(super) type Answer = oneshot::Receiver<Result<Bytes, SendError>>;
+
+impl Batching {
+    /// Queues the event for the next batch, or gives it back to be sent alone:
+    /// when batching is off, or the event is big enough to fill a batch itself.
+    pub(super) fn offer(&self, body: Bytes, trace: Trace) -> Result<Answer, (Bytes, Trace)> {
+        let max = self.max_bytes.load(Ordering::Relaxed);
+        let Some(queue) = self.queue.get() else {
+            return Err((body, trace));
+        };
+        if max == 0 || body.len() + FRAMING > max / 4 {
+            return Err((body, trace));
+        }
+        let (answer, rx) = oneshot::channel();
+        match queue.send(Pending {
+            body,
+            trace,
+            answer,
+        }) {
+            Ok(()) => Ok(rx),
+            Err(mpsc::error::SendError(p)) => Err((p.body, p.trace)),
+        }
+    }
+
+    /// Records what a `POST /` answer said about batches (`0`: not offered), and
+    /// starts the batch sender the first time they are.
+    pub(super) fn offered(&self, client: &TransformerClient, max_bytes: usize) {
+        if max_bytes == 0 || self.max_bytes.load(Ordering::Relaxed) == max_bytes {
+            return;
+        }
+        if self.now_ms() < self.ignore_until_ms.load(Ordering::Relaxed) {
+            return;
+        }
+        self.max_bytes.store(max_bytes, Ordering::Relaxed);
+        self.queue.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(collect(client.clone(), rx));
+            tx
+        });
+    }
+
+    fn is_on(&self) -> bool {
+        self.max_bytes.load(Ordering::Relaxed) > 0
+    }
+
+    fn withdrawn(&self) {
+        self.ignore_until_ms.store(
+            self.now_ms() + COOL_DOWN.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        self.max_bytes.store(0, Ordering::Relaxed);
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.get_or_init(Instant::now).elapsed().as_millis() as u64
+    }
+}
+
+/// Takes whatever is queued whenever a request slot is free, and sends it.
+async fn collect(client: TransformerClient, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut carried: Option<Pending> = None;
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match carried.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let max = client.batching.max_bytes.load(Ordering::Relaxed).max(1);
+        let mut bytes = first.body.len() + FRAMING;
+        let mut batch = vec![first];
+        while batch.len() < MAX_EVENTS {
+            let Ok(next) = rx.try_recv() else { break };
+            bytes += next.body.len() + FRAMING;
+            if bytes > max {
+                carried = Some(next);
+                break;
+            }
+            batch.push(next);
+        }
+        let client = client.clone();
+        tokio::spawn(async move {
+            send(&client, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+/// What became of a batch request as a whole.
+enum Whole {
+    /// One result per event.
+    Answered(Vec<BatchResult>),
+    /// No event was taken: send each alone, for its own exact answer.
+    Singly,
+    /// The transformer does not take batches (any more): send each alone, and
+    /// stop batching.
+    NotOffered,
+    /// Every event gets this answer.
+    Failed(SendError),
+}
+
+async fn send(client: &TransformerClient, batch: Vec<Pending>) {
+    if batch.len() == 1 {
+        for p in batch {
+            let answer = client.send_one(p.body, &p.trace).await;
+            let _ = p.answer.send(answer);
+        }
+        return;
+    }
+    // Batching was withdrawn while these waited: they go alone.
+    let whole = if client.batching.is_on() {
+        post(client, &batch).await
+    } else {
+        Whole::Singly
+    };
+    let results = match whole {
+        Whole::Answered(results) if results.len() == batch.len() => results,
+        Whole::Answered(results) => {
+            let why = format!(
+                "the transformer answered a batch of {} events with {} results",
+                batch.len(),
+                results.len()
+            );
+            return fail_all(batch, SendError::Unavailable(why));
+        }
+        Whole::Failed(e) => return fail_all(batch, e),
+        Whole::NotOffered | Whole::Singly => {
+            if matches!(whole, Whole::NotOffered) && client.batching.is_on() {
+                tracing::warn!(cool_down = ?COOL_DOWN, "the transformer does not take batches; sending events one by one");
+                client.batching.withdrawn();
+            }
+            let singles = batch.into_iter().map(|p| async move {
+                let answer = client.send_one(p.body, &p.trace).await;
+                let _ = p.answer.send(answer);
+            });
+            futures::future::join_all(singles).await;
+            return;
+        }
+    };
+    for (p, r) in batch.into_iter().zip(results) {
+        let _ = p.answer.send(answer_of(r));
+    }
+}
+
+fn fail_all(batch: Vec<Pending>, e: SendError) {
+    for p in batch {
+        let _ = p.answer.send(Err(e.clone()));
+    }
+}
+
+/// One event's result as the answer a single `POST /` would have given.
+fn answer_of(r: BatchResult) -> Result<Bytes, SendError> {
+    let body = match &r.id {
+        Some(id) => serde_json::json!({ "id": id }),
+        None => serde_json::json!({
+            "error": r.error.as_deref().unwrap_or("error"),
+            "detail": r.detail.as_deref().unwrap_or(""),
+        }),
+    };
+    classify(r.status, r.retry_after, Bytes::from(body.to_string()))
+}
+
+async fn post(client: &TransformerClient, batch: &[Pending]) -> Whole {
+    let traces: Vec<Vec<(&str, String)>> = batch
+        .iter()
+        .map(|p| {
+            p.trace
+                .iter()
+                .filter_map(|(k, v)| Some((*k, v.to_str().ok()?.to_owned())))
+                .collect()
+        })
+        .collect();
+    let body = wire::encode_batch(
+        batch
+            .iter()
+            .zip(&traces)
+            .map(|(p, t)| (&p.body[..], &t[..])),
+    );
+    let Ok(url) = client.base.join(wire::BATCH_PATH.trim_start_matches('/')) else {
+        return Whole::NotOffered;
+    };
+    let mut request = client
+        .client
+        .post(url)
+        .header(CONTENT_TYPE, "application/json")
+        .body(body);
+    if let Some(auth) = &client.authorization {
+        request = request.header(reqwest::header::AUTHORIZATION, auth.clone());
+    }
+    let response = match request.send().await {
+        Ok(r) => r,
+        Err(e) => return Whole::Failed(SendError::Unavailable(error_chain(&e))),
+    };
+    let status = response.status().as_u16();
+    let retry = retry_after(response.headers());
+    let body = match response.bytes().await {
+        Ok(b) => b,
+        Err(e) => return Whole::Failed(SendError::Unavailable(error_chain(&e))),
+    };
+    match status {
+        200..=299 => match serde_json::from_slice::<BatchAnswer>(&body) {
+            Ok(answer) => Whole::Answered(answer.results),
+            Err(e) => Whole::Failed(SendError::Unavailable(format!(
+                "the transformer's answer to a batch is not one: {e}"
+            ))),
+        },
+        404 | 405 | 415 | 501 => Whole::NotOffered,
+        429 | 500..=599 => Whole::Failed(SendError::Busy {
+            retry_after_secs: retry.unwrap_or(1),
+            detail: String::from_utf8_lossy(&body).into_owned(),
+        }),
+        _ => Whole::Singly,
+    }
+}
