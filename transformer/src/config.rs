@@ -146,6 +146,8 @@ pub struct Config {
     pub data_dir: Option<std::path::PathBuf>,
     pub fsync: crate::store::Fsync,
     pub queue_max_bytes: usize,
+    /// The store's queue memtable, in bytes.
+    pub store_memtable_bytes: usize,
     /// `TRANSFORMER_ADMIT_WAIT`: how long a producer's request may wait for room
     /// in a full queue before it gets 503.
     pub admit_wait: Duration,
@@ -221,6 +223,8 @@ struct RawEnv {
     transformer_fsync: String,
     #[serde(default = "default_queue_max_bytes")]
     transformer_queue_max_bytes: usize,
+    #[serde(default = "default_store_memtable_bytes")]
+    transformer_store_memtable_bytes: usize,
     #[serde(default = "default_admit_wait")]
     transformer_admit_wait: String,
     transformer_token: Option<String>,
@@ -239,6 +243,9 @@ fn default_durable() -> String {
 }
 fn default_fsync() -> String {
     "never".into()
+}
+fn default_store_memtable_bytes() -> usize {
+    crate::store::DEFAULT_MEMTABLE_BYTES as usize
 }
 fn default_queue_max_bytes() -> usize {
     32 * 1024 * 1024
@@ -528,6 +535,10 @@ impl Config {
                 "TRANSFORMER_QUEUE_MAX_BYTES",
                 raw.transformer_queue_max_bytes,
             )?,
+            store_memtable_bytes: positive(
+                "TRANSFORMER_STORE_MEMTABLE_BYTES",
+                raw.transformer_store_memtable_bytes,
+            )?,
             admit_wait: parse_duration("TRANSFORMER_ADMIT_WAIT", &raw.transformer_admit_wait)?,
             token: raw.transformer_token.map(|t| t.trim().to_owned()),
             watcher_token: raw.watcher_token.map(|t| t.trim().to_owned()),
@@ -561,6 +572,7 @@ mod tests {
             std::path::PathBuf::from("gateway-data/transformer-webhook-9300")
         );
         assert_eq!(c.fsync, crate::store::Fsync::Never);
+        assert_eq!(c.store_memtable_bytes, 4 << 20);
     }
 
     #[test]
@@ -593,6 +605,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("WATCHER_TIMEOUT"), "{e}");
+        let e = Config::from_vars(vars(&[
+            ("GATEWAY_NAME", "g"),
+            ("TRANSFORMER_STORE_MEMTABLE_BYTES", "0"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("TRANSFORMER_STORE_MEMTABLE_BYTES"), "{e}");
     }
 
     #[test]

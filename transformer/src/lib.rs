@@ -76,7 +76,7 @@ pub async fn serve(
 ) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(match &config.data_dir {
-        Some(dir) => Store::open(dir, config.fsync)?,
+        Some(dir) => Store::open_tuned(dir, config.fsync, config.store_memtable_bytes as u64)?,
         None => Store::temporary()?,
     });
     let sinks = build_sinks(&config, &metrics).await?;

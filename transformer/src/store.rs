@@ -27,6 +27,10 @@ pub enum StoreError {
     Corrupt(&'static str),
 }
 
+/// The queue's memtable size unless `TRANSFORMER_STORE_MEMTABLE_BYTES` says
+/// otherwise: keeps the transformer under 30 MiB resident at saturation.
+pub const DEFAULT_MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
+
 /// When the store forces its writes to stable storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fsync {
@@ -108,11 +112,20 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store in `dir`. Fails if another process holds it.
     pub fn open(dir: &Path, fsync: Fsync) -> Result<Store, StoreError> {
+        Self::open_tuned(dir, fsync, DEFAULT_MEMTABLE_BYTES)
+    }
+
+    /// [`Store::open`] with the queue's memtable size
+    /// (`TRANSFORMER_STORE_MEMTABLE_BYTES`): the store's resident memory against
+    /// how often it rotates its journal and flushes. On a disk where an fsync
+    /// holds up writes (ext4 on a virtual disk, seen here), each rotation stalls
+    /// intake for a few milliseconds; larger memtables rotate less often.
+    pub fn open_tuned(dir: &Path, fsync: Fsync, memtable_bytes: u64) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
             path: dir.to_owned(),
             source: fjall::Error::from(e),
         })?;
-        Self::open_db(dir, fsync, None)
+        Self::open_db(dir, fsync, memtable_bytes, None)
     }
 
     /// A store in a fresh temporary directory, removed when dropped: dead letters
@@ -120,12 +133,13 @@ impl Store {
     pub fn temporary() -> Result<Store, StoreError> {
         let dir = tempfile::tempdir().map_err(|e| StoreError::Io(fjall::Error::from(e)))?;
         let path = dir.path().to_owned();
-        Self::open_db(&path, Fsync::Never, Some(dir))
+        Self::open_db(&path, Fsync::Never, DEFAULT_MEMTABLE_BYTES, Some(dir))
     }
 
     fn open_db(
         dir: &Path,
         fsync: Fsync,
+        memtable_bytes: u64,
         temporary: Option<tempfile::TempDir>,
     ) -> Result<Store, StoreError> {
         let open = |source| StoreError::Open {
@@ -136,12 +150,14 @@ impl Store {
             .cache_size(4 * 1024 * 1024)
             .open()
             .map_err(open)?;
-        // Small memtables keep the store's share of resident memory bounded; queued
-        // events are short-lived, so most never leave the memtable and journal.
-        let options = || KeyspaceCreateOptions::default().max_memtable_size(4 * 1024 * 1024);
-        let queue = db.keyspace("queue", options).map_err(open)?;
-        let dead = db.keyspace("dead", options).map_err(open)?;
-        let watchers = db.keyspace("watchers", options).map_err(open)?;
+        // Queued events are short-lived, so most never leave the memtable and
+        // journal; the memtable's size is the store's share of resident memory.
+        let queue_options =
+            || KeyspaceCreateOptions::default().max_memtable_size(memtable_bytes.max(1 << 20));
+        let small = || KeyspaceCreateOptions::default().max_memtable_size(1 << 20);
+        let queue = db.keyspace("queue", queue_options).map_err(open)?;
+        let dead = db.keyspace("dead", small).map_err(open)?;
+        let watchers = db.keyspace("watchers", small).map_err(open)?;
         Ok(Store {
             db,
             queue,
