@@ -49,6 +49,9 @@ pub struct Config {
     pub token: Option<String>,
     /// `TRANSFORMER_TOKEN`: sent to the transformer.
     pub transformer_token: Option<String>,
+    /// `GATEWAY_PROCESSOR_BATCH`: whether concurrent events may go to the
+    /// transformer in batches once it offers them.
+    pub batch: bool,
 }
 
 #[derive(Deserialize)]
@@ -82,6 +85,8 @@ struct RawEnv {
     transformer_host: String,
     #[serde(default = "default_transformer_timeout")]
     transformer_timeout: String,
+    #[serde(default = "default_batch")]
+    gateway_processor_batch: bool,
     #[serde(default = "default_max_body")]
     gateway_processor_max_body_bytes: usize,
     #[serde(default = "default_server_timeout")]
@@ -122,6 +127,9 @@ fn default_running() -> String {
 }
 fn default_error() -> String {
     "/error".into()
+}
+fn default_batch() -> bool {
+    true
 }
 fn default_transformer_timeout() -> String {
     "10s".into()
@@ -219,6 +227,7 @@ impl Config {
             transformer_host,
             transformer_port: raw.transformer_port,
             transformer_timeout: parse_duration("TRANSFORMER_TIMEOUT", &raw.transformer_timeout)?,
+            batch: raw.gateway_processor_batch,
             max_body_bytes: raw.gateway_processor_max_body_bytes.max(1),
             server_timeout: parse_duration(
                 "GATEWAY_PROCESSOR_SERVER_TIMEOUT",

@@ -82,7 +82,8 @@ pub async fn serve(
         config.transformer_timeout,
     )
     .map_err(|e| RunError::Address(format!("TRANSFORMER_HOST: {e}")))?
-    .with_token(config.transformer_token.clone());
+    .with_token(config.transformer_token.clone())
+    .with_batching(config.batch);
 
     let background = CancellationToken::new();
     let probe = tokio::spawn(user_server::probe_loop(

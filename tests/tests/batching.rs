@@ -317,6 +317,28 @@ async fn a_batch_needs_the_token_like_any_event() {
     g.wait_sensor(1).await;
 }
 
+#[tokio::test]
+async fn batching_can_be_switched_off() {
+    let mut g = Gateway::new(UserServerKind::Python);
+    g.processor_env
+        .push(("GATEWAY_PROCESSOR_BATCH".into(), "false".into()));
+    g.start_sensor().await;
+    gateway_for_producers(&mut g).await;
+    let mut answered = 0;
+    for round in 0..3 {
+        for (time_id, seq, r) in produce(&g, round, 16, 20).await {
+            assert_eq!(r.status, 200, "event {time_id}/{seq}: {}", r.text);
+            answered += 1;
+        }
+    }
+    g.wait_sensor(answered).await;
+    assert_eq!(
+        batches(&g).await,
+        0.0,
+        "GATEWAY_PROCESSOR_BATCH=false sends no batch"
+    );
+}
+
 /// The processor-client in front of a transformer of someone else's making.
 async fn against_a_stub_transformer(offer_batch: bool) {
     let mut g = Gateway::new(UserServerKind::Python);

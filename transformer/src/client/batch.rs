@@ -41,8 +41,9 @@ struct Pending {
 }
 
 /// Shared by every clone of a [`TransformerClient`].
-#[derive(Default)]
 pub(super) struct Batching {
+    /// False when switched off (`GATEWAY_PROCESSOR_BATCH=false`): offers are ignored.
+    enabled: bool,
     /// The largest batch the transformer takes, in bytes; 0 while it has not
     /// offered batches (or stopped taking them).
     max_bytes: AtomicUsize,
@@ -55,6 +56,16 @@ pub(super) struct Batching {
 pub(super) type Answer = oneshot::Receiver<Result<Bytes, SendError>>;
 
 impl Batching {
+    pub(super) fn new(enabled: bool) -> Self {
+        Batching {
+            enabled,
+            max_bytes: AtomicUsize::new(0),
+            queue: OnceLock::new(),
+            ignore_until_ms: AtomicU64::new(0),
+            epoch: OnceLock::new(),
+        }
+    }
+
     /// Queues the event for the next batch, or gives it back to be sent alone:
     /// when batching is off, or the event is big enough to fill a batch itself.
     pub(super) fn offer(&self, body: Bytes, trace: Trace) -> Result<Answer, (Bytes, Trace)> {
@@ -79,7 +90,7 @@ impl Batching {
     /// Records what a `POST /` answer said about batches (`0`: not offered), and
     /// starts the batch sender the first time they are.
     pub(super) fn offered(&self, client: &TransformerClient, max_bytes: usize) {
-        if max_bytes == 0 || self.max_bytes.load(Ordering::Relaxed) == max_bytes {
+        if !self.enabled || max_bytes == 0 || self.max_bytes.load(Ordering::Relaxed) == max_bytes {
             return;
         }
         if self.now_ms() < self.ignore_until_ms.load(Ordering::Relaxed) {

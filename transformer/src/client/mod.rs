@@ -58,8 +58,14 @@ impl TransformerClient {
             base,
             client,
             authorization: None,
-            batching: Arc::default(),
+            batching: Arc::new(batch::Batching::new(true)),
         })
+    }
+
+    /// `false`: only ever `POST /`, whatever the transformer offers.
+    pub fn with_batching(mut self, enabled: bool) -> Self {
+        self.batching = Arc::new(batch::Batching::new(enabled));
+        self
     }
 
     /// Sends `Authorization: Bearer TOKEN` (the transformer's `TRANSFORMER_TOKEN`).
