@@ -731,28 +731,38 @@ pub fn private_ca(
         "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
     )
     .expect("ext");
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext",
-    ]);
+    sign(dir, "server", "ext");
     (
         dir.join("ca.pem"),
         dir.join("server.pem"),
         dir.join("server.key"),
     )
+}
+
+/// Signs `NAME.csr` with the CA in `dir` into `NAME.pem`, with the extensions in
+/// the file `ext`.
+fn sign(dir: &std::path::Path, name: &str, ext: &str) {
+    let (csr, pem) = (format!("{name}.csr"), format!("{name}.pem"));
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            ext,
+        ],
+    );
 }
 
 fn openssl(dir: &std::path::Path, args: &[&str]) {
@@ -791,25 +801,6 @@ pub fn client_cert(dir: &std::path::Path) -> (std::path::PathBuf, std::path::Pat
         "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
     )
     .expect("client-ext");
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "client.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "client.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "client-ext",
-        ],
-    );
+    sign(dir, "client", "client-ext");
     (dir.join("client.pem"), dir.join("client.key"))
 }

@@ -220,23 +220,30 @@ fn fail_all(batch: Vec<Pending>, e: SendError) {
 
 /// One event's result as the answer a single `POST /` would have given.
 fn answer_of(r: BatchResult) -> Result<Bytes, SendError> {
+    #[derive(serde::Serialize)]
+    #[serde(untagged)]
+    enum Body<'a> {
+        Accepted { id: &'a str },
+        Failed { error: &'a str, detail: &'a str },
+    }
     let body = match &r.id {
-        Some(id) => serde_json::json!({ "id": id }),
-        None => serde_json::json!({
-            "error": r.error.as_deref().unwrap_or("error"),
-            "detail": r.detail.as_deref().unwrap_or(""),
-        }),
+        Some(id) => Body::Accepted { id },
+        None => Body::Failed {
+            error: r.error.as_deref().unwrap_or("error"),
+            detail: r.detail.as_deref().unwrap_or(""),
+        },
     };
-    classify(r.status, r.retry_after, Bytes::from(body.to_string()))
+    let body = serde_json::to_vec(&body).unwrap_or_default();
+    classify(r.status, r.retry_after, Bytes::from(body))
 }
 
 async fn post(client: &TransformerClient, batch: &[Pending]) -> Whole {
-    let traces: Vec<Vec<(&str, String)>> = batch
+    let traces: Vec<Vec<(&str, &str)>> = batch
         .iter()
         .map(|p| {
             p.trace
                 .iter()
-                .filter_map(|(k, v)| Some((*k, v.to_str().ok()?.to_owned())))
+                .filter_map(|(k, v)| Some((*k, v.to_str().ok()?)))
                 .collect()
         })
         .collect();
