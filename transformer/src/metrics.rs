@@ -37,6 +37,8 @@ pub struct Metrics {
     dead_lettered: Family<WatcherLabel, Counter>,
     queue_depth: Family<WatcherLabel, Gauge>,
     latency: HistogramFamily,
+    /// Time the store's writer spends on one group write.
+    pub store_write: Histogram,
     pub nats: NatsMetrics,
 }
 
@@ -78,6 +80,7 @@ impl Metrics {
         let dead_lettered = Family::<WatcherLabel, Counter>::default();
         let queue_depth = Family::<WatcherLabel, Gauge>::default();
         let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        let store_write = Histogram::new(exponential_buckets(0.00002, 2.0, 16));
         registry.register(
             "transformer_events_received",
             "Events accepted for delivery, by input kind (gateway or cloudevent)",
@@ -128,6 +131,11 @@ impl Metrics {
             "Time from acceptance to acknowledgement by the watcher",
             latency.clone(),
         );
+        registry.register(
+            "transformer_store_write_duration_seconds",
+            "Time the store's writer took for one group write of events and acknowledgements (commit, and fsync under TRANSFORMER_FSYNC=always); producers wait for it",
+            store_write.clone(),
+        );
         let nats = NatsMetrics::default();
         for (name, help, c) in [
             (
@@ -175,6 +183,7 @@ impl Metrics {
             dead_lettered,
             queue_depth,
             latency,
+            store_write,
             nats,
         }
     }

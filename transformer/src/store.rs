@@ -25,6 +25,8 @@ pub enum StoreError {
     Io(#[from] fjall::Error),
     #[error("stored record is corrupt: {0}")]
     Corrupt(&'static str),
+    #[error("the event store's writer has stopped")]
+    WriterStopped,
 }
 
 /// The queue's memtable size unless `TRANSFORMER_STORE_MEMTABLE_BYTES` says
@@ -186,8 +188,16 @@ impl Store {
         }
     }
 
-    /// Stores events for every listed watcher in one atomic write: a batch of
-    /// events costs one journal write, not one each (group commit). The write
+    /// A write of many changes at once: one journal write and one commit for all
+    /// of them (group commit). Nothing is written until [`Batch::commit`].
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            store: self,
+            inner: self.db.batch(),
+        }
+    }
+
+    /// Stores events for every listed watcher in one atomic write. The write
     /// reaches the operating system before this returns; a caller under
     /// `Fsync::Always` calls [`Store::sync`] once for the whole batch.
     pub fn append(
@@ -195,27 +205,18 @@ impl Store {
         watchers: &[WatcherId],
         events: &[(u64, Vec<u8>)],
     ) -> Result<(), StoreError> {
-        let mut batch = self.db.batch();
-        for (seq, event) in events {
-            let value = fjall::UserValue::from(event.as_slice());
-            for w in watchers {
-                batch.insert(&self.queue, key(*w, *seq), value.clone());
-            }
-        }
-        batch.commit()?;
-        Ok(())
+        let mut batch = self.batch();
+        batch.append(watchers, events);
+        batch.commit()
     }
 
-    /// Forgets many delivered events in one write: under load, acknowledgements
-    /// batch up while the previous batch is written, so the journal sees one
-    /// write for many events instead of one each.
+    /// Forgets many delivered events in one write.
     pub fn ack_many(&self, acks: &[(WatcherId, u64)]) -> Result<(), StoreError> {
-        let mut batch = self.db.batch();
+        let mut batch = self.batch();
         for (w, seq) in acks {
-            batch.remove(&self.queue, key(*w, *seq));
+            batch.ack(*w, *seq);
         }
-        batch.commit()?;
-        Ok(())
+        batch.commit()
     }
 
     /// Moves an event from the queue to the dead letters, atomically.
@@ -287,15 +288,9 @@ impl Store {
     /// Moves a dead letter back into its watcher's queue under a new sequence
     /// number, atomically, so a replay is never lost nor doubled by a crash.
     pub fn resurrect(&self, letter: &DeadLetter, new_seq: u64) -> Result<(), StoreError> {
-        let mut batch = self.db.batch();
-        batch.remove(&self.dead, key(letter.watcher, letter.seq));
-        batch.insert(
-            &self.queue,
-            key(letter.watcher, new_seq),
-            encode_event(&letter.event),
-        );
-        batch.commit()?;
-        Ok(())
+        let mut batch = self.batch();
+        batch.resurrect(letter, new_seq);
+        batch.commit()
     }
 
     /// Forces everything written so far to stable storage.
@@ -306,6 +301,48 @@ impl Store {
 
     pub fn name_of(&self, id: WatcherId) -> String {
         self.watcher_name(id)
+    }
+}
+
+/// Changes collected for one atomic write; see [`Store::batch`].
+pub struct Batch<'a> {
+    store: &'a Store,
+    inner: fjall::OwnedWriteBatch,
+}
+
+impl Batch<'_> {
+    /// Queues each encoded event for every listed watcher.
+    pub fn append(&mut self, watchers: &[WatcherId], events: &[(u64, Vec<u8>)]) {
+        for (seq, event) in events {
+            let value = fjall::UserValue::from(event.as_slice());
+            for w in watchers {
+                self.inner
+                    .insert(&self.store.queue, key(*w, *seq), value.clone());
+            }
+        }
+    }
+
+    /// Forgets a delivered event.
+    pub fn ack(&mut self, watcher: WatcherId, seq: u64) {
+        self.inner.remove(&self.store.queue, key(watcher, seq));
+    }
+
+    /// Moves a dead letter back into its watcher's queue as `new_seq`.
+    pub fn resurrect(&mut self, letter: &DeadLetter, new_seq: u64) {
+        self.inner
+            .remove(&self.store.dead, key(letter.watcher, letter.seq));
+        self.inner.insert(
+            &self.store.queue,
+            key(letter.watcher, new_seq),
+            encode_event(&letter.event),
+        );
+    }
+
+    /// Writes everything at once; it reaches the operating system before this
+    /// returns.
+    pub fn commit(self) -> Result<(), StoreError> {
+        self.inner.commit()?;
+        Ok(())
     }
 }
 

@@ -34,7 +34,8 @@ fn now_ns() -> u64 {
 struct Sink {
     received: AtomicU64,
     recording: AtomicBool,
-    latencies: Mutex<Vec<u64>>,
+    /// (arrival, latency) in ns.
+    latencies: Mutex<Vec<(u64, u64)>>,
 }
 
 impl Sink {
@@ -44,10 +45,11 @@ impl Sink {
             let mut ts = [0u8; 8];
             ts.copy_from_slice(&body[..8]);
             let sent = u64::from_le_bytes(ts);
+            let now = now_ns();
             self.latencies
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push(now_ns().saturating_sub(sent));
+                .push((now, now.saturating_sub(sent)));
         }
     }
 }
@@ -330,7 +332,10 @@ async fn measure(
         Some(sink) => {
             tokio::time::sleep(Duration::from_millis(300)).await;
             sink.recording.store(false, Ordering::Relaxed);
-            std::mem::take(&mut *sink.latencies.lock().unwrap_or_else(|p| p.into_inner()))
+            let pairs =
+                std::mem::take(&mut *sink.latencies.lock().unwrap_or_else(|p| p.into_inner()));
+            report_clustering(name, &pairs);
+            pairs.into_iter().map(|(_, l)| l).collect()
         }
         None => half.rtts,
     };
@@ -355,11 +360,58 @@ async fn measure(
     )
 }
 
+/// With `BENCH_METRICS=1`: whether the slowest 1% of a half-load run arrived
+/// together (a stall of the whole path) or spread out (queueing here and there).
+fn report_clustering(scenario: &str, pairs: &[(u64, u64)]) {
+    if std::env::var_os("BENCH_METRICS").is_none() || pairs.is_empty() {
+        return;
+    }
+    let mut sorted: Vec<u64> = pairs.iter().map(|p| p.1).collect();
+    sorted.sort_unstable();
+    let p99 = sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)];
+    let start = pairs.iter().map(|p| p.0).min().unwrap_or(0);
+    let mut windows: BTreeMap<u64, (usize, u64)> = BTreeMap::new();
+    for (at, lat) in pairs.iter().filter(|p| p.1 >= p99) {
+        let w = windows.entry((at - start) / 10_000_000).or_default();
+        w.0 += 1;
+        w.1 = w.1.max(*lat);
+    }
+    eprintln!(
+        "## {scenario}: {} events at or over p99 {:.2} ms arrived in {} of {} 10 ms windows",
+        sorted.len() / 100,
+        p99 as f64 / 1e6,
+        windows.len(),
+        (pairs.iter().map(|p| p.0).max().unwrap_or(0) - start) / 10_000_000 + 1
+    );
+    for (w, (n, max)) in windows.iter().take(40) {
+        eprintln!("  at {} ms: {n} slow, max {:.1} ms", w * 10, *max as f64 / 1e6);
+    }
+}
+
 struct Gateway {
     transformer: Proc,
     processor: Proc,
     pc_url: String,
+    tr_metrics: String,
     _dir: tempfile::TempDir,
+}
+
+/// With `BENCH_METRICS=1`, prints the transformer's store-write and delivery
+/// histograms to stderr after a scenario: where the tail latency is spent.
+async fn dump_metrics(g: &Gateway, scenario: &str) {
+    if std::env::var_os("BENCH_METRICS").is_none() {
+        return;
+    }
+    let Ok(answer) = reqwest::get(&g.tr_metrics).await else {
+        return;
+    };
+    let text = answer.text().await.unwrap_or_default();
+    eprintln!("## {scenario}");
+    for line in text.lines().filter(|l| {
+        l.starts_with("transformer_store_write") || l.starts_with("transformer_delivery_duration")
+    }) {
+        eprintln!("{line}");
+    }
 }
 
 async fn gateway(transformer_env: &[(&str, String)], sources: usize, us_port: u16) -> Gateway {
@@ -403,6 +455,7 @@ async fn gateway(transformer_env: &[(&str, String)], sources: usize, us_port: u1
         transformer,
         processor,
         pc_url: format!("http://127.0.0.1:{pc_port}/event"),
+        tr_metrics: format!("http://127.0.0.1:{tr_port}/metrics"),
         _dir: dir,
     }
 }
@@ -597,6 +650,7 @@ async fn main() {
         let (mut row, _) = measure(name, &g.pc_url, Some(&sensor), size, &s).await;
         row.rss = rss_of(&g);
         row.cpu = cpu_of(&g, row.events);
+        dump_metrics(&g, name).await;
         rows.push(row);
         drop(g);
     }
@@ -634,7 +688,7 @@ async fn main() {
             let (mut row, _) = measure(name, &g.pc_url, Some(&nats_sink), size, &s).await;
             row.rss = rss_of(&g);
             row.cpu = cpu_of(&g, row.events);
-            row.cpu = cpu_of(&g, row.events);
+            dump_metrics(&g, name).await;
             rows.push(row);
         }
         drop(nats);

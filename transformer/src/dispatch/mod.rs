@@ -5,6 +5,7 @@
 pub mod http;
 pub mod nats;
 pub mod watcher;
+pub mod writer;
 
 use futures::future::BoxFuture;
 

@@ -17,12 +17,13 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::writer::{Change, Finished, Then, Writer, Written};
 use super::{DeliveryError, Sink};
 use crate::backoff::Backoff;
 use crate::cloudevent::CloudEvent;
 use crate::config::RetryPolicy;
 use crate::metrics::{Metrics, WatcherMetrics};
-use crate::store::{encode_event, now_ms, DeadLetter, Fsync, Store, StoreError, WatcherId};
+use crate::store::{encode_event, now_ms, DeadLetter, Store, StoreError, WatcherId};
 
 /// Why an event was not admitted.
 #[derive(Debug, thiserror::Error)]
@@ -84,9 +85,11 @@ struct WatcherQueue {
 
 /// Fans events out to every watcher's queue. Dropping it lets the workers drain.
 pub struct Dispatcher {
-    watchers: Vec<WatcherQueue>,
-    ids: Vec<WatcherId>,
+    /// Shared with the writer thread, which queues events once they are stored.
+    watchers: Arc<[WatcherQueue]>,
+    ids: Arc<[WatcherId]>,
     store: Arc<Store>,
+    writer: Writer,
     budget: Arc<Budget>,
     lane_capacity: usize,
     admit_wait: std::time::Duration,
@@ -101,6 +104,7 @@ pub struct Dispatcher {
 pub struct Workers {
     set: JoinSet<()>,
     hard_stop: CancellationToken,
+    writer: Finished,
 }
 
 pub struct Limits {
@@ -125,8 +129,8 @@ impl Dispatcher {
     ) -> Result<(Dispatcher, Workers), StoreError> {
         let hard_stop = CancellationToken::new();
         let mut set = JoinSet::new();
-        let (acks, ack_rx) = mpsc::unbounded_channel();
-        set.spawn(write_acks(ack_rx, store.clone()));
+        let (writer, finished) =
+            Writer::start(store.clone(), metrics.store_write.clone()).map_err(|e| StoreError::Io(fjall::Error::from(e)))?;
         let lanes = limits.lanes.max(1);
         let lane_capacity = limits.capacity.div_ceil(lanes).max(1);
         let mut watchers = Vec::with_capacity(sinks.len());
@@ -150,7 +154,7 @@ impl Dispatcher {
                             policy: policy.clone(),
                             metrics: wm.clone(),
                             store: store.clone(),
-                            acks: acks.clone(),
+                            writer: writer.clone(),
                             hard_stop: hard_stop.clone(),
                         }
                         .run(),
@@ -172,7 +176,8 @@ impl Dispatcher {
         }
         let dispatcher = Dispatcher {
             ids: watchers.iter().map(|w| w.id).collect(),
-            watchers,
+            watchers: watchers.into(),
+            writer,
             budget: Arc::new(Budget {
                 used: AtomicUsize::new(0),
                 max: limits.max_bytes.max(1),
@@ -186,7 +191,14 @@ impl Dispatcher {
             store,
         };
         dispatcher.recover()?;
-        Ok((dispatcher, Workers { set, hard_stop }))
+        Ok((
+            dispatcher,
+            Workers {
+                set,
+                hard_stop,
+                writer: finished,
+            },
+        ))
     }
 
     fn recover(&self) -> Result<(), StoreError> {
@@ -296,7 +308,7 @@ impl Dispatcher {
                 Ok(()) => match self.reserve_bytes(size) {
                     Ok(()) => return Ok(()),
                     Err(refused) => {
-                        self.release_slots(targets, lane);
+                        release_slots(targets, lane);
                         (refused, None)
                     }
                 },
@@ -322,12 +334,6 @@ impl Dispatcher {
             if tokio::time::timeout_at(deadline, woken).await.is_err() {
                 return Err(blocked.0);
             }
-        }
-    }
-
-    fn release_slots(&self, watchers: &[&WatcherQueue], lane: usize) {
-        for w in watchers {
-            w.lanes[lane].depth.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -364,11 +370,13 @@ impl Dispatcher {
         )
         .await;
         let mut results = Vec::with_capacity(events.len());
+        let mut admitted_at = Vec::new();
         let mut ready = Vec::new();
         for ((event, (lane, size)), room) in events.into_iter().zip(plans).zip(rooms) {
             match room {
                 Ok(()) => {
-                    ready.push((results.len(), lane, self.admitted(event, size)));
+                    admitted_at.push(results.len());
+                    ready.push((lane, self.admitted(event, size)));
                     results.push(Ok(()));
                 }
                 Err(refused) => results.push(Err(refused)),
@@ -379,20 +387,19 @@ impl Dispatcher {
         }
         let encoded: Vec<Vec<u8>> = ready
             .iter()
-            .map(|(_, _, admitted)| encode_event(&admitted.event))
+            .map(|(_, admitted)| encode_event(&admitted.event))
             .collect();
-        let stored = self.queue_stored(&targets, &ready, |seqs| {
-            let numbered: Vec<(u64, Vec<u8>)> = seqs.iter().copied().zip(encoded).collect();
-            self.store.append(&self.ids, &numbered)
-        });
-        let stored = match stored {
-            Ok(()) => self.sync_if_always().await,
-            Err(e) => Err(e),
-        };
+        let watchers = self.ids.clone();
+        let stored = self
+            .queue_stored(None, ready, |first, then| Change::Append {
+                watchers,
+                events: (first..).zip(encoded).collect(),
+                then,
+            })
+            .await;
         if let Err(e) = stored {
-            let e = Arc::new(e);
-            for (i, _, _) in &ready {
-                results[*i] = Err(Refused::Store(e.clone()));
+            for i in admitted_at {
+                results[i] = Err(Refused::Store(e.clone()));
             }
         }
         results
@@ -400,20 +407,23 @@ impl Dispatcher {
 
     /// Queues a dead letter again for its watcher, after what is queued now.
     pub async fn replay(&self, letter: DeadLetter) -> Result<(), Refused> {
-        let Some(w) = self.watchers.iter().find(|w| w.id == letter.watcher) else {
+        let Some(index) = self.watchers.iter().position(|w| w.id == letter.watcher) else {
             return Err(Refused::UnknownWatcher(letter.watcher_name));
         };
-        let targets = [w];
+        let targets = [&self.watchers[index]];
         let lane = self.lane_of(&letter.event);
         let size = event_size(&letter.event);
         // Replays take what room there is and stop; only producers wait.
         self.reserve(&targets, lane, size, std::time::Duration::ZERO)
             .await?;
-        let ready = [(0, lane, self.admitted(letter.event.clone(), size))];
-        self.queue_stored(&targets, &ready, |seqs| {
-            self.store.resurrect(&letter, seqs[0])
+        let ready = vec![(lane, self.admitted(letter.event.clone(), size))];
+        self.queue_stored(Some(index), ready, |seq, then| Change::Resurrect {
+            letter: Box::new(letter),
+            seq,
+            then,
         })
-        .map_err(|e| Refused::Store(Arc::new(e)))
+        .await
+        .map_err(Refused::Store)
     }
 
     fn admitted(&self, event: CloudEvent, size: usize) -> Arc<Admitted> {
@@ -424,58 +434,60 @@ impl Dispatcher {
         })
     }
 
-    /// Gives admitted events their sequence numbers, stores them with `write`, and
-    /// queues them on their lanes, all under the lanes' order locks so the store's
-    /// order and each lane's order agree. If the write fails, their slots are given
-    /// back (their bytes go back when the events drop).
-    fn queue_stored(
+    /// Gives admitted events their sequence numbers (from the first one passed
+    /// to `change`), sends their store write to the writer thread under the
+    /// lanes' order locks, and waits for it. The writer queues the events on
+    /// their lanes of `only` that watcher (or of all) once they are stored, in
+    /// the order they were sent, so the store's order and each lane's order
+    /// agree. If the write fails, their slots are given back (their bytes go
+    /// back when the events drop).
+    async fn queue_stored(
         &self,
-        targets: &[&WatcherQueue],
-        ready: &[(usize, usize, Arc<Admitted>)],
-        write: impl FnOnce(&[u64]) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        let mut lanes: Vec<usize> = ready.iter().map(|(_, lane, _)| *lane).collect();
+        only: Option<usize>,
+        ready: Vec<(usize, Arc<Admitted>)>,
+        change: impl FnOnce(u64, Then) -> Change,
+    ) -> Written {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut lanes: Vec<usize> = ready.iter().map(|(lane, _)| *lane).collect();
         lanes.sort_unstable();
         lanes.dedup();
-        // Always taken in ascending order, so two batches never wait on each other.
-        let _order: Vec<_> = lanes
-            .iter()
-            .map(|l| self.order[*l].lock().unwrap_or_else(|p| p.into_inner()))
-            .collect();
-        let first = self
-            .next_seq
-            .fetch_add(ready.len() as u64, Ordering::Relaxed);
-        let seqs: Vec<u64> = (first..first + ready.len() as u64).collect();
-        if let Err(e) = write(&seqs) {
-            for (_, lane, _) in ready {
-                self.release_slots(targets, *lane);
-            }
-            return Err(e);
+        let count = ready.len() as u64;
+        let watchers = self.watchers.clone();
+        {
+            // Always taken in ascending order, so two batches never wait on each other.
+            let _order: Vec<_> = lanes
+                .iter()
+                .map(|l| self.order[*l].lock().unwrap_or_else(|p| p.into_inner()))
+                .collect();
+            let first = self.next_seq.fetch_add(count, Ordering::Relaxed);
+            let then: Then = Box::new(move |written: Written| {
+                let targets: Vec<&WatcherQueue> = match only {
+                    Some(i) => watchers.get(i).into_iter().collect(),
+                    None => watchers.iter().collect(),
+                };
+                if written.is_ok() {
+                    let accepted_at = Instant::now();
+                    for (seq, (lane, admitted)) in (first..).zip(ready) {
+                        for w in &targets {
+                            w.metrics.queue_depth.inc();
+                            let _ = w.lanes[lane].tx.send(Queued {
+                                admitted: admitted.clone(),
+                                seq,
+                                accepted_at,
+                            });
+                        }
+                    }
+                } else {
+                    for (lane, _) in &ready {
+                        release_slots(&targets, *lane);
+                    }
+                }
+                let _ = tx.send(written);
+            });
+            self.writer.send(change(first, then));
         }
-        let accepted_at = Instant::now();
-        for ((_, lane, admitted), seq) in ready.iter().zip(seqs) {
-            for w in targets {
-                w.metrics.queue_depth.inc();
-                let _ = w.lanes[*lane].tx.send(Queued {
-                    admitted: admitted.clone(),
-                    seq,
-                    accepted_at,
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Under `Fsync::Always`, one fsync for everything written so far, off the
-    /// async threads.
-    async fn sync_if_always(&self) -> Result<(), StoreError> {
-        if self.store.fsync() != Fsync::Always {
-            return Ok(());
-        }
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.sync())
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Io(fjall::Error::from(std::io::Error::other(e)))))
+        rx.await
+            .unwrap_or_else(|_| Err(Arc::new(StoreError::WriterStopped)))
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -484,6 +496,13 @@ impl Dispatcher {
 
     /// Stops intake; workers deliver what is queued and then exit.
     pub fn close(self) {}
+}
+
+/// Gives back the slots [`Dispatcher::reserve_slots`] took in `lane`.
+fn release_slots(watchers: &[&WatcherQueue], lane: usize) {
+    for w in watchers {
+        w.lanes[lane].depth.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Counts a request in `transformer_admission_waiting` while it waits for room.
@@ -529,6 +548,9 @@ impl Workers {
             self.hard_stop.cancel();
             while self.set.join_next().await.is_some() {}
         }
+        // Every lane worker is gone, and with them the last senders of
+        // acknowledgements: the writer commits what they sent and ends.
+        self.writer.wait().await;
     }
 }
 
@@ -557,22 +579,11 @@ struct LaneWorker {
     policy: RetryPolicy,
     metrics: WatcherMetrics,
     store: Arc<Store>,
-    acks: mpsc::UnboundedSender<(WatcherId, u64)>,
+    /// Acknowledgements go to the store's writer, which commits them with
+    /// whatever else has arrived; so a drained shutdown forgets every
+    /// delivered event, and a crash at worst delivers a few again.
+    writer: Writer,
     hard_stop: CancellationToken,
-}
-
-/// Removes delivered events from the store, taking every acknowledgement that
-/// arrived while the last batch was written. Ends once every lane worker is
-/// gone, after writing what they sent; so a drained shutdown forgets every
-/// delivered event, and a crash at worst delivers a few again (at least once).
-async fn write_acks(mut rx: mpsc::UnboundedReceiver<(WatcherId, u64)>, store: Arc<Store>) {
-    let mut batch = Vec::new();
-    while rx.recv_many(&mut batch, 4096).await > 0 {
-        if let Err(e) = store.ack_many(&batch) {
-            tracing::error!(error = %e, events = batch.len(), "cannot update the event store; these events may be delivered again after a restart");
-        }
-        batch.clear();
-    }
 }
 
 impl LaneWorker {
@@ -591,9 +602,7 @@ impl LaneWorker {
                     self.metrics
                         .latency
                         .observe(queued.accepted_at.elapsed().as_secs_f64());
-                    // Written by `write_acks`; the channel is gone only when
-                    // the process is, and then redelivery is the contract.
-                    let _ = self.acks.send((self.watcher, queued.seq));
+                    self.writer.send(Change::Ack(self.watcher, queued.seq));
                     Ok(())
                 }
                 Outcome::GaveUp { error, attempts } => {

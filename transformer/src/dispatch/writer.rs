@@ -1,0 +1,192 @@
+//! The store's one writer on the delivery path: a dedicated thread that takes
+//! new events, acknowledgements and replays from a channel and commits whatever
+//! has arrived as one write, with at most one fsync.
+//!
+//! Why a thread of its own: a store write stalls for milliseconds when the
+//! journal rotates or the disk is busy (measured on ext4 on a virtual disk: p99
+//! 11–31 ms at half load, against 4–6 ms on tmpfs). Written from the request
+//! handlers, such a stall froze one of the runtime's threads and, through the
+//! lanes' order locks, every producer. Here it only delays the writes queued
+//! behind it; they keep arriving during the stall and are then committed
+//! together, so the stall is paid once for all of them.
+//!
+//! Order: changes are committed in the order they were sent, and each change's
+//! `then` runs after its commit, in that same order, on this thread. The
+//! dispatcher sends under its lanes' order locks and queues events for delivery
+//! in `then`, so a lane's order is the store's order, and no event is delivered
+//! (nor acknowledged) before it is stored.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::sync::oneshot;
+
+use crate::store::{DeadLetter, Fsync, Store, StoreError, WatcherId};
+
+/// What the writer reports to a change once it is committed (and synced, under
+/// `Fsync::Always`). Shared, because one failed write fails every change in it.
+pub type Written = Result<(), Arc<StoreError>>;
+
+/// Runs on the writer thread after the change's commit; it must not block.
+pub type Then = Box<dyn FnOnce(Written) + Send>;
+
+/// One change to the store.
+pub enum Change {
+    /// Encoded events, by sequence number, for every listed watcher.
+    Append {
+        watchers: Arc<[WatcherId]>,
+        events: Vec<(u64, Vec<u8>)>,
+        then: Then,
+    },
+    /// A delivered event, to forget.
+    Ack(WatcherId, u64),
+    /// A dead letter back into its watcher's queue under a new sequence number.
+    Resurrect {
+        letter: Box<DeadLetter>,
+        seq: u64,
+        then: Then,
+    },
+}
+
+/// Sends changes to the writer thread; clones share the one thread.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Change>,
+}
+
+/// Resolves when the writer thread has written its last change and ended:
+/// which is once every [`Writer`] is dropped.
+pub struct Finished(oneshot::Receiver<()>);
+
+/// Most changes committed as one write; bounds how long the first of them waits.
+const MAX_GROUP: usize = 4096;
+
+impl Writer {
+    pub fn start(store: Arc<Store>, timing: Histogram) -> std::io::Result<(Writer, Finished)> {
+        let (tx, rx) = mpsc::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || {
+                write_changes(&store, &rx, &timing);
+                let _ = done_tx.send(());
+            })?;
+        Ok((Writer { tx }, Finished(done_rx)))
+    }
+
+    /// Sends a change. If the writer has stopped (only when the process is
+    /// stopping), its `then` hears so at once.
+    pub fn send(&self, change: Change) {
+        if let Err(mpsc::SendError(change)) = self.tx.send(change) {
+            let stopped = Err(Arc::new(StoreError::WriterStopped));
+            match change {
+                Change::Append { then, .. } | Change::Resurrect { then, .. } => then(stopped),
+                Change::Ack(..) => {}
+            }
+        }
+    }
+}
+
+impl Finished {
+    pub async fn wait(self) {
+        let _ = self.0.await;
+    }
+}
+
+fn write_changes(store: &Store, rx: &mpsc::Receiver<Change>, timing: &Histogram) {
+    let always = store.fsync() == Fsync::Always;
+    let mut group = Vec::new();
+    while let Ok(first) = rx.recv() {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(change) => group.push(change),
+                Err(_) => break,
+            }
+        }
+        let started = std::time::Instant::now();
+        let mut batch = store.batch();
+        let mut acks = 0usize;
+        for change in &group {
+            match change {
+                Change::Append {
+                    watchers, events, ..
+                } => batch.append(watchers, events),
+                Change::Ack(watcher, seq) => {
+                    batch.ack(*watcher, *seq);
+                    acks += 1;
+                }
+                Change::Resurrect { letter, seq, .. } => batch.resurrect(letter, *seq),
+            }
+        }
+        let mut written = batch.commit();
+        if always && written.is_ok() {
+            written = store.sync();
+        }
+        timing.observe(started.elapsed().as_secs_f64());
+        let written = written.map_err(Arc::new);
+        if let (Err(e), true) = (&written, acks > 0) {
+            tracing::error!(error = %e, events = acks, "cannot update the event store; these delivered events may be delivered again after a restart");
+        }
+        for change in group.drain(..) {
+            match change {
+                Change::Append { then, .. } | Change::Resurrect { then, .. } => {
+                    then(written.clone())
+                }
+                Change::Ack(..) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{encode_event, watcher_id};
+    use std::sync::Mutex;
+
+    #[tokio::test]
+    async fn changes_are_committed_in_order_and_answered_after_their_commit() {
+        let store = Arc::new(Store::temporary().unwrap());
+        let (writer, finished) = Writer::start(store.clone(), Histogram::new([0.1].into_iter())).unwrap();
+        let w = watcher_id("http://a/");
+        let watchers: Arc<[WatcherId]> = Arc::from(vec![w]);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let ev = crate::cloudevent::CloudEvent::from_gateway_event(
+            "gw",
+            "t",
+            "cfg",
+            bytes::Bytes::from_static(b"x"),
+        );
+        let mut answers = Vec::new();
+        for seq in 1..=100u64 {
+            let (tx, rx) = oneshot::channel();
+            let seen = seen.clone();
+            let s = store.clone();
+            writer.send(Change::Append {
+                watchers: watchers.clone(),
+                events: vec![(seq, encode_event(&ev))],
+                then: Box::new(move |written| {
+                    // Already readable when `then` runs.
+                    let stored = s.queued().unwrap().iter().any(|(_, q, _)| *q == seq);
+                    seen.lock().unwrap().push((seq, stored));
+                    let _ = tx.send(written.is_ok());
+                }),
+            });
+            answers.push(rx);
+        }
+        for rx in answers {
+            assert!(rx.await.unwrap());
+        }
+        for seq in (2..=100).step_by(2) {
+            writer.send(Change::Ack(w, seq));
+        }
+        drop(writer);
+        finished.wait().await;
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen, (1..=100).map(|s| (s, true)).collect::<Vec<_>>());
+        let left: Vec<u64> = store.queued().unwrap().iter().map(|(_, s, _)| *s).collect();
+        assert_eq!(left, (1..=100).filter(|s| s % 2 == 1).collect::<Vec<_>>());
+    }
+}
