@@ -146,7 +146,7 @@ pub struct Config {
     pub data_dir: Option<std::path::PathBuf>,
     pub fsync: crate::store::Fsync,
     pub queue_max_bytes: usize,
-    /// The store's queue memtable, in bytes.
+    /// The dead-letter store's memtable, in bytes (the queue itself is a log).
     pub store_memtable_bytes: usize,
     /// `TRANSFORMER_ADMIT_WAIT`: how long a producer's request may wait for room
     /// in a full queue before it gets 503.
@@ -572,7 +572,7 @@ mod tests {
             std::path::PathBuf::from("gateway-data/transformer-webhook-9300")
         );
         assert_eq!(c.fsync, crate::store::Fsync::Never);
-        assert_eq!(c.store_memtable_bytes, 4 << 20);
+        assert_eq!(c.store_memtable_bytes, 1 << 20);
     }
 
     #[test]

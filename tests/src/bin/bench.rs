@@ -384,7 +384,11 @@ fn report_clustering(scenario: &str, pairs: &[(u64, u64)]) {
         (pairs.iter().map(|p| p.0).max().unwrap_or(0) - start) / 10_000_000 + 1
     );
     for (w, (n, max)) in windows.iter().take(40) {
-        eprintln!("  at {} ms: {n} slow, max {:.1} ms", w * 10, *max as f64 / 1e6);
+        eprintln!(
+            "  at {} ms: {n} slow, max {:.1} ms",
+            w * 10,
+            *max as f64 / 1e6
+        );
     }
 }
 

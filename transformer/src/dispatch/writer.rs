@@ -149,7 +149,8 @@ mod tests {
     #[tokio::test]
     async fn changes_are_committed_in_order_and_answered_after_their_commit() {
         let store = Arc::new(Store::temporary().unwrap());
-        let (writer, finished) = Writer::start(store.clone(), Histogram::new([0.1].into_iter())).unwrap();
+        let (writer, finished) =
+            Writer::start(store.clone(), Histogram::new([0.1].into_iter())).unwrap();
         let w = watcher_id("http://a/");
         let watchers: Arc<[WatcherId]> = Arc::from(vec![w]);
         let seen = Arc::new(Mutex::new(Vec::new()));

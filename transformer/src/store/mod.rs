@@ -1,15 +1,21 @@
-//! The transformer's durable queue, on fjall (an embedded LSM store). Every accepted
-//! event is written once per watcher before the producer is answered 2xx, removed
-//! when that watcher acknowledges it, and moved to the dead letters when its retries
-//! are exhausted. On start, what is still stored is delivered again, in order and
-//! with the same CloudEvent id.
+//! The transformer's durable queue. Every accepted event is written once, for
+//! all its watchers, to an append-only log ([`log`]) before the producer is
+//! answered 2xx; each watcher's acknowledgement is appended when it has the
+//! event, and the event is moved to the dead letters when its retries are
+//! exhausted. On start, what is still undelivered is delivered again, in order
+//! and with the same CloudEvent id. Dead letters and watcher names, which are
+//! few and long-lived, are kept in fjall (an embedded LSM store).
 //!
 //! Durability is the fsync policy's: writes always reach the operating system before
 //! the 2xx, so they survive the transformer being killed (SIGKILL, OOM, panic);
 //! surviving a power loss or kernel crash needs `TRANSFORMER_FSYNC=always` (or a
 //! period), which costs an fsync per event or per period.
 
+pub mod log;
+
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -23,15 +29,20 @@ pub enum StoreError {
     Open { path: PathBuf, source: fjall::Error },
     #[error("event store: {0}")]
     Io(#[from] fjall::Error),
+    #[error("event log: {0}")]
+    Log(#[from] std::io::Error),
     #[error("stored record is corrupt: {0}")]
     Corrupt(&'static str),
     #[error("the event store's writer has stopped")]
     WriterStopped,
 }
 
-/// The queue's memtable size unless `TRANSFORMER_STORE_MEMTABLE_BYTES` says
-/// otherwise: keeps the transformer under 30 MiB resident at saturation.
-pub const DEFAULT_MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
+/// The dead letters' memtable size unless `TRANSFORMER_STORE_MEMTABLE_BYTES`
+/// says otherwise: dead letters are rare, and this is resident memory.
+pub const DEFAULT_MEMTABLE_BYTES: u64 = 1024 * 1024;
+
+/// Where the queue's log lives inside the data directory (fjall has the rest).
+const LOG_DIR: &str = "queue-log";
 
 /// When the store forces its writes to stable storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,10 +115,12 @@ impl DeadLetter {
 
 pub struct Store {
     db: Database,
-    queue: Keyspace,
     dead: Keyspace,
     watchers: Keyspace,
+    log: Mutex<log::Log>,
     fsync: Fsync,
+    /// fjall was written to since the last sync.
+    dead_changed: AtomicBool,
     _temporary: Option<tempfile::TempDir>,
 }
 
@@ -117,17 +130,14 @@ impl Store {
         Self::open_tuned(dir, fsync, DEFAULT_MEMTABLE_BYTES)
     }
 
-    /// [`Store::open`] with the queue's memtable size
-    /// (`TRANSFORMER_STORE_MEMTABLE_BYTES`): the store's resident memory against
-    /// how often it rotates its journal and flushes. On a disk where an fsync
-    /// holds up writes (ext4 on a virtual disk, seen here), each rotation stalls
-    /// intake for a few milliseconds; larger memtables rotate less often.
+    /// [`Store::open`] with the dead letters' memtable size
+    /// (`TRANSFORMER_STORE_MEMTABLE_BYTES`).
     pub fn open_tuned(dir: &Path, fsync: Fsync, memtable_bytes: u64) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
             path: dir.to_owned(),
             source: fjall::Error::from(e),
         })?;
-        Self::open_db(dir, fsync, memtable_bytes, None)
+        Self::open_db(dir, fsync, memtable_bytes, log::SEGMENT_BYTES, None)
     }
 
     /// A store in a fresh temporary directory, removed when dropped: dead letters
@@ -135,39 +145,95 @@ impl Store {
     pub fn temporary() -> Result<Store, StoreError> {
         let dir = tempfile::tempdir().map_err(|e| StoreError::Io(fjall::Error::from(e)))?;
         let path = dir.path().to_owned();
-        Self::open_db(&path, Fsync::Never, DEFAULT_MEMTABLE_BYTES, Some(dir))
+        Self::open_db(
+            &path,
+            Fsync::Never,
+            DEFAULT_MEMTABLE_BYTES,
+            log::SEGMENT_BYTES,
+            Some(dir),
+        )
     }
 
     fn open_db(
         dir: &Path,
         fsync: Fsync,
         memtable_bytes: u64,
+        segment_bytes: u64,
         temporary: Option<tempfile::TempDir>,
     ) -> Result<Store, StoreError> {
         let open = |source| StoreError::Open {
             path: dir.to_owned(),
             source,
         };
+        // Taken first: fjall's lock file is what keeps a second process out,
+        // and it must be held before the log is touched.
         let db = Database::builder(dir)
-            .cache_size(4 * 1024 * 1024)
+            .cache_size(1024 * 1024)
             .open()
             .map_err(open)?;
-        // Queued events are short-lived, so most never leave the memtable and
-        // journal; the memtable's size is the store's share of resident memory.
-        let queue_options =
-            || KeyspaceCreateOptions::default().max_memtable_size(memtable_bytes.max(1 << 20));
-        let small = || KeyspaceCreateOptions::default().max_memtable_size(1 << 20);
-        let queue = db.keyspace("queue", queue_options).map_err(open)?;
-        let dead = db.keyspace("dead", small).map_err(open)?;
-        let watchers = db.keyspace("watchers", small).map_err(open)?;
-        Ok(Store {
+        let options =
+            || KeyspaceCreateOptions::default().max_memtable_size(memtable_bytes.max(64 << 10));
+        let dead = db.keyspace("dead", options).map_err(open)?;
+        let watchers = db.keyspace("watchers", options).map_err(open)?;
+        let log_dir = dir.join(LOG_DIR);
+        std::fs::create_dir_all(&log_dir)?;
+        let replayed = log::replay(&log_dir)?;
+        let store = Store {
+            log: Mutex::new(log::Log::open(&log_dir, &replayed, segment_bytes)?),
             db,
-            queue,
             dead,
             watchers,
             fsync,
+            dead_changed: AtomicBool::new(false),
             _temporary: temporary,
-        })
+        };
+        store.settle()?;
+        Ok(store)
+    }
+
+    /// Finishes what a crash interrupted: an event buried as a dead letter but
+    /// not yet acknowledged in the log is acknowledged now; and events queued
+    /// by a version that kept the queue in fjall move to the log.
+    fn settle(&self) -> Result<(), StoreError> {
+        let mut batch = self.batch();
+        for (w, seq) in self.log().pending() {
+            if self.dead.contains_key(key(w, seq))? {
+                batch.ack(w, seq);
+            }
+        }
+        batch.commit()?;
+        if self.db.keyspace_exists("queue") {
+            let legacy = self.db.keyspace("queue", KeyspaceCreateOptions::default)?;
+            let mut by_seq: std::collections::BTreeMap<u64, (Vec<WatcherId>, Vec<u8>)> =
+                Default::default();
+            for item in legacy.iter() {
+                let (k, v) = item.into_inner()?;
+                let (w, seq) = split_key(&k)?;
+                by_seq
+                    .entry(seq)
+                    .or_insert_with(|| (Vec::new(), v.to_vec()))
+                    .0
+                    .push(w);
+            }
+            let mut batch = self.batch();
+            for (seq, (watchers, event)) in &by_seq {
+                batch.append(watchers, &[(*seq, event.clone())]);
+            }
+            batch.commit()?;
+            self.sync()?;
+            if !by_seq.is_empty() {
+                tracing::info!(
+                    events = by_seq.len(),
+                    "moved queued events from the old store layout to the event log"
+                );
+            }
+            self.db.delete_keyspace(legacy)?;
+        }
+        Ok(())
+    }
+
+    fn log(&self) -> std::sync::MutexGuard<'_, log::Log> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn fsync(&self) -> Fsync {
@@ -178,6 +244,7 @@ impl Store {
     pub fn register_watcher(&self, name: &str) -> Result<WatcherId, StoreError> {
         let id = watcher_id(name);
         self.watchers.insert(id.to_be_bytes(), name.as_bytes())?;
+        self.dead_changed.store(true, Ordering::Relaxed);
         Ok(id)
     }
 
@@ -193,7 +260,9 @@ impl Store {
     pub fn batch(&self) -> Batch<'_> {
         Batch {
             store: self,
-            inner: self.db.batch(),
+            records: Vec::new(),
+            ops: Vec::new(),
+            resurrected: Vec::new(),
         }
     }
 
@@ -219,37 +288,41 @@ impl Store {
         batch.commit()
     }
 
-    /// Moves an event from the queue to the dead letters, atomically.
+    /// Moves an event from the queue to the dead letters: stored as a dead
+    /// letter first, then acknowledged in the log (a crash between the two is
+    /// settled on the next start).
     pub fn bury(&self, letter: &DeadLetter) -> Result<(), StoreError> {
-        let mut batch = self.db.batch();
-        batch.remove(&self.queue, key(letter.watcher, letter.seq));
-        batch.insert(
-            &self.dead,
-            key(letter.watcher, letter.seq),
-            encode_dead(letter),
-        );
-        batch.commit()?;
-        Ok(())
+        self.dead
+            .insert(key(letter.watcher, letter.seq), encode_dead(letter))?;
+        self.dead_changed.store(true, Ordering::Relaxed);
+        let mut batch = self.batch();
+        batch.ack(letter.watcher, letter.seq);
+        batch.commit()
     }
 
-    /// Every queued event, in acceptance order per watcher, for redelivery on start.
+    /// Every queued event, in acceptance order per watcher, for redelivery on
+    /// start: read back from the log's files.
     pub fn queued(&self) -> Result<Vec<(WatcherId, u64, CloudEvent)>, StoreError> {
+        let dir = self.log().dir().to_owned();
+        let replayed = log::replay(&dir)?;
         let mut out = Vec::new();
-        for item in self.queue.iter() {
-            let (k, v) = item.into_inner()?;
-            let (w, seq) = split_key(&k)?;
-            out.push((w, seq, decode_event(&v)?));
+        for (seq, (_, watchers, event)) in replayed.events {
+            let event = decode_event(&event)?;
+            for w in watchers {
+                if !self.dead.contains_key(key(w, seq))? {
+                    out.push((w, seq, event.clone()));
+                }
+            }
         }
+        out.sort_by_key(|(w, seq, _)| (*w, *seq));
         Ok(out)
     }
 
     /// The highest sequence number stored anywhere, so new ones sort after it.
     pub fn max_seq(&self) -> Result<u64, StoreError> {
-        let mut max = 0;
-        for ks in [&self.queue, &self.dead] {
-            for item in ks.iter() {
-                max = max.max(split_key(&item.key()?)?.1);
-            }
+        let mut max = self.log().max_seq();
+        for item in self.dead.iter() {
+            max = max.max(split_key(&item.key()?)?.1);
         }
         Ok(max)
     }
@@ -282,20 +355,37 @@ impl Store {
     pub fn delete_dead(&self, watcher: WatcherId, seq: u64) -> Result<bool, StoreError> {
         let existed = self.dead.contains_key(key(watcher, seq))?;
         self.dead.remove(key(watcher, seq))?;
+        self.dead_changed.store(true, Ordering::Relaxed);
         Ok(existed)
     }
 
     /// Moves a dead letter back into its watcher's queue under a new sequence
-    /// number, atomically, so a replay is never lost nor doubled by a crash.
+    /// number: queued first, then removed from the dead letters, so a crash
+    /// between the two never loses it (it would stay listed as a dead letter
+    /// too).
     pub fn resurrect(&self, letter: &DeadLetter, new_seq: u64) -> Result<(), StoreError> {
         let mut batch = self.batch();
         batch.resurrect(letter, new_seq);
         batch.commit()
     }
 
-    /// Forces everything written so far to stable storage.
+    /// Forces everything written so far to stable storage. The log's files
+    /// are synced outside its lock, so writing goes on meanwhile.
     pub fn sync(&self) -> Result<(), StoreError> {
-        self.db.persist(PersistMode::SyncData)?;
+        let (files, dir_changed, dir) = {
+            let mut log = self.log();
+            let (files, changed) = log.to_sync();
+            (files, changed, log.dir().to_owned())
+        };
+        for file in files {
+            file.sync_data()?;
+        }
+        if dir_changed {
+            std::fs::File::open(&dir)?.sync_all()?;
+        }
+        if self.dead_changed.swap(false, Ordering::Relaxed) {
+            self.db.persist(PersistMode::SyncData)?;
+        }
         Ok(())
     }
 
@@ -304,44 +394,52 @@ impl Store {
     }
 }
 
-/// Changes collected for one atomic write; see [`Store::batch`].
+/// Changes collected for one write; see [`Store::batch`].
 pub struct Batch<'a> {
     store: &'a Store,
-    inner: fjall::OwnedWriteBatch,
+    records: Vec<u8>,
+    ops: Vec<log::Op>,
+    /// Dead letters to remove once their replay is in the log.
+    resurrected: Vec<(WatcherId, u64)>,
 }
 
 impl Batch<'_> {
     /// Queues each encoded event for every listed watcher.
     pub fn append(&mut self, watchers: &[WatcherId], events: &[(u64, Vec<u8>)]) {
         for (seq, event) in events {
-            let value = fjall::UserValue::from(event.as_slice());
-            for w in watchers {
-                self.inner
-                    .insert(&self.store.queue, key(*w, *seq), value.clone());
-            }
+            log::encode_append(&mut self.records, *seq, watchers, event);
+            self.ops.push(log::Op::Append {
+                seq: *seq,
+                watchers: watchers.to_vec(),
+            });
         }
     }
 
     /// Forgets a delivered event.
     pub fn ack(&mut self, watcher: WatcherId, seq: u64) {
-        self.inner.remove(&self.store.queue, key(watcher, seq));
+        log::encode_ack(&mut self.records, watcher, seq);
+        self.ops.push(log::Op::Ack(watcher, seq));
     }
 
     /// Moves a dead letter back into its watcher's queue as `new_seq`.
     pub fn resurrect(&mut self, letter: &DeadLetter, new_seq: u64) {
-        self.inner
-            .remove(&self.store.dead, key(letter.watcher, letter.seq));
-        self.inner.insert(
-            &self.store.queue,
-            key(letter.watcher, new_seq),
-            encode_event(&letter.event),
-        );
+        let event = encode_event(&letter.event);
+        log::encode_append(&mut self.records, new_seq, &[letter.watcher], &event);
+        self.ops.push(log::Op::Append {
+            seq: new_seq,
+            watchers: vec![letter.watcher],
+        });
+        self.resurrected.push((letter.watcher, letter.seq));
     }
 
-    /// Writes everything at once; it reaches the operating system before this
-    /// returns.
+    /// Writes everything with one `write(2)`; it reaches the operating system
+    /// before this returns.
     pub fn commit(self) -> Result<(), StoreError> {
-        self.inner.commit()?;
+        self.store.log().commit(&self.records, self.ops)?;
+        for (w, seq) in self.resurrected {
+            self.store.dead.remove(key(w, seq))?;
+            self.store.dead_changed.store(true, Ordering::Relaxed);
+        }
         Ok(())
     }
 }
