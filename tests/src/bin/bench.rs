@@ -265,19 +265,33 @@ fn cpu_secs(pid: i32) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Microseconds of CPU per event for each named process: the cost of the path,
-/// which on a shared 2-core machine is steadier than the rate itself.
-fn cpu_per_event(procs: &[(&str, i32)], events: u64) -> String {
-    procs
+/// Microseconds of CPU per event for each named process (given the seconds it
+/// used), and their sum: the cost of the path, which on a shared 2-core machine
+/// is steadier than the rate itself. Saturated, the rate is about
+/// 2 cores / the sum, so the limit's sum over a scenario's sum predicts its ratio.
+fn cpu_per_event(procs: &[(&str, f64)], events: u64) -> (String, f64) {
+    let per = |secs: f64| secs * 1e6 / events.max(1) as f64;
+    let text = procs
         .iter()
-        .map(|(name, pid)| format!("{name} {:.0}", cpu_secs(*pid) * 1e6 / events.max(1) as f64))
+        .map(|(name, secs)| format!("{name} {:.0}", per(*secs)))
         .collect::<Vec<_>>()
-        .join(" / ")
+        .join(" / ");
+    (text, procs.iter().map(|(_, secs)| per(*secs)).sum())
+}
+
+/// CPU seconds this process (the load generator and the sensor or subscriber)
+/// has used so far.
+fn own_cpu_secs() -> f64 {
+    cpu_secs(std::process::id() as i32)
 }
 
 struct Row {
     events: u64,
     cpu: String,
+    /// CPU µs per event over every process involved, the load generator's too.
+    cpu_total: f64,
+    /// CPU seconds the load generator and sensor used during the measurement.
+    load_secs: f64,
     name: String,
     rate: f64,
     p50: f64,
@@ -317,6 +331,7 @@ async fn measure(
     s: &Settings,
 ) -> (Row, f64) {
     let before = sink.map_or(0, |k| k.received.load(Ordering::Relaxed));
+    let load_before = own_cpu_secs();
     let started = Instant::now();
     let sat = generate(url, s.sources, size, s.workers, s.secs, None).await;
     let accepted_rate = sat.ok as f64 / s.secs;
@@ -369,6 +384,8 @@ async fn measure(
             rss: String::new(),
             events: sat.ok + half.ok,
             cpu: String::new(),
+            cpu_total: f64::NAN,
+            load_secs: own_cpu_secs() - load_before,
             note,
         },
         rate,
@@ -491,11 +508,15 @@ async fn wait_starts(starts: &AtomicU64, n: u64) -> Duration {
     t0.elapsed()
 }
 
-fn cpu_of(g: &Gateway, events: u64) -> String {
-    cpu_per_event(
-        &[("pc", g.processor.pid()), ("tr", g.transformer.pid())],
-        events,
-    )
+/// The gateway's processes, the load generator, and any `others` (NATS).
+fn cpu_of(g: &Gateway, row: &mut Row, others: &[(&str, f64)]) {
+    let mut procs = vec![
+        ("load", row.load_secs),
+        ("pc", cpu_secs(g.processor.pid())),
+        ("tr", cpu_secs(g.transformer.pid())),
+    ];
+    procs.extend_from_slice(others);
+    (row.cpu, row.cpu_total) = cpu_per_event(&procs, row.events);
 }
 
 fn rss_of(g: &Gateway) -> String {
@@ -609,7 +630,10 @@ async fn main() {
         .await;
         limit = l;
         row.rss = format!("{:.1}", peak_rss_mib(bare.pid()));
-        row.cpu = cpu_per_event(&[("server", bare.pid())], row.events);
+        (row.cpu, row.cpu_total) = cpu_per_event(
+            &[("load", row.load_secs), ("server", cpu_secs(bare.pid()))],
+            row.events,
+        );
         rows.push(row);
         drop(bare);
     }
@@ -652,7 +676,14 @@ async fn main() {
             peak_rss_mib(hop_a.pid()),
             peak_rss_mib(hop_b.pid())
         );
-        row.cpu = cpu_per_event(&[("a", hop_a.pid()), ("b", hop_b.pid())], row.events);
+        (row.cpu, row.cpu_total) = cpu_per_event(
+            &[
+                ("load", row.load_secs),
+                ("a", cpu_secs(hop_a.pid())),
+                ("b", cpu_secs(hop_b.pid())),
+            ],
+            row.events,
+        );
         rows.push(row);
     }
     // Then the same with an fsync before every 2xx: what surviving a power
@@ -672,7 +703,7 @@ async fn main() {
         wait_starts(&starts, before + s.sources as u64).await;
         let (mut row, _) = measure(name, &g.pc_url, Some(&sensor), size, &s).await;
         row.rss = rss_of(&g);
-        row.cpu = cpu_of(&g, row.events);
+        cpu_of(&g, &mut row, &[]);
         dump_metrics(&g, name).await;
         rows.push(row);
         drop(g);
@@ -709,20 +740,22 @@ async fn main() {
             ];
             let g = gateway(&env, s.sources, us_port).await;
             wait_starts(&starts, starts_before + s.sources as u64).await;
+            let nats_before = nats.proc.as_ref().map_or(0.0, |p| cpu_secs(p.pid()));
             let (mut row, _) = measure(name, &g.pc_url, Some(&nats_sink), size, &s).await;
             row.rss = rss_of(&g);
-            row.cpu = cpu_of(&g, row.events);
+            let nats_secs = nats.proc.as_ref().map_or(0.0, |p| cpu_secs(p.pid())) - nats_before;
+            cpu_of(&g, &mut row, &[("nats", nats_secs)]);
             dump_metrics(&g, name).await;
             rows.push(row);
         }
         drop(nats);
     }
 
-    println!("| scenario | events/s at saturation | ratio to limit | p50 ms | p99 ms | p99.9 ms | peak RSS MiB | CPU µs per event | note |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| scenario | events/s at saturation | ratio to limit | p50 ms | p99 ms | p99.9 ms | peak RSS MiB | CPU µs per event | CPU µs per event, all | note |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {:.0} | {} |",
             r.name,
             r.rate,
             r.rate / limit,
@@ -731,6 +764,7 @@ async fn main() {
             r.p999,
             r.rss,
             r.cpu,
+            r.cpu_total,
             r.note
         );
     }

@@ -602,7 +602,7 @@ impl LaneWorker {
                     self.metrics
                         .latency
                         .observe(queued.accepted_at.elapsed().as_secs_f64());
-                    self.writer.send(Change::Ack(self.watcher, queued.seq));
+                    self.writer.ack(self.watcher, queued.seq);
                     Ok(())
                 }
                 Outcome::GaveUp { error, attempts } => {

@@ -15,9 +15,18 @@
 //! dispatcher sends under its lanes' order locks and queues events for delivery
 //! in `then`, so a lane's order is the store's order, and no event is delivered
 //! (nor acknowledged) before it is stored.
+//!
+//! Acknowledgements do not wake the writer one by one: waking a parked thread
+//! is a futex call on each side, and at ten thousand events a second that was
+//! the writer's main cost (each ack woke it for a write of its own). They
+//! collect in a buffer; the first one into an empty buffer wakes the writer,
+//! which then waits up to [`ACK_LINGER`] for events to write them with. A
+//! crash loses at most the acknowledgements of that moment: those events are
+//! delivered again (at least once).
 
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::oneshot;
@@ -39,8 +48,6 @@ pub enum Change {
         events: Vec<(u64, Vec<u8>)>,
         then: Then,
     },
-    /// A delivered event, to forget.
-    Ack(WatcherId, u64),
     /// A dead letter back into its watcher's queue under a new sequence number.
     Resurrect {
         letter: Box<DeadLetter>,
@@ -52,7 +59,14 @@ pub enum Change {
 /// Sends changes to the writer thread; clones share the one thread.
 #[derive(Clone)]
 pub struct Writer {
-    tx: mpsc::Sender<Change>,
+    tx: mpsc::Sender<Message>,
+    acks: Arc<Mutex<Vec<(WatcherId, u64)>>>,
+}
+
+enum Message {
+    Change(Change),
+    /// Acknowledgements are waiting in the buffer.
+    Acks,
 }
 
 /// Resolves when the writer thread has written its last change and ended:
@@ -62,27 +76,44 @@ pub struct Finished(oneshot::Receiver<()>);
 /// Most changes committed as one write; bounds how long the first of them waits.
 const MAX_GROUP: usize = 4096;
 
+/// How long acknowledgements wait for events to be written with.
+const ACK_LINGER: Duration = Duration::from_millis(1);
+
 impl Writer {
     pub fn start(store: Arc<Store>, timing: Histogram) -> std::io::Result<(Writer, Finished)> {
         let (tx, rx) = mpsc::channel();
         let (done_tx, done_rx) = oneshot::channel();
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let pending = acks.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || {
-                write_changes(&store, &rx, &timing);
+                write_changes(&store, &rx, &pending, &timing);
                 let _ = done_tx.send(());
             })?;
-        Ok((Writer { tx }, Finished(done_rx)))
+        Ok((Writer { tx, acks }, Finished(done_rx)))
+    }
+
+    /// Records that `watcher` has `seq`, to be forgotten with the next write.
+    pub fn ack(&self, watcher: WatcherId, seq: u64) {
+        let was_empty = {
+            let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+            acks.push((watcher, seq));
+            acks.len() == 1
+        };
+        if was_empty {
+            let _ = self.tx.send(Message::Acks);
+        }
     }
 
     /// Sends a change. If the writer has stopped (only when the process is
     /// stopping), its `then` hears so at once.
     pub fn send(&self, change: Change) {
-        if let Err(mpsc::SendError(change)) = self.tx.send(change) {
+        if let Err(mpsc::SendError(Message::Change(change))) = self.tx.send(Message::Change(change))
+        {
             let stopped = Err(Arc::new(StoreError::WriterStopped));
             match change {
                 Change::Append { then, .. } | Change::Resurrect { then, .. } => then(stopped),
-                Change::Ack(..) => {}
             }
         }
     }
@@ -94,47 +125,82 @@ impl Finished {
     }
 }
 
-fn write_changes(store: &Store, rx: &mpsc::Receiver<Change>, timing: &Histogram) {
+fn write_changes(
+    store: &Store,
+    rx: &mpsc::Receiver<Message>,
+    pending: &Mutex<Vec<(WatcherId, u64)>>,
+    timing: &Histogram,
+) {
     let always = store.fsync() == Fsync::Always;
     let mut group = Vec::new();
-    while let Ok(first) = rx.recv() {
-        group.push(first);
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(change) => group.push(change),
-                Err(_) => break,
+    let mut acks = Vec::new();
+    let mut open = true;
+    while open {
+        match rx.recv() {
+            Ok(Message::Change(change)) => group.push(change),
+            Ok(Message::Acks) => {}
+            // Every sender is gone: write the last acknowledgements and end.
+            Err(_) => open = false,
+        }
+        gather(rx, &mut group, &mut open);
+        if group.is_empty() && open {
+            match rx.recv_timeout(ACK_LINGER) {
+                Ok(Message::Change(change)) => group.push(change),
+                Ok(Message::Acks) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
             }
+            gather(rx, &mut group, &mut open);
+        }
+        std::mem::swap(
+            &mut acks,
+            &mut *pending.lock().unwrap_or_else(|p| p.into_inner()),
+        );
+        if group.is_empty() && acks.is_empty() {
+            continue;
         }
         let started = std::time::Instant::now();
         let mut batch = store.batch();
-        let mut acks = 0usize;
         for change in &group {
             match change {
                 Change::Append {
                     watchers, events, ..
                 } => batch.append(watchers, events),
-                Change::Ack(watcher, seq) => {
-                    batch.ack(*watcher, *seq);
-                    acks += 1;
-                }
                 Change::Resurrect { letter, seq, .. } => batch.resurrect(letter, *seq),
             }
         }
+        for (watcher, seq) in &acks {
+            batch.ack(*watcher, *seq);
+        }
         let mut written = batch.commit();
-        if always && written.is_ok() {
+        if always && written.is_ok() && !group.is_empty() {
             written = store.sync();
         }
         timing.observe(started.elapsed().as_secs_f64());
         let written = written.map_err(Arc::new);
-        if let (Err(e), true) = (&written, acks > 0) {
-            tracing::error!(error = %e, events = acks, "cannot update the event store; these delivered events may be delivered again after a restart");
+        if let (Err(e), false) = (&written, acks.is_empty()) {
+            tracing::error!(error = %e, events = acks.len(), "cannot update the event store; these delivered events may be delivered again after a restart");
         }
+        acks.clear();
         for change in group.drain(..) {
             match change {
                 Change::Append { then, .. } | Change::Resurrect { then, .. } => {
                     then(written.clone())
                 }
-                Change::Ack(..) => {}
+            }
+        }
+    }
+}
+
+/// Adds what is already waiting to `group`, up to [`MAX_GROUP`].
+fn gather(rx: &mpsc::Receiver<Message>, group: &mut Vec<Change>, open: &mut bool) {
+    while group.len() < MAX_GROUP {
+        match rx.try_recv() {
+            Ok(Message::Change(change)) => group.push(change),
+            Ok(Message::Acks) => {}
+            Err(mpsc::TryRecvError::Empty) => break,
+            Err(mpsc::TryRecvError::Disconnected) => {
+                *open = false;
+                break;
             }
         }
     }
@@ -144,7 +210,6 @@ fn write_changes(store: &Store, rx: &mpsc::Receiver<Change>, timing: &Histogram)
 mod tests {
     use super::*;
     use crate::store::{encode_event, watcher_id};
-    use std::sync::Mutex;
 
     #[tokio::test]
     async fn changes_are_committed_in_order_and_answered_after_their_commit() {
@@ -181,7 +246,7 @@ mod tests {
             assert!(rx.await.unwrap());
         }
         for seq in (2..=100).step_by(2) {
-            writer.send(Change::Ack(w, seq));
+            writer.ack(w, seq);
         }
         drop(writer);
         finished.wait().await;
