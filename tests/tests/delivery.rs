@@ -68,7 +68,26 @@ fn acked(g: &Gateway) -> usize {
 
 #[tokio::test]
 async fn transformer_killed_mid_stream_loses_nothing_acknowledged() {
-    let mut g = Gateway::up(UserServerKind::Python, &[]).await;
+    killed_mid_stream_with(None).await;
+}
+
+/// The same with an fsync before every 2xx: the store's writer syncs once per
+/// group, and what it answered for must still all arrive.
+#[tokio::test]
+async fn transformer_killed_mid_stream_with_fsync_always_loses_nothing_acknowledged() {
+    killed_mid_stream_with(Some("always")).await;
+}
+
+async fn killed_mid_stream_with(fsync: Option<&str>) {
+    let mut g = Gateway::new(UserServerKind::Python);
+    if let Some(f) = fsync {
+        g.transformer_env
+            .push(("TRANSFORMER_FSYNC".into(), f.into()));
+    }
+    g.start_sensor().await;
+    g.start_transformer().await;
+    g.start_user_server().await;
+    g.start_processor().await;
     std::fs::write(&g.fail_file, "x").expect("fail file");
     g.set_config("alpha", r#"{"count": 400, "interval_ms": 1}"#);
     g.set_config("beta", r#"{"count": 400, "interval_ms": 1}"#);

@@ -667,6 +667,68 @@ mod tests {
     }
 
     #[test]
+    fn events_queued_by_the_fjall_layout_move_to_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (watcher_id("http://a/"), watcher_id("http://b/"));
+        {
+            // The layout before the log: one fjall entry per watcher and event.
+            let db = Database::builder(dir.path()).open().unwrap();
+            let queue = db
+                .keyspace("queue", KeyspaceCreateOptions::default)
+                .unwrap();
+            queue.insert(key(a, 4), encode_event(&event(4))).unwrap();
+            queue.insert(key(b, 4), encode_event(&event(4))).unwrap();
+            queue.insert(key(b, 5), encode_event(&event(5))).unwrap();
+            db.persist(PersistMode::SyncAll).unwrap();
+        }
+        for _ in 0..2 {
+            let s = Store::open(dir.path(), Fsync::Never).unwrap();
+            let queued: Vec<(u64, u64)> = s
+                .queued()
+                .unwrap()
+                .into_iter()
+                .map(|(w, seq, _)| (w, seq))
+                .collect();
+            let mut expected = vec![(a, 4), (b, 4), (b, 5)];
+            expected.sort();
+            assert_eq!(queued, expected);
+            assert_eq!(s.max_seq().unwrap(), 5);
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_buried_but_not_acknowledged_is_settled_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = watcher_id("http://a/");
+        {
+            let s = Store::open(dir.path(), Fsync::Never).unwrap();
+            s.append(&[a], &[(1, encode_event(&event(1)))]).unwrap();
+            // A crash between the two halves of `bury`: stored as dead, not acked.
+            s.dead
+                .insert(
+                    key(a, 1),
+                    encode_dead(&DeadLetter {
+                        watcher: a,
+                        seq: 1,
+                        watcher_name: "http://a/".into(),
+                        error: "gave up".into(),
+                        attempts: 3,
+                        dead_at_ms: now_ms(),
+                        event: event(1),
+                    }),
+                )
+                .unwrap();
+        }
+        let s = Store::open(dir.path(), Fsync::Always).unwrap();
+        assert!(
+            s.log().pending().is_empty(),
+            "acknowledged in the log on open"
+        );
+        assert!(s.queued().unwrap().is_empty());
+        assert_eq!(s.dead_count().unwrap(), 1);
+    }
+
+    #[test]
     fn a_second_process_cannot_open_the_same_store() {
         let dir = tempfile::tempdir().unwrap();
         let _first = Store::open(dir.path(), Fsync::Never).unwrap();
