@@ -266,9 +266,10 @@ fn cpu_secs(pid: i32) -> f64 {
 }
 
 /// Microseconds of CPU per event for each named process (given the seconds it
-/// used), and their sum: the cost of the path, which on a shared 2-core machine
-/// is steadier than the rate itself. Saturated, the rate is about
-/// 2 cores / the sum, so the limit's sum over a scenario's sum predicts its ratio.
+/// used at saturation), and their sum: the cost of the path, which on a shared
+/// 2-core machine is steadier than the rate itself. With both cores busy the
+/// rate is 2 s / the sum, so the limit's sum over a scenario's sum is the
+/// ratio it can reach.
 fn cpu_per_event(procs: &[(&str, f64)], events: u64) -> (String, f64) {
     let per = |secs: f64| secs * 1e6 / events.max(1) as f64;
     let text = procs
@@ -286,12 +287,9 @@ fn own_cpu_secs() -> f64 {
 }
 
 struct Row {
-    events: u64,
     cpu: String,
     /// CPU µs per event over every process involved, the load generator's too.
     cpu_total: f64,
-    /// CPU seconds the load generator and sensor used during the measurement.
-    load_secs: f64,
     name: String,
     rate: f64,
     p50: f64,
@@ -329,9 +327,17 @@ async fn measure(
     sink: Option<&Sink>,
     size: usize,
     s: &Settings,
+    procs: &[(&str, i32)],
 ) -> (Row, f64) {
     let before = sink.map_or(0, |k| k.received.load(Ordering::Relaxed));
-    let load_before = own_cpu_secs();
+    // CPU is counted over the saturated phase only, until the last event
+    // arrived: per event, that is what bounds the rate.
+    let cpu_now = || {
+        let mut v = vec![("load", own_cpu_secs())];
+        v.extend(procs.iter().map(|(n, pid)| (*n, cpu_secs(*pid))));
+        v
+    };
+    let cpu_before = cpu_now();
     let started = Instant::now();
     let sat = generate(url, s.sources, size, s.workers, s.secs, None).await;
     let accepted_rate = sat.ok as f64 / s.secs;
@@ -342,6 +348,12 @@ async fn measure(
         },
         None => accepted_rate,
     };
+    let used: Vec<(&str, f64)> = cpu_now()
+        .into_iter()
+        .zip(&cpu_before)
+        .map(|((name, after), (_, before))| (name, after - before))
+        .collect();
+    let (cpu, cpu_total) = cpu_per_event(&used, sat.ok);
     if let Some(sink) = sink {
         sink.latencies
             .lock()
@@ -370,7 +382,10 @@ async fn measure(
         None => half.rtts,
     };
     lat.sort_unstable();
-    let mut note = format!("accepted {accepted_rate:.0}/s");
+    let mut note = format!(
+        "accepted {accepted_rate:.0}/s; {:.2} cores busy",
+        rate * cpu_total / 1e6
+    );
     if sat.refused > 0 {
         note.push_str(&format!(", {} refused (503)", sat.refused));
     }
@@ -382,10 +397,8 @@ async fn measure(
             p99: percentile(&lat, 0.99),
             p999: percentile(&lat, 0.999),
             rss: String::new(),
-            events: sat.ok + half.ok,
-            cpu: String::new(),
-            cpu_total: f64::NAN,
-            load_secs: own_cpu_secs() - load_before,
+            cpu,
+            cpu_total,
             note,
         },
         rate,
@@ -508,15 +521,10 @@ async fn wait_starts(starts: &AtomicU64, n: u64) -> Duration {
     t0.elapsed()
 }
 
-/// The gateway's processes, the load generator, and any `others` (NATS).
-fn cpu_of(g: &Gateway, row: &mut Row, others: &[(&str, f64)]) {
-    let mut procs = vec![
-        ("load", row.load_secs),
-        ("pc", cpu_secs(g.processor.pid())),
-        ("tr", cpu_secs(g.transformer.pid())),
-    ];
-    procs.extend_from_slice(others);
-    (row.cpu, row.cpu_total) = cpu_per_event(&procs, row.events);
+impl Gateway {
+    fn pids(&self) -> Vec<(&'static str, i32)> {
+        vec![("pc", self.processor.pid()), ("tr", self.transformer.pid())]
+    }
 }
 
 fn rss_of(g: &Gateway) -> String {
@@ -626,14 +634,11 @@ async fn main() {
             None,
             size,
             &s,
+            &[("server", bare.pid())],
         )
         .await;
         limit = l;
         row.rss = format!("{:.1}", peak_rss_mib(bare.pid()));
-        (row.cpu, row.cpu_total) = cpu_per_event(
-            &[("load", row.load_secs), ("server", cpu_secs(bare.pid()))],
-            row.events,
-        );
         rows.push(row);
         drop(bare);
     }
@@ -669,20 +674,13 @@ async fn main() {
             None,
             size,
             &s,
+            &[("a", hop_a.pid()), ("b", hop_b.pid())],
         )
         .await;
         row.rss = format!(
             "hops {:.1} / {:.1}",
             peak_rss_mib(hop_a.pid()),
             peak_rss_mib(hop_b.pid())
-        );
-        (row.cpu, row.cpu_total) = cpu_per_event(
-            &[
-                ("load", row.load_secs),
-                ("a", cpu_secs(hop_a.pid())),
-                ("b", cpu_secs(hop_b.pid())),
-            ],
-            row.events,
         );
         rows.push(row);
     }
@@ -701,9 +699,8 @@ async fn main() {
         let before = starts.load(Ordering::Relaxed);
         let g = gateway(&env, s.sources, us_port).await;
         wait_starts(&starts, before + s.sources as u64).await;
-        let (mut row, _) = measure(name, &g.pc_url, Some(&sensor), size, &s).await;
+        let (mut row, _) = measure(name, &g.pc_url, Some(&sensor), size, &s, &g.pids()).await;
         row.rss = rss_of(&g);
-        cpu_of(&g, &mut row, &[]);
         dump_metrics(&g, name).await;
         rows.push(row);
         drop(g);
@@ -740,11 +737,10 @@ async fn main() {
             ];
             let g = gateway(&env, s.sources, us_port).await;
             wait_starts(&starts, starts_before + s.sources as u64).await;
-            let nats_before = nats.proc.as_ref().map_or(0.0, |p| cpu_secs(p.pid()));
-            let (mut row, _) = measure(name, &g.pc_url, Some(&nats_sink), size, &s).await;
+            let mut procs = g.pids();
+            procs.extend(nats.proc.as_ref().map(|p| ("nats", p.pid())));
+            let (mut row, _) = measure(name, &g.pc_url, Some(&nats_sink), size, &s, &procs).await;
             row.rss = rss_of(&g);
-            let nats_secs = nats.proc.as_ref().map_or(0.0, |p| cpu_secs(p.pid())) - nats_before;
-            cpu_of(&g, &mut row, &[("nats", nats_secs)]);
             dump_metrics(&g, name).await;
             rows.push(row);
         }

@@ -266,9 +266,9 @@ impl Store {
         }
     }
 
-    /// Stores events for every listed watcher in one atomic write. The write
-    /// reaches the operating system before this returns; a caller under
-    /// `Fsync::Always` calls [`Store::sync`] once for the whole batch.
+    /// Stores events for every listed watcher in one write (tests; the
+    /// dispatcher writes through [`Store::batch`] on its writer thread).
+    #[cfg(test)]
     pub fn append(
         &self,
         watchers: &[WatcherId],
@@ -279,7 +279,8 @@ impl Store {
         batch.commit()
     }
 
-    /// Forgets many delivered events in one write.
+    /// Forgets many delivered events in one write (tests).
+    #[cfg(test)]
     pub fn ack_many(&self, acks: &[(WatcherId, u64)]) -> Result<(), StoreError> {
         let mut batch = self.batch();
         for (w, seq) in acks {
