@@ -479,6 +479,14 @@ impl Writer {
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
+    /// A reader past the record's version byte, which must be ours.
+    fn versioned(b: &'a [u8]) -> Result<Self, StoreError> {
+        let mut r = Reader(b);
+        if r.u8()? != CODEC_VERSION {
+            return Err(StoreError::Corrupt("unknown record version"));
+        }
+        Ok(r)
+    }
     fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
         if self.0.len() < n {
             return Err(StoreError::Corrupt("truncated record"));
@@ -539,10 +547,7 @@ pub fn encode_event(ev: &CloudEvent) -> Vec<u8> {
 }
 
 pub fn decode_event(b: &[u8]) -> Result<CloudEvent, StoreError> {
-    let mut r = Reader(b);
-    if r.u8()? != CODEC_VERSION {
-        return Err(StoreError::Corrupt("unknown record version"));
-    }
+    let mut r = Reader::versioned(b)?;
     let id = r.str()?;
     let source = r.str()?;
     let ty = r.str()?;
@@ -581,10 +586,7 @@ fn encode_dead(d: &DeadLetter) -> Vec<u8> {
 }
 
 fn decode_dead(watcher: WatcherId, seq: u64, b: &[u8]) -> Result<DeadLetter, StoreError> {
-    let mut r = Reader(b);
-    if r.u8()? != CODEC_VERSION {
-        return Err(StoreError::Corrupt("unknown record version"));
-    }
+    let mut r = Reader::versioned(b)?;
     let attempts = r.u32()?;
     let dead_at_ms = r.u64()?;
     let watcher_name = r.str()?;
