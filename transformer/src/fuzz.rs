@@ -110,4 +110,21 @@ proptest! {
     fn fuzz_stored_records(record in prop::collection::vec(any::<u8>(), 0..256)) {
         let _ = store::decode_event(&record);
     }
+
+    /// Segment files of the queue's log: any bytes, framed or not, and a
+    /// well-framed record with any body, read without panicking.
+    #[test]
+    fn fuzz_log_records(
+        raw in prop::collection::vec(any::<u8>(), 0..256),
+        body in prop::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let _ = store::log::read_record_len(&raw);
+        let mut framed = Vec::new();
+        framed.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        framed.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        framed.extend_from_slice(&body);
+        if let Some(len) = store::log::read_record_len(&framed) {
+            prop_assert_eq!(len, framed.len());
+        }
+    }
 }

@@ -96,6 +96,12 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
+/// The framed length of the record at the start of `data`, if it checks out.
+/// Public for the fuzz tests: after a crash a segment file is outside input.
+pub fn read_record_len(data: &[u8]) -> Option<usize> {
+    read_record(data).map(|(_, len)| len)
+}
+
 /// Reads the record at the start of `data`: the record and its framed length,
 /// or None if it is incomplete or does not check out (the end of the log).
 fn read_record(data: &[u8]) -> Option<(Record<'_>, usize)> {
@@ -310,16 +316,7 @@ impl Log {
         if records.is_empty() {
             return Ok(());
         }
-        if let Err(e) = (&*self.active).write_all(records) {
-            // Part of the records may be written: cut them off, or if even
-            // that fails, leave this segment behind (replay stops at the torn
-            // record and goes on with the next segment).
-            if self.active.set_len(self.active_len).is_err() {
-                let _ = self.rotate();
-            }
-            return Err(e);
-        }
-        self.active_len += records.len() as u64;
+        self.write(records)?;
         let active = self.active_id();
         for op in ops {
             match op {
@@ -346,6 +343,22 @@ impl Log {
         if self.segments.len() > MAX_SEGMENTS {
             self.compact_oldest()?;
         }
+        Ok(())
+    }
+
+    /// Appends framed records to the newest segment, all or none of them.
+    fn write(&mut self, records: &[u8]) -> io::Result<()> {
+        if let Err(e) = (&*self.active).write_all(records) {
+            // Part of the records may be written: cut them off (the file is
+            // in append mode, so the next write lands right after), or if even
+            // that fails, leave this segment behind: replay stops at the torn
+            // record and goes on with the next segment.
+            if self.active.set_len(self.active_len).is_err() {
+                let _ = self.rotate();
+            }
+            return Err(e);
+        }
+        self.active_len += records.len() as u64;
         Ok(())
     }
 
@@ -415,8 +428,7 @@ impl Log {
                 }
             }
         }
-        (&*self.active).write_all(&records)?;
-        self.active_len += records.len() as u64;
+        self.write(&records)?;
         self.active.sync_data()?;
         let active = self.active_id();
         let mut pairs = 0;
@@ -455,10 +467,11 @@ impl Log {
 }
 
 fn create_segment(dir: &Path, id: u64) -> io::Result<Arc<File>> {
+    // A new id is past every segment on disk, so the file is new; append mode
+    // keeps each write at the end even after a failed write was cut off.
     let file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
+        .create_new(true)
+        .append(true)
         .open(segment_path(dir, id))?;
     Ok(Arc::new(file))
 }
