@@ -291,11 +291,18 @@ impl Gateway {
         for (k, v) in configs {
             g.set_config(k, v);
         }
-        g.start_sensor().await;
-        g.start_transformer().await;
-        g.start_user_server().await;
-        g.start_processor().await;
+        g.start_all().await;
         g
+    }
+
+    /// Starts the sensor, the transformer, the user server and the
+    /// processor-client, in that order, each once it listens: for tests that
+    /// set environment variables on a [`Gateway::new`] first.
+    pub async fn start_all(&mut self) {
+        self.start_sensor().await;
+        self.start_transformer().await;
+        self.start_user_server().await;
+        self.start_processor().await;
     }
 
     pub fn pc_url(&self, path: &str) -> String {

@@ -84,10 +84,7 @@ async fn killed_mid_stream_with(fsync: Option<&str>) {
         g.transformer_env
             .push(("TRANSFORMER_FSYNC".into(), f.into()));
     }
-    g.start_sensor().await;
-    g.start_transformer().await;
-    g.start_user_server().await;
-    g.start_processor().await;
+    g.start_all().await;
     std::fs::write(&g.fail_file, "x").expect("fail file");
     g.set_config("alpha", r#"{"count": 400, "interval_ms": 1}"#);
     g.set_config("beta", r#"{"count": 400, "interval_ms": 1}"#);
@@ -182,10 +179,7 @@ async fn sensor_that_never_answers_is_timed_out_and_holds_back_no_other() {
     g.transformer_env
         .push(("WATCHER_TIMEOUT".into(), "300ms".into()));
     g.set_config("alpha", r#"{"count": 200, "interval_ms": 1}"#);
-    g.start_sensor().await;
-    g.start_transformer().await;
-    g.start_user_server().await;
-    g.start_processor().await;
+    g.start_all().await;
     let events = g.wait_sensor(200).await;
     assert_ordered(&events);
     let watcher =
@@ -210,10 +204,7 @@ async fn exhausted_events_become_dead_letters_and_replay_delivers_them() {
         .push(("WATCHER_RETRY_CAP".into(), "20ms".into()));
     std::fs::write(&g.fail_file, "x").expect("fail file");
     g.set_config("alpha", r#"{"count": 20, "interval_ms": 1}"#);
-    g.start_sensor().await;
-    g.start_transformer().await;
-    g.start_user_server().await;
-    g.start_processor().await;
+    g.start_all().await;
     g.wait_journal("acked", "alpha", 20).await;
     let listing: Value = wait_for("20 dead letters", || async {
         let v: Value = g

@@ -14,10 +14,7 @@ async fn full_run(kind: UserServerKind) {
         .push(("EVENT_TYPE".into(), "test.event".into()));
     g.set_config("alpha", r#"{"count": 25, "interval_ms": 2}"#);
     g.set_config("beta", r#"{"count": 25, "interval_ms": 2}"#);
-    g.start_sensor().await;
-    g.start_transformer().await;
-    g.start_user_server().await;
-    g.start_processor().await;
+    g.start_all().await;
 
     let events = g.wait_sensor(50).await;
     g.wait_phase("alpha", "Running").await;
@@ -325,10 +322,7 @@ async fn bad_input_gets_a_status_and_a_json_error() {
     g.transformer_env
         .push(("TRANSFORMER_MAX_BODY_BYTES".into(), "2048".into()));
     g.set_config("alpha", r#"{"count": 0}"#);
-    g.start_sensor().await;
-    g.start_transformer().await;
-    g.start_user_server().await;
-    g.start_processor().await;
+    g.start_all().await;
     g.wait_phase("alpha", "Running").await;
     let big = format!(r#"{{"src":"alpha","payload":"{}"}}"#, "A".repeat(4096));
     let cases: Vec<(String, &str, String, u16, &str)> = vec![
@@ -589,10 +583,7 @@ async fn configurations_from_one_yaml_file() {
         "GATEWAY_PROCESSOR_CONFIG_MAP".into(),
         file.display().to_string(),
     ));
-    g.start_sensor().await;
-    g.start_transformer().await;
-    g.start_user_server().await;
-    g.start_processor().await;
+    g.start_all().await;
     let two = g.wait_journal("start", "two", 1).await;
     assert_eq!(
         two[0]["config"], r#"{"count":1}"#,
@@ -667,10 +658,7 @@ async fn plain_directory_of_files_is_watched_too() {
         "GATEWAY_PROCESSOR_CONFIG_MAP".into(),
         plain.display().to_string(),
     ));
-    g.start_sensor().await;
-    g.start_transformer().await;
-    g.start_user_server().await;
-    g.start_processor().await;
+    g.start_all().await;
     g.wait_journal("start", "first", 1).await;
     std::fs::write(plain.join("second"), r#"{"count": 1}"#).expect("write");
     g.wait_journal("start", "second", 1).await;

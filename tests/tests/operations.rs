@@ -14,10 +14,7 @@ async fn wrong_or_missing_tokens_get_401_and_dispatch_nothing() {
     g.transformer_env
         .push(("TRANSFORMER_TOKEN".into(), "tr-secret".into()));
     g.set_config("alpha", r#"{"count": 0}"#);
-    g.start_sensor().await;
-    g.start_transformer().await;
-    g.start_user_server().await;
-    g.start_processor().await;
+    g.start_all().await;
     let start = g.wait_journal("start", "alpha", 1).await;
     assert_eq!(
         start[0]["auth"], "Bearer pc-secret",
