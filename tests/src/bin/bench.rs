@@ -128,6 +128,10 @@ struct Load {
     ok: u64,
     refused: u64,
     rtts: Vec<u64>,
+    /// How late a paced producer's timer woke it, in ns, when its previous
+    /// request had already finished: the generator's own scheduling delay on
+    /// the shared cores, which the latency figures include.
+    woke_late: Vec<u64>,
 }
 
 /// Lateness of a paced send that is put down to the timer, not counted.
@@ -167,7 +171,9 @@ async fn generate(
                 ok: 0,
                 refused: 0,
                 rtts: Vec::new(),
+                woke_late: Vec::new(),
             };
+            let mut idle_since = tokio::time::Instant::now();
             let mut tick = rate.map(|r| {
                 let period = Duration::from_secs_f64(workers as f64 / r);
                 let phase = period.mul_f64(w as f64 / workers as f64);
@@ -184,6 +190,10 @@ async fn generate(
                 // resolution): that lag is the generator's, not the gateway's.
                 // Later than that, the producer was held up, and it counts.
                 let now = tokio::time::Instant::now();
+                if tick.is_some() && idle_since <= due {
+                    load.woke_late
+                        .push(now.saturating_duration_since(due).as_nanos() as u64);
+                }
                 let due = if now.saturating_duration_since(due) > TIMER_SLACK {
                     due
                 } else {
@@ -213,6 +223,7 @@ async fn generate(
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                 }
+                idle_since = tokio::time::Instant::now();
             }
             load
         }));
@@ -221,12 +232,14 @@ async fn generate(
         ok: 0,
         refused: 0,
         rtts: Vec::new(),
+        woke_late: Vec::new(),
     };
     for t in tasks {
         if let Ok(l) = t.await {
             total.ok += l.ok;
             total.refused += l.refused;
             total.rtts.extend(l.rtts);
+            total.woke_late.extend(l.woke_late);
         }
     }
     total
@@ -377,6 +390,16 @@ async fn measure(
             let pairs =
                 std::mem::take(&mut *sink.latencies.lock().unwrap_or_else(|p| p.into_inner()));
             report_clustering(name, &pairs);
+            if std::env::var_os("BENCH_METRICS").is_some() {
+                let mut late = half.woke_late.clone();
+                late.sort_unstable();
+                eprintln!(
+                    "## {name}: the generator's own timer lateness p50 {:.2} / p99 {:.2} / p99.9 {:.2} ms",
+                    percentile(&late, 0.5),
+                    percentile(&late, 0.99),
+                    percentile(&late, 0.999)
+                );
+            }
             pairs.into_iter().map(|(_, l, _)| l).collect()
         }
         None => half.rtts,
