@@ -154,12 +154,20 @@ async fn generate(
     secs: f64,
     rate: Option<f64>,
 ) -> Load {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(workers)
-        .tcp_nodelay(true)
-        .build()
-        .expect("client");
+    // One client for the whole run, so the half-load phase reuses the
+    // saturated phase's connections: 64 new connections at once are a burst
+    // the gateway would have to absorb, and would be measured as its latency.
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    let client = CLIENT
+        .get_or_init(|| {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(256)
+                .tcp_nodelay(true)
+                .build()
+                .expect("client")
+        })
+        .clone();
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let (epoch, epoch_ns) = (tokio::time::Instant::now(), now_ns());
     let mut tasks = Vec::new();
