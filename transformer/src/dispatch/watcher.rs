@@ -535,6 +535,9 @@ fn event_size(e: &CloudEvent) -> usize {
         + 128
 }
 
+/// How long a drained shutdown waits for the store's writer to finish.
+const WRITER_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Workers {
     /// Waits for the queues to drain; after `deadline`, interrupts delivery. What is
     /// left stays in the store and is delivered after the next start.
@@ -549,8 +552,15 @@ impl Workers {
             while self.set.join_next().await.is_some() {}
         }
         // Every lane worker is gone, and with them the last senders of
-        // acknowledgements: the writer commits what they sent and ends.
-        self.writer.wait().await;
+        // acknowledgements: the writer commits what they sent and ends. Bounded,
+        // so a sender kept alive by mistake cannot keep the process from exiting
+        // (its acknowledgements would only mean redeliveries after the restart).
+        if tokio::time::timeout(WRITER_GRACE, self.writer.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?WRITER_GRACE, "the store's writer did not finish; the last acknowledgements may be delivered again after a restart");
+        }
     }
 }
 
