@@ -103,7 +103,7 @@ fn read_event(
     let bad = |e: &dyn std::fmt::Display| ApiError::bad_request(e.to_string());
     match wire::parse_event_request(&body) {
         Ok(req) => {
-            wire::decode_payload(&req.payload).map_err(|e| bad(&e))?;
+            wire::validate_payload(&req.payload).map_err(|e| bad(&e))?;
             return Ok(Outgoing { src: req.src, body });
         }
         // Raw bytes are Argo's form, and only with this content type.
