@@ -385,6 +385,10 @@ async fn a_full_queue_holds_the_request_until_there_is_room() {
         ("TRANSFORMER_QUEUE_CAPACITY", "1"),
         ("WATCHER_CONCURRENCY", "1"),
         ("TRANSFORMER_ADMIT_WAIT", "10m"),
+        // The held delivery must not time out: a timed-out attempt marks the
+        // watcher failing, and then the second request is refused at once, which
+        // a slow, loaded machine could reach before the request is even sent.
+        ("WATCHER_TIMEOUT", "10m"),
     ] {
         g.transformer_env.push((k.into(), v.into()));
     }
@@ -398,6 +402,10 @@ async fn a_full_queue_holds_the_request_until_there_is_room() {
     });
     let tr = g.tr_url("/metrics");
     wait_for("the second request waiting for room", || async {
+        assert!(
+            !second.is_finished(),
+            "the second request was answered, not held"
+        );
         (g.metric(&tr, "transformer_admission_waiting").await == 1.0).then_some(())
     })
     .await;
