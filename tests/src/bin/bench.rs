@@ -521,6 +521,11 @@ async fn gateway(transformer_env: &[(&str, String)], sources: usize, us_port: u1
         .filter(|(k, _)| k.starts_with("MIMALLOC_"))
         .collect();
     t.envs(allocator.iter().cloned());
+    // `BENCH_TR_X=v` sets the transformer's `X=v`, to try a setting without a rebuild.
+    t.envs(
+        std::env::vars()
+            .filter_map(|(k, v)| k.strip_prefix("BENCH_TR_").map(|k| (k.to_owned(), v))),
+    );
     let transformer = Proc::spawn("transformer", t, dir.path());
     wait_port(tr_port, "the transformer").await;
     let mut p = Command::new(bin("processor-client"));
