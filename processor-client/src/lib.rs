@@ -141,10 +141,7 @@ pub async fn serve(
         }
     };
     let bearer = transformer::auth::Bearer(config.token.as_deref().map(Arc::from));
-    let app = routes::router(&config.paths, state).layer(axum::middleware::from_fn_with_state(
-        bearer,
-        transformer::auth::require,
-    ));
+    let app = transformer::auth::guard(routes::router(&config.paths, state), bearer);
     axum::serve(listener, app)
         .with_graceful_shutdown(graceful)
         .await

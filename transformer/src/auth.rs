@@ -20,7 +20,18 @@ const OPEN: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 #[derive(Clone, Default)]
 pub struct Bearer(pub Option<Arc<str>>);
 
-/// axum middleware: use with `axum::middleware::from_fn_with_state(bearer, require)`.
+/// Puts `router` behind the token when one is configured. Without one the
+/// router is returned as it is: the middleware would let every request through
+/// anyway, and it boxes and clones the inner service on each request, which
+/// profiles of the event path showed (~1% of each process).
+pub fn guard(router: axum::Router, bearer: Bearer) -> axum::Router {
+    if bearer.0.is_none() {
+        return router;
+    }
+    router.layer(axum::middleware::from_fn_with_state(bearer, require))
+}
+
+/// The middleware [`guard`] adds.
 pub async fn require(State(expected): State<Bearer>, request: Request, next: Next) -> Response {
     let Some(token) = expected.0.as_deref() else {
         return next.run(request).await;

@@ -125,14 +125,10 @@ pub async fn serve(
         stopping.shutting_down.store(true, Ordering::Relaxed);
     };
     let bearer = auth::Bearer(config.token.as_deref().map(Arc::from));
-    axum::serve(
-        listener,
-        routes::router(state.clone())
-            .layer(axum::middleware::from_fn_with_state(bearer, auth::require)),
-    )
-    .with_graceful_shutdown(graceful)
-    .await
-    .map_err(RunError::Serve)?;
+    axum::serve(listener, auth::guard(routes::router(state.clone()), bearer))
+        .with_graceful_shutdown(graceful)
+        .await
+        .map_err(RunError::Serve)?;
     let dispatcher = state
         .dispatcher
         .write()
