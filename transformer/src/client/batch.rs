@@ -253,12 +253,9 @@ async fn post(client: &TransformerClient, batch: &[Pending]) -> Whole {
             .zip(&traces)
             .map(|(p, t)| (&p.body[..], &t[..])),
     );
-    let Ok(url) = client.base.join(wire::BATCH_PATH.trim_start_matches('/')) else {
-        return Whole::NotOffered;
-    };
     let mut request = client
         .client
-        .post(url)
+        .post(client.batch_url.clone())
         .header(CONTENT_TYPE, "application/json")
         .body(body);
     if let Some(auth) = &client.authorization {

@@ -16,7 +16,10 @@ use crate::dispatch::http::error_chain;
 #[derive(Clone)]
 pub struct TransformerClient {
     url: reqwest::Url,
-    base: reqwest::Url,
+    /// Joined once: a join parses the URL again, IDNA host mapping included,
+    /// which showed in profiles when it ran for every batch.
+    batch_url: reqwest::Url,
+    ready_url: reqwest::Url,
     client: reqwest::Client,
     authorization: Option<reqwest::header::HeaderValue>,
     batching: Arc<batch::Batching>,
@@ -54,8 +57,9 @@ impl TransformerClient {
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
         Ok(TransformerClient {
-            url: base.clone(),
-            base,
+            batch_url: base.join(crate::wire::BATCH_PATH.trim_start_matches('/'))?,
+            ready_url: base.join("readyz")?,
+            url: base,
             client,
             authorization: None,
             batching: Arc::new(batch::Batching::new(true)),
@@ -123,11 +127,8 @@ impl TransformerClient {
 
     /// True when the transformer answers its readiness probe.
     pub async fn ready(&self) -> bool {
-        let Ok(url) = self.base.join("readyz") else {
-            return false;
-        };
         matches!(
-            self.client.get(url).timeout(Duration::from_secs(1)).send().await,
+            self.client.get(self.ready_url.clone()).timeout(Duration::from_secs(1)).send().await,
             Ok(r) if r.status().is_success()
         )
     }
