@@ -187,14 +187,15 @@ impl Store {
             dead_changed: AtomicBool::new(false),
             _temporary: temporary,
         };
-        store.settle()?;
+        store.settle(&replayed)?;
         Ok(store)
     }
 
     /// Finishes what a crash interrupted: an event buried as a dead letter but
-    /// not yet acknowledged in the log is acknowledged now; and events queued
-    /// by a version that kept the queue in fjall move to the log.
-    fn settle(&self) -> Result<(), StoreError> {
+    /// not yet acknowledged in the log is acknowledged now; a dead letter
+    /// replayed into the log but not yet removed is removed now; and events
+    /// queued by a version that kept the queue in fjall move to the log.
+    fn settle(&self, replayed: &log::Replayed) -> Result<(), StoreError> {
         let mut batch = self.batch();
         for (w, seq) in self.log().pending() {
             if self.dead.contains_key(key(w, seq))? {
@@ -202,6 +203,7 @@ impl Store {
             }
         }
         batch.commit()?;
+        self.settle_replays(replayed)?;
         if self.db.keyspace_exists("queue") {
             let legacy = self.db.keyspace("queue", KeyspaceCreateOptions::default)?;
             let mut by_seq: std::collections::BTreeMap<u64, (Vec<WatcherId>, Vec<u8>)> =
@@ -228,6 +230,47 @@ impl Store {
                 );
             }
             self.db.delete_keyspace(legacy)?;
+        }
+        Ok(())
+    }
+
+    /// A replay appends the dead letter's event to the log under a new seq,
+    /// then removes the letter; after a crash between the two the event is
+    /// queued and still listed as dead, and replaying it again would deliver
+    /// it twice. The queued copy keeps the event's id, so a letter whose
+    /// watcher has an event of that id queued is the leftover, and goes. Only
+    /// read at open, and only when there are both dead letters and a queue.
+    fn settle_replays(&self, replayed: &log::Replayed) -> Result<(), StoreError> {
+        if replayed.events.is_empty() || self.dead.is_empty()? {
+            return Ok(());
+        }
+        let mut queued = std::collections::HashSet::new();
+        for (seq, (_, watchers, event)) in &replayed.events {
+            let id = decode_event(event)?.id;
+            for &w in watchers {
+                if !self.dead.contains_key(key(w, *seq))? {
+                    queued.insert((w, id.clone()));
+                }
+            }
+        }
+        let mut leftovers = Vec::new();
+        for item in self.dead.iter() {
+            let (k, v) = item.into_inner()?;
+            let (w, seq) = split_key(&k)?;
+            let letter = decode_dead(w, seq, &v)?;
+            if queued.contains(&(w, letter.event.id)) {
+                leftovers.push(k);
+            }
+        }
+        for k in &leftovers {
+            self.dead.remove(k.clone())?;
+        }
+        if !leftovers.is_empty() {
+            self.dead_changed.store(true, Ordering::Relaxed);
+            tracing::info!(
+                letters = leftovers.len(),
+                "removed dead letters whose replay was already queued before a crash"
+            );
         }
         Ok(())
     }
@@ -729,6 +772,57 @@ mod tests {
         );
         assert!(s.queued().unwrap().is_empty());
         assert_eq!(s.dead_count().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_dead_letter_replayed_but_not_removed_is_settled_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (watcher_id("http://a/"), watcher_id("http://b/"));
+        // Each call makes a new id: one event per seq, kept.
+        let events = [event(0), event(1), event(2)];
+        let letter = |w, seq: u64| DeadLetter {
+            watcher: w,
+            seq,
+            watcher_name: "w".into(),
+            error: "gave up".into(),
+            attempts: 3,
+            dead_at_ms: now_ms(),
+            event: events[seq as usize].clone(),
+        };
+        {
+            let s = Store::open(dir.path(), Fsync::Never).unwrap();
+            s.append(&[a, b], &[(1, encode_event(&events[1]))]).unwrap();
+            s.append(&[a], &[(2, encode_event(&events[2]))]).unwrap();
+            s.bury(&letter(a, 1)).unwrap();
+            s.bury(&letter(b, 1)).unwrap();
+            s.bury(&letter(a, 2)).unwrap();
+            // A crash inside the replay of (a, 1): appended as seq 7, the
+            // letter not yet removed.
+            let mut batch = s.batch();
+            batch.append(&[a], &[(7, encode_event(&events[1]))]);
+            batch.commit().unwrap();
+        }
+        let s = Store::open(dir.path(), Fsync::Always).unwrap();
+        let queued: Vec<(u64, u64)> = s
+            .queued()
+            .unwrap()
+            .into_iter()
+            .map(|(w, seq, _)| (w, seq))
+            .collect();
+        assert_eq!(queued, [(a, 7)], "the replayed copy stays queued");
+        let mut dead: Vec<(u64, u64)> = s
+            .dead_letters(10)
+            .unwrap()
+            .into_iter()
+            .map(|d| (d.watcher, d.seq))
+            .collect();
+        dead.sort();
+        let mut expected = vec![(a, 2), (b, 1)];
+        expected.sort();
+        assert_eq!(
+            dead, expected,
+            "only the replayed letter is gone, not b's copy"
+        );
     }
 
     #[test]
