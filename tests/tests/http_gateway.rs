@@ -491,6 +491,30 @@ async fn octet_stream_events_from_argo_style_user_servers() {
     assert_eq!(events[1]["data"]["k"], 1);
 }
 
+/// Python's `base64.encodebytes` and Java's MIME encoder break lines every 76
+/// characters; the gateway takes that as those languages' decoders do.
+#[tokio::test]
+async fn mime_wrapped_base64_payloads_are_accepted() {
+    let g = Gateway::up(UserServerKind::Python, &[("mime", r#"{"count": 0}"#)]).await;
+    g.wait_phase("mime", "Running").await;
+    let data = format!(r#"{{"text":"{}"}}"#, "x".repeat(100));
+    let encoded = {
+        let out = std::process::Command::new("python3")
+            .arg("-c")
+            .arg("import base64,sys; sys.stdout.write(base64.encodebytes(sys.argv[1].encode()).decode())")
+            .arg(&data)
+            .output()
+            .expect("python3");
+        String::from_utf8(out.stdout).expect("ascii")
+    };
+    assert!(encoded.trim_end().contains('\n'), "wrapped: {encoded:?}");
+    let body = serde_json::json!({"src": "mime", "payload": encoded}).to_string();
+    let r = g.post(&g.pc_url("/event"), "application/json", body).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let events = g.wait_sensor(1).await;
+    assert_eq!(events[0]["data"]["text"], "x".repeat(100));
+}
+
 #[tokio::test]
 async fn backpressure_answers_503_with_retry_after_and_loses_nothing() {
     let mut g = Gateway::new(UserServerKind::Python);
