@@ -650,6 +650,15 @@ fn decode_dead(watcher: WatcherId, seq: u64, b: &[u8]) -> Result<DeadLetter, Sto
 mod tests {
     use super::*;
 
+    /// (watcher, seq) of every queued event, in order.
+    fn queued_keys(s: &Store) -> Vec<(u64, u64)> {
+        s.queued()
+            .unwrap()
+            .into_iter()
+            .map(|(w, seq, _)| (w, seq))
+            .collect()
+    }
+
     fn event(i: u8) -> CloudEvent {
         let mut e = CloudEvent::from_gateway_event("gw", "t", "cfg", Bytes::from(vec![i; 10]));
         e.extensions
@@ -691,12 +700,7 @@ mod tests {
             s.bury(&letter).unwrap();
         }
         let s = Store::open(dir.path(), Fsync::Always).unwrap();
-        let queued: Vec<(u64, u64)> = s
-            .queued()
-            .unwrap()
-            .into_iter()
-            .map(|(w, seq, _)| (w, seq))
-            .collect();
+        let queued = queued_keys(&s);
         let (a, b) = (watcher_id("http://a/"), watcher_id("http://b/"));
         let mut expected = vec![(a, 2), (a, 3), (b, 1), (b, 3)];
         expected.sort();
@@ -729,12 +733,7 @@ mod tests {
         }
         for _ in 0..2 {
             let s = Store::open(dir.path(), Fsync::Never).unwrap();
-            let queued: Vec<(u64, u64)> = s
-                .queued()
-                .unwrap()
-                .into_iter()
-                .map(|(w, seq, _)| (w, seq))
-                .collect();
+            let queued = queued_keys(&s);
             let mut expected = vec![(a, 4), (b, 4), (b, 5)];
             expected.sort();
             assert_eq!(queued, expected);
@@ -803,12 +802,7 @@ mod tests {
             batch.commit().unwrap();
         }
         let s = Store::open(dir.path(), Fsync::Always).unwrap();
-        let queued: Vec<(u64, u64)> = s
-            .queued()
-            .unwrap()
-            .into_iter()
-            .map(|(w, seq, _)| (w, seq))
-            .collect();
+        let queued = queued_keys(&s);
         assert_eq!(queued, [(a, 7)], "the replayed copy stays queued");
         let mut dead: Vec<(u64, u64)> = s
             .dead_letters(10)
