@@ -129,8 +129,8 @@ impl Dispatcher {
     ) -> Result<(Dispatcher, Workers), StoreError> {
         let hard_stop = CancellationToken::new();
         let mut set = JoinSet::new();
-        let (writer, finished) = Writer::start(store.clone(), metrics.store_write.clone())
-            .map_err(|e| StoreError::Io(fjall::Error::from(e)))?;
+        let (writer, finished) =
+            Writer::start(store.clone(), metrics.store_write.clone()).map_err(StoreError::Log)?;
         let lanes = limits.lanes.max(1);
         let lane_capacity = limits.capacity.div_ceil(lanes).max(1);
         let mut watchers = Vec::with_capacity(sinks.len());

@@ -9,7 +9,7 @@
 //! Durability is the fsync policy's: writes always reach the operating system before
 //! the 2xx, so they survive the transformer being killed (SIGKILL, OOM, panic);
 //! surviving a power loss or kernel crash needs `TRANSFORMER_FSYNC=always` (or a
-//! period), which costs an fsync per event or per period.
+//! period), which costs an fsync per group write or per period.
 
 pub mod log;
 
@@ -143,7 +143,7 @@ impl Store {
     /// A store in a fresh temporary directory, removed when dropped: dead letters
     /// and bookkeeping work as usual, but nothing survives the process.
     pub fn temporary() -> Result<Store, StoreError> {
-        let dir = tempfile::tempdir().map_err(|e| StoreError::Io(fjall::Error::from(e)))?;
+        let dir = tempfile::tempdir()?;
         let path = dir.path().to_owned();
         Self::open_db(
             &path,
@@ -404,9 +404,9 @@ impl Store {
     }
 
     /// Moves a dead letter back into its watcher's queue under a new sequence
-    /// number: queued first, then removed from the dead letters, so a crash
-    /// between the two never loses it (it would stay listed as a dead letter
-    /// too).
+    /// number in one write (tests; the dispatcher replays through
+    /// [`Batch::resurrect`] on its writer thread).
+    #[cfg(test)]
     pub fn resurrect(&self, letter: &DeadLetter, new_seq: u64) -> Result<(), StoreError> {
         let mut batch = self.batch();
         batch.resurrect(letter, new_seq);
@@ -465,7 +465,9 @@ impl Batch<'_> {
         self.ops.push(log::Op::Ack(watcher, seq));
     }
 
-    /// Moves a dead letter back into its watcher's queue as `new_seq`.
+    /// Moves a dead letter back into its watcher's queue as `new_seq`: queued
+    /// first, then removed from the dead letters, so a crash between the two
+    /// never loses it (the next start removes the letter left behind).
     pub fn resurrect(&mut self, letter: &DeadLetter, new_seq: u64) {
         let event = encode_event(&letter.event);
         log::encode_append(&mut self.records, new_seq, &[letter.watcher], &event);
