@@ -6,10 +6,21 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use gateway_common::env::{
+    default_body_timeout, default_header_timeout, default_idle_timeout, default_listen,
+    default_max_connections, default_namespace, default_port, default_shutdown, load_from,
+    parse_duration, parse_ip, parse_listener, parse_log_format, parse_token, ConfigError,
+    ListenerVars,
+};
+use gateway_common::server::Limits as ListenerLimits;
 use serde::Deserialize;
-use transformer::config::{
-    default_listen, default_namespace, default_port, default_shutdown, load_from, parse_duration,
-    parse_ip, parse_log_format, ConfigError,
+
+/// The processor-client's listener variables.
+const LISTENER: ListenerVars = ListenerVars {
+    header_timeout: "GATEWAY_PROCESSOR_CLIENT_HEADER_TIMEOUT",
+    idle_timeout: "GATEWAY_PROCESSOR_CLIENT_IDLE_TIMEOUT",
+    body_timeout: "GATEWAY_PROCESSOR_CLIENT_BODY_TIMEOUT",
+    max_connections: "GATEWAY_PROCESSOR_CLIENT_MAX_CONNECTIONS",
 };
 
 /// The paths of the HTTP protocol between processor-client and user server.
@@ -52,6 +63,9 @@ pub struct Config {
     /// `GATEWAY_PROCESSOR_BATCH`: whether concurrent events may go to the
     /// transformer in batches once it offers them.
     pub batch: bool,
+    /// `GATEWAY_PROCESSOR_CLIENT_HEADER_TIMEOUT`, `_IDLE_TIMEOUT`,
+    /// `_BODY_TIMEOUT`, `_MAX_CONNECTIONS`: the bounds of the HTTP listener.
+    pub listener: ListenerLimits,
 }
 
 #[derive(Deserialize)]
@@ -105,6 +119,14 @@ struct RawEnv {
     log_format: String,
     gateway_processor_client_token: Option<String>,
     transformer_token: Option<String>,
+    #[serde(default = "default_header_timeout")]
+    gateway_processor_client_header_timeout: String,
+    #[serde(default = "default_idle_timeout")]
+    gateway_processor_client_idle_timeout: String,
+    #[serde(default = "default_body_timeout")]
+    gateway_processor_client_body_timeout: String,
+    #[serde(default = "default_max_connections")]
+    gateway_processor_client_max_connections: usize,
 }
 
 fn default_server_host() -> String {
@@ -253,10 +275,18 @@ impl Config {
             .max(Duration::from_millis(100)),
             shutdown_timeout: parse_duration("SHUTDOWN_TIMEOUT", &raw.shutdown_timeout)?,
             json_logs: parse_log_format(&raw.log_format)?,
-            token: raw
-                .gateway_processor_client_token
-                .map(|t| t.trim().to_owned()),
-            transformer_token: raw.transformer_token.map(|t| t.trim().to_owned()),
+            token: parse_token(
+                "GATEWAY_PROCESSOR_CLIENT_TOKEN",
+                raw.gateway_processor_client_token,
+            )?,
+            transformer_token: parse_token("TRANSFORMER_TOKEN", raw.transformer_token)?,
+            listener: parse_listener(
+                &LISTENER,
+                &raw.gateway_processor_client_header_timeout,
+                &raw.gateway_processor_client_idle_timeout,
+                &raw.gateway_processor_client_body_timeout,
+                raw.gateway_processor_client_max_connections,
+            )?,
         })
     }
 }

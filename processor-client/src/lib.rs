@@ -9,6 +9,7 @@ pub mod id;
 pub mod metrics;
 pub mod routes;
 pub mod supervisor;
+pub mod transformer_client;
 pub mod user_server;
 pub mod watch;
 
@@ -17,9 +18,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::transformer_client::TransformerClient;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use transformer::client::TransformerClient;
 
 use crate::config::Config;
 use crate::configs::Registry;
@@ -39,8 +40,8 @@ pub enum RunError {
     Serve(std::io::Error),
     #[error(transparent)]
     Configurations(#[from] watch::WatchError),
-    #[error("invalid address: {0}")]
-    Address(String),
+    #[error(transparent)]
+    Client(#[from] gateway_common::tls::ClientError),
 }
 
 /// Binds the configured address and serves until `shutdown` resolves.
@@ -73,16 +74,14 @@ pub async fn serve(
         &config.paths.start,
         &config.paths.stop,
         config.server_timeout,
-        config.token.clone(),
-    )
-    .map_err(|e| RunError::Address(format!("GATEWAY_PROCESSOR_SERVER_HOST: {e}")))?;
+        config.token.as_deref(),
+    )?;
     let transformer = TransformerClient::new(
         &config.transformer_host,
         config.transformer_port,
         config.transformer_timeout,
-    )
-    .map_err(|e| RunError::Address(format!("TRANSFORMER_HOST: {e}")))?
-    .with_token(config.transformer_token.clone())
+        config.transformer_token.as_deref(),
+    )?
     .with_batching(config.batch);
 
     let background = CancellationToken::new();
@@ -129,23 +128,34 @@ pub async fn serve(
         configurations = %config.config_map.display(),
         "processor-client listening"
     );
+    // One deadline for the whole shutdown, counted from the signal: first
+    // every configuration is stopped on the user server (its events are still
+    // taken meanwhile, so it can flush), then intake closes and requests in
+    // flight finish, all by SHUTDOWN_TIMEOUT.
     let stopping = state.clone();
-    let deadline = config.shutdown_timeout;
-    let graceful = async move {
+    let timeout = config.shutdown_timeout;
+    let stop = async move {
         shutdown.await;
+        let deadline = tokio::time::Instant::now() + timeout;
         stopping.shutting_down.store(true, Ordering::Relaxed);
         background.cancel();
         supervisor_stop.cancel();
-        if tokio::time::timeout(deadline, supervisor).await.is_err() {
+        if tokio::time::timeout_at(deadline, supervisor).await.is_err() {
             tracing::warn!("configurations did not all stop before the shutdown deadline");
         }
+        deadline
     };
-    let bearer = transformer::auth::Bearer(config.token.as_deref().map(Arc::from));
-    let app = transformer::auth::guard(routes::router(&config.paths, state), bearer);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(graceful)
-        .await
-        .map_err(RunError::Serve)?;
+    let bearer = gateway_common::auth::Bearer(config.token.as_deref().map(Arc::from));
+    let metrics = state.metrics.clone();
+    let app = gateway_common::auth::guard(routes::router(&config.paths, state), bearer);
+    gateway_common::server::serve(
+        listener,
+        app,
+        config.listener.clone(),
+        metrics.server.clone(),
+        stop,
+    )
+    .await;
     let _ = probe.await;
     let _ = watcher.await;
     tracing::info!("processor-client stopped");

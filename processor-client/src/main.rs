@@ -9,7 +9,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::from_env()?;
-    transformer::telemetry::init(config.json_logs);
-    processor_client::run(config, transformer::shutdown::signal()).await?;
+    gateway_common::telemetry::init(config.json_logs);
+    processor_client::run(config, gateway_common::shutdown::signal()).await?;
     Ok(())
 }

@@ -28,6 +28,8 @@ struct PhaseLabel {
 
 pub struct Metrics {
     registry: Registry,
+    /// The HTTP listener's connections.
+    pub server: gateway_common::server::ServerMetrics,
     pub events_forwarded: Counter,
     rejected: Family<ReasonLabel, Counter>,
     calls: Family<CallLabel, Counter>,
@@ -68,7 +70,9 @@ impl Metrics {
             "Configurations by phase",
             configs.clone(),
         );
+        let server = gateway_common::server::ServerMetrics::register(&mut registry, "processor");
         Metrics {
+            server,
             registry,
             events_forwarded,
             rejected,
@@ -101,7 +105,7 @@ impl Metrics {
                 })
                 .set(n);
         }
-        transformer::metrics::encode_registry(&self.registry)
+        gateway_common::metrics::encode_registry(&self.registry)
     }
 }
 

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::transformer_client::{SendError, Trace, TransformerClient};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -12,10 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
+use gateway_common::error::{method_not_allowed_fallback, not_found_fallback, ApiError};
+use gateway_common::wire::{self, EventRequest};
 use serde::Deserialize;
-use transformer::client::{SendError, Trace, TransformerClient};
-use transformer::error::{method_not_allowed_fallback, not_found_fallback, ApiError};
-use transformer::wire::{self, EventRequest};
 
 use crate::config::Paths;
 use crate::configs::{LookupError, Registry};
@@ -286,7 +286,7 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Result<Json<serde_json::Valu
 
 async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, transformer::metrics::CONTENT_TYPE)],
+        [(header::CONTENT_TYPE, gateway_common::metrics::CONTENT_TYPE)],
         st.metrics.encode(&st.registry),
     )
 }

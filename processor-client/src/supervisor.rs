@@ -8,10 +8,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gateway_common::backoff::Backoff;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use transformer::backoff::Backoff;
 
 use crate::configs::{ConfigData, Registry};
 use crate::metrics::Metrics;

@@ -4,11 +4,12 @@
 
 use std::time::Duration;
 
+use gateway_common::error::error_chain;
+use gateway_common::tls::ClientError;
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use transformer::dispatch::http::error_chain;
 
 use crate::configs::ConfigData;
 
@@ -46,24 +47,33 @@ impl UserServer {
         start_path: &str,
         stop_path: &str,
         timeout: Duration,
-        token: Option<String>,
-    ) -> Result<Self, url::ParseError> {
-        let base = format!("http://{}", transformer::client::join_host_port(host, port));
-        let client = transformer::tls::client_builder()
+        token: Option<&str>,
+    ) -> Result<Self, ClientError> {
+        let base = format!("http://{}", gateway_common::env::join_host_port(host, port));
+        let url = |path: &str| {
+            reqwest::Url::parse(&format!("{base}{path}")).map_err(|source| ClientError::Url {
+                var: "GATEWAY_PROCESSOR_SERVER_HOST",
+                value: host.to_owned(),
+                source,
+            })
+        };
+        let client = gateway_common::tls::client_builder()
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(MAX_IN_FLIGHT)
             .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+            .map_err(|source| ClientError::Build {
+                what: "the user server",
+                source,
+            })?;
         Ok(UserServer {
             client,
             in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
-            start_url: reqwest::Url::parse(&format!("{base}{start_path}"))?,
-            stop_url: reqwest::Url::parse(&format!("{base}{stop_path}"))?,
+            start_url: url(start_path)?,
+            stop_url: url(stop_path)?,
             host: host.to_owned(),
             port,
-            authorization: token
-                .and_then(|t| reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).ok()),
+            authorization: gateway_common::tls::bearer("GATEWAY_PROCESSOR_CLIENT_TOKEN", token)?,
         })
     }
 

@@ -174,7 +174,7 @@ impl CloudEvent {
             None
         };
         let data_base64 = match (&raw, self.data.is_empty()) {
-            (None, false) => Some(crate::wire::encode_payload(&self.data)),
+            (None, false) => Some(gateway_common::wire::encode_payload(&self.data)),
             _ => None,
         };
         let doc = Structured {
@@ -287,7 +287,7 @@ impl CloudEvent {
                 "dataschema" => ev.dataschema = Some(s),
                 "data_base64" => {
                     ev.data = Bytes::from(
-                        crate::wire::decode_payload(&s)
+                        gateway_common::wire::decode_payload(&s)
                             .map_err(|e| CloudEventError::Base64(e.to_string()))?,
                     )
                 }

@@ -4,80 +4,22 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use serde::de::DeserializeOwned;
+use gateway_common::env::{
+    default_body_timeout, default_header_timeout, default_idle_timeout, default_listen,
+    default_max_connections, default_namespace, default_port, default_shutdown, load_env,
+    load_from, parse_bool, parse_duration, parse_ip, parse_listener, parse_log_format, parse_token,
+    parse_urls, ConfigError, ListenerVars,
+};
+use gateway_common::server::Limits as ListenerLimits;
+
+/// The transformer's listener variables.
+const LISTENER: ListenerVars = ListenerVars {
+    header_timeout: "TRANSFORMER_HEADER_TIMEOUT",
+    idle_timeout: "TRANSFORMER_IDLE_TIMEOUT",
+    body_timeout: "TRANSFORMER_BODY_TIMEOUT",
+    max_connections: "TRANSFORMER_MAX_CONNECTIONS",
+};
 use serde::Deserialize;
-
-/// A variable that is missing or malformed, named as the operator wrote it.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("environment variable {0} is required but not set")]
-    Missing(String),
-    #[error("environment variable {var} is invalid: {reason}")]
-    Invalid { var: &'static str, reason: String },
-    #[error("environment is invalid: {0}")]
-    Envy(String),
-}
-
-/// Reads `T` from the process environment with envy. Empty values count as unset, as
-/// they do in most container runtimes' defaults, so `FOO=` falls back to the default.
-pub fn load_env<T: DeserializeOwned>() -> Result<T, ConfigError> {
-    load_from(std::env::vars())
-}
-
-/// [`load_env`] over an explicit list of variables, for tests.
-pub fn load_from<T: DeserializeOwned>(
-    vars: impl IntoIterator<Item = (String, String)>,
-) -> Result<T, ConfigError> {
-    envy::from_iter(vars.into_iter().filter(|(_, v)| !v.trim().is_empty())).map_err(|e| match e {
-        envy::Error::MissingValue(field) => ConfigError::Missing(field.to_ascii_uppercase()),
-        envy::Error::Custom(msg) => ConfigError::Envy(msg),
-    })
-}
-
-/// Parses a human duration such as `250ms`, `5s` or `1m`; a bare number is seconds.
-pub fn parse_duration(var: &'static str, raw: &str) -> Result<Duration, ConfigError> {
-    let raw = raw.trim();
-    if let Ok(secs) = raw.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            return Ok(Duration::from_secs_f64(secs));
-        }
-    }
-    humantime::parse_duration(raw).map_err(|e| ConfigError::Invalid {
-        var,
-        reason: format!("{e} (expected a duration like 250ms, 5s or 1m)"),
-    })
-}
-
-/// Splits a comma-separated list of URLs, checking each is an http(s) URL.
-pub fn parse_urls(var: &'static str, raw: &str) -> Result<Vec<reqwest::Url>, ConfigError> {
-    raw.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            let url = reqwest::Url::parse(s).map_err(|e| ConfigError::Invalid {
-                var,
-                reason: format!("{s:?} is not a URL: {e}"),
-            })?;
-            match url.scheme() {
-                "http" | "https" => Ok(url),
-                other => Err(ConfigError::Invalid {
-                    var,
-                    reason: format!(
-                        "{s:?} has scheme {other:?}; only http and https are supported"
-                    ),
-                }),
-            }
-        })
-        .collect()
-}
-
-/// Parses a listen address; `0.0.0.0` by default so the process is reachable in a pod.
-pub fn parse_ip(var: &'static str, raw: &str) -> Result<IpAddr, ConfigError> {
-    raw.trim().parse().map_err(|e| ConfigError::Invalid {
-        var,
-        reason: format!("{raw:?} is not an IP address: {e}"),
-    })
-}
 
 /// Transport to sensors: binary puts attributes in headers, structured sends one JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +100,9 @@ pub struct Config {
     pub watcher_token: Option<String>,
     /// `WATCHER_TLS_CA`: a PEM file of CA certificates trusted for HTTPS watchers.
     pub watcher_tls_ca: Option<std::path::PathBuf>,
+    /// `TRANSFORMER_HEADER_TIMEOUT`, `_IDLE_TIMEOUT`, `_BODY_TIMEOUT`,
+    /// `_MAX_CONNECTIONS`: the bounds of the HTTP listener.
+    pub listener: ListenerLimits,
 }
 
 #[derive(Deserialize)]
@@ -230,6 +175,14 @@ struct RawEnv {
     transformer_token: Option<String>,
     watcher_token: Option<String>,
     watcher_tls_ca: Option<String>,
+    #[serde(default = "default_header_timeout")]
+    transformer_header_timeout: String,
+    #[serde(default = "default_idle_timeout")]
+    transformer_idle_timeout: String,
+    #[serde(default = "default_body_timeout")]
+    transformer_body_timeout: String,
+    #[serde(default = "default_max_connections")]
+    transformer_max_connections: usize,
 }
 
 /// Long enough to ride out a burst while the watchers catch up (the request is
@@ -268,26 +221,6 @@ pub fn parse_fsync(raw: &str) -> Result<crate::store::Fsync, ConfigError> {
     }
 }
 
-fn parse_bool(var: &'static str, raw: &str) -> Result<bool, ConfigError> {
-    match raw.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" => Ok(false),
-        other => Err(ConfigError::Invalid {
-            var,
-            reason: format!("{other:?}; expected true or false"),
-        }),
-    }
-}
-
-pub fn default_namespace() -> String {
-    "default".into()
-}
-pub fn default_listen() -> String {
-    "0.0.0.0".into()
-}
-pub fn default_port() -> u16 {
-    9300
-}
 fn default_protocol() -> String {
     "HTTP".into()
 }
@@ -353,21 +286,6 @@ fn default_retry_base() -> String {
 }
 fn default_retry_cap() -> String {
     "5s".into()
-}
-pub fn default_shutdown() -> String {
-    "10s".into()
-}
-
-/// `LOG_FORMAT=json` asks for JSON lines; anything else (or unset) is human text.
-pub fn parse_log_format(raw: &str) -> Result<bool, ConfigError> {
-    match raw.trim().to_ascii_lowercase().as_str() {
-        "" | "text" | "pretty" => Ok(false),
-        "json" => Ok(true),
-        other => Err(ConfigError::Invalid {
-            var: "LOG_FORMAT",
-            reason: format!("{other:?}; expected text or json"),
-        }),
-    }
 }
 
 impl Config {
@@ -540,9 +458,16 @@ impl Config {
                 raw.transformer_store_memtable_bytes,
             )?,
             admit_wait: parse_duration("TRANSFORMER_ADMIT_WAIT", &raw.transformer_admit_wait)?,
-            token: raw.transformer_token.map(|t| t.trim().to_owned()),
-            watcher_token: raw.watcher_token.map(|t| t.trim().to_owned()),
+            token: parse_token("TRANSFORMER_TOKEN", raw.transformer_token)?,
+            watcher_token: parse_token("WATCHER_TOKEN", raw.watcher_token)?,
             watcher_tls_ca: raw.watcher_tls_ca.map(std::path::PathBuf::from),
+            listener: parse_listener(
+                &LISTENER,
+                &raw.transformer_header_timeout,
+                &raw.transformer_idle_timeout,
+                &raw.transformer_body_timeout,
+                raw.transformer_max_connections,
+            )?,
         })
     }
 }
@@ -630,6 +555,31 @@ mod tests {
         assert_eq!(nats.stream, "CAL");
         assert_eq!(nats.subject, "{gateway}.{src}");
         assert_eq!(nats.ty, NatsType::Streaming);
+    }
+
+    #[test]
+    fn unusable_tokens_and_listener_bounds_are_refused_naming_the_variable() {
+        for (var, value) in [
+            ("TRANSFORMER_TOKEN", "abc\ndef"),
+            ("TRANSFORMER_TOKEN", "two words"),
+            ("WATCHER_TOKEN", "caf\u{e9}"),
+            ("TRANSFORMER_HEADER_TIMEOUT", "0s"),
+            ("TRANSFORMER_IDLE_TIMEOUT", "soon"),
+            ("TRANSFORMER_BODY_TIMEOUT", "-1"),
+            ("TRANSFORMER_MAX_CONNECTIONS", "0"),
+        ] {
+            let e = Config::from_vars(vars(&[("GATEWAY_NAME", "g"), (var, value)]))
+                .expect_err(var)
+                .to_string();
+            assert!(e.contains(var), "{var}={value:?}: {e}");
+        }
+        let c = Config::from_vars(vars(&[
+            ("GATEWAY_NAME", "g"),
+            ("TRANSFORMER_TOKEN", "  s3cr3t-token_~+/=\n"),
+        ]))
+        .unwrap();
+        assert_eq!(c.token.as_deref(), Some("s3cr3t-token_~+/="));
+        assert_eq!(c.listener.max_connections, 1024);
     }
 
     #[test]

@@ -12,9 +12,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use crate::error::ApiError;
 use crate::routes::{refused, AppState};
 use crate::store::{DeadLetter, StoreError};
+use gateway_common::error::ApiError;
 
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()

@@ -8,7 +8,8 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use crate::cloudevent::CloudEvent;
-use crate::{store, wire};
+use crate::store;
+use gateway_common::wire;
 
 /// JSON objects built from CloudEvent-ish keys and arbitrary values, so the
 /// structured parser sees near-valid documents, not only noise.

@@ -3,23 +3,15 @@
 //! to every watcher through a bounded queue of its own. [`run`] is the whole service;
 //! `main.rs` only reads the environment and calls it.
 
-pub mod auth;
-pub mod backoff;
-pub mod client;
 pub mod cloudevent;
 pub mod config;
 pub mod deadletters;
 pub mod dispatch;
-pub mod error;
 #[cfg(test)]
 mod fuzz;
 pub mod metrics;
 pub mod routes;
-pub mod shutdown;
 pub mod store;
-pub mod telemetry;
-pub mod tls;
-pub mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -52,6 +44,8 @@ pub enum RunError {
     Tls(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Client(#[from] gateway_common::tls::ClientError),
 }
 
 /// Binds the configured address and serves until `shutdown` resolves, then drains.
@@ -119,23 +113,44 @@ pub async fn serve(
         ce_mode = ?config.ce_mode,
         "transformer listening"
     );
+    // One deadline for the whole shutdown, counted from the signal: requests
+    // in flight and the queues' drain share it, and the store's writer gets
+    // the last tenth (at most a second) to commit the final acknowledgements.
+    let timeout = config.shutdown_timeout;
+    let reserve = (timeout / 10).min(std::time::Duration::from_secs(1));
+    let signalled = Arc::new(std::sync::OnceLock::new());
     let stopping = state.clone();
-    let graceful = async move {
+    let signal_time = signalled.clone();
+    let stop = async move {
         shutdown.await;
         stopping.shutting_down.store(true, Ordering::Relaxed);
+        let now = tokio::time::Instant::now();
+        let _ = signal_time.set(now);
+        now + timeout - reserve
     };
-    let bearer = auth::Bearer(config.token.as_deref().map(Arc::from));
-    axum::serve(listener, auth::guard(routes::router(state.clone()), bearer))
-        .with_graceful_shutdown(graceful)
-        .await
-        .map_err(RunError::Serve)?;
+    let bearer = gateway_common::auth::Bearer(config.token.as_deref().map(Arc::from));
+    let app = gateway_common::auth::guard(routes::router(state.clone()), bearer);
+    gateway_common::server::serve(
+        listener,
+        app,
+        config.listener.clone(),
+        state.metrics.server.clone(),
+        stop,
+    )
+    .await;
+    let signalled = signalled
+        .get()
+        .copied()
+        .unwrap_or_else(tokio::time::Instant::now);
     let dispatcher = state
         .dispatcher
         .write()
         .unwrap_or_else(|p| p.into_inner())
         .take();
     drop(dispatcher);
-    workers.drain(config.shutdown_timeout).await;
+    workers
+        .drain(signalled + timeout - reserve, signalled + timeout)
+        .await;
     syncing.cancel();
     if let Err(e) = store.sync() {
         tracing::error!(error = %e, "final fsync of the event store failed");
@@ -164,10 +179,10 @@ async fn sync_every(store: Arc<Store>, period: std::time::Duration, stop: Cancel
 /// names it (one connection, made in the background).
 async fn build_sinks(config: &Config, metrics: &Metrics) -> Result<Vec<Arc<dyn Sink>>, RunError> {
     let extra_roots = match &config.watcher_tls_ca {
-        Some(path) => tls::load_ca(path).map_err(RunError::Tls)?,
+        Some(path) => gateway_common::tls::load_ca(path).map_err(RunError::Tls)?,
         None => Vec::new(),
     };
-    let client = HttpSink::client(extra_roots);
+    let client = HttpSink::client(extra_roots)?;
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     if config.http_enabled {
         for url in config
@@ -182,7 +197,7 @@ async fn build_sinks(config: &Config, metrics: &Metrics) -> Result<Vec<Arc<dyn S
                     client.clone(),
                     config.retry.timeout,
                 )
-                .with_token(config.watcher_token.clone()),
+                .with_token(config.watcher_token.as_deref())?,
             ));
         }
     }

@@ -40,6 +40,8 @@ pub struct Metrics {
     /// Time the store's writer spends on one group write.
     pub store_write: Histogram,
     pub nats: NatsMetrics,
+    /// The HTTP listener's connections.
+    pub server: gateway_common::server::ServerMetrics,
 }
 
 /// The NATS connection's and publishers' counters.
@@ -171,7 +173,9 @@ impl Metrics {
         ] {
             registry.register(name, help, c.clone());
         }
+        let server = gateway_common::server::ServerMetrics::register(&mut registry, "transformer");
         Metrics {
+            server,
             registry,
             received,
             rejected,
@@ -217,14 +221,4 @@ impl Default for Metrics {
     }
 }
 
-/// Encodes any registry; the processor-client uses this for its own.
-pub fn encode_registry(registry: &Registry) -> String {
-    let mut out = String::new();
-    if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
-        out.clear();
-    }
-    out
-}
-
-/// The content type of [`encode_registry`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub use gateway_common::metrics::{encode_registry, CONTENT_TYPE};

@@ -15,9 +15,9 @@ use bytes::Bytes;
 
 use crate::cloudevent::{CloudEvent, STRUCTURED_CONTENT_TYPE};
 use crate::dispatch::{Dispatcher, Refused};
-use crate::error::{method_not_allowed_fallback, not_found_fallback, ApiError};
 use crate::metrics::{KindLabel, Metrics};
-use crate::wire::{self, BatchAnswer, BatchItem, BatchResult};
+use gateway_common::error::{method_not_allowed_fallback, not_found_fallback, ApiError};
+use gateway_common::wire::{self, BatchAnswer, BatchItem, BatchResult};
 
 pub struct AppState {
     pub gateway_name: String,

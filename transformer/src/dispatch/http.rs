@@ -6,6 +6,7 @@ use std::time::Duration;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::HeaderValue;
 use futures::future::BoxFuture;
+use gateway_common::tls::ClientError;
 
 use super::{DeliveryError, Sink};
 use crate::cloudevent::{CloudEvent, STRUCTURED_CONTENT_TYPE};
@@ -37,19 +38,20 @@ impl HttpSink {
         }
     }
 
-    /// Sends `Authorization: Bearer TOKEN` with every delivery.
-    pub fn with_token(mut self, token: Option<String>) -> Self {
-        self.authorization = token.and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok());
-        self
+    /// Sends `Authorization: Bearer TOKEN` (from `WATCHER_TOKEN`) with every
+    /// delivery; a token that cannot be sent is an error at start.
+    pub fn with_token(mut self, token: Option<&str>) -> Result<Self, ClientError> {
+        self.authorization = gateway_common::tls::bearer("WATCHER_TOKEN", token)?;
+        Ok(self)
     }
 
     /// One client for all HTTP sinks: connections are pooled per host, redirects
     /// are not followed (a POST must not silently become a GET), and HTTPS trusts
     /// the platform's roots plus `extra_roots` (or only those, where the platform
     /// verifier cannot merge).
-    pub fn client(extra_roots: Vec<reqwest::Certificate>) -> reqwest::Client {
+    pub fn client(extra_roots: Vec<reqwest::Certificate>) -> Result<reqwest::Client, ClientError> {
         let base = || {
-            crate::tls::client_builder()
+            gateway_common::tls::client_builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .pool_idle_timeout(Duration::from_secs(30))
                 .tcp_nodelay(true)
@@ -58,9 +60,9 @@ impl HttpSink {
             .tls_certs_merge(extra_roots.clone())
             .build()
             .or_else(|_| base().tls_certs_only(extra_roots).build())
-            .unwrap_or_else(|e| {
-                tracing::error!(error = %e, "cannot build the HTTPS client with the extra CA; using the defaults");
-                base().build().unwrap_or_default()
+            .map_err(|source| ClientError::Build {
+                what: "the HTTP watchers (WATCHER_TLS_CA)",
+                source,
             })
     }
 
@@ -99,7 +101,11 @@ impl HttpSink {
             } else {
                 "failed"
             };
-            DeliveryError::retryable(format!("POST {} {what}: {}", self.url, error_chain(&e)))
+            DeliveryError::retryable(format!(
+                "POST {} {what}: {}",
+                self.url,
+                gateway_common::error::error_chain(&e)
+            ))
         })?;
         let mut response = response;
         let status = response.status();
@@ -135,17 +141,4 @@ impl Sink for HttpSink {
     fn deliver<'a>(&'a self, event: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>> {
         Box::pin(self.post(event))
     }
-}
-
-/// reqwest's top-level message hides the cause ("error sending request"); the
-/// chain says "connection refused", which is what an operator needs.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

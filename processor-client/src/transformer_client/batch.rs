@@ -20,8 +20,8 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::{classify, retry_after, SendError, Trace, TransformerClient};
-use crate::dispatch::http::error_chain;
-use crate::wire::{self, BatchAnswer, BatchResult};
+use gateway_common::error::error_chain;
+use gateway_common::wire::{self, BatchAnswer, BatchResult};
 
 /// Batch requests in flight at once. Enough to keep both the transformer's cores
 /// busy; beyond that, waiting events are better off joining the next batch.

@@ -11,7 +11,9 @@ use std::time::Duration;
 use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
 use bytes::Bytes;
 
-use crate::dispatch::http::error_chain;
+use gateway_common::env::join_host_port;
+use gateway_common::error::error_chain;
+use gateway_common::tls::{bearer, ClientError};
 
 #[derive(Clone)]
 pub struct TransformerClient {
@@ -48,20 +50,40 @@ pub enum SendError {
 }
 
 impl TransformerClient {
-    pub fn new(host: &str, port: u16, timeout: Duration) -> Result<Self, url::ParseError> {
-        let base = reqwest::Url::parse(&format!("http://{}/", join_host_port(host, port)))?;
-        let client = crate::tls::client_builder()
+    /// A client of the transformer at `host:port`, sending `token` (from
+    /// `TRANSFORMER_TOKEN`) as a bearer token when set.
+    pub fn new(
+        host: &str,
+        port: u16,
+        timeout: Duration,
+        token: Option<&str>,
+    ) -> Result<Self, ClientError> {
+        let text = format!("http://{}/", join_host_port(host, port));
+        let url_error = |source| ClientError::Url {
+            var: "TRANSFORMER_HOST",
+            value: host.to_owned(),
+            source,
+        };
+        let base = reqwest::Url::parse(&text).map_err(url_error)?;
+        let client = gateway_common::tls::client_builder()
             .timeout(timeout)
             .tcp_nodelay(true)
+            // Below the transformer's idle timeout, so the pool never reuses
+            // a connection the transformer is closing.
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+            .map_err(|source| ClientError::Build {
+                what: "the transformer",
+                source,
+            })?;
         Ok(TransformerClient {
-            batch_url: base.join(crate::wire::BATCH_PATH.trim_start_matches('/'))?,
-            ready_url: base.join("readyz")?,
+            batch_url: base
+                .join(gateway_common::wire::BATCH_PATH.trim_start_matches('/'))
+                .map_err(url_error)?,
+            ready_url: base.join("readyz").map_err(url_error)?,
             url: base,
             client,
-            authorization: None,
+            authorization: bearer("TRANSFORMER_TOKEN", token)?,
             batching: Arc::new(batch::Batching::new(true)),
         })
     }
@@ -69,13 +91,6 @@ impl TransformerClient {
     /// `false`: only ever `POST /`, whatever the transformer offers.
     pub fn with_batching(mut self, enabled: bool) -> Self {
         self.batching = Arc::new(batch::Batching::new(enabled));
-        self
-    }
-
-    /// Sends `Authorization: Bearer TOKEN` (the transformer's `TRANSFORMER_TOKEN`).
-    pub fn with_token(mut self, token: Option<String>) -> Self {
-        self.authorization =
-            token.and_then(|t| reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).ok());
         self
     }
 
@@ -112,7 +127,7 @@ impl TransformerClient {
         if status.is_success() {
             let offered = response
                 .headers()
-                .get(crate::wire::BATCH_HEADER)
+                .get(gateway_common::wire::BATCH_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<usize>().ok());
             self.batching.offered(self, offered.unwrap_or(0));
@@ -152,14 +167,5 @@ fn classify(status: u16, retry_after: Option<u64>, body: Bytes) -> Result<Bytes,
         })
     } else {
         Err(SendError::Rejected { status, body })
-    }
-}
-
-/// `host:port`, bracketing bare IPv6 addresses.
-pub fn join_host_port(host: &str, port: u16) -> String {
-    if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
     }
 }

@@ -33,3 +33,36 @@ pub fn load_ca(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, Stri
     }
     Ok(certs)
 }
+
+/// Why an outgoing HTTP client could not be made. Each stops the process at
+/// start, naming what to fix, rather than leaving a client that silently lacks
+/// its timeout, its CA or its token.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{var}: {value:?} does not make a URL: {source}")]
+    Url {
+        var: &'static str,
+        value: String,
+        source: url::ParseError,
+    },
+    #[error("cannot build the HTTP client for {what}: {source}")]
+    Build {
+        what: &'static str,
+        source: reqwest::Error,
+    },
+    #[error("{var} cannot be sent in an Authorization header (visible ASCII without spaces only)")]
+    Token { var: &'static str },
+}
+
+/// `Authorization: Bearer TOKEN` for the token read from `var`, if one is set.
+pub fn bearer(
+    var: &'static str,
+    token: Option<&str>,
+) -> Result<Option<reqwest::header::HeaderValue>, ClientError> {
+    token
+        .map(|t| {
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
+                .map_err(|_| ClientError::Token { var })
+        })
+        .transpose()
+}

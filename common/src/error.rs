@@ -42,8 +42,20 @@ impl ApiError {
             ..Self::new(StatusCode::SERVICE_UNAVAILABLE, error, detail)
         }
     }
-    /// Body-reading failures: 413 past the limit, 400 otherwise.
+    /// Body-reading failures: 413 past the limit, 408 when the body did not
+    /// arrive in time (the listener's body timeout), 400 otherwise.
     pub fn from_body(rejection: BytesRejection, limit: usize) -> Self {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
+        while let Some(e) = cause {
+            if let Some(timed_out) = e.downcast_ref::<crate::server::BodyTimedOut>() {
+                return Self::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    timed_out.to_string(),
+                );
+            }
+            cause = e.source();
+        }
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Self::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -96,4 +108,17 @@ pub async fn method_not_allowed_fallback(
         "method_not_allowed",
         format!("{method} is not allowed on {}", uri.path()),
     )
+}
+
+/// reqwest's top-level message hides the cause ("error sending request"); the
+/// chain says "connection refused", which is what an operator needs.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }

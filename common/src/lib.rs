@@ -1,0 +1,16 @@
+//! What the gateway's binaries share, so that none of them reaches into another:
+//! the wire format between producers, processor-client and transformer, the JSON
+//! error answers, bearer-token access control, TLS for outgoing HTTPS, backoff,
+//! telemetry, the shutdown signal, the environment helpers, and the listener every
+//! HTTP port is served by (timeouts and a connection limit against hostile clients).
+
+pub mod auth;
+pub mod backoff;
+pub mod env;
+pub mod error;
+pub mod metrics;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+pub mod tls;
+pub mod wire;

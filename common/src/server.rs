@@ -1,0 +1,614 @@
+//! The listener every HTTP port of the gateway is served by. `axum::serve` has no
+//! header, idle or body timeout and no connection limit, and its graceful shutdown
+//! waits for ever on a client that sent half a request; measured, 4,000 clients
+//! that sent `POST / HTTP/1.1` and a Host header held 4,000 descriptors and kept
+//! a SIGTERMed transformer alive for ten minutes. Here each connection is served
+//! by hyper under a watchdog of our own:
+//!
+//! - a request head must arrive within [`Limits::header_timeout`] of its first byte;
+//! - a connection with no request in flight and nothing arriving is closed after
+//!   [`Limits::idle_timeout`];
+//! - a request body must arrive within [`Limits::body_timeout`] of the request, or
+//!   the handler's read of it fails (answered 408 by [`crate::error::ApiError`]);
+//! - at most [`Limits::max_connections`] are open; a new one beyond it first
+//!   displaces the oldest connection that has no request in flight, and is
+//!   answered 503 with a JSON error only when every open connection is busy;
+//! - a connection closed with a request body still arriving is drained, up to
+//!   [`LINGER_BYTES`] and [`LINGER_TIME`], before it is closed (nginx's lingering
+//!   close), so a client that writes its whole body before reading (Python's
+//!   urllib) reads the 413 instead of a broken pipe;
+//! - on shutdown, accepting stops, connections with no request in flight close at
+//!   once, the others finish theirs until the deadline the caller gives, and are
+//!   cut off then.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::Router;
+use bytes::Bytes;
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt as _;
+
+/// How much of an unread request body is drained before a connection closes.
+pub const LINGER_BYTES: usize = 64 * 1024 * 1024;
+/// How long a closing connection is drained at most.
+pub const LINGER_TIME: Duration = Duration::from_secs(10);
+/// A drained connection that sends nothing for this long is closed.
+const LINGER_QUIET: Duration = Duration::from_secs(2);
+/// Connections being drained before they close, at most.
+const MAX_LINGERING: usize = 256;
+/// Refusals (over the connection limit) being written at once; past this a
+/// connection over the limit is closed without an answer.
+const MAX_REFUSING: usize = 256;
+/// A connection is displaced only once it has waited this long: a fresh
+/// request head is most likely about to be served, and a keep-alive
+/// connection that was just used is about to be used again.
+const DISPLACE_MIN_AGE_MS: u64 = 250;
+/// How long a displaced idle connection may take to give its place back.
+const DISPLACE_WAIT: Duration = Duration::from_millis(200);
+
+/// The listener's bounds, each a variable of the binary that serves (see its
+/// config.rs and the README's table).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// Why the listener closed a connection, for `*_connections_closed_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// The listener's metrics, registered in the serving binary's registry.
+#[derive(Clone)]
+pub struct ServerMetrics {
+    open: Gauge,
+    refused: Counter,
+    closed: Family<ReasonLabel, Counter>,
+}
+
+impl ServerMetrics {
+    /// Registers `{prefix}_connections_open`, `{prefix}_connections_refused`
+    /// and `{prefix}_connections_closed{reason}`.
+    pub fn register(registry: &mut Registry, prefix: &str) -> Self {
+        let m = ServerMetrics {
+            open: Gauge::default(),
+            refused: Counter::default(),
+            closed: Family::default(),
+        };
+        registry.register(
+            format!("{prefix}_connections_open"),
+            "HTTP connections open",
+            m.open.clone(),
+        );
+        registry.register(
+            format!("{prefix}_connections_refused"),
+            "HTTP connections answered 503 because every allowed connection was busy",
+            m.refused.clone(),
+        );
+        registry.register(
+            format!("{prefix}_connections_closed"),
+            "HTTP connections the server closed on its own: header_timeout, idle_timeout, displaced, shutdown",
+            m.closed.clone(),
+        );
+        m
+    }
+
+    fn close(&self, reason: &'static str) {
+        self.closed.get_or_create(&ReasonLabel { reason }).inc();
+    }
+}
+
+/// Serves `app` on `listener` until `stop` resolves with the deadline by which
+/// requests in flight must finish; returns once every connection is closed.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    metrics: ServerMetrics,
+    stop: impl Future<Output = Instant> + Send,
+) {
+    let shared = Arc::new(Shared {
+        limits,
+        metrics,
+        closing: CancellationToken::new(),
+        deadline: OnceLock::new(),
+        lingering: Arc::new(Semaphore::new(MAX_LINGERING)),
+        started: Instant::now(),
+    });
+    let permits = Arc::new(Semaphore::new(shared.limits.max_connections.max(1)));
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+    let open: Mutex<VecDeque<Weak<Conn>>> = Mutex::new(VecDeque::new());
+    let tracker = TaskTracker::new();
+    tokio::pin!(stop);
+    let mut accept_error_logged: Option<Instant> = None;
+    let deadline = loop {
+        let accepted = tokio::select! {
+            deadline = &mut stop => break deadline,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors, most likely: say so once a second, and give
+                // the connections that are closing time to free some.
+                if accept_error_logged.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+                    tracing::error!(error = %e, "cannot accept a connection");
+                    accept_error_logged = Some(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => displace_idle(&open, &permits, &shared).await,
+        };
+        let Some(permit) = permit else {
+            shared.metrics.refused.inc();
+            if let Ok(slot) = refusing.clone().try_acquire_owned() {
+                tracker.spawn(refuse(stream, slot));
+            }
+            continue;
+        };
+        let conn = Arc::new(Conn::new(&shared));
+        {
+            let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
+            open.retain(|c| c.strong_count() > 0);
+            open.push_back(Arc::downgrade(&conn));
+        }
+        tracker.spawn(connection(
+            stream,
+            permit,
+            conn,
+            app.clone(),
+            shared.clone(),
+        ));
+    };
+    drop(listener);
+    let _ = shared.deadline.set(deadline);
+    shared.closing.cancel();
+    tracker.close();
+    // Every connection task ends by the deadline on its own; this bound only
+    // guards against a bug keeping one alive.
+    let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), tracker.wait()).await;
+}
+
+/// What every connection of one listener shares.
+struct Shared {
+    limits: Limits,
+    metrics: ServerMetrics,
+    closing: CancellationToken,
+    deadline: OnceLock<Instant>,
+    /// Places for connections being drained before they close.
+    lingering: Arc<Semaphore>,
+    /// The origin of the millisecond clocks in [`Conn`].
+    started: Instant,
+}
+
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+}
+
+/// One connection's state, as its watchdog reads it.
+struct Conn {
+    in_flight: AtomicUsize,
+    /// When the last request finished (or the connection opened), in ms.
+    idle_since: AtomicU64,
+    /// When the first byte after `idle_since` arrived (0: none yet), in ms.
+    head_since: AtomicU64,
+    /// Cancelled to give this connection's place to a new one.
+    displaced: CancellationToken,
+    /// Set when the server cuts the connection off (a timeout, displaced, shut
+    /// down): then it is closed at once, not drained.
+    cut_off: std::sync::atomic::AtomicBool,
+}
+
+impl Conn {
+    fn new(shared: &Shared) -> Self {
+        Conn {
+            in_flight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(shared.now_ms()),
+            head_since: AtomicU64::new(0),
+            displaced: CancellationToken::new(),
+            cut_off: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
+    }
+}
+
+/// At the limit: closes the connection with no request in flight that has
+/// waited longest, and takes its place; or gives up when every connection is
+/// serving a request. A connection part-way through a request head goes
+/// before one that is merely idle, longest waiting first: that is what a
+/// slow-header attack holds, while an idle keep-alive connection is a client's
+/// pool. One that has waited less than [`DISPLACE_MIN_AGE_MS`] (a head about
+/// to be served, a connection just used) is given that long first: accepting
+/// pauses meanwhile, and new connections wait in the kernel's backlog.
+async fn displace_idle(
+    open: &Mutex<VecDeque<Weak<Conn>>>,
+    permits: &Arc<Semaphore>,
+    shared: &Shared,
+) -> Option<OwnedSemaphorePermit> {
+    for _ in 0..4 {
+        let (since, victim) = {
+            let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
+            open.retain(|c| c.strong_count() > 0);
+            open.iter()
+                .filter_map(Weak::upgrade)
+                .filter(|c| !c.busy() && !c.displaced.is_cancelled())
+                .map(|c| {
+                    let head_since = c.head_since.load(Ordering::Acquire);
+                    let key = if head_since != 0 {
+                        (0, head_since)
+                    } else {
+                        (1, c.idle_since.load(Ordering::Acquire))
+                    };
+                    (key, c)
+                })
+                .min_by_key(|(key, _)| *key)
+                .map(|((_, since), c)| (since, c))
+        }?;
+        let age = shared.now_ms().saturating_sub(since);
+        if age < DISPLACE_MIN_AGE_MS {
+            tokio::time::sleep(Duration::from_millis(DISPLACE_MIN_AGE_MS - age)).await;
+            if victim.busy() {
+                continue;
+            }
+        }
+        victim.displaced.cancel();
+        drop(victim);
+        return tokio::time::timeout(DISPLACE_WAIT, permits.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok();
+    }
+    None
+}
+
+/// Serves one connection under its watchdog.
+async fn connection(
+    stream: TcpStream,
+    permit: OwnedSemaphorePermit,
+    conn: Arc<Conn>,
+    app: Router,
+    shared: Arc<Shared>,
+) {
+    shared.metrics.open.inc();
+    let io = Tracked {
+        stream: Some(stream),
+        permit: Some(permit),
+        conn: conn.clone(),
+        shared: shared.clone(),
+    };
+    let service = {
+        let conn = conn.clone();
+        let body_timeout = shared.limits.body_timeout;
+        let shared = shared.clone();
+        hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            conn.in_flight.fetch_add(1, Ordering::AcqRel);
+            let guard = InFlight {
+                conn: conn.clone(),
+                shared: shared.clone(),
+            };
+            let request: Request = request.map(|body| {
+                Body::new(DeadlineBody {
+                    inner: body,
+                    deadline: Instant::now() + body_timeout,
+                    allowed: body_timeout,
+                    sleep: None,
+                })
+            });
+            let app = app.clone();
+            async move {
+                let response = app.oneshot(request).await;
+                drop(guard);
+                response
+            }
+        })
+    };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // Our watchdog bounds the head; hyper's own timer would also close idle
+    // keep-alive connections at the header timeout.
+    builder.header_read_timeout(None).keep_alive(true);
+    let served = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(served);
+    let tick = (shared.limits.header_timeout.min(shared.limits.idle_timeout) / 4)
+        .clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut shutting_down = false;
+    let reason = loop {
+        tokio::select! {
+            result = served.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                break None;
+            }
+            _ = conn.displaced.cancelled() => break Some("displaced"),
+            _ = shared.closing.cancelled(), if !shutting_down => {
+                shutting_down = true;
+                if !conn.busy() {
+                    break Some("shutdown");
+                }
+                served.as_mut().graceful_shutdown();
+            }
+            _ = tokio::time::sleep(tick) => {
+                if shutting_down {
+                    let past = shared.deadline.get().is_some_and(|d| Instant::now() >= *d);
+                    if past || !conn.busy() {
+                        break Some("shutdown");
+                    }
+                } else if let Some(reason) = overdue(&conn, &shared) {
+                    break Some(reason);
+                }
+            }
+        }
+    };
+    if let Some(reason) = reason {
+        conn.cut_off.store(true, Ordering::Release);
+        shared.metrics.close(reason);
+    }
+    drop(served);
+    shared.metrics.open.dec();
+}
+
+/// Whether a connection with no request in flight has waited too long: for the
+/// rest of a request head, or for anything at all.
+fn overdue(conn: &Conn, shared: &Shared) -> Option<&'static str> {
+    if conn.busy() {
+        return None;
+    }
+    let now = shared.now_ms();
+    let head_since = conn.head_since.load(Ordering::Acquire);
+    if head_since != 0 {
+        let waited = Duration::from_millis(now.saturating_sub(head_since));
+        return (waited > shared.limits.header_timeout).then_some("header_timeout");
+    }
+    let idle = Duration::from_millis(now.saturating_sub(conn.idle_since.load(Ordering::Acquire)));
+    (idle > shared.limits.idle_timeout).then_some("idle_timeout")
+}
+
+/// Marks a request finished when its response is ready (or it is dropped).
+struct InFlight {
+    conn: Arc<Conn>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.conn.head_since.store(0, Ordering::Release);
+        self.conn
+            .idle_since
+            .store(self.shared.now_ms(), Ordering::Release);
+        self.conn.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The socket as hyper sees it: notes when bytes arrive, and on drop hands the
+/// socket to a lingering close.
+struct Tracked {
+    stream: Option<TcpStream>,
+    permit: Option<OwnedSemaphorePermit>,
+    conn: Arc<Conn>,
+    shared: Arc<Shared>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let Some(stream) = this.stream.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let polled = Pin::new(stream).poll_read(cx, buf);
+        if buf.filled().len() > before && !this.conn.busy() {
+            let _ = this.conn.head_since.compare_exchange(
+                0,
+                this.shared.now_ms(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.stream.as_mut() {
+            Some(s) => Pin::new(s).poll_write(cx, buf),
+            None => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.stream.as_mut() {
+            Some(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            None => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.stream.as_mut() {
+            Some(s) => Pin::new(s).poll_flush(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.stream.as_mut() {
+            Some(s) => Pin::new(s).poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        let Some(stream) = self.stream.take() else {
+            return;
+        };
+        // The connection's place is free from here; a drain holds a place of
+        // its own, and without one the socket is simply closed.
+        drop(self.permit.take());
+        if self.conn.cut_off.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(slot) = self.shared.lingering.clone().try_acquire_owned() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(linger(stream, slot, self.shared.closing.clone()));
+        }
+    }
+}
+
+/// Closes our side, then reads and discards what the client still sends until
+/// it closes too, or the bounds are reached. Closing a socket with unread data
+/// sends a reset, which makes a client still writing its body lose our answer.
+async fn linger(mut stream: TcpStream, _slot: OwnedSemaphorePermit, closing: CancellationToken) {
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match tokio::time::timeout(LINGER_QUIET, stream.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+                _ => return,
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::timeout(LINGER_TIME, drain) => {}
+        _ = closing.cancelled() => {}
+    }
+}
+
+/// The answer to a connection over the limit, before closing it.
+async fn refuse(mut stream: TcpStream, _slot: OwnedSemaphorePermit) {
+    const BODY: &str = r#"{"error":"too_many_connections","detail":"every connection this server allows is busy; retry later"}"#;
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let written = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
+    if matches!(written, Ok(Ok(()))) {
+        let mut buf = [0u8; 16 * 1024];
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+        })
+        .await;
+    }
+}
+
+/// The error a request body gives when it has not fully arrived within the
+/// body timeout; [`crate::error::ApiError::from_body`] answers it with 408.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {0:?}")]
+pub struct BodyTimedOut(pub Duration);
+
+/// A request body that fails once its deadline passes. The timer is only made
+/// when the body is not already there, which is the usual case.
+struct DeadlineBody {
+    inner: Incoming,
+    deadline: Instant,
+    allowed: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl hyper::body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+            Poll::Pending => {
+                let deadline = this.deadline;
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimedOut(this.allowed))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
