@@ -174,7 +174,20 @@ pub struct Log {
     /// A segment file was created since the last sync.
     dir_changed: bool,
     max_seq: u64,
+    /// Ack records a failed write could not store, written with the next one.
+    /// Their events are already forgotten in the index: a delivered event is
+    /// delivered whatever the disk says.
+    unwritten_acks: Vec<u8>,
+    /// A failed write left a torn record at the end of the active segment that
+    /// could not be cut off: the next write starts a new segment first, since
+    /// replay stops at the torn record and would miss anything after it.
+    torn: bool,
 }
+
+/// At most this many bytes of ack records wait for a write that succeeds;
+/// past it the oldest are dropped (their events may be delivered again after a
+/// restart, never lost).
+const MAX_UNWRITTEN_ACKS: usize = 1024 * 1024;
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:016x}.log"))
@@ -293,6 +306,8 @@ impl Log {
             unsynced: Vec::new(),
             dir_changed: true,
             max_seq: replayed.max_seq,
+            unwritten_acks: Vec::new(),
+            torn: false,
         };
         log.reclaim();
         Ok(log)
@@ -312,11 +327,36 @@ impl Log {
 
     /// Writes framed records (one `write(2)`) and applies their `ops` to the
     /// index. The bytes reach the operating system before this returns.
+    ///
+    /// When the write fails (a full disk, most often), the acknowledgements
+    /// among `ops` still apply: the index forgets those events, and their
+    /// records wait for the next write. Then whatever no undelivered event
+    /// needs any more is deleted, and if that freed space the write is tried
+    /// once more. So a disk filled by a queue whose watcher was down empties
+    /// as the watcher catches up, and intake resumes without a restart.
     pub fn commit(&mut self, records: &[u8], ops: Vec<Op>) -> io::Result<()> {
-        if records.is_empty() {
+        if records.is_empty() && self.unwritten_acks.is_empty() {
             return Ok(());
         }
-        self.write(records)?;
+        if let Err(e) = self.write(records) {
+            for op in &ops {
+                if let Op::Ack(watcher, seq) = op {
+                    self.forget(*watcher, *seq);
+                    self.keep_unwritten_ack(*watcher, *seq);
+                }
+            }
+            if !self.free_space() {
+                return Err(e);
+            }
+            if let Err(e) = self.write(records) {
+                for op in &ops {
+                    if let Op::Ack(watcher, seq) = op {
+                        self.keep_unwritten_ack(*watcher, *seq);
+                    }
+                }
+                return Err(e);
+            }
+        }
         let active = self.active_id();
         for op in ops {
             match op {
@@ -346,19 +386,68 @@ impl Log {
         Ok(())
     }
 
-    /// Appends framed records to the newest segment, all or none of them.
+    fn keep_unwritten_ack(&mut self, watcher: WatcherId, seq: u64) {
+        if self.unwritten_acks.len() < MAX_UNWRITTEN_ACKS {
+            encode_ack(&mut self.unwritten_acks, watcher, seq);
+        }
+    }
+
+    /// After a failed write: deletes the segments no undelivered event needs,
+    /// and when nothing at all is undelivered, empties the log down to an
+    /// empty active segment (truncated in place: creating a file can itself
+    /// need the space that is missing). Whether anything was freed.
+    fn free_space(&mut self) -> bool {
+        let before = self.segments.len();
+        self.reclaim();
+        let mut freed = self.segments.len() < before;
+        if self.index.is_empty() && (self.active_len > 0 || self.segments.len() > 1) {
+            while self.segments.len() > 1 {
+                if let Some(s) = self.segments.pop_front() {
+                    let _ = fs::remove_file(segment_path(&self.dir, s.id));
+                }
+            }
+            if self.active.set_len(0).is_ok() {
+                self.active_len = 0;
+                self.torn = false;
+            }
+            if let Some(s) = self.segments.back_mut() {
+                s.live = 0;
+            }
+            self.unwritten_acks.clear();
+            self.unsynced.clear();
+            self.dir_changed = true;
+            freed = true;
+            tracing::warn!("the event log could not be written and held only delivered events: emptied it to make room");
+        }
+        freed
+    }
+
+    /// Appends framed records (after any ack records still unwritten) to the
+    /// newest segment, all or none of them.
     fn write(&mut self, records: &[u8]) -> io::Result<()> {
-        if let Err(e) = (&*self.active).write_all(records) {
+        if self.torn {
+            self.rotate()?;
+            self.torn = false;
+        }
+        let joined;
+        let bytes = if self.unwritten_acks.is_empty() {
+            records
+        } else {
+            joined = [self.unwritten_acks.as_slice(), records].concat();
+            &joined
+        };
+        if let Err(e) = (&*self.active).write_all(bytes) {
             // Part of the records may be written: cut them off (the file is
             // in append mode, so the next write lands right after), or if even
             // that fails, leave this segment behind: replay stops at the torn
             // record and goes on with the next segment.
-            if self.active.set_len(self.active_len).is_err() {
-                let _ = self.rotate();
+            if self.active.set_len(self.active_len).is_err() && self.rotate().is_err() {
+                self.torn = true;
             }
             return Err(e);
         }
-        self.active_len += records.len() as u64;
+        self.active_len += bytes.len() as u64;
+        self.unwritten_acks.clear();
         Ok(())
     }
 
