@@ -19,11 +19,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::writer::{Change, Finished, Then, Writer, Written};
 use super::{DeliveryError, Sink};
-use crate::backoff::Backoff;
 use crate::cloudevent::CloudEvent;
 use crate::config::RetryPolicy;
 use crate::metrics::{Metrics, WatcherMetrics};
 use crate::store::{encode_event, now_ms, DeadLetter, Store, StoreError, WatcherId};
+use gateway_common::backoff::Backoff;
 
 /// Why an event was not admitted.
 #[derive(Debug, thiserror::Error)]
@@ -69,9 +69,6 @@ struct Queued {
 
 struct Lane {
     tx: mpsc::UnboundedSender<Queued>,
-    depth: Arc<AtomicUsize>,
-    /// Woken once per event the lane's worker finishes.
-    room: Arc<Notify>,
     /// Set while the lane's worker is retrying a failed delivery.
     stalled: Arc<AtomicBool>,
 }
@@ -80,6 +77,11 @@ struct WatcherQueue {
     name: String,
     id: WatcherId,
     lanes: Vec<Lane>,
+    /// Events queued for this watcher, all lanes together: bounded by
+    /// `TRANSFORMER_QUEUE_CAPACITY`, whichever configurations they belong to.
+    depth: Arc<AtomicUsize>,
+    /// Woken once per event any of its lanes finishes.
+    room: Arc<Notify>,
     metrics: WatcherMetrics,
 }
 
@@ -91,7 +93,7 @@ pub struct Dispatcher {
     store: Arc<Store>,
     writer: Writer,
     budget: Arc<Budget>,
-    lane_capacity: usize,
+    capacity: usize,
     admit_wait: std::time::Duration,
     waiting: prometheus_client::metrics::gauge::Gauge,
     next_seq: AtomicU64,
@@ -108,7 +110,7 @@ pub struct Workers {
 }
 
 pub struct Limits {
-    /// Events queued per watcher.
+    /// Events queued per watcher, across its lanes.
     pub capacity: usize,
     pub lanes: usize,
     /// Bytes of event data held in memory across all queues.
@@ -132,16 +134,15 @@ impl Dispatcher {
         let (writer, finished) =
             Writer::start(store.clone(), metrics.store_write.clone()).map_err(StoreError::Log)?;
         let lanes = limits.lanes.max(1);
-        let lane_capacity = limits.capacity.div_ceil(lanes).max(1);
         let mut watchers = Vec::with_capacity(sinks.len());
         for sink in sinks {
             let id = store.register_watcher(sink.name())?;
             let wm = metrics.watcher(sink.name());
+            let depth = Arc::new(AtomicUsize::new(0));
+            let room = Arc::new(Notify::new());
             let lanes = (0..lanes)
                 .map(|_| {
                     let (tx, rx) = mpsc::unbounded_channel();
-                    let depth = Arc::new(AtomicUsize::new(0));
-                    let room = Arc::new(Notify::new());
                     let stalled = Arc::new(AtomicBool::new(false));
                     set.spawn(
                         LaneWorker {
@@ -153,24 +154,20 @@ impl Dispatcher {
                             stalled: stalled.clone(),
                             policy: policy.clone(),
                             metrics: wm.clone(),
-                            store: store.clone(),
                             writer: writer.clone(),
                             hard_stop: hard_stop.clone(),
                         }
                         .run(),
                     );
-                    Lane {
-                        tx,
-                        depth,
-                        room,
-                        stalled,
-                    }
+                    Lane { tx, stalled }
                 })
                 .collect();
             watchers.push(WatcherQueue {
                 name: sink.name().to_owned(),
                 id,
                 lanes,
+                depth,
+                room,
                 metrics: wm,
             });
         }
@@ -183,7 +180,7 @@ impl Dispatcher {
                 max: limits.max_bytes.max(1),
                 freed: Notify::new(),
             }),
-            lane_capacity,
+            capacity: limits.capacity.max(1),
             admit_wait: limits.admit_wait,
             waiting: metrics.admission_waiting.clone(),
             next_seq: AtomicU64::new(store.max_seq()? + 1),
@@ -209,7 +206,7 @@ impl Dispatcher {
                 Some(w) => {
                     let lane = self.lane_of(&event);
                     let admitted = self.admit_unchecked(event);
-                    w.lanes[lane].depth.fetch_add(1, Ordering::Relaxed);
+                    w.depth.fetch_add(1, Ordering::Relaxed);
                     w.metrics.queue_depth.inc();
                     let _ = w.lanes[lane].tx.send(Queued {
                         admitted,
@@ -222,7 +219,7 @@ impl Dispatcher {
                     self.store.bury(&DeadLetter {
                         watcher,
                         seq,
-                        watcher_name: self.store.name_of(watcher),
+                        watcher_name: self.store.watcher_name(watcher),
                         error: "the watcher is no longer configured".into(),
                         attempts: 0,
                         dead_at_ms: now_ms(),
@@ -265,17 +262,13 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Reserves a slot in `lane` of each listed watcher, or none of them; on
-    /// refusal, says which watcher's lane was full.
-    fn reserve_slots(
-        &self,
-        watchers: &[&WatcherQueue],
-        lane: usize,
-    ) -> Result<(), (Refused, usize)> {
+    /// Reserves a slot in the queue of each listed watcher, or none of them;
+    /// on refusal, says which watcher's queue was full.
+    fn reserve_slots(&self, watchers: &[&WatcherQueue]) -> Result<(), (Refused, usize)> {
         for (i, w) in watchers.iter().enumerate() {
-            if w.lanes[lane].depth.fetch_add(1, Ordering::Relaxed) >= self.lane_capacity {
+            if w.depth.fetch_add(1, Ordering::Relaxed) >= self.capacity {
                 for undo in &watchers[..=i] {
-                    undo.lanes[lane].depth.fetch_sub(1, Ordering::Relaxed);
+                    undo.depth.fetch_sub(1, Ordering::Relaxed);
                 }
                 return Err((
                     Refused::Full {
@@ -304,11 +297,11 @@ impl Dispatcher {
         let deadline = tokio::time::Instant::now() + wait;
         let mut counted: Option<WaitingGuard> = None;
         loop {
-            let blocked = match self.reserve_slots(targets, lane) {
+            let blocked = match self.reserve_slots(targets) {
                 Ok(()) => match self.reserve_bytes(size) {
                     Ok(()) => return Ok(()),
                     Err(refused) => {
-                        release_slots(targets, lane);
+                        release_slots(targets);
                         (refused, None)
                     }
                 },
@@ -327,7 +320,7 @@ impl Dispatcher {
             // a permit, so none is missed; each wakeup is then checked again.
             let woken = async {
                 match blocked.1 {
-                    Some(i) => targets[i].lanes[lane].room.notified().await,
+                    Some(i) => targets[i].room.notified().await,
                     None => self.budget.freed.notified().await,
                 }
             };
@@ -335,10 +328,6 @@ impl Dispatcher {
                 return Err(blocked.0);
             }
         }
-    }
-
-    pub fn watcher_count(&self) -> usize {
-        self.watchers.len()
     }
 
     /// Stores the event for every watcher and queues it, or refuses it whole. When
@@ -478,8 +467,8 @@ impl Dispatcher {
                         }
                     }
                 } else {
-                    for (lane, _) in &ready {
-                        release_slots(&targets, *lane);
+                    for _ in &ready {
+                        release_slots(&targets);
                     }
                 }
                 let _ = tx.send(written);
@@ -493,15 +482,13 @@ impl Dispatcher {
     pub fn store(&self) -> &Arc<Store> {
         &self.store
     }
-
-    /// Stops intake; workers deliver what is queued and then exit.
-    pub fn close(self) {}
 }
 
-/// Gives back the slots [`Dispatcher::reserve_slots`] took in `lane`.
-fn release_slots(watchers: &[&WatcherQueue], lane: usize) {
+/// Gives back the slots [`Dispatcher::reserve_slots`] took.
+fn release_slots(watchers: &[&WatcherQueue]) {
     for w in watchers {
-        w.lanes[lane].depth.fetch_sub(1, Ordering::Relaxed);
+        w.depth.fetch_sub(1, Ordering::Relaxed);
+        w.room.notify_one();
     }
 }
 
@@ -535,19 +522,18 @@ fn event_size(e: &CloudEvent) -> usize {
         + 128
 }
 
-/// How long a drained shutdown waits for the store's writer to finish.
-const WRITER_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
-
 impl Workers {
-    /// Waits for the queues to drain; after `deadline`, interrupts delivery. What is
-    /// left stays in the store and is delivered after the next start.
-    pub async fn drain(mut self, deadline: std::time::Duration) {
-        let drained = tokio::time::timeout(deadline, async {
+    /// Waits for the queues to drain until `until`; then interrupts delivery
+    /// (what is left stays in the store and is delivered after the next
+    /// start), and gives the store's writer until `writer_until` to commit the
+    /// last acknowledgements.
+    pub async fn drain(mut self, until: tokio::time::Instant, writer_until: tokio::time::Instant) {
+        let drained = tokio::time::timeout_at(until, async {
             while self.set.join_next().await.is_some() {}
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(?deadline, "shutdown deadline passed with events still queued; they stay stored for the next start");
+            tracing::warn!("shutdown deadline passed with events still queued; they stay stored for the next start");
             self.hard_stop.cancel();
             while self.set.join_next().await.is_some() {}
         }
@@ -555,11 +541,11 @@ impl Workers {
         // acknowledgements: the writer commits what they sent and ends. Bounded,
         // so a sender kept alive by mistake cannot keep the process from exiting
         // (its acknowledgements would only mean redeliveries after the restart).
-        if tokio::time::timeout(WRITER_GRACE, self.writer.wait())
+        if tokio::time::timeout_at(writer_until, self.writer.wait())
             .await
             .is_err()
         {
-            tracing::warn!(grace = ?WRITER_GRACE, "the store's writer did not finish; the last acknowledgements may be delivered again after a restart");
+            tracing::warn!("the store's writer did not finish in time; the last acknowledgements may be delivered again after a restart");
         }
     }
 }
@@ -588,7 +574,6 @@ struct LaneWorker {
     stalled: Arc<AtomicBool>,
     policy: RetryPolicy,
     metrics: WatcherMetrics,
-    store: Arc<Store>,
     /// Acknowledgements go to the store's writer, which commits them with
     /// whatever else has arrived; so a drained shutdown forgets every
     /// delivered event, and a crash at worst delivers a few again.
@@ -618,15 +603,23 @@ impl LaneWorker {
                 Outcome::GaveUp { error, attempts } => {
                     self.metrics.dead_lettered.inc();
                     tracing::error!(watcher = self.sink.name(), id = %queued.admitted.event.id, subject = ?queued.admitted.event.subject, attempts, %error, "delivery gave up; event dead-lettered");
-                    self.store.bury(&DeadLetter {
-                        watcher: self.watcher,
-                        seq: queued.seq,
-                        watcher_name: self.sink.name().to_owned(),
-                        error: error.clone(),
-                        attempts: *attempts,
-                        dead_at_ms: now_ms(),
-                        event: queued.admitted.event.clone(),
-                    })
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    self.writer.send(Change::Bury {
+                        letter: Box::new(DeadLetter {
+                            watcher: self.watcher,
+                            seq: queued.seq,
+                            watcher_name: self.sink.name().to_owned(),
+                            error: error.clone(),
+                            attempts: *attempts,
+                            dead_at_ms: now_ms(),
+                            event: queued.admitted.event.clone(),
+                        }),
+                        then: Box::new(move |written| {
+                            let _ = tx.send(written);
+                        }),
+                    });
+                    rx.await
+                        .unwrap_or_else(|_| Err(Arc::new(StoreError::WriterStopped)))
                 }
                 Outcome::Interrupted => {
                     held = 1;

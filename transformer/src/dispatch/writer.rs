@@ -54,6 +54,20 @@ pub enum Change {
         seq: u64,
         then: Then,
     },
+    /// An event whose retries ran out, out of its watcher's queue and into the
+    /// dead letters. Here rather than on the lane's task: it is an LSM insert
+    /// and a log write, either of which can stall for milliseconds.
+    Bury { letter: Box<DeadLetter>, then: Then },
+}
+
+impl Change {
+    fn then(self) -> Then {
+        match self {
+            Change::Append { then, .. }
+            | Change::Resurrect { then, .. }
+            | Change::Bury { then, .. } => then,
+        }
+    }
 }
 
 /// Sends changes to the writer thread; clones share the one thread.
@@ -111,10 +125,7 @@ impl Writer {
     pub fn send(&self, change: Change) {
         if let Err(mpsc::SendError(Message::Change(change))) = self.tx.send(Message::Change(change))
         {
-            let stopped = Err(Arc::new(StoreError::WriterStopped));
-            match change {
-                Change::Append { then, .. } | Change::Resurrect { then, .. } => then(stopped),
-            }
+            (change.then())(Err(Arc::new(StoreError::WriterStopped)));
         }
     }
 }
@@ -160,12 +171,18 @@ fn write_changes(
         }
         let started = std::time::Instant::now();
         let mut batch = store.batch();
-        for change in &group {
+        let mut refused = Vec::new();
+        for (i, change) in group.iter().enumerate() {
             match change {
                 Change::Append {
                     watchers, events, ..
                 } => batch.append(watchers, events),
                 Change::Resurrect { letter, seq, .. } => batch.resurrect(letter, *seq),
+                Change::Bury { letter, .. } => {
+                    if let Err(e) = batch.bury(letter) {
+                        refused.push((i, Arc::new(e)));
+                    }
+                }
             }
         }
         for (watcher, seq) in &acks {
@@ -181,12 +198,13 @@ fn write_changes(
             tracing::error!(error = %e, events = acks.len(), "cannot update the event store; these delivered events may be delivered again after a restart");
         }
         acks.clear();
-        for change in group.drain(..) {
-            match change {
-                Change::Append { then, .. } | Change::Resurrect { then, .. } => {
-                    then(written.clone())
-                }
-            }
+        let mut refused = refused.into_iter().peekable();
+        for (i, change) in group.drain(..).enumerate() {
+            let outcome = match refused.next_if(|(at, _)| *at == i) {
+                Some((_, e)) => Err(e),
+                None => written.clone(),
+            };
+            (change.then())(outcome);
         }
     }
 }

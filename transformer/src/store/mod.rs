@@ -291,7 +291,8 @@ impl Store {
         Ok(id)
     }
 
-    fn watcher_name(&self, id: WatcherId) -> String {
+    /// The name registered for a watcher id, or the id in hex if none was.
+    pub fn watcher_name(&self, id: WatcherId) -> String {
         match self.watchers.get(id.to_be_bytes()) {
             Ok(Some(v)) => String::from_utf8_lossy(&v).into_owned(),
             _ => format!("{id:016x}"),
@@ -336,11 +337,8 @@ impl Store {
     /// letter first, then acknowledged in the log (a crash between the two is
     /// settled on the next start).
     pub fn bury(&self, letter: &DeadLetter) -> Result<(), StoreError> {
-        self.dead
-            .insert(key(letter.watcher, letter.seq), encode_dead(letter))?;
-        self.dead_changed.store(true, Ordering::Relaxed);
         let mut batch = self.batch();
-        batch.ack(letter.watcher, letter.seq);
+        batch.bury(letter)?;
         batch.commit()
     }
 
@@ -432,10 +430,6 @@ impl Store {
         }
         Ok(())
     }
-
-    pub fn name_of(&self, id: WatcherId) -> String {
-        self.watcher_name(id)
-    }
 }
 
 /// Changes collected for one write; see [`Store::batch`].
@@ -463,6 +457,18 @@ impl Batch<'_> {
     pub fn ack(&mut self, watcher: WatcherId, seq: u64) {
         log::encode_ack(&mut self.records, watcher, seq);
         self.ops.push(log::Op::Ack(watcher, seq));
+    }
+
+    /// Moves an event to the dead letters: stored as a dead letter now, and
+    /// acknowledged in the log with this batch's write (a crash between the
+    /// two is settled on the next start).
+    pub fn bury(&mut self, letter: &DeadLetter) -> Result<(), StoreError> {
+        self.store
+            .dead
+            .insert(key(letter.watcher, letter.seq), encode_dead(letter))?;
+        self.store.dead_changed.store(true, Ordering::Relaxed);
+        self.ack(letter.watcher, letter.seq);
+        Ok(())
     }
 
     /// Moves a dead letter back into its watcher's queue as `new_seq`: queued
@@ -712,7 +718,7 @@ mod tests {
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].event.data, event(2).data);
         assert_eq!(DeadLetter::parse_id(&dead[0].id()), Some((b, 2)));
-        assert_eq!(s.name_of(b), "http://b/");
+        assert_eq!(s.watcher_name(b), "http://b/");
         s.resurrect(&dead[0], 9).unwrap();
         assert_eq!(s.dead_count().unwrap(), 0);
         assert_eq!(s.queued().unwrap().len(), 5);
