@@ -343,6 +343,13 @@ mod tests {
             ("GATEWAY_HTTP_CONFIG_EVENT", "event"),
             ("GATEWAY_HTTP_CONFIG_ERROR", "/configs"),
             ("GATEWAY_PROCESSOR_RETRY_CAP", "later"),
+            ("GATEWAY_PROCESSOR_CLIENT_TOKEN", "abc\ndef"),
+            ("GATEWAY_PROCESSOR_CLIENT_TOKEN", "two words"),
+            ("TRANSFORMER_TOKEN", "caf\u{e9}"),
+            ("GATEWAY_PROCESSOR_CLIENT_HEADER_TIMEOUT", "0s"),
+            ("GATEWAY_PROCESSOR_CLIENT_IDLE_TIMEOUT", "soon"),
+            ("GATEWAY_PROCESSOR_CLIENT_BODY_TIMEOUT", "-1"),
+            ("GATEWAY_PROCESSOR_CLIENT_MAX_CONNECTIONS", "0"),
         ] {
             let mut list = BASE.to_vec();
             list.retain(|(k, _)| *k != var);
@@ -350,5 +357,15 @@ mod tests {
             let e = Config::from_vars(vars(&list)).unwrap_err().to_string();
             assert!(e.contains(var), "{var}: {e}");
         }
+    }
+
+    #[test]
+    fn tokens_are_trimmed_and_listener_bounds_default() {
+        let mut list = BASE.to_vec();
+        list.push(("GATEWAY_PROCESSOR_CLIENT_TOKEN", " s3cr3t-token_~+/=\n"));
+        let c = Config::from_vars(vars(&list)).unwrap();
+        assert_eq!(c.token.as_deref(), Some("s3cr3t-token_~+/="));
+        assert_eq!(c.listener.max_connections, 1024);
+        assert_eq!(c.listener.header_timeout, Duration::from_secs(10));
     }
 }

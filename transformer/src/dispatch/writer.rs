@@ -273,4 +273,51 @@ mod tests {
         let left: Vec<u64> = store.queued().unwrap().iter().map(|(_, s, _)| *s).collect();
         assert_eq!(left, (1..=100).filter(|s| s % 2 == 1).collect::<Vec<_>>());
     }
+
+    #[tokio::test]
+    async fn a_buried_event_leaves_the_queue_for_the_dead_letters_before_it_is_answered() {
+        let store = Arc::new(Store::temporary().unwrap());
+        let (writer, finished) =
+            Writer::start(store.clone(), Histogram::new([0.1].into_iter())).unwrap();
+        let w = store.register_watcher("http://a/").unwrap();
+        let ev = crate::cloudevent::CloudEvent::from_gateway_event(
+            "gw",
+            "t",
+            "cfg",
+            bytes::Bytes::from_static(b"x"),
+        );
+        let (tx, rx) = oneshot::channel();
+        writer.send(Change::Append {
+            watchers: Arc::from(vec![w]),
+            events: vec![(1, encode_event(&ev)), (2, encode_event(&ev))],
+            then: Box::new(move |written| {
+                let _ = tx.send(written.is_ok());
+            }),
+        });
+        assert!(rx.await.unwrap());
+        let letter = DeadLetter {
+            watcher: w,
+            seq: 1,
+            watcher_name: "http://a/".into(),
+            error: "gave up".into(),
+            attempts: 3,
+            dead_at_ms: 1,
+            event: ev,
+        };
+        let (tx, rx) = oneshot::channel();
+        let s = store.clone();
+        writer.send(Change::Bury {
+            letter: Box::new(letter),
+            then: Box::new(move |written| {
+                let queued: Vec<u64> = s.queued().unwrap().iter().map(|(_, q, _)| *q).collect();
+                let dead = s.dead_count().unwrap();
+                let _ = tx.send((written.is_ok(), queued, dead));
+            }),
+        });
+        assert_eq!(rx.await.unwrap(), (true, vec![2], 1));
+        drop(writer);
+        finished.wait().await;
+        let dead = store.dead_letters(10).unwrap();
+        assert_eq!((dead.len(), dead[0].seq, dead[0].attempts), (1, 1, 3));
+    }
 }

@@ -275,6 +275,21 @@ export interface components {
                 "application/json": components["schemas"]["Error"];
             };
         };
+        /** @description The body did not arrive within `GATEWAY_PROCESSOR_CLIENT_BODY_TIMEOUT`. */
+        BodyTimeout: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                /**
+                 * @example {
+                 *       "error": "request_timeout",
+                 *       "detail": "the request body did not arrive within 30s"
+                 *     }
+                 */
+                "application/json": components["schemas"]["Error"];
+            };
+        };
         /** @description The body is over the limit. */
         TooLarge: {
             headers: {
@@ -284,7 +299,7 @@ export interface components {
                 "application/json": components["schemas"]["Error"];
             };
         };
-        /** @description Not now (backpressure, transformer unreachable, shutting down); retry after `Retry-After` seconds. */
+        /** @description Not now (backpressure, transformer unreachable, shutting down, every connection busy (`too_many_connections`)); retry after `Retry-After` seconds. */
         RetryLater: {
             headers: {
                 "Retry-After": components["headers"]["Retry-After"];
@@ -342,6 +357,7 @@ export interface operations {
             };
             400: components["responses"]["BadRequest"];
             404: components["responses"]["UnknownSrc"];
+            408: components["responses"]["BodyTimeout"];
             410: components["responses"]["StoppedSrc"];
             413: components["responses"]["TooLarge"];
             503: components["responses"]["RetryLater"];
@@ -376,6 +392,7 @@ export interface operations {
             };
             400: components["responses"]["BadRequest"];
             404: components["responses"]["UnknownSrc"];
+            408: components["responses"]["BodyTimeout"];
             /** @description The notice's `id` is of an older value of the configuration. */
             409: {
                 headers: {
@@ -418,6 +435,7 @@ export interface operations {
             };
             400: components["responses"]["BadRequest"];
             404: components["responses"]["UnknownSrc"];
+            408: components["responses"]["BodyTimeout"];
             410: components["responses"]["StoppedSrc"];
             413: components["responses"]["TooLarge"];
         };
