@@ -1,16 +1,19 @@
 //! Delivery of CloudEvents to their destinations. Every destination is a [`Sink`];
-//! each sink gets its own bounded queue and workers ([`watcher`]), so a slow or dead
+//! each sink gets its own bounded queue ([`admission`], [`dispatcher`]) and workers ([`lane`]), so a slow or dead
 //! destination holds back no other. Adding a destination kind means one new file.
 
+pub mod admission;
+pub mod dispatcher;
 pub mod http;
+pub mod lane;
 pub mod nats;
-pub mod watcher;
 pub mod writer;
 
 use futures::future::BoxFuture;
 
 use crate::cloudevent::CloudEvent;
-pub use watcher::{Dispatcher, Limits, Refused};
+pub use admission::Refused;
+pub use dispatcher::{Dispatcher, Limits};
 
 /// Why one delivery attempt failed, and whether trying again can help.
 #[derive(Debug, Clone, thiserror::Error)]
