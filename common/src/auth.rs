@@ -6,11 +6,11 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// Paths that stay open: probes and scrapes come from the platform, not from
 /// producers.
@@ -53,8 +53,7 @@ async fn require(State(token): State<Arc<str>>, request: Request, next: Next) ->
 }
 
 fn unauthorized(detail: &str) -> Response {
-    let mut response =
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", detail).into_response();
+    let mut response = ApiError::new(ErrorCode::Unauthorized, detail).into_response();
     response
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

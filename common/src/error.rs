@@ -7,40 +7,147 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+/// Every error code an HTTP surface of the gateway answers with: the `error`
+/// field of the JSON body, stable for clients to match on. Each code has one
+/// status, so a code says all a metric or a client needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// 400: the body is malformed or names nothing.
+    BadRequest,
+    /// 408: the body did not arrive within the listener's body timeout.
+    RequestTimeout,
+    /// 413: the body is over the size limit.
+    TooLarge,
+    /// 415: a content type the endpoint does not take.
+    UnsupportedMediaType,
+    /// 401: a token is configured and the request did not carry it.
+    Unauthorized,
+    /// 404: no such endpoint.
+    NotFound,
+    /// 405: the endpoint exists, the method does not.
+    MethodNotAllowed,
+    /// 404: no configuration has this `src`.
+    UnknownSrc,
+    /// 410: the configuration was removed and is stopped.
+    StoppedSrc,
+    /// 409: a notice names an older value of the configuration.
+    StaleId,
+    /// 409: a dead letter's watcher is no longer configured.
+    UnknownWatcher,
+    /// 404: no dead letter has this id.
+    UnknownDeadLetter,
+    /// 503: a queue or the memory budget is full.
+    Backpressure,
+    /// 503: the event store cannot write (a full disk, an I/O error).
+    StoreUnavailable,
+    /// 503: the transformer did not take the event.
+    TransformerUnavailable,
+    /// 503: the process is shutting down.
+    ShuttingDown,
+    /// 503: a dependency is not reachable yet (`/readyz`).
+    NotReady,
+    /// 503: every connection the listener allows is busy.
+    TooManyConnections,
+    /// 500: the event store failed to read.
+    StoreError,
+    /// 500: a fault of the gateway's own.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as clients see it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::UnknownSrc => "unknown_src",
+            ErrorCode::StoppedSrc => "stopped_src",
+            ErrorCode::StaleId => "stale_id",
+            ErrorCode::UnknownWatcher => "unknown_watcher",
+            ErrorCode::UnknownDeadLetter => "unknown_dead_letter",
+            ErrorCode::Backpressure => "backpressure",
+            ErrorCode::StoreUnavailable => "store_unavailable",
+            ErrorCode::TransformerUnavailable => "transformer_unavailable",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::NotReady => "not_ready",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::StoreError => "store_error",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    pub const fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::NotFound | ErrorCode::UnknownSrc | ErrorCode::UnknownDeadLetter => {
+                StatusCode::NOT_FOUND
+            }
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::StoppedSrc => StatusCode::GONE,
+            ErrorCode::StaleId | ErrorCode::UnknownWatcher => StatusCode::CONFLICT,
+            ErrorCode::Backpressure
+            | ErrorCode::StoreUnavailable
+            | ErrorCode::TransformerUnavailable
+            | ErrorCode::ShuttingDown
+            | ErrorCode::NotReady
+            | ErrorCode::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::StoreError | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failure as an HTTP answer: the code (which fixes the status), a detail for
+/// humans, and for 503s how long to wait.
 #[derive(Debug, Clone)]
 pub struct ApiError {
-    pub status: StatusCode,
-    /// A short machine-readable code, e.g. `bad_request`, `unknown_src`.
-    pub error: &'static str,
+    pub code: ErrorCode,
     pub detail: String,
     pub retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, error: &'static str, detail: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
         ApiError {
-            status,
-            error,
+            code,
             detail: detail.into(),
-            retry_after_secs: None,
+            retry_after_secs: code
+                .status()
+                .eq(&StatusCode::SERVICE_UNAVAILABLE)
+                .then_some(1),
         }
     }
     pub fn bad_request(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad_request", detail)
+        Self::new(ErrorCode::BadRequest, detail)
     }
-    pub fn not_found(error: &'static str, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, error, detail)
+    /// 503 `shutting_down`, the one answer of a process that is stopping.
+    pub fn shutting_down(component: &str) -> Self {
+        Self::new(
+            ErrorCode::ShuttingDown,
+            format!("the {component} is shutting down"),
+        )
     }
-    /// 503 with `Retry-After`: the caller should try the same request again later.
-    pub fn unavailable(
-        error: &'static str,
-        detail: impl Into<String>,
-        retry_after_secs: u64,
-    ) -> Self {
-        ApiError {
-            retry_after_secs: Some(retry_after_secs.max(1)),
-            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, error, detail)
-        }
+    /// A 503 whose `Retry-After` is not the default second.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs.max(1));
+        self
+    }
+    pub fn status(&self) -> StatusCode {
+        self.code.status()
     }
     /// Body-reading failures: 413 past the limit, 408 when the body did not
     /// arrive in time (the listener's body timeout), 400 otherwise.
@@ -48,22 +155,17 @@ impl ApiError {
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
         while let Some(e) = cause {
             if let Some(timed_out) = e.downcast_ref::<crate::server::BodyTimedOut>() {
-                return Self::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "request_timeout",
-                    timed_out.to_string(),
-                );
+                return Self::new(ErrorCode::RequestTimeout, timed_out.to_string());
             }
             cause = e.source();
         }
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Self::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
+                ErrorCode::TooLarge,
                 format!("request body exceeds the limit of {limit} bytes"),
             )
         } else {
-            Self::new(rejection.status(), "bad_request", rejection.body_text())
+            Self::bad_request(rejection.body_text())
         }
     }
 }
@@ -73,8 +175,8 @@ impl std::fmt::Display for ApiError {
         write!(
             f,
             "{} {}: {}",
-            self.status.as_u16(),
-            self.error,
+            self.status().as_u16(),
+            self.code,
             self.detail
         )
     }
@@ -82,8 +184,8 @@ impl std::fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(serde_json::json!({ "error": self.error, "detail": self.detail }));
-        let mut response = (self.status, body).into_response();
+        let body = Json(serde_json::json!({ "error": self.code.as_str(), "detail": self.detail }));
+        let mut response = (self.status(), body).into_response();
         if let Some(secs) = self.retry_after_secs {
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, v);
@@ -95,7 +197,10 @@ impl IntoResponse for ApiError {
 
 /// JSON 404 for any path no route serves.
 pub async fn not_found_fallback(uri: axum::http::Uri) -> ApiError {
-    ApiError::not_found("not_found", format!("no such endpoint: {}", uri.path()))
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!("no such endpoint: {}", uri.path()),
+    )
 }
 
 /// JSON 405 for a known path with the wrong method.
@@ -104,8 +209,7 @@ pub async fn method_not_allowed_fallback(
     uri: axum::http::Uri,
 ) -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         format!("{method} is not allowed on {}", uri.path()),
     )
 }
@@ -121,4 +225,62 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [ErrorCode; 20] = [
+        ErrorCode::BadRequest,
+        ErrorCode::RequestTimeout,
+        ErrorCode::TooLarge,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::Unauthorized,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::UnknownSrc,
+        ErrorCode::StoppedSrc,
+        ErrorCode::StaleId,
+        ErrorCode::UnknownWatcher,
+        ErrorCode::UnknownDeadLetter,
+        ErrorCode::Backpressure,
+        ErrorCode::StoreUnavailable,
+        ErrorCode::TransformerUnavailable,
+        ErrorCode::ShuttingDown,
+        ErrorCode::NotReady,
+        ErrorCode::TooManyConnections,
+        ErrorCode::StoreError,
+        ErrorCode::Internal,
+    ];
+
+    #[test]
+    fn codes_are_distinct_snake_case_and_every_503_says_when_to_retry() {
+        let names: std::collections::HashSet<&str> = ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names.len(), ALL.len());
+        for code in ALL {
+            let name = code.as_str();
+            assert!(
+                name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{name}"
+            );
+            let e = ApiError::new(code, "x");
+            let unavailable = code.status() == StatusCode::SERVICE_UNAVAILABLE;
+            assert_eq!(e.retry_after_secs.is_some(), unavailable, "{name}");
+            let response = e.into_response();
+            assert_eq!(response.status(), code.status());
+            assert_eq!(
+                response.headers().contains_key(header::RETRY_AFTER),
+                unavailable,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn shutting_down_names_the_component() {
+        let e = ApiError::shutting_down("transformer");
+        assert_eq!(e.code, ErrorCode::ShuttingDown);
+        assert_eq!(e.detail, "the transformer is shutting down");
+    }
 }

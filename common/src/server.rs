@@ -546,10 +546,13 @@ async fn linger(mut stream: TcpStream, _slot: OwnedSemaphorePermit, closing: Can
 
 /// The answer to a connection over the limit, before closing it.
 async fn refuse(mut stream: TcpStream, _slot: OwnedSemaphorePermit) {
-    const BODY: &str = r#"{"error":"too_many_connections","detail":"every connection this server allows is busy; retry later"}"#;
+    let body = format!(
+        r#"{{"error":"{}","detail":"every connection this server allows is busy; retry later"}}"#,
+        crate::error::ErrorCode::TooManyConnections
+    );
     let answer = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
-        BODY.len()
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
     );
     let written = tokio::time::timeout(Duration::from_secs(1), async {
         stream.write_all(answer.as_bytes()).await?;

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use gateway_common::error::{method_not_allowed_fallback, not_found_fallback, ApiError};
+use gateway_common::error::{method_not_allowed_fallback, not_found_fallback, ApiError, ErrorCode};
 use gateway_common::wire::{self, EventRequest};
 use serde::Deserialize;
 
@@ -49,11 +49,9 @@ type Params = Query<HashMap<String, String>>;
 
 fn lookup_error(e: LookupError) -> ApiError {
     match e {
-        LookupError::Unknown(_) => ApiError::not_found("unknown_src", e.to_string()),
-        LookupError::Stopped(_) => ApiError::new(StatusCode::GONE, "stopped_src", e.to_string()),
-        LookupError::StaleId { .. } => {
-            ApiError::new(StatusCode::CONFLICT, "stale_id", e.to_string())
-        }
+        LookupError::Unknown(_) => ApiError::new(ErrorCode::UnknownSrc, e.to_string()),
+        LookupError::Stopped(_) => ApiError::new(ErrorCode::StoppedSrc, e.to_string()),
+        LookupError::StaleId { .. } => ApiError::new(ErrorCode::StaleId, e.to_string()),
         LookupError::Ambiguous => ApiError::bad_request(e.to_string()),
     }
 }
@@ -118,7 +116,7 @@ fn read_event(
         payload: wire::encode_payload(&body),
         src: src.clone(),
     })
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
     Ok(Outgoing {
         src,
         body: Bytes::from(encoded),
@@ -136,15 +134,20 @@ async fn event(
         Ok(_) => {
             st.metrics.events_forwarded.inc();
         }
-        Err(e) => st.metrics.reject(match (e.status, e.error) {
-            (StatusCode::PAYLOAD_TOO_LARGE, _) => "too_large",
-            (_, "unknown_src" | "stopped_src") => "unknown_src",
-            (_, "transformer_unavailable") => "transformer_unavailable",
-            (StatusCode::SERVICE_UNAVAILABLE, _) => "backpressure",
-            _ => "bad_request",
-        }),
+        Err(e) => st.metrics.reject(reject_reason(e.code)),
     }
     result
+}
+
+/// The label of `processor_events_rejected_total` for a refusal.
+fn reject_reason(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::TooLarge => "too_large",
+        ErrorCode::UnknownSrc | ErrorCode::StoppedSrc => "unknown_src",
+        ErrorCode::TransformerUnavailable => "transformer_unavailable",
+        c if c.status() == StatusCode::SERVICE_UNAVAILABLE => "backpressure",
+        _ => "bad_request",
+    }
 }
 
 async fn forward_event(
@@ -165,15 +168,14 @@ async fn forward_event(
         Err(SendError::Busy {
             retry_after_secs,
             detail,
-        }) => Err(ApiError::unavailable(
-            "backpressure",
+        }) => Err(ApiError::new(
+            ErrorCode::Backpressure,
             format!("the transformer cannot take the event now: {detail}"),
-            retry_after_secs,
-        )),
-        Err(SendError::Unavailable(why)) => Err(ApiError::unavailable(
-            "transformer_unavailable",
+        )
+        .retry_after(retry_after_secs)),
+        Err(SendError::Unavailable(why)) => Err(ApiError::new(
+            ErrorCode::TransformerUnavailable,
             format!("the transformer did not take the event: {why}"),
-            1,
         )),
         Err(SendError::Rejected { status, body }) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
@@ -268,17 +270,12 @@ async fn healthz() -> Json<serde_json::Value> {
 
 async fn readyz(State(st): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
     if st.shutting_down.load(Ordering::Relaxed) {
-        return Err(ApiError::unavailable(
-            "shutting_down",
-            "the processor-client is shutting down",
-            1,
-        ));
+        return Err(ApiError::shutting_down("processor-client"));
     }
     if !st.transformer.ready().await {
-        return Err(ApiError::unavailable(
-            "not_ready",
+        return Err(ApiError::new(
+            ErrorCode::NotReady,
             "the transformer is not reachable",
-            1,
         ));
     }
     Ok(Json(serde_json::json!({ "status": "ready" })))

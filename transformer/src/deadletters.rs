@@ -3,18 +3,16 @@
 //! watcher's queue with its CloudEvent id unchanged, after what is queued now.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use crate::routes::{refused, AppState};
+use crate::state::{refused, AppState};
 use crate::store::{DeadLetter, StoreError};
-use gateway_common::error::ApiError;
+use gateway_common::error::{ApiError, ErrorCode};
 
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
@@ -25,11 +23,11 @@ pub fn router() -> Router<Arc<AppState>> {
 }
 
 fn store_error(e: StoreError) -> ApiError {
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "store_error",
-        e.to_string(),
-    )
+    ApiError::new(ErrorCode::StoreError, e.to_string())
+}
+
+fn unknown(id: &str) -> ApiError {
+    ApiError::new(ErrorCode::UnknownDeadLetter, format!("no dead letter {id}"))
 }
 
 /// A dead letter as JSON: why it died, and the CloudEvent in structured form.
@@ -65,7 +63,7 @@ async fn list(
             .map_err(|_| ApiError::bad_request(format!("limit {l:?} is not a number")))?,
         None => 1000,
     };
-    let dispatcher = st.dispatcher().await?;
+    let dispatcher = st.intake.dispatcher()?;
     let store = dispatcher.store();
     let letters: Vec<Value> = store
         .dead_letters(usize::MAX)
@@ -84,17 +82,14 @@ async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let (w, seq) = parse_id(&id)?;
-    let dispatcher = st.dispatcher().await?;
+    let dispatcher = st.intake.dispatcher()?;
     match dispatcher
         .store()
         .dead_letter(w, seq)
         .map_err(store_error)?
     {
         Some(d) => Ok(Json(render(&d))),
-        None => Err(ApiError::not_found(
-            "unknown_dead_letter",
-            format!("no dead letter {id}"),
-        )),
+        None => Err(unknown(&id)),
     }
 }
 
@@ -103,7 +98,7 @@ async fn delete(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let (w, seq) = parse_id(&id)?;
-    let dispatcher = st.dispatcher().await?;
+    let dispatcher = st.intake.dispatcher()?;
     if dispatcher
         .store()
         .delete_dead(w, seq)
@@ -111,10 +106,7 @@ async fn delete(
     {
         Ok(Json(json!({ "deleted": id })))
     } else {
-        Err(ApiError::not_found(
-            "unknown_dead_letter",
-            format!("no dead letter {id}"),
-        ))
+        Err(unknown(&id))
     }
 }
 
@@ -123,16 +115,13 @@ async fn replay_one(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let (w, seq) = parse_id(&id)?;
-    let dispatcher = st.dispatcher().await?;
+    let dispatcher = st.intake.dispatcher()?;
     let Some(letter) = dispatcher
         .store()
         .dead_letter(w, seq)
         .map_err(store_error)?
     else {
-        return Err(ApiError::not_found(
-            "unknown_dead_letter",
-            format!("no dead letter {id}"),
-        ));
+        return Err(unknown(&id));
     };
     let event_id = letter.event.id.clone();
     dispatcher.replay(letter).await.map_err(refused)?;
@@ -146,7 +135,7 @@ async fn replay_all(
     State(st): State<Arc<AppState>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let dispatcher = st.dispatcher().await?;
+    let dispatcher = st.intake.dispatcher()?;
     let letters = dispatcher
         .store()
         .dead_letters(usize::MAX)
@@ -158,7 +147,7 @@ async fn replay_all(
         if q.get("watcher").is_some_and(|w| *w != letter.watcher_name) {
             continue;
         }
-        if stopped_by.is_some() || st.shutting_down.load(Ordering::Relaxed) {
+        if stopped_by.is_some() || st.intake.is_closed() {
             remaining += 1;
             continue;
         }

@@ -11,12 +11,12 @@ pub mod dispatch;
 mod fuzz;
 pub mod metrics;
 pub mod routes;
+pub mod state;
 pub mod store;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
@@ -25,7 +25,7 @@ use crate::dispatch::http::HttpSink;
 use crate::dispatch::nats::{NatsSink, SubjectTemplate};
 use crate::dispatch::{Dispatcher, Limits, Sink};
 use crate::metrics::Metrics;
-use crate::routes::AppState;
+use crate::state::{AppState, Intake};
 use crate::store::{Fsync, Store};
 use tokio_util::sync::CancellationToken;
 
@@ -100,8 +100,7 @@ pub async fn serve(
         event_type: config.event_type.clone(),
         max_body_bytes: config.max_body_bytes,
         metrics,
-        dispatcher: RwLock::new(Some(Arc::new(dispatcher))),
-        shutting_down: AtomicBool::new(false),
+        intake: Intake::new(dispatcher),
     });
     let local = listener.local_addr().map_err(RunError::Serve)?;
     tracing::info!(
@@ -123,7 +122,7 @@ pub async fn serve(
     let signal_time = signalled.clone();
     let stop = async move {
         shutdown.await;
-        stopping.shutting_down.store(true, Ordering::Relaxed);
+        stopping.intake.close();
         let now = tokio::time::Instant::now();
         let _ = signal_time.set(now);
         now + timeout - reserve
@@ -142,12 +141,7 @@ pub async fn serve(
         .get()
         .copied()
         .unwrap_or_else(tokio::time::Instant::now);
-    let dispatcher = state
-        .dispatcher
-        .write()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
-    drop(dispatcher);
+    drop(state.intake.take());
     workers
         .drain(signalled + timeout - reserve, signalled + timeout)
         .await;

@@ -2,8 +2,7 @@
 //! processor-client and framework-independent producers, or a CloudEvent in binary
 //! or structured mode from another gateway; plus health, readiness and metrics.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
@@ -14,33 +13,10 @@ use axum::{Json, Router};
 use bytes::Bytes;
 
 use crate::cloudevent::{CloudEvent, STRUCTURED_CONTENT_TYPE};
-use crate::dispatch::{Dispatcher, Refused};
-use crate::metrics::{KindLabel, Metrics};
-use gateway_common::error::{method_not_allowed_fallback, not_found_fallback, ApiError};
+use crate::metrics::KindLabel;
+use crate::state::{refused, AppState};
+use gateway_common::error::{method_not_allowed_fallback, not_found_fallback, ApiError, ErrorCode};
 use gateway_common::wire::{self, BatchAnswer, BatchItem, BatchResult};
-
-pub struct AppState {
-    pub gateway_name: String,
-    pub event_type: String,
-    pub max_body_bytes: usize,
-    pub metrics: Arc<Metrics>,
-    /// `None` once shutdown began: intake is closed and the workers are draining.
-    pub dispatcher: RwLock<Option<Arc<Dispatcher>>>,
-    pub shutting_down: AtomicBool,
-}
-
-impl AppState {
-    /// The dispatcher, unless shutdown has closed intake.
-    pub async fn dispatcher(&self) -> Result<Arc<Dispatcher>, ApiError> {
-        self.dispatcher
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(|| {
-                ApiError::unavailable("shutting_down", "the transformer is shutting down", 1)
-            })
-    }
-}
 
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.max_body_bytes;
@@ -72,10 +48,10 @@ async fn ingest(
 
 /// The label of `transformer_rejected_total` for a refusal.
 fn reject_reason(e: &ApiError) -> &'static str {
-    match e.status {
-        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
-        StatusCode::SERVICE_UNAVAILABLE if e.error == "shutting_down" => "shutting_down",
-        StatusCode::SERVICE_UNAVAILABLE => "backpressure",
+    match e.code {
+        ErrorCode::TooLarge => "too_large",
+        ErrorCode::ShuttingDown => "shutting_down",
+        c if c.status() == StatusCode::SERVICE_UNAVAILABLE => "backpressure",
         _ => "bad_request",
     }
 }
@@ -101,20 +77,13 @@ async fn accept_batch(
     st: &AppState,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<BatchAnswer>, ApiError> {
-    if st.shutting_down.load(Ordering::Relaxed) {
-        return Err(ApiError::unavailable(
-            "shutting_down",
-            "the transformer is shutting down",
-            1,
-        ));
-    }
+    let dispatcher = st.intake.dispatcher()?;
     let body = body.map_err(|r| ApiError::from_body(r, st.max_body_bytes))?;
     let items: Vec<BatchItem> = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!(
             "a batch is a JSON array of {{\"event\": {{\"src\", \"payload\"}}}} objects: {e}"
         ))
     })?;
-    let dispatcher = st.dispatcher().await?;
     st.metrics.batches.inc();
     let mut results = Vec::with_capacity(items.len());
     let mut events = Vec::with_capacity(items.len());
@@ -164,9 +133,9 @@ async fn accept_batch(
 
 fn failed(e: ApiError) -> BatchResult {
     BatchResult {
-        status: e.status.as_u16(),
+        status: e.status().as_u16(),
         id: None,
-        error: Some(e.error.to_owned()),
+        error: Some(e.code.as_str().to_owned()),
         detail: Some(e.detail),
         retry_after: e.retry_after_secs,
     }
@@ -177,38 +146,13 @@ async fn accept(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if st.shutting_down.load(Ordering::Relaxed) {
-        return Err(ApiError::unavailable(
-            "shutting_down",
-            "the transformer is shutting down",
-            1,
-        ));
-    }
+    let dispatcher = st.intake.dispatcher()?;
     let body = body.map_err(|r| ApiError::from_body(r, st.max_body_bytes))?;
     let (event, kind) = decode(st, headers, body)?;
     let id = event.id.clone();
-    let dispatcher = st.dispatcher().await?;
     dispatcher.dispatch(event).await.map_err(refused)?;
     st.metrics.received.get_or_create(&KindLabel { kind }).inc();
     Ok(Json(serde_json::json!({ "id": id })))
-}
-
-/// Every refusal is "try again later": the queue or the store cannot take it now.
-pub fn refused(r: Refused) -> ApiError {
-    match r {
-        Refused::UnknownWatcher(_) => {
-            ApiError::new(StatusCode::CONFLICT, "unknown_watcher", r.to_string())
-        }
-        Refused::Store(e) => {
-            tracing::error!(error = %e, "event store write failed");
-            ApiError::unavailable(
-                "store_unavailable",
-                format!("the event could not be stored: {e}"),
-                1,
-            )
-        }
-        other => ApiError::unavailable("backpressure", format!("{other}; retry later"), 1),
-    }
 }
 
 /// Chooses the input form: a `ce-specversion` header means a binary CloudEvent, the
@@ -234,8 +178,7 @@ fn decode(
     }
     if content_type.starts_with("application/cloudevents-batch") {
         return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "batched CloudEvents are not accepted; send one event per request",
         ));
     }
@@ -275,13 +218,7 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn readyz(State(st): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
-    if st.shutting_down.load(Ordering::Relaxed) {
-        return Err(ApiError::unavailable(
-            "shutting_down",
-            "the transformer is shutting down",
-            1,
-        ));
-    }
+    st.intake.dispatcher()?;
     Ok(Json(serde_json::json!({ "status": "ready" })))
 }
 
