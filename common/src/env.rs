@@ -1,38 +1,295 @@
-//! The environment helpers both binaries read their settings with: envy with empty
-//! values counted as unset, parsers for durations, URLs, addresses and switches, and
-//! the one error type that names the variable at fault, so a bad setting stops the
-//! process at start saying which variable to fix.
+//! The environment, described once. Every variable a binary reads is a [`Var`]:
+//! its name, its default and what it means, declared in that binary's config
+//! module (the ones both binaries read are here). Settings are read through
+//! [`Env`], which takes each default from the same [`Var`] and names the
+//! variable in every error, so a bad setting stops the process at start saying
+//! which variable to fix. The docs' tables and `docker/` are checked against
+//! the same lists by tests, so none of them can drift from the code.
+//!
+//! Empty values count as unset, as they do in most container runtimes' defaults,
+//! so `FOO=` falls back to the default.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
-
-use serde::de::DeserializeOwned;
 
 /// A variable that is missing or malformed, named as the operator wrote it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("environment variable {0} is required but not set")]
-    Missing(String),
+    Missing(&'static str),
     #[error("environment variable {var} is invalid: {reason}")]
     Invalid { var: &'static str, reason: String },
-    #[error("environment is invalid: {0}")]
-    Envy(String),
 }
 
-/// Reads `T` from the process environment with envy. Empty values count as unset, as
-/// they do in most container runtimes' defaults, so `FOO=` falls back to the default.
-pub fn load_env<T: DeserializeOwned>() -> Result<T, ConfigError> {
-    load_from(std::env::vars())
+/// What a variable is when it is not set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Default {
+    /// Unset stops the process.
+    Required,
+    /// Unset means off / none.
+    Empty,
+    /// Unset means this value, parsed like a set one.
+    Value(&'static str),
+    /// Unset means a value derived from other settings, described for the docs.
+    Derived(&'static str),
 }
 
-/// [`load_env`] over an explicit list of variables, for tests.
-pub fn load_from<T: DeserializeOwned>(
-    vars: impl IntoIterator<Item = (String, String)>,
-) -> Result<T, ConfigError> {
-    envy::from_iter(vars.into_iter().filter(|(_, v)| !v.trim().is_empty())).map_err(|e| match e {
-        envy::Error::MissingValue(field) => ConfigError::Missing(field.to_ascii_uppercase()),
-        envy::Error::Custom(msg) => ConfigError::Envy(msg),
-    })
+/// One environment variable: the single description of it that the code, the
+/// docs and the container files follow.
+#[derive(Debug, Clone, Copy)]
+pub struct Var {
+    pub name: &'static str,
+    pub default: Default,
+    /// What it does, in Markdown, as the docs' table shows it.
+    pub meaning: &'static str,
+}
+
+impl Var {
+    pub const fn required(name: &'static str, meaning: &'static str) -> Var {
+        Var {
+            name,
+            default: Default::Required,
+            meaning,
+        }
+    }
+    pub const fn optional(name: &'static str, meaning: &'static str) -> Var {
+        Var {
+            name,
+            default: Default::Empty,
+            meaning,
+        }
+    }
+    pub const fn new(name: &'static str, default: &'static str, meaning: &'static str) -> Var {
+        Var {
+            name,
+            default: Default::Value(default),
+            meaning,
+        }
+    }
+    pub const fn derived(name: &'static str, from: &'static str, meaning: &'static str) -> Var {
+        Var {
+            name,
+            default: Default::Derived(from),
+            meaning,
+        }
+    }
+}
+
+/// The variables of a process, read through their [`Var`]s.
+pub struct Env {
+    set: HashMap<String, String>,
+}
+
+impl Env {
+    /// The process environment.
+    pub fn from_process() -> Env {
+        Env::from_vars(std::env::vars())
+    }
+
+    /// An explicit list of variables, for tests.
+    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Env {
+        Env {
+            set: vars
+                .into_iter()
+                .filter(|(_, v)| !v.trim().is_empty())
+                .collect(),
+        }
+    }
+
+    /// The value set, or the default value; `None` when neither.
+    pub fn get(&self, var: &Var) -> Option<&str> {
+        match (self.set.get(var.name), var.default) {
+            (Some(v), _) => Some(v.as_str()),
+            (None, Default::Value(v)) => Some(v),
+            (None, _) => None,
+        }
+    }
+
+    /// The value, trimmed; a required variable that is unset is an error.
+    pub fn text(&self, var: &Var) -> Result<String, ConfigError> {
+        match self.get(var) {
+            Some(v) => Ok(v.trim().to_owned()),
+            None if var.default == Default::Required => Err(ConfigError::Missing(var.name)),
+            None => Ok(String::new()),
+        }
+    }
+
+    /// The value, trimmed, if there is one.
+    pub fn optional(&self, var: &Var) -> Option<String> {
+        self.get(var).map(|v| v.trim().to_owned())
+    }
+
+    pub fn path(&self, var: &Var) -> Option<PathBuf> {
+        self.optional(var).map(PathBuf::from)
+    }
+
+    /// A number (port, count, byte size) in its type's range.
+    pub fn number<T>(&self, var: &Var) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        let raw = self.text(var)?;
+        raw.parse().map_err(|e| ConfigError::Invalid {
+            var: var.name,
+            reason: format!("{raw:?} is not a number in range: {e}"),
+        })
+    }
+
+    /// A count or size that must be at least 1.
+    pub fn positive(&self, var: &Var) -> Result<usize, ConfigError> {
+        match self.number(var)? {
+            0 => Err(ConfigError::Invalid {
+                var: var.name,
+                reason: "must be at least 1".into(),
+            }),
+            n => Ok(n),
+        }
+    }
+
+    pub fn duration(&self, var: &Var) -> Result<Duration, ConfigError> {
+        parse_duration(var.name, &self.text(var)?)
+    }
+
+    /// A duration that must be longer than zero.
+    pub fn timeout(&self, var: &Var) -> Result<Duration, ConfigError> {
+        match self.duration(var)? {
+            d if d.is_zero() => Err(ConfigError::Invalid {
+                var: var.name,
+                reason: "must be longer than zero".into(),
+            }),
+            d => Ok(d),
+        }
+    }
+
+    pub fn bool(&self, var: &Var) -> Result<bool, ConfigError> {
+        parse_bool(var.name, &self.text(var)?)
+    }
+
+    pub fn ip(&self, var: &Var) -> Result<IpAddr, ConfigError> {
+        parse_ip(var.name, &self.text(var)?)
+    }
+
+    pub fn urls(&self, var: &Var) -> Result<Vec<reqwest::Url>, ConfigError> {
+        parse_urls(var.name, &self.text(var)?)
+    }
+
+    pub fn token(&self, var: &Var) -> Result<Option<String>, ConfigError> {
+        parse_token(var.name, self.get(var))
+    }
+
+    /// `LOG_FORMAT`: whether logs are JSON lines.
+    pub fn json_logs(&self) -> Result<bool, ConfigError> {
+        match self.text(&LOG_FORMAT)?.to_ascii_lowercase().as_str() {
+            "" | "text" | "pretty" => Ok(false),
+            "json" => Ok(true),
+            other => Err(ConfigError::Invalid {
+                var: LOG_FORMAT.name,
+                reason: format!("{other:?}; expected text or json"),
+            }),
+        }
+    }
+}
+
+/// Read by both binaries.
+pub const GATEWAY_NAME: Var =
+    Var::required("GATEWAY_NAME", "the gateway's name; CloudEvent `source`");
+pub const GATEWAY_NAMESPACE: Var = Var::new(
+    "GATEWAY_NAMESPACE",
+    "default",
+    "namespace, reported in logs",
+);
+pub const GATEWAY_CONTROLLER_INSTANCE_ID: Var =
+    Var::optional("GATEWAY_CONTROLLER_INSTANCE_ID", "reported in logs");
+pub const TRANSFORMER_PORT: Var =
+    Var::new("TRANSFORMER_PORT", "9300", "the transformer's HTTP port");
+pub const SHUTDOWN_TIMEOUT: Var = Var::new(
+    "SHUTDOWN_TIMEOUT",
+    "10s",
+    "how long a SIGTERM may take: queues drain / configurations stop within it",
+);
+pub const LOG_FORMAT: Var = Var::new(
+    "LOG_FORMAT",
+    "text",
+    "`json` for JSON lines; level from `RUST_LOG` (default `info`)",
+);
+pub const TRANSFORMER_TOKEN: Var = Var::optional(
+    "TRANSFORMER_TOKEN",
+    "see [Securing a gateway](deploy.md#securing-a-gateway)",
+);
+
+/// Every variable both binaries read, in the order the docs list them.
+pub const SHARED: [Var; 7] = [
+    GATEWAY_NAME,
+    GATEWAY_NAMESPACE,
+    GATEWAY_CONTROLLER_INSTANCE_ID,
+    TRANSFORMER_PORT,
+    SHUTDOWN_TIMEOUT,
+    LOG_FORMAT,
+    TRANSFORMER_TOKEN,
+];
+
+/// The four variables that bound one HTTP listener.
+pub struct Listener {
+    pub header_timeout: Var,
+    pub idle_timeout: Var,
+    pub body_timeout: Var,
+    pub max_connections: Var,
+}
+
+/// How long a client may take to send a request's head, by default.
+pub const HEADER_TIMEOUT: &str = "10s";
+/// How long a kept-alive connection may sit with no request, by default.
+pub const IDLE_TIMEOUT: &str = "60s";
+/// How long a client may take to send a request's body, by default.
+pub const BODY_TIMEOUT: &str = "30s";
+/// Connections open at once, by default.
+pub const MAX_CONNECTIONS: &str = "1024";
+
+pub const HEADER_TIMEOUT_MEANING: &str = "how long a client may take to send a request's head (from its first byte); then the connection is closed";
+pub const IDLE_TIMEOUT_MEANING: &str = "how long a kept-alive connection may sit with no request";
+pub const BODY_TIMEOUT_MEANING: &str =
+    "how long a client may take to send a request's body; then 408 `request_timeout`";
+pub const MAX_CONNECTIONS_MEANING: &str =
+    "connections open at once (see [Hostile clients](delivery.md#hostile-clients-and-full-disks))";
+
+impl Listener {
+    pub fn vars(&self) -> [Var; 4] {
+        [
+            self.header_timeout,
+            self.idle_timeout,
+            self.body_timeout,
+            self.max_connections,
+        ]
+    }
+
+    /// The listener's bounds: each timeout above zero, at least one connection.
+    pub fn read(&self, env: &Env) -> Result<crate::server::Limits, ConfigError> {
+        Ok(crate::server::Limits {
+            header_timeout: env.timeout(&self.header_timeout)?,
+            idle_timeout: env.timeout(&self.idle_timeout)?,
+            body_timeout: env.timeout(&self.body_timeout)?,
+            max_connections: env.positive(&self.max_connections)?,
+        })
+    }
+}
+
+/// The variables as the docs' Markdown table, `| variable | default | meaning |`.
+pub fn markdown_table(vars: &[Var]) -> String {
+    let mut out = String::from("| variable | default | meaning |\n|---|---|---|\n");
+    for v in vars {
+        let default = match v.default {
+            Default::Required => "required".to_owned(),
+            Default::Empty => "empty".to_owned(),
+            Default::Value(d) => format!("`{d}`"),
+            Default::Derived(d) => d.to_owned(),
+        };
+        out.push_str(&format!("| `{}` | {default} | {} |\n", v.name, v.meaning));
+    }
+    out
 }
 
 /// Parses a human duration such as `250ms`, `5s` or `1m`; a bare number is seconds.
@@ -72,7 +329,7 @@ pub fn parse_urls(var: &'static str, raw: &str) -> Result<Vec<reqwest::Url>, Con
         .collect()
 }
 
-/// Parses a listen address; `0.0.0.0` by default so the process is reachable in a pod.
+/// Parses a listen address.
 pub fn parse_ip(var: &'static str, raw: &str) -> Result<IpAddr, ConfigError> {
     raw.trim().parse().map_err(|e| ConfigError::Invalid {
         var,
@@ -91,34 +348,6 @@ pub fn parse_bool(var: &'static str, raw: &str) -> Result<bool, ConfigError> {
     }
 }
 
-pub fn default_namespace() -> String {
-    "default".into()
-}
-
-pub fn default_listen() -> String {
-    "0.0.0.0".into()
-}
-
-pub fn default_port() -> u16 {
-    9300
-}
-
-pub fn default_shutdown() -> String {
-    "10s".into()
-}
-
-/// `LOG_FORMAT=json` asks for JSON lines; anything else (or unset) is human text.
-pub fn parse_log_format(raw: &str) -> Result<bool, ConfigError> {
-    match raw.trim().to_ascii_lowercase().as_str() {
-        "" | "text" | "pretty" => Ok(false),
-        "json" => Ok(true),
-        other => Err(ConfigError::Invalid {
-            var: "LOG_FORMAT",
-            reason: format!("{other:?}; expected text or json"),
-        }),
-    }
-}
-
 /// `host:port`, bracketing bare IPv6 addresses.
 pub fn join_host_port(host: &str, port: u16) -> String {
     if host.contains(':') && !host.starts_with('[') {
@@ -128,66 +357,11 @@ pub fn join_host_port(host: &str, port: u16) -> String {
     }
 }
 
-/// The names of one listener's variables, so errors name the one at fault.
-pub struct ListenerVars {
-    pub header_timeout: &'static str,
-    pub idle_timeout: &'static str,
-    pub body_timeout: &'static str,
-    pub max_connections: &'static str,
-}
-
-/// Parses a listener's header, idle and body timeouts and its connection
-/// limit (their raw values, in that order): each must be above zero.
-pub fn parse_listener(
-    vars: &ListenerVars,
-    header_timeout: &str,
-    idle_timeout: &str,
-    body_timeout: &str,
-    max_connections: usize,
-) -> Result<crate::server::Limits, ConfigError> {
-    let timeout = |var: &'static str, value: &str| match parse_duration(var, value)? {
-        d if d.is_zero() => Err(ConfigError::Invalid {
-            var,
-            reason: "must be longer than zero".into(),
-        }),
-        d => Ok(d),
-    };
-    if max_connections == 0 {
-        return Err(ConfigError::Invalid {
-            var: vars.max_connections,
-            reason: "must be at least 1".into(),
-        });
-    }
-    Ok(crate::server::Limits {
-        header_timeout: timeout(vars.header_timeout, header_timeout)?,
-        idle_timeout: timeout(vars.idle_timeout, idle_timeout)?,
-        body_timeout: timeout(vars.body_timeout, body_timeout)?,
-        max_connections,
-    })
-}
-
-/// `*_HEADER_TIMEOUT`: how long a client may take to send a request head.
-pub fn default_header_timeout() -> String {
-    "10s".into()
-}
-/// `*_IDLE_TIMEOUT`: how long a connection may sit with nothing to do.
-pub fn default_idle_timeout() -> String {
-    "60s".into()
-}
-/// `*_BODY_TIMEOUT`: how long a client may take to send a request body.
-pub fn default_body_timeout() -> String {
-    "30s".into()
-}
-/// `*_MAX_CONNECTIONS`: connections open at once.
-pub fn default_max_connections() -> usize {
-    1024
-}
-
 /// A bearer token from `var`, as it will travel in `Authorization: Bearer …`:
 /// surrounding white space is dropped; anything that cannot be sent in that
 /// header (a line break, a control character, a space inside, non-ASCII) stops
 /// the process at start instead of failing every request later.
-pub fn parse_token(var: &'static str, raw: Option<String>) -> Result<Option<String>, ConfigError> {
+pub fn parse_token(var: &'static str, raw: Option<&str>) -> Result<Option<String>, ConfigError> {
     let Some(raw) = raw else { return Ok(None) };
     let token = raw.trim();
     if token.is_empty() {
@@ -202,4 +376,71 @@ pub fn parse_token(var: &'static str, raw: Option<String>) -> Result<Option<Stri
         });
     }
     Ok(Some(token.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(list: &[(&str, &str)]) -> Env {
+        Env::from_vars(list.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn defaults_fill_in_and_empty_counts_as_unset() {
+        let e = env(&[("TRANSFORMER_PORT", "  ")]);
+        assert_eq!(e.number::<u16>(&TRANSFORMER_PORT).unwrap(), 9300);
+        assert_eq!(e.text(&GATEWAY_NAMESPACE).unwrap(), "default");
+        assert_eq!(e.optional(&GATEWAY_CONTROLLER_INSTANCE_ID), None);
+        let missing = e.text(&GATEWAY_NAME).unwrap_err().to_string();
+        assert!(missing.contains("GATEWAY_NAME"), "{missing}");
+    }
+
+    #[test]
+    fn malformed_values_name_their_variable() {
+        let e = env(&[
+            ("TRANSFORMER_PORT", "70000"),
+            ("SHUTDOWN_TIMEOUT", "soon"),
+            ("LOG_FORMAT", "xml"),
+            ("TRANSFORMER_TOKEN", "a b"),
+        ]);
+        let errors = [
+            e.number::<u16>(&TRANSFORMER_PORT).unwrap_err(),
+            e.duration(&SHUTDOWN_TIMEOUT).unwrap_err(),
+            e.json_logs().unwrap_err(),
+            e.token(&TRANSFORMER_TOKEN).unwrap_err(),
+        ];
+        for (err, var) in errors.iter().zip([
+            "TRANSFORMER_PORT",
+            "SHUTDOWN_TIMEOUT",
+            "LOG_FORMAT",
+            "TRANSFORMER_TOKEN",
+        ]) {
+            assert!(err.to_string().contains(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn durations_accept_units_and_bare_seconds() {
+        assert_eq!(
+            parse_duration("X", "250ms").unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(parse_duration("X", "2").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("X", "-1").is_err());
+    }
+
+    #[test]
+    fn the_table_shows_each_kind_of_default() {
+        let table = markdown_table(&[
+            GATEWAY_NAME,
+            TRANSFORMER_PORT,
+            GATEWAY_CONTROLLER_INSTANCE_ID,
+            Var::derived("X", "`GATEWAY_NAME`", "m"),
+        ]);
+        assert!(table.contains("| `GATEWAY_NAME` | required |"));
+        assert!(table.contains("| `TRANSFORMER_PORT` | `9300` |"));
+        assert!(table.contains("| `GATEWAY_CONTROLLER_INSTANCE_ID` | empty |"));
+        assert!(table.contains("| `X` | `GATEWAY_NAME` | m |"));
+    }
 }

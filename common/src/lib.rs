@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod backoff;
+pub mod endpoint;
 pub mod env;
 pub mod error;
 pub mod metrics;

@@ -1,27 +1,14 @@
-//! The processor-client's environment, read once at start with envy. Every variable of
-//! the contract has its default here; a missing or malformed one is an error that
-//! names it. Nothing else in the crate reads the environment.
+//! The processor-client's environment, read once at start. Every variable it reads
+//! is declared here once, with its default and meaning ([`VARS`]); the docs' table
+//! and `docker/` are checked against that list. A missing or malformed one is an
+//! error that names it. Nothing else in the crate reads the environment.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gateway_common::env::{
-    default_body_timeout, default_header_timeout, default_idle_timeout, default_listen,
-    default_max_connections, default_namespace, default_port, default_shutdown, load_from,
-    parse_duration, parse_ip, parse_listener, parse_log_format, parse_token, ConfigError,
-    ListenerVars,
-};
+use gateway_common::env::{self as shared, ConfigError, Env, Listener, Var};
 use gateway_common::server::Limits as ListenerLimits;
-use serde::Deserialize;
-
-/// The processor-client's listener variables.
-const LISTENER: ListenerVars = ListenerVars {
-    header_timeout: "GATEWAY_PROCESSOR_CLIENT_HEADER_TIMEOUT",
-    idle_timeout: "GATEWAY_PROCESSOR_CLIENT_IDLE_TIMEOUT",
-    body_timeout: "GATEWAY_PROCESSOR_CLIENT_BODY_TIMEOUT",
-    max_connections: "GATEWAY_PROCESSOR_CLIENT_MAX_CONNECTIONS",
-};
 
 /// The paths of the HTTP protocol between processor-client and user server.
 #[derive(Debug, Clone)]
@@ -68,123 +55,164 @@ pub struct Config {
     pub listener: ListenerLimits,
 }
 
-#[derive(Deserialize)]
-struct RawEnv {
-    gateway_name: String,
-    #[serde(default = "default_namespace")]
-    gateway_namespace: String,
-    #[serde(default)]
-    gateway_controller_instance_id: String,
-    gateway_processor_config_map: String,
-    gateway_processor_server_http_port: u16,
-    #[serde(default = "default_server_host")]
-    gateway_processor_server_host: String,
-    #[serde(default = "default_client_port")]
-    gateway_processor_client_http_port: u16,
-    #[serde(default = "default_listen")]
-    gateway_processor_client_listen_address: String,
-    #[serde(default = "default_start")]
-    gateway_http_config_start: String,
-    #[serde(default = "default_stop")]
-    gateway_http_config_stop: String,
-    #[serde(default = "default_event")]
-    gateway_http_config_event: String,
-    #[serde(default = "default_running")]
-    gateway_http_config_running: String,
-    #[serde(default = "default_error")]
-    gateway_http_config_error: String,
-    #[serde(default = "default_port")]
-    transformer_port: u16,
-    #[serde(default = "default_server_host")]
-    transformer_host: String,
-    #[serde(default = "default_transformer_timeout")]
-    transformer_timeout: String,
-    #[serde(default = "default_batch")]
-    gateway_processor_batch: bool,
-    #[serde(default = "default_max_body")]
-    gateway_processor_max_body_bytes: usize,
-    #[serde(default = "default_server_timeout")]
-    gateway_processor_server_timeout: String,
-    #[serde(default = "default_retry_base")]
-    gateway_processor_retry_base: String,
-    #[serde(default = "default_retry_cap")]
-    gateway_processor_retry_cap: String,
-    #[serde(default = "default_probe")]
-    gateway_processor_server_probe_interval: String,
-    #[serde(default = "default_poll")]
-    gateway_processor_config_poll_interval: String,
-    #[serde(default = "default_shutdown")]
-    shutdown_timeout: String,
-    #[serde(default)]
-    log_format: String,
-    gateway_processor_client_token: Option<String>,
-    transformer_token: Option<String>,
-    #[serde(default = "default_header_timeout")]
-    gateway_processor_client_header_timeout: String,
-    #[serde(default = "default_idle_timeout")]
-    gateway_processor_client_idle_timeout: String,
-    #[serde(default = "default_body_timeout")]
-    gateway_processor_client_body_timeout: String,
-    #[serde(default = "default_max_connections")]
-    gateway_processor_client_max_connections: usize,
-}
-
-fn default_server_host() -> String {
-    "127.0.0.1".into()
-}
-fn default_client_port() -> u16 {
-    9393
-}
-fn default_start() -> String {
-    "/start".into()
-}
-fn default_stop() -> String {
-    "/stop".into()
-}
-fn default_event() -> String {
-    "/event".into()
-}
-fn default_running() -> String {
-    "/activated".into()
-}
-fn default_error() -> String {
-    "/error".into()
-}
-fn default_batch() -> bool {
-    true
-}
-fn default_transformer_timeout() -> String {
-    "10s".into()
-}
-fn default_max_body() -> usize {
-    1024 * 1024
-}
-fn default_server_timeout() -> String {
-    "10s".into()
-}
-fn default_retry_base() -> String {
-    "200ms".into()
-}
-fn default_retry_cap() -> String {
-    "5s".into()
-}
+const CONFIG_MAP: Var = Var::required(
+    "GATEWAY_PROCESSOR_CONFIG_MAP",
+    "a directory with one file per configuration (ConfigMap volume layout, `..data` swaps included; files starting with `.` are skipped) or one YAML/JSON file mapping key to value (a ConfigMap manifest's `data` works too; non-string values are passed as JSON text)",
+);
+const SERVER_HTTP_PORT: Var = Var::required(
+    "GATEWAY_PROCESSOR_SERVER_HTTP_PORT",
+    "the user server's port",
+);
+const SERVER_HOST: Var = Var::new(
+    "GATEWAY_PROCESSOR_SERVER_HOST",
+    "127.0.0.1",
+    "the user server's host",
+);
+const CLIENT_HTTP_PORT: Var = Var::new(
+    "GATEWAY_PROCESSOR_CLIENT_HTTP_PORT",
+    "9393",
+    "the processor-client's own port",
+);
+const LISTEN_ADDRESS: Var = Var::new(
+    "GATEWAY_PROCESSOR_CLIENT_LISTEN_ADDRESS",
+    "0.0.0.0",
+    "the address it listens on",
+);
+const START: Var = Var::new(
+    "GATEWAY_HTTP_CONFIG_START",
+    "/start",
+    "path on the user server",
+);
+const STOP: Var = Var::new(
+    "GATEWAY_HTTP_CONFIG_STOP",
+    "/stop",
+    "path on the user server",
+);
+const EVENT: Var = Var::new(
+    "GATEWAY_HTTP_CONFIG_EVENT",
+    "/event",
+    "path on the processor-client for events",
+);
+const RUNNING: Var = Var::new(
+    "GATEWAY_HTTP_CONFIG_RUNNING",
+    "/activated",
+    "path on the processor-client for running notices",
+);
+const ERROR: Var = Var::new(
+    "GATEWAY_HTTP_CONFIG_ERROR",
+    "/error",
+    "path on the processor-client for error notices",
+);
+const TRANSFORMER_HOST: Var = Var::new("TRANSFORMER_HOST", "127.0.0.1", "the transformer's host");
+const TRANSFORMER_TIMEOUT: Var = Var::new(
+    "TRANSFORMER_TIMEOUT",
+    "10s",
+    "how long an event may wait for the transformer's answer",
+);
+const BATCH: Var = Var::new(
+    "GATEWAY_PROCESSOR_BATCH",
+    "true",
+    "send concurrent events to the transformer in batches once it offers them (see [Behaviour](behaviour.md)); `false`: one `POST /` per event, always",
+);
+const MAX_BODY_BYTES: Var = Var::new(
+    "GATEWAY_PROCESSOR_MAX_BODY_BYTES",
+    "1048576",
+    "largest request body; larger gets 413",
+);
+const SERVER_TIMEOUT: Var = Var::new(
+    "GATEWAY_PROCESSOR_SERVER_TIMEOUT",
+    "10s",
+    "per-request timeout of `/start` and `/stop`",
+);
+const RETRY_BASE: Var = Var::new(
+    "GATEWAY_PROCESSOR_RETRY_BASE",
+    "200ms",
+    "first backoff of a failing `/start`",
+);
+const RETRY_CAP: Var = Var::new(
+    "GATEWAY_PROCESSOR_RETRY_CAP",
+    "5s",
+    "longest backoff of a failing `/start`",
+);
 /// Short, because a user server that restarts quickly is only seen as down for the
 /// moment its port is closed; a TCP connect on loopback costs microseconds.
-fn default_probe() -> String {
-    "50ms".into()
-}
-fn default_poll() -> String {
-    "5s".into()
-}
+const PROBE_INTERVAL: Var = Var::new(
+    "GATEWAY_PROCESSOR_SERVER_PROBE_INTERVAL",
+    "50ms",
+    "how often the user server's port is probed to notice a restart",
+);
+const POLL_INTERVAL: Var = Var::new(
+    "GATEWAY_PROCESSOR_CONFIG_POLL_INTERVAL",
+    "5s",
+    "re-read of the configurations behind file notifications",
+);
+const CLIENT_TOKEN: Var = Var::optional(
+    "GATEWAY_PROCESSOR_CLIENT_TOKEN",
+    "see [Securing a gateway](deploy.md#securing-a-gateway)",
+);
+
+/// The processor-client's listener variables.
+const LISTENER: Listener = Listener {
+    header_timeout: Var::new(
+        "GATEWAY_PROCESSOR_CLIENT_HEADER_TIMEOUT",
+        shared::HEADER_TIMEOUT,
+        shared::HEADER_TIMEOUT_MEANING,
+    ),
+    idle_timeout: Var::new(
+        "GATEWAY_PROCESSOR_CLIENT_IDLE_TIMEOUT",
+        shared::IDLE_TIMEOUT,
+        shared::IDLE_TIMEOUT_MEANING,
+    ),
+    body_timeout: Var::new(
+        "GATEWAY_PROCESSOR_CLIENT_BODY_TIMEOUT",
+        shared::BODY_TIMEOUT,
+        shared::BODY_TIMEOUT_MEANING,
+    ),
+    max_connections: Var::new(
+        "GATEWAY_PROCESSOR_CLIENT_MAX_CONNECTIONS",
+        shared::MAX_CONNECTIONS,
+        shared::MAX_CONNECTIONS_MEANING,
+    ),
+};
+
+/// Every variable only the processor-client reads, in the order the docs list
+/// them; it also reads [`shared::SHARED`].
+pub const VARS: [Var; 24] = [
+    CONFIG_MAP,
+    SERVER_HTTP_PORT,
+    SERVER_HOST,
+    CLIENT_HTTP_PORT,
+    LISTEN_ADDRESS,
+    START,
+    STOP,
+    EVENT,
+    RUNNING,
+    ERROR,
+    TRANSFORMER_HOST,
+    TRANSFORMER_TIMEOUT,
+    BATCH,
+    MAX_BODY_BYTES,
+    SERVER_TIMEOUT,
+    RETRY_BASE,
+    RETRY_CAP,
+    PROBE_INTERVAL,
+    POLL_INTERVAL,
+    CLIENT_TOKEN,
+    LISTENER.header_timeout,
+    LISTENER.idle_timeout,
+    LISTENER.body_timeout,
+    LISTENER.max_connections,
+];
 
 /// Paths the processor-client serves itself; configurable paths may not shadow them.
 const FIXED_PATHS: [&str; 4] = ["/configs", "/healthz", "/readyz", "/metrics"];
 
-fn check_path(var: &'static str, raw: String) -> Result<String, ConfigError> {
+fn check_path(env: &Env, var: &Var) -> Result<String, ConfigError> {
+    let raw = env.text(var)?;
     let p = raw.trim().to_owned();
     if !p.starts_with('/') || p.contains(char::is_whitespace) || p.contains(['?', '#']) {
         return Err(ConfigError::Invalid {
-            var,
+            var: var.name,
             reason: format!("{raw:?} is not an absolute URL path like /event"),
         });
     }
@@ -193,30 +221,28 @@ fn check_path(var: &'static str, raw: String) -> Result<String, ConfigError> {
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_vars(std::env::vars())
+        Self::read(&Env::from_process())
     }
 
     pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let raw: RawEnv = load_from(vars)?;
-        if raw.gateway_name.trim().is_empty() {
-            return Err(ConfigError::Missing("GATEWAY_NAME".into()));
-        }
+        Self::read(&Env::from_vars(vars))
+    }
+
+    fn read(env: &Env) -> Result<Self, ConfigError> {
+        let gateway_name = env.text(&shared::GATEWAY_NAME)?;
         let paths = Paths {
-            start: check_path("GATEWAY_HTTP_CONFIG_START", raw.gateway_http_config_start)?,
-            stop: check_path("GATEWAY_HTTP_CONFIG_STOP", raw.gateway_http_config_stop)?,
-            event: check_path("GATEWAY_HTTP_CONFIG_EVENT", raw.gateway_http_config_event)?,
-            running: check_path(
-                "GATEWAY_HTTP_CONFIG_RUNNING",
-                raw.gateway_http_config_running,
-            )?,
-            error: check_path("GATEWAY_HTTP_CONFIG_ERROR", raw.gateway_http_config_error)?,
+            start: check_path(env, &START)?,
+            stop: check_path(env, &STOP)?,
+            event: check_path(env, &EVENT)?,
+            running: check_path(env, &RUNNING)?,
+            error: check_path(env, &ERROR)?,
         };
         let served = [
-            ("GATEWAY_HTTP_CONFIG_EVENT", &paths.event),
-            ("GATEWAY_HTTP_CONFIG_RUNNING", &paths.running),
-            ("GATEWAY_HTTP_CONFIG_ERROR", &paths.error),
+            (EVENT.name, &paths.event),
+            (RUNNING.name, &paths.running),
+            (ERROR.name, &paths.error),
         ];
         for (i, (var, p)) in served.iter().enumerate() {
             let clash =
@@ -228,65 +254,33 @@ impl Config {
                 });
             }
         }
-        let server_host = raw.gateway_processor_server_host.trim().to_owned();
-        let transformer_host = raw.transformer_host.trim().to_owned();
-        if raw.gateway_processor_config_map.trim().is_empty() {
-            return Err(ConfigError::Missing("GATEWAY_PROCESSOR_CONFIG_MAP".into()));
-        }
         Ok(Config {
-            gateway_name: raw.gateway_name,
-            namespace: raw.gateway_namespace,
-            controller_instance_id: raw.gateway_controller_instance_id,
-            config_map: PathBuf::from(raw.gateway_processor_config_map.trim()),
-            server_host,
-            server_port: raw.gateway_processor_server_http_port,
-            listen: parse_ip(
-                "GATEWAY_PROCESSOR_CLIENT_LISTEN_ADDRESS",
-                &raw.gateway_processor_client_listen_address,
-            )?,
-            port: raw.gateway_processor_client_http_port,
+            gateway_name,
+            namespace: env.text(&shared::GATEWAY_NAMESPACE)?,
+            controller_instance_id: env.text(&shared::GATEWAY_CONTROLLER_INSTANCE_ID)?,
+            config_map: PathBuf::from(env.text(&CONFIG_MAP)?),
+            server_host: env.text(&SERVER_HOST)?,
+            server_port: env.number(&SERVER_HTTP_PORT)?,
+            listen: env.ip(&LISTEN_ADDRESS)?,
+            port: env.number(&CLIENT_HTTP_PORT)?,
             paths,
-            transformer_host,
-            transformer_port: raw.transformer_port,
-            transformer_timeout: parse_duration("TRANSFORMER_TIMEOUT", &raw.transformer_timeout)?,
-            batch: raw.gateway_processor_batch,
-            max_body_bytes: raw.gateway_processor_max_body_bytes.max(1),
-            server_timeout: parse_duration(
-                "GATEWAY_PROCESSOR_SERVER_TIMEOUT",
-                &raw.gateway_processor_server_timeout,
-            )?,
-            retry_base: parse_duration(
-                "GATEWAY_PROCESSOR_RETRY_BASE",
-                &raw.gateway_processor_retry_base,
-            )?,
-            retry_cap: parse_duration(
-                "GATEWAY_PROCESSOR_RETRY_CAP",
-                &raw.gateway_processor_retry_cap,
-            )?,
-            probe_interval: parse_duration(
-                "GATEWAY_PROCESSOR_SERVER_PROBE_INTERVAL",
-                &raw.gateway_processor_server_probe_interval,
-            )?
-            .max(Duration::from_millis(5)),
-            poll_interval: parse_duration(
-                "GATEWAY_PROCESSOR_CONFIG_POLL_INTERVAL",
-                &raw.gateway_processor_config_poll_interval,
-            )?
-            .max(Duration::from_millis(100)),
-            shutdown_timeout: parse_duration("SHUTDOWN_TIMEOUT", &raw.shutdown_timeout)?,
-            json_logs: parse_log_format(&raw.log_format)?,
-            token: parse_token(
-                "GATEWAY_PROCESSOR_CLIENT_TOKEN",
-                raw.gateway_processor_client_token,
-            )?,
-            transformer_token: parse_token("TRANSFORMER_TOKEN", raw.transformer_token)?,
-            listener: parse_listener(
-                &LISTENER,
-                &raw.gateway_processor_client_header_timeout,
-                &raw.gateway_processor_client_idle_timeout,
-                &raw.gateway_processor_client_body_timeout,
-                raw.gateway_processor_client_max_connections,
-            )?,
+            transformer_host: env.text(&TRANSFORMER_HOST)?,
+            transformer_port: env.number(&shared::TRANSFORMER_PORT)?,
+            transformer_timeout: env.duration(&TRANSFORMER_TIMEOUT)?,
+            batch: env.bool(&BATCH)?,
+            max_body_bytes: env.positive(&MAX_BODY_BYTES)?,
+            server_timeout: env.duration(&SERVER_TIMEOUT)?,
+            retry_base: env.duration(&RETRY_BASE)?,
+            retry_cap: env.duration(&RETRY_CAP)?,
+            probe_interval: env.duration(&PROBE_INTERVAL)?.max(Duration::from_millis(5)),
+            poll_interval: env
+                .duration(&POLL_INTERVAL)?
+                .max(Duration::from_millis(100)),
+            shutdown_timeout: env.duration(&shared::SHUTDOWN_TIMEOUT)?,
+            json_logs: env.json_logs()?,
+            token: env.token(&CLIENT_TOKEN)?,
+            transformer_token: env.token(&shared::TRANSFORMER_TOKEN)?,
+            listener: LISTENER.read(env)?,
         })
     }
 }

@@ -10,10 +10,10 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use gateway_common::error::{method_not_allowed_fallback, not_found_fallback, ApiError, ErrorCode};
+use gateway_common::endpoint::{self, Endpoint};
+use gateway_common::error::{ApiError, ErrorCode};
 use gateway_common::wire::{self, EventRequest};
 use serde::Deserialize;
 
@@ -29,18 +29,22 @@ pub struct AppState {
     pub shutting_down: AtomicBool,
 }
 
+/// Every endpoint of the processor-client, with the notice paths as configured.
+pub fn endpoints(paths: &Paths) -> Vec<Endpoint<Arc<AppState>>> {
+    vec![
+        Endpoint::post(&paths.event, event),
+        Endpoint::post(&paths.running, running),
+        Endpoint::post(&paths.error, error),
+        Endpoint::get("/configs", configs),
+        Endpoint::get("/healthz", healthz),
+        Endpoint::get("/readyz", readyz),
+        Endpoint::get("/metrics", metrics),
+    ]
+}
+
 pub fn router(paths: &Paths, state: Arc<AppState>) -> Router {
     let limit = state.max_body_bytes;
-    Router::new()
-        .route(&paths.event, post(event))
-        .route(&paths.running, post(running))
-        .route(&paths.error, post(error))
-        .route("/configs", get(configs))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .fallback(not_found_fallback)
-        .method_not_allowed_fallback(method_not_allowed_fallback)
+    endpoint::router(endpoints(paths))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }

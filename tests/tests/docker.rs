@@ -1,35 +1,19 @@
 //! `docker/` against the code: every compose service and Kubernetes container of a
 //! gateway component sets only variables that component reads, and every variable
-//! it requires. The variables read are taken from the code itself (the `RawEnv`
-//! structs that envy fills, and the SDK's settings), so neither side can drift.
+//! it requires. The variables read are taken from the code itself (each binary's
+//! declared variables, and the SDK's settings), so neither side can drift.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use gateway_common::env::{Default, Var};
 use gateway_tests::root;
 
-/// Fields of `struct RawEnv` in a config.rs: (VARIABLE, required).
-fn env_fields(file: &str) -> BTreeMap<String, bool> {
-    let text = std::fs::read_to_string(root().join(file)).expect("read config.rs");
-    let body = text
-        .split("struct RawEnv {")
-        .nth(1)
-        .and_then(|t| t.split("\n}").next())
-        .expect("RawEnv");
-    let mut out = BTreeMap::new();
-    let mut defaulted = false;
-    for line in body.lines().map(str::trim) {
-        if line.starts_with("#[serde(default") {
-            defaulted = true;
-            continue;
-        }
-        if let Some((name, ty)) = line.trim_end_matches(',').split_once(": ") {
-            let required = !defaulted && !ty.starts_with("Option<");
-            out.insert(name.to_uppercase(), required);
-            defaulted = false;
-        }
-    }
-    assert!(out.len() > 5, "{file}: parsed too few variables: {out:?}");
-    out
+/// The variables a binary reads, from its config module's own list: (VARIABLE, required).
+fn declared(own: &[Var]) -> BTreeMap<String, bool> {
+    own.iter()
+        .chain(gateway_common::env::SHARED.iter())
+        .map(|v| (v.name.to_owned(), v.default == Default::Required))
+        .collect()
 }
 
 /// Variables the Rust SDK's user servers read (`var("NAME", ..)` / `port("NAME", ..)`).
@@ -64,10 +48,10 @@ fn check(place: &str, component: &str, set: &BTreeSet<String>, reads: &BTreeMap<
 
 fn components() -> BTreeMap<&'static str, BTreeMap<String, bool>> {
     BTreeMap::from([
-        ("transformer", env_fields("transformer/src/config.rs")),
+        ("transformer", declared(&transformer::config::VARS)),
         (
             "processor-client",
-            env_fields("processor-client/src/config.rs"),
+            declared(&processor_client::config::VARS),
         ),
         ("calendar", sdk_fields()),
     ])

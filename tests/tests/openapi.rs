@@ -1,7 +1,8 @@
 //! The OpenAPI documents in `openapi/` against the code: validated by
 //! openapi-spec-validator, exercised by schemathesis against a live transformer and
 //! processor-client (no 5xx, no response outside its documented schema), and
-//! cross-checked route by route so that neither can drift from the other.
+//! cross-checked endpoint by endpoint (the code's own endpoint lists, which its
+//! routers are built from) so that neither can drift from the other.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -54,56 +55,29 @@ fn documented(doc: &str) -> BTreeSet<(String, String)> {
     out
 }
 
-/// (METHOD, path) pairs the code routes, read from its `.route(...)` calls, with
-/// configurable paths at their defaults.
-fn routed(files: &[&str]) -> BTreeSet<(String, String)> {
-    let defaults = [
-        ("&paths.event", "/event"),
-        ("&paths.running", "/activated"),
-        ("&paths.error", "/error"),
-        ("wire::BATCH_PATH", "/batch"),
-    ];
-    let mut out = BTreeSet::new();
-    for file in files {
-        let text = std::fs::read_to_string(root().join(file)).expect("read source");
-        for line in text
-            .lines()
-            .filter(|l| l.trim_start().starts_with(".route("))
-        {
-            let args = &line[line.find(".route(").unwrap_or(0) + 7..];
-            let path = match args
-                .split('"')
-                .nth(1)
-                .filter(|_| args.trim_start().starts_with('"'))
-            {
-                Some(p) => p.to_owned(),
-                None => defaults
-                    .iter()
-                    .find(|(expr, _)| args.trim_start().starts_with(expr))
-                    .map(|(_, p)| p.to_string())
-                    .unwrap_or_else(|| panic!("{file}: cannot read the path of {line}")),
-            };
-            for method in ["get", "post", "put", "delete", "patch"] {
-                if args.contains(&format!(" {method}(")) || args.contains(&format!(".{method}(")) {
-                    out.insert((method.to_uppercase(), path.clone()));
-                }
-            }
-        }
-    }
-    out
+/// (METHOD, path) pairs a binary serves: its own list of endpoints, which its
+/// router is built from.
+fn routed<S>(endpoints: Vec<gateway_common::endpoint::Endpoint<S>>) -> BTreeSet<(String, String)> {
+    endpoints
+        .iter()
+        .map(|e| (e.method.to_string(), e.path.clone()))
+        .collect()
 }
 
 #[test]
 fn every_route_is_documented_and_every_documented_operation_is_routed() {
-    let pc_code = routed(&["processor-client/src/routes.rs"]);
-    let tr_code = routed(&[
-        "transformer/src/routes.rs",
-        "transformer/src/deadletters.rs",
-    ]);
-    assert!(
-        pc_code.len() >= 7 && tr_code.len() >= 9,
-        "route parsing found too little: {pc_code:?} {tr_code:?}"
-    );
+    // The notice paths at their defaults.
+    let config = processor_client::config::Config::from_vars([
+        ("GATEWAY_NAME".to_owned(), "g".to_owned()),
+        ("GATEWAY_PROCESSOR_CONFIG_MAP".to_owned(), "/c".to_owned()),
+        (
+            "GATEWAY_PROCESSOR_SERVER_HTTP_PORT".to_owned(),
+            "1".to_owned(),
+        ),
+    ])
+    .expect("defaults");
+    let pc_code = routed(processor_client::routes::endpoints(&config.paths));
+    let tr_code = routed(transformer::routes::endpoints());
     assert_eq!(
         pc_code,
         documented("processor-client.yaml"),

@@ -1,25 +1,13 @@
-//! The transformer's environment, read once at start with envy. Every variable of the
-//! contract has its default here; a missing or malformed one is an error that names it.
+//! The transformer's environment, read once at start. Every variable it reads is
+//! declared here once, with its default and meaning ([`VARS`]); the docs' table and
+//! `docker/` are checked against that list. A missing or malformed one is an
+//! error that names it.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
-use gateway_common::env::{
-    default_body_timeout, default_header_timeout, default_idle_timeout, default_listen,
-    default_max_connections, default_namespace, default_port, default_shutdown, load_env,
-    load_from, parse_bool, parse_duration, parse_ip, parse_listener, parse_log_format, parse_token,
-    parse_urls, ConfigError, ListenerVars,
-};
+use gateway_common::env::{self as shared, parse_duration, ConfigError, Env, Listener, Var};
 use gateway_common::server::Limits as ListenerLimits;
-
-/// The transformer's listener variables.
-const LISTENER: ListenerVars = ListenerVars {
-    header_timeout: "TRANSFORMER_HEADER_TIMEOUT",
-    idle_timeout: "TRANSFORMER_IDLE_TIMEOUT",
-    body_timeout: "TRANSFORMER_BODY_TIMEOUT",
-    max_connections: "TRANSFORMER_MAX_CONNECTIONS",
-};
-use serde::Deserialize;
 
 /// Transport to sensors: binary puts attributes in headers, structured sends one JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,104 +93,208 @@ pub struct Config {
     pub listener: ListenerLimits,
 }
 
-#[derive(Deserialize)]
-struct RawEnv {
-    gateway_name: String,
-    #[serde(default = "default_namespace")]
-    gateway_namespace: String,
-    #[serde(default)]
-    gateway_controller_instance_id: String,
-    #[serde(default = "default_listen")]
-    transformer_listen_address: String,
-    #[serde(default = "default_port")]
-    transformer_port: u16,
-    event_type: Option<String>,
-    #[serde(default)]
-    sensor_watchers: String,
-    #[serde(default)]
-    gateway_watchers: String,
-    #[serde(default = "default_protocol")]
-    event_protocol: String,
-    #[serde(default = "default_nats_url")]
-    nats_url: String,
-    #[serde(default = "default_nats_type")]
-    nats_type: String,
-    #[serde(default = "default_nats_subject")]
-    nats_subject: String,
-    nats_stream: Option<String>,
-    #[serde(default = "default_nats_ce_mode")]
-    nats_ce_mode: String,
-    nats_token: Option<String>,
-    nats_user: Option<String>,
-    nats_password: Option<String>,
-    nats_creds: Option<String>,
-    nats_tls_ca: Option<String>,
-    nats_tls_cert: Option<String>,
-    nats_tls_key: Option<String>,
-    #[serde(default = "default_false")]
-    nats_tls_required: String,
-    #[serde(default = "default_ce_mode")]
-    ce_mode: String,
-    #[serde(default = "default_queue_capacity")]
-    transformer_queue_capacity: usize,
-    #[serde(default = "default_lanes")]
-    watcher_concurrency: usize,
-    #[serde(default = "default_max_body")]
-    transformer_max_body_bytes: usize,
-    #[serde(default = "default_timeout")]
-    watcher_timeout: String,
-    #[serde(default = "default_retry_base")]
-    watcher_retry_base: String,
-    #[serde(default = "default_retry_cap")]
-    watcher_retry_cap: String,
-    #[serde(default)]
-    watcher_retry_attempts: u32,
-    #[serde(default = "default_shutdown")]
-    shutdown_timeout: String,
-    #[serde(default)]
-    log_format: String,
-    transformer_data_dir: Option<String>,
-    #[serde(default = "default_durable")]
-    transformer_durable: String,
-    #[serde(default = "default_fsync")]
-    transformer_fsync: String,
-    #[serde(default = "default_queue_max_bytes")]
-    transformer_queue_max_bytes: usize,
-    #[serde(default = "default_store_memtable_bytes")]
-    transformer_store_memtable_bytes: usize,
-    #[serde(default = "default_admit_wait")]
-    transformer_admit_wait: String,
-    transformer_token: Option<String>,
-    watcher_token: Option<String>,
-    watcher_tls_ca: Option<String>,
-    #[serde(default = "default_header_timeout")]
-    transformer_header_timeout: String,
-    #[serde(default = "default_idle_timeout")]
-    transformer_idle_timeout: String,
-    #[serde(default = "default_body_timeout")]
-    transformer_body_timeout: String,
-    #[serde(default = "default_max_connections")]
-    transformer_max_connections: usize,
-}
-
+const LISTEN_ADDRESS: Var = Var::new(
+    "TRANSFORMER_LISTEN_ADDRESS",
+    "0.0.0.0",
+    "the address it listens on",
+);
+const EVENT_TYPE: Var = Var::derived("EVENT_TYPE", "`GATEWAY_NAME`", "CloudEvent `type`");
+const SENSOR_WATCHERS: Var = Var::optional(
+    "SENSOR_WATCHERS",
+    "comma-separated sensor URLs that receive every CloudEvent",
+);
+const GATEWAY_WATCHERS: Var = Var::optional(
+    "GATEWAY_WATCHERS",
+    "comma-separated URLs of other gateways' transformers (chaining)",
+);
+const EVENT_PROTOCOL: Var = Var::new("EVENT_PROTOCOL", "HTTP", "`HTTP`, `NATS`, or `HTTP,NATS`");
+const NATS_URL: Var = Var::new(
+    "NATS_URL",
+    "nats://127.0.0.1:4222",
+    "NATS server(s), comma-separated",
+);
+const NATS_TYPE: Var = Var::new(
+    "NATS_TYPE",
+    "Standard",
+    "`Standard` (core publish, at most once) or `Streaming` (JetStream, acknowledged, stored, replayable)",
+);
+const NATS_SUBJECT: Var = Var::new(
+    "NATS_SUBJECT",
+    "{gateway}.{src}",
+    "subject template; `{gateway}`, `{namespace}`, `{src}`, `{type}` are replaced",
+);
+const NATS_STREAM: Var = Var::derived(
+    "NATS_STREAM",
+    "`GATEWAY_NAME` upper-cased",
+    "JetStream stream, created when missing to cover the gateway's subjects",
+);
+const NATS_CE_MODE: Var = Var::new(
+    "NATS_CE_MODE",
+    "structured",
+    "CloudEvents NATS binding mode: `structured` (payload is the JSON event) or `binary` (`ce-` headers, payload is the data)",
+);
+const NATS_TOKEN: Var = Var::optional("NATS_TOKEN", "token authentication");
+const NATS_USER: Var = Var::optional(
+    "NATS_USER",
+    "user and password authentication (both or neither, with `NATS_PASSWORD`)",
+);
+const NATS_PASSWORD: Var = Var::optional("NATS_PASSWORD", "the password of `NATS_USER`");
+const NATS_CREDS: Var = Var::optional("NATS_CREDS", "a `.creds` file (JWT and NKey)");
+const NATS_TLS_CA: Var = Var::optional(
+    "NATS_TLS_CA",
+    "CA certificate file to verify the server; implies TLS",
+);
+const NATS_TLS_CERT: Var = Var::optional(
+    "NATS_TLS_CERT",
+    "client certificate for mutual TLS (both or neither, with `NATS_TLS_KEY`)",
+);
+const NATS_TLS_KEY: Var = Var::optional("NATS_TLS_KEY", "the key of `NATS_TLS_CERT`");
+const NATS_TLS_REQUIRED: Var = Var::new(
+    "NATS_TLS_REQUIRED",
+    "false",
+    "require TLS even without a custom CA",
+);
+const CE_MODE: Var = Var::new(
+    "CE_MODE",
+    "binary",
+    "HTTP content mode to sensors and gateways: `binary` or `structured`",
+);
+const QUEUE_CAPACITY: Var = Var::new(
+    "TRANSFORMER_QUEUE_CAPACITY",
+    "10000",
+    "events queued per watcher (all its lanes and configurations together) before producers get 503",
+);
+/// Deliveries in flight per watcher. Each configuration keeps to one lane, so order
+/// holds; more lanes let more configurations' events travel at once.
+const WATCHER_CONCURRENCY: Var = Var::new(
+    "WATCHER_CONCURRENCY",
+    "16",
+    "parallel lanes per watcher; events of one configuration always share a lane, so their order holds",
+);
+const WATCHER_TIMEOUT: Var = Var::new(
+    "WATCHER_TIMEOUT",
+    "5s",
+    "per-attempt deadline of a delivery",
+);
+const WATCHER_RETRY_BASE: Var = Var::new("WATCHER_RETRY_BASE", "100ms", "first delivery backoff");
+const WATCHER_RETRY_CAP: Var = Var::new("WATCHER_RETRY_CAP", "5s", "longest delivery backoff");
+const WATCHER_RETRY_ATTEMPTS: Var = Var::new(
+    "WATCHER_RETRY_ATTEMPTS",
+    "0",
+    "attempts before an event becomes a dead letter (0: retry until delivered)",
+);
+/// Room for a 1 MiB event body from the processor-client plus its JSON envelope.
+const MAX_BODY_BYTES: Var = Var::new(
+    "TRANSFORMER_MAX_BODY_BYTES",
+    "1052672",
+    "largest request body; larger gets 413",
+);
+const QUEUE_MAX_BYTES: Var = Var::new(
+    "TRANSFORMER_QUEUE_MAX_BYTES",
+    "33554432",
+    "bytes of queued events held in memory across all watchers before producers get 503",
+);
 /// Long enough to ride out a burst while the watchers catch up (the request is
 /// simply answered later, which slows producers without a 503 round trip), short
 /// enough that a dead sensor turns into 503s well inside any client's timeout.
-fn default_admit_wait() -> String {
-    "500ms".into()
-}
-fn default_durable() -> String {
-    "true".into()
-}
-fn default_fsync() -> String {
-    "never".into()
-}
-fn default_store_memtable_bytes() -> usize {
-    crate::store::DEFAULT_MEMTABLE_BYTES as usize
-}
-fn default_queue_max_bytes() -> usize {
-    32 * 1024 * 1024
-}
+const ADMIT_WAIT: Var = Var::new(
+    "TRANSFORMER_ADMIT_WAIT",
+    "500ms",
+    "how long a request may wait for room in a full queue before it is answered 503 (no wait while that queue's watcher is failing)",
+);
+const DURABLE: Var = Var::new(
+    "TRANSFORMER_DURABLE",
+    "true",
+    "`false` keeps the queue in a temporary directory: nothing survives a crash",
+);
+const DATA_DIR: Var = Var::derived(
+    "TRANSFORMER_DATA_DIR",
+    "`gateway-data/transformer-NAME-PORT`",
+    "the durable queue and dead letters (relative to the working directory; mount a volume here in a container)",
+);
+const WATCHER_TOKEN: Var = Var::optional("WATCHER_TOKEN", "bearer token sent to HTTP watchers");
+const WATCHER_TLS_CA: Var = Var::optional(
+    "WATCHER_TLS_CA",
+    "PEM file of CA certificates trusted for `https://` watchers, beside the system's roots",
+);
+/// Dead letters are rare, and this is resident memory.
+const STORE_MEMTABLE_BYTES: Var = Var::new(
+    "TRANSFORMER_STORE_MEMTABLE_BYTES",
+    "1048576",
+    "the in-memory table of the store that keeps dead letters (the queue itself is an append-only log and has none); larger costs resident memory",
+);
+const FSYNC: Var = Var::new(
+    "TRANSFORMER_FSYNC",
+    "never",
+    "`never`: writes reach the OS before the 2xx (survives the process being killed); `always`: an fsync before every 2xx (survives power loss); a period such as `100ms`: fsync that often",
+);
+
+/// The transformer's listener variables.
+const LISTENER: Listener = Listener {
+    header_timeout: Var::new(
+        "TRANSFORMER_HEADER_TIMEOUT",
+        shared::HEADER_TIMEOUT,
+        shared::HEADER_TIMEOUT_MEANING,
+    ),
+    idle_timeout: Var::new(
+        "TRANSFORMER_IDLE_TIMEOUT",
+        shared::IDLE_TIMEOUT,
+        shared::IDLE_TIMEOUT_MEANING,
+    ),
+    body_timeout: Var::new(
+        "TRANSFORMER_BODY_TIMEOUT",
+        shared::BODY_TIMEOUT,
+        shared::BODY_TIMEOUT_MEANING,
+    ),
+    max_connections: Var::new(
+        "TRANSFORMER_MAX_CONNECTIONS",
+        shared::MAX_CONNECTIONS,
+        shared::MAX_CONNECTIONS_MEANING,
+    ),
+};
+
+/// Every variable only the transformer reads, in the order the docs list them;
+/// it also reads [`shared::SHARED`].
+pub const VARS: [Var; 38] = [
+    LISTEN_ADDRESS,
+    EVENT_TYPE,
+    SENSOR_WATCHERS,
+    GATEWAY_WATCHERS,
+    EVENT_PROTOCOL,
+    NATS_URL,
+    NATS_TYPE,
+    NATS_SUBJECT,
+    NATS_STREAM,
+    NATS_CE_MODE,
+    NATS_TOKEN,
+    NATS_USER,
+    NATS_PASSWORD,
+    NATS_CREDS,
+    NATS_TLS_CA,
+    NATS_TLS_CERT,
+    NATS_TLS_KEY,
+    NATS_TLS_REQUIRED,
+    CE_MODE,
+    QUEUE_CAPACITY,
+    WATCHER_CONCURRENCY,
+    WATCHER_TIMEOUT,
+    WATCHER_RETRY_BASE,
+    WATCHER_RETRY_CAP,
+    WATCHER_RETRY_ATTEMPTS,
+    MAX_BODY_BYTES,
+    QUEUE_MAX_BYTES,
+    ADMIT_WAIT,
+    DURABLE,
+    DATA_DIR,
+    WATCHER_TOKEN,
+    WATCHER_TLS_CA,
+    STORE_MEMTABLE_BYTES,
+    LISTENER.header_timeout,
+    LISTENER.idle_timeout,
+    LISTENER.body_timeout,
+    LISTENER.max_connections,
+    FSYNC,
+];
 
 /// `TRANSFORMER_FSYNC`: `never` (writes reach the OS before the 2xx), `always` (an
 /// fsync before every 2xx), or a period such as `100ms`.
@@ -211,44 +303,22 @@ pub fn parse_fsync(raw: &str) -> Result<crate::store::Fsync, ConfigError> {
     match raw.trim().to_ascii_lowercase().as_str() {
         "never" | "no" | "false" | "os" => Ok(Fsync::Never),
         "always" | "yes" | "true" => Ok(Fsync::Always),
-        other => match parse_duration("TRANSFORMER_FSYNC", other) {
+        other => match parse_duration(FSYNC.name, other) {
             Ok(d) if !d.is_zero() => Ok(Fsync::Every(d)),
             _ => Err(ConfigError::Invalid {
-                var: "TRANSFORMER_FSYNC",
+                var: FSYNC.name,
                 reason: format!("{other:?}; expected never, always, or a period like 100ms"),
             }),
         },
     }
 }
 
-fn default_protocol() -> String {
-    "HTTP".into()
-}
-fn default_nats_url() -> String {
-    "nats://127.0.0.1:4222".into()
-}
-fn default_nats_type() -> String {
-    "Standard".into()
-}
-fn default_nats_subject() -> String {
-    "{gateway}.{src}".into()
-}
-fn default_ce_mode() -> String {
-    "binary".into()
-}
-fn default_nats_ce_mode() -> String {
-    "structured".into()
-}
-fn default_false() -> String {
-    "false".into()
-}
-
-fn parse_ce_mode(var: &'static str, raw: &str) -> Result<CeMode, ConfigError> {
-    match raw.trim().to_ascii_lowercase().as_str() {
+fn parse_ce_mode(env: &Env, var: &Var) -> Result<CeMode, ConfigError> {
+    match env.text(var)?.to_ascii_lowercase().as_str() {
         "binary" => Ok(CeMode::Binary),
         "structured" => Ok(CeMode::Structured),
         other => Err(ConfigError::Invalid {
-            var,
+            var: var.name,
             reason: format!("{other:?}; expected binary or structured"),
         }),
     }
@@ -266,47 +336,35 @@ fn stream_name(raw: &str) -> String {
         })
         .collect()
 }
-fn default_queue_capacity() -> usize {
-    10_000
-}
-/// Deliveries in flight per watcher. Each configuration keeps to one lane, so order
-/// holds; more lanes let more configurations' events travel at once.
-fn default_lanes() -> usize {
-    16
-}
-/// Room for a 1 MiB event body from the processor-client plus its JSON envelope.
-fn default_max_body() -> usize {
-    1024 * 1024 + 4096
-}
-fn default_timeout() -> String {
-    "5s".into()
-}
-fn default_retry_base() -> String {
-    "100ms".into()
-}
-fn default_retry_cap() -> String {
-    "5s".into()
+
+/// Both or neither of two variables.
+fn together(env: &Env, a: &Var, b: &Var) -> Result<(), ConfigError> {
+    match (env.get(a).is_some(), env.get(b).is_some()) {
+        (true, false) | (false, true) => Err(ConfigError::Invalid {
+            var: if env.get(a).is_some() { b.name } else { a.name },
+            reason: format!("{} and {} go together", a.name, b.name),
+        }),
+        _ => Ok(()),
+    }
 }
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_raw(load_env()?)
+        Self::read(&Env::from_process())
     }
 
     pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        Self::from_raw(load_from(vars)?)
+        Self::read(&Env::from_vars(vars))
     }
 
-    fn from_raw(raw: RawEnv) -> Result<Self, ConfigError> {
-        if raw.gateway_name.trim().is_empty() {
-            return Err(ConfigError::Missing("GATEWAY_NAME".into()));
-        }
+    fn read(env: &Env) -> Result<Self, ConfigError> {
+        let gateway_name = env.text(&shared::GATEWAY_NAME)?;
         let mut http_enabled = false;
         let mut nats_enabled = false;
-        for p in raw
-            .event_protocol
+        for p in env
+            .text(&EVENT_PROTOCOL)?
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
@@ -316,7 +374,7 @@ impl Config {
                 "NATS" => nats_enabled = true,
                 other => {
                     return Err(ConfigError::Invalid {
-                        var: "EVENT_PROTOCOL",
+                        var: EVENT_PROTOCOL.name,
                         reason: format!("{other:?}; expected HTTP, NATS or HTTP,NATS"),
                     })
                 }
@@ -324,150 +382,105 @@ impl Config {
         }
         if !http_enabled && !nats_enabled {
             return Err(ConfigError::Invalid {
-                var: "EVENT_PROTOCOL",
+                var: EVENT_PROTOCOL.name,
                 reason: "names no protocol".into(),
             });
         }
-        let ty = match raw.nats_type.trim().to_ascii_lowercase().as_str() {
+        let ty = match env.text(&NATS_TYPE)?.to_ascii_lowercase().as_str() {
             "standard" => NatsType::Standard,
             "streaming" | "jetstream" => NatsType::Streaming,
             other => {
                 return Err(ConfigError::Invalid {
-                    var: "NATS_TYPE",
+                    var: NATS_TYPE.name,
                     reason: format!("{other:?}; expected Standard or Streaming"),
                 })
             }
         };
-        let path = |v: &Option<String>| v.as_ref().map(std::path::PathBuf::from);
         let nats = if nats_enabled {
-            let stream = match &raw.nats_stream {
-                Some(s) if stream_name(s) != *s => {
+            let stream = match env.optional(&NATS_STREAM) {
+                Some(s) if stream_name(&s) != s => {
                     return Err(ConfigError::Invalid {
-                        var: "NATS_STREAM",
+                        var: NATS_STREAM.name,
                         reason: format!(
                             "{s:?} may not contain whitespace, '.', '*', '>', '/' or a backslash"
                         ),
                     })
                 }
-                Some(s) => s.clone(),
-                None => stream_name(&raw.gateway_name.to_ascii_uppercase()),
+                Some(s) => s,
+                None => stream_name(&gateway_name.to_ascii_uppercase()),
             };
-            if raw.nats_user.is_some() != raw.nats_password.is_some() {
-                return Err(ConfigError::Invalid {
-                    var: if raw.nats_user.is_some() {
-                        "NATS_PASSWORD"
-                    } else {
-                        "NATS_USER"
-                    },
-                    reason: "NATS_USER and NATS_PASSWORD go together".into(),
-                });
-            }
-            if raw.nats_tls_cert.is_some() != raw.nats_tls_key.is_some() {
-                return Err(ConfigError::Invalid {
-                    var: if raw.nats_tls_cert.is_some() {
-                        "NATS_TLS_KEY"
-                    } else {
-                        "NATS_TLS_CERT"
-                    },
-                    reason: "NATS_TLS_CERT and NATS_TLS_KEY go together".into(),
-                });
-            }
+            together(env, &NATS_USER, &NATS_PASSWORD)?;
+            together(env, &NATS_TLS_CERT, &NATS_TLS_KEY)?;
             Some(NatsConfig {
-                url: raw.nats_url.clone(),
+                url: env.text(&NATS_URL)?,
                 ty,
-                subject: raw.nats_subject.clone(),
+                subject: env.text(&NATS_SUBJECT)?,
                 stream,
-                ce_mode: parse_ce_mode("NATS_CE_MODE", &raw.nats_ce_mode)?,
-                token: raw.nats_token.clone(),
-                user: raw.nats_user.clone(),
-                password: raw.nats_password.clone(),
-                creds: path(&raw.nats_creds),
-                tls_ca: path(&raw.nats_tls_ca),
-                tls_cert: path(&raw.nats_tls_cert),
-                tls_key: path(&raw.nats_tls_key),
-                tls_required: parse_bool("NATS_TLS_REQUIRED", &raw.nats_tls_required)?,
+                ce_mode: parse_ce_mode(env, &NATS_CE_MODE)?,
+                token: env.optional(&NATS_TOKEN),
+                user: env.optional(&NATS_USER),
+                password: env.optional(&NATS_PASSWORD),
+                creds: env.path(&NATS_CREDS),
+                tls_ca: env.path(&NATS_TLS_CA),
+                tls_cert: env.path(&NATS_TLS_CERT),
+                tls_key: env.path(&NATS_TLS_KEY),
+                tls_required: env.bool(&NATS_TLS_REQUIRED)?,
             })
         } else {
             None
         };
-        let ce_mode = parse_ce_mode("CE_MODE", &raw.ce_mode)?;
-        let positive = |var: &'static str, v: usize| {
-            if v == 0 {
-                Err(ConfigError::Invalid {
-                    var,
-                    reason: "must be at least 1".into(),
-                })
-            } else {
-                Ok(v)
-            }
-        };
-        let retry = RetryPolicy {
-            timeout: parse_duration("WATCHER_TIMEOUT", &raw.watcher_timeout)?,
-            base: parse_duration("WATCHER_RETRY_BASE", &raw.watcher_retry_base)?,
-            cap: parse_duration("WATCHER_RETRY_CAP", &raw.watcher_retry_cap)?,
-            attempts: raw.watcher_retry_attempts,
+        let port: u16 = env.number(&shared::TRANSFORMER_PORT)?;
+        let data_dir = if env.bool(&DURABLE)? {
+            Some(env.path(&DATA_DIR).unwrap_or_else(|| {
+                let safe: String = gateway_name
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
+                    .collect();
+                std::path::PathBuf::from(format!("gateway-data/transformer-{safe}-{port}"))
+            }))
+        } else {
+            None
         };
         Ok(Config {
-            event_type: raw.event_type.unwrap_or_else(|| raw.gateway_name.clone()),
-            gateway_name: raw.gateway_name.clone(),
-            namespace: raw.gateway_namespace,
-            controller_instance_id: raw.gateway_controller_instance_id,
-            listen: parse_ip(
-                "TRANSFORMER_LISTEN_ADDRESS",
-                &raw.transformer_listen_address,
-            )?,
-            port: raw.transformer_port,
-            sensor_watchers: parse_urls("SENSOR_WATCHERS", &raw.sensor_watchers)?,
-            gateway_watchers: parse_urls("GATEWAY_WATCHERS", &raw.gateway_watchers)?,
+            event_type: env
+                .optional(&EVENT_TYPE)
+                .unwrap_or_else(|| gateway_name.clone()),
+            namespace: env.text(&shared::GATEWAY_NAMESPACE)?,
+            controller_instance_id: env.text(&shared::GATEWAY_CONTROLLER_INSTANCE_ID)?,
+            listen: env.ip(&LISTEN_ADDRESS)?,
+            port,
+            sensor_watchers: env.urls(&SENSOR_WATCHERS)?,
+            gateway_watchers: env.urls(&GATEWAY_WATCHERS)?,
             http_enabled,
             nats,
-            ce_mode,
-            queue_capacity: positive("TRANSFORMER_QUEUE_CAPACITY", raw.transformer_queue_capacity)?,
-            lanes: positive("WATCHER_CONCURRENCY", raw.watcher_concurrency)?,
-            max_body_bytes: positive("TRANSFORMER_MAX_BODY_BYTES", raw.transformer_max_body_bytes)?,
-            retry,
-            shutdown_timeout: parse_duration("SHUTDOWN_TIMEOUT", &raw.shutdown_timeout)?,
-            json_logs: parse_log_format(&raw.log_format)?,
-            data_dir: if parse_bool("TRANSFORMER_DURABLE", &raw.transformer_durable)? {
-                Some(std::path::PathBuf::from(
-                    raw.transformer_data_dir.unwrap_or_else(|| {
-                        let safe: String = raw
-                            .gateway_name
-                            .chars()
-                            .map(|c| {
-                                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                                    c
-                                } else {
-                                    '_'
-                                }
-                            })
-                            .collect();
-                        format!("gateway-data/transformer-{safe}-{}", raw.transformer_port)
-                    }),
-                ))
-            } else {
-                None
+            ce_mode: parse_ce_mode(env, &CE_MODE)?,
+            queue_capacity: env.positive(&QUEUE_CAPACITY)?,
+            lanes: env.positive(&WATCHER_CONCURRENCY)?,
+            max_body_bytes: env.positive(&MAX_BODY_BYTES)?,
+            retry: RetryPolicy {
+                timeout: env.duration(&WATCHER_TIMEOUT)?,
+                base: env.duration(&WATCHER_RETRY_BASE)?,
+                cap: env.duration(&WATCHER_RETRY_CAP)?,
+                attempts: env.number(&WATCHER_RETRY_ATTEMPTS)?,
             },
-            fsync: parse_fsync(&raw.transformer_fsync)?,
-            queue_max_bytes: positive(
-                "TRANSFORMER_QUEUE_MAX_BYTES",
-                raw.transformer_queue_max_bytes,
-            )?,
-            store_memtable_bytes: positive(
-                "TRANSFORMER_STORE_MEMTABLE_BYTES",
-                raw.transformer_store_memtable_bytes,
-            )?,
-            admit_wait: parse_duration("TRANSFORMER_ADMIT_WAIT", &raw.transformer_admit_wait)?,
-            token: parse_token("TRANSFORMER_TOKEN", raw.transformer_token)?,
-            watcher_token: parse_token("WATCHER_TOKEN", raw.watcher_token)?,
-            watcher_tls_ca: raw.watcher_tls_ca.map(std::path::PathBuf::from),
-            listener: parse_listener(
-                &LISTENER,
-                &raw.transformer_header_timeout,
-                &raw.transformer_idle_timeout,
-                &raw.transformer_body_timeout,
-                raw.transformer_max_connections,
-            )?,
+            shutdown_timeout: env.duration(&shared::SHUTDOWN_TIMEOUT)?,
+            json_logs: env.json_logs()?,
+            data_dir,
+            fsync: parse_fsync(&env.text(&FSYNC)?)?,
+            queue_max_bytes: env.positive(&QUEUE_MAX_BYTES)?,
+            store_memtable_bytes: env.positive(&STORE_MEMTABLE_BYTES)?,
+            admit_wait: env.duration(&ADMIT_WAIT)?,
+            token: env.token(&shared::TRANSFORMER_TOKEN)?,
+            watcher_token: env.token(&WATCHER_TOKEN)?,
+            watcher_tls_ca: env.path(&WATCHER_TLS_CA),
+            listener: LISTENER.read(env)?,
+            gateway_name,
         })
     }
 }
@@ -583,12 +596,20 @@ mod tests {
     }
 
     #[test]
-    fn durations_accept_units_and_bare_seconds() {
+    fn the_default_of_each_variable_is_one_its_own_parser_takes() {
+        let c = Config::from_vars(vars(&[("GATEWAY_NAME", "g")])).unwrap();
+        assert_eq!(c.max_body_bytes, 1024 * 1024 + 4096);
+        assert_eq!(c.queue_max_bytes, 32 << 20);
+        assert_eq!(c.admit_wait, Duration::from_millis(500));
         assert_eq!(
-            parse_duration("X", "250ms").unwrap(),
-            Duration::from_millis(250)
+            c.store_memtable_bytes as u64,
+            crate::store::DEFAULT_MEMTABLE_BYTES
         );
-        assert_eq!(parse_duration("X", "2").unwrap(), Duration::from_secs(2));
-        assert!(parse_duration("X", "-1").is_err());
+        let names: std::collections::HashSet<&str> = VARS
+            .iter()
+            .chain(gateway_common::env::SHARED.iter())
+            .map(|v| v.name)
+            .collect();
+        assert_eq!(names.len(), VARS.len() + 7, "each variable is listed once");
     }
 }

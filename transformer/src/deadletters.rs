@@ -6,20 +6,22 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Value};
 
 use crate::state::{refused, AppState};
 use crate::store::{DeadLetter, StoreError};
+use gateway_common::endpoint::Endpoint;
 use gateway_common::error::{ApiError, ErrorCode};
 
-pub fn router() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/deadletters", get(list))
-        .route("/deadletters/replay", post(replay_all))
-        .route("/deadletters/{id}", get(show).delete(delete))
-        .route("/deadletters/{id}/replay", post(replay_one))
+pub fn endpoints() -> Vec<Endpoint<Arc<AppState>>> {
+    vec![
+        Endpoint::get("/deadletters", list),
+        Endpoint::post("/deadletters/replay", replay_all),
+        Endpoint::get("/deadletters/{id}", show),
+        Endpoint::delete("/deadletters/{id}", delete),
+        Endpoint::post("/deadletters/{id}/replay", replay_one),
+    ]
 }
 
 fn store_error(e: StoreError) -> ApiError {

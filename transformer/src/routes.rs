@@ -8,27 +8,32 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 
 use crate::cloudevent::{CloudEvent, STRUCTURED_CONTENT_TYPE};
 use crate::metrics::KindLabel;
 use crate::state::{refused, AppState};
-use gateway_common::error::{method_not_allowed_fallback, not_found_fallback, ApiError, ErrorCode};
+use gateway_common::endpoint::{self, Endpoint};
+use gateway_common::error::{ApiError, ErrorCode};
 use gateway_common::wire::{self, BatchAnswer, BatchItem, BatchResult};
+
+/// Every endpoint of the transformer, the dead-letter API's included.
+pub fn endpoints() -> Vec<Endpoint<Arc<AppState>>> {
+    let mut all = vec![
+        Endpoint::post("/", ingest),
+        Endpoint::post(wire::BATCH_PATH, batch),
+        Endpoint::get("/healthz", healthz),
+        Endpoint::get("/readyz", readyz),
+        Endpoint::get("/metrics", metrics),
+    ];
+    all.extend(crate::deadletters::endpoints());
+    all
+}
 
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.max_body_bytes;
-    Router::new()
-        .route("/", post(ingest))
-        .route(wire::BATCH_PATH, post(batch))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .merge(crate::deadletters::router())
-        .fallback(not_found_fallback)
-        .method_not_allowed_fallback(method_not_allowed_fallback)
+    endpoint::router(endpoints())
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
