@@ -23,24 +23,20 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
 use axum::Router;
-use bytes::Bytes;
-use hyper::body::{Frame, Incoming};
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -48,12 +44,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
-/// How much of an unread request body is drained before a connection closes.
-pub const LINGER_BYTES: usize = 64 * 1024 * 1024;
-/// How long a closing connection is drained at most.
-pub const LINGER_TIME: Duration = Duration::from_secs(10);
-/// A drained connection that sends nothing for this long is closed.
-const LINGER_QUIET: Duration = Duration::from_secs(2);
+mod body;
+mod socket;
+
+pub use body::BodyTimedOut;
+use body::DeadlineBody;
+use socket::{refuse, Tracked};
+pub use socket::{LINGER_BYTES, LINGER_TIME};
+
 /// Connections being drained before they close, at most.
 const MAX_LINGERING: usize = 256;
 /// Refusals (over the connection limit) being written at once; past this a
@@ -423,195 +421,5 @@ impl Drop for InFlight {
             .idle_since
             .store(self.shared.now_ms(), Ordering::Release);
         self.conn.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// The socket as hyper sees it: notes when bytes arrive, and on drop hands the
-/// socket to a lingering close.
-struct Tracked {
-    stream: Option<TcpStream>,
-    permit: Option<OwnedSemaphorePermit>,
-    conn: Arc<Conn>,
-    shared: Arc<Shared>,
-}
-
-impl AsyncRead for Tracked {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let this = &mut *self;
-        let Some(stream) = this.stream.as_mut() else {
-            return Poll::Ready(Ok(()));
-        };
-        let polled = Pin::new(stream).poll_read(cx, buf);
-        if buf.filled().len() > before && !this.conn.busy() {
-            let _ = this.conn.head_since.compare_exchange(
-                0,
-                this.shared.now_ms(),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            );
-        }
-        polled
-    }
-}
-
-impl AsyncWrite for Tracked {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.stream.as_mut() {
-            Some(s) => Pin::new(s).poll_write(cx, buf),
-            None => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
-        }
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.stream.as_mut() {
-            Some(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            None => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.stream.as_mut() {
-            Some(s) => Pin::new(s).poll_flush(cx),
-            None => Poll::Ready(Ok(())),
-        }
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.stream.as_mut() {
-            Some(s) => Pin::new(s).poll_shutdown(cx),
-            None => Poll::Ready(Ok(())),
-        }
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        let Some(stream) = self.stream.take() else {
-            return;
-        };
-        // The connection's place is free from here; a drain holds a place of
-        // its own, and without one the socket is simply closed.
-        drop(self.permit.take());
-        if self.conn.cut_off.load(Ordering::Acquire) {
-            return;
-        }
-        let Ok(slot) = self.shared.lingering.clone().try_acquire_owned() else {
-            return;
-        };
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(linger(stream, slot, self.shared.closing.clone()));
-        }
-    }
-}
-
-/// Closes our side, then reads and discards what the client still sends until
-/// it closes too, or the bounds are reached. Closing a socket with unread data
-/// sends a reset, which makes a client still writing its body lose our answer.
-async fn linger(mut stream: TcpStream, _slot: OwnedSemaphorePermit, closing: CancellationToken) {
-    if stream.shutdown().await.is_err() {
-        return;
-    }
-    let drain = async {
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut left = LINGER_BYTES;
-        while left > 0 {
-            match tokio::time::timeout(LINGER_QUIET, stream.read(&mut buf)).await {
-                Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
-                _ => return,
-            }
-        }
-    };
-    tokio::select! {
-        _ = tokio::time::timeout(LINGER_TIME, drain) => {}
-        _ = closing.cancelled() => {}
-    }
-}
-
-/// The answer to a connection over the limit, before closing it.
-async fn refuse(mut stream: TcpStream, _slot: OwnedSemaphorePermit) {
-    let body = format!(
-        r#"{{"error":"{}","detail":"every connection this server allows is busy; retry later"}}"#,
-        crate::error::ErrorCode::TooManyConnections
-    );
-    let answer = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    let written = tokio::time::timeout(Duration::from_secs(1), async {
-        stream.write_all(answer.as_bytes()).await?;
-        stream.shutdown().await
-    })
-    .await;
-    if matches!(written, Ok(Ok(()))) {
-        let mut buf = [0u8; 16 * 1024];
-        let _ = tokio::time::timeout(Duration::from_millis(500), async {
-            while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
-        })
-        .await;
-    }
-}
-
-/// The error a request body gives when it has not fully arrived within the
-/// body timeout; [`crate::error::ApiError::from_body`] answers it with 408.
-#[derive(Debug, thiserror::Error)]
-#[error("the request body did not arrive within {0:?}")]
-pub struct BodyTimedOut(pub Duration);
-
-/// A request body that fails once its deadline passes. The timer is only made
-/// when the body is not already there, which is the usual case.
-struct DeadlineBody {
-    inner: Incoming,
-    deadline: Instant,
-    allowed: Duration,
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl hyper::body::Body for DeadlineBody {
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
-            Poll::Pending => {
-                let deadline = this.deadline;
-                let sleep = this
-                    .sleep
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimedOut(this.allowed))))),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
     }
 }
