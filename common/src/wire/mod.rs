@@ -278,3 +278,6 @@ mod tests {
         assert_eq!(items[1].traceparent, None);
     }
 }
+
+#[cfg(test)]
+mod fuzz;
