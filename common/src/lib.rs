@@ -10,6 +10,7 @@ pub mod endpoint;
 pub mod env;
 pub mod error;
 pub mod metrics;
+pub mod nats;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

@@ -48,7 +48,16 @@ fn check(place: &str, component: &str, set: &BTreeSet<String>, reads: &BTreeMap<
 
 fn components() -> BTreeMap<&'static str, BTreeMap<String, bool>> {
     BTreeMap::from([
-        ("transformer", declared(&transformer::config::VARS)),
+        (
+            "transformer",
+            declared(
+                &[
+                    &transformer::config::VARS[..],
+                    &gateway_common::nats::VARS[..],
+                ]
+                .concat(),
+            ),
+        ),
         (
             "processor-client",
             declared(&processor_client::config::VARS),

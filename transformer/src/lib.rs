@@ -38,8 +38,8 @@ pub enum RunError {
     },
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
-    #[error("{0}")]
-    Nats(String),
+    #[error(transparent)]
+    Nats(#[from] gateway_common::nats::ConnectError),
     #[error("{0}")]
     Tls(String),
     #[error(transparent)]
@@ -196,9 +196,12 @@ async fn build_sinks(config: &Config, metrics: &Metrics) -> Result<Vec<Arc<dyn S
         }
     }
     if let Some(nats) = &config.nats {
-        let client = dispatch::nats::connect(nats, metrics.nats.clone())
-            .await
-            .map_err(RunError::Nats)?;
+        let client = gateway_common::nats::connect(
+            &nats.connection,
+            "gateway-transformer",
+            metrics.nats.connection.clone(),
+        )
+        .await?;
         let subjects = SubjectTemplate::new(&nats.subject, &config.gateway_name, &config.namespace);
         sinks.push(Arc::new(NatsSink::new(
             client,

@@ -51,8 +51,8 @@ pub struct NatsMetrics {
     pub acked: Counter,
     pub duplicates: Counter,
     pub failures: Counter,
-    pub connects: Counter,
-    pub disconnects: Counter,
+    /// Connects and disconnects of the NATS connection.
+    pub connection: gateway_common::nats::ConnectionMetrics,
 }
 
 /// One watcher's handles.
@@ -163,12 +163,12 @@ impl Metrics {
             (
                 "transformer_nats_connects",
                 "Connections (and reconnections) to NATS",
-                &nats.connects,
+                &nats.connection.connects,
             ),
             (
                 "transformer_nats_disconnects",
                 "Losses of the NATS connection",
-                &nats.disconnects,
+                &nats.connection.disconnects,
             ),
         ] {
             registry.register(name, help, c.clone());

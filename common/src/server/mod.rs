@@ -65,7 +65,7 @@ const DISPLACE_MIN_AGE_MS: u64 = 250;
 const DISPLACE_WAIT: Duration = Duration::from_millis(200);
 
 /// The listener's bounds, each a variable of the binary that serves (see its
-/// config.rs and the README's table).
+/// config module and docs/environment.md).
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub header_timeout: Duration,

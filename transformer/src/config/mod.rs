@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use gateway_common::env::{self as shared, parse_duration, ConfigError, Env, Var};
+use gateway_common::nats::NatsOptions;
 
 mod vars;
 
@@ -41,20 +42,13 @@ pub struct RetryPolicy {
 
 #[derive(Debug, Clone)]
 pub struct NatsConfig {
-    pub url: String,
+    /// How to reach NATS: `NATS_URL` and its credentials and TLS.
+    pub connection: NatsOptions,
     pub ty: NatsType,
     pub subject: String,
     pub stream: String,
     /// Content mode of the CloudEvents NATS binding; structured by default.
     pub ce_mode: CeMode,
-    pub token: Option<String>,
-    pub user: Option<String>,
-    pub password: Option<String>,
-    pub creds: Option<std::path::PathBuf>,
-    pub tls_ca: Option<std::path::PathBuf>,
-    pub tls_cert: Option<std::path::PathBuf>,
-    pub tls_key: Option<std::path::PathBuf>,
-    pub tls_required: bool,
 }
 
 /// The transformer's typed configuration.
@@ -139,17 +133,6 @@ fn stream_name(raw: &str) -> String {
         .collect()
 }
 
-/// Both or neither of two variables.
-fn together(env: &Env, a: &Var, b: &Var) -> Result<(), ConfigError> {
-    match (env.get(a).is_some(), env.get(b).is_some()) {
-        (true, false) | (false, true) => Err(ConfigError::Invalid {
-            var: if env.get(a).is_some() { b.name } else { a.name },
-            reason: format!("{} and {} go together", a.name, b.name),
-        }),
-        _ => Ok(()),
-    }
-}
-
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::read(&Env::from_process())
@@ -211,22 +194,12 @@ impl Config {
                 Some(s) => s,
                 None => stream_name(&gateway_name.to_ascii_uppercase()),
             };
-            together(env, &NATS_USER, &NATS_PASSWORD)?;
-            together(env, &NATS_TLS_CERT, &NATS_TLS_KEY)?;
             Some(NatsConfig {
-                url: env.text(&NATS_URL)?,
+                connection: NatsOptions::read(env)?,
                 ty,
                 subject: env.text(&NATS_SUBJECT)?,
                 stream,
                 ce_mode: parse_ce_mode(env, &NATS_CE_MODE)?,
-                token: env.optional(&NATS_TOKEN),
-                user: env.optional(&NATS_USER),
-                password: env.optional(&NATS_PASSWORD),
-                creds: env.path(&NATS_CREDS),
-                tls_ca: env.path(&NATS_TLS_CA),
-                tls_cert: env.path(&NATS_TLS_CERT),
-                tls_key: env.path(&NATS_TLS_KEY),
-                tls_required: env.bool(&NATS_TLS_REQUIRED)?,
             })
         } else {
             None

@@ -21,11 +21,6 @@ pub(super) const GATEWAY_WATCHERS: Var = Var::optional(
 );
 pub(super) const EVENT_PROTOCOL: Var =
     Var::new("EVENT_PROTOCOL", "HTTP", "`HTTP`, `NATS`, or `HTTP,NATS`");
-pub(super) const NATS_URL: Var = Var::new(
-    "NATS_URL",
-    "nats://127.0.0.1:4222",
-    "NATS server(s), comma-separated",
-);
 pub(super) const NATS_TYPE: Var = Var::new(
     "NATS_TYPE",
     "Standard",
@@ -45,27 +40,6 @@ pub(super) const NATS_CE_MODE: Var = Var::new(
     "NATS_CE_MODE",
     "structured",
     "CloudEvents NATS binding mode: `structured` (payload is the JSON event) or `binary` (`ce-` headers, payload is the data)",
-);
-pub(super) const NATS_TOKEN: Var = Var::optional("NATS_TOKEN", "token authentication");
-pub(super) const NATS_USER: Var = Var::optional(
-    "NATS_USER",
-    "user and password authentication (both or neither, with `NATS_PASSWORD`)",
-);
-pub(super) const NATS_PASSWORD: Var = Var::optional("NATS_PASSWORD", "the password of `NATS_USER`");
-pub(super) const NATS_CREDS: Var = Var::optional("NATS_CREDS", "a `.creds` file (JWT and NKey)");
-pub(super) const NATS_TLS_CA: Var = Var::optional(
-    "NATS_TLS_CA",
-    "CA certificate file to verify the server; implies TLS",
-);
-pub(super) const NATS_TLS_CERT: Var = Var::optional(
-    "NATS_TLS_CERT",
-    "client certificate for mutual TLS (both or neither, with `NATS_TLS_KEY`)",
-);
-pub(super) const NATS_TLS_KEY: Var = Var::optional("NATS_TLS_KEY", "the key of `NATS_TLS_CERT`");
-pub(super) const NATS_TLS_REQUIRED: Var = Var::new(
-    "NATS_TLS_REQUIRED",
-    "false",
-    "require TLS even without a custom CA",
 );
 pub(super) const CE_MODE: Var = Var::new(
     "CE_MODE",
@@ -170,26 +144,17 @@ pub(super) const LISTENER: Listener = Listener {
 };
 
 /// Every variable only the transformer reads, in the order the docs list them;
-/// it also reads [`shared::SHARED`].
-pub const VARS: [Var; 38] = [
+/// it also reads [`shared::SHARED`] and, with NATS, [`gateway_common::nats::VARS`].
+pub const VARS: [Var; 29] = [
     LISTEN_ADDRESS,
     EVENT_TYPE,
     SENSOR_WATCHERS,
     GATEWAY_WATCHERS,
     EVENT_PROTOCOL,
-    NATS_URL,
     NATS_TYPE,
     NATS_SUBJECT,
     NATS_STREAM,
     NATS_CE_MODE,
-    NATS_TOKEN,
-    NATS_USER,
-    NATS_PASSWORD,
-    NATS_CREDS,
-    NATS_TLS_CA,
-    NATS_TLS_CERT,
-    NATS_TLS_KEY,
-    NATS_TLS_REQUIRED,
     CE_MODE,
     QUEUE_CAPACITY,
     WATCHER_CONCURRENCY,

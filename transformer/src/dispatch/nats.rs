@@ -101,66 +101,6 @@ fn tidy(subject: &str) -> String {
         .join(".")
 }
 
-/// Connects with the settings `NATS_*` give; the connection is made, and remade,
-/// in the background, so a NATS server that is down does not stop the transformer.
-pub async fn connect(
-    config: &NatsConfig,
-    metrics: NatsMetrics,
-) -> Result<async_nats::Client, String> {
-    let mut options = async_nats::ConnectOptions::new()
-        .name("gateway-transformer")
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .connection_timeout(Duration::from_secs(5))
-        .event_callback(move |event| {
-            let metrics = metrics.clone();
-            async move {
-                match event {
-                    async_nats::Event::Connected => {
-                        metrics.connects.inc();
-                        tracing::info!("connected to NATS");
-                    }
-                    async_nats::Event::Disconnected => {
-                        metrics.disconnects.inc();
-                        tracing::warn!("disconnected from NATS; reconnecting");
-                    }
-                    other => tracing::info!(event = %other, "NATS"),
-                }
-            }
-        });
-    if let Some(token) = &config.token {
-        options = options.token(token.clone());
-    }
-    if let (Some(user), Some(password)) = (&config.user, &config.password) {
-        options = options.user_and_password(user.clone(), password.clone());
-    }
-    if let Some(creds) = &config.creds {
-        options = options
-            .credentials_file(creds)
-            .await
-            .map_err(|e| format!("NATS_CREDS {}: {e}", creds.display()))?;
-    }
-    if let Some(ca) = &config.tls_ca {
-        options = options.add_root_certificates(ca.clone()).require_tls(true);
-    }
-    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
-        options = options.add_client_certificate(cert.clone(), key.clone());
-    }
-    if config.tls_required {
-        options = options.require_tls(true);
-    }
-    let servers: Vec<String> = config
-        .url
-        .split(',')
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .collect();
-    options
-        .connect(servers)
-        .await
-        .map_err(|e| format!("NATS_URL {}: {e}", config.url))
-}
-
 pub struct NatsSink {
     name: String,
     client: async_nats::Client,
@@ -182,9 +122,9 @@ impl NatsSink {
         metrics: NatsMetrics,
     ) -> Self {
         let (name, jetstream) = match config.ty {
-            NatsType::Standard => (format!("nats:{}", config.url), None),
+            NatsType::Standard => (format!("nats:{}", config.connection.url), None),
             NatsType::Streaming => (
-                format!("jetstream:{}/{}", config.url, config.stream),
+                format!("jetstream:{}/{}", config.connection.url, config.stream),
                 Some(jetstream::new(client.clone())),
             ),
         };

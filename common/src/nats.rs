@@ -1,0 +1,217 @@
+//! The NATS connection every binary that talks to NATS shares: the variables
+//! that describe it (server list, token, user and password, credentials file,
+//! TLS), read once into [`NatsOptions`], and [`connect`], which makes the
+//! connection, and remakes it, in the background, so that a NATS server that
+//! is down stops nothing at start. The transformer publishes through it; the
+//! ingress will serve requests through it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+
+use crate::env::{ConfigError, Env, Var};
+
+pub const NATS_URL: Var = Var::new(
+    "NATS_URL",
+    "nats://127.0.0.1:4222",
+    "NATS server(s), comma-separated",
+);
+pub const NATS_TOKEN: Var = Var::optional("NATS_TOKEN", "token authentication");
+pub const NATS_USER: Var = Var::optional(
+    "NATS_USER",
+    "user and password authentication (both or neither, with `NATS_PASSWORD`)",
+);
+pub const NATS_PASSWORD: Var = Var::optional("NATS_PASSWORD", "the password of `NATS_USER`");
+pub const NATS_CREDS: Var = Var::optional("NATS_CREDS", "a `.creds` file (JWT and NKey)");
+pub const NATS_TLS_CA: Var = Var::optional(
+    "NATS_TLS_CA",
+    "CA certificate file to verify the server; implies TLS",
+);
+pub const NATS_TLS_CERT: Var = Var::optional(
+    "NATS_TLS_CERT",
+    "client certificate for mutual TLS (both or neither, with `NATS_TLS_KEY`)",
+);
+pub const NATS_TLS_KEY: Var = Var::optional("NATS_TLS_KEY", "the key of `NATS_TLS_CERT`");
+pub const NATS_TLS_REQUIRED: Var = Var::new(
+    "NATS_TLS_REQUIRED",
+    "false",
+    "require TLS even without a custom CA",
+);
+
+/// The connection's variables, in the order the docs list them.
+pub const VARS: [Var; 9] = [
+    NATS_URL,
+    NATS_TOKEN,
+    NATS_USER,
+    NATS_PASSWORD,
+    NATS_CREDS,
+    NATS_TLS_CA,
+    NATS_TLS_CERT,
+    NATS_TLS_KEY,
+    NATS_TLS_REQUIRED,
+];
+
+/// How to reach and authenticate to NATS.
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    /// The servers, as `NATS_URL` lists them.
+    pub url: String,
+    pub token: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub creds: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_required: bool,
+}
+
+impl NatsOptions {
+    pub fn read(env: &Env) -> Result<NatsOptions, ConfigError> {
+        together(env, &NATS_USER, &NATS_PASSWORD)?;
+        together(env, &NATS_TLS_CERT, &NATS_TLS_KEY)?;
+        let url = env.text(&NATS_URL)?;
+        if servers(&url).is_empty() {
+            return Err(ConfigError::Invalid {
+                var: NATS_URL.name,
+                reason: "names no server".into(),
+            });
+        }
+        Ok(NatsOptions {
+            url,
+            token: env.optional(&NATS_TOKEN),
+            user: env.optional(&NATS_USER),
+            password: env.optional(&NATS_PASSWORD),
+            creds: env.path(&NATS_CREDS),
+            tls_ca: env.path(&NATS_TLS_CA),
+            tls_cert: env.path(&NATS_TLS_CERT),
+            tls_key: env.path(&NATS_TLS_KEY),
+            tls_required: env.bool(&NATS_TLS_REQUIRED)?,
+        })
+    }
+}
+
+/// Both or neither of two variables.
+fn together(env: &Env, a: &Var, b: &Var) -> Result<(), ConfigError> {
+    match (env.get(a).is_some(), env.get(b).is_some()) {
+        (true, false) | (false, true) => Err(ConfigError::Invalid {
+            var: if env.get(a).is_some() { b.name } else { a.name },
+            reason: format!("{} and {} go together", a.name, b.name),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn servers(url: &str) -> Vec<String> {
+    url.split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Counts the connection's comings and goings.
+#[derive(Clone, Default)]
+pub struct ConnectionMetrics {
+    pub connects: Counter,
+    pub disconnects: Counter,
+}
+
+/// Why no connection could be set up (a server that is down is not one of
+/// them: the connection is retried in the background).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("NATS_CREDS {path}: {source}")]
+    Creds {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("NATS_URL {url}: {source}")]
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
+}
+
+/// Connects as `name` with `options`; the connection is made, and remade, in
+/// the background, with no limit on attempts.
+pub async fn connect(
+    options: &NatsOptions,
+    name: &str,
+    metrics: ConnectionMetrics,
+) -> Result<async_nats::Client, ConnectError> {
+    let mut connect = async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(move |event| {
+            let metrics = metrics.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        metrics.connects.inc();
+                        tracing::info!("connected to NATS");
+                    }
+                    async_nats::Event::Disconnected => {
+                        metrics.disconnects.inc();
+                        tracing::warn!("disconnected from NATS; reconnecting");
+                    }
+                    other => tracing::info!(event = %other, "NATS"),
+                }
+            }
+        });
+    if let Some(token) = &options.token {
+        connect = connect.token(token.clone());
+    }
+    if let (Some(user), Some(password)) = (&options.user, &options.password) {
+        connect = connect.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(creds) = &options.creds {
+        connect = connect
+            .credentials_file(creds)
+            .await
+            .map_err(|source| ConnectError::Creds {
+                path: creds.clone(),
+                source,
+            })?;
+    }
+    if let Some(ca) = &options.tls_ca {
+        connect = connect.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&options.tls_cert, &options.tls_key) {
+        connect = connect.add_client_certificate(cert.clone(), key.clone());
+    }
+    if options.tls_required {
+        connect = connect.require_tls(true);
+    }
+    connect
+        .connect(servers(&options.url))
+        .await
+        .map_err(|source| ConnectError::Connect {
+            url: options.url.clone(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(list: &[(&str, &str)]) -> Env {
+        Env::from_vars(list.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn pairs_go_together_and_the_server_list_is_split() {
+        let e = NatsOptions::read(&env(&[("NATS_USER", "u")])).unwrap_err();
+        assert!(e.to_string().contains("NATS_PASSWORD"), "{e}");
+        let e = NatsOptions::read(&env(&[("NATS_TLS_KEY", "k")])).unwrap_err();
+        assert!(e.to_string().contains("NATS_TLS_CERT"), "{e}");
+        let e = NatsOptions::read(&env(&[("NATS_URL", " , ")])).unwrap_err();
+        assert!(e.to_string().contains("NATS_URL"), "{e}");
+        let o = NatsOptions::read(&env(&[("NATS_URL", "nats://a:1, nats://b:2")])).unwrap();
+        assert_eq!(servers(&o.url), ["nats://a:1", "nats://b:2"]);
+        assert!(!o.tls_required);
+    }
+}
