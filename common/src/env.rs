@@ -117,6 +117,15 @@ impl Env {
         }
     }
 
+    /// `var` as a [`Var`] that must be set here, whatever its default says (a
+    /// variable required only in some modes), or the error naming it.
+    pub fn require(&self, var: &Var) -> Result<Var, ConfigError> {
+        match self.get(var) {
+            Some(_) => Ok(*var),
+            None => Err(ConfigError::Missing(var.name)),
+        }
+    }
+
     /// The value, trimmed, if there is one.
     pub fn optional(&self, var: &Var) -> Option<String> {
         self.get(var).map(|v| v.trim().to_owned())

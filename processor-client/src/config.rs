@@ -10,6 +10,17 @@ use std::time::Duration;
 use gateway_common::env::{self as shared, ConfigError, Env, Listener, Var};
 use gateway_common::server::Limits as ListenerLimits;
 
+use crate::grpc::Contract;
+
+/// How the user server is driven (`GATEWAY_PROCESSOR_SERVER_PROTOCOL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `POST /start` and `/stop`; the server posts events back.
+    Http,
+    /// One streaming call per configuration.
+    Grpc(Contract),
+}
+
 /// The paths of the HTTP protocol between processor-client and user server.
 #[derive(Debug, Clone)]
 pub struct Paths {
@@ -27,7 +38,11 @@ pub struct Config {
     pub controller_instance_id: String,
     pub config_map: PathBuf,
     pub server_host: String,
+    /// The user server's port for [`Config::protocol`].
     pub server_port: u16,
+    pub protocol: Protocol,
+    /// `GATEWAY_PROCESSOR_SERVER_TLS_CA`: TLS to a gRPC user server.
+    pub server_tls_ca: Option<PathBuf>,
     pub listen: IpAddr,
     pub port: u16,
     pub paths: Paths,
@@ -59,9 +74,24 @@ const CONFIG_MAP: Var = Var::required(
     "GATEWAY_PROCESSOR_CONFIG_MAP",
     "a directory with one file per configuration (ConfigMap volume layout, `..data` swaps included; files starting with `.` are skipped) or one YAML/JSON file mapping key to value (a ConfigMap manifest's `data` works too; non-string values are passed as JSON text)",
 );
-const SERVER_HTTP_PORT: Var = Var::required(
+const SERVER_HTTP_PORT: Var = Var::derived(
     "GATEWAY_PROCESSOR_SERVER_HTTP_PORT",
-    "the user server's port",
+    "required with `http`",
+    "the user server's HTTP port",
+);
+const PROTOCOL: Var = Var::new(
+    "GATEWAY_PROCESSOR_SERVER_PROTOCOL",
+    "http",
+    "how the user server is driven: `http` (`/start` and `/stop`), `grpc` (the generic event source) or `grpc-v06` (Argo v0.6's RunGateway); see [gRPC user servers](grpc.md)",
+);
+const SERVER_GRPC_PORT: Var = Var::derived(
+    "GATEWAY_PROCESSOR_SERVER_GRPC_PORT",
+    "required with `grpc*`",
+    "the user server's gRPC port (`GATEWAY_PROCESSOR_SERVER_HTTP_PORT` is then not needed)",
+);
+const SERVER_TLS_CA: Var = Var::optional(
+    "GATEWAY_PROCESSOR_SERVER_TLS_CA",
+    "PEM file of the CA that signed a gRPC user server's certificate: TLS to it, verified; empty: plaintext HTTP/2",
 );
 const SERVER_HOST: Var = Var::new(
     "GATEWAY_PROCESSOR_SERVER_HOST",
@@ -177,9 +207,12 @@ const LISTENER: Listener = Listener {
 
 /// Every variable only the processor-client reads, in the order the docs list
 /// them; it also reads [`shared::SHARED`].
-pub const VARS: [Var; 24] = [
+pub const VARS: [Var; 27] = [
     CONFIG_MAP,
+    PROTOCOL,
     SERVER_HTTP_PORT,
+    SERVER_GRPC_PORT,
+    SERVER_TLS_CA,
     SERVER_HOST,
     CLIENT_HTTP_PORT,
     LISTEN_ADDRESS,
@@ -254,13 +287,29 @@ impl Config {
                 });
             }
         }
+        let protocol = match env.text(&PROTOCOL)?.to_ascii_lowercase().as_str() {
+            "http" => Protocol::Http,
+            "grpc" => Protocol::Grpc(Contract::Generic),
+            "grpc-v06" => Protocol::Grpc(Contract::V06),
+            other => {
+                return Err(ConfigError::Invalid {
+                    var: PROTOCOL.name,
+                    reason: format!("{other:?}; expected http, grpc or grpc-v06"),
+                })
+            }
+        };
         Ok(Config {
             gateway_name,
             namespace: env.text(&shared::GATEWAY_NAMESPACE)?,
             controller_instance_id: env.text(&shared::GATEWAY_CONTROLLER_INSTANCE_ID)?,
             config_map: PathBuf::from(env.text(&CONFIG_MAP)?),
             server_host: env.text(&SERVER_HOST)?,
-            server_port: env.number(&SERVER_HTTP_PORT)?,
+            server_port: match protocol {
+                Protocol::Http => env.number(&env.require(&SERVER_HTTP_PORT)?)?,
+                Protocol::Grpc(_) => env.number(&env.require(&SERVER_GRPC_PORT)?)?,
+            },
+            protocol,
+            server_tls_ca: env.path(&SERVER_TLS_CA),
             listen: env.ip(&LISTEN_ADDRESS)?,
             port: env.number(&CLIENT_HTTP_PORT)?,
             paths,

@@ -1,10 +1,11 @@
 //! The processor-client: watches the gateway's configurations, starts and stops them
-//! on the user server over HTTP, and forwards the user server's events to the
+//! on the user server (over HTTP, or as gRPC calls whose streams it reads), and forwards the user server's events to the
 //! transformer, answering 2xx only once the transformer has accepted each one.
 //! [`run`] is the whole service; `main.rs` only reads the environment and calls it.
 
 pub mod config;
 pub mod configs;
+pub mod grpc;
 pub mod id;
 pub mod metrics;
 pub mod routes;
@@ -23,10 +24,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::config::Protocol;
 use crate::configs::Registry;
 use crate::metrics::Metrics;
 use crate::routes::AppState;
-use crate::supervisor::{Shared, Supervisor};
+use crate::supervisor::{Driver, Shared, Supervisor};
 use crate::user_server::{Health, UserServer};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,8 @@ pub enum RunError {
     Configurations(#[from] watch::WatchError),
     #[error(transparent)]
     Client(#[from] gateway_common::tls::ClientError),
+    #[error(transparent)]
+    Grpc(#[from] grpc::GrpcSetupError),
 }
 
 /// Binds the configured address and serves until `shutdown` resolves.
@@ -67,15 +71,6 @@ pub async fn serve(
     let initial = watch::load(&config.config_map)?;
     let metrics = Arc::new(Metrics::new());
     let registry = Arc::new(Registry::default());
-    let health = Arc::new(Health::new(metrics.user_server_restarts.clone()));
-    let user_server = UserServer::new(
-        &config.server_host,
-        config.server_port,
-        &config.paths.start,
-        &config.paths.stop,
-        config.server_timeout,
-        config.token.as_deref(),
-    )?;
     let transformer = TransformerClient::new(
         &config.transformer_host,
         config.transformer_port,
@@ -85,12 +80,53 @@ pub async fn serve(
     .with_batching(config.batch);
 
     let background = CancellationToken::new();
-    let probe = tokio::spawn(user_server::probe_loop(
-        user_server.clone(),
-        health.clone(),
-        config.probe_interval,
-        background.clone(),
-    ));
+    let (driver, probe) = match config.protocol {
+        Protocol::Http => {
+            let health = Arc::new(Health::new(metrics.user_server_restarts.clone()));
+            let user_server = UserServer::new(
+                &config.server_host,
+                config.server_port,
+                &config.paths.start,
+                &config.paths.stop,
+                config.server_timeout,
+                config.token.as_deref(),
+            )?;
+            let probe = tokio::spawn(user_server::probe_loop(
+                user_server.clone(),
+                health.clone(),
+                config.probe_interval,
+                background.clone(),
+            ));
+            let shared = Shared {
+                registry: registry.clone(),
+                user_server,
+                health,
+                metrics: metrics.clone(),
+                retry_base: config.retry_base,
+                retry_cap: config.retry_cap,
+            };
+            (Driver::Http(Arc::new(shared)), Some(probe))
+        }
+        Protocol::Grpc(contract) => {
+            let server = grpc::GrpcServer::new(
+                &config.server_host,
+                config.server_port,
+                contract,
+                config.server_tls_ca.as_deref(),
+                config.token.as_deref(),
+                config.server_timeout,
+            )?;
+            let shared = grpc::stream::Shared {
+                registry: registry.clone(),
+                server,
+                transformer: transformer.clone(),
+                metrics: metrics.clone(),
+                retry_base: config.retry_base,
+                retry_cap: config.retry_cap,
+            };
+            (Driver::Grpc(Arc::new(shared)), None)
+        }
+    };
     let (snap_tx, snap_rx) = tokio::sync::watch::channel(Arc::new(initial));
     let watcher = tokio::spawn(watch::run(
         config.config_map.clone(),
@@ -99,17 +135,7 @@ pub async fn serve(
         background.clone(),
     ));
     let supervisor_stop = CancellationToken::new();
-    let supervisor = tokio::spawn(
-        Supervisor::new(Arc::new(Shared {
-            registry: registry.clone(),
-            user_server,
-            health,
-            metrics: metrics.clone(),
-            retry_base: config.retry_base,
-            retry_cap: config.retry_cap,
-        }))
-        .run(snap_rx, supervisor_stop.clone()),
-    );
+    let supervisor = tokio::spawn(Supervisor::new(driver).run(snap_rx, supervisor_stop.clone()));
 
     let state = Arc::new(AppState {
         registry,
@@ -124,6 +150,7 @@ pub async fn serve(
         gateway = %config.gateway_name,
         namespace = %config.namespace,
         user_server = %format!("{}:{}", config.server_host, config.server_port),
+        protocol = ?config.protocol,
         transformer = %format!("{}:{}", config.transformer_host, config.transformer_port),
         configurations = %config.config_map.display(),
         "processor-client listening"
@@ -156,7 +183,9 @@ pub async fn serve(
         stop,
     )
     .await;
-    let _ = probe.await;
+    if let Some(probe) = probe {
+        let _ = probe.await;
+    }
     let _ = watcher.await;
     tracing::info!("processor-client stopped");
     Ok(())

@@ -35,6 +35,16 @@ pub struct Metrics {
     calls: Family<CallLabel, Counter>,
     pub user_server_restarts: Counter,
     configs: Family<PhaseLabel, Gauge>,
+    /// Streams of gRPC user servers.
+    pub grpc: GrpcMetrics,
+}
+
+/// The gRPC user server's calls.
+#[derive(Clone, Default)]
+pub struct GrpcMetrics {
+    pub streams_open: Gauge,
+    pub reconnects: Counter,
+    pub messages_read: Counter,
 }
 
 impl Metrics {
@@ -70,6 +80,22 @@ impl Metrics {
             "Configurations by phase",
             configs.clone(),
         );
+        let grpc = GrpcMetrics::default();
+        registry.register(
+            "processor_grpc_streams_open",
+            "Calls to a gRPC user server whose stream is open",
+            grpc.streams_open.clone(),
+        );
+        registry.register(
+            "processor_grpc_reconnects",
+            "Calls to a gRPC user server opened again after a transient end",
+            grpc.reconnects.clone(),
+        );
+        registry.register(
+            "processor_grpc_messages_read",
+            "Messages read from gRPC user servers' streams",
+            grpc.messages_read.clone(),
+        );
         let server = gateway_common::server::ServerMetrics::register(&mut registry, "processor");
         Metrics {
             server,
@@ -79,6 +105,7 @@ impl Metrics {
             calls,
             user_server_restarts,
             configs,
+            grpc,
         }
     }
 

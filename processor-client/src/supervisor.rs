@@ -1,4 +1,5 @@
-//! Turns configuration snapshots into `/start` and `/stop` calls. Each key has one
+//! Turns configuration snapshots into `/start` and `/stop` calls (or, for a gRPC
+//! user server, into calls of its own: [`crate::grpc::stream`]). Each key has one
 //! task that owns its lifecycle and handles commands in order, so a change is always
 //! a stop of the old value followed by a start of the new one, and a key removed and
 //! re-added never races itself. Tasks also watch the user server's liveness and start
@@ -28,7 +29,7 @@ pub struct Shared {
     pub retry_cap: Duration,
 }
 
-enum Command {
+pub(crate) enum Command {
     /// Run this value (new key, or a changed value).
     Apply(String),
     /// The key was removed.
@@ -41,18 +42,24 @@ struct Handle {
     value: Option<String>,
 }
 
+/// How configurations are run: over HTTP (`/start`, `/stop`) or as gRPC calls.
+pub enum Driver {
+    Http(Arc<Shared>),
+    Grpc(Arc<crate::grpc::stream::Shared>),
+}
+
 /// Diffs snapshots against what runs and sends each key's task its commands.
 pub struct Supervisor {
-    shared: Arc<Shared>,
+    driver: Driver,
     handles: HashMap<String, Handle>,
     tasks: JoinSet<()>,
     stop_all: CancellationToken,
 }
 
 impl Supervisor {
-    pub fn new(shared: Arc<Shared>) -> Self {
+    pub fn new(driver: Driver) -> Self {
         Supervisor {
-            shared,
+            driver,
             handles: HashMap::new(),
             tasks: JoinSet::new(),
             stop_all: CancellationToken::new(),
@@ -94,13 +101,22 @@ impl Supervisor {
                 None => {
                     let (tx, rx) = mpsc::unbounded_channel();
                     let _ = tx.send(Command::Apply(value.clone()));
-                    let task = ConfigTask::new(
-                        src.clone(),
-                        self.shared.clone(),
-                        rx,
-                        self.stop_all.clone(),
-                    );
-                    self.tasks.spawn(task.run());
+                    let stop_all = self.stop_all.clone();
+                    match &self.driver {
+                        Driver::Http(shared) => {
+                            let task = ConfigTask::new(src.clone(), shared.clone(), rx, stop_all);
+                            self.tasks.spawn(task.run())
+                        }
+                        Driver::Grpc(shared) => {
+                            let task = crate::grpc::stream::StreamTask::new(
+                                src.clone(),
+                                shared.clone(),
+                                rx,
+                                stop_all,
+                            );
+                            self.tasks.spawn(task.run())
+                        }
+                    };
                     self.handles.insert(
                         src.clone(),
                         Handle {

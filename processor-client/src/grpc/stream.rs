@@ -1,0 +1,281 @@
+//! One configuration on a gRPC user server: a task that owns its call. A new
+//! value cancels the running call and opens one with the new value; removal
+//! cancels it (the server sees CANCELLED). While the configuration should run,
+//! the call is opened again after any end the contract calls transient (the
+//! server gone, a reset, UNAVAILABLE, a stream closed with OK, no response
+//! headers in time) with capped exponential backoff and jitter, for ever; the
+//! codes [`super::is_permanent`] names put it in Error until its value changes.
+//!
+//! Backpressure: a stream's next message is read only once the transformer has
+//! taken the one before. While the transformer answers 503 the message is
+//! offered again after `Retry-After`, and nothing more is read, so HTTP/2 flow
+//! control holds the server. A message the processor-client has read is never
+//! dropped while it runs; one read but not yet taken when it dies is lost (the
+//! contract has no acknowledgement).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gateway_common::backoff::Backoff;
+use gateway_common::error::error_chain;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{is_permanent, GrpcServer};
+use crate::configs::{ConfigData, Registry};
+use crate::metrics::Metrics;
+use crate::supervisor::Command;
+use crate::transformer_client::{SendError, TransformerClient};
+
+/// What every configuration's task shares.
+pub struct Shared {
+    pub registry: Arc<Registry>,
+    pub server: GrpcServer,
+    pub transformer: TransformerClient,
+    pub metrics: Arc<Metrics>,
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
+}
+
+/// The lifecycle of one key.
+pub(crate) struct StreamTask {
+    src: String,
+    shared: Arc<Shared>,
+    rx: mpsc::UnboundedReceiver<Command>,
+    stop_all: CancellationToken,
+}
+
+/// The call running for the current value.
+struct Running {
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn cancel(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+    }
+}
+
+impl StreamTask {
+    pub(crate) fn new(
+        src: String,
+        shared: Arc<Shared>,
+        rx: mpsc::UnboundedReceiver<Command>,
+        stop_all: CancellationToken,
+    ) -> Self {
+        StreamTask {
+            src,
+            shared,
+            rx,
+            stop_all,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        let mut running: Option<Running> = None;
+        loop {
+            let command = tokio::select! {
+                biased;
+                _ = self.stop_all.cancelled() => None,
+                command = self.rx.recv() => command,
+            };
+            if let Some(call) = running.take() {
+                call.cancel().await;
+            }
+            match command {
+                None => {
+                    self.stopped("the processor-client is shutting down");
+                    return;
+                }
+                Some(Command::Remove) => self.stopped("removed"),
+                Some(Command::Apply(value)) => {
+                    let data = ConfigData::new(&self.src, &value);
+                    self.shared.registry.starting(&data, "opening the stream");
+                    let cancel = self.stop_all.child_token();
+                    let call = Call {
+                        shared: self.shared.clone(),
+                        data,
+                        cancel: cancel.clone(),
+                    };
+                    running = Some(Running {
+                        cancel,
+                        task: tokio::spawn(call.run()),
+                    });
+                }
+            }
+        }
+    }
+
+    fn stopped(&self, why: &str) {
+        tracing::info!(src = %self.src, why, "configuration stopped");
+        self.shared.registry.stopped(&self.src, why);
+    }
+}
+
+/// How a call ended.
+enum End {
+    /// The call was cancelled (removed, changed, shutting down).
+    Cancelled,
+    /// Error until the value changes.
+    Permanent(String),
+    /// Open again after a backoff; `read` says whether messages came first.
+    Transient { why: String, read: bool },
+}
+
+/// One value's call, opened again until it ends for good.
+struct Call {
+    shared: Arc<Shared>,
+    data: ConfigData,
+    cancel: CancellationToken,
+}
+
+impl Call {
+    async fn run(self) {
+        let src = &self.data.src;
+        let mut backoff = Backoff::new(self.shared.retry_base, self.shared.retry_cap);
+        loop {
+            match self.once().await {
+                End::Cancelled => return,
+                End::Permanent(why) => {
+                    tracing::warn!(%src, %why, "the user server refused the configuration");
+                    self.shared.registry.error(src, &why);
+                    return;
+                }
+                End::Transient { why, read } => {
+                    if read {
+                        backoff.reset();
+                    }
+                    let delay = backoff.next_delay();
+                    self.shared.metrics.grpc.reconnects.inc();
+                    tracing::warn!(%src, %why, retry_in = ?delay, "stream ended; opening it again");
+                    self.shared
+                        .registry
+                        .pending(src, &format!("{why}; opening the stream again"));
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens the call and forwards its messages until it ends.
+    async fn once(&self) -> End {
+        let server = &self.shared.server;
+        let opened = tokio::select! {
+            _ = self.cancel.cancelled() => return End::Cancelled,
+            opened = tokio::time::timeout(
+                server.open_timeout(),
+                server.open(&self.data.src, &self.data.config),
+            ) => opened,
+        };
+        let mut events = match opened {
+            Err(_) => {
+                return End::Transient {
+                    why: format!("no response headers within {:?}", server.open_timeout()),
+                    read: false,
+                }
+            }
+            Ok(Err(status)) => return ended(&status, false),
+            Ok(Ok(events)) => events,
+        };
+        let _open = OpenGuard::new(&self.shared.metrics);
+        let _ = self.shared.registry.running(&self.data.src, None);
+        tracing::info!(src = %self.data.src, id = %self.data.id, "stream open");
+        let mut read = false;
+        loop {
+            let next = tokio::select! {
+                _ = self.cancel.cancelled() => return End::Cancelled,
+                next = events.next() => next,
+            };
+            match next {
+                Ok(Some(payload)) => {
+                    read = true;
+                    self.shared.metrics.grpc.messages_read.inc();
+                    if !self.forward(payload).await {
+                        return End::Cancelled;
+                    }
+                }
+                Ok(None) => {
+                    return End::Transient {
+                        why: "the server ended the stream".into(),
+                        read,
+                    }
+                }
+                Err(status) => return ended(&status, read),
+            }
+        }
+    }
+
+    /// Hands one event to the transformer, offering it again while it is
+    /// refused for now. False when cancelled first.
+    async fn forward(&self, payload: Bytes) -> bool {
+        let body = Bytes::from(
+            serde_json::json!({
+                "src": self.data.src,
+                "payload": gateway_common::wire::encode_payload(&payload),
+            })
+            .to_string(),
+        );
+        let mut backoff = Backoff::new(self.shared.retry_base, self.shared.retry_cap);
+        loop {
+            let wait = match self.shared.transformer.send(body.clone(), Vec::new()).await {
+                Ok(_) => {
+                    self.shared.metrics.events_forwarded.inc();
+                    return true;
+                }
+                Err(SendError::Busy {
+                    retry_after_secs, ..
+                }) => Duration::from_secs(retry_after_secs.max(1)),
+                Err(SendError::Unavailable(why)) => {
+                    tracing::warn!(src = %self.data.src, %why, "transformer unreachable; holding the stream");
+                    backoff.next_delay()
+                }
+                Err(e @ SendError::Rejected { .. }) => {
+                    // The transformer will never take this event (too large,
+                    // say): it is counted and logged, and the stream goes on.
+                    self.shared.metrics.reject("bad_request");
+                    tracing::error!(src = %self.data.src, error = %error_chain(&e), "the transformer refused an event; it is dropped");
+                    return true;
+                }
+            };
+            tokio::select! {
+                _ = self.cancel.cancelled() => return false,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+fn ended(status: &tonic::Status, read: bool) -> End {
+    let message = if status.message().is_empty() {
+        format!("{:?}", status.code())
+    } else {
+        format!("{:?}: {}", status.code(), status.message())
+    };
+    if is_permanent(status) {
+        End::Permanent(message)
+    } else {
+        End::Transient { why: message, read }
+    }
+}
+
+/// Counts a stream in `processor_grpc_streams_open` while it is open.
+struct OpenGuard(prometheus_client::metrics::gauge::Gauge);
+
+impl OpenGuard {
+    fn new(metrics: &Metrics) -> Self {
+        metrics.grpc.streams_open.inc();
+        OpenGuard(metrics.grpc.streams_open.clone())
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
