@@ -28,8 +28,9 @@ if ! python3 -c 'import cloudevents.core.bindings.http, nats, schemathesis, open
     || python3 -m pip install -q --break-system-packages -r tests/requirements.txt
 fi
 
-# The Node examples' pinned packages (openapi-typescript, typescript; mqtt, nats).
-for example in node-typescript stream-node; do
+# The Node examples' pinned packages (openapi-typescript, typescript; mqtt, nats;
+# @grpc/grpc-js, @grpc/proto-loader).
+for example in node-typescript stream-node node-grpc; do
   if [[ ! -d sdk-examples/$example/node_modules ]]; then
     (cd sdk-examples/$example && npm ci --silent --no-audit --no-fund)
   fi

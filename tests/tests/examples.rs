@@ -338,3 +338,59 @@ async fn stream_server_turns_mqtt_and_nats_messages_into_events() {
         "stop unsubscribes"
     );
 }
+
+/// A ticker gRPC user server (the generic contract) through the gateway: ticks
+/// arrive in order with the key as subject, and a configuration it refuses is
+/// in Error.
+async fn grpc_ticker_through_the_gateway(mut server: Command) {
+    let mut g = Gateway::new(UserServerKind::Python);
+    for (k, v) in [
+        ("GATEWAY_PROCESSOR_SERVER_PROTOCOL", "grpc".to_owned()),
+        ("GATEWAY_PROCESSOR_SERVER_GRPC_PORT", g.us_port.to_string()),
+    ] {
+        g.processor_env.push((k.into(), v));
+    }
+    g.set_config("hello", r#"{"intervalMs": 50, "message": "hi"}"#);
+    g.set_config("broken", "not json");
+    g.start_sensor().await;
+    g.start_transformer().await;
+    server.env("GATEWAY_PROCESSOR_SERVER_GRPC_PORT", g.us_port.to_string());
+    g.start_user_server_with(server).await;
+    g.start_processor().await;
+    g.wait_phase("hello", "Running").await;
+    let broken = g.wait_phase("broken", "Error").await;
+    assert!(
+        broken["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("invalid configuration"),
+        "{broken}"
+    );
+    let events = wait_for("five ticks of hello", || async {
+        let e = g.sensor_events();
+        (events_of(&e, "hello").len() >= 5).then_some(e)
+    })
+    .await;
+    let ticks: Vec<i64> = events_of(&events, "hello")
+        .iter()
+        .map(|e| {
+            assert_eq!(e["data"]["message"], "hi");
+            e["data"]["tick"].as_i64().expect("tick")
+        })
+        .collect();
+    assert_eq!(ticks[..5], [1, 2, 3, 4, 5]);
+}
+
+#[tokio::test]
+async fn python_grpc_ticker_through_the_gateway() {
+    let mut cmd = Command::new("python3");
+    cmd.arg(example("python-grpc/user_server.py"));
+    grpc_ticker_through_the_gateway(cmd).await;
+}
+
+#[tokio::test]
+async fn node_grpc_ticker_through_the_gateway() {
+    let mut cmd = Command::new("node");
+    cmd.arg(example("node-grpc/server.js"));
+    grpc_ticker_through_the_gateway(cmd).await;
+}
