@@ -394,3 +394,45 @@ async fn node_grpc_ticker_through_the_gateway() {
     cmd.arg(example("node-grpc/server.js"));
     grpc_ticker_through_the_gateway(cmd).await;
 }
+
+#[tokio::test]
+async fn calendar_serves_the_v06_run_gateway_contract() {
+    let mut g = Gateway::new(UserServerKind::Python);
+    for (k, v) in [
+        ("GATEWAY_PROCESSOR_SERVER_PROTOCOL", "grpc-v06".to_owned()),
+        ("GATEWAY_PROCESSOR_SERVER_GRPC_PORT", g.us_port.to_string()),
+    ] {
+        g.processor_env.push((k.into(), v));
+    }
+    g.set_config("every-second", "interval: 1s\nuserPayload: {k: 1}");
+    g.set_config("broken", "schedule: nonsense");
+    g.start_sensor().await;
+    g.start_transformer().await;
+    let mut calendar = Command::new(bin("calendar"));
+    calendar
+        .env("GATEWAY_PROCESSOR_SERVER_PROTOCOL", "grpc-v06")
+        .env("GATEWAY_PROCESSOR_SERVER_GRPC_PORT", g.us_port.to_string());
+    g.start_user_server_with(calendar).await;
+    g.start_processor().await;
+    g.wait_phase("every-second", "Running").await;
+    g.wait_phase("broken", "Error").await;
+    let events = wait_for("three events of every-second", || async {
+        let e = g.sensor_events();
+        (events_of(&e, "every-second").len() >= 3).then_some(e)
+    })
+    .await;
+    for e in events_of(&events, "every-second") {
+        assert_eq!(e["data"]["userPayload"]["k"], 1);
+    }
+    // Removing the configuration cancels its call, and the calendar stops it.
+    g.remove_config("every-second");
+    g.wait_phase("every-second", "Stopped").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let settled = events_of(&g.sensor_events(), "every-second").len();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(
+        events_of(&g.sensor_events(), "every-second").len(),
+        settled,
+        "no more events after the call was cancelled"
+    );
+}

@@ -3,11 +3,15 @@
 //! crate serves `/start` and `/stop` as the contract says, runs each configuration
 //! as its own cancellable task, and hands it an [`Emitter`] that posts events to
 //! the processor-client, waiting out 503 + `Retry-After` so nothing is dropped.
+//! The same executor can instead serve a gRPC processor-client
+//! (`GATEWAY_PROCESSOR_SERVER_PROTOCOL=grpc` or `grpc-v06`, [`grpc`]).
 
 mod emitter;
+pub mod grpc;
 mod server;
 
 pub use emitter::{EmitError, Emitter};
+pub use grpc::{serve_grpc, Contract};
 pub use server::{run, serve, Settings};
 pub use tokio_util::sync::CancellationToken;
 

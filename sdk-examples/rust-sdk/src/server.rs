@@ -14,6 +14,7 @@ use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::emitter::{HttpLine, Line};
 use crate::{ConfigData, ConfigExecutor, Emitter};
 
 /// Where things are, from the contract's environment variables.
@@ -29,6 +30,11 @@ pub struct Settings {
     pub event_path: String,
     pub running_path: String,
     pub error_path: String,
+    /// `GATEWAY_PROCESSOR_SERVER_PROTOCOL`: `http` (default), or the gRPC
+    /// contract to serve on [`Settings::grpc_port`].
+    pub grpc: Option<crate::Contract>,
+    /// `GATEWAY_PROCESSOR_SERVER_GRPC_PORT` (default 50051).
+    pub grpc_port: u16,
 }
 
 impl Settings {
@@ -53,6 +59,15 @@ impl Settings {
             event_path: var("GATEWAY_HTTP_CONFIG_EVENT", "/event"),
             running_path: var("GATEWAY_HTTP_CONFIG_RUNNING", "/activated"),
             error_path: var("GATEWAY_HTTP_CONFIG_ERROR", "/error"),
+            grpc: match var("GATEWAY_PROCESSOR_SERVER_PROTOCOL", "http").as_str() {
+                "http" => None,
+                "grpc" => Some(crate::Contract::Generic),
+                "grpc-v06" => Some(crate::Contract::V06),
+                other => return Err(format!(
+                    "GATEWAY_PROCESSOR_SERVER_PROTOCOL: {other:?}; expected http, grpc or grpc-v06"
+                )),
+            },
+            grpc_port: port("GATEWAY_PROCESSOR_SERVER_GRPC_PORT", "50051")?,
         })
     }
 }
@@ -64,9 +79,18 @@ struct Shared<E> {
     running: Mutex<HashMap<String, CancellationToken>>,
 }
 
-/// Serves `executor` on the port the environment names until SIGTERM or SIGINT.
+/// Serves `executor` on the port the environment names until SIGTERM or SIGINT:
+/// over HTTP, or as the gRPC contract `GATEWAY_PROCESSOR_SERVER_PROTOCOL` names.
 pub async fn run<E: ConfigExecutor>(executor: E) -> Result<(), String> {
     let settings = Settings::from_env()?;
+    if let Some(contract) = settings.grpc {
+        let listener = TcpListener::bind(("0.0.0.0", settings.grpc_port))
+            .await
+            .map_err(|e| format!("cannot listen on port {}: {e}", settings.grpc_port))?;
+        return crate::grpc::serve_grpc(executor, contract, listener, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string());
+    }
     let listener = TcpListener::bind(("0.0.0.0", settings.port))
         .await
         .map_err(|e| format!("cannot listen on port {}: {e}", settings.port))?;
@@ -131,11 +155,13 @@ async fn start<E: ConfigExecutor>(
     }
     let s = &shared.settings;
     let emitter = Emitter {
-        client: shared.client.clone(),
-        base: s.processor_client.clone(),
-        event_path: s.event_path.clone(),
-        running_path: s.running_path.clone(),
-        error_path: s.error_path.clone(),
+        line: Line::Http(HttpLine {
+            client: shared.client.clone(),
+            base: s.processor_client.clone(),
+            event_path: s.event_path.clone(),
+            running_path: s.running_path.clone(),
+            error_path: s.error_path.clone(),
+        }),
         config: config.clone(),
         stop: token.clone(),
     };
