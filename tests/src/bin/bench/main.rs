@@ -22,6 +22,8 @@ use base64::Engine as _;
 use bytes::Bytes;
 use gateway_tests::{bin, free_port, wait_port, write_configmap, NatsServer, Proc};
 
+mod grpc;
+
 fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -117,11 +119,16 @@ async fn start_user_server(port: u16) -> Arc<AtomicU64> {
     starts
 }
 
-/// A payload of `size` bytes whose first 8 are the send time, `sent_ns`.
-fn payload(size: usize, sent_ns: u64) -> String {
+/// `size` bytes whose first 8 are the send time, `sent_ns`.
+fn stamped(size: usize, sent_ns: u64) -> Vec<u8> {
     let mut p = vec![b'x'; size.max(8)];
     p[..8].copy_from_slice(&sent_ns.to_le_bytes());
-    base64::engine::general_purpose::STANDARD.encode(p)
+    p
+}
+
+/// [`stamped`] as the `payload` of a `{src, payload}` body.
+fn payload(size: usize, sent_ns: u64) -> String {
+    base64::engine::general_purpose::STANDARD.encode(stamped(size, sent_ns))
 }
 
 struct Load {
@@ -436,6 +443,85 @@ async fn measure(
     )
 }
 
+/// [`measure`] with the gRPC load generator as the user server: its streams go
+/// flat out for the saturated phase, then each is paced so that together they
+/// send half the saturated rate. Saturation is what the processor-client read,
+/// over the time until the last of it reached `sink`.
+async fn measure_grpc(
+    name: &str,
+    load: &grpc::GrpcLoad,
+    sink: &Sink,
+    streams: usize,
+    s: &Settings,
+    procs: &[(&str, i32)],
+) -> Row {
+    let before = sink.received.load(Ordering::Relaxed);
+    let cpu_now = || {
+        let mut v = vec![("load", own_cpu_secs())];
+        v.extend(procs.iter().map(|(n, pid)| (*n, cpu_secs(*pid))));
+        v
+    };
+    let cpu_before = cpu_now();
+    let sent_before = load.sent.load(Ordering::Relaxed);
+    let started = Instant::now();
+    load.set(grpc::Phase::Flat);
+    tokio::time::sleep(Duration::from_secs_f64(s.secs)).await;
+    load.set(grpc::Phase::Idle);
+    let read = load.sent.load(Ordering::Relaxed) - sent_before;
+    let accepted_rate = read as f64 / s.secs;
+    // What was read and is still on its way is delivered; the few events left
+    // in the streams' buffers are not counted, and may arrive later.
+    let rate = match drained(
+        sink,
+        before,
+        read.saturating_sub(8 * streams as u64),
+        started,
+    )
+    .await
+    {
+        Some(t) => read as f64 / t.as_secs_f64().max(s.secs),
+        None => f64::NAN,
+    };
+    let used: Vec<(&str, f64)> = cpu_now()
+        .into_iter()
+        .zip(&cpu_before)
+        .map(|((name, after), (_, before))| (name, after - before))
+        .collect();
+    let (cpu, cpu_total) = cpu_per_event(&used, read);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sink.latencies
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clear();
+    sink.recording.store(true, Ordering::Relaxed);
+    let per_stream = (rate / 2.0).max(1.0) / streams as f64;
+    load.set(grpc::Phase::Paced {
+        period: Duration::from_secs_f64(1.0 / per_stream),
+    });
+    tokio::time::sleep(Duration::from_secs_f64(s.secs)).await;
+    load.set(grpc::Phase::Idle);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sink.recording.store(false, Ordering::Relaxed);
+    let pairs = std::mem::take(&mut *sink.latencies.lock().unwrap_or_else(|p| p.into_inner()));
+    report_clustering(name, &pairs);
+    let mut lat: Vec<u64> = pairs.into_iter().map(|(_, l, _)| l).collect();
+    lat.sort_unstable();
+    Row {
+        name: name.to_owned(),
+        rate,
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+        p999: percentile(&lat, 0.999),
+        rss: String::new(),
+        cpu,
+        cpu_total,
+        note: format!(
+            "read {accepted_rate:.0}/s from {streams} streams; {:.2} cores busy",
+            rate * cpu_total / 1e6
+        ),
+    }
+}
+
 /// With `BENCH_METRICS=1`: whether the slowest 1% of a half-load run arrived
 /// together (a stall of the whole path) or spread out (queueing here and there).
 fn report_clustering(scenario: &str, pairs: &[(u64, u64, u64)]) {
@@ -498,7 +584,14 @@ async fn dump_metrics(g: &Gateway, scenario: &str) {
     }
 }
 
-async fn gateway(transformer_env: &[(&str, String)], sources: usize, us_port: u16) -> Gateway {
+/// The user server a gateway drives: the HTTP one, or the gRPC load generator.
+#[derive(Clone, Copy)]
+enum UserServer {
+    Http(u16),
+    Grpc(u16),
+}
+
+async fn gateway(transformer_env: &[(&str, String)], sources: usize, us: UserServer) -> Gateway {
     let dir = tempfile::tempdir().expect("tempdir");
     let configs: BTreeMap<String, String> = (0..sources)
         .map(|i| (format!("bench-{i}"), "{}".to_owned()))
@@ -532,12 +625,17 @@ async fn gateway(transformer_env: &[(&str, String)], sources: usize, us_port: u1
     p.env_clear()
         .env("GATEWAY_NAME", "bench")
         .env("GATEWAY_PROCESSOR_CONFIG_MAP", &cfg_dir)
-        .env("GATEWAY_PROCESSOR_SERVER_HTTP_PORT", us_port.to_string())
         .env("GATEWAY_PROCESSOR_CLIENT_HTTP_PORT", pc_port.to_string())
         .env("GATEWAY_PROCESSOR_MAX_BODY_BYTES", (4 << 20).to_string())
         .env("TRANSFORMER_PORT", tr_port.to_string())
         .env("RUST_LOG", "warn")
         .envs(allocator);
+    match us {
+        UserServer::Http(port) => p.env("GATEWAY_PROCESSOR_SERVER_HTTP_PORT", port.to_string()),
+        UserServer::Grpc(port) => p
+            .env("GATEWAY_PROCESSOR_SERVER_PROTOCOL", "grpc")
+            .env("GATEWAY_PROCESSOR_SERVER_GRPC_PORT", port.to_string()),
+    };
     let processor = Proc::spawn("processor-client", p, dir.path());
     wait_port(pc_port, "the processor-client").await;
     Gateway {
@@ -624,7 +722,7 @@ async fn main() {
         return bare_server(port).await;
     }
     let smoke = std::env::args().any(|a| a == "--smoke");
-    // `--only http,nats` runs just those parts (limit, chain, http, nats, series), for
+    // `--only http,nats` runs just those parts (limit, chain, http, grpc, nats, series), for
     // profiling one path at a time.
     let only: Option<Vec<String>> = args
         .iter()
@@ -733,7 +831,7 @@ async fn main() {
         let mut env = vec![("SENSOR_WATCHERS", sensor_url.clone())];
         env.extend(fsync.map(|f| ("TRANSFORMER_FSYNC", f)));
         let before = starts.load(Ordering::Relaxed);
-        let g = gateway(&env, s.sources, us_port).await;
+        let g = gateway(&env, s.sources, UserServer::Http(us_port)).await;
         wait_starts(&starts, before + s.sources as u64).await;
         let (mut row, _) = measure(name, &g.pc_url, Some(&sensor), size, &s, &g.pids()).await;
         row.rss = rss_of(&g);
@@ -742,8 +840,24 @@ async fn main() {
         drop(g);
     }
 
+    // The same with a gRPC user server streaming the events in.
+    let grpc_port = free_port();
+    let grpc_load = grpc::start(grpc_port, size).await;
+    if want("grpc") {
+        let name = "gRPC user server: HTTP sensor";
+        let before = grpc_load.calls.load(Ordering::Relaxed);
+        let env = [("SENSOR_WATCHERS", sensor_url.clone())];
+        let g = gateway(&env, s.sources, UserServer::Grpc(grpc_port)).await;
+        grpc::wait_calls(&grpc_load, before + s.sources as u64).await;
+        let mut row = measure_grpc(name, &grpc_load, &sensor, s.sources, &s, &g.pids()).await;
+        row.rss = rss_of(&g);
+        dump_metrics(&g, name).await;
+        rows.push(row);
+        drop(g);
+    }
+
     // 3. Into NATS core and JetStream.
-    if want("nats") {
+    if want("nats") || want("grpc") {
         let nats_dir = tempfile::tempdir().expect("tempdir");
         let nats = NatsServer::start(nats_dir.path()).await;
         let nats_sink = Arc::new(Sink::default());
@@ -760,10 +874,15 @@ async fn main() {
                 }
             });
         }
-        for (ty, name) in [
-            ("Standard", "into NATS core"),
-            ("Streaming", "into JetStream"),
-        ] {
+        let scenarios = [
+            ("Standard", "into NATS core", false),
+            ("Streaming", "into JetStream", false),
+            ("Standard", "gRPC user server: into NATS core", true),
+        ];
+        for (ty, name, by_grpc) in scenarios {
+            if !want(if by_grpc { "grpc" } else { "nats" }) {
+                continue;
+            }
             let starts_before = starts.load(Ordering::Relaxed);
             let env = [
                 ("EVENT_PROTOCOL", "NATS".to_owned()),
@@ -771,11 +890,27 @@ async fn main() {
                 ("NATS_TYPE", ty.to_owned()),
                 ("NATS_CE_MODE", "binary".to_owned()),
             ];
-            let g = gateway(&env, s.sources, us_port).await;
-            wait_starts(&starts, starts_before + s.sources as u64).await;
+            let calls_before = grpc_load.calls.load(Ordering::Relaxed);
+            let us = if by_grpc {
+                UserServer::Grpc(grpc_port)
+            } else {
+                UserServer::Http(us_port)
+            };
+            let g = gateway(&env, s.sources, us).await;
+            if by_grpc {
+                grpc::wait_calls(&grpc_load, calls_before + s.sources as u64).await;
+            } else {
+                wait_starts(&starts, starts_before + s.sources as u64).await;
+            }
             let mut procs = g.pids();
             procs.extend(nats.proc.as_ref().map(|p| ("nats", p.pid())));
-            let (mut row, _) = measure(name, &g.pc_url, Some(&nats_sink), size, &s, &procs).await;
+            let mut row = if by_grpc {
+                measure_grpc(name, &grpc_load, &nats_sink, s.sources, &s, &procs).await
+            } else {
+                measure(name, &g.pc_url, Some(&nats_sink), size, &s, &procs)
+                    .await
+                    .0
+            };
             row.rss = rss_of(&g);
             dump_metrics(&g, name).await;
             rows.push(row);
@@ -816,7 +951,7 @@ async fn main() {
         let g = gateway(
             &[("SENSOR_WATCHERS", sensor_url.clone())],
             s.sources,
-            us_port,
+            UserServer::Http(us_port),
         )
         .await;
         let workers = if size >= 1 << 20 { 8 } else { s.workers };
@@ -831,7 +966,12 @@ async fn main() {
     let watcher_counts: &[usize] = if smoke { &[1, 8] } else { &[1, 8, 32] };
     for &n in watcher_counts {
         let urls: Vec<String> = (0..n).map(|i| format!("{sensor_url}w{i}")).collect();
-        let g = gateway(&[("SENSOR_WATCHERS", urls.join(","))], s.sources, us_port).await;
+        let g = gateway(
+            &[("SENSOR_WATCHERS", urls.join(","))],
+            s.sources,
+            UserServer::Http(us_port),
+        )
+        .await;
         let before = sensor.received.load(Ordering::Relaxed);
         let started = Instant::now();
         let load = generate(&g.pc_url, s.sources, 100, s.workers, s.secs, None).await;
@@ -844,7 +984,12 @@ async fn main() {
     for &n in config_counts {
         let before = starts.load(Ordering::Relaxed);
         let t0 = Instant::now();
-        let g = gateway(&[("SENSOR_WATCHERS", sensor_url.clone())], n, us_port).await;
+        let g = gateway(
+            &[("SENSOR_WATCHERS", sensor_url.clone())],
+            n,
+            UserServer::Http(us_port),
+        )
+        .await;
         wait_starts(&starts, before + n as u64).await;
         println!(
             "| configurations started | {n} | in {:.2} s | {} |",
