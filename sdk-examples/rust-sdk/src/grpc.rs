@@ -182,7 +182,7 @@ pub async fn serve_grpc<E: ConfigExecutor>(
     let service = Service {
         executor: Arc::new(executor),
     };
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let router = match contract {
         Contract::Generic => {
             tonic::transport::Server::builder().add_service(EventingServer::new(service))

@@ -63,9 +63,11 @@ impl Settings {
                 "http" => None,
                 "grpc" => Some(crate::Contract::Generic),
                 "grpc-v06" => Some(crate::Contract::V06),
-                other => return Err(format!(
+                other => {
+                    return Err(format!(
                     "GATEWAY_PROCESSOR_SERVER_PROTOCOL: {other:?}; expected http, grpc or grpc-v06"
-                )),
+                ))
+                }
             },
             grpc_port: port("GATEWAY_PROCESSOR_SERVER_GRPC_PORT", "50051")?,
         })

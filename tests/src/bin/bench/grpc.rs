@@ -144,7 +144,8 @@ pub async fn start(port: u16, size: usize) -> Arc<GrpcLoad> {
         .expect("bind the gRPC load generator");
     let service = EventingServer::new(Service(load.clone()));
     tokio::spawn(async move {
-        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let _ = tonic::transport::Server::builder()
             .add_service(service)
             .serve_with_incoming(incoming)
