@@ -20,16 +20,13 @@ pub fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
 }
 
-/// Reads a PEM file of one or more CA certificates.
-pub fn load_ca(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("WATCHER_TLS_CA {}: {e}", path.display()))?;
+/// Reads a PEM file of one or more CA certificates, named by `var` in errors.
+pub fn load_ca(var: &str, path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{var} {}: {e}", path.display()))?;
     let certs = reqwest::Certificate::from_pem_bundle(&pem)
-        .map_err(|e| format!("WATCHER_TLS_CA {}: {e}", path.display()))?;
+        .map_err(|e| format!("{var} {}: {e}", path.display()))?;
     if certs.is_empty() {
-        return Err(format!(
-            "WATCHER_TLS_CA {} holds no PEM certificate",
-            path.display()
-        ));
+        return Err(format!("{var} {} holds no PEM certificate", path.display()));
     }
     Ok(certs)
 }
@@ -52,6 +49,8 @@ pub enum ClientError {
     },
     #[error("{var} cannot be sent in an Authorization header (visible ASCII without spaces only)")]
     Token { var: &'static str },
+    #[error("{0}")]
+    Ca(String),
 }
 
 /// `Authorization: Bearer TOKEN` for the token read from `var`, if one is set.

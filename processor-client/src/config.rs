@@ -41,7 +41,7 @@ pub struct Config {
     /// The user server's port for [`Config::protocol`].
     pub server_port: u16,
     pub protocol: Protocol,
-    /// `GATEWAY_PROCESSOR_SERVER_TLS_CA`: TLS to a gRPC user server.
+    /// `GATEWAY_PROCESSOR_SERVER_TLS_CA`: TLS to the user server.
     pub server_tls_ca: Option<PathBuf>,
     pub listen: IpAddr,
     pub port: u16,
@@ -91,7 +91,7 @@ const SERVER_GRPC_PORT: Var = Var::derived(
 );
 const SERVER_TLS_CA: Var = Var::optional(
     "GATEWAY_PROCESSOR_SERVER_TLS_CA",
-    "PEM file of the CA that signed a gRPC user server's certificate: TLS to it, verified; empty: plaintext HTTP/2",
+    "PEM file of the CA that signed the user server's certificate: TLS to it (HTTPS, or gRPC over TLS), verified; empty: plaintext (HTTP/1.1, or HTTP/2 for gRPC)",
 );
 const SERVER_HOST: Var = Var::new(
     "GATEWAY_PROCESSOR_SERVER_HOST",

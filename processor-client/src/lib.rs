@@ -90,6 +90,7 @@ pub async fn serve(
                 &config.paths.stop,
                 config.server_timeout,
                 config.token.as_deref(),
+                config.server_tls_ca.as_deref(),
             )?;
             let probe = tokio::spawn(user_server::probe_loop(
                 user_server.clone(),

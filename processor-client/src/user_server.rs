@@ -48,8 +48,13 @@ impl UserServer {
         stop_path: &str,
         timeout: Duration,
         token: Option<&str>,
+        tls_ca: Option<&std::path::Path>,
     ) -> Result<Self, ClientError> {
-        let base = format!("http://{}", gateway_common::env::join_host_port(host, port));
+        let scheme = if tls_ca.is_some() { "https" } else { "http" };
+        let base = format!(
+            "{scheme}://{}",
+            gateway_common::env::join_host_port(host, port)
+        );
         let url = |path: &str| {
             reqwest::Url::parse(&format!("{base}{path}")).map_err(|source| ClientError::Url {
                 var: "GATEWAY_PROCESSOR_SERVER_HOST",
@@ -57,7 +62,15 @@ impl UserServer {
                 source,
             })
         };
-        let client = gateway_common::tls::client_builder()
+        let mut builder = gateway_common::tls::client_builder();
+        if let Some(ca) = tls_ca {
+            for cert in gateway_common::tls::load_ca("GATEWAY_PROCESSOR_SERVER_TLS_CA", ca)
+                .map_err(ClientError::Ca)?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(MAX_IN_FLIGHT)

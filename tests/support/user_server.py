@@ -18,6 +18,8 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--port", type=int, required=True)
 parser.add_argument("--processor", required=True, help="processor-client base URL")
 parser.add_argument("--journal", required=True)
+parser.add_argument("--tls-cert", help="serve HTTPS with this certificate (and --tls-key)")
+parser.add_argument("--tls-key")
 args = parser.parse_args()
 
 lock = threading.Lock()
@@ -118,4 +120,9 @@ class Handler(BaseHTTPRequestHandler):
 
 server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
 server.daemon_threads = True
+if args.tls_cert:
+    import ssl
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(args.tls_cert, args.tls_key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
 server.serve_forever()

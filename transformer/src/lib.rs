@@ -173,7 +173,9 @@ async fn sync_every(store: Arc<Store>, period: std::time::Duration, stop: Cancel
 /// names it (one connection, made in the background).
 async fn build_sinks(config: &Config, metrics: &Metrics) -> Result<Vec<Arc<dyn Sink>>, RunError> {
     let extra_roots = match &config.watcher_tls_ca {
-        Some(path) => gateway_common::tls::load_ca(path).map_err(RunError::Tls)?,
+        Some(path) => {
+            gateway_common::tls::load_ca("WATCHER_TLS_CA", path).map_err(RunError::Tls)?
+        }
         None => Vec::new(),
     };
     let client = HttpSink::client(extra_roots)?;
