@@ -34,6 +34,8 @@ pub enum ErrorCode {
     StaleId,
     /// 409: a dead letter's watcher is no longer configured.
     UnknownWatcher,
+    /// 409: this replica does not hold the configuration (sharing).
+    NotOwner,
     /// 404: no dead letter has this id.
     UnknownDeadLetter,
     /// 503: a queue or the memory budget is full.
@@ -69,6 +71,7 @@ impl ErrorCode {
             ErrorCode::StoppedSrc => "stopped_src",
             ErrorCode::StaleId => "stale_id",
             ErrorCode::UnknownWatcher => "unknown_watcher",
+            ErrorCode::NotOwner => "not_owner",
             ErrorCode::UnknownDeadLetter => "unknown_dead_letter",
             ErrorCode::Backpressure => "backpressure",
             ErrorCode::StoreUnavailable => "store_unavailable",
@@ -93,7 +96,9 @@ impl ErrorCode {
             }
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::StoppedSrc => StatusCode::GONE,
-            ErrorCode::StaleId | ErrorCode::UnknownWatcher => StatusCode::CONFLICT,
+            ErrorCode::StaleId | ErrorCode::UnknownWatcher | ErrorCode::NotOwner => {
+                StatusCode::CONFLICT
+            }
             ErrorCode::Backpressure
             | ErrorCode::StoreUnavailable
             | ErrorCode::TransformerUnavailable
@@ -231,7 +236,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
-    const ALL: [ErrorCode; 20] = [
+    const ALL: [ErrorCode; 21] = [
         ErrorCode::BadRequest,
         ErrorCode::RequestTimeout,
         ErrorCode::TooLarge,
@@ -243,6 +248,7 @@ mod tests {
         ErrorCode::StoppedSrc,
         ErrorCode::StaleId,
         ErrorCode::UnknownWatcher,
+        ErrorCode::NotOwner,
         ErrorCode::UnknownDeadLetter,
         ErrorCode::Backpressure,
         ErrorCode::StoreUnavailable,

@@ -41,6 +41,9 @@ pub struct Config {
     /// The user server's port for [`Config::protocol`].
     pub server_port: u16,
     pub protocol: Protocol,
+    /// `GATEWAY_PROCESSOR_SHARING=nats`: how this replica shares the
+    /// configurations with the others.
+    pub sharing: Option<crate::sharing::Settings>,
     /// `GATEWAY_PROCESSOR_SERVER_TLS_CA`: TLS to the user server.
     pub server_tls_ca: Option<PathBuf>,
     pub listen: IpAddr,
@@ -176,6 +179,21 @@ const POLL_INTERVAL: Var = Var::new(
     "5s",
     "re-read of the configurations behind file notifications",
 );
+const SHARING: Var = Var::new(
+    "GATEWAY_PROCESSOR_SHARING",
+    "off",
+    "`nats`: the configurations are shared out among every processor-client of the same `GATEWAY_NAMESPACE` and `GATEWAY_NAME` on the NATS at `NATS_URL`, each running on one of them (see [Replicas](replicas.md)); `off`: this one runs them all",
+);
+const REPLICA_ID: Var = Var::derived(
+    "GATEWAY_PROCESSOR_REPLICA_ID",
+    "the host name",
+    "this replica's name in the sharing bucket and in `/configs` (letters, digits, `-` and `_`)",
+);
+const LEASE: Var = Var::new(
+    "GATEWAY_PROCESSOR_LEASE",
+    "10s",
+    "how long a replica's claim on a configuration lasts without renewal; a dead replica's configurations move within two leases",
+);
 const CLIENT_TOKEN: Var = Var::optional(
     "GATEWAY_PROCESSOR_CLIENT_TOKEN",
     "see [Securing a gateway](deploy.md#securing-a-gateway)",
@@ -207,7 +225,7 @@ const LISTENER: Listener = Listener {
 
 /// Every variable only the processor-client reads, in the order the docs list
 /// them; it also reads [`shared::SHARED`].
-pub const VARS: [Var; 27] = [
+pub const VARS: [Var; 30] = [
     CONFIG_MAP,
     PROTOCOL,
     SERVER_HTTP_PORT,
@@ -231,11 +249,53 @@ pub const VARS: [Var; 27] = [
     PROBE_INTERVAL,
     POLL_INTERVAL,
     CLIENT_TOKEN,
+    SHARING,
+    REPLICA_ID,
+    LEASE,
     LISTENER.header_timeout,
     LISTENER.idle_timeout,
     LISTENER.body_timeout,
     LISTENER.max_connections,
 ];
+
+/// `GATEWAY_PROCESSOR_REPLICA_ID`, or the host name with anything but letters,
+/// digits, `-` and `_` made `_`.
+fn replica_id(env: &Env) -> Result<String, ConfigError> {
+    let valid = |id: &str| {
+        !id.is_empty()
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    if let Some(id) = env.optional(&REPLICA_ID) {
+        return if valid(&id) {
+            Ok(id)
+        } else {
+            Err(ConfigError::Invalid {
+                var: REPLICA_ID.name,
+                reason: format!("{id:?}; use letters, digits, - and _"),
+            })
+        };
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    let id: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if id.is_empty() {
+        return Err(ConfigError::Missing(REPLICA_ID.name));
+    }
+    Ok(id)
+}
 
 /// Paths the processor-client serves itself; configurable paths may not shadow them.
 const FIXED_PATHS: [&str; 4] = ["/configs", "/healthz", "/readyz", "/metrics"];
@@ -298,7 +358,26 @@ impl Config {
                 })
             }
         };
+        let sharing = match env.text(&SHARING)?.to_ascii_lowercase().as_str() {
+            "off" | "" => None,
+            "nats" => Some(crate::sharing::Settings {
+                replica: replica_id(env)?,
+                lease: env.timeout(&LEASE)?,
+                nats: gateway_common::nats::NatsOptions::read(env)?,
+                bucket: crate::sharing::bucket_name(
+                    &env.text(&shared::GATEWAY_NAMESPACE)?,
+                    &gateway_name,
+                ),
+            }),
+            other => {
+                return Err(ConfigError::Invalid {
+                    var: SHARING.name,
+                    reason: format!("{other:?}; expected off or nats"),
+                })
+            }
+        };
         Ok(Config {
+            sharing,
             gateway_name,
             namespace: env.text(&shared::GATEWAY_NAMESPACE)?,
             controller_instance_id: env.text(&shared::GATEWAY_CONTROLLER_INSTANCE_ID)?,

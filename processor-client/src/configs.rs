@@ -71,6 +71,39 @@ pub struct ConfigStatus {
     pub message: String,
     #[serde(with = "time::serde::rfc3339")]
     pub since: OffsetDateTime,
+    /// With sharing: the replica that runs it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+/// `GET /configs` of a replica that shares its configurations: its own entries
+/// where it holds the claim, and every other claimed configuration as its
+/// owner last reported it.
+pub fn with_owners(
+    list: &mut Vec<ConfigStatus>,
+    me: &str,
+    owners: &std::collections::BTreeMap<String, crate::sharing::ClaimValue>,
+    holds: impl Fn(&str) -> bool,
+) {
+    list.retain(|c| holds(&c.src) || owners.get(&c.src).is_some_and(|o| o.owner == me));
+    for c in list.iter_mut() {
+        c.owner = Some(me.to_owned());
+    }
+    for (src, claim) in owners.iter().filter(|(_, o)| o.owner != me) {
+        list.push(ConfigStatus {
+            src: src.clone(),
+            id: String::new(),
+            time_id: String::new(),
+            phase: Phase::ALL
+                .into_iter()
+                .find(|p| p.as_str() == claim.phase)
+                .unwrap_or(Phase::Pending),
+            message: format!("runs on replica {}", claim.owner),
+            since: OffsetDateTime::now_utc(),
+            owner: Some(claim.owner.clone()),
+        });
+    }
+    list.sort_by(|a, b| a.src.cmp(&b.src));
 }
 
 /// Why a notice or event names no usable configuration.
@@ -226,10 +259,16 @@ impl Registry {
                 phase: e.phase,
                 message: e.message.clone(),
                 since: e.since,
+                owner: None,
             })
             .collect();
         out.sort_by(|a, b| a.src.cmp(&b.src));
         out
+    }
+
+    /// The phase of `src` here, if it is known here.
+    pub fn phase_of(&self, src: &str) -> Option<Phase> {
+        self.read().get(src).map(|e| e.phase)
     }
 
     pub fn count_by_phase(&self) -> [(Phase, i64); 4] {

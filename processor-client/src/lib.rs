@@ -9,6 +9,7 @@ pub mod grpc;
 pub mod id;
 pub mod metrics;
 pub mod routes;
+pub mod sharing;
 pub mod supervisor;
 pub mod transformer_client;
 pub mod user_server;
@@ -80,6 +81,10 @@ pub async fn serve(
     .with_batching(config.batch);
 
     let background = CancellationToken::new();
+    let sharing = config
+        .sharing
+        .as_ref()
+        .map(|s| sharing::Sharing::new(s.replica.clone(), s.lease, metrics.clone()));
     let (driver, probe) = match config.protocol {
         Protocol::Http => {
             let health = Arc::new(Health::new(metrics.user_server_restarts.clone()));
@@ -124,6 +129,7 @@ pub async fn serve(
                 metrics: metrics.clone(),
                 retry_base: config.retry_base,
                 retry_cap: config.retry_cap,
+                sharing: sharing.clone(),
             };
             (Driver::Grpc(Arc::new(shared)), None)
         }
@@ -135,8 +141,28 @@ pub async fn serve(
         snap_tx,
         background.clone(),
     ));
+    // With sharing, the supervisor sees only the configurations this replica
+    // holds; the sharing task decides which those are.
+    let stop_claiming = CancellationToken::new();
+    let release_claims = CancellationToken::new();
+    let (desired_rx, sharing_task) = match (&sharing, &config.sharing) {
+        (Some(sharing), Some(settings)) => {
+            let (tx, rx) = tokio::sync::watch::channel(Arc::new(watch::Snapshot::new()));
+            let task = tokio::spawn(sharing::run(
+                sharing.clone(),
+                settings.clone(),
+                registry.clone(),
+                snap_rx,
+                tx,
+                stop_claiming.clone(),
+                release_claims.clone(),
+            ));
+            (rx, Some(task))
+        }
+        _ => (snap_rx, None),
+    };
     let supervisor_stop = CancellationToken::new();
-    let supervisor = tokio::spawn(Supervisor::new(driver).run(snap_rx, supervisor_stop.clone()));
+    let supervisor = tokio::spawn(Supervisor::new(driver).run(desired_rx, supervisor_stop.clone()));
 
     let state = Arc::new(AppState {
         registry,
@@ -144,6 +170,7 @@ pub async fn serve(
         metrics,
         max_body_bytes: config.max_body_bytes,
         shutting_down: AtomicBool::new(false),
+        sharing,
     });
     let local = listener.local_addr().map_err(RunError::Serve)?;
     tracing::info!(
@@ -167,9 +194,17 @@ pub async fn serve(
         let deadline = tokio::time::Instant::now() + timeout;
         stopping.shutting_down.store(true, Ordering::Relaxed);
         background.cancel();
+        stop_claiming.cancel();
         supervisor_stop.cancel();
         if tokio::time::timeout_at(deadline, supervisor).await.is_err() {
             tracing::warn!("configurations did not all stop before the shutdown deadline");
+        }
+        // Every configuration has stopped here: hand the claims back at once.
+        release_claims.cancel();
+        if let Some(task) = sharing_task {
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                tracing::warn!("claims were not all handed back; they lapse within a lease");
+            }
         }
         deadline
     };

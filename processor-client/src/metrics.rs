@@ -37,6 +37,18 @@ pub struct Metrics {
     configs: Family<PhaseLabel, Gauge>,
     /// Streams of gRPC user servers.
     pub grpc: GrpcMetrics,
+    /// Configurations shared with other replicas.
+    pub sharing: SharingMetrics,
+}
+
+/// Claims on configurations shared among replicas.
+#[derive(Clone, Default)]
+pub struct SharingMetrics {
+    pub claims: Counter,
+    pub renewals: Counter,
+    pub losses: Counter,
+    pub handovers: Counter,
+    pub owned: Gauge,
 }
 
 /// The gRPC user server's calls.
@@ -96,6 +108,36 @@ impl Metrics {
             "Messages read from gRPC user servers' streams",
             grpc.messages_read.clone(),
         );
+        let sharing = SharingMetrics::default();
+        for (name, help, counter) in [
+            (
+                "processor_sharing_claims",
+                "Configurations this replica claimed",
+                &sharing.claims,
+            ),
+            (
+                "processor_sharing_renewals",
+                "Claims this replica renewed",
+                &sharing.renewals,
+            ),
+            (
+                "processor_sharing_losses",
+                "Claims this replica lost (not renewed in time, or taken)",
+                &sharing.losses,
+            ),
+            (
+                "processor_sharing_handovers",
+                "Claims this replica gave back to rebalance",
+                &sharing.handovers,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
+        registry.register(
+            "processor_sharing_owned",
+            "Configurations this replica holds",
+            sharing.owned.clone(),
+        );
         let server = gateway_common::server::ServerMetrics::register(&mut registry, "processor");
         Metrics {
             server,
@@ -106,6 +148,7 @@ impl Metrics {
             user_server_restarts,
             configs,
             grpc,
+            sharing,
         }
     }
 

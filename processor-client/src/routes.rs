@@ -27,6 +27,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
     pub shutting_down: AtomicBool,
+    /// With `GATEWAY_PROCESSOR_SHARING=nats`: which configurations this replica holds.
+    pub sharing: Option<Arc<crate::sharing::Sharing>>,
 }
 
 /// Every endpoint of the processor-client, with the notice paths as configured.
@@ -163,6 +165,17 @@ async fn forward_event(
     let body = body.map_err(|r| ApiError::from_body(r, st.max_body_bytes))?;
     let event = read_event(st, headers, params, body)?;
     st.registry.admit_event(&event.src).map_err(lookup_error)?;
+    if let Some(sharing) = &st.sharing {
+        if !sharing.may_forward(&event.src) {
+            return Err(ApiError::new(
+                ErrorCode::NotOwner,
+                format!(
+                    "replica {} does not hold configuration {:?} now; it runs elsewhere",
+                    sharing.replica, event.src
+                ),
+            ));
+        }
+    }
     let trace: Trace = ["traceparent", "tracestate"]
         .into_iter()
         .filter_map(|name| headers.get(name).map(|v| (name, v.clone())))
@@ -265,7 +278,13 @@ async fn error(
 }
 
 async fn configs(State(st): State<Arc<AppState>>) -> Json<Vec<crate::configs::ConfigStatus>> {
-    Json(st.registry.list())
+    let mut list = st.registry.list();
+    if let Some(sharing) = &st.sharing {
+        crate::configs::with_owners(&mut list, &sharing.replica, &sharing.owners(), |src| {
+            sharing.holds(src)
+        });
+    }
+    Json(list)
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -27,6 +27,7 @@ running = {}  # src -> threading.Event that stops it
 
 
 def journal(**entry):
+    entry["at"] = time.time()
     with lock:
         with open(args.journal, "a") as f:
             f.write(json.dumps(entry) + "\n")

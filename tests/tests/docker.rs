@@ -60,7 +60,13 @@ fn components() -> BTreeMap<&'static str, BTreeMap<String, bool>> {
         ),
         (
             "processor-client",
-            declared(&processor_client::config::VARS),
+            declared(
+                &[
+                    &processor_client::config::VARS[..],
+                    &gateway_common::nats::VARS[..],
+                ]
+                .concat(),
+            ),
         ),
         ("calendar", sdk_fields()),
     ])

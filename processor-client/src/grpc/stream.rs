@@ -36,6 +36,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub retry_base: Duration,
     pub retry_cap: Duration,
+    /// With sharing: events go on only while this replica holds the claim.
+    pub sharing: Option<Arc<crate::sharing::Sharing>>,
 }
 
 /// The lifecycle of one key.
@@ -214,6 +216,15 @@ impl Call {
     /// Hands one event to the transformer, offering it again while it is
     /// refused for now. False when cancelled first.
     async fn forward(&self, payload: Bytes) -> bool {
+        if let Some(sharing) = &self.shared.sharing {
+            if !sharing.may_forward(&self.data.src) {
+                // The claim lapsed (this replica was frozen or cut off): the
+                // configuration may run elsewhere now, so nothing more of it
+                // goes on from here; the supervisor is cancelling the call.
+                tracing::warn!(src = %self.data.src, "not forwarded: this replica no longer holds the configuration");
+                return false;
+            }
+        }
         let body = Bytes::from(
             serde_json::json!({
                 "src": self.data.src,

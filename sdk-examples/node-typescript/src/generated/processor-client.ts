@@ -209,6 +209,11 @@ export interface components {
              * @description When the configuration entered its phase.
              */
             since: string;
+            /**
+             * @description With `GATEWAY_PROCESSOR_SHARING=nats`, the replica that runs it.
+             * @example gateway-0
+             */
+            owner?: string;
         };
         Error: {
             /**
@@ -358,6 +363,15 @@ export interface operations {
             400: components["responses"]["BadRequest"];
             404: components["responses"]["UnknownSrc"];
             408: components["responses"]["BodyTimeout"];
+            /** @description With `GATEWAY_PROCESSOR_SHARING=nats`, this replica does not hold the configuration now (its claim lapsed, or it runs on another replica); the event was not taken (`not_owner`). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             410: components["responses"]["StoppedSrc"];
             413: components["responses"]["TooLarge"];
             503: components["responses"]["RetryLater"];

@@ -1,0 +1,588 @@
+//! One gateway on several replicas (`GATEWAY_PROCESSOR_SHARING=nats`): the
+//! replicas of a gateway share its configurations through a JetStream key-value
+//! bucket, each configuration running on exactly one of them.
+//!
+//! The bucket keeps every entry for one lease (`max_age`), so whatever is not
+//! written again lapses by itself. Each replica, every quarter lease, announces
+//! itself (`replicas.ID`), reads the bucket, renews its claims
+//! (`claims.KEY`, compare-and-set on the key's revision), gives up what is over
+//! its fair share (after its configuration has stopped) and claims unclaimed
+//! configurations up to its share (create-if-absent). The supervisor only ever
+//! sees the configurations this replica holds.
+//!
+//! Safety does not rest on the bucket alone. A claim is held, locally, until a
+//! deadline counted on this process's monotonic clock from the moment the
+//! renewal was sent, 0.7 of the lease later: before the entry can lapse in the
+//! bucket. A watchdog drops every claim past its deadline (the configuration
+//! is stopped), and the forwarding point refuses events of a configuration not
+//! held ([`Sharing::may_forward`]), so a replica that could not renew (NATS
+//! down, a partition) or was frozen (SIGSTOP, a paused VM) forwards nothing of
+//! what another replica may already run.
+
+pub mod plan;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+
+use bytes::Bytes;
+use futures::TryStreamExt as _;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::configs::{Phase, Registry};
+use crate::metrics::Metrics;
+use crate::watch::Snapshot;
+use gateway_common::nats::{ConnectionMetrics, NatsOptions};
+
+/// How sharing is set up: `GATEWAY_PROCESSOR_REPLICA_ID`, `GATEWAY_PROCESSOR_LEASE`
+/// and the NATS connection.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub replica: String,
+    pub lease: Duration,
+    pub nats: NatsOptions,
+    /// One bucket per gateway: its namespace and name.
+    pub bucket: String,
+}
+
+/// The bucket of the gateway `name` in `namespace`.
+pub fn bucket_name(namespace: &str, name: &str) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    format!("gateway_{}_{}", clean(namespace), clean(name))
+}
+
+/// What a claim says: who runs the configuration, and its phase there.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClaimValue {
+    pub owner: String,
+    pub phase: String,
+}
+
+/// A claim this replica holds.
+struct Held {
+    revision: u64,
+    /// Past this, the claim may have lapsed in the bucket: stop.
+    valid_until: Instant,
+}
+
+/// This replica's side of the sharing, read by the routes and the supervisor.
+pub struct Sharing {
+    pub replica: String,
+    lease: Duration,
+    held: Mutex<HashMap<String, Held>>,
+    /// Every claim as last read: configuration to owner and phase.
+    view: Mutex<BTreeMap<String, ClaimValue>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Sharing {
+    pub fn new(replica: String, lease: Duration, metrics: Arc<Metrics>) -> Arc<Sharing> {
+        Arc::new(Sharing {
+            replica,
+            lease,
+            held: Mutex::new(HashMap::new()),
+            view: Mutex::new(BTreeMap::new()),
+            metrics,
+        })
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether events of `src` may go to the transformer now: this replica
+    /// holds its claim, by its own clock.
+    pub fn may_forward(&self, src: &str) -> bool {
+        self.held()
+            .get(src)
+            .is_some_and(|h| Instant::now() < h.valid_until)
+    }
+
+    /// Who runs each configuration, as last read from the bucket.
+    pub fn owners(&self) -> BTreeMap<String, ClaimValue> {
+        self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether this replica holds `src` now.
+    pub fn holds(&self, src: &str) -> bool {
+        self.may_forward(src)
+    }
+
+    /// The bucket could not be read: who runs what elsewhere is not known.
+    fn forget_view(&self) {
+        self.view.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// The configurations this replica holds (and may run) now.
+    fn owned(&self) -> BTreeSet<String> {
+        let now = Instant::now();
+        self.held()
+            .iter()
+            .filter(|(_, h)| now < h.valid_until)
+            .map(|(s, _)| s.clone())
+            .collect()
+    }
+
+    /// Drops every claim past its deadline; true if any was.
+    fn expire(&self) -> bool {
+        let now = Instant::now();
+        let mut held = self.held();
+        let before = held.len();
+        held.retain(|src, h| {
+            let keep = now < h.valid_until;
+            if !keep {
+                tracing::warn!(%src, "could not renew the claim in time; stopping the configuration");
+            }
+            keep
+        });
+        let lost = before - held.len();
+        self.metrics.sharing.losses.inc_by(lost as u64);
+        lost > 0
+    }
+}
+
+const REPLICAS: &str = "replicas.";
+const CLAIMS: &str = "claims.";
+
+/// The bucket key of a configuration's claim. Keys that are valid bucket keys
+/// go as they are (`claims.k.KEY`); any other is hex-encoded (`claims.x.HEX`).
+fn claim_key(src: &str) -> String {
+    let token = |part: &str| {
+        !part.is_empty()
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '='))
+    };
+    if src.split('.').all(token) {
+        format!("{CLAIMS}k.{src}")
+    } else if src.is_empty() {
+        format!("{CLAIMS}e")
+    } else {
+        let hex: String = src.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("{CLAIMS}x.{hex}")
+    }
+}
+
+/// The configuration a claim key names.
+fn src_of(key: &str) -> Option<String> {
+    let rest = key.strip_prefix(CLAIMS)?;
+    if rest == "e" {
+        return Some(String::new());
+    }
+    if let Some(plain) = rest.strip_prefix("k.") {
+        return Some(plain.to_owned());
+    }
+    let hex = rest.strip_prefix("x.")?;
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+/// Keeps this replica's share of the configurations until `cancel`, feeding
+/// the supervisor the ones it holds; then gives every claim back (call it once
+/// the supervisor has stopped them).
+pub async fn run(
+    sharing: Arc<Sharing>,
+    settings: Settings,
+    registry: Arc<Registry>,
+    mut all: watch::Receiver<Arc<Snapshot>>,
+    desired: watch::Sender<Arc<Snapshot>>,
+    stop_claiming: CancellationToken,
+    release: CancellationToken,
+) {
+    let publish = |sharing: &Sharing, all: &Snapshot| {
+        let owned = sharing.owned();
+        let mine: Snapshot = all
+            .iter()
+            .filter(|(k, _)| owned.contains(k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        desired.send_if_modified(|current| {
+            if **current == mine {
+                false
+            } else {
+                *current = Arc::new(mine);
+                true
+            }
+        });
+    };
+    let watchdog = {
+        let sharing = sharing.clone();
+        let all = all.clone();
+        let desired = desired.clone();
+        let stop = release.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                if sharing.expire() {
+                    let owned = sharing.owned();
+                    let mine: Snapshot = all
+                        .borrow()
+                        .iter()
+                        .filter(|(k, _)| owned.contains(k.as_str()))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    let _ = desired.send(Arc::new(mine));
+                }
+            }
+        })
+    };
+    let Some(store) = open_bucket(&settings, &sharing, &stop_claiming).await else {
+        let _ = watchdog.await;
+        return;
+    };
+    let period = settings.lease / 4;
+    loop {
+        let snapshot = all.borrow_and_update().clone();
+        match tokio::time::timeout(period, tick(&sharing, &store, &snapshot, &registry)).await {
+            Ok(Ok(releases)) => {
+                publish(&sharing, &snapshot);
+                handover(&sharing, &store, &registry, releases).await;
+            }
+            Ok(Err(e)) => {
+                sharing.forget_view();
+                tracing::warn!(error = %e, "cannot reach the sharing bucket");
+            }
+            Err(_) => {
+                sharing.forget_view();
+                tracing::warn!("the sharing bucket did not answer in time");
+            }
+        }
+        tokio::select! {
+            _ = stop_claiming.cancelled() => break,
+            _ = all.changed() => {}
+            _ = tokio::time::sleep(period) => {}
+        }
+    }
+    // Shutdown: the supervisor stops the configurations; then the claims go
+    // back at once, so the other replicas take them without waiting a lease.
+    release.cancelled().await;
+    let _ = watchdog.await;
+    let held: Vec<(String, u64)> = sharing
+        .held()
+        .drain()
+        .map(|(s, h)| (s, h.revision))
+        .collect();
+    for (src, revision) in held {
+        let _ = store
+            .delete_expect_revision(claim_key(&src), Some(revision))
+            .await;
+    }
+    let _ = store.delete(format!("{REPLICAS}{}", sharing.replica)).await;
+    tracing::info!("claims handed back");
+}
+
+/// Connects and opens (or creates) the bucket, retrying until it works.
+async fn open_bucket(
+    settings: &Settings,
+    sharing: &Sharing,
+    cancel: &CancellationToken,
+) -> Option<kv::Store> {
+    let metrics = ConnectionMetrics::default();
+    let name = format!("gateway-processor-client-{}", sharing.replica);
+    let client = tokio::select! {
+        _ = cancel.cancelled() => return None,
+        c = gateway_common::nats::connect(&settings.nats, &name, metrics) => c,
+    };
+    let client = match client {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "sharing cannot connect to NATS; no configuration will run here");
+            cancel.cancelled().await;
+            return None;
+        }
+    };
+    let js = async_nats::jetstream::new(client);
+    loop {
+        // Created by the first replica; the others open it.
+        let created = match js.get_key_value(settings.bucket.clone()).await {
+            Ok(store) => Ok(store),
+            // The bucket's stream, made as `create_key_value` would make it:
+            // that call first asks for account limits in a form older
+            // nats-servers (2.9, Debian's) do not answer, so it is done here.
+            Err(_) => match js.create_stream(bucket_stream(settings)).await {
+                Ok(_) => js
+                    .get_key_value(settings.bucket.clone())
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        match created {
+            Ok(store) => return Some(store),
+            Err(e) => {
+                tracing::warn!(error = %e, bucket = %settings.bucket, "cannot open the sharing bucket; retrying")
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            _ = tokio::time::sleep(settings.lease / 4) => {}
+        }
+    }
+}
+
+/// The stream behind the bucket: one message per key, each kept for one lease.
+fn bucket_stream(settings: &Settings) -> async_nats::jetstream::stream::Config {
+    use async_nats::jetstream::stream;
+    stream::Config {
+        name: format!("KV_{}", settings.bucket),
+        subjects: vec![format!("$KV.{}.>", settings.bucket)],
+        max_messages_per_subject: 1,
+        max_age: settings.lease,
+        discard: stream::DiscardPolicy::New,
+        deny_delete: true,
+        allow_rollup: true,
+        allow_direct: true,
+        duplicate_window: settings.lease,
+        storage: stream::StorageType::File,
+        num_replicas: 1,
+        ..Default::default()
+    }
+}
+
+/// One round: announce, read, renew, claim. Returns the claims to hand over,
+/// already dropped locally (their configurations are stopping).
+async fn tick(
+    sharing: &Sharing,
+    store: &kv::Store,
+    snapshot: &Snapshot,
+    registry: &Registry,
+) -> Result<Vec<(String, u64)>, String> {
+    let sent = Instant::now();
+    let valid_until = sent + sharing.lease.mul_f64(0.7);
+    let me = sharing.replica.clone();
+    let claim_body = |src: &str| {
+        let phase = registry
+            .phase_of(src)
+            .map_or("Pending", Phase::as_str)
+            .to_owned();
+        let value = ClaimValue {
+            owner: me.clone(),
+            phase,
+        };
+        Bytes::from(serde_json::to_vec(&value).unwrap_or_default())
+    };
+    // First and all at once: announce this replica and renew what it holds,
+    // so that a slow read of the bucket below never delays a renewal.
+    let held: Vec<(String, u64)> = sharing
+        .held()
+        .iter()
+        .map(|(s, h)| (s.clone(), h.revision))
+        .collect();
+    let renewals = futures::future::join_all(held.iter().map(|(src, revision)| {
+        let body = claim_body(src);
+        async move { (src, store.update(claim_key(src), body, *revision).await) }
+    }));
+    let (announced, renewals) =
+        tokio::join!(store.put(format!("{REPLICAS}{me}"), Bytes::new()), renewals);
+    announced.map_err(|e| e.to_string())?;
+    let mut renewed: HashMap<String, u64> = HashMap::new();
+    for (src, result) in renewals {
+        if let Ok(revision) = result {
+            renewed.insert(src.clone(), revision);
+            sharing.metrics.sharing.renewals.inc();
+        }
+    }
+    // Then the whole bucket: who is live, and who holds what.
+    let keys: Vec<String> = store
+        .keys()
+        .await
+        .map_err(|e| e.to_string())?
+        .try_collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let replicas: BTreeSet<String> = keys
+        .iter()
+        .filter_map(|k| k.strip_prefix(REPLICAS).map(str::to_owned))
+        .collect();
+    let claim_keys: Vec<(String, String)> = keys
+        .iter()
+        .filter(|k| k.starts_with(CLAIMS))
+        .filter_map(|k| Some((src_of(k)?, k.clone())))
+        .collect();
+    let mut entries: Vec<(String, kv::Entry)> = Vec::with_capacity(claim_keys.len());
+    for chunk in claim_keys.chunks(16) {
+        let got =
+            futures::future::join_all(chunk.iter().map(|(_, key)| store.entry(key.clone()))).await;
+        for ((src, _), entry) in chunk.iter().zip(got) {
+            if let Ok(Some(entry)) = entry {
+                entries.push((src.clone(), entry));
+            }
+        }
+    }
+    let mut claims: BTreeMap<String, (ClaimValue, u64)> = BTreeMap::new();
+    for (src, entry) in entries {
+        if let Ok(value) = serde_json::from_slice::<ClaimValue>(&entry.value) {
+            claims.insert(src, (value, entry.revision));
+        }
+    }
+    // Claims of this replica it does not hold here (an earlier run of it made
+    // them): renewed and taken on.
+    let orphans: Vec<(String, u64)> = claims
+        .iter()
+        .filter(|(s, (v, _))| v.owner == me && !renewed.contains_key(s.as_str()))
+        .map(|(s, (_, r))| (s.clone(), *r))
+        .collect();
+    for (src, revision) in orphans {
+        if let Ok(revision) = store
+            .update(claim_key(&src), claim_body(&src), revision)
+            .await
+        {
+            renewed.insert(src, revision);
+        }
+    }
+    {
+        let mut held = sharing.held();
+        let before = held.len();
+        held.retain(|src, _| renewed.contains_key(src));
+        sharing
+            .metrics
+            .sharing
+            .losses
+            .inc_by((before - held.len()) as u64);
+        for (src, revision) in &renewed {
+            held.insert(
+                src.clone(),
+                Held {
+                    revision: *revision,
+                    valid_until,
+                },
+            );
+        }
+    }
+    let owners: BTreeMap<String, String> = claims
+        .iter()
+        .filter(|(src, (v, _))| v.owner != me || renewed.contains_key(src.as_str()))
+        .map(|(s, (v, _))| (s.clone(), v.owner.clone()))
+        .collect();
+    let configs: BTreeSet<String> = snapshot.keys().cloned().collect();
+    let share = plan::share(configs.len(), &replicas, &me);
+    let moves = plan::moves(&me, &configs, &owners, share);
+    let mut releases = Vec::new();
+    {
+        let mut held = sharing.held();
+        for src in &moves.release {
+            if let Some(h) = held.remove(src) {
+                releases.push((src.clone(), h.revision));
+            }
+        }
+    }
+    let mut claimed = 0;
+    for src in moves.claim {
+        if claimed >= moves.wanted {
+            break;
+        }
+        let value = ClaimValue {
+            owner: me.clone(),
+            phase: "Pending".into(),
+        };
+        let body = Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
+        if let Ok(revision) = store.create(claim_key(&src), body).await {
+            claimed += 1;
+            sharing.metrics.sharing.claims.inc();
+            tracing::info!(%src, "claimed");
+            sharing.held().insert(
+                src.clone(),
+                Held {
+                    revision,
+                    valid_until,
+                },
+            );
+            claims.insert(src, (value, revision));
+        }
+    }
+    let mut view: BTreeMap<String, ClaimValue> = claims
+        .into_iter()
+        .filter(|(src, _)| configs.contains(src))
+        .map(|(s, (v, _))| (s, v))
+        .collect();
+    for (src, _) in &releases {
+        view.remove(src);
+    }
+    *sharing.view.lock().unwrap_or_else(|p| p.into_inner()) = view;
+    sharing
+        .metrics
+        .sharing
+        .owned
+        .set(sharing.held().len() as i64);
+    Ok(releases)
+}
+
+/// Gives claims back once their configurations have stopped here, so the
+/// replica that takes them never runs them at the same time as this one.
+async fn handover(
+    sharing: &Sharing,
+    store: &kv::Store,
+    registry: &Registry,
+    releases: Vec<(String, u64)>,
+) {
+    for (src, revision) in releases {
+        let deadline = Instant::now() + sharing.lease / 2;
+        while registry
+            .phase_of(&src)
+            .is_some_and(|p| p != Phase::Stopped && p != Phase::Error)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if store
+            .delete_expect_revision(claim_key(&src), Some(revision))
+            .await
+            .is_ok()
+        {
+            sharing.metrics.sharing.handovers.inc();
+            tracing::info!(%src, "handed over");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_keys_round_trip_for_any_configuration_key() {
+        for src in [
+            "alpha",
+            "webhook.foo",
+            "a_b-c=d",
+            "with space",
+            "ünï",
+            "a..b",
+            ".x",
+            "",
+        ] {
+            let key = claim_key(src);
+            assert!(key.starts_with(CLAIMS));
+            assert!(
+                key.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_=./".contains(c)),
+                "{key}"
+            );
+            assert!(!key.contains(".."), "{key}");
+            assert_eq!(src_of(&key).as_deref(), Some(src), "{key}");
+        }
+        assert_eq!(bucket_name("default", "my gw"), "gateway_default_my_gw");
+    }
+}

@@ -1,0 +1,315 @@
+//! One gateway on several replicas, sharing its configurations through a real
+//! nats-server's JetStream key-value bucket. Each replica is a whole pod: its
+//! own processor-client, user server (the Python test server, whose journal
+//! records every start and stop with its time), transformer and sensor. The
+//! lease is short (3 s) so the tests run in seconds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use gateway_tests::*;
+use serde_json::Value;
+
+const LEASE: Duration = Duration::from_secs(3);
+
+/// One test at a time: each runs a dozen processes, and their timing (leases,
+/// takeovers) is what is tested, so they do not share the two cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A replica named `id`, reading `configs`, sharing through `nats`.
+async fn replica(id: &str, nats: &NatsServer, configs: &[(String, String)]) -> Gateway {
+    let mut g = Gateway::new(UserServerKind::Python);
+    for (k, v) in [
+        ("GATEWAY_PROCESSOR_SHARING", "nats".to_owned()),
+        ("GATEWAY_PROCESSOR_REPLICA_ID", id.to_owned()),
+        (
+            "GATEWAY_PROCESSOR_LEASE",
+            format!("{}ms", LEASE.as_millis()),
+        ),
+        ("NATS_URL", nats.url()),
+        ("SHUTDOWN_TIMEOUT", "3s".to_owned()),
+    ] {
+        g.processor_env.push((k.into(), v));
+    }
+    for (k, v) in configs {
+        g.set_config(k, v);
+    }
+    g.start_all().await;
+    g
+}
+
+fn configs(n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| (format!("cfg-{i:02}"), r#"{"interval_ms": 200}"#.to_owned()))
+        .collect()
+}
+
+/// The configurations `g` itself runs (owner is itself, phase Running).
+async fn running_here(g: &Gateway, id: &str) -> BTreeSet<String> {
+    g.configs()
+        .await
+        .into_iter()
+        .filter(|c| c["owner"] == id && c["phase"] == "Running")
+        .filter_map(|c| c["src"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Waits until the live replicas run every one of `n` configurations between
+/// them, none twice, each within `share` ±1; returns who runs what.
+async fn balanced(
+    live: &[(&str, &Gateway)],
+    n: usize,
+    share: usize,
+) -> BTreeMap<String, BTreeSet<String>> {
+    wait_for(
+        &format!("{n} configurations balanced over {} replicas", live.len()),
+        || async {
+            let mut by: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+            for (id, g) in live {
+                by.insert(id.to_string(), running_here(g, id).await);
+            }
+            let all: Vec<&String> = by.values().flatten().collect();
+            let distinct: BTreeSet<&String> = all.iter().copied().collect();
+            let fair = by
+                .values()
+                .all(|s| s.len() + 1 >= share && s.len() <= share + 1);
+            (all.len() == n && distinct.len() == n && fair).then_some(by)
+        },
+    )
+    .await
+}
+
+/// Every journal's start/stop intervals per configuration, across replicas:
+/// none may overlap another replica's (a replica whose pod was killed is
+/// closed at `killed`).
+fn assert_never_twice(journals: &[(&str, Vec<Value>, Option<f64>)]) {
+    let mut intervals: BTreeMap<String, Vec<(f64, f64, String)>> = BTreeMap::new();
+    for (id, journal, killed) in journals {
+        let mut open: BTreeMap<String, f64> = BTreeMap::new();
+        for e in journal {
+            let (Some(src), Some(at)) = (e["src"].as_str(), e["at"].as_f64()) else {
+                continue;
+            };
+            match e["op"].as_str() {
+                Some("start") => {
+                    if let Some(since) = open.insert(src.to_owned(), at) {
+                        // A start for a running src replaces it (a restart).
+                        intervals.entry(src.to_owned()).or_default().push((
+                            since,
+                            at,
+                            id.to_string(),
+                        ));
+                    }
+                }
+                Some("stop") => {
+                    if let Some(since) = open.remove(src) {
+                        intervals.entry(src.to_owned()).or_default().push((
+                            since,
+                            at,
+                            id.to_string(),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let end = killed.unwrap_or(f64::MAX);
+        for (src, since) in open {
+            intervals
+                .entry(src)
+                .or_default()
+                .push((since, end, id.to_string()));
+        }
+    }
+    for (src, mut list) in intervals {
+        list.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for pair in list.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            assert!(
+                a.2 == b.2 || b.0 >= a.1,
+                "{src} ran on {} ({:.3}-{:.3}) and {} (from {:.3}) at once",
+                a.2,
+                a.0,
+                a.1,
+                b.2,
+                b.0
+            );
+        }
+    }
+}
+
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Kills a replica's whole pod: processor-client, user server, transformer.
+fn kill_pod(g: &mut Gateway) -> f64 {
+    for p in [&mut g.processor, &mut g.user_server, &mut g.transformer] {
+        if let Some(p) = p.as_mut() {
+            p.kill();
+        }
+    }
+    now_secs()
+}
+
+#[tokio::test]
+async fn three_replicas_share_sixty_configurations_and_a_killed_one_is_replaced() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = NatsServer::start(dir.path()).await;
+    let list = configs(60);
+    let a = replica("r-a", &nats, &list).await;
+    let b = replica("r-b", &nats, &list).await;
+    let mut c = replica("r-c", &nats, &list).await;
+    let before = balanced(&[("r-a", &a), ("r-b", &b), ("r-c", &c)], 60, 20).await;
+    // Any replica lists every configuration with its owner.
+    let listed = a.configs().await;
+    assert_eq!(listed.len(), 60, "{listed:?}");
+    for entry in &listed {
+        let src = entry["src"].as_str().unwrap_or("");
+        let owner = entry["owner"].as_str().unwrap_or("");
+        assert!(before[owner].contains(src), "{entry}");
+    }
+    // SIGKILL a whole replica: its share runs on the other two within two leases.
+    let killed = kill_pod(&mut c);
+    let started = Instant::now();
+    let after = balanced(&[("r-a", &a), ("r-b", &b)], 60, 30).await;
+    assert!(
+        started.elapsed() < LEASE * 2 + Duration::from_secs(3),
+        "took over in {:?}",
+        started.elapsed()
+    );
+    for src in &before["r-c"] {
+        assert!(after["r-a"].contains(src) || after["r-b"].contains(src));
+    }
+    let metrics = a.pc_url("/metrics");
+    assert!(a.metric(&metrics, "processor_sharing_claims_total").await >= 20.0);
+    assert_never_twice(&[
+        ("r-a", a.journal(), None),
+        ("r-b", b.journal(), None),
+        ("r-c", c.journal(), Some(killed)),
+    ]);
+}
+
+#[tokio::test]
+async fn a_replica_that_joins_takes_its_share_and_one_that_leaves_hands_it_back() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = NatsServer::start(dir.path()).await;
+    let list = configs(60);
+    let a = replica("r-a", &nats, &list).await;
+    let b = replica("r-b", &nats, &list).await;
+    let c = replica("r-c", &nats, &list).await;
+    balanced(&[("r-a", &a), ("r-b", &b), ("r-c", &c)], 60, 20).await;
+    let mut d = replica("r-d", &nats, &list).await;
+    balanced(
+        &[("r-a", &a), ("r-b", &b), ("r-c", &c), ("r-d", &d)],
+        60,
+        15,
+    )
+    .await;
+    // SIGTERM: the claims go back at once, well before they would lapse.
+    let pc = d.processor.as_mut().expect("processor");
+    pc.signal(libc::SIGTERM);
+    let status = pc.wait_exit(Duration::from_secs(10)).await.expect("exits");
+    assert!(status.success(), "{status:?}");
+    balanced(&[("r-a", &a), ("r-b", &b), ("r-c", &c)], 60, 20).await;
+    assert_never_twice(&[
+        ("r-a", a.journal(), None),
+        ("r-b", b.journal(), None),
+        ("r-c", c.journal(), None),
+        ("r-d", d.journal(), None),
+    ]);
+}
+
+#[tokio::test]
+async fn a_frozen_replica_forwards_nothing_after_its_claims_lapsed_and_stops_at_once() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = NatsServer::start(dir.path()).await;
+    let list = configs(10);
+    let a = replica("r-a", &nats, &list).await;
+    let b = replica("r-b", &nats, &list).await;
+    let before = balanced(&[("r-a", &a), ("r-b", &b)], 10, 5).await;
+    let frozen = a.processor.as_ref().expect("processor");
+    // The runs A's user server had when A froze (a start names its run by timeID).
+    let frozen_runs: BTreeSet<String> = a
+        .journal()
+        .iter()
+        .filter(|e| e["op"] == "start")
+        .filter_map(|e| e["timeID"].as_str().map(str::to_owned))
+        .collect();
+    frozen.signal(libc::SIGSTOP);
+    // B takes A's configurations once A's claims lapse in the bucket.
+    balanced(&[("r-b", &b)], 10, 10).await;
+    let takeover = now_secs();
+    tokio::time::sleep(LEASE).await;
+    frozen.signal(libc::SIGCONT);
+    let woke = now_secs();
+    // Within a second of waking, A has stopped each of them.
+    for src in &before["r-a"] {
+        let stops = a.wait_journal("stop", src, 1).await;
+        let at = stops[0]["at"].as_f64().unwrap_or(0.0);
+        assert!(
+            at - woke < 1.5,
+            "{src} stopped {:.2} s after waking",
+            at - woke
+        );
+    }
+    // Nothing of those runs reached A's transformer after the takeover: the
+    // CloudEvent `time` is when the transformer took the event. (An event taken
+    // just before A froze may be acknowledged to the user server only after it
+    // wakes; once awake, A may also take a share again, in runs of its own.)
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for e in a.sensor_events() {
+        let run = payload(&e)["timeID"].as_str().unwrap_or("");
+        if !frozen_runs.contains(run) {
+            continue;
+        }
+        let taken = e["time"]
+            .as_str()
+            .and_then(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .map_or(0.0, |t| t.unix_timestamp_nanos() as f64 / 1e9);
+        assert!(
+            taken <= takeover,
+            "an event of {} went through the frozen replica {:.2} s after the takeover: {e}",
+            e["subject"],
+            taken - takeover
+        );
+    }
+    // (The journals do overlap here: A's user server ran on while A was frozen
+    // and could not stop it, which is what the fence above is for.)
+}
+
+#[tokio::test]
+async fn nats_restarted_nothing_runs_twice_and_everything_runs_again() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nats = NatsServer::start(dir.path()).await;
+    let list = configs(10);
+    let a = replica("r-a", &nats, &list).await;
+    let b = replica("r-b", &nats, &list).await;
+    balanced(&[("r-a", &a), ("r-b", &b)], 10, 5).await;
+    nats.kill();
+    // Cut off for longer than a lease: both stop everything they held.
+    tokio::time::sleep(LEASE * 2).await;
+    for g in [&a, &b] {
+        wait_for("the cut-off replica to stop its configurations", || async {
+            let running = g
+                .configs()
+                .await
+                .into_iter()
+                .filter(|c| c["phase"] == "Running" && c["message"] != "" && c["id"] != "")
+                .count();
+            (running == 0).then_some(())
+        })
+        .await;
+    }
+    nats.restart().await;
+    balanced(&[("r-a", &a), ("r-b", &b)], 10, 5).await;
+    assert_never_twice(&[("r-a", a.journal(), None), ("r-b", b.journal(), None)]);
+}
