@@ -87,6 +87,8 @@ pub struct Sharing {
     held: Mutex<HashMap<String, Held>>,
     /// Every claim as last read: configuration to owner and phase.
     view: Mutex<BTreeMap<String, ClaimValue>>,
+    /// Claims being given back: no longer held, not yet deleted.
+    releasing: Mutex<BTreeSet<String>>,
     metrics: Arc<Metrics>,
 }
 
@@ -97,6 +99,7 @@ impl Sharing {
             lease,
             held: Mutex::new(HashMap::new()),
             view: Mutex::new(BTreeMap::new()),
+            releasing: Mutex::new(BTreeSet::new()),
             metrics,
         })
     }
@@ -258,7 +261,16 @@ pub async fn run(
         match tokio::time::timeout(period, tick(&sharing, &store, &snapshot, &registry)).await {
             Ok(Ok(releases)) => {
                 publish(&sharing, &snapshot);
-                handover(&sharing, &store, &registry, releases).await;
+                // Off the loop: waiting for configurations to stop must not
+                // delay the next round's renewals.
+                if !releases.is_empty() {
+                    tokio::spawn(handover(
+                        sharing.clone(),
+                        store.clone(),
+                        registry.clone(),
+                        releases,
+                    ));
+                }
             }
             Ok(Err(e)) => {
                 sharing.forget_view();
@@ -439,9 +451,16 @@ async fn tick(
     }
     // Claims of this replica it does not hold here (an earlier run of it made
     // them): renewed and taken on.
+    let releasing = sharing
+        .releasing
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let orphans: Vec<(String, u64)> = claims
         .iter()
-        .filter(|(s, (v, _))| v.owner == me && !renewed.contains_key(s.as_str()))
+        .filter(|(s, (v, _))| {
+            v.owner == me && !renewed.contains_key(s.as_str()) && !releasing.contains(s.as_str())
+        })
         .map(|(s, (_, r))| (s.clone(), *r))
         .collect();
     for (src, revision) in orphans {
@@ -471,10 +490,19 @@ async fn tick(
             );
         }
     }
+    // Claims being given back count as nobody's here: neither claimable nor
+    // part of this replica's share.
     let owners: BTreeMap<String, String> = claims
         .iter()
         .filter(|(src, (v, _))| v.owner != me || renewed.contains_key(src.as_str()))
-        .map(|(s, (v, _))| (s.clone(), v.owner.clone()))
+        .map(|(s, (v, _))| {
+            let owner = if releasing.contains(s) {
+                String::new()
+            } else {
+                v.owner.clone()
+            };
+            (s.clone(), owner)
+        })
         .collect();
     let configs: BTreeSet<String> = snapshot.keys().cloned().collect();
     let share = plan::share(configs.len(), &replicas, &me);
@@ -482,8 +510,10 @@ async fn tick(
     let mut releases = Vec::new();
     {
         let mut held = sharing.held();
+        let mut releasing = sharing.releasing.lock().unwrap_or_else(|p| p.into_inner());
         for src in &moves.release {
             if let Some(h) = held.remove(src) {
+                releasing.insert(src.clone());
                 releases.push((src.clone(), h.revision));
             }
         }
@@ -532,11 +562,12 @@ async fn tick(
 /// Gives claims back once their configurations have stopped here, so the
 /// replica that takes them never runs them at the same time as this one.
 async fn handover(
-    sharing: &Sharing,
-    store: &kv::Store,
-    registry: &Registry,
+    sharing: Arc<Sharing>,
+    store: kv::Store,
+    registry: Arc<Registry>,
     releases: Vec<(String, u64)>,
 ) {
+    let (sharing, store, registry) = (&*sharing, &store, &*registry);
     for (src, revision) in releases {
         let deadline = Instant::now() + sharing.lease / 2;
         while registry
@@ -554,6 +585,11 @@ async fn handover(
             sharing.metrics.sharing.handovers.inc();
             tracing::info!(%src, "handed over");
         }
+        sharing
+            .releasing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&src);
     }
 }
 
