@@ -50,6 +50,14 @@ pub enum ErrorCode {
     NotReady,
     /// 503: every connection the listener allows is busy.
     TooManyConnections,
+    /// 404: the ingress does not serve this host.
+    UnknownHost,
+    /// 503: nothing listens on the request's subject.
+    NoResponders,
+    /// 504: no reply came in time.
+    ReplyTimeout,
+    /// 503: NATS cannot be reached now.
+    NatsUnavailable,
     /// 500: the event store failed to read.
     StoreError,
     /// 500: a fault of the gateway's own.
@@ -79,6 +87,10 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::NotReady => "not_ready",
             ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::UnknownHost => "unknown_host",
+            ErrorCode::NoResponders => "no_responders",
+            ErrorCode::ReplyTimeout => "timeout",
+            ErrorCode::NatsUnavailable => "nats_unavailable",
             ErrorCode::StoreError => "store_error",
             ErrorCode::Internal => "internal",
         }
@@ -91,9 +103,11 @@ impl ErrorCode {
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-            ErrorCode::NotFound | ErrorCode::UnknownSrc | ErrorCode::UnknownDeadLetter => {
-                StatusCode::NOT_FOUND
-            }
+            ErrorCode::NotFound
+            | ErrorCode::UnknownSrc
+            | ErrorCode::UnknownDeadLetter
+            | ErrorCode::UnknownHost => StatusCode::NOT_FOUND,
+            ErrorCode::ReplyTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::StoppedSrc => StatusCode::GONE,
             ErrorCode::StaleId | ErrorCode::UnknownWatcher | ErrorCode::NotOwner => {
@@ -104,7 +118,9 @@ impl ErrorCode {
             | ErrorCode::TransformerUnavailable
             | ErrorCode::ShuttingDown
             | ErrorCode::NotReady
-            | ErrorCode::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+            | ErrorCode::TooManyConnections
+            | ErrorCode::NoResponders
+            | ErrorCode::NatsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::StoreError | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -236,7 +252,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
-    const ALL: [ErrorCode; 21] = [
+    const ALL: [ErrorCode; 25] = [
         ErrorCode::BadRequest,
         ErrorCode::RequestTimeout,
         ErrorCode::TooLarge,
@@ -256,6 +272,10 @@ mod tests {
         ErrorCode::ShuttingDown,
         ErrorCode::NotReady,
         ErrorCode::TooManyConnections,
+        ErrorCode::UnknownHost,
+        ErrorCode::NoResponders,
+        ErrorCode::ReplyTimeout,
+        ErrorCode::NatsUnavailable,
         ErrorCode::StoreError,
         ErrorCode::Internal,
     ];

@@ -140,6 +140,17 @@ pub async fn connect(
     name: &str,
     metrics: ConnectionMetrics,
 ) -> Result<async_nats::Client, ConnectError> {
+    connect_with_inbox(options, name, metrics, None).await
+}
+
+/// [`connect`], with replies to requests coming back under `inbox_prefix`
+/// instead of `_INBOX`.
+pub async fn connect_with_inbox(
+    options: &NatsOptions,
+    name: &str,
+    metrics: ConnectionMetrics,
+    inbox_prefix: Option<&str>,
+) -> Result<async_nats::Client, ConnectError> {
     let mut connect = async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
@@ -184,6 +195,9 @@ pub async fn connect(
     }
     if options.tls_required {
         connect = connect.require_tls(true);
+    }
+    if let Some(prefix) = inbox_prefix {
+        connect = connect.custom_inbox_prefix(prefix);
     }
     connect
         .connect(servers(&options.url))

@@ -7,7 +7,7 @@ use gateway_common::env::{markdown_table, Var, SHARED};
 use gateway_tests::root;
 
 /// The sections of docs/environment.md and the variables each lists.
-fn sections() -> [(&'static str, Vec<Var>); 4] {
+fn sections() -> [(&'static str, Vec<Var>); 5] {
     [
         ("## Both", SHARED.to_vec()),
         (
@@ -15,6 +15,7 @@ fn sections() -> [(&'static str, Vec<Var>); 4] {
             processor_client::config::VARS.to_vec(),
         ),
         ("## transformer", transformer::config::VARS.to_vec()),
+        ("## ingress", ingress::config::VARS.to_vec()),
         ("## NATS connection", gateway_common::nats::VARS.to_vec()),
     ]
 }

@@ -1,0 +1,122 @@
+//! The ingress: HTTP traffic in, NATS request-reply out, wire-compatible with
+//! h8s, so that the workloads behind it need no inbound network, only egress to
+//! NATS. Each request becomes a NATS request on the subject [`subject`] maps it
+//! to, with every header and the body; the reply's headers, body and
+//! `X-H8S-Status` become the response. [`run`] is the whole service; `main.rs`
+//! only reads the environment and calls it.
+
+pub mod config;
+mod metrics;
+mod proxy;
+pub mod subject;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Nats(#[from] gateway_common::nats::ConnectError),
+}
+
+/// Binds the traffic and admin ports and serves until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let bind = |port| async move {
+        let addr = SocketAddr::new(config.listen, port);
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Bind { addr, source })
+    };
+    let traffic = bind(config.port).await?;
+    let admin = bind(config.admin_port).await?;
+    serve(config, traffic, admin, shutdown).await
+}
+
+/// Serves on bound listeners (tests bind port 0). On shutdown: stop accepting,
+/// finish requests in flight until `SHUTDOWN_TIMEOUT`.
+pub async fn serve(
+    config: Config,
+    traffic: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let metrics = Arc::new(Metrics::new());
+    let client = gateway_common::nats::connect_with_inbox(
+        &config.nats,
+        "gateway-ingress",
+        metrics.nats.clone(),
+        Some(&config.inbox_prefix),
+    )
+    .await?;
+    let state = Arc::new(proxy::AppState {
+        client: client.clone(),
+        config: config.clone(),
+        metrics: metrics.clone(),
+    });
+    tracing::info!(
+        traffic = ?traffic.local_addr().ok(),
+        admin = ?admin.local_addr().ok(),
+        nats = %config.nats.url,
+        prefix = %config.subject_prefix,
+        "ingress listening"
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(None);
+    let timeout = config.shutdown_timeout;
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(Some(tokio::time::Instant::now() + timeout));
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>| async move {
+        loop {
+            if let Some(deadline) = *rx.borrow_and_update() {
+                return deadline;
+            }
+            if rx.changed().await.is_err() {
+                return tokio::time::Instant::now();
+            }
+        }
+    };
+    let admin_app = Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/readyz", get(proxy::readyz))
+        .route("/metrics", get(proxy::metrics))
+        .with_state(state.clone());
+    let admin_server = tokio::spawn(gateway_common::server::serve(
+        admin,
+        admin_app,
+        config.listener.clone(),
+        metrics.admin_server.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    gateway_common::server::serve(
+        traffic,
+        proxy::router(state),
+        config.listener.clone(),
+        metrics.server.clone(),
+        stopped(stop_rx),
+    )
+    .await;
+    let _ = admin_server.await;
+    let _ = client.flush().await;
+    tracing::info!("ingress stopped");
+    Ok(())
+}

@@ -1,0 +1,244 @@
+//! One HTTP request as one NATS request: the subject from the host and path,
+//! every request header as a NATS header plus `X-H8S-PublishSubject`, the body
+//! as the data, a reply subject under the inbox prefix. The reply's headers and
+//! data are the response; its status is the reply's `X-H8S-Status`, else 200.
+//! Where h8s answers every failure 504 after the whole timeout, here each gets
+//! its own answer at once: 404 for a host not served, 413 for a body over the
+//! limit, 503 when nothing listens on the subject or NATS is away, 504 only
+//! when a responder did not answer in time.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_nats::client::RequestErrorKind;
+use axum::body::Body;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use bytes::Bytes;
+
+use crate::config::Config;
+use crate::metrics::{Metrics, StatusLabel};
+use crate::subject;
+use gateway_common::error::{ApiError, ErrorCode};
+
+pub struct AppState {
+    pub client: async_nats::Client,
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The header that carries the status of a reply.
+const STATUS_HEADER: &str = "X-H8S-Status";
+/// The header that tells a responder the subject the request was put on.
+const SUBJECT_HEADER: &str = "X-H8S-PublishSubject";
+
+/// Every path and method goes to NATS.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .fallback(proxy)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn proxy(
+    State(st): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let response = match forward(&st, &method, &uri, &headers, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    st.metrics
+        .requests
+        .get_or_create(&StatusLabel {
+            status: response.status().as_u16(),
+        })
+        .inc();
+    st.metrics.latency.observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// The host a request is for: `X-Forwarded-Host` when a proxy set it, else `Host`.
+fn host_of<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> &'a str {
+    headers
+        .get("x-forwarded-host")
+        .or_else(|| headers.get(header::HOST))
+        .and_then(|v| v.to_str().ok())
+        .map(|h| h.split(',').next().unwrap_or(h).trim())
+        .or_else(|| uri.host())
+        .unwrap_or("")
+}
+
+/// The host name without port or brackets, lower-case: what `INGRESS_HOSTS` lists.
+fn host_name(host: &str) -> String {
+    let bare = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else if host.matches(':').count() == 1 {
+        host.split(':').next().unwrap_or(host)
+    } else {
+        host
+    };
+    bare.to_ascii_lowercase()
+}
+
+async fn forward(
+    st: &AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let host = host_of(headers, uri);
+    if !st.config.hosts.is_empty() && !st.config.hosts.contains(&host_name(host)) {
+        return Err(ApiError::new(
+            ErrorCode::UnknownHost,
+            format!("this ingress does not serve host {host:?}"),
+        ));
+    }
+    let body = body.map_err(|r| ApiError::from_body(r, st.config.max_body_bytes))?;
+    if st.client.connection_state() != async_nats::connection::State::Connected {
+        return Err(ApiError::new(
+            ErrorCode::NatsUnavailable,
+            "NATS cannot be reached now; retry later",
+        ));
+    }
+    let subject = subject::request_subject(
+        &st.config.subject_prefix,
+        "http",
+        method.as_str(),
+        host,
+        uri.path(),
+    );
+    let mut nats_headers = async_nats::HeaderMap::new();
+    for (name, value) in headers {
+        if let Ok(value) = value.to_str() {
+            nats_headers.append(canonical(name.as_str()).as_str(), value);
+        }
+    }
+    nats_headers.insert(SUBJECT_HEADER, subject.as_str());
+    let request = async_nats::Request::new()
+        .headers(nats_headers)
+        .payload(body)
+        .timeout(Some(st.config.request_timeout));
+    let reply = match st.client.send_request(subject.clone(), request).await {
+        Ok(reply) => reply,
+        Err(e) => {
+            let (code, detail) = match e.kind() {
+                RequestErrorKind::NoResponders => (
+                    ErrorCode::NoResponders,
+                    format!("nothing listens on {subject}"),
+                ),
+                RequestErrorKind::TimedOut => (
+                    ErrorCode::ReplyTimeout,
+                    format!(
+                        "no reply on {subject} within {:?}",
+                        st.config.request_timeout
+                    ),
+                ),
+                _ => (ErrorCode::NatsUnavailable, format!("NATS: {e}")),
+            };
+            return Err(ApiError::new(code, detail));
+        }
+    };
+    Ok(response_of(reply))
+}
+
+/// A header name as Go's `net/http` writes it (`X-Custom`, `Content-Type`),
+/// which is how h8s hands headers to its responders; HTTP/1.1 parsers give
+/// them lower-cased.
+fn canonical(name: &str) -> String {
+    let mut upper = true;
+    name.chars()
+        .map(|c| {
+            let out = if upper {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            };
+            upper = c == '-';
+            out
+        })
+        .collect()
+}
+
+/// The reply as an HTTP response.
+fn response_of(reply: async_nats::Message) -> Response {
+    let mut status = StatusCode::OK;
+    let mut response = Response::new(Body::from(reply.payload));
+    if let Some(nats_headers) = &reply.headers {
+        for (name, values) in nats_headers.iter() {
+            let name: &str = name.as_ref();
+            if name.eq_ignore_ascii_case(STATUS_HEADER) {
+                if let Some(s) = values
+                    .first()
+                    .and_then(|v| v.as_str().trim().parse::<u16>().ok())
+                    .and_then(|s| StatusCode::from_u16(s).ok())
+                {
+                    status = s;
+                }
+                continue;
+            }
+            let hop_by_hop = ["content-length", "transfer-encoding", "connection"]
+                .iter()
+                .any(|h| name.eq_ignore_ascii_case(h));
+            let Ok(header_name) = HeaderName::from_bytes(name.as_bytes()) else {
+                continue;
+            };
+            if hop_by_hop {
+                continue;
+            }
+            for value in values {
+                if let Ok(v) = HeaderValue::from_str(value.as_str()) {
+                    response.headers_mut().append(header_name.clone(), v);
+                }
+            }
+        }
+    }
+    *response.status_mut() = status;
+    response
+}
+
+pub async fn readyz(
+    State(st): State<Arc<AppState>>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    if st.client.connection_state() == async_nats::connection::State::Connected {
+        Ok(axum::Json(serde_json::json!({ "status": "ready" })))
+    } else {
+        Err(ApiError::new(ErrorCode::NotReady, "not connected to NATS"))
+    }
+}
+
+pub async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, gateway_common::metrics::CONTENT_TYPE)],
+        st.metrics.encode(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_names_are_canonical_as_in_go() {
+        assert_eq!(canonical("x-custom"), "X-Custom");
+        assert_eq!(canonical("content-type"), "Content-Type");
+        assert_eq!(canonical("x-h8s-publishsubject"), "X-H8s-Publishsubject");
+        assert_eq!(canonical("sec-websocket-key"), "Sec-Websocket-Key");
+    }
+
+    #[test]
+    fn host_names_lose_port_and_case() {
+        assert_eq!(host_name("WWW.Example.com:443"), "www.example.com");
+        assert_eq!(host_name("[::1]:80"), "::1");
+        assert_eq!(host_name("::1"), "::1");
+    }
+}

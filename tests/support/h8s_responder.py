@@ -1,0 +1,44 @@
+#!/usr/bin/env python3
+"""An h8s responder on nats-py, as a workload behind the ingress would be: it
+subscribes to --subject, records every request (subject, reply subject,
+headers, body) to --out as JSON lines, and answers with the body reversed, an
+`X-Echo: yes` header, and `X-H8S-Status` when the request asked for one with
+`X-Want-Status`. A body of `slow` is answered after 5 s."""
+import argparse
+import asyncio
+import base64
+import json
+
+import nats
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--nats", required=True)
+parser.add_argument("--subject", default="h8s.>")
+parser.add_argument("--out", required=True)
+args = parser.parse_args()
+
+
+async def main():
+    nc = await nats.connect(args.nats, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+
+    async def handle(msg):
+        headers = dict(msg.headers or {})
+        with open(args.out, "a") as f:
+            f.write(json.dumps({
+                "subject": msg.subject, "reply": msg.reply, "headers": headers,
+                "body": base64.b64encode(msg.data).decode(),
+            }) + "\n")
+        if msg.data == b"slow":
+            await asyncio.sleep(5)
+        reply = {"X-Echo": "yes", "Content-Type": "application/octet-stream"}
+        if "X-Want-Status" in headers:
+            reply["X-H8S-Status"] = headers["X-Want-Status"]
+        await nc.publish(msg.reply, msg.data[::-1], headers=reply)
+
+    await nc.subscribe(args.subject, cb=handle)
+    await nc.flush()
+    print("subscribed", flush=True)
+    await asyncio.Event().wait()
+
+
+asyncio.run(main())

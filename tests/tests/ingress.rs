@@ -1,0 +1,272 @@
+//! The ingress end to end: a real nats-server, a real h8s responder on nats-py
+//! (tests/support/h8s_responder.py), the ingress binary, and a real HTTP
+//! client. Subject mapping, headers and bodies both ways, statuses from the
+//! reply, and each failure's own answer: 503 with no responder or NATS away,
+//! 504 on a slow reply, 413, 404 for a host not served.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use gateway_tests::*;
+use serde_json::Value;
+
+struct Ingress {
+    port: u16,
+    admin: u16,
+    proc: Proc,
+    responses: std::path::PathBuf,
+    _responder: Proc,
+    http: reqwest::Client,
+}
+
+async fn ingress(dir: &std::path::Path, nats: &NatsServer, extra: &[(&str, &str)]) -> Ingress {
+    let responses = dir.join(format!("responder-{}.jsonl", free_port()));
+    let mut r = Command::new("python3");
+    r.arg(support("h8s_responder.py"))
+        .arg("--nats")
+        .arg(nats.url())
+        .arg("--subject")
+        .arg("h8s.*.*.com.example.>")
+        .arg("--out")
+        .arg(&responses);
+    let responder = Proc::spawn("h8s-responder", r, dir);
+    wait_for("the responder to subscribe", || async {
+        responder.output().contains("subscribed").then_some(())
+    })
+    .await;
+    let (port, admin) = (free_port(), free_port());
+    let mut cmd = Command::new(bin("ingress"));
+    cmd.env_clear()
+        .env("INGRESS_PORT", port.to_string())
+        .env("INGRESS_ADMIN_PORT", admin.to_string())
+        .env("INGRESS_LISTEN_ADDRESS", "127.0.0.1")
+        .env("NATS_URL", nats.url())
+        .env("INGRESS_REQUEST_TIMEOUT", "1s")
+        .env("INGRESS_MAX_BODY_BYTES", "4096")
+        .env("RUST_LOG", "info");
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let proc = Proc::spawn("ingress", cmd, dir);
+    wait_port(port, "the ingress to listen").await;
+    let i = Ingress {
+        port,
+        admin,
+        proc,
+        responses,
+        _responder: responder,
+        http: http_client(),
+    };
+    wait_for("the ingress to be ready", || async {
+        (i.get_admin("/readyz").await == 200).then_some(())
+    })
+    .await;
+    i
+}
+
+impl Ingress {
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        host: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .http
+            .request(
+                method.parse().unwrap(),
+                format!("http://127.0.0.1:{}{path}", self.port),
+            )
+            .header("host", host)
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.expect("request")
+    }
+
+    async fn get_admin(&self, path: &str) -> u16 {
+        match self
+            .http
+            .get(format!("http://127.0.0.1:{}{path}", self.admin))
+            .send()
+            .await
+        {
+            Ok(r) => r.status().as_u16(),
+            Err(_) => 0,
+        }
+    }
+
+    fn received(&self) -> Vec<Value> {
+        read_jsonl(&self.responses)
+    }
+}
+
+async fn error_of(r: reqwest::Response) -> (u16, String) {
+    let status = r.status().as_u16();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    assert!(v["detail"].as_str().is_some_and(|d| !d.is_empty()), "{v}");
+    (status, v["error"].as_str().unwrap_or("").to_owned())
+}
+
+#[tokio::test]
+async fn requests_and_replies_cross_nats_with_headers_bodies_and_status() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = NatsServer::start(dir.path()).await;
+    let i = ingress(dir.path(), &nats, &[]).await;
+    let body: Vec<u8> = (0..=255u8).collect();
+    let r = i
+        .send(
+            "POST",
+            "/api/v1.2/items%20all",
+            "www.example.com:8080",
+            &[("x-custom", "a")],
+            body.clone(),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-echo"], "yes");
+    let back = r.bytes().await.expect("body").to_vec();
+    let mut reversed = body.clone();
+    reversed.reverse();
+    assert_eq!(back, reversed, "binary body both ways");
+    let got = i.received();
+    let req = &got[0];
+    let subject = "h8s.http.POST.com.example.www.api.v1_2.items_all";
+    assert_eq!(req["subject"], subject);
+    assert_eq!(req["headers"]["X-H8S-PublishSubject"], subject);
+    assert_eq!(req["headers"]["X-Custom"], "a");
+    assert!(
+        req["reply"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("_INBOX.h8s."),
+        "{req}"
+    );
+
+    let r = i
+        .send(
+            "GET",
+            "/teapot",
+            "www.example.com",
+            &[("x-want-status", "418")],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(r.status(), 418);
+    // A proxy's X-Forwarded-Host names the host.
+    let r = i
+        .send(
+            "GET",
+            "/",
+            "10.0.0.1",
+            &[("x-forwarded-host", "api.example.com")],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        i.received().last().unwrap()["subject"],
+        "h8s.http.GET.com.example.api"
+    );
+    let metrics = i
+        .http
+        .get(format!("http://127.0.0.1:{}/metrics", i.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("ingress_requests_total{status=\"418\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn each_failure_gets_its_own_answer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nats = NatsServer::start(dir.path()).await;
+    let i = ingress(dir.path(), &nats, &[]).await;
+    // Nobody listens for this host: 503 at once, not after the timeout.
+    let started = Instant::now();
+    let (status, code) = error_of(
+        i.send("GET", "/x", "nobody.example.org", &[], Vec::new())
+            .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (503, "no_responders"));
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    // A responder too slow: 504 after the timeout.
+    let (status, code) = error_of(
+        i.send("POST", "/x", "www.example.com", &[], b"slow".to_vec())
+            .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (504, "timeout"));
+    // Too large.
+    let (status, code) = error_of(
+        i.send("POST", "/x", "www.example.com", &[], vec![b'x'; 8192])
+            .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (413, "too_large"));
+    // NATS away: 503, readiness follows, and it comes back by itself.
+    nats.kill();
+    wait_for("readyz to fail", || async {
+        (i.get_admin("/readyz").await == 503).then_some(())
+    })
+    .await;
+    let (status, code) = error_of(
+        i.send("GET", "/x", "www.example.com", &[], Vec::new())
+            .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (503, "nats_unavailable"));
+    nats.restart().await;
+    wait_for("readyz to pass again", || async {
+        (i.get_admin("/readyz").await == 200).then_some(())
+    })
+    .await;
+    wait_for("a request through again", || async {
+        let r = i
+            .send("GET", "/x", "www.example.com", &[], Vec::new())
+            .await;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn hosts_not_served_are_404_and_sigterm_exits_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = NatsServer::start(dir.path()).await;
+    let mut i = ingress(dir.path(), &nats, &[("INGRESS_HOSTS", "www.example.com")]).await;
+    let (status, code) = error_of(
+        i.send("GET", "/", "evil.example.com", &[], Vec::new())
+            .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (404, "unknown_host"));
+    assert!(i.received().is_empty(), "nothing was published for it");
+    assert_eq!(
+        i.send("GET", "/", "WWW.example.com:443", &[], Vec::new())
+            .await
+            .status(),
+        200
+    );
+    i.proc.signal(libc::SIGTERM);
+    let status = i
+        .proc
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("exits");
+    assert!(status.success(), "{status:?}");
+}
