@@ -1,5 +1,5 @@
-//! The ingress: HTTP traffic in, NATS request-reply out, wire-compatible with
-//! h8s, so that the workloads behind it need no inbound network, only egress to
+//! The ingress: HTTP and WebSocket traffic in, NATS request-reply out,
+//! wire-compatible with h8s, so that the workloads behind it need no inbound network, only egress to
 //! NATS. Each request becomes a NATS request on the subject [`subject`] maps it
 //! to, with every header and the body; the reply's headers, body and
 //! `X-H8S-Status` become the response. [`run`] is the whole service; `main.rs`
@@ -9,6 +9,7 @@ pub mod config;
 mod metrics;
 mod proxy;
 pub mod subject;
+mod ws;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -64,10 +65,12 @@ pub async fn serve(
         Some(&config.inbox_prefix),
     )
     .await?;
+    let websockets = tokio_util::sync::CancellationToken::new();
     let state = Arc::new(proxy::AppState {
         client: client.clone(),
         config: config.clone(),
         metrics: metrics.clone(),
+        shutdown: websockets.clone(),
     });
     tracing::info!(
         traffic = ?traffic.local_addr().ok(),
@@ -78,8 +81,11 @@ pub async fn serve(
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(None);
     let timeout = config.shutdown_timeout;
+    let closing = websockets.clone();
     tokio::spawn(async move {
         shutdown.await;
+        // WebSockets first: each closes with 1001 and its control message.
+        closing.cancel();
         let _ = stop_tx.send(Some(tokio::time::Instant::now() + timeout));
     });
     let stopped = |mut rx: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>| async move {
@@ -116,6 +122,11 @@ pub async fn serve(
     )
     .await;
     let _ = admin_server.await;
+    // WebSockets still closing get until the deadline.
+    let deadline = tokio::time::Instant::now() + timeout;
+    while metrics.websockets_open.get() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let _ = client.flush().await;
     tracing::info!("ingress stopped");
     Ok(())

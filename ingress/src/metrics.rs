@@ -1,9 +1,10 @@
-//! Prometheus metrics of the ingress: requests by status, their latency,
-//! NATS (re)connects, and each listener's connections.
+//! Prometheus metrics of the ingress: requests by status, their latency, open
+//! WebSockets, NATS (re)connects, and each listener's connections.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -19,6 +20,7 @@ pub struct Metrics {
     registry: Registry,
     pub requests: Family<StatusLabel, Counter>,
     pub latency: Histogram,
+    pub websockets_open: Gauge,
     pub nats: ConnectionMetrics,
     pub server: ServerMetrics,
     pub admin_server: ServerMetrics,
@@ -44,6 +46,12 @@ impl Metrics {
             "Time from a request's head to its answer",
             latency.clone(),
         );
+        let websockets_open = Gauge::default();
+        registry.register(
+            "ingress_websockets_open",
+            "WebSocket connections open",
+            websockets_open.clone(),
+        );
         let nats = ConnectionMetrics::default();
         registry.register(
             "ingress_nats_connects",
@@ -61,6 +69,7 @@ impl Metrics {
             registry,
             requests,
             latency,
+            websockets_open,
             nats,
             server,
             admin_server,

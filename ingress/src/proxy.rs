@@ -13,7 +13,8 @@ use std::time::Instant;
 use async_nats::client::RequestErrorKind;
 use axum::body::Body;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -28,12 +29,14 @@ pub struct AppState {
     pub client: async_nats::Client,
     pub config: Config,
     pub metrics: Arc<Metrics>,
+    /// Cancelled on shutdown: every WebSocket closes with 1001.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// The header that carries the status of a reply.
 const STATUS_HEADER: &str = "X-H8S-Status";
 /// The header that tells a responder the subject the request was put on.
-const SUBJECT_HEADER: &str = "X-H8S-PublishSubject";
+pub(crate) const SUBJECT_HEADER: &str = "X-H8S-PublishSubject";
 
 /// Every path and method goes to NATS.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -49,8 +52,12 @@ async fn proxy(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    if let Ok(upgrade) = upgrade {
+        return websocket(st, upgrade, uri, headers);
+    }
     let started = Instant::now();
     let response = match forward(&st, &method, &uri, &headers, body).await {
         Ok(r) => r,
@@ -64,6 +71,33 @@ async fn proxy(
         .inc();
     st.metrics.latency.observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// An upgrade to a WebSocket, on any path of a host served.
+fn websocket(
+    st: Arc<AppState>,
+    upgrade: WebSocketUpgrade,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let host = host_of(&headers, &uri).to_owned();
+    if !st.config.hosts.is_empty() && !st.config.hosts.contains(&host_name(&host)) {
+        return ApiError::new(
+            ErrorCode::UnknownHost,
+            format!("this ingress does not serve host {host:?}"),
+        )
+        .into_response();
+    }
+    if st.client.connection_state() != async_nats::connection::State::Connected {
+        return ApiError::new(
+            ErrorCode::NatsUnavailable,
+            "NATS cannot be reached now; retry later",
+        )
+        .into_response();
+    }
+    let path = uri.path().to_owned();
+    let shutdown = st.shutdown.clone();
+    upgrade.on_upgrade(move |socket| crate::ws::session(socket, st, headers, host, path, shutdown))
 }
 
 /// The host a request is for: `X-Forwarded-Host` when a proxy set it, else `Host`.
@@ -154,7 +188,7 @@ async fn forward(
 /// A header name as Go's `net/http` writes it (`X-Custom`, `Content-Type`),
 /// which is how h8s hands headers to its responders; HTTP/1.1 parsers give
 /// them lower-cased.
-fn canonical(name: &str) -> String {
+pub(crate) fn canonical(name: &str) -> String {
     let mut upper = true;
     name.chars()
         .map(|c| {

@@ -3,7 +3,11 @@
 subscribes to --subject, records every request (subject, reply subject,
 headers, body) to --out as JSON lines, and answers with the body reversed, an
 `X-Echo: yes` header, and `X-H8S-Status` when the request asked for one with
-`X-Want-Status`. A body of `slow` is answered after 5 s."""
+`X-Want-Status`. A body of `slow` is answered after 5 s.
+
+WebSocket frames (`h8s.ws.ws.>`) are answered on their inbox in upper case;
+a frame `flood` is answered with 5,000 messages at once. Control messages
+(`h8s.control.ws.conn.*`) are recorded like requests."""
 import argparse
 import asyncio
 import base64
@@ -35,7 +39,24 @@ async def main():
             reply["X-H8S-Status"] = headers["X-Want-Status"]
         await nc.publish(msg.reply, msg.data[::-1], headers=reply)
 
+    async def frame(msg):
+        await handle_record(msg)
+        if msg.data == b"flood":
+            for i in range(5000):
+                await nc.publish(msg.reply, b"x" * 1024)
+        else:
+            await nc.publish(msg.reply, msg.data.upper())
+
+    async def handle_record(msg):
+        with open(args.out, "a") as f:
+            f.write(json.dumps({
+                "subject": msg.subject, "reply": msg.reply, "headers": dict(msg.headers or {}),
+                "body": base64.b64encode(msg.data).decode(),
+            }) + "\n")
+
     await nc.subscribe(args.subject, cb=handle)
+    await nc.subscribe("h8s.ws.ws.>", cb=frame)
+    await nc.subscribe("h8s.control.ws.conn.*", cb=handle_record)
     await nc.flush()
     print("subscribed", flush=True)
     await asyncio.Event().wait()

@@ -26,7 +26,7 @@ async fn ingress(dir: &std::path::Path, nats: &NatsServer, extra: &[(&str, &str)
         .arg("--nats")
         .arg(nats.url())
         .arg("--subject")
-        .arg("h8s.*.*.com.example.>")
+        .arg("h8s.http.*.com.example.>")
         .arg("--out")
         .arg(&responses);
     let responder = Proc::spawn("h8s-responder", r, dir);
@@ -263,6 +263,99 @@ async fn hosts_not_served_are_404_and_sigterm_exits_cleanly() {
         200
     );
     i.proc.signal(libc::SIGTERM);
+    let status = i
+        .proc
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("exits");
+    assert!(status.success(), "{status:?}");
+}
+
+fn ws_client(i: &Ingress, path: &str, host: &str, mode: &str) -> Command {
+    let mut c = Command::new("python3");
+    c.arg(support("ws_client.py"))
+        .arg(format!("ws://127.0.0.1:{}{path}", i.port))
+        .arg(host)
+        .arg(mode);
+    c
+}
+
+async fn run_client(mut c: Command) -> Value {
+    let out = tokio::task::spawn_blocking(move || c.output())
+        .await
+        .expect("join")
+        .expect("run the WebSocket client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().last().unwrap_or("");
+    serde_json::from_str(last).unwrap_or_else(|_| {
+        panic!(
+            "client said {text:?} / {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[tokio::test]
+async fn websocket_frames_cross_nats_both_ways_with_control_messages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = NatsServer::start(dir.path()).await;
+    let i = ingress(dir.path(), &nats, &[]).await;
+    let result = run_client(ws_client(&i, "/room/1.a", "chat.example.com", "echo")).await;
+    assert_eq!(
+        result["replies"],
+        serde_json::json!(["ONE", "TWO", "THREE"])
+    );
+    let got = wait_for("the closed control message", || async {
+        let got = i.received();
+        got.iter()
+            .any(|m| m["subject"] == "h8s.control.ws.conn.closed")
+            .then_some(got)
+    })
+    .await;
+    let frames: Vec<&Value> = got
+        .iter()
+        .filter(|m| m["subject"] == "h8s.ws.ws.com.example.chat.room.1_a")
+        .collect();
+    assert_eq!(frames.len(), 3, "{got:?}");
+    let inbox = frames[0]["reply"].as_str().unwrap_or("");
+    assert!(inbox.starts_with("_INBOX.h8s."), "{inbox}");
+    let key = frames[0]["headers"]["Sec-Websocket-Key"]
+        .as_str()
+        .unwrap_or("");
+    assert!(!key.is_empty() && inbox.ends_with(key), "{inbox} / {key}");
+    for control in [
+        "h8s.control.ws.conn.established",
+        "h8s.control.ws.conn.closed",
+    ] {
+        let m = got.iter().find(|m| m["subject"] == control).expect(control);
+        assert_eq!(m["reply"], inbox);
+        assert_eq!(
+            m["headers"]["X-H8S-PublishSubject"],
+            "h8s.ws.ws.com.example.chat.room.1_a"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_slow_websocket_client_is_closed_with_1013_and_sigterm_closes_with_1001() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = NatsServer::start(dir.path()).await;
+    let mut i = ingress(dir.path(), &nats, &[("SHUTDOWN_TIMEOUT", "5s")]).await;
+    let slow = run_client(ws_client(&i, "/feed", "www.example.com", "slow")).await;
+    assert_eq!(slow["code"], 1013, "{slow}");
+    let hold = ws_client(&i, "/feed", "www.example.com", "hold");
+    let held = tokio::spawn(run_client(hold));
+    wait_for("the WebSocket to open", || async {
+        i.received()
+            .iter()
+            .filter(|m| m["subject"] == "h8s.control.ws.conn.established")
+            .nth(1)
+            .map(|_| ())
+    })
+    .await;
+    i.proc.signal(libc::SIGTERM);
+    let closed = held.await.expect("client");
+    assert_eq!(closed["code"], 1001, "{closed}");
     let status = i
         .proc
         .wait_exit(Duration::from_secs(15))

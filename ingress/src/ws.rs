@@ -1,0 +1,145 @@
+//! WebSockets through NATS, as h8s carries them. Each frame from the client is
+//! published on `{prefix}.ws.ws.{host reversed}.{path}` with the upgrade
+//! request's headers and the reply subject `{inbox prefix}.{Sec-WebSocket-Key}`;
+//! every message on that inbox goes to the client as a text frame.
+//! `h8s.control.ws.conn.established` is published when the connection opens and
+//! `h8s.control.ws.conn.closed` when it closes, each with the upgrade request's
+//! headers, `X-H8S-PublishSubject` and the inbox as reply subject.
+//!
+//! A client too slow to read its messages is not left behind silently (h8s
+//! drops what does not fit its buffer): once [`BUFFERED`] messages wait for it,
+//! it is closed with 1013 (try again later) and the `closed` control message
+//! goes out. On shutdown every WebSocket is closed with 1001.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket};
+use axum::http::HeaderMap;
+use bytes::Bytes;
+use futures::{SinkExt as _, StreamExt as _};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::proxy::{canonical, AppState, SUBJECT_HEADER};
+use crate::subject;
+
+/// Messages waiting for a slow client before it is closed.
+const BUFFERED: usize = 256;
+
+const ESTABLISHED: &str = "h8s.control.ws.conn.established";
+const CLOSED: &str = "h8s.control.ws.conn.closed";
+
+/// One WebSocket's life: from the upgrade to its close.
+pub async fn session(
+    socket: WebSocket,
+    st: Arc<AppState>,
+    request_headers: HeaderMap,
+    host: String,
+    path: String,
+    shutdown: CancellationToken,
+) {
+    let key = request_headers
+        .get("sec-websocket-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let inbox = format!("{}.{}", st.config.inbox_prefix, key);
+    let publish = subject::websocket_subject(&st.config.subject_prefix, &host, &path);
+    let mut headers = async_nats::HeaderMap::new();
+    for (name, value) in &request_headers {
+        if let Ok(value) = value.to_str() {
+            headers.append(canonical(name.as_str()).as_str(), value);
+        }
+    }
+    headers.insert(SUBJECT_HEADER, publish.as_str());
+    let client = &st.client;
+    let mut replies = match client.subscribe(inbox.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot subscribe to the WebSocket's inbox");
+            return;
+        }
+    };
+    let _ = client
+        .publish_with_reply_and_headers(ESTABLISHED, inbox.clone(), headers.clone(), Bytes::new())
+        .await;
+    st.metrics.websockets_open.inc();
+    let (mut to_client, mut from_client) = socket.split();
+    let (tx, mut rx) = mpsc::channel::<Message>(BUFFERED);
+    let (close_tx, mut close_rx) = oneshot::channel::<(u16, &'static str)>();
+    // The writer: messages in order, and a close frame when asked, even while
+    // a message is stuck on a client that does not read.
+    let writer = tokio::spawn(async move {
+        let mut closing = None;
+        loop {
+            let next = tokio::select! {
+                biased;
+                c = &mut close_rx => { closing = c.ok(); break }
+                m = rx.recv() => m,
+            };
+            let Some(message) = next else { break };
+            tokio::select! {
+                biased;
+                c = &mut close_rx => { closing = c.ok(); break }
+                sent = to_client.send(message) => if sent.is_err() { return },
+            }
+        }
+        if let Some((code, reason)) = closing {
+            let frame = Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            }));
+            let _ = tokio::time::timeout(Duration::from_secs(2), to_client.send(frame)).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), to_client.close()).await;
+    });
+    let mut close_tx = Some(close_tx);
+    let mut close = |code: u16, reason: &'static str| {
+        if let Some(tx) = close_tx.take() {
+            let _ = tx.send((code, reason));
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                close(close_code::AWAY, "the ingress is shutting down");
+                break;
+            }
+            reply = replies.next() => {
+                let Some(reply) = reply else { break };
+                let text = String::from_utf8_lossy(&reply.payload).into_owned();
+                if tx.try_send(Message::Text(text.into())).is_err() {
+                    // The client does not keep up: close it rather than drop
+                    // what it would never know it missed.
+                    tracing::warn!(%inbox, "WebSocket client too slow; closing it");
+                    close(close_code::AGAIN, "too slow to read its messages");
+                    break;
+                }
+            }
+            frame = from_client.next() => {
+                let data = match frame {
+                    Some(Ok(Message::Text(text))) => Bytes::from(text),
+                    Some(Ok(Message::Binary(data))) => data,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                };
+                let published = client
+                    .publish_with_reply_and_headers(publish.clone(), inbox.clone(), headers.clone(), data)
+                    .await;
+                if published.is_err() {
+                    close(close_code::AGAIN, "NATS cannot be reached");
+                    break;
+                }
+            }
+        }
+    }
+    drop(tx);
+    st.metrics.websockets_open.dec();
+    let _ = client
+        .publish_with_reply_and_headers(CLOSED, inbox, headers, Bytes::new())
+        .await;
+    let _ = client.flush().await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
+}
