@@ -16,6 +16,13 @@ fn declared(own: &[Var]) -> BTreeMap<String, bool> {
         .collect()
 }
 
+/// The variables of `own` alone (the ingress reads few of the shared ones).
+fn declared_only(own: &[Var]) -> BTreeMap<String, bool> {
+    own.iter()
+        .map(|v| (v.name.to_owned(), v.default == Default::Required))
+        .collect()
+}
+
 /// Variables the Rust SDK's user servers read (`var("NAME", ..)` / `port("NAME", ..)`).
 fn sdk_fields() -> BTreeMap<String, bool> {
     let text = std::fs::read_to_string(root().join("sdk-examples/rust-sdk/src/server.rs"))
@@ -68,6 +75,18 @@ fn components() -> BTreeMap<&'static str, BTreeMap<String, bool>> {
                 .concat(),
             ),
         ),
+        ("ingress", {
+            let mut vars = declared_only(
+                &[&ingress::config::VARS[..], &gateway_common::nats::VARS[..]].concat(),
+            );
+            for v in [
+                gateway_common::env::SHUTDOWN_TIMEOUT,
+                gateway_common::env::LOG_FORMAT,
+            ] {
+                vars.insert(v.name.to_owned(), false);
+            }
+            vars
+        }),
         ("calendar", sdk_fields()),
     ])
 }
