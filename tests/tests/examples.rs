@@ -436,3 +436,47 @@ async fn calendar_serves_the_v06_run_gateway_contract() {
         "no more events after the call was cancelled"
     );
 }
+
+#[tokio::test]
+async fn responders_in_python_and_rust_answer_through_the_ingress() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = NatsServer::start(dir.path()).await;
+    let port = free_port();
+    let mut ingress = Command::new(bin("ingress"));
+    ingress
+        .env_clear()
+        .env("INGRESS_PORT", port.to_string())
+        .env("INGRESS_ADMIN_PORT", free_port().to_string())
+        .env("INGRESS_LISTEN_ADDRESS", "127.0.0.1")
+        .env("NATS_URL", nats.url());
+    let _ingress = Proc::spawn("ingress", ingress, dir.path());
+    wait_port(port, "the ingress").await;
+    let http = http_client();
+    let mut python = Command::new("python3");
+    python
+        .arg(example("responder-python/responder.py"))
+        .env("NATS_URL", nats.url());
+    let mut rust = Command::new(bin("responder-rust"));
+    rust.env("NATS_URL", nats.url());
+    for (name, cmd) in [("python", python), ("rust", rust)] {
+        let responder = Proc::spawn(&format!("responder-{name}"), cmd, dir.path());
+        let answer: serde_json::Value =
+            wait_for(&format!("the {name} responder to answer"), || async {
+                let r = http
+                    .get(format!("http://127.0.0.1:{port}/greet/me"))
+                    .header("host", "hello.example.com")
+                    .send()
+                    .await
+                    .ok()?;
+                if r.status() != 200 {
+                    return None;
+                }
+                r.json().await.ok()
+            })
+            .await;
+        assert_eq!(answer["from"], name);
+        assert_eq!(answer["method"], "GET");
+        assert_eq!(answer["path"], serde_json::json!(["greet", "me"]));
+        drop(responder);
+    }
+}
