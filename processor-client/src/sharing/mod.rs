@@ -19,7 +19,12 @@
 //! down, a partition) or was frozen (SIGSTOP, a paused VM) forwards nothing of
 //! what another replica may already run.
 
+mod keys;
 pub mod plan;
+mod round;
+
+use keys::{claim_key, REPLICAS};
+use round::{handover, tick};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -27,14 +32,12 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 
-use bytes::Bytes;
-use futures::TryStreamExt as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::configs::{Phase, Registry};
+use crate::configs::Registry;
 use crate::metrics::Metrics;
 use crate::watch::Snapshot;
 use gateway_common::nats::{ConnectionMetrics, NatsOptions};
@@ -157,45 +160,6 @@ impl Sharing {
         self.metrics.sharing.losses.inc_by(lost as u64);
         lost > 0
     }
-}
-
-const REPLICAS: &str = "replicas.";
-const CLAIMS: &str = "claims.";
-
-/// The bucket key of a configuration's claim. Keys that are valid bucket keys
-/// go as they are (`claims.k.KEY`); any other is hex-encoded (`claims.x.HEX`).
-fn claim_key(src: &str) -> String {
-    let token = |part: &str| {
-        !part.is_empty()
-            && part
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '='))
-    };
-    if src.split('.').all(token) {
-        format!("{CLAIMS}k.{src}")
-    } else if src.is_empty() {
-        format!("{CLAIMS}e")
-    } else {
-        let hex: String = src.bytes().map(|b| format!("{b:02x}")).collect();
-        format!("{CLAIMS}x.{hex}")
-    }
-}
-
-/// The configuration a claim key names.
-fn src_of(key: &str) -> Option<String> {
-    let rest = key.strip_prefix(CLAIMS)?;
-    if rest == "e" {
-        return Some(String::new());
-    }
-    if let Some(plain) = rest.strip_prefix("k.") {
-        return Some(plain.to_owned());
-    }
-    let hex = rest.strip_prefix("x.")?;
-    let bytes: Option<Vec<u8>> = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect();
-    String::from_utf8(bytes?).ok()
 }
 
 /// Keeps this replica's share of the configurations until `cancel`, feeding
@@ -370,255 +334,5 @@ fn bucket_stream(settings: &Settings) -> async_nats::jetstream::stream::Config {
         storage: stream::StorageType::File,
         num_replicas: 1,
         ..Default::default()
-    }
-}
-
-/// One round: announce, read, renew, claim. Returns the claims to hand over,
-/// already dropped locally (their configurations are stopping).
-async fn tick(
-    sharing: &Sharing,
-    store: &kv::Store,
-    snapshot: &Snapshot,
-    registry: &Registry,
-) -> Result<Vec<(String, u64)>, String> {
-    let sent = Instant::now();
-    let valid_until = sent + sharing.lease.mul_f64(0.7);
-    let me = sharing.replica.clone();
-    let claim_body = |src: &str| {
-        let phase = registry
-            .phase_of(src)
-            .map_or("Pending", Phase::as_str)
-            .to_owned();
-        let value = ClaimValue {
-            owner: me.clone(),
-            phase,
-        };
-        Bytes::from(serde_json::to_vec(&value).unwrap_or_default())
-    };
-    // First and all at once: announce this replica and renew what it holds,
-    // so that a slow read of the bucket below never delays a renewal.
-    let held: Vec<(String, u64)> = sharing
-        .held()
-        .iter()
-        .map(|(s, h)| (s.clone(), h.revision))
-        .collect();
-    let renewals = futures::future::join_all(held.iter().map(|(src, revision)| {
-        let body = claim_body(src);
-        async move { (src, store.update(claim_key(src), body, *revision).await) }
-    }));
-    let (announced, renewals) =
-        tokio::join!(store.put(format!("{REPLICAS}{me}"), Bytes::new()), renewals);
-    announced.map_err(|e| e.to_string())?;
-    let mut renewed: HashMap<String, u64> = HashMap::new();
-    for (src, result) in renewals {
-        if let Ok(revision) = result {
-            renewed.insert(src.clone(), revision);
-            sharing.metrics.sharing.renewals.inc();
-        }
-    }
-    // Then the whole bucket: who is live, and who holds what.
-    let keys: Vec<String> = store
-        .keys()
-        .await
-        .map_err(|e| e.to_string())?
-        .try_collect()
-        .await
-        .map_err(|e| e.to_string())?;
-    let replicas: BTreeSet<String> = keys
-        .iter()
-        .filter_map(|k| k.strip_prefix(REPLICAS).map(str::to_owned))
-        .collect();
-    let claim_keys: Vec<(String, String)> = keys
-        .iter()
-        .filter(|k| k.starts_with(CLAIMS))
-        .filter_map(|k| Some((src_of(k)?, k.clone())))
-        .collect();
-    let mut entries: Vec<(String, kv::Entry)> = Vec::with_capacity(claim_keys.len());
-    for chunk in claim_keys.chunks(16) {
-        let got =
-            futures::future::join_all(chunk.iter().map(|(_, key)| store.entry(key.clone()))).await;
-        for ((src, _), entry) in chunk.iter().zip(got) {
-            if let Ok(Some(entry)) = entry {
-                entries.push((src.clone(), entry));
-            }
-        }
-    }
-    let mut claims: BTreeMap<String, (ClaimValue, u64)> = BTreeMap::new();
-    for (src, entry) in entries {
-        if let Ok(value) = serde_json::from_slice::<ClaimValue>(&entry.value) {
-            claims.insert(src, (value, entry.revision));
-        }
-    }
-    // Claims of this replica it does not hold here (an earlier run of it made
-    // them): renewed and taken on.
-    let releasing = sharing
-        .releasing
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let orphans: Vec<(String, u64)> = claims
-        .iter()
-        .filter(|(s, (v, _))| {
-            v.owner == me && !renewed.contains_key(s.as_str()) && !releasing.contains(s.as_str())
-        })
-        .map(|(s, (_, r))| (s.clone(), *r))
-        .collect();
-    for (src, revision) in orphans {
-        if let Ok(revision) = store
-            .update(claim_key(&src), claim_body(&src), revision)
-            .await
-        {
-            renewed.insert(src, revision);
-        }
-    }
-    {
-        let mut held = sharing.held();
-        let before = held.len();
-        held.retain(|src, _| renewed.contains_key(src));
-        sharing
-            .metrics
-            .sharing
-            .losses
-            .inc_by((before - held.len()) as u64);
-        for (src, revision) in &renewed {
-            held.insert(
-                src.clone(),
-                Held {
-                    revision: *revision,
-                    valid_until,
-                },
-            );
-        }
-    }
-    // Claims being given back count as nobody's here: neither claimable nor
-    // part of this replica's share.
-    let owners: BTreeMap<String, String> = claims
-        .iter()
-        .filter(|(src, (v, _))| v.owner != me || renewed.contains_key(src.as_str()))
-        .map(|(s, (v, _))| {
-            let owner = if releasing.contains(s) {
-                String::new()
-            } else {
-                v.owner.clone()
-            };
-            (s.clone(), owner)
-        })
-        .collect();
-    let configs: BTreeSet<String> = snapshot.keys().cloned().collect();
-    let share = plan::share(configs.len(), &replicas, &me);
-    let moves = plan::moves(&me, &configs, &owners, share);
-    let mut releases = Vec::new();
-    {
-        let mut held = sharing.held();
-        let mut releasing = sharing.releasing.lock().unwrap_or_else(|p| p.into_inner());
-        for src in &moves.release {
-            if let Some(h) = held.remove(src) {
-                releasing.insert(src.clone());
-                releases.push((src.clone(), h.revision));
-            }
-        }
-    }
-    let mut claimed = 0;
-    for src in moves.claim {
-        if claimed >= moves.wanted {
-            break;
-        }
-        let value = ClaimValue {
-            owner: me.clone(),
-            phase: "Pending".into(),
-        };
-        let body = Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
-        if let Ok(revision) = store.create(claim_key(&src), body).await {
-            claimed += 1;
-            sharing.metrics.sharing.claims.inc();
-            tracing::info!(%src, "claimed");
-            sharing.held().insert(
-                src.clone(),
-                Held {
-                    revision,
-                    valid_until,
-                },
-            );
-            claims.insert(src, (value, revision));
-        }
-    }
-    let mut view: BTreeMap<String, ClaimValue> = claims
-        .into_iter()
-        .filter(|(src, _)| configs.contains(src))
-        .map(|(s, (v, _))| (s, v))
-        .collect();
-    for (src, _) in &releases {
-        view.remove(src);
-    }
-    *sharing.view.lock().unwrap_or_else(|p| p.into_inner()) = view;
-    sharing
-        .metrics
-        .sharing
-        .owned
-        .set(sharing.held().len() as i64);
-    Ok(releases)
-}
-
-/// Gives claims back once their configurations have stopped here, so the
-/// replica that takes them never runs them at the same time as this one.
-async fn handover(
-    sharing: Arc<Sharing>,
-    store: kv::Store,
-    registry: Arc<Registry>,
-    releases: Vec<(String, u64)>,
-) {
-    let (sharing, store, registry) = (&*sharing, &store, &*registry);
-    for (src, revision) in releases {
-        let deadline = Instant::now() + sharing.lease / 2;
-        while registry
-            .phase_of(&src)
-            .is_some_and(|p| p != Phase::Stopped && p != Phase::Error)
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if store
-            .delete_expect_revision(claim_key(&src), Some(revision))
-            .await
-            .is_ok()
-        {
-            sharing.metrics.sharing.handovers.inc();
-            tracing::info!(%src, "handed over");
-        }
-        sharing
-            .releasing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&src);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn claim_keys_round_trip_for_any_configuration_key() {
-        for src in [
-            "alpha",
-            "webhook.foo",
-            "a_b-c=d",
-            "with space",
-            "ünï",
-            "a..b",
-            ".x",
-            "",
-        ] {
-            let key = claim_key(src);
-            assert!(key.starts_with(CLAIMS));
-            assert!(
-                key.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_=./".contains(c)),
-                "{key}"
-            );
-            assert!(!key.contains(".."), "{key}");
-            assert_eq!(src_of(&key).as_deref(), Some(src), "{key}");
-        }
-        assert_eq!(bucket_name("default", "my gw"), "gateway_default_my_gw");
     }
 }
