@@ -168,7 +168,7 @@ async fn main() {
         return bare_server(port).await;
     }
     let smoke = std::env::args().any(|a| a == "--smoke");
-    // `--only http,nats` runs just those parts (limit, chain, http, grpc, nats, series), for
+    // `--only http,nats` runs just those parts (limit, chain, http, grpc, nats, ingress, series), for
     // profiling one path at a time.
     let only: Option<Vec<String>> = args
         .iter()
@@ -362,6 +362,50 @@ async fn main() {
             rows.push(row);
         }
         drop(nats);
+    }
+
+    // 4. The ingress: HTTP request-reply through it to a NATS responder in this
+    // process, against the bare hop's limit above (latency = round trip).
+    if want("ingress") {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nats = NatsServer::start(dir.path()).await;
+        let client = async_nats::connect(nats.url()).await.expect("nats");
+        let mut requests = client.subscribe("h8s.>").await.expect("subscribe");
+        let responder = client.clone();
+        tokio::spawn(async move {
+            use futures::StreamExt as _;
+            while let Some(m) = requests.next().await {
+                if let Some(reply) = m.reply {
+                    let _ = responder
+                        .publish(reply, Bytes::from_static(br#"{"id":"x"}"#))
+                        .await;
+                }
+            }
+        });
+        client.flush().await.expect("flush");
+        let (port, admin) = (free_port(), free_port());
+        let mut cmd = Command::new(bin("ingress"));
+        cmd.env_clear()
+            .env("INGRESS_PORT", port.to_string())
+            .env("INGRESS_ADMIN_PORT", admin.to_string())
+            .env("INGRESS_LISTEN_ADDRESS", "127.0.0.1")
+            .env("NATS_URL", nats.url())
+            .env("RUST_LOG", "warn");
+        let ingress = Proc::spawn("ingress", cmd, dir.path());
+        wait_port(port, "the ingress").await;
+        let mut procs = vec![("ingress", ingress.pid())];
+        procs.extend(nats.proc.as_ref().map(|p| ("nats", p.pid())));
+        let (mut row, _) = measure(
+            "ingress: HTTP to a NATS responder (latency = round trip)",
+            &format!("http://127.0.0.1:{port}/bench/event"),
+            None,
+            size,
+            &s,
+            &procs,
+        )
+        .await;
+        row.rss = format!("ingress {:.1}", peak_rss_mib(ingress.pid()));
+        rows.push(row);
     }
 
     println!("| scenario | events/s at saturation | ratio to limit | p50 ms | p99 ms | p99.9 ms | peak RSS MiB | CPU µs per event | CPU µs per event, all | note |");
