@@ -2,7 +2,8 @@
 """A WebSocket client for the ingress tests, on the `websockets` library. Modes:
 `echo` sends three frames and prints the replies; `slow` asks for a flood and
 then does not read for a while, and prints how the connection was closed;
-`hold` connects and waits to be closed, printing the close code. The host is
+`hold` connects and waits to be closed, printing the close code; `manyN`
+opens N connections at once and checks each gets its own replies. The host is
 sent as X-Forwarded-Host (the library sets Host itself). Prints one
 JSON line."""
 import asyncio
@@ -31,6 +32,8 @@ async def main():
                     await asyncio.wait_for(ws.recv(), 10)
             except websockets.ConnectionClosed as e:
                 print(json.dumps({"code": e.rcvd.code if e.rcvd else None}))
+        elif mode.startswith("many"):
+            pass
         elif mode == "hold":
             print(json.dumps({"open": True}), flush=True)
             try:
@@ -39,4 +42,20 @@ async def main():
                 print(json.dumps({"code": e.rcvd.code if e.rcvd else None}))
 
 
-asyncio.run(main())
+async def many(n):
+    """n connections at once, each echoing its own words."""
+    async def one(i):
+        async with websockets.connect(url, additional_headers={"X-Forwarded-Host": host}) as ws:
+            got = []
+            for j in range(3):
+                await ws.send(f"c{i}w{j}")
+                got.append(await asyncio.wait_for(ws.recv(), 10))
+            return got == [f"C{i}W{j}" for j in range(3)]
+    results = await asyncio.gather(*(one(i) for i in range(n)))
+    print(json.dumps({"ok": sum(results), "of": n}))
+
+
+if mode.startswith("many"):
+    asyncio.run(many(int(mode[4:])))
+else:
+    asyncio.run(main())

@@ -363,3 +363,18 @@ async fn a_slow_websocket_client_is_closed_with_1013_and_sigterm_closes_with_100
         .expect("exits");
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn a_hundred_websockets_at_once_each_get_their_own_replies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = NatsServer::start(dir.path()).await;
+    let i = ingress(dir.path(), &nats, &[]).await;
+    let result = run_client(ws_client(&i, "/room", "chat.example.com", "many100")).await;
+    assert_eq!(result["ok"], 100, "{result}");
+    let opened = i
+        .received()
+        .iter()
+        .filter(|m| m["subject"] == "h8s.control.ws.conn.established")
+        .count();
+    assert_eq!(opened, 100);
+}
