@@ -36,7 +36,7 @@ pub struct AppState {
 /// The header that carries the status of a reply.
 const STATUS_HEADER: &str = "X-H8S-Status";
 /// The header that tells a responder the subject the request was put on.
-pub(crate) const SUBJECT_HEADER: &str = "X-H8S-PublishSubject";
+const SUBJECT_HEADER: &str = "X-H8S-PublishSubject";
 
 /// Every path and method goes to NATS.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -113,14 +113,20 @@ fn host_of<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> &'a str {
 
 /// The host name without port or brackets, lower-case: what `INGRESS_HOSTS` lists.
 fn host_name(host: &str) -> String {
-    let bare = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or(rest)
-    } else if host.matches(':').count() == 1 {
-        host.split(':').next().unwrap_or(host)
-    } else {
-        host
-    };
-    bare.to_ascii_lowercase()
+    subject::bare_host(host).to_ascii_lowercase()
+}
+
+/// A request's headers as NATS headers (names as Go writes them), plus the
+/// subject they are published on: what h8s hands its responders.
+pub(crate) fn nats_headers(headers: &HeaderMap, subject: &str) -> async_nats::HeaderMap {
+    let mut out = async_nats::HeaderMap::new();
+    for (name, value) in headers {
+        if let Ok(value) = value.to_str() {
+            out.append(canonical(name.as_str()).as_str(), value);
+        }
+    }
+    out.insert(SUBJECT_HEADER, subject);
+    out
 }
 
 async fn forward(
@@ -151,13 +157,7 @@ async fn forward(
         host,
         uri.path(),
     );
-    let mut nats_headers = async_nats::HeaderMap::new();
-    for (name, value) in headers {
-        if let Ok(value) = value.to_str() {
-            nats_headers.append(canonical(name.as_str()).as_str(), value);
-        }
-    }
-    nats_headers.insert(SUBJECT_HEADER, subject.as_str());
+    let nats_headers = nats_headers(headers, &subject);
     let request = async_nats::Request::new()
         .headers(nats_headers)
         .payload(body)
@@ -188,7 +188,7 @@ async fn forward(
 /// A header name as Go's `net/http` writes it (`X-Custom`, `Content-Type`),
 /// which is how h8s hands headers to its responders; HTTP/1.1 parsers give
 /// them lower-cased.
-pub(crate) fn canonical(name: &str) -> String {
+fn canonical(name: &str) -> String {
     let mut upper = true;
     name.chars()
         .map(|c| {

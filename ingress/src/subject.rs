@@ -10,16 +10,21 @@
 
 use std::net::IpAddr;
 
-/// The host as a run of subject tokens.
-pub fn host_tokens(host: &str) -> String {
+/// A `Host` value without its port and the brackets of an IPv6 address.
+pub fn bare_host(host: &str) -> &str {
     let host = host.trim();
-    let bare = if let Some(rest) = host.strip_prefix('[') {
+    if let Some(rest) = host.strip_prefix('[') {
         rest.split(']').next().unwrap_or(rest)
     } else if host.matches(':').count() == 1 {
         host.split(':').next().unwrap_or(host)
     } else {
         host
-    };
+    }
+}
+
+/// The host as a run of subject tokens.
+pub fn host_tokens(host: &str) -> String {
+    let bare = bare_host(host);
     if bare.parse::<IpAddr>().is_ok() {
         return token(&bare.replace(':', "_"));
     }

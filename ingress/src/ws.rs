@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::{canonical, AppState, SUBJECT_HEADER};
+use crate::proxy::{nats_headers, AppState};
 use crate::subject;
 
 /// Messages waiting for a slow client before it is closed.
@@ -47,13 +47,7 @@ pub async fn session(
         .to_owned();
     let inbox = format!("{}.{}", st.config.inbox_prefix, key);
     let publish = subject::websocket_subject(&st.config.subject_prefix, &host, &path);
-    let mut headers = async_nats::HeaderMap::new();
-    for (name, value) in &request_headers {
-        if let Ok(value) = value.to_str() {
-            headers.append(canonical(name.as_str()).as_str(), value);
-        }
-    }
-    headers.insert(SUBJECT_HEADER, publish.as_str());
+    let headers = nats_headers(&request_headers, &publish);
     let client = &st.client;
     let mut replies = match client.subscribe(inbox.clone()).await {
         Ok(s) => s,
