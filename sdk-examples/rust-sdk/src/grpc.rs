@@ -17,6 +17,7 @@ use futures::Stream;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
 use crate::emitter::Line;
@@ -49,6 +50,10 @@ const BUFFERED: usize = 16;
 
 struct Service<E> {
     executor: Arc<E>,
+    tasks: TaskTracker,
+    /// Each source's latest run, so that a new call for it starts only once
+    /// the previous call's task finished.
+    runs: std::sync::Mutex<std::collections::HashMap<String, crate::tasks::Finished>>,
 }
 
 impl<E: ConfigExecutor> Service<E> {
@@ -78,13 +83,11 @@ impl<E: ConfigExecutor> Service<E> {
         };
         tracing::info!(src = %config.src, id = %config.id, "configuration started");
         let task = self.executor.start(config.clone(), emitter, stop.clone());
-        let token = stop.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = task => {}
-                _ = token.cancelled() => {}
-            }
-        });
+        let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+        let after = runs.get(&config.src).cloned();
+        let finished = crate::tasks::supervise(&self.tasks, task, stop.clone(), after);
+        runs.insert(config.src.clone(), finished);
+        drop(runs);
         let executor = self.executor.clone();
         Ok(Events {
             rx,
@@ -179,8 +182,11 @@ pub async fn serve_grpc<E: ConfigExecutor>(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    let tasks = TaskTracker::new();
     let service = Service {
         executor: Arc::new(executor),
+        tasks: tasks.clone(),
+        runs: Default::default(),
     };
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let router = match contract {
@@ -191,9 +197,12 @@ pub async fn serve_grpc<E: ConfigExecutor>(
             tonic::transport::Server::builder().add_service(GatewayExecutorServer::new(service))
         }
     };
-    router
+    let served = router
         .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+        .await;
+    // The calls are gone, and with them every configuration's stop token.
+    crate::tasks::drain(&tasks).await;
+    served
 }
 
 /// The contract's `id`: FNV-32a of the key followed by the value, in decimal.

@@ -9,10 +9,12 @@
 mod emitter;
 pub mod grpc;
 mod server;
+mod tasks;
 
 pub use emitter::{EmitError, Emitter};
 pub use grpc::{serve_grpc, Contract};
 pub use server::{run, serve, Settings};
+pub use tasks::STOP_GRACE;
 pub use tokio_util::sync::CancellationToken;
 
 use serde::{Deserialize, Serialize};
@@ -36,6 +38,8 @@ pub trait ConfigExecutor: Send + Sync + 'static {
     fn validate(&self, config: &ConfigData) -> Result<(), String>;
 
     /// Runs the configuration until `stop` is cancelled, emitting its events.
+    /// Once `stop` is cancelled the task has [`STOP_GRACE`] to return by
+    /// itself (to settle what it holds) before it is dropped.
     fn start(
         &self,
         config: ConfigData,

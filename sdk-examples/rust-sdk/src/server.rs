@@ -1,6 +1,6 @@
 //! The user server's HTTP side: `/start` validates and starts a task per
 //! configuration (replacing one already running for the same `src`), `/stop`
-//! cancels it. Shutdown cancels every task.
+//! cancels it. Shutdown cancels every task and waits (a bounded time) for them.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,6 +13,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::emitter::{HttpLine, Line};
 use crate::{ConfigData, ConfigExecutor, Emitter};
@@ -78,7 +79,15 @@ struct Shared<E> {
     executor: Arc<E>,
     settings: Settings,
     client: reqwest::Client,
-    running: Mutex<HashMap<String, CancellationToken>>,
+    /// Each source's latest run; a stopped one stays (cancelled) so that
+    /// the next start waits for it to finish.
+    running: Mutex<HashMap<String, Run>>,
+    tasks: TaskTracker,
+}
+
+struct Run {
+    stop: CancellationToken,
+    finished: crate::tasks::Finished,
 }
 
 /// Serves `executor` on the port the environment names until SIGTERM or SIGINT:
@@ -119,6 +128,7 @@ pub async fn serve<E: ConfigExecutor>(
         },
         settings: settings.clone(),
         running: Mutex::new(HashMap::new()),
+        tasks: TaskTracker::new(),
     });
     let app = Router::new()
         .route(&settings.start_path, post(start::<E>))
@@ -127,14 +137,15 @@ pub async fn serve<E: ConfigExecutor>(
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
-    for (_, token) in shared
+    for (_, run) in shared
         .running
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .drain()
     {
-        token.cancel();
+        run.stop.cancel();
     }
+    crate::tasks::drain(&shared.tasks).await;
     result
 }
 
@@ -147,14 +158,6 @@ async fn start<E: ConfigExecutor>(
         .validate(&config)
         .map_err(|e| (StatusCode::BAD_REQUEST, e))?;
     let token = CancellationToken::new();
-    let previous = shared
-        .running
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(config.src.clone(), token.clone());
-    if let Some(previous) = previous {
-        previous.cancel();
-    }
     let s = &shared.settings;
     let emitter = Emitter {
         line: Line::Http(HttpLine {
@@ -168,13 +171,21 @@ async fn start<E: ConfigExecutor>(
         stop: token.clone(),
     };
     tracing::info!(src = %config.src, id = %config.id, "configuration started");
+    let src = config.src.clone();
     let task = shared.executor.start(config, emitter, token.clone());
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = task => {}
-            _ = token.cancelled() => {}
-        }
+    let mut running = shared.running.lock().unwrap_or_else(|p| p.into_inner());
+    let after = running.get(&src).map(|previous| {
+        previous.stop.cancel();
+        previous.finished.clone()
     });
+    let finished = crate::tasks::supervise(&shared.tasks, task, token.clone(), after);
+    running.insert(
+        src,
+        Run {
+            stop: token,
+            finished,
+        },
+    );
     Ok(StatusCode::OK)
 }
 
@@ -186,7 +197,9 @@ async fn stop<E: ConfigExecutor>(
         .running
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .remove(&config.src);
+        .get(&config.src)
+        .map(|run| run.stop.clone())
+        .filter(|stop| !stop.is_cancelled());
     if let Some(token) = token {
         token.cancel();
         shared.executor.stop(&config);
