@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the gateway's tests and demo need on a fresh machine, and nothing
 # that is already there: Python's CloudEvents SDK and nats-py for the sensors,
-# Node.js for the Node user server, Debian's nats-server for the NATS tests. Safe to run repeatedly.
+# Node.js for the Node user server, Debian's nats-server for the NATS tests and
+# rabbitmq-server for the AMQP tests. Safe to run repeatedly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,7 @@ command -v openssl >/dev/null || apt_install openssl
 command -v nats-server >/dev/null || [[ -x /usr/sbin/nats-server ]] || apt_install nats-server
 { command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]]; } && command -v mosquitto_pub >/dev/null \
   || apt_install mosquitto mosquitto-clients
+[[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] || apt_install rabbitmq-server
 if ! python3 -c 'import cloudevents.core.bindings.http, nats, schemathesis, openapi_spec_validator, fastapi_code_generator, fastapi, uvicorn, grpc, grpc_tools, websockets' 2>/dev/null; then
   python3 -m pip install -q -r tests/requirements.txt 2>/dev/null \
     || python3 -m pip install -q --break-system-packages -r tests/requirements.txt

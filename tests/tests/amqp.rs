@@ -1,0 +1,219 @@
+//! The AMQP user server (`sdk-examples/amqp`) against a real RabbitMQ broker
+//! started here, through the real processor-client and transformer to the
+//! sensor: every message once and in order, acknowledged only after the
+//! gateway took it, nothing lost when the broker is killed mid-stream or the
+//! gateway cannot take events, and configurations the broker or the server
+//! refuse shown as Error with the reason.
+
+use std::process::Command;
+use std::time::Duration;
+
+use gateway_tests::*;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use serde_json::Value;
+
+/// A gateway whose user server is the AMQP server, with `configs`.
+async fn gateway(configs: &[(&str, String)]) -> Gateway {
+    let mut g = Gateway::new(UserServerKind::Python);
+    for (k, v) in configs {
+        g.set_config(k, v);
+    }
+    g.start_sensor().await;
+    g.start_transformer().await;
+    let mut server = Command::new(bin("amqp-gateway"));
+    server.env("RUST_LOG", "info");
+    g.start_user_server_with(server).await;
+    g.start_processor().await;
+    g
+}
+
+fn queue_config(broker: &RabbitMq, queue: &str) -> String {
+    format!(
+        "url: {}\nqueue: {queue}\njsonBody: true\nconsume: {{prefetch: 32}}\n",
+        broker.url()
+    )
+}
+
+/// Publishes `{"n": i}` for each `i` in `range` to `queue` on the default
+/// exchange, persistent, with message id `i`, each confirmed by the broker.
+async fn publish(broker: &RabbitMq, queue: &str, range: std::ops::Range<usize>) {
+    let (conn, channel) = broker.channel().await;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    declare(&channel, queue).await;
+    for i in range {
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(i.to_string().into())
+            .with_content_type("application/json".into());
+        let body = serde_json::json!({ "n": i }).to_string();
+        channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                props,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirmed");
+    }
+    let _ = conn.close(200, "done".into()).await;
+}
+
+/// Declares the durable queue the configurations consume (as they would).
+async fn declare(channel: &lapin::Channel, queue: &str) -> lapin::Queue {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue.declare")
+}
+
+/// Messages waiting in `queue` and consumers on it, as the broker counts them.
+async fn queue_state(broker: &RabbitMq, queue: &str) -> (u32, u32) {
+    let (conn, channel) = broker.channel().await;
+    let q = declare(&channel, queue).await;
+    let _ = conn.close(200, "done".into()).await;
+    (q.message_count(), q.consumer_count())
+}
+
+/// The `n` of each event at the sensor for `src`, in arrival order.
+fn numbers(g: &Gateway, src: &str) -> Vec<u64> {
+    g.sensor_events()
+        .iter()
+        .filter(|e| e["subject"] == src)
+        .filter_map(|e| payload(e)["body"]["n"].as_u64())
+        .collect()
+}
+
+async fn wait_numbers(g: &Gateway, src: &str, n: usize) -> Vec<u64> {
+    wait_for(&format!("{n} messages of {src} at the sensor"), || async {
+        let got = numbers(g, src);
+        (got.len() >= n).then_some(got)
+    })
+    .await
+}
+
+fn assert_once_in_order(got: &[u64], n: u64) {
+    let expected: Vec<u64> = (0..n).collect();
+    assert_eq!(got, expected.as_slice(), "every message once, in order");
+}
+
+#[tokio::test]
+async fn messages_arrive_once_in_order_and_are_acknowledged_after_the_gateway_took_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = RabbitMq::start(dir.path()).await;
+    let mut g = gateway(&[("orders", queue_config(&broker, "orders"))]).await;
+    g.wait_phase("orders", "Running").await;
+    publish(&broker, "orders", 0..200).await;
+    let got = wait_numbers(&g, "orders", 200).await;
+    assert_once_in_order(&got, 200);
+    // The event carries the message's properties, and the body as JSON.
+    let first = payload(&g.sensor_events()[0]).clone();
+    assert_eq!(first["messageId"], "0");
+    assert_eq!(first["routingKey"], "orders");
+    assert_eq!(first["contentType"], "application/json");
+    assert_eq!(first["redelivered"], false);
+    wait_for("the queue to drain", || async {
+        (queue_state(&broker, "orders").await == (0, 1)).then_some(())
+    })
+    .await;
+
+    // The gateway cannot take events (processor-client gone): the messages
+    // stay on the broker, unacknowledged, until it is back.
+    g.processor.as_mut().expect("processor").kill();
+    publish(&broker, "orders", 200..300).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Ready ones are counted; the prefetched (delivered, unacknowledged) are not.
+    let (waiting, _) = queue_state(&broker, "orders").await;
+    assert!(
+        waiting >= 100 - 32,
+        "only {waiting} of 100 left: acknowledged while the gateway could not take them"
+    );
+    assert_eq!(numbers(&g, "orders").len(), 200);
+    g.start_processor().await;
+    let got = wait_numbers(&g, "orders", 300).await;
+    assert_once_in_order(&got, 300);
+
+    // Removing the configuration cancels its consumer.
+    g.remove_config("orders");
+    wait_for("the consumer to go", || async {
+        (queue_state(&broker, "orders").await.1 == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_broker_killed_mid_stream_loses_nothing_and_repeats_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut broker = RabbitMq::start(dir.path()).await;
+    // A thousand messages wait before the configuration starts, so the
+    // broker dies while they stream.
+    publish(&broker, "jobs", 0..1000).await;
+    let g = gateway(&[("jobs", queue_config(&broker, "jobs"))]).await;
+    wait_numbers(&g, "jobs", 50).await;
+    broker.kill();
+    let at_kill = numbers(&g, "jobs").len();
+    broker.restart().await;
+    publish(&broker, "jobs", 1000..1100).await;
+    let got = wait_numbers(&g, "jobs", 1100).await;
+    assert_once_in_order(&got, 1100);
+    eprintln!("{at_kill} of 1000 at the sensor when the broker was killed");
+    assert_eq!(g.wait_phase("jobs", "Running").await["phase"], "Running");
+}
+
+#[tokio::test]
+async fn configurations_the_server_or_the_broker_refuse_are_errors_that_say_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = RabbitMq::start(dir.path()).await;
+    let port = broker.port;
+    let g = gateway(&[
+        (
+            "auto-ack",
+            format!(
+                "url: {}\nqueue: q\nconsume: {{autoAck: true}}",
+                broker.url()
+            ),
+        ),
+        (
+            "no-such-queue",
+            format!(
+                "url: {}\nqueue: missing\nqueueDeclare: {{passive: true}}",
+                broker.url()
+            ),
+        ),
+        (
+            "wrong-password",
+            format!("url: amqp://guest:nope@127.0.0.1:{port}/%2f\nqueue: q"),
+        ),
+        ("not-yaml", "url: [".to_owned()),
+    ])
+    .await;
+    for (src, needle) in [
+        ("auto-ack", "autoAck"),
+        ("no-such-queue", "NOT_FOUND"),
+        ("wrong-password", "credentials"),
+        ("not-yaml", "invalid AMQP configuration"),
+    ] {
+        let c: Value = g.wait_phase(src, "Error").await;
+        let message = c["message"].as_str().unwrap_or("");
+        assert!(message.contains(needle), "{src}: {message}");
+        assert!(
+            !message.contains("nope"),
+            "{src} leaks the password: {message}"
+        );
+    }
+}
