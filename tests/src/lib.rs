@@ -553,9 +553,11 @@ pub struct Reply {
 mod checks;
 mod nats;
 mod rabbitmq;
+mod s3;
 mod tls;
 
 pub use checks::{assert_acked_delivered, assert_ordered, event_body, payload};
 pub use nats::NatsServer;
 pub use rabbitmq::RabbitMq;
+pub use s3::{S3Op, S3Server};
 pub use tls::{client_cert, private_ca};

@@ -1,0 +1,227 @@
+//! The S3 user server (`sdk-examples/s3`) against a real S3-compatible server
+//! (moto's server mode) started here, with boto3 putting and deleting
+//! objects, through the real processor-client and transformer to the sensor:
+//! each change once and in order as an S3 notification record, nothing
+//! repeated or skipped across a restart of the user server or of the S3
+//! server, and configurations that cannot work shown as Error with the reason.
+
+use std::process::Command;
+
+use gateway_tests::*;
+use serde_json::Value;
+
+const BUCKET: &str = "photos";
+
+async fn gateway(configs: &[(&str, String)]) -> Gateway {
+    let mut g = Gateway::new(UserServerKind::Python);
+    for (k, v) in configs {
+        g.set_config(k, v);
+    }
+    g.start_sensor().await;
+    g.start_transformer().await;
+    g.start_user_server_with(server(&g)).await;
+    g.start_processor().await;
+    g
+}
+
+fn server(g: &Gateway) -> Command {
+    let mut cmd = Command::new(bin("s3-gateway"));
+    cmd.env("S3_STATE_DIR", g.dir.path().join("s3-state"))
+        .env("RUST_LOG", "info");
+    cmd
+}
+
+fn config(s3: &S3Server, extra: &str) -> String {
+    format!(
+        "endpoint: {}\nbucket: {BUCKET}\npollInterval: 200ms\naccessKey: test-key\nsecretKey: hunter2-secret\n{extra}",
+        s3.url()
+    )
+}
+
+/// Each notification record at the sensor for `src`: (eventName, key, size, eTag, sequencer).
+fn records(g: &Gateway, src: &str) -> Vec<(String, String, u64, String, String)> {
+    g.sensor_events()
+        .iter()
+        .filter(|e| e["subject"] == src)
+        .map(|e| {
+            let r = &payload(e)["Records"][0];
+            let o = &r["s3"]["object"];
+            let s = |v: &Value| v.as_str().unwrap_or("").to_owned();
+            (
+                s(&r["eventName"]),
+                s(&o["key"]),
+                o["size"].as_u64().unwrap_or(0),
+                s(&o["eTag"]),
+                s(&o["sequencer"]),
+            )
+        })
+        .collect()
+}
+
+async fn wait_records(
+    g: &Gateway,
+    src: &str,
+    n: usize,
+) -> Vec<(String, String, u64, String, String)> {
+    wait_for(&format!("{n} changes of {src} at the sensor"), || async {
+        let got = records(g, src);
+        (got.len() >= n).then_some(got)
+    })
+    .await
+}
+
+fn keys(n: std::ops::Range<usize>) -> Vec<String> {
+    n.map(|i| format!("in/{i:03}.txt")).collect()
+}
+
+async fn put_all(s3: &S3Server, keys: &[String]) -> Vec<String> {
+    let ops: Vec<S3Op> = keys
+        .iter()
+        .map(|k| S3Op::Put(BUCKET, k.as_str(), k.as_str()))
+        .collect();
+    s3.run(&ops).await.into_iter().flatten().collect()
+}
+
+/// Waits a few more polls, then checks nothing more arrived.
+async fn assert_settled(g: &Gateway, src: &str, n: usize) {
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(records(g, src).len(), n, "no change repeated");
+}
+
+#[tokio::test]
+async fn object_changes_arrive_once_and_in_order_across_a_restart_of_the_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s3 = S3Server::start(dir.path()).await;
+    s3.run(&[
+        S3Op::CreateBucket(BUCKET),
+        S3Op::Put(BUCKET, "in/already-there.txt", "old"),
+    ])
+    .await;
+    let src = "photos";
+    let mut g = gateway(&[(src, config(&s3, "filter: {prefix: in/, suffix: .txt}"))]).await;
+    g.wait_phase(src, "Running").await;
+
+    // Thirty objects, and two the filter leaves out.
+    let first = keys(0..30);
+    let etags = put_all(&s3, &first).await;
+    s3.run(&[
+        S3Op::Put(BUCKET, "other/x.txt", "x"),
+        S3Op::Put(BUCKET, "in/y.bin", "y"),
+    ])
+    .await;
+    let got = wait_records(&g, src, 30).await;
+    for (i, (name, key, size, etag, _)) in got.iter().enumerate() {
+        assert_eq!(name, "ObjectCreated:Put");
+        assert_eq!(key, &first[i], "in order");
+        assert_eq!(*size, first[i].len() as u64);
+        assert_eq!(etag, &etags[i]);
+    }
+
+    // An overwrite is a new creation; removals follow, by key.
+    s3.run(&[S3Op::Put(BUCKET, "in/001.txt", "changed")]).await;
+    let got = wait_records(&g, src, 31).await;
+    assert_eq!(
+        (got[30].0.as_str(), got[30].1.as_str()),
+        ("ObjectCreated:Put", "in/001.txt")
+    );
+    s3.run(&[
+        S3Op::Delete(BUCKET, "in/003.txt"),
+        S3Op::Delete(BUCKET, "in/007.txt"),
+    ])
+    .await;
+    let got = wait_records(&g, src, 33).await;
+    assert_eq!(got[31].0, "ObjectRemoved:Delete");
+    assert_eq!(
+        (got[31].1.as_str(), got[32].1.as_str()),
+        ("in/003.txt", "in/007.txt")
+    );
+    assert_settled(&g, src, 33).await;
+
+    // The user server SIGKILLed; a change while it is down; started again,
+    // it reports that change and nothing it reported before.
+    g.user_server.as_mut().expect("user server").kill();
+    s3.run(&[S3Op::Put(BUCKET, "in/100.txt", "late")]).await;
+    let again = server(&g);
+    g.start_user_server_with(again).await;
+    let got = wait_records(&g, src, 34).await;
+    assert_eq!(got[33].1, "in/100.txt");
+    assert_settled(&g, src, 34).await;
+    let sequencers: Vec<&String> = got.iter().map(|r| &r.4).collect();
+    assert!(sequencers.windows(2).all(|w| w[0] < w[1]), "{sequencers:?}");
+    // The secret key is never logged.
+    let log = g.user_server.as_ref().map(Proc::output).unwrap_or_default();
+    assert!(!log.contains("hunter2-secret"));
+}
+
+#[tokio::test]
+async fn an_s3_server_killed_mid_stream_loses_and_repeats_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s3 = S3Server::start(dir.path()).await;
+    s3.run(&[S3Op::CreateBucket(BUCKET)]).await;
+    let src = "stream";
+    // Polled once a second, so that the kill comes with changes not yet seen.
+    let slow = config(&s3, "").replace("pollInterval: 200ms", "pollInterval: 1s");
+    let g = gateway(&[(src, slow)]).await;
+    g.wait_phase(src, "Running").await;
+    put_all(&s3, &keys(0..20)).await;
+    wait_records(&g, src, 20).await;
+    // Forty more, and the server dies at once, before (or while) they are seen.
+    put_all(&s3, &keys(20..60)).await;
+    s3.kill();
+    let at_kill = records(&g, src).len();
+    s3.restart().await;
+    put_all(&s3, &keys(60..80)).await;
+    let got = wait_records(&g, src, 80).await;
+    let got_keys: Vec<&String> = got.iter().map(|r| &r.1).collect();
+    let expected = keys(0..80);
+    assert_eq!(
+        got_keys,
+        expected.iter().collect::<Vec<_>>(),
+        "every object once, in order"
+    );
+    assert_settled(&g, src, 80).await;
+    eprintln!("{at_kill} of 60 at the sensor when the S3 server was killed");
+    assert_eq!(g.wait_phase(src, "Running").await["phase"], "Running");
+}
+
+#[tokio::test]
+async fn configurations_that_cannot_work_are_errors_that_say_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s3 = S3Server::start(dir.path()).await;
+    let url = s3.url();
+    let g = gateway(&[
+        ("no-bucket", config(&s3, "").replace(BUCKET, "no-such-bucket")),
+        ("copy-events", config(&s3, "events: ['s3:ObjectCreated:Copy']")),
+        (
+            "unset-key",
+            format!("endpoint: {url}\nbucket: {BUCKET}\naccessKeyFromEnv: SURELY_UNSET_KEY\nsecretKey: x"),
+        ),
+        ("ftp", "endpoint: ftp://127.0.0.1\nbucket: photos".to_owned()),
+    ])
+    .await;
+    for (src, needle) in [
+        ("no-bucket", "NoSuchBucket"),
+        ("copy-events", "ObjectCreated:Copy"),
+        ("unset-key", "SURELY_UNSET_KEY"),
+        ("ftp", "endpoint"),
+    ] {
+        let c = g.wait_phase(src, "Error").await;
+        let message = c["message"].as_str().unwrap_or("");
+        assert!(message.contains(needle), "{src}: {message}");
+        assert!(!message.contains("hunter2-secret"), "{src}: {message}");
+    }
+
+    // A state directory that cannot be written stops the server at start,
+    // naming the variable.
+    let out = Command::new(bin("s3-gateway"))
+        .env("S3_STATE_DIR", "/proc/no-state-here")
+        .env(
+            "GATEWAY_PROCESSOR_SERVER_HTTP_PORT",
+            free_port().to_string(),
+        )
+        .output()
+        .expect("run s3-gateway");
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("S3_STATE_DIR"), "{text}");
+}
