@@ -110,11 +110,13 @@ fn servers(url: &str) -> Vec<String> {
         .collect()
 }
 
-/// Counts the connection's comings and goings.
+/// Counts the connection's comings and goings, and wakes whoever waits on
+/// `lost` when it goes: a request in flight then cannot expect its reply.
 #[derive(Clone, Default)]
 pub struct ConnectionMetrics {
     pub connects: Counter,
     pub disconnects: Counter,
+    pub lost: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// Why no connection could be set up (a server that is down is not one of
@@ -166,6 +168,7 @@ pub async fn connect_with_inbox(
                     }
                     async_nats::Event::Disconnected => {
                         metrics.disconnects.inc();
+                        metrics.lost.notify_waiters();
                         tracing::warn!("disconnected from NATS; reconnecting");
                     }
                     other => tracing::info!(event = %other, "NATS"),

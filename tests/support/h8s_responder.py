@@ -3,7 +3,8 @@
 subscribes to --subject, records every request (subject, reply subject,
 headers, body) to --out as JSON lines, and answers with the body reversed, an
 `X-Echo: yes` header, and `X-H8S-Status` when the request asked for one with
-`X-Want-Status`. A body of `slow` is answered after 5 s.
+`X-Want-Status`. A body of `slow` is answered after 5 s, `pause` after 0.5 s
+(each on a task of its own, so one slow request holds up no other).
 
 WebSocket frames (`h8s.ws.ws.>`) are answered on their inbox in upper case;
 a frame `flood` is answered with 5,000 messages at once. Control messages
@@ -34,6 +35,8 @@ async def main():
             }) + "\n")
         if msg.data == b"slow":
             await asyncio.sleep(5)
+        elif msg.data == b"pause":
+            await asyncio.sleep(0.5)
         reply = {"X-Echo": "yes", "Content-Type": "application/octet-stream"}
         if "X-Want-Status" in headers:
             reply["X-H8S-Status"] = headers["X-Want-Status"]
@@ -54,7 +57,14 @@ async def main():
                 "body": base64.b64encode(msg.data).decode(),
             }) + "\n")
 
-    await nc.subscribe(args.subject, cb=handle)
+    tasks = set()
+
+    async def spawn(msg):
+        task = asyncio.create_task(handle(msg))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    await nc.subscribe(args.subject, cb=spawn)
     await nc.subscribe("h8s.ws.ws.>", cb=frame)
     await nc.subscribe("h8s.control.ws.conn.*", cb=handle_record)
     await nc.flush()

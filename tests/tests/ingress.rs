@@ -244,6 +244,80 @@ async fn each_failure_gets_its_own_answer() {
     .await;
 }
 
+/// Posts `body` for www.example.com on a task of its own.
+fn in_flight(i: &Ingress, body: &'static str) -> tokio::task::JoinHandle<(u16, String)> {
+    let (http, port) = (i.http.clone(), i.port);
+    tokio::spawn(async move {
+        let r = http
+            .post(format!("http://127.0.0.1:{port}/x"))
+            .header("host", "www.example.com")
+            .body(body)
+            .send()
+            .await
+            .expect("an answer");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    })
+}
+
+/// Waits until the responder has received a request whose body is `body`.
+async fn responder_has(i: &Ingress, body: &str) {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(body);
+    wait_for(&format!("the responder to receive {body:?}"), || async {
+        i.received()
+            .iter()
+            .any(|m| m["body"] == encoded.as_str())
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn requests_in_flight_fail_cleanly_when_nats_dies_and_are_finished_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nats = NatsServer::start(dir.path()).await;
+    // A timeout far longer than the test, so no answer below is a timeout.
+    let mut i = ingress(
+        dir.path(),
+        &nats,
+        &[
+            ("INGRESS_REQUEST_TIMEOUT", "60s"),
+            ("SHUTDOWN_TIMEOUT", "10s"),
+        ],
+    )
+    .await;
+    // NATS killed while a request waits for its reply: 503 at once, with
+    // a JSON error, not a hang until the timeout.
+    let waiting = in_flight(&i, "slow");
+    responder_has(&i, "slow").await;
+    nats.kill();
+    let (status, text) = waiting.await.expect("join");
+    assert_eq!(status, 503, "{text}");
+    let error: Value = serde_json::from_str(&text).expect("a JSON error");
+    assert_eq!(error["error"], "nats_unavailable", "{text}");
+    // Back by itself once NATS is.
+    nats.restart().await;
+    wait_for("a request through again", || async {
+        let r = i
+            .send("GET", "/x", "www.example.com", &[], Vec::new())
+            .await;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    // SIGTERM while a request waits: it is answered, then the ingress exits 0.
+    let waiting = in_flight(&i, "pause");
+    responder_has(&i, "pause").await;
+    i.proc.signal(libc::SIGTERM);
+    let (status, text) = waiting.await.expect("join");
+    assert_eq!((status, text.as_str()), (200, "esuap"));
+    let exit = i
+        .proc
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("exits");
+    assert!(exit.success(), "{exit:?}");
+}
+
 #[tokio::test]
 async fn hosts_not_served_are_404_and_sigterm_exits_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -362,6 +436,24 @@ async fn a_slow_websocket_client_is_closed_with_1013_and_sigterm_closes_with_100
         .await
         .expect("exits");
     assert!(status.success(), "{status:?}");
+    // Both the slow client closed with 1013 and the one closed by SIGTERM
+    // were announced on the `closed` control subject, each with its inbox.
+    let controls = |subject: &str| -> Vec<String> {
+        i.received()
+            .iter()
+            .filter(|m| m["subject"] == subject)
+            .filter_map(|m| m["reply"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let mut opened = controls("h8s.control.ws.conn.established");
+    let mut closed = wait_for("two closed control messages", || async {
+        let c = controls("h8s.control.ws.conn.closed");
+        (c.len() >= 2).then_some(c)
+    })
+    .await;
+    opened.sort();
+    closed.sort();
+    assert_eq!(opened, closed, "each connection announced open and closed");
 }
 
 #[tokio::test]
