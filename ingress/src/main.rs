@@ -1,5 +1,10 @@
 use ingress::config::Config;
 
+/// jemalloc, as in the other binaries: every request allocates its subject,
+/// its NATS headers and its response across the runtime's threads.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::from_env()?;
