@@ -2,7 +2,8 @@
 //! started here, through the real processor-client and transformer to the
 //! sensor: every message once and in order, acknowledged only after the
 //! gateway took it, nothing lost when the broker is killed mid-stream or the
-//! gateway cannot take events, and configurations the broker or the server
+//! gateway cannot take events (processor-client down, or answering 503 while
+//! the transformer is down), and configurations the broker or the server
 //! refuse shown as Error with the reason.
 
 use std::process::Command;
@@ -147,6 +148,26 @@ async fn messages_arrive_once_in_order_and_are_acknowledged_after_the_gateway_to
     g.start_processor().await;
     let got = wait_numbers(&g, "orders", 300).await;
     assert_once_in_order(&got, 300);
+
+    // The transformer gone: the processor-client answers each event 503, and
+    // the message stays unacknowledged until it is taken.
+    g.transformer.as_mut().expect("transformer").kill();
+    publish(&broker, "orders", 300..350).await;
+    wait_for("the processor-client to refuse with 503", || async {
+        let refused = g
+            .metric(&g.pc_url("/metrics"), "processor_events_rejected_total")
+            .await;
+        (refused > 0.0).then_some(())
+    })
+    .await;
+    let (waiting, _) = queue_state(&broker, "orders").await;
+    assert!(
+        waiting >= 50 - 32,
+        "only {waiting} of 50 left while refused"
+    );
+    g.start_transformer().await;
+    let got = wait_numbers(&g, "orders", 350).await;
+    assert_once_in_order(&got, 350);
 
     // Removing the configuration cancels its consumer.
     g.remove_config("orders");
