@@ -295,6 +295,35 @@ impl Gateway {
         g
     }
 
+    /// Starts everything, the user server being the command `server` makes
+    /// (told its ports through the contract's variables), with `configs`.
+    pub async fn up_with(
+        configs: &[(&str, String)],
+        server: impl FnOnce(&Gateway) -> Command,
+    ) -> Gateway {
+        let mut g = Gateway::new(UserServerKind::Python);
+        for (k, v) in configs {
+            g.set_config(k, v);
+        }
+        g.start_sensor().await;
+        g.start_transformer().await;
+        let cmd = server(&g);
+        g.start_user_server_with(cmd).await;
+        g.start_processor().await;
+        g
+    }
+
+    /// Waits until each `(src, words)` is in Error with a message holding
+    /// `words`, and checks that no message holds `secret`.
+    pub async fn assert_errors(&self, cases: &[(&str, &str)], secret: &str) {
+        for (src, words) in cases {
+            let c = self.wait_phase(src, "Error").await;
+            let message = c["message"].as_str().unwrap_or("");
+            assert!(message.contains(words), "{src}: {message}");
+            assert!(!message.contains(secret), "{src} tells a secret: {message}");
+        }
+    }
+
     /// Starts the sensor, the transformer, the user server and the
     /// processor-client, in that order, each once it listens: for tests that
     /// set environment variables on a [`Gateway::new`] first.

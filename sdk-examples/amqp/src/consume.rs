@@ -23,7 +23,8 @@ use crate::spec::Spec;
 
 /// How long a connection attempt may take before it counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The longest wait between reconnection attempts.
+/// The first and the longest wait between reconnection attempts.
+const BACKOFF_BASE: Duration = Duration::from_millis(250);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// How many forwarded message ids are remembered per configuration.
 const REMEMBERED: usize = 4096;
@@ -38,48 +39,49 @@ enum Ended {
     Lost(String),
 }
 
+/// One configuration's consumer, across its connections.
+struct Consumer {
+    spec: Spec,
+    emitter: Emitter,
+    stop: CancellationToken,
+    /// Message ids forwarded lately, across reconnections.
+    forwarded: Forwarded,
+    /// Whether Running was reported (once, on the first subscription).
+    announced: bool,
+    /// Sessions lost in a row since the last subscription.
+    failures: u32,
+}
+
 /// Runs the configuration until `stop` is cancelled or the broker refuses it.
 pub async fn run(spec: Spec, emitter: Emitter, stop: CancellationToken) {
-    let src = emitter.config().src.clone();
-    let mut forwarded = Forwarded::new(REMEMBERED);
-    let mut announced = false;
-    let mut failures = 0u32;
+    let mut c = Consumer {
+        spec,
+        emitter,
+        stop,
+        forwarded: Forwarded::new(REMEMBERED),
+        announced: false,
+        failures: 0,
+    };
+    let src = c.emitter.config().src.clone();
     loop {
-        let ended = session(
-            &spec,
-            &emitter,
-            &stop,
-            &mut forwarded,
-            &mut announced,
-            &mut failures,
-        )
-        .await;
-        match ended {
+        match c.session().await {
             Ended::Stopped => return,
             Ended::Refused(why) => {
-                tracing::warn!(%src, broker = %spec.where_(), %why, "the broker refused the configuration");
-                let _ = emitter.error(&why).await;
+                tracing::warn!(%src, broker = %c.spec.where_(), %why, "the broker refused the configuration");
+                let _ = c.emitter.error(&why).await;
                 return;
             }
             Ended::Lost(why) => {
-                failures = failures.saturating_add(1);
-                let wait = backoff(failures);
-                tracing::warn!(%src, broker = %spec.where_(), %why, retry_in = ?wait, "AMQP connection lost");
+                c.failures = c.failures.saturating_add(1);
+                let wait = gateway_sdk::backoff(c.failures, BACKOFF_BASE, BACKOFF_CAP);
+                tracing::warn!(%src, broker = %c.spec.where_(), %why, retry_in = ?wait, "AMQP connection lost");
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = c.stop.cancelled() => return,
                     _ = tokio::time::sleep(wait) => {}
                 }
             }
         }
     }
-}
-
-/// 250 ms doubling to [`BACKOFF_CAP`], each wait between half and all of it.
-fn backoff(failures: u32) -> Duration {
-    let full = Duration::from_millis(250)
-        .saturating_mul(1u32 << failures.min(10).saturating_sub(1))
-        .min(BACKOFF_CAP);
-    full.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
 /// Sorts a broker error into "retry" or "refused".
@@ -101,29 +103,101 @@ fn classify(context: &str, e: lapin::Error) -> Ended {
     Ended::Lost(format!("{context}: {e}"))
 }
 
-async fn session(
-    spec: &Spec,
-    emitter: &Emitter,
-    stop: &CancellationToken,
-    forwarded: &mut Forwarded,
-    announced: &mut bool,
-    failures: &mut u32,
-) -> Ended {
-    let connect = Connection::connect_uri(spec.uri.clone(), ConnectionProperties::default());
-    let conn = tokio::select! {
-        _ = stop.cancelled() => return Ended::Stopped,
-        c = tokio::time::timeout(CONNECT_TIMEOUT, connect) => match c {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return refused_login(e),
-            Err(_) => return Ended::Lost(format!("no connection within {CONNECT_TIMEOUT:?}")),
-        },
-    };
-    // `consume` watches `stop` itself, so that a message the gateway took
-    // is acknowledged before the connection closes.
-    let ended = consume(&conn, spec, emitter, stop, forwarded, announced, failures).await;
-    // Closing returns whatever was delivered but not acknowledged to the queue.
-    let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "stopped".into())).await;
-    ended
+impl Consumer {
+    /// One connection: subscribe, then forward until it ends.
+    async fn session(&mut self) -> Ended {
+        let connect =
+            Connection::connect_uri(self.spec.uri.clone(), ConnectionProperties::default());
+        let conn = tokio::select! {
+            _ = self.stop.cancelled() => return Ended::Stopped,
+            c = tokio::time::timeout(CONNECT_TIMEOUT, connect) => match c {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => return refused_login(e),
+                Err(_) => return Ended::Lost(format!("no connection within {CONNECT_TIMEOUT:?}")),
+            },
+        };
+        // `consume` watches `stop` itself, so that a message the gateway took
+        // is acknowledged before the connection closes.
+        let ended = self.consume(&conn).await;
+        // Closing returns whatever was delivered but not acknowledged to the queue.
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), conn.close(200, "stopped".into())).await;
+        ended
+    }
+
+    async fn consume(&mut self, conn: &Connection) -> Ended {
+        let setup = tokio::select! {
+            _ = self.stop.cancelled() => return Ended::Stopped,
+            s = subscribe(conn, &self.spec) => s,
+        };
+        let (queue, mut consumer) = match setup {
+            Ok(s) => s,
+            Err(ended) => return ended,
+        };
+        self.failures = 0;
+        if !self.announced {
+            if self.emitter.running().await.is_err() {
+                return Ended::Stopped;
+            }
+            self.announced = true;
+        }
+        tracing::info!(src = %self.emitter.config().src, broker = %self.spec.where_(), queue = %queue, "consuming");
+        loop {
+            let next = tokio::select! {
+                _ = self.stop.cancelled() => return Ended::Stopped,
+                next = consumer.next() => next,
+            };
+            let delivery = match next {
+                None => return Ended::Lost("the broker cancelled the consumer".into()),
+                Some(Err(e)) => return classify("delivery", e),
+                Some(Ok(d)) => d,
+            };
+            if let Some(ended) = self.forward(delivery).await {
+                return ended;
+            }
+        }
+    }
+
+    /// Forwards one message and settles it with the broker: acknowledged once
+    /// the gateway took it, rejected (to the dead-letter exchange, if the queue
+    /// has one) when the gateway refuses it for good. `Some` ends the session.
+    async fn forward(&mut self, delivery: lapin::message::Delivery) -> Option<Ended> {
+        let (spec, emitter) = (&self.spec, &self.emitter);
+        let id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str().to_owned());
+        // A redelivery of a message already taken (its ack went down with the
+        // connection) is acknowledged without forwarding it again.
+        let already =
+            delivery.redelivered && id.as_deref().is_some_and(|i| self.forwarded.contains(i));
+        if !already {
+            let body = message::event(&delivery, spec.json_body).to_string();
+            match emitter.emit(body.as_bytes()).await {
+                Ok(_) => {}
+                Err(EmitError::Stopped) => return Some(Ended::Stopped),
+                Err(EmitError::Refused { status, body }) => {
+                    tracing::warn!(src = %emitter.config().src, status, %body, "the gateway refused a message; rejecting it");
+                    let nack = BasicNackOptions {
+                        multiple: false,
+                        requeue: false,
+                    };
+                    return match delivery.acker.nack(nack).await {
+                        Ok(_) => None,
+                        Err(e) => Some(classify("basic.nack", e)),
+                    };
+                }
+            }
+            if let Some(id) = &id {
+                self.forwarded.insert(id);
+            }
+        }
+        if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+            return Some(classify("basic.ack", e));
+        }
+        self.stop.is_cancelled().then_some(Ended::Stopped)
+    }
 }
 
 /// Refused credentials are the user's to fix; anything else may pass.
@@ -133,47 +207,6 @@ fn refused_login(e: lapin::Error) -> Ended {
         return Ended::Refused("the broker refused the credentials (ACCESS_REFUSED)".into());
     }
     classify("connect", e)
-}
-
-async fn consume(
-    conn: &Connection,
-    spec: &Spec,
-    emitter: &Emitter,
-    stop: &CancellationToken,
-    forwarded: &mut Forwarded,
-    announced: &mut bool,
-    failures: &mut u32,
-) -> Ended {
-    let setup = tokio::select! {
-        _ = stop.cancelled() => return Ended::Stopped,
-        s = subscribe(conn, spec) => s,
-    };
-    let (queue, mut consumer) = match setup {
-        Ok(s) => s,
-        Err(ended) => return ended,
-    };
-    *failures = 0;
-    if !*announced {
-        if emitter.running().await.is_err() {
-            return Ended::Stopped;
-        }
-        *announced = true;
-    }
-    tracing::info!(src = %emitter.config().src, broker = %spec.where_(), queue = %queue, "consuming");
-    loop {
-        let next = tokio::select! {
-            _ = stop.cancelled() => return Ended::Stopped,
-            next = consumer.next() => next,
-        };
-        let delivery = match next {
-            None => return Ended::Lost("the broker cancelled the consumer".into()),
-            Some(Err(e)) => return classify("delivery", e),
-            Some(Ok(d)) => d,
-        };
-        if let Some(ended) = forward(delivery, spec, emitter, stop, forwarded).await {
-            return ended;
-        }
-    }
 }
 
 /// Declares what the configuration names and starts consuming its queue.
@@ -250,49 +283,4 @@ async fn subscribe(conn: &Connection, spec: &Spec) -> Result<(String, lapin::Con
         .await
         .map_err(|e| classify(&format!("consume {:?}", queue.as_str()), e))?;
     Ok((queue.as_str().to_owned(), consumer))
-}
-
-/// Forwards one message and settles it with the broker: acknowledged once
-/// the gateway took it, rejected (to the dead-letter exchange, if the queue
-/// has one) when the gateway refuses it for good. `Some` ends the session.
-async fn forward(
-    delivery: lapin::message::Delivery,
-    spec: &Spec,
-    emitter: &Emitter,
-    stop: &CancellationToken,
-    forwarded: &mut Forwarded,
-) -> Option<Ended> {
-    let id = delivery
-        .properties
-        .message_id()
-        .as_ref()
-        .map(|s| s.as_str().to_owned());
-    // A redelivery of a message already taken (its ack went down with the
-    // connection) is acknowledged without forwarding it again.
-    let already = delivery.redelivered && id.as_deref().is_some_and(|i| forwarded.contains(i));
-    if !already {
-        let body = message::event(&delivery, spec.json_body).to_string();
-        match emitter.emit(body.as_bytes()).await {
-            Ok(_) => {}
-            Err(EmitError::Stopped) => return Some(Ended::Stopped),
-            Err(EmitError::Refused { status, body }) => {
-                tracing::warn!(src = %emitter.config().src, status, %body, "the gateway refused a message; rejecting it");
-                let nack = BasicNackOptions {
-                    multiple: false,
-                    requeue: false,
-                };
-                return match delivery.acker.nack(nack).await {
-                    Ok(_) => None,
-                    Err(e) => Some(classify("basic.nack", e)),
-                };
-            }
-        }
-        if let Some(id) = &id {
-            forwarded.insert(id);
-        }
-    }
-    if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
-        return Some(classify("basic.ack", e));
-    }
-    stop.is_cancelled().then_some(Ended::Stopped)
 }

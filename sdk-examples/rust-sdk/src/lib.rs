@@ -6,11 +6,13 @@
 //! The same executor can instead serve a gRPC processor-client
 //! (`GATEWAY_PROCESSOR_SERVER_PROTOCOL=grpc` or `grpc-v06`, [`grpc`]).
 
+mod backoff;
 mod emitter;
 pub mod grpc;
 mod server;
 mod tasks;
 
+pub use backoff::backoff;
 pub use emitter::{EmitError, Emitter};
 pub use grpc::{serve_grpc, Contract};
 pub use server::{run, serve, Settings};

@@ -78,7 +78,7 @@ pub async fn run(
             }
             Err(Ended::Failed(why)) => {
                 failures = failures.saturating_add(1);
-                let wait = backoff(failures, spec.poll_interval);
+                let wait = gateway_sdk::backoff(failures, spec.poll_interval, BACKOFF_CAP);
                 tracing::warn!(%src, %why, retry_in = ?wait, "S3 poll failed");
                 wait
             }
@@ -88,14 +88,6 @@ pub async fn run(
             _ = tokio::time::sleep(wait) => {}
         }
     }
-}
-
-/// The poll interval doubling per failure up to [`BACKOFF_CAP`], jittered.
-fn backoff(failures: u32, base: Duration) -> Duration {
-    let full = base
-        .saturating_mul(1u32 << failures.min(8).saturating_sub(1))
-        .min(BACKOFF_CAP.max(base));
-    full.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
 /// A file name for the state of `src` watching what `spec` names: a change
