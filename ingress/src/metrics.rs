@@ -35,12 +35,9 @@ impl Metrics {
             "HTTP requests answered, by status",
             requests.clone(),
         );
-        let latency = Histogram::new(
-            [
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]
-            .into_iter(),
-        );
+        let latency = Histogram::new([
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ]);
         registry.register(
             "ingress_request_duration_seconds",
             "Time from a request's head to its answer",
