@@ -2,7 +2,9 @@
 """A WebSocket client for the ingress tests, on the `websockets` library. Modes:
 `echo` sends three frames and prints the replies; `slow` asks for a flood and
 then does not read for a while, and prints how the connection was closed;
-`hold` connects and waits to be closed, printing the close code; `manyN`
+`hold` connects and waits to be closed, printing the close code; `idleN`
+sends nothing at all (no pings either) for N seconds, then echoes one frame;
+`manyN`
 opens N connections at once and checks each gets its own replies. The host is
 sent as X-Forwarded-Host (the library sets Host itself). Prints one
 JSON line."""
@@ -17,7 +19,7 @@ url, host, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 
 async def main():
     async with websockets.connect(url, additional_headers={"X-Forwarded-Host": host},
-                                  max_queue=1, max_size=2**20) as ws:
+                                  max_queue=1, max_size=2**20, ping_interval=None) as ws:
         if mode == "echo":
             got = []
             for word in ["one", "two", "three"]:
@@ -30,6 +32,13 @@ async def main():
             try:
                 while True:
                     await asyncio.wait_for(ws.recv(), 10)
+            except websockets.ConnectionClosed as e:
+                print(json.dumps({"code": e.rcvd.code if e.rcvd else None}))
+        elif mode.startswith("idle"):
+            await asyncio.sleep(float(mode[4:]))
+            try:
+                await ws.send("after")
+                print(json.dumps({"reply": await asyncio.wait_for(ws.recv(), 5)}))
             except websockets.ConnectionClosed as e:
                 print(json.dumps({"code": e.rcvd.code if e.rcvd else None}))
         elif mode.startswith("many"):

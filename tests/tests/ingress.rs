@@ -470,3 +470,14 @@ async fn a_hundred_websockets_at_once_each_get_their_own_replies() {
         .count();
     assert_eq!(opened, 100);
 }
+
+#[tokio::test]
+async fn a_websocket_may_stay_quiet_longer_than_the_idle_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = NatsServer::start(dir.path()).await;
+    let i = ingress(dir.path(), &nats, &[("INGRESS_IDLE_TIMEOUT", "1s")]).await;
+    // The idle timeout is for HTTP connections between requests; an open
+    // WebSocket with nothing to say (not even pings) stays open.
+    let result = run_client(ws_client(&i, "/quiet", "chat.example.com", "idle3")).await;
+    assert_eq!(result["reply"], "AFTER", "{result}");
+}
