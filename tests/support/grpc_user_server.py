@@ -9,7 +9,8 @@ Each configuration's value is JSON: {"count": N, "interval_ms": M, "pad": B,
 "count"), each {"src", "seq", "timeID"} (timeID names the call) padded with B
 bytes, then keeps the stream open. "reject" aborts the call with
 INVALID_ARGUMENT; "silent" never sends response headers. Every call's start and
-end, and every event handed to grpc, is appended to --journal as a JSON line."""
+end, and every event handed to grpc, is appended to --journal as a JSON line
+with its time (`at`, seconds since the epoch)."""
 import argparse
 import importlib
 import json
@@ -51,6 +52,7 @@ lock = threading.Lock()
 
 
 def journal(**entry):
+    entry["at"] = time.time()
     with lock:
         with open(args.journal, "a") as f:
             f.write(json.dumps(entry) + "\n")

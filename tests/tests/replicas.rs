@@ -5,6 +5,7 @@
 //! lease is short (3 s) so the tests run in seconds.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use gateway_tests::*;
@@ -36,6 +37,76 @@ async fn replica(id: &str, nats: &NatsServer, configs: &[(String, String)]) -> G
     }
     g.start_all().await;
     g
+}
+
+/// A replica whose user server is the gRPC test server (grpcio, generic
+/// contract): sharing decides what runs, whatever drives the user server.
+async fn grpc_replica(id: &str, nats: &NatsServer, configs: &[(String, String)]) -> Gateway {
+    let mut g = Gateway::new(UserServerKind::Python);
+    for (k, v) in [
+        ("GATEWAY_PROCESSOR_SHARING", "nats".to_owned()),
+        ("GATEWAY_PROCESSOR_REPLICA_ID", id.to_owned()),
+        (
+            "GATEWAY_PROCESSOR_LEASE",
+            format!("{}ms", LEASE.as_millis()),
+        ),
+        ("NATS_URL", nats.url()),
+        ("SHUTDOWN_TIMEOUT", "3s".to_owned()),
+        ("GATEWAY_PROCESSOR_SERVER_PROTOCOL", "grpc".to_owned()),
+        ("GATEWAY_PROCESSOR_SERVER_GRPC_PORT", g.us_port.to_string()),
+    ] {
+        g.processor_env.push((k.into(), v));
+    }
+    for (k, v) in configs {
+        g.set_config(k, v);
+    }
+    g.start_sensor().await;
+    g.start_transformer().await;
+    let mut server = Command::new("python3");
+    server
+        .arg(support("grpc_user_server.py"))
+        .arg("--port")
+        .arg(g.us_port.to_string())
+        .arg("--journal")
+        .arg(&g.journal)
+        .arg("--proto-dir")
+        .arg(root().join("openapi").join("proto"));
+    g.start_user_server_with(server).await;
+    g.start_processor().await;
+    g
+}
+
+/// The configurations a gRPC server has a call open for now.
+fn open_calls(g: &Gateway) -> BTreeSet<String> {
+    let mut open = BTreeSet::new();
+    for e in g.journal() {
+        let Some(src) = e["src"].as_str() else {
+            continue;
+        };
+        match e["op"].as_str() {
+            Some("start") => {
+                open.insert(src.to_owned());
+            }
+            Some("end") => {
+                open.remove(src);
+            }
+            _ => {}
+        }
+    }
+    open
+}
+
+/// A gRPC server's journal in the HTTP servers' terms: a call's end is a stop.
+fn calls(g: &Gateway) -> Vec<Value> {
+    g.journal()
+        .into_iter()
+        .map(|mut e| {
+            if e["op"] == "end" {
+                e["op"] = "stop".into();
+            }
+            e
+        })
+        .collect()
 }
 
 fn configs(n: usize) -> Vec<(String, String)> {
@@ -316,4 +387,26 @@ async fn nats_restarted_nothing_runs_twice_and_everything_runs_again() {
     nats.restart().await;
     balanced(&[("r-a", &a), ("r-b", &b)], 10, 5).await;
     assert_never_twice(&[("r-a", a.journal(), None), ("r-b", b.journal(), None)]);
+}
+
+#[tokio::test]
+async fn replicas_driving_grpc_user_servers_share_the_same_way() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = NatsServer::start(dir.path()).await;
+    let list = configs(10);
+    let a = grpc_replica("r-a", &nats, &list).await;
+    let mut b = grpc_replica("r-b", &nats, &list).await;
+    let before = balanced(&[("r-a", &a), ("r-b", &b)], 10, 5).await;
+    // While both live, each runs (has a call open for) only its own share.
+    // (A call's end is journaled when grpcio notices the cancel: wait for it.)
+    for (id, g) in [("r-a", &a), ("r-b", &b)] {
+        wait_for(&format!("{id}'s open calls to be its share"), || async {
+            (open_calls(g) == before[id]).then_some(())
+        })
+        .await;
+    }
+    let killed = kill_pod(&mut b);
+    balanced(&[("r-a", &a)], 10, 10).await;
+    assert_never_twice(&[("r-a", calls(&a), None), ("r-b", calls(&b), Some(killed))]);
 }
