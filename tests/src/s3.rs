@@ -11,6 +11,8 @@ pub struct S3Server {
     pub port: u16,
     dir: PathBuf,
     pub proc: Option<Proc>,
+    /// `(ca, cert, key)`: serve https with `cert`, which `ca` signed.
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 /// One boto3 operation.
@@ -22,17 +24,28 @@ pub enum S3Op<'a> {
 
 impl S3Server {
     pub async fn start(dir: &Path) -> S3Server {
+        Self::start_with(dir, None).await
+    }
+
+    /// Serves https with the certificate and key of `private_ca`'s triple.
+    pub async fn start_tls(dir: &Path, tls: (PathBuf, PathBuf, PathBuf)) -> S3Server {
+        Self::start_with(dir, Some(tls)).await
+    }
+
+    async fn start_with(dir: &Path, tls: Option<(PathBuf, PathBuf, PathBuf)>) -> S3Server {
         let mut s = S3Server {
             port: free_port(),
             dir: dir.to_owned(),
             proc: None,
+            tls,
         };
         s.restart().await;
         s
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Starts the server (again) on the same port, with every bucket and
@@ -44,6 +57,9 @@ impl S3Server {
             .arg(self.port.to_string())
             .arg("--record")
             .arg(self.dir.join("s3-record.jsonl"));
+        if let Some((_, cert, key)) = &self.tls {
+            cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+        }
         self.proc = Some(Proc::spawn("s3-server", cmd, &self.dir));
         wait_port(self.port, "the S3 server to listen").await;
     }
@@ -66,13 +82,14 @@ impl S3Server {
                 S3Op::Delete(b, k) => serde_json::json!(["delete", b, k]),
             })
             .collect();
-        let out = tokio::process::Command::new("python3")
-            .arg(support("s3_client.py"))
+        let mut boto = tokio::process::Command::new("python3");
+        boto.arg(support("s3_client.py"))
             .arg(self.url())
-            .arg(serde_json::Value::from(ops).to_string())
-            .output()
-            .await
-            .expect("run boto3");
+            .arg(serde_json::Value::from(ops).to_string());
+        if let Some((ca, _, _)) = &self.tls {
+            boto.env("AWS_CA_BUNDLE", ca);
+        }
+        let out = boto.output().await.expect("run boto3");
         assert!(
             out.status.success(),
             "boto3 failed: {}",

@@ -3,7 +3,7 @@ SIGKILL. moto keeps buckets in memory, so every request is recorded (moto's
 own recorder) and a restart replays the record *before* it listens: a client
 never sees a half-restored bucket, only a server that was down and is back.
 
-    python3 s3_server.py --port 9000 --record /tmp/s3.jsonl
+    python3 s3_server.py --port 9000 --record /tmp/s3.jsonl [--tls-cert C --tls-key K]
 """
 import argparse
 import base64
@@ -14,6 +14,8 @@ import sys
 parser = argparse.ArgumentParser()
 parser.add_argument("--port", type=int, required=True)
 parser.add_argument("--record", required=True)
+parser.add_argument("--tls-cert")
+parser.add_argument("--tls-key")
 args = parser.parse_args()
 
 os.environ["MOTO_ENABLE_RECORDING"] = "True"
@@ -51,7 +53,8 @@ if os.path.exists(args.record):
             replayed += 1
 recorder.start_recording()
 
-server = make_server("127.0.0.1", args.port, app, threaded=True)
+tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
+server = make_server("127.0.0.1", args.port, app, threaded=True, ssl_context=tls)
 print(f"s3 server on 127.0.0.1:{args.port}, {replayed} requests replayed", flush=True)
 try:
     server.serve_forever()

@@ -216,3 +216,20 @@ async fn configurations_that_cannot_work_are_errors_that_say_why() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("S3_STATE_DIR"), "{text}");
 }
+
+#[tokio::test]
+async fn an_https_endpoint_with_a_private_ca_needs_ca_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = private_ca(dir.path());
+    let s3 = S3Server::start_tls(dir.path(), (ca.clone(), cert, key)).await;
+    s3.run(&[S3Op::CreateBucket(BUCKET)]).await;
+    let trusted = config(&s3, &format!("caFile: {}", ca.display()));
+    let g = gateway(&[("trusted", trusted), ("untrusted", config(&s3, ""))]).await;
+    g.wait_phase("trusted", "Running").await;
+    put_all(&s3, &keys(0..3)).await;
+    let got = wait_records(&g, "trusted", 3).await;
+    assert_eq!(got[2].1, "in/002.txt");
+    // Without the CA the certificate is refused, and the configuration says so.
+    g.assert_errors(&[("untrusted", "caFile")], "hunter2-secret")
+        .await;
+}

@@ -49,16 +49,32 @@ impl S3 {
             .and_then(|_| std::fs::remove_file(&probe))
             .map_err(|e| format!("{STATE_DIR_VAR} {}: {e}", state_dir.display()))?;
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let client = client(Vec::new())?;
         Ok(S3 {
             state_dir: Arc::new(state_dir),
             client,
         })
     }
+}
+
+/// An HTTP client trusting the platform's roots plus `extra_roots` (or only
+/// those, where the platform verifier cannot merge).
+fn client(extra_roots: Vec<reqwest::Certificate>) -> Result<reqwest::Client, String> {
+    let base = || {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(5))
+    };
+    if extra_roots.is_empty() {
+        return base()
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"));
+    }
+    base()
+        .tls_certs_merge(extra_roots.clone())
+        .build()
+        .or_else(|_| base().tls_certs_only(extra_roots).build())
+        .map_err(|e| format!("caFile: cannot build an HTTP client with it: {e}"))
 }
 
 impl ConfigExecutor for S3 {
@@ -74,8 +90,15 @@ impl ConfigExecutor for S3 {
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let this = self.clone();
         async move {
-            match Spec::parse(&config.config) {
-                Ok(spec) => poll::run(spec, emitter, stop, &this.state_dir, this.client).await,
+            let ready = Spec::parse(&config.config).and_then(|spec| {
+                let client = match spec.roots.is_empty() {
+                    true => this.client.clone(),
+                    false => client(spec.roots.clone())?,
+                };
+                Ok((spec, client))
+            });
+            match ready {
+                Ok((spec, client)) => poll::run(spec, emitter, stop, &this.state_dir, client).await,
                 Err(why) => {
                     let _ = emitter.error(&why).await;
                 }

@@ -218,10 +218,17 @@ async fn list(spec: &Spec, client: &reqwest::Client, known: bool) -> Result<Vec<
             action.with_continuation_token(t.as_str());
         }
         let url = action.sign(Duration::from_secs(300));
-        let response =
-            client.get(url).send().await.map_err(|e| {
-                Ended::Failed(format!("listing {}: {}", spec.bucket.name(), chain(&e)))
-            })?;
+        let response = client.get(url).send().await.map_err(|e| {
+            let why = format!("listing {}: {}", spec.bucket.name(), chain(&e));
+            // An untrusted certificate will not become trusted by waiting.
+            if why.contains("certificate") {
+                Ended::Refused(format!(
+                    "{why} (an https endpoint with a private CA needs caFile)"
+                ))
+            } else {
+                Ended::Failed(why)
+            }
+        })?;
         let status = response.status();
         let text = response
             .text()

@@ -11,6 +11,7 @@
 //! pollInterval: 5s
 //! accessKeyFromEnv: AWS_ACCESS_KEY_ID       # the defaults; or accessKey/secretKey
 //! secretKeyFromEnv: AWS_SECRET_ACCESS_KEY
+//! caFile: /etc/minio/ca.pem       # for an https endpoint with a private CA
 //! ```
 
 use std::time::Duration;
@@ -35,6 +36,9 @@ struct RawSpec {
     /// Address the bucket as `BUCKET.host` rather than `host/BUCKET`.
     #[serde(default)]
     virtual_hosted_style: bool,
+    /// PEM CA certificates to trust for an https endpoint, beside the
+    /// platform's roots (a MinIO with a private CA).
+    ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -63,6 +67,8 @@ pub struct Spec {
     pub filter: Filter,
     pub watch: Watch,
     pub poll_interval: Duration,
+    /// Extra roots from `caFile`: this configuration gets a client of its own.
+    pub roots: Vec<reqwest::Certificate>,
 }
 
 const DEFAULT_POLL: Duration = Duration::from_secs(5);
@@ -113,6 +119,22 @@ impl Spec {
         if poll_interval < SHORTEST_POLL {
             return Err(format!("pollInterval must be at least {SHORTEST_POLL:?}"));
         }
+        let roots = match &raw.ca_file {
+            None => Vec::new(),
+            Some(path) => {
+                let pem =
+                    std::fs::read(path).map_err(|e| format!("caFile {}: {e}", path.display()))?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                    .map_err(|e| format!("caFile {}: {e}", path.display()))?;
+                if certs.is_empty() {
+                    return Err(format!(
+                        "caFile {} holds no PEM certificate",
+                        path.display()
+                    ));
+                }
+                certs
+            }
+        };
         Ok(Spec {
             bucket,
             region,
@@ -120,6 +142,7 @@ impl Spec {
             filter: raw.filter,
             watch,
             poll_interval,
+            roots,
         })
     }
 
@@ -247,6 +270,10 @@ mod tests {
             ),
             ("bucket: bucket\ncolour: red", "unknown field"),
             ("{}", "bucket"),
+            (
+                "bucket: bucket\ncaFile: /surely/not/here.pem",
+                "caFile /surely/not/here.pem",
+            ),
         ] {
             let e = Spec::parse(text).err().unwrap_or_default();
             assert!(e.contains(needle), "{text}: {e}");
