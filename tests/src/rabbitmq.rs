@@ -11,6 +11,8 @@ use crate::{free_port, wait_for, Proc};
 
 pub struct RabbitMq {
     pub port: u16,
+    /// The `amqps://` port, when started with TLS.
+    pub tls_port: Option<u16>,
     dist_port: u16,
     dir: PathBuf,
     pub proc: Option<Proc>,
@@ -24,13 +26,33 @@ impl RabbitMq {
     /// Starts a broker whose files live under `dir`; returns once it takes
     /// AMQP connections.
     pub async fn start(dir: &Path) -> RabbitMq {
+        Self::start_with(dir, None).await
+    }
+
+    /// Also listens for `amqps://` with `cert` and `key` (`private_ca`'s).
+    pub async fn start_tls(dir: &Path, cert: &Path, key: &Path) -> RabbitMq {
+        Self::start_with(dir, Some((cert, key))).await
+    }
+
+    async fn start_with(dir: &Path, tls: Option<(&Path, &Path)>) -> RabbitMq {
         let dir = dir.join("rabbitmq");
         std::fs::create_dir_all(&dir).expect("rabbitmq dir");
         // The default user may log in from anywhere (tests only); no plugins.
-        std::fs::write(dir.join("rabbitmq.conf"), "loopback_users = none\n").expect("conf");
+        let mut conf = "loopback_users = none\n".to_owned();
+        let tls_port = tls.map(|(cert, key)| {
+            let port = free_port();
+            conf.push_str(&format!(
+                "listeners.ssl.default = {port}\nssl_options.certfile = {}\nssl_options.keyfile = {}\nssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n",
+                cert.display(),
+                key.display()
+            ));
+            port
+        });
+        std::fs::write(dir.join("rabbitmq.conf"), conf).expect("conf");
         std::fs::write(dir.join("enabled_plugins"), "[].\n").expect("plugins");
         let mut r = RabbitMq {
             port: free_port(),
+            tls_port,
             dist_port: free_port(),
             dir,
             proc: None,
@@ -42,6 +64,12 @@ impl RabbitMq {
     /// `amqp://guest:guest@127.0.0.1:PORT/%2f`
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// `amqps://guest:guest@127.0.0.1:TLS_PORT/%2f`, when started with TLS.
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_port
+            .map(|p| format!("amqps://guest:guest@127.0.0.1:{p}/%2f"))
     }
 
     /// Starts the broker (again) on the same port and data.

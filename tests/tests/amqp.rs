@@ -228,3 +228,28 @@ async fn configurations_the_server_or_the_broker_refuse_are_errors_that_say_why(
     )
     .await;
 }
+
+#[tokio::test]
+async fn an_amqps_broker_with_a_private_ca_needs_ca_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = private_ca(dir.path());
+    let broker = RabbitMq::start_tls(dir.path(), &cert, &key).await;
+    let url = broker.tls_url().expect("a TLS listener");
+    let g = gateway(&[
+        (
+            "trusted",
+            format!(
+                "url: {url}\nqueue: secure\njsonBody: true\ncaFile: {}",
+                ca.display()
+            ),
+        ),
+        ("untrusted", format!("url: {url}\nqueue: secure")),
+    ])
+    .await;
+    g.wait_phase("trusted", "Running").await;
+    publish(&broker, "secure", 0..5).await;
+    assert_once_in_order(&wait_numbers(&g, "trusted", 5).await, 5);
+    // Without the CA the broker's certificate is refused, and it says so.
+    g.assert_errors(&[("untrusted", "caFile")], "guest:guest")
+        .await;
+}

@@ -106,8 +106,20 @@ fn classify(context: &str, e: lapin::Error) -> Ended {
 impl Consumer {
     /// One connection: subscribe, then forward until it ends.
     async fn session(&mut self) -> Ended {
-        let connect =
-            Connection::connect_uri(self.spec.uri.clone(), ConnectionProperties::default());
+        let tls = lapin::tcp::OwnedTLSConfig {
+            identity: None,
+            cert_chain: self.spec.tls_ca.clone(),
+        };
+        let runtime = match lapin::runtime::default_runtime() {
+            Ok(r) => r,
+            Err(e) => return Ended::Lost(format!("no runtime for the connection: {e}")),
+        };
+        let connect = lapin::Connect::connect_with_config(
+            self.spec.uri.clone(),
+            ConnectionProperties::default(),
+            tls,
+            runtime,
+        );
         let conn = tokio::select! {
             _ = self.stop.cancelled() => return Ended::Stopped,
             c = tokio::time::timeout(CONNECT_TIMEOUT, connect) => match c {
@@ -200,11 +212,17 @@ impl Consumer {
     }
 }
 
-/// Refused credentials are the user's to fix; anything else may pass.
+/// Refused credentials and untrusted certificates are the user's to fix;
+/// anything else may pass.
 fn refused_login(e: lapin::Error) -> Ended {
     let text = e.to_string();
     if text.contains("ACCESS_REFUSED") || text.contains("ACCESS-REFUSED") {
         return Ended::Refused("the broker refused the credentials (ACCESS_REFUSED)".into());
+    }
+    if text.contains("certificate") {
+        return Ended::Refused(format!(
+            "connect: {text} (an amqps:// broker with a private CA needs caFile)"
+        ));
     }
     classify("connect", e)
 }

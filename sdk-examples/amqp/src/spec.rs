@@ -15,6 +15,7 @@
 //! consume: {consumerTag: gateway, exclusive: false, noLocal: false, prefetch: 64}
 //! auth: {username: guest, password: guest}   # or in the URL
 //! jsonBody: true                    # the body is JSON: embed it, not a string
+//! caFile: /etc/rabbitmq/ca.pem      # for amqps:// with a private CA
 //! ```
 
 use std::str::FromStr;
@@ -47,6 +48,9 @@ struct RawSpec {
     auth: Option<Auth>,
     #[serde(default)]
     json_body: bool,
+    /// PEM CA certificates to trust for an `amqps://` broker with a
+    /// private CA (instead of the Mozilla roots).
+    ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -145,6 +149,8 @@ pub struct Spec {
     pub binding: Option<Binding>,
     pub consume: Consume,
     pub json_body: bool,
+    /// The PEM text of `caFile`.
+    pub tls_ca: Option<String>,
 }
 
 impl Spec {
@@ -240,6 +246,20 @@ impl Spec {
         }
         let queue_arguments = field_table(&queue_declare.arguments)
             .map_err(|e| format!("queueDeclare.arguments.{e}"))?;
+        let tls_ca = match &raw.ca_file {
+            None => None,
+            Some(path) => {
+                let pem = std::fs::read_to_string(path)
+                    .map_err(|e| format!("caFile {}: {e}", path.display()))?;
+                if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(format!(
+                        "caFile {} holds no PEM certificate",
+                        path.display()
+                    ));
+                }
+                Some(pem)
+            }
+        };
         Ok(Spec {
             uri,
             queue,
@@ -248,6 +268,7 @@ impl Spec {
             binding,
             consume: raw.consume,
             json_body: raw.json_body,
+            tls_ca,
         })
     }
 
@@ -346,6 +367,10 @@ mod tests {
             (
                 "url: amqp://h\nqueue: q\nqueueDeclare: {arguments: {x: [1]}}",
                 "arguments.x",
+            ),
+            (
+                "url: amqp://h\nqueue: q\ncaFile: /surely/not/here.pem",
+                "caFile /surely/not/here.pem",
             ),
         ] {
             let e = Spec::parse(text).err().unwrap_or_default();
