@@ -17,8 +17,9 @@ const LEASE: Duration = Duration::from_secs(3);
 /// takeovers) is what is tested, so they do not share the two cores.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// A replica named `id`, reading `configs`, sharing through `nats`.
-async fn replica(id: &str, nats: &NatsServer, configs: &[(String, String)]) -> Gateway {
+/// A gateway (not started) that is the replica `id`, reading `configs`,
+/// sharing through `nats`.
+fn sharing(id: &str, nats: &NatsServer, configs: &[(String, String)]) -> Gateway {
     let mut g = Gateway::new(UserServerKind::Python);
     for (k, v) in [
         ("GATEWAY_PROCESSOR_SHARING", "nats".to_owned()),
@@ -35,6 +36,12 @@ async fn replica(id: &str, nats: &NatsServer, configs: &[(String, String)]) -> G
     for (k, v) in configs {
         g.set_config(k, v);
     }
+    g
+}
+
+/// The replica `id` with the Python HTTP test server, started.
+async fn replica(id: &str, nats: &NatsServer, configs: &[(String, String)]) -> Gateway {
+    let mut g = sharing(id, nats, configs);
     g.start_all().await;
     g
 }
@@ -42,24 +49,15 @@ async fn replica(id: &str, nats: &NatsServer, configs: &[(String, String)]) -> G
 /// A replica whose user server is the gRPC test server (grpcio, generic
 /// contract): sharing decides what runs, whatever drives the user server.
 async fn grpc_replica(id: &str, nats: &NatsServer, configs: &[(String, String)]) -> Gateway {
-    let mut g = Gateway::new(UserServerKind::Python);
-    for (k, v) in [
-        ("GATEWAY_PROCESSOR_SHARING", "nats".to_owned()),
-        ("GATEWAY_PROCESSOR_REPLICA_ID", id.to_owned()),
+    let mut g = sharing(id, nats, configs);
+    let port = g.us_port.to_string();
+    g.processor_env.extend([
         (
-            "GATEWAY_PROCESSOR_LEASE",
-            format!("{}ms", LEASE.as_millis()),
+            "GATEWAY_PROCESSOR_SERVER_PROTOCOL".to_owned(),
+            "grpc".to_owned(),
         ),
-        ("NATS_URL", nats.url()),
-        ("SHUTDOWN_TIMEOUT", "3s".to_owned()),
-        ("GATEWAY_PROCESSOR_SERVER_PROTOCOL", "grpc".to_owned()),
-        ("GATEWAY_PROCESSOR_SERVER_GRPC_PORT", g.us_port.to_string()),
-    ] {
-        g.processor_env.push((k.into(), v));
-    }
-    for (k, v) in configs {
-        g.set_config(k, v);
-    }
+        ("GATEWAY_PROCESSOR_SERVER_GRPC_PORT".to_owned(), port),
+    ]);
     g.start_sensor().await;
     g.start_transformer().await;
     let mut server = Command::new("python3");
