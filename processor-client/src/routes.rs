@@ -280,9 +280,13 @@ async fn error(
 async fn configs(State(st): State<Arc<AppState>>) -> Json<Vec<crate::configs::ConfigStatus>> {
     let mut list = st.registry.list();
     if let Some(sharing) = &st.sharing {
-        crate::configs::with_owners(&mut list, &sharing.replica, &sharing.owners(), |src| {
-            sharing.holds(src)
-        });
+        crate::configs::with_owners(
+            &mut list,
+            &sharing.replica,
+            &sharing.owners(),
+            sharing.configurations().as_ref(),
+            |src| sharing.holds(src),
+        );
     }
     Json(list)
 }

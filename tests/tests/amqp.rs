@@ -14,6 +14,11 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOpti
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 
+/// One test at a time: each boots an Erlang VM for its broker, which takes
+/// both cores for seconds; in parallel they would slow each other past the
+/// harness's deadlines on a loaded CI machine.
+static ONE_BROKER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A gateway whose user server is the AMQP server, with `configs`.
 async fn gateway(configs: &[(&str, String)]) -> Gateway {
     Gateway::up_with(configs, |_| {
@@ -109,6 +114,7 @@ fn assert_once_in_order(got: &[u64], n: u64) {
 
 #[tokio::test]
 async fn messages_arrive_once_in_order_and_are_acknowledged_after_the_gateway_took_them() {
+    let _one = ONE_BROKER_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let broker = RabbitMq::start(dir.path()).await;
     let mut g = gateway(&[("orders", queue_config(&broker, "orders"))]).await;
@@ -173,6 +179,7 @@ async fn messages_arrive_once_in_order_and_are_acknowledged_after_the_gateway_to
 
 #[tokio::test]
 async fn a_broker_killed_mid_stream_loses_nothing_and_repeats_nothing() {
+    let _one = ONE_BROKER_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut broker = RabbitMq::start(dir.path()).await;
     // A thousand messages wait before the configuration starts, so the
@@ -192,6 +199,7 @@ async fn a_broker_killed_mid_stream_loses_nothing_and_repeats_nothing() {
 
 #[tokio::test]
 async fn configurations_the_server_or_the_broker_refuse_are_errors_that_say_why() {
+    let _one = ONE_BROKER_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let broker = RabbitMq::start(dir.path()).await;
     let port = broker.port;
@@ -231,6 +239,7 @@ async fn configurations_the_server_or_the_broker_refuse_are_errors_that_say_why(
 
 #[tokio::test]
 async fn an_amqps_broker_with_a_private_ca_needs_ca_file() {
+    let _one = ONE_BROKER_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (ca, cert, key) = private_ca(dir.path());
     let broker = RabbitMq::start_tls(dir.path(), &cert, &key).await;

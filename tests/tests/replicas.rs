@@ -237,14 +237,20 @@ async fn three_replicas_share_sixty_configurations_and_a_killed_one_is_replaced(
     let b = replica("r-b", &nats, &list).await;
     let mut c = replica("r-c", &nats, &list).await;
     let before = balanced(&[("r-a", &a), ("r-b", &b), ("r-c", &c)], 60, 20).await;
-    // Any replica lists every configuration with its owner.
-    let listed = a.configs().await;
-    assert_eq!(listed.len(), 60, "{listed:?}");
-    for entry in &listed {
-        let src = entry["src"].as_str().unwrap_or("");
-        let owner = entry["owner"].as_str().unwrap_or("");
-        assert!(before[owner].contains(src), "{entry}");
-    }
+    // Any replica lists every configuration, always; with its owner as of
+    // its last round (a quarter lease), so the owners agree soon after.
+    assert_eq!(a.configs().await.len(), 60);
+    wait_for("r-a to list every configuration with its owner", || async {
+        let listed = a.configs().await;
+        let agree = listed.len() == 60
+            && listed.iter().all(|entry| {
+                let src = entry["src"].as_str().unwrap_or("");
+                let owner = entry["owner"].as_str().unwrap_or("");
+                before.get(owner).is_some_and(|mine| mine.contains(src))
+            });
+        agree.then_some(())
+    })
+    .await;
     // SIGKILL a whole replica: its share runs on the other two within two leases.
     let killed = kill_pod(&mut c);
     let started = Instant::now();

@@ -92,6 +92,9 @@ pub struct Sharing {
     view: Mutex<BTreeMap<String, ClaimValue>>,
     /// Claims being given back: no longer held, not yet deleted.
     releasing: Mutex<BTreeSet<String>>,
+    /// Every configuration of the gateway, as of the last round (`None`
+    /// before the first).
+    configurations: Mutex<Option<BTreeSet<String>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -103,6 +106,7 @@ impl Sharing {
             held: Mutex::new(HashMap::new()),
             view: Mutex::new(BTreeMap::new()),
             releasing: Mutex::new(BTreeSet::new()),
+            configurations: Mutex::new(None),
             metrics,
         })
     }
@@ -122,6 +126,14 @@ impl Sharing {
     /// Who runs each configuration, as last read from the bucket.
     pub fn owners(&self) -> BTreeMap<String, ClaimValue> {
         self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Every configuration of the gateway, as of the last round.
+    pub fn configurations(&self) -> Option<BTreeSet<String>> {
+        self.configurations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Whether this replica holds `src` now.

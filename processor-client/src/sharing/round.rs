@@ -148,6 +148,10 @@ pub(super) async fn tick(
         })
         .collect();
     let configs: BTreeSet<String> = snapshot.keys().cloned().collect();
+    *sharing
+        .configurations
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some(configs.clone());
     let share = plan::share(configs.len(), &replicas, &me);
     let moves = plan::moves(&me, &configs, &owners, share);
     let mut releases = Vec::new();
