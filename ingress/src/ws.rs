@@ -130,10 +130,12 @@ pub async fn session(
         }
     }
     drop(tx);
-    st.metrics.websockets_open.dec();
     let _ = client
         .publish_with_reply_and_headers(CLOSED, inbox, headers, Bytes::new())
         .await;
     let _ = client.flush().await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
+    // Last: shutdown waits for this count to reach zero, then exits, so the
+    // control message and the close frame must be out before it drops.
+    st.metrics.websockets_open.dec();
 }
