@@ -349,46 +349,50 @@ async fn connection(
     // Our watchdog bounds the head; hyper's own timer would also close idle
     // keep-alive connections at the header timeout.
     builder.header_read_timeout(None).keep_alive(true);
-    let served = builder
-        .serve_connection(TokioIo::new(io), service)
-        .with_upgrades();
-    tokio::pin!(served);
-    let tick = (shared.limits.header_timeout.min(shared.limits.idle_timeout) / 4)
-        .clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let mut shutting_down = false;
-    let reason = loop {
-        tokio::select! {
-            result = served.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "connection ended with an error");
+    // The connection lives in this block, so it is closed before it stops
+    // being counted as open.
+    {
+        let served = builder
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        tokio::pin!(served);
+        let tick = (shared.limits.header_timeout.min(shared.limits.idle_timeout) / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut shutting_down = false;
+        let reason = loop {
+            tokio::select! {
+                result = served.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    break None;
                 }
-                break None;
-            }
-            _ = conn.displaced.cancelled() => break Some("displaced"),
-            _ = shared.closing.cancelled(), if !shutting_down => {
-                shutting_down = true;
-                if !conn.busy() {
-                    break Some("shutdown");
-                }
-                served.as_mut().graceful_shutdown();
-            }
-            _ = tokio::time::sleep(tick) => {
-                if shutting_down {
-                    let past = shared.deadline.get().is_some_and(|d| Instant::now() >= *d);
-                    if past || !conn.busy() {
+                _ = conn.displaced.cancelled() => break Some("displaced"),
+                _ = shared.closing.cancelled(), if !shutting_down => {
+                    shutting_down = true;
+                    if !conn.busy() {
                         break Some("shutdown");
                     }
-                } else if let Some(reason) = overdue(&conn, &shared) {
-                    break Some(reason);
+                    served.as_mut().graceful_shutdown();
+                }
+                _ = tokio::time::sleep(tick) => {
+                    if shutting_down {
+                        let past = shared.deadline.get().is_some_and(|d| Instant::now() >= *d);
+                        if past || !conn.busy() {
+                            break Some("shutdown");
+                        }
+                    } else if let Some(reason) = overdue(&conn, &shared) {
+                        break Some(reason);
+                    }
                 }
             }
+        };
+        if let Some(reason) = reason {
+            // Before the connection drops: a connection cut off is not lingered on.
+            conn.cut_off.store(true, Ordering::Release);
+            shared.metrics.close(reason);
         }
-    };
-    if let Some(reason) = reason {
-        conn.cut_off.store(true, Ordering::Release);
-        shared.metrics.close(reason);
     }
-    drop(served);
     shared.metrics.open.dec();
 }
 
