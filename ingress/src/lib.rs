@@ -118,16 +118,22 @@ pub async fn serve(
         proxy::router(state),
         config.listener.clone(),
         metrics.server.clone(),
-        stopped(stop_rx),
+        stopped(stop_rx.clone()),
     )
     .await;
     let _ = admin_server.await;
-    // WebSockets still closing get until the deadline.
-    let deadline = tokio::time::Instant::now() + timeout;
+    // WebSockets still closing get until the deadline set at the signal.
+    let deadline = stop_rx
+        .borrow()
+        .unwrap_or_else(|| tokio::time::Instant::now() + timeout);
     while metrics.websockets_open.get() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let _ = client.flush().await;
+    // What is still buffered for NATS goes out, unless NATS is away: then
+    // flushing would wait for a reconnect that may never come.
+    if client.connection_state() == async_nats::connection::State::Connected {
+        let _ = tokio::time::timeout_at(deadline, client.flush()).await;
+    }
     tracing::info!("ingress stopped");
     Ok(())
 }

@@ -30,6 +30,9 @@ const BUFFERED: usize = 256;
 
 const ESTABLISHED: &str = "h8s.control.ws.conn.established";
 const CLOSED: &str = "h8s.control.ws.conn.closed";
+/// How long a closing session waits for its `closed` control message to go
+/// out, and again for its close frame to be written.
+const CLOSING_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One WebSocket's life: from the upgrade to its close.
 pub async fn session(
@@ -130,11 +133,15 @@ pub async fn session(
         }
     }
     drop(tx);
-    let _ = client
-        .publish_with_reply_and_headers(CLOSED, inbox, headers, Bytes::new())
-        .await;
-    let _ = client.flush().await;
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
+    // Bounded: with NATS away, a flush would wait for the reconnect.
+    let closed = async {
+        let _ = client
+            .publish_with_reply_and_headers(CLOSED, inbox, headers, Bytes::new())
+            .await;
+        let _ = client.flush().await;
+    };
+    let _ = tokio::time::timeout(CLOSING_TIME, closed).await;
+    let _ = tokio::time::timeout(CLOSING_TIME, writer).await;
     // Last: shutdown waits for this count to reach zero, then exits, so the
     // control message and the close frame must be out before it drops.
     st.metrics.websockets_open.dec();

@@ -272,12 +272,13 @@ pub async fn run(
         .drain()
         .map(|(s, h)| (s, h.revision))
         .collect();
-    for (src, revision) in held {
-        let _ = store
-            .delete_expect_revision(claim_key(&src), Some(revision))
-            .await;
-    }
-    let _ = store.delete(format!("{REPLICAS}{}", sharing.replica)).await;
+    // All at once: with NATS away each waits for JetStream's request timeout,
+    // and one after another they would use up the shutdown deadline.
+    let claims = held
+        .iter()
+        .map(|(src, revision)| store.delete_expect_revision(claim_key(src), Some(*revision)));
+    let presence = store.delete(format!("{REPLICAS}{}", sharing.replica));
+    let _ = futures::future::join(futures::future::join_all(claims), presence).await;
     tracing::info!("claims handed back");
 }
 
@@ -304,18 +305,26 @@ async fn open_bucket(
     let js = async_nats::jetstream::new(client);
     loop {
         // Created by the first replica; the others open it.
-        let created = match js.get_key_value(settings.bucket.clone()).await {
-            Ok(store) => Ok(store),
-            // The bucket's stream, made as `create_key_value` would make it:
-            // that call first asks for account limits in a form older
-            // nats-servers (2.9, Debian's) do not answer, so it is done here.
-            Err(_) => match js.create_stream(bucket_stream(settings)).await {
-                Ok(_) => js
-                    .get_key_value(settings.bucket.clone())
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            },
+        let attempt = async {
+            match js.get_key_value(settings.bucket.clone()).await {
+                Ok(store) => Ok(store),
+                // The bucket's stream, made as `create_key_value` would make it:
+                // that call first asks for account limits in a form older
+                // nats-servers (2.9, Debian's) do not answer, so it is done here.
+                Err(_) => match js.create_stream(bucket_stream(settings)).await {
+                    Ok(_) => js
+                        .get_key_value(settings.bucket.clone())
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                },
+            }
+        };
+        // Each request waits up to JetStream's timeout while NATS is away;
+        // a shutdown does not wait for them.
+        let created = tokio::select! {
+            _ = cancel.cancelled() => return None,
+            created = attempt => created,
         };
         match created {
             Ok(store) => return Some(store),
