@@ -153,6 +153,7 @@ pub async fn connect_with_inbox(
     metrics: ConnectionMetrics,
     inbox_prefix: Option<&str>,
 ) -> Result<async_nats::Client, ConnectError> {
+    let url = options.url.clone();
     let mut connect = async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
@@ -160,6 +161,7 @@ pub async fn connect_with_inbox(
         .connection_timeout(Duration::from_secs(5))
         .event_callback(move |event| {
             let metrics = metrics.clone();
+            let url = url.clone();
             async move {
                 match event {
                     async_nats::Event::Connected => {
@@ -171,7 +173,13 @@ pub async fn connect_with_inbox(
                         metrics.lost.notify_waiters();
                         tracing::warn!("disconnected from NATS; reconnecting");
                     }
-                    other => tracing::info!(event = %other, "NATS"),
+                    async_nats::Event::ClientError(e) => {
+                        tracing::warn!(nats = %url, error = %e, "cannot reach NATS; retrying")
+                    }
+                    async_nats::Event::ServerError(e) => {
+                        tracing::warn!(nats = %url, error = %e, "NATS server error")
+                    }
+                    other => tracing::info!(nats = %url, event = %other, "NATS"),
                 }
             }
         });
