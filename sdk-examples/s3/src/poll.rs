@@ -59,7 +59,7 @@ pub async fn run(
     let mut announced = false;
     let mut failures = 0u32;
     loop {
-        let wait = match round(&spec, &emitter, &mut state, &client).await {
+        let wait = match round(&spec, &emitter, &mut state, &client, &stop).await {
             Ok(()) => {
                 failures = 0;
                 if !announced {
@@ -124,8 +124,15 @@ async fn round(
     emitter: &Emitter,
     state: &mut State,
     client: &reqwest::Client,
+    stop: &CancellationToken,
 ) -> Result<(), Ended> {
-    let listed = list(spec, client, state.known).await?;
+    // A stop does not wait for a listing (a server that accepts and never
+    // answers would hold it until the request timeout); once changes are
+    // being forwarded, each is finished and recorded first.
+    let listed = tokio::select! {
+        _ = stop.cancelled() => return Err(Ended::Stopped),
+        listed = list(spec, client, state.known) => listed?,
+    };
     let listed: Vec<Listed> = listed
         .into_iter()
         .filter(|l| spec.matches(&l.key))
