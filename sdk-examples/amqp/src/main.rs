@@ -2,8 +2,6 @@ use amqp_gateway::Amqp;
 
 #[tokio::main]
 async fn main() -> Result<(), String> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .init();
+    gateway_sdk::init_logging();
     gateway_sdk::run(Amqp).await
 }

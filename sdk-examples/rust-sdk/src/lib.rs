@@ -9,12 +9,14 @@
 mod backoff;
 mod emitter;
 pub mod grpc;
+mod logging;
 mod server;
 mod tasks;
 
 pub use backoff::backoff;
 pub use emitter::{EmitError, Emitter};
 pub use grpc::{serve_grpc, Contract};
+pub use logging::init_logging;
 pub use server::{run, serve, Settings};
 pub use tasks::STOP_GRACE;
 pub use tokio_util::sync::CancellationToken;
