@@ -12,6 +12,28 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::env::{ConfigError, Env, Var};
 
+/// nats-server's default `max_control_line`. A message whose protocol line
+/// (`HPUB subject reply sizes`) is longer is not refused on its own: the
+/// server closes the whole connection, failing everything else in flight on
+/// it. So subjects made from outside input are checked against it first.
+pub const MAX_CONTROL_LINE: usize = 4096;
+
+/// Room on the protocol line for the verb, the separators, both sizes and the
+/// line end (`HPUB ` + 3 spaces + 2 × 10 digits + `\r\n`).
+const CONTROL_LINE_OVERHEAD: usize = 5 + 3 + 20 + 2;
+
+/// The longest subject that fits on one protocol line beside a reply subject
+/// of `reply_len` bytes.
+pub const fn max_subject_len(reply_len: usize) -> usize {
+    MAX_CONTROL_LINE.saturating_sub(CONTROL_LINE_OVERHEAD + reply_len)
+}
+
+/// The length of the reply subjects async-nats makes for requests under
+/// `inbox_prefix`: the prefix, then two NUIDs of 22 characters.
+pub const fn request_reply_len(inbox_prefix: &str) -> usize {
+    inbox_prefix.len() + 1 + 22 + 1 + 22
+}
+
 pub const NATS_URL: Var = Var::new(
     "NATS_URL",
     "nats://127.0.0.1:4222",
@@ -225,6 +247,19 @@ mod tests {
 
     fn env(list: &[(&str, &str)]) -> Env {
         Env::from_vars(list.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn the_longest_subject_leaves_room_for_the_reply_and_sizes() {
+        let reply = request_reply_len("_INBOX");
+        let subject = "s".repeat(max_subject_len(reply));
+        let line = format!(
+            "HPUB {subject} {} {} {}\r\n",
+            "r".repeat(reply),
+            u32::MAX,
+            u32::MAX
+        );
+        assert!(line.len() <= MAX_CONTROL_LINE, "{}", line.len());
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::metrics::{Metrics, StatusLabel};
 use crate::subject;
 use gateway_common::error::{ApiError, ErrorCode};
+use gateway_common::nats::{max_subject_len, request_reply_len};
 
 pub struct AppState {
     pub client: async_nats::Client,
@@ -95,9 +96,41 @@ fn websocket(
         )
         .into_response();
     }
+    // The key becomes the last token of the connection's inbox: anything but
+    // what RFC 6455 allows (16 bytes in base64) could be a wildcard, such as
+    // `>`, subscribing this client to every other connection's replies.
+    if !valid_websocket_key(&headers) {
+        return ApiError::bad_request(
+            "Sec-WebSocket-Key must be 16 bytes in base64, as RFC 6455 says",
+        )
+        .into_response();
+    }
     let path = uri.path().to_owned();
+    let subject = subject::websocket_subject(&st.config.subject_prefix, &host, &path);
+    let reply_len = st.config.inbox_prefix.len() + 1 + 24;
+    if let Err(e) = check_subject(&subject, reply_len) {
+        return e.into_response();
+    }
     let shutdown = st.shutdown.clone();
-    upgrade.on_upgrade(move |socket| crate::ws::session(socket, st, headers, host, path, shutdown))
+    let limit = st.config.max_body_bytes;
+    upgrade
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| crate::ws::session(socket, st, headers, host, path, shutdown))
+}
+
+/// Whether the upgrade's `Sec-WebSocket-Key` is what RFC 6455 asks for: 16
+/// bytes in base64 (24 characters, none of them a subject wildcard or dot).
+fn valid_websocket_key(headers: &HeaderMap) -> bool {
+    use base64::Engine as _;
+    headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|v| {
+            base64::engine::general_purpose::STANDARD
+                .decode(v.as_bytes())
+                .ok()
+        })
+        .is_some_and(|key| key.len() == 16)
 }
 
 /// The host a request is for: `X-Forwarded-Host` when a proxy set it, else `Host`.
@@ -157,6 +190,7 @@ async fn forward(
         host,
         uri.path(),
     );
+    check_subject(&subject, request_reply_len(&st.config.inbox_prefix))?;
     let nats_headers = nats_headers(headers, &subject);
     let request = async_nats::Request::new()
         .headers(nats_headers)
@@ -185,6 +219,13 @@ async fn forward(
                     ErrorCode::NoResponders,
                     format!("nothing listens on {subject}"),
                 ),
+                RequestErrorKind::MaxPayloadExceeded => (
+                    ErrorCode::TooLarge,
+                    format!(
+                        "the body with its headers is more than the {} bytes NATS takes in one message",
+                        st.client.max_payload()
+                    ),
+                ),
                 RequestErrorKind::TimedOut => (
                     ErrorCode::ReplyTimeout,
                     format!(
@@ -198,6 +239,23 @@ async fn forward(
         }
     };
     Ok(response_of(reply))
+}
+
+/// Refuses a subject that, with its reply subject, would not fit on one NATS
+/// protocol line: the server would close the connection, and every request in
+/// flight on it would fail with this one.
+pub(crate) fn check_subject(subject: &str, reply_len: usize) -> Result<(), ApiError> {
+    let max = max_subject_len(reply_len);
+    if subject.len() > max {
+        return Err(ApiError::new(
+            ErrorCode::UriTooLong,
+            format!(
+                "host and path make a NATS subject of {} bytes; at most {max} fit",
+                subject.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A header name as Go's `net/http` writes it (`X-Custom`, `Content-Type`),
@@ -282,6 +340,21 @@ mod tests {
         assert_eq!(canonical("content-type"), "Content-Type");
         assert_eq!(canonical("x-h8s-publishsubject"), "X-H8s-Publishsubject");
         assert_eq!(canonical("sec-websocket-key"), "Sec-Websocket-Key");
+    }
+
+    #[test]
+    fn websocket_keys_must_be_sixteen_bytes_in_base64() {
+        let key = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_str(v).unwrap());
+            valid_websocket_key(&h)
+        };
+        assert!(key("dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!key(">"));
+        assert!(!key("*"));
+        assert!(!key("a.b"));
+        assert!(!key("dGhlIHNhbXBsZSBub25jZQ==dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!valid_websocket_key(&HeaderMap::new()));
     }
 
     #[test]

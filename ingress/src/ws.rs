@@ -125,9 +125,16 @@ pub async fn session(
                 let published = client
                     .publish_with_reply_and_headers(publish.clone(), inbox.clone(), headers.clone(), data)
                     .await;
-                if published.is_err() {
-                    close(close_code::AGAIN, "NATS cannot be reached");
-                    break;
+                match published {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
+                        close(close_code::SIZE, "the message with its headers is more than NATS takes");
+                        break;
+                    }
+                    Err(_) => {
+                        close(close_code::AGAIN, "NATS cannot be reached");
+                        break;
+                    }
                 }
             }
         }

@@ -481,3 +481,74 @@ async fn a_websocket_may_stay_quiet_longer_than_the_idle_timeout() {
     let result = run_client(ws_client(&i, "/quiet", "chat.example.com", "idle3")).await;
     assert_eq!(result["reply"], "AFTER", "{result}");
 }
+
+/// Input that would make the ingress send NATS a protocol line longer than the
+/// server takes (a long path), a message over its `max_payload`, or a
+/// WebSocket inbox with a wildcard in it (a `Sec-WebSocket-Key` of `>` would
+/// subscribe the client to every other connection's replies) is refused with
+/// its own answer, and the connection to NATS (with a request in flight on
+/// it) is never lost for it: the server would close it for everyone.
+#[tokio::test]
+async fn hostile_paths_bodies_and_keys_never_cost_the_nats_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = NatsServer::start(dir.path()).await;
+    // Bodies up to 2 MiB pass the ingress's own limit; NATS takes 1 MiB.
+    let i = ingress(dir.path(), &nats, &[("INGRESS_MAX_BODY_BYTES", "2097152")]).await;
+    let admin = format!("http://127.0.0.1:{}/metrics", i.admin);
+    let pending = in_flight(&i, "pause");
+    responder_has(&i, "pause").await;
+
+    let long = format!("/{}", "a".repeat(5000));
+    let (status, code) = error_of(
+        i.send("GET", &long, "www.example.com", &[], Vec::new())
+            .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (414, "uri_too_long"));
+    let many = "/a".repeat(3000);
+    let (status, code) = error_of(
+        i.send("GET", &many, "www.example.com", &[], Vec::new())
+            .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (414, "uri_too_long"));
+    let big = vec![b'x'; 1536 * 1024];
+    let (status, code) = error_of(i.send("POST", "/x", "www.example.com", &[], big).await).await;
+    assert_eq!((status, code.as_str()), (413, "too_large"));
+
+    let upgrade = |key: &'static str, path: String| {
+        let (http, port) = (i.http.clone(), i.port);
+        async move {
+            http.get(format!("http://127.0.0.1:{port}{path}"))
+                .header("host", "www.example.com")
+                .header("connection", "Upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-version", "13")
+                .header("sec-websocket-key", key)
+                .send()
+                .await
+                .expect("an answer")
+        }
+    };
+    for key in [">", "*", "a.b", ""] {
+        let (status, code) = error_of(upgrade(key, "/chat".into()).await).await;
+        assert_eq!((status, code.as_str()), (400, "bad_request"), "key {key:?}");
+    }
+    let (status, code) = error_of(upgrade("dGhlIHNhbXBsZSBub25jZQ==", long.clone()).await).await;
+    assert_eq!((status, code.as_str()), (414, "uri_too_long"));
+
+    let (status, body) = pending.await.expect("the request in flight");
+    assert_eq!(status, 200, "{body}");
+    let metrics = i.http.get(&admin).send().await.expect("metrics");
+    let metrics = metrics.text().await.expect("metrics text");
+    let disconnects = metrics
+        .lines()
+        .find(|l| l.starts_with("ingress_nats_disconnects_total"))
+        .unwrap_or_else(|| panic!("no disconnect counter in {metrics}"));
+    assert!(
+        disconnects.ends_with(" 0"),
+        "the ingress lost its NATS connection: {disconnects}"
+    );
+    let server_log = nats.proc.as_ref().map(|p| p.output()).unwrap_or_default();
+    assert!(!server_log.contains("maximum control line"), "{server_log}");
+}
