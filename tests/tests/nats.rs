@@ -433,3 +433,53 @@ async fn sigterm_while_nats_is_unreachable_stops_each_binary_at_once() {
         assert!(status.success(), "{name}: {status:?}");
     }
 }
+
+/// An event whose subject NATS cannot take (a producer's key of 5,000 bytes:
+/// the protocol line would exceed the server's limit, and the server would
+/// close the connection rather than refuse the one message) goes straight to
+/// the dead letters, naming why; the connection stays, and the events after
+/// it arrive.
+#[tokio::test]
+async fn a_subject_too_long_for_nats_is_a_dead_letter_not_a_lost_connection() {
+    let mut g = Gateway::new(UserServerKind::Python);
+    let nats = NatsServer::start(g.dir.path()).await;
+    let out = g.dir.path().join("core.jsonl");
+    let sub = nats_sensor(&g, &nats, &out, &["--core", "--subject", "test-gateway.>"]);
+    wait_for("the subscriber to subscribe", || async {
+        sub.output().contains("subscribed").then_some(())
+    })
+    .await;
+    g.transformer_env
+        .push(("EVENT_PROTOCOL".into(), "NATS".into()));
+    g.transformer_env.push(("NATS_URL".into(), nats.url()));
+    g.start_transformer().await;
+    let long = "k".repeat(5000);
+    for src in [long.as_str(), "after"] {
+        let body = format!(r#"{{"src":"{src}","payload":"eyJzZXEiOjB9"}}"#);
+        let r = g.post(&g.tr_url("/"), "application/json", body).await;
+        assert_eq!(r.status, 200);
+    }
+    let events = wait_lines(&out, 1, "the event after the long one").await;
+    assert_eq!(events[0]["subject"], "after");
+    let letters: Value = wait_for("one dead letter", || async {
+        let v: Value = g
+            .http
+            .get(g.tr_url("/deadletters"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (v["total"] == 1).then_some(v)
+    })
+    .await;
+    let error = letters["deadletters"][0]["error"].as_str().expect("error");
+    assert!(error.contains("NATS takes at most"), "{error}");
+    let disconnects = g
+        .metric(&g.tr_url("/metrics"), "transformer_nats_disconnects_total")
+        .await;
+    assert_eq!(disconnects, 0.0);
+    let server_log = nats.proc.as_ref().map(|p| p.output()).unwrap_or_default();
+    assert!(!server_log.contains("maximum control line"), "{server_log}");
+}

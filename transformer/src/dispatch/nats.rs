@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use async_nats::client::PublishErrorKind;
 use async_nats::header::HeaderMap;
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use bytes::Bytes;
@@ -18,6 +19,7 @@ use super::{DeliveryError, Sink};
 use crate::cloudevent::{CloudEvent, STRUCTURED_CONTENT_TYPE};
 use crate::config::{CeMode, NatsConfig, NatsType};
 use crate::metrics::NatsMetrics;
+use gateway_common::nats::{max_subject_len, request_reply_len};
 
 /// Renders `NATS_SUBJECT` for one event: `{gateway}`, `{namespace}`, `{src}` and
 /// `{type}` are replaced, with characters NATS forbids in a token made `_`.
@@ -183,13 +185,33 @@ impl NatsSink {
 
     async fn publish(&self, event: &CloudEvent) -> Result<(), DeliveryError> {
         let subject = self.subjects.render(event);
+        // A subject too long for the server's protocol line would not be
+        // refused alone: the server would close the connection (and the
+        // retry would close it again). No retry can help such an event.
+        let max = max_subject_len(request_reply_len("_INBOX"));
+        if subject.len() > max {
+            self.metrics.failures.inc();
+            return Err(DeliveryError::permanent(format!(
+                "the subject for configuration key {:?} is {} bytes; NATS takes at most {max}",
+                event.subject.as_deref().unwrap_or_default(),
+                subject.len()
+            )));
+        }
         let (headers, payload) = self.message(event);
         let result = match &self.jetstream {
-            None => self
-                .client
-                .publish_with_headers(subject, headers, payload)
-                .await
-                .map_err(|e| DeliveryError::retryable(format!("NATS publish: {e}"))),
+            None => {
+                self.client
+                    .publish_with_headers(subject, headers, payload)
+                    .await
+                    .map_err(|e| {
+                        let message = format!("NATS publish: {e}");
+                        match e.kind() {
+                            PublishErrorKind::MaxPayloadExceeded
+                            | PublishErrorKind::InvalidSubject => DeliveryError::permanent(message),
+                            PublishErrorKind::Send => DeliveryError::retryable(message),
+                        }
+                    })
+            }
             Some(js) => {
                 self.ensure_stream(js).await?;
                 let publish = PublishMessage::build()
