@@ -139,6 +139,7 @@ pub async fn serve(
         config.config_map.clone(),
         config.poll_interval,
         snap_tx,
+        metrics.config_loads.clone(),
         background.clone(),
     ));
     // With sharing, the supervisor sees only the configurations this replica

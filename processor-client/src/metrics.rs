@@ -34,6 +34,8 @@ pub struct Metrics {
     rejected: Family<ReasonLabel, Counter>,
     calls: Family<CallLabel, Counter>,
     pub user_server_restarts: Counter,
+    /// Reads of the configurations (notifications and the slow poll).
+    pub config_loads: Counter,
     configs: Family<PhaseLabel, Gauge>,
     /// Streams of gRPC user servers.
     pub grpc: GrpcMetrics,
@@ -66,6 +68,7 @@ impl Metrics {
         let rejected = Family::<ReasonLabel, Counter>::default();
         let calls = Family::<CallLabel, Counter>::default();
         let user_server_restarts = Counter::default();
+        let config_loads = Counter::default();
         let configs = Family::<PhaseLabel, Gauge>::default();
         registry.register(
             "processor_events_forwarded",
@@ -86,6 +89,11 @@ impl Metrics {
             "processor_user_server_restarts",
             "Times the user server came back after being seen down",
             user_server_restarts.clone(),
+        );
+        registry.register(
+            "processor_config_loads",
+            "Times the configurations were read (after a file notification, or by the slow poll)",
+            config_loads.clone(),
         );
         registry.register(
             "processor_configurations",
@@ -146,6 +154,7 @@ impl Metrics {
             rejected,
             calls,
             user_server_restarts,
+            config_loads,
             configs,
             grpc,
             sharing,

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -159,6 +160,7 @@ pub async fn run(
     path: PathBuf,
     poll: Duration,
     tx: watch::Sender<Arc<Snapshot>>,
+    loads: prometheus_client::metrics::counter::Counter,
     cancel: CancellationToken,
 ) {
     let (kick_tx, mut kick_rx) = mpsc::channel::<()>(1);
@@ -173,6 +175,7 @@ pub async fn run(
             }
             _ = tokio::time::sleep(poll) => {}
         }
+        loads.inc();
         let loaded = {
             let p = path.clone();
             tokio::task::spawn_blocking(move || load(&p)).await
@@ -209,7 +212,7 @@ fn start_notify(path: &Path, kick: mpsc::Sender<()>) -> Option<notify::Recommend
             .to_owned()
     };
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
+        if res.is_ok_and(|event| changes_files(&event.kind)) {
             let _ = kick.try_send(());
         }
     })
@@ -224,9 +227,40 @@ fn start_notify(path: &Path, kick: mpsc::Sender<()>) -> Option<notify::Recommend
     }
 }
 
+/// Whether a notification can mean a configuration changed. Opening, reading
+/// and closing a file unchanged are not: the reload itself reads every file,
+/// and taking those for changes made the processor-client read its whole
+/// directory again every 50 ms for as long as it ran.
+fn changes_files(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reading_a_file_is_not_a_change() {
+        use notify::event::{CreateKind, ModifyKind, RemoveKind};
+        assert!(!changes_files(&EventKind::Access(AccessKind::Open(
+            AccessMode::Read
+        ))));
+        assert!(!changes_files(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(!changes_files(&EventKind::Access(AccessKind::Read)));
+        assert!(changes_files(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(changes_files(&EventKind::Create(CreateKind::File)));
+        assert!(changes_files(&EventKind::Modify(ModifyKind::Any)));
+        assert!(changes_files(&EventKind::Remove(RemoveKind::File)));
+        assert!(changes_files(&EventKind::Any));
+    }
 
     #[test]
     fn yaml_and_json_files_map_keys_to_text() {

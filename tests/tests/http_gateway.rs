@@ -697,6 +697,19 @@ async fn plain_directory_of_files_is_watched_too() {
     }
     assert_eq!(phases["first"], "Stopped");
     let _: &Value = &phases["second"];
+
+    // Nothing changes now, so the directory is not read again but by the
+    // slow poll (5 s). Reading a file raises notifications of its own (open,
+    // close); taken for changes, they made the processor-client read its
+    // whole directory every 50 ms for as long as it ran.
+    let metrics = g.pc_url("/metrics");
+    let before = g.metric(&metrics, "processor_config_loads_total").await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let after = g.metric(&metrics, "processor_config_loads_total").await;
+    assert!(
+        after - before <= 1.0,
+        "{before} -> {after} reads in 2 s of nothing changing"
+    );
 }
 
 #[tokio::test]
