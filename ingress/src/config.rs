@@ -146,7 +146,7 @@ impl Config {
             hosts: env
                 .text(&HOSTS)?
                 .split(',')
-                .map(|h| h.trim().to_ascii_lowercase())
+                .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
                 .filter(|h| !h.is_empty())
                 .collect(),
             max_body_bytes: env.positive(&MAX_BODY_BYTES)?,

@@ -146,7 +146,11 @@ fn host_of<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> &'a str {
 
 /// The host name without port or brackets, lower-case: what `INGRESS_HOSTS` lists.
 fn host_name(host: &str) -> String {
-    subject::bare_host(host).to_ascii_lowercase()
+    // `www.example.com.` (fully qualified, as some clients send it) is the
+    // same host, and maps to the same subject.
+    subject::bare_host(host)
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
 }
 
 /// A request's headers as NATS headers (names as Go writes them), plus the
@@ -360,6 +364,7 @@ mod tests {
     #[test]
     fn host_names_lose_port_and_case() {
         assert_eq!(host_name("WWW.Example.com:443"), "www.example.com");
+        assert_eq!(host_name("www.example.com.:443"), "www.example.com");
         assert_eq!(host_name("[::1]:80"), "::1");
         assert_eq!(host_name("::1"), "::1");
     }
