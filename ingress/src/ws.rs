@@ -120,6 +120,10 @@ pub async fn session(
                     Some(Ok(Message::Text(text))) => Bytes::from(text),
                     Some(Ok(Message::Binary(data))) => data,
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Err(e)) if too_big(&e) => {
+                        close(close_code::SIZE, "the message is over the ingress's size limit");
+                        break;
+                    }
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
                 };
                 let published = client
@@ -152,4 +156,12 @@ pub async fn session(
     // Last: shutdown waits for this count to reach zero, then exits, so the
     // control message and the close frame must be out before it drops.
     st.metrics.websockets_open.dec();
+}
+
+/// Whether a read failed because the client's message is over
+/// `INGRESS_MAX_BODY_BYTES` (which the upgrade set as the message limit).
+fn too_big(e: &axum::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|inner| inner.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
 }

@@ -4,7 +4,8 @@
 then does not read for a while, and prints how the connection was closed;
 `hold` connects and waits to be closed, printing the close code; `idleN`
 sends nothing at all (no pings either) for N seconds, then echoes one frame;
-`manyN`
+`bigN` sends
+one frame of N bytes and prints how the connection was closed; `manyN`
 opens N connections at once and checks each gets its own replies. The host is
 sent as X-Forwarded-Host (the library sets Host itself). Prints one
 JSON line."""
@@ -39,6 +40,13 @@ async def main():
             try:
                 await ws.send("after")
                 print(json.dumps({"reply": await asyncio.wait_for(ws.recv(), 5)}))
+            except websockets.ConnectionClosed as e:
+                print(json.dumps({"code": e.rcvd.code if e.rcvd else None}))
+        elif mode.startswith("big"):
+            await ws.send("b" * int(mode[3:]))
+            try:
+                while True:
+                    await asyncio.wait_for(ws.recv(), 10)
             except websockets.ConnectionClosed as e:
                 print(json.dumps({"code": e.rcvd.code if e.rcvd else None}))
         elif mode.startswith("many"):

@@ -536,6 +536,18 @@ async fn hostile_paths_bodies_and_keys_never_cost_the_nats_connection() {
     }
     let (status, code) = error_of(upgrade("dGhlIHNhbXBsZSBub25jZQ==", long.clone()).await).await;
     assert_eq!((status, code.as_str()), (414, "uri_too_long"));
+    // A message over INGRESS_MAX_BODY_BYTES, and one under it but over
+    // NATS's max_payload: each closes its WebSocket with 1009.
+    for size in [3 * 1024 * 1024, 1536 * 1024] {
+        let closed = run_client(ws_client(
+            &i,
+            "/chat",
+            "www.example.com",
+            &format!("big{size}"),
+        ))
+        .await;
+        assert_eq!(closed["code"], 1009, "a message of {size} bytes");
+    }
 
     let (status, body) = pending.await.expect("the request in flight");
     assert_eq!(status, 200, "{body}");
