@@ -1,13 +1,14 @@
 //! Structured logs through tracing: human text by default, JSON lines with
 //! `LOG_FORMAT=json`; the level comes from `RUST_LOG` (default `info`, with
-//! async-nats's own lines at `warn`: it logs every connection event that our
-//! callback in [`crate::nats`] already logs, with the server's address).
+//! some libraries' own lines at `warn`: async-nats logs every connection event
+//! that our callback in [`crate::nats`] already logs, with the server's
+//! address, and the store's fjall/lsm-tree narrate every recovery step).
 
 use tracing_subscriber::EnvFilter;
 
 pub fn init(json: bool) {
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn,fjall=warn,lsm_tree=warn"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
