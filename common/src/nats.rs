@@ -105,13 +105,37 @@ impl NatsOptions {
             token: env.optional(&NATS_TOKEN),
             user: env.optional(&NATS_USER),
             password: env.optional(&NATS_PASSWORD),
-            creds: env.path(&NATS_CREDS),
-            tls_ca: env.path(&NATS_TLS_CA),
-            tls_cert: env.path(&NATS_TLS_CERT),
-            tls_key: env.path(&NATS_TLS_KEY),
+            creds: readable(env, &NATS_CREDS, None)?,
+            tls_ca: readable(env, &NATS_TLS_CA, Some("CERTIFICATE"))?,
+            tls_cert: readable(env, &NATS_TLS_CERT, Some("CERTIFICATE"))?,
+            tls_key: readable(env, &NATS_TLS_KEY, Some("PRIVATE KEY"))?,
             tls_required: env.bool(&NATS_TLS_REQUIRED)?,
         })
     }
+}
+
+/// A file a variable names, checked at start: it can be read and, for PEM,
+/// holds a block of `pem` kind. Without this, a wrong path only showed as
+/// connection attempts failing for ever, each saying "IO error".
+fn readable(env: &Env, var: &Var, pem: Option<&str>) -> Result<Option<PathBuf>, ConfigError> {
+    let Some(path) = env.path(var) else {
+        return Ok(None);
+    };
+    let invalid = |reason: String| ConfigError::Invalid {
+        var: var.name,
+        reason,
+    };
+    let text = std::fs::read(&path).map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+    if let Some(kind) = pem {
+        let text = String::from_utf8_lossy(&text);
+        let holds = text.lines().any(|l| {
+            l.starts_with("-----BEGIN ") && l.trim_end().ends_with(&format!("{kind}-----"))
+        });
+        if !holds {
+            return Err(invalid(format!("{} holds no PEM {kind}", path.display())));
+        }
+    }
+    Ok(Some(path))
 }
 
 /// Both or neither of two variables.
@@ -270,6 +294,30 @@ mod tests {
         assert!(e.to_string().contains("NATS_TLS_CERT"), "{e}");
         let e = NatsOptions::read(&env(&[("NATS_URL", " , ")])).unwrap_err();
         assert!(e.to_string().contains("NATS_URL"), "{e}");
+        let e = NatsOptions::read(&env(&[("NATS_TLS_CA", "/nonexistent/ca.pem")])).unwrap_err();
+        assert!(e.to_string().contains("NATS_TLS_CA"), "{e}");
+        let dir = std::env::temp_dir().join(format!("nats-options-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "hello\n").unwrap();
+        let not_pem = not_pem.to_str().unwrap();
+        let e = NatsOptions::read(&env(&[("NATS_TLS_CA", not_pem)])).unwrap_err();
+        assert!(e.to_string().contains("holds no PEM CERTIFICATE"), "{e}");
+        let key = dir.join("key.pem");
+        std::fs::write(
+            &key,
+            "-----BEGIN EC PRIVATE KEY-----\nx\n-----END EC PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let e = NatsOptions::read(&env(&[
+            ("NATS_TLS_CERT", not_pem),
+            ("NATS_TLS_KEY", key.to_str().unwrap()),
+        ]))
+        .unwrap_err();
+        assert!(e.to_string().contains("NATS_TLS_CERT"), "{e}");
+        let e = NatsOptions::read(&env(&[("NATS_CREDS", "/nonexistent/x.creds")])).unwrap_err();
+        assert!(e.to_string().contains("NATS_CREDS"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
         let o = NatsOptions::read(&env(&[("NATS_URL", "nats://a:1, nats://b:2")])).unwrap();
         assert_eq!(servers(&o.url), ["nats://a:1", "nats://b:2"]);
         assert!(!o.tls_required);

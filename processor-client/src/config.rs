@@ -192,7 +192,7 @@ const REPLICA_ID: Var = Var::derived(
 const LEASE: Var = Var::new(
     "GATEWAY_PROCESSOR_LEASE",
     "10s",
-    "how long a replica's claim on a configuration lasts without renewal; a dead replica's configurations move within two leases",
+    "how long a replica's claim on a configuration lasts without renewal (at least 1s); a dead replica's configurations move within two leases",
 );
 const CLIENT_TOKEN: Var = Var::optional(
     "GATEWAY_PROCESSOR_CLIENT_TOKEN",
@@ -257,6 +257,22 @@ pub const VARS: [Var; 30] = [
     LISTENER.body_timeout,
     LISTENER.max_connections,
 ];
+
+/// The shortest lease that makes sense: claims are renewed every quarter
+/// lease, each renewal a NATS round trip, and a replica must stop its
+/// configurations before its claims lapse.
+const MIN_LEASE: Duration = Duration::from_secs(1);
+
+fn lease(env: &Env) -> Result<Duration, ConfigError> {
+    let lease = env.timeout(&LEASE)?;
+    if lease < MIN_LEASE {
+        return Err(ConfigError::Invalid {
+            var: LEASE.name,
+            reason: format!("{lease:?} is too short; at least {MIN_LEASE:?}"),
+        });
+    }
+    Ok(lease)
+}
 
 /// `GATEWAY_PROCESSOR_REPLICA_ID`, or the host name with anything but letters,
 /// digits, `-` and `_` made `_`.
@@ -362,7 +378,7 @@ impl Config {
             "off" | "" => None,
             "nats" => Some(crate::sharing::Settings {
                 replica: replica_id(env)?,
-                lease: env.timeout(&LEASE)?,
+                lease: lease(env)?,
                 nats: gateway_common::nats::NatsOptions::read(env)?,
                 bucket: crate::sharing::bucket_name(
                     &env.text(&shared::GATEWAY_NAMESPACE)?,

@@ -727,6 +727,9 @@ async fn missing_or_malformed_environment_exits_naming_the_variable() {
         )
     };
     let cfg = dir.path().display().to_string();
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "not a certificate\n").expect("write");
+    let not_pem = not_pem.display().to_string();
     type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
     let cases: Vec<Case> = vec![
         (
@@ -786,6 +789,34 @@ async fn missing_or_malformed_environment_exits_naming_the_variable() {
             "transformer",
             vec![("GATEWAY_NAME", "g"), ("EVENT_PROTOCOL", "SMTP")],
             "EVENT_PROTOCOL",
+        ),
+        // Files for NATS are read at start: a wrong path used to show only
+        // as connection attempts failing for ever with "IO error".
+        (
+            "transformer",
+            vec![
+                ("GATEWAY_NAME", "g"),
+                ("EVENT_PROTOCOL", "NATS"),
+                ("NATS_TLS_CA", "/no/such/ca.pem"),
+            ],
+            "NATS_TLS_CA",
+        ),
+        ("ingress", vec![("NATS_TLS_CA", &not_pem)], "NATS_TLS_CA"),
+        (
+            "ingress",
+            vec![("NATS_CREDS", "/no/such/user.creds")],
+            "NATS_CREDS",
+        ),
+        (
+            "processor-client",
+            vec![
+                ("GATEWAY_NAME", "g"),
+                ("GATEWAY_PROCESSOR_CONFIG_MAP", &cfg),
+                ("GATEWAY_PROCESSOR_SERVER_HTTP_PORT", "1"),
+                ("GATEWAY_PROCESSOR_SHARING", "nats"),
+                ("GATEWAY_PROCESSOR_LEASE", "10ms"),
+            ],
+            "GATEWAY_PROCESSOR_LEASE",
         ),
     ];
     for (name, env, var) in cases {
