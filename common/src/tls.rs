@@ -36,7 +36,7 @@ pub fn load_ca(var: &str, path: &std::path::Path) -> Result<Vec<reqwest::Certifi
 /// its timeout, its CA or its token.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("{var}: {value:?} does not make a URL: {source}")]
+    #[error("{var}: {value:?} does not make a URL ({source}); give the host name or IP address alone, without a scheme or a port")]
     Url {
         var: &'static str,
         value: String,

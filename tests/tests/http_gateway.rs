@@ -818,6 +818,17 @@ async fn missing_or_malformed_environment_exits_naming_the_variable() {
             ],
             "GATEWAY_PROCESSOR_LEASE",
         ),
+        // A URL where a host belongs, the commonest slip.
+        (
+            "processor-client",
+            vec![
+                ("GATEWAY_NAME", "g"),
+                ("GATEWAY_PROCESSOR_CONFIG_MAP", &cfg),
+                ("GATEWAY_PROCESSOR_SERVER_HTTP_PORT", "1"),
+                ("GATEWAY_PROCESSOR_SERVER_HOST", "http://user-server"),
+            ],
+            "GATEWAY_PROCESSOR_SERVER_HOST: \"http://user-server\" does not make a URL",
+        ),
     ];
     for (name, env, var) in cases {
         let (status, stderr) = run(name, &env);
