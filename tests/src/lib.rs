@@ -527,6 +527,23 @@ impl Gateway {
         .await
     }
 
+    /// The transformer's `GET /deadletters` once it lists `n` of them.
+    pub async fn wait_deadletters(&self, n: usize) -> Value {
+        wait_for(&format!("{n} dead letters"), || async {
+            let v: Value = self
+                .http
+                .get(self.tr_url("/deadletters"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (v["total"] == n).then_some(v)
+        })
+        .await
+    }
+
     /// POSTs a body with a content type to a URL; returns status, headers and JSON.
     pub async fn post(
         &self,

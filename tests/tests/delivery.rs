@@ -206,19 +206,7 @@ async fn exhausted_events_become_dead_letters_and_replay_delivers_them() {
     g.set_config("alpha", r#"{"count": 20, "interval_ms": 1}"#);
     g.start_all().await;
     g.wait_journal("acked", "alpha", 20).await;
-    let listing: Value = wait_for("20 dead letters", || async {
-        let v: Value = g
-            .http
-            .get(g.tr_url("/deadletters"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        (v["total"] == 20).then_some(v)
-    })
-    .await;
+    let listing = g.wait_deadletters(20).await;
     let letters = listing["deadletters"].as_array().expect("array");
     let first = &letters[0];
     assert_eq!(first["watcher"], g.sensor_url());

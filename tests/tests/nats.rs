@@ -20,6 +20,21 @@ fn nats_sensor(g: &Gateway, nats: &NatsServer, out: &std::path::Path, args: &[&s
     Proc::spawn("nats-sensor", cmd, g.dir.path())
 }
 
+/// Points `g`'s transformer at core NATS, with a subscriber on every subject
+/// of the gateway writing what it gets to the returned file.
+async fn into_core_nats(g: &mut Gateway, nats: &NatsServer) -> (std::path::PathBuf, Proc) {
+    let out = g.dir.path().join("core.jsonl");
+    let sub = nats_sensor(g, nats, &out, &["--core", "--subject", "test-gateway.>"]);
+    wait_for("the subscriber to subscribe", || async {
+        sub.output().contains("subscribed").then_some(())
+    })
+    .await;
+    g.transformer_env
+        .push(("EVENT_PROTOCOL".into(), "NATS".into()));
+    g.transformer_env.push(("NATS_URL".into(), nats.url()));
+    (out, sub)
+}
+
 async fn wait_lines(path: &std::path::Path, n: usize, what: &str) -> Vec<Value> {
     wait_for(what, || async {
         let v = read_jsonl(path);
@@ -157,15 +172,7 @@ async fn messages_in(js: &async_nats::jetstream::Context) -> u64 {
 async fn core_nats_subscriber_gets_every_event_and_the_transformer_reconnects() {
     let mut g = Gateway::new(UserServerKind::Python);
     let mut nats = NatsServer::start(g.dir.path()).await;
-    let out = g.dir.path().join("core.jsonl");
-    let sub = nats_sensor(&g, &nats, &out, &["--core", "--subject", "test-gateway.>"]);
-    wait_for("the subscriber to subscribe", || async {
-        sub.output().contains("subscribed").then_some(())
-    })
-    .await;
-    g.transformer_env
-        .push(("EVENT_PROTOCOL".into(), "NATS".into()));
-    g.transformer_env.push(("NATS_URL".into(), nats.url()));
+    let (out, _sub) = into_core_nats(&mut g, &nats).await;
     g.set_config("alpha", r#"{"count": 20, "interval_ms": 2}"#);
     g.set_config("web.hook", r#"{"count": 20, "interval_ms": 2}"#);
     g.start_transformer().await;
@@ -443,15 +450,7 @@ async fn sigterm_while_nats_is_unreachable_stops_each_binary_at_once() {
 async fn a_subject_too_long_for_nats_is_a_dead_letter_not_a_lost_connection() {
     let mut g = Gateway::new(UserServerKind::Python);
     let nats = NatsServer::start(g.dir.path()).await;
-    let out = g.dir.path().join("core.jsonl");
-    let sub = nats_sensor(&g, &nats, &out, &["--core", "--subject", "test-gateway.>"]);
-    wait_for("the subscriber to subscribe", || async {
-        sub.output().contains("subscribed").then_some(())
-    })
-    .await;
-    g.transformer_env
-        .push(("EVENT_PROTOCOL".into(), "NATS".into()));
-    g.transformer_env.push(("NATS_URL".into(), nats.url()));
+    let (out, _sub) = into_core_nats(&mut g, &nats).await;
     g.start_transformer().await;
     let long = "k".repeat(5000);
     for src in [long.as_str(), "after"] {
@@ -461,19 +460,7 @@ async fn a_subject_too_long_for_nats_is_a_dead_letter_not_a_lost_connection() {
     }
     let events = wait_lines(&out, 1, "the event after the long one").await;
     assert_eq!(events[0]["subject"], "after");
-    let letters: Value = wait_for("one dead letter", || async {
-        let v: Value = g
-            .http
-            .get(g.tr_url("/deadletters"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        (v["total"] == 1).then_some(v)
-    })
-    .await;
+    let letters = g.wait_deadletters(1).await;
     let error = letters["deadletters"][0]["error"].as_str().expect("error");
     assert!(error.contains("NATS takes at most"), "{error}");
     let disconnects = g
