@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -87,85 +87,6 @@ pub async fn wait_port(port: u16, what: &str) {
             .map(|_| ())
     })
     .await
-}
-
-/// A child process whose output goes to a log file; killed and reaped on drop.
-pub struct Proc {
-    pub name: String,
-    child: Child,
-    pub log: PathBuf,
-}
-
-impl Proc {
-    pub fn spawn(name: &str, mut cmd: Command, log_dir: &Path) -> Proc {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let log = log_dir.join(format!("{name}-{}.log", N.fetch_add(1, Ordering::Relaxed)));
-        let out = fs::File::create(&log).expect("create log");
-        let err = out.try_clone().expect("clone log");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc {
-            name: name.to_owned(),
-            child,
-            log,
-        }
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid; no memory is involved.
-        unsafe {
-            libc::kill(self.pid(), sig);
-        }
-    }
-
-    /// SIGKILL and reap: the process gets no chance to clean up.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Waits for the process to exit by itself, up to `limit`.
-    pub async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        None
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    pub fn output(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let out = self.output();
-            let tail: Vec<&str> = out.lines().rev().take(25).collect();
-            eprintln!("---- last lines of {} ({}):", self.name, self.log.display());
-            for line in tail.into_iter().rev() {
-                eprintln!("{line}");
-            }
-        }
-    }
 }
 
 /// Reads a file of JSON lines, skipping a torn last line.
@@ -598,12 +519,14 @@ pub struct Reply {
 
 mod checks;
 mod nats;
+mod proc;
 mod rabbitmq;
 mod s3;
 mod tls;
 
 pub use checks::{assert_acked_delivered, assert_ordered, event_body, payload};
 pub use nats::NatsServer;
+pub use proc::Proc;
 pub use rabbitmq::RabbitMq;
 pub use s3::{S3Op, S3Server};
 pub use tls::{client_cert, private_ca};
