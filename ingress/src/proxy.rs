@@ -158,6 +158,11 @@ fn host_name(host: &str) -> String {
 pub(crate) fn nats_headers(headers: &HeaderMap, subject: &str) -> async_nats::HeaderMap {
     let mut out = async_nats::HeaderMap::new();
     for (name, value) in headers {
+        // The subject header is the ingress's to set: a client's own copy,
+        // in any case, could be what a case-insensitive responder reads.
+        if name.as_str().eq_ignore_ascii_case(SUBJECT_HEADER) {
+            continue;
+        }
         if let Ok(value) = value.to_str() {
             out.append(canonical(name.as_str()).as_str(), value);
         }
@@ -344,6 +349,24 @@ mod tests {
         assert_eq!(canonical("content-type"), "Content-Type");
         assert_eq!(canonical("x-h8s-publishsubject"), "X-H8s-Publishsubject");
         assert_eq!(canonical("sec-websocket-key"), "Sec-Websocket-Key");
+    }
+
+    #[test]
+    fn a_client_cannot_set_the_subject_header() {
+        let mut h = HeaderMap::new();
+        h.insert("x-h8s-publishsubject", HeaderValue::from_static("spoofed"));
+        h.insert("x-custom", HeaderValue::from_static("kept"));
+        let out = nats_headers(&h, "h8s.http.GET.com.example");
+        let subjects: Vec<String> = out
+            .iter()
+            .filter(|(name, _)| {
+                let name: &str = name.as_ref();
+                name.eq_ignore_ascii_case(SUBJECT_HEADER)
+            })
+            .flat_map(|(_, values)| values.iter().map(|v| v.as_str().to_owned()))
+            .collect();
+        assert_eq!(subjects, ["h8s.http.GET.com.example"]);
+        assert_eq!(out.get("X-Custom").map(|v| v.as_str()), Some("kept"));
     }
 
     #[test]
