@@ -20,6 +20,8 @@ pub enum ErrorCode {
     TooLarge,
     /// 414: the path makes a NATS subject longer than a server takes.
     UriTooLong,
+    /// 502: a responder's reply cannot be an HTTP response (a 1xx status).
+    BadReply,
     /// 415: a content type the endpoint does not take.
     UnsupportedMediaType,
     /// 401: a token is configured and the request did not carry it.
@@ -74,6 +76,7 @@ impl ErrorCode {
             ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::UriTooLong => "uri_too_long",
+            ErrorCode::BadReply => "bad_reply",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::NotFound => "not_found",
@@ -105,6 +108,7 @@ impl ErrorCode {
             ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UriTooLong => StatusCode::URI_TOO_LONG,
+            ErrorCode::BadReply => StatusCode::BAD_GATEWAY,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::NotFound
@@ -256,11 +260,12 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
-    const ALL: [ErrorCode; 26] = [
+    const ALL: [ErrorCode; 27] = [
         ErrorCode::BadRequest,
         ErrorCode::RequestTimeout,
         ErrorCode::TooLarge,
         ErrorCode::UriTooLong,
+        ErrorCode::BadReply,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::Unauthorized,
         ErrorCode::NotFound,

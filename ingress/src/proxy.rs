@@ -247,7 +247,7 @@ async fn forward(
             return Err(ApiError::new(code, detail));
         }
     };
-    Ok(response_of(reply))
+    response_of(reply)
 }
 
 /// Refuses a subject that, with its reply subject, would not fit on one NATS
@@ -285,8 +285,10 @@ fn canonical(name: &str) -> String {
         .collect()
 }
 
-/// The reply as an HTTP response.
-fn response_of(reply: async_nats::Message) -> Response {
+/// The reply as an HTTP response. A status that cannot end an HTTP exchange
+/// (1xx: hyper would answer 500 for 100, and send a bare 101 as if the
+/// connection were upgraded) is the responder's mistake: 502.
+fn response_of(reply: async_nats::Message) -> Result<Response, ApiError> {
     let mut status = StatusCode::OK;
     let mut response = Response::new(Body::from(reply.payload));
     if let Some(nats_headers) = &reply.headers {
@@ -298,13 +300,31 @@ fn response_of(reply: async_nats::Message) -> Response {
                     .and_then(|v| v.as_str().trim().parse::<u16>().ok())
                     .and_then(|s| StatusCode::from_u16(s).ok())
                 {
+                    if s.is_informational() {
+                        return Err(ApiError::new(
+                            ErrorCode::BadReply,
+                            format!(
+                                "the responder's {STATUS_HEADER} {} is not a final status",
+                                s.as_u16()
+                            ),
+                        ));
+                    }
                     status = s;
                 }
                 continue;
             }
-            let hop_by_hop = ["content-length", "transfer-encoding", "connection"]
-                .iter()
-                .any(|h| name.eq_ignore_ascii_case(h));
+            let hop_by_hop = [
+                "content-length",
+                "transfer-encoding",
+                "connection",
+                "keep-alive",
+                "upgrade",
+                "proxy-connection",
+                "te",
+                "trailer",
+            ]
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h));
             let Ok(header_name) = HeaderName::from_bytes(name.as_bytes()) else {
                 continue;
             };
@@ -319,7 +339,7 @@ fn response_of(reply: async_nats::Message) -> Response {
         }
     }
     *response.status_mut() = status;
-    response
+    Ok(response)
 }
 
 pub async fn readyz(

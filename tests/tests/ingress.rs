@@ -512,6 +512,19 @@ async fn hostile_paths_bodies_and_keys_never_cost_the_nats_connection() {
     )
     .await;
     assert_eq!((status, code.as_str()), (414, "uri_too_long"));
+    // A responder answering 1xx cannot end an HTTP exchange: 502.
+    let (status, code) = error_of(
+        i.send(
+            "GET",
+            "/x",
+            "www.example.com",
+            &[("x-want-status", "101")],
+            Vec::new(),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (502, "bad_reply"));
     let big = vec![b'x'; 1536 * 1024];
     let (status, code) = error_of(i.send("POST", "/x", "www.example.com", &[], big).await).await;
     assert_eq!((status, code.as_str()), (413, "too_large"));
