@@ -99,16 +99,15 @@ fn websocket(
     // The key becomes the last token of the connection's inbox: anything but
     // what RFC 6455 allows (16 bytes in base64) could be a wildcard, such as
     // `>`, subscribing this client to every other connection's replies.
-    if !valid_websocket_key(&headers) {
+    let Some(key) = websocket_key(&headers) else {
         return ApiError::bad_request(
             "Sec-WebSocket-Key must be 16 bytes in base64, as RFC 6455 says",
         )
         .into_response();
-    }
-    let path = uri.path().to_owned();
-    let subject = subject::websocket_subject(&st.config.subject_prefix, &host, &path);
-    let reply_len = st.config.inbox_prefix.len() + 1 + 24;
-    if let Err(e) = check_subject(&subject, reply_len) {
+    };
+    let inbox = format!("{}.{key}", st.config.inbox_prefix);
+    let publish = subject::websocket_subject(&st.config.subject_prefix, &host, uri.path());
+    if let Err(e) = check_subject(&publish, inbox.len()) {
         return e.into_response();
     }
     let shutdown = st.shutdown.clone();
@@ -116,21 +115,16 @@ fn websocket(
     upgrade
         .max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| crate::ws::session(socket, st, headers, host, path, shutdown))
+        .on_upgrade(move |socket| crate::ws::session(socket, st, headers, inbox, publish, shutdown))
 }
 
-/// Whether the upgrade's `Sec-WebSocket-Key` is what RFC 6455 asks for: 16
+/// The upgrade's `Sec-WebSocket-Key`, if it is what RFC 6455 asks for: 16
 /// bytes in base64 (24 characters, none of them a subject wildcard or dot).
-fn valid_websocket_key(headers: &HeaderMap) -> bool {
+fn websocket_key(headers: &HeaderMap) -> Option<&str> {
     use base64::Engine as _;
-    headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .and_then(|v| {
-            base64::engine::general_purpose::STANDARD
-                .decode(v.as_bytes())
-                .ok()
-        })
-        .is_some_and(|key| key.len() == 16)
+    let key = headers.get(header::SEC_WEBSOCKET_KEY)?.to_str().ok()?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(key).ok()?;
+    (bytes.len() == 16).then_some(key)
 }
 
 /// The host a request is for: `X-Forwarded-Host` when a proxy set it, else `Host`.
@@ -394,14 +388,14 @@ mod tests {
         let key = |v: &str| {
             let mut h = HeaderMap::new();
             h.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_str(v).unwrap());
-            valid_websocket_key(&h)
+            websocket_key(&h).is_some()
         };
         assert!(key("dGhlIHNhbXBsZSBub25jZQ=="));
         assert!(!key(">"));
         assert!(!key("*"));
         assert!(!key("a.b"));
         assert!(!key("dGhlIHNhbXBsZSBub25jZQ==dGhlIHNhbXBsZSBub25jZQ=="));
-        assert!(!valid_websocket_key(&HeaderMap::new()));
+        assert!(websocket_key(&HeaderMap::new()).is_none());
     }
 
     #[test]

@@ -23,7 +23,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::proxy::{nats_headers, AppState};
-use crate::subject;
 
 /// Messages waiting for a slow client before it is closed.
 const BUFFERED: usize = 256;
@@ -34,22 +33,16 @@ const CLOSED: &str = "h8s.control.ws.conn.closed";
 /// out, and again for its close frame to be written.
 const CLOSING_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// One WebSocket's life: from the upgrade to its close.
+/// One WebSocket's life: from the upgrade to its close. `inbox` and `publish`
+/// were made, and checked, at the upgrade ([`crate::proxy`]).
 pub async fn session(
     socket: WebSocket,
     st: Arc<AppState>,
     request_headers: HeaderMap,
-    host: String,
-    path: String,
+    inbox: String,
+    publish: String,
     shutdown: CancellationToken,
 ) {
-    let key = request_headers
-        .get("sec-websocket-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let inbox = format!("{}.{}", st.config.inbox_prefix, key);
-    let publish = subject::websocket_subject(&st.config.subject_prefix, &host, &path);
     let headers = nats_headers(&request_headers, &publish);
     let client = &st.client;
     let mut replies = match client.subscribe(inbox.clone()).await {

@@ -284,7 +284,7 @@ async fn configs(State(st): State<Arc<AppState>>) -> Json<Vec<crate::configs::Co
             &mut list,
             &sharing.replica,
             &sharing.owners(),
-            sharing.configurations().as_ref(),
+            sharing.configurations().as_deref(),
             |src| sharing.holds(src),
         );
     }

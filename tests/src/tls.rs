@@ -5,44 +5,34 @@
 pub fn private_ca(
     dir: &std::path::Path,
 ) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let run = |args: &[&str]| openssl(dir, args);
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=gateway test CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=gateway test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+    );
+    issue(
+        dir,
+        "server",
         "/CN=127.0.0.1",
-    ]);
-    std::fs::write(
-        dir.join("ext"),
         "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("ext");
-    sign(dir, "server", "ext");
+    );
     (
         dir.join("ca.pem"),
         dir.join("server.pem"),
@@ -50,10 +40,22 @@ pub fn private_ca(
     )
 }
 
-/// Signs `NAME.csr` with the CA in `dir` into `NAME.pem`, with the extensions in
-/// the file `ext`.
-fn sign(dir: &std::path::Path, name: &str, ext: &str) {
-    let (csr, pem) = (format!("{name}.csr"), format!("{name}.pem"));
+/// A key (`NAME.key`) and a certificate (`NAME.pem`) for `subject`, signed by
+/// the CA in `dir` with the extensions `ext`.
+fn issue(dir: &std::path::Path, name: &str, subject: &str, ext: &str) {
+    let (key, csr, pem, ext_file) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+        format!("{name}.ext"),
+    );
+    openssl(
+        dir,
+        &[
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", subject,
+        ],
+    );
+    std::fs::write(dir.join(&ext_file), ext).expect("extensions file");
     openssl(
         dir,
         &[
@@ -71,7 +73,7 @@ fn sign(dir: &std::path::Path, name: &str, ext: &str) {
             "-days",
             "2",
             "-extfile",
-            ext,
+            &ext_file,
         ],
     );
 }
@@ -92,26 +94,11 @@ fn openssl(dir: &std::path::Path, args: &[&str]) {
 /// A client certificate signed by the CA that [`private_ca`] made in `dir`, for
 /// mutual TLS.
 pub fn client_cert(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    openssl(
+    issue(
         dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "client.key",
-            "-out",
-            "client.csr",
-            "-subj",
-            "/CN=gateway",
-        ],
-    );
-    std::fs::write(
-        dir.join("client-ext"),
+        "client",
+        "/CN=gateway",
         "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
-    )
-    .expect("client-ext");
-    sign(dir, "client", "client-ext");
+    );
     (dir.join("client.pem"), dir.join("client.key"))
 }

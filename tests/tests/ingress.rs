@@ -99,6 +99,17 @@ impl Ingress {
         }
     }
 
+    /// Waits until a request for www.example.com gets through (200) again.
+    async fn passes_again(&self) {
+        wait_for("a request through again", || async {
+            let r = self
+                .send("GET", "/x", "www.example.com", &[], Vec::new())
+                .await;
+            (r.status() == 200).then_some(())
+        })
+        .await;
+    }
+
     fn received(&self) -> Vec<Value> {
         read_jsonl(&self.responses)
     }
@@ -235,13 +246,7 @@ async fn each_failure_gets_its_own_answer() {
         (i.get_admin("/readyz").await == 200).then_some(())
     })
     .await;
-    wait_for("a request through again", || async {
-        let r = i
-            .send("GET", "/x", "www.example.com", &[], Vec::new())
-            .await;
-        (r.status() == 200).then_some(())
-    })
-    .await;
+    i.passes_again().await;
 }
 
 /// Posts `body` for www.example.com on a task of its own.
@@ -297,13 +302,7 @@ async fn requests_in_flight_fail_cleanly_when_nats_dies_and_are_finished_on_sigt
     assert_eq!(error["error"], "nats_unavailable", "{text}");
     // Back by itself once NATS is.
     nats.restart().await;
-    wait_for("a request through again", || async {
-        let r = i
-            .send("GET", "/x", "www.example.com", &[], Vec::new())
-            .await;
-        (r.status() == 200).then_some(())
-    })
-    .await;
+    i.passes_again().await;
     // SIGTERM while a request waits: it is answered, then the ingress exits 0.
     let waiting = in_flight(&i, "pause");
     responder_has(&i, "pause").await;

@@ -94,7 +94,7 @@ pub struct Sharing {
     releasing: Mutex<BTreeSet<String>>,
     /// Every configuration of the gateway, as of the last round (`None`
     /// before the first).
-    configurations: Mutex<Option<BTreeSet<String>>>,
+    configurations: Mutex<Option<Arc<BTreeSet<String>>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -129,7 +129,7 @@ impl Sharing {
     }
 
     /// Every configuration of the gateway, as of the last round.
-    pub fn configurations(&self) -> Option<BTreeSet<String>> {
+    pub fn configurations(&self) -> Option<Arc<BTreeSet<String>>> {
         self.configurations
             .lock()
             .unwrap_or_else(|p| p.into_inner())

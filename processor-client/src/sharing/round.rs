@@ -147,7 +147,7 @@ pub(super) async fn tick(
             (s.clone(), owner)
         })
         .collect();
-    let configs: BTreeSet<String> = snapshot.keys().cloned().collect();
+    let configs: Arc<BTreeSet<String>> = Arc::new(snapshot.keys().cloned().collect());
     *sharing
         .configurations
         .lock()
