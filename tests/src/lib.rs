@@ -528,5 +528,5 @@ pub use checks::{assert_acked_delivered, assert_ordered, event_body, payload};
 pub use nats::NatsServer;
 pub use proc::Proc;
 pub use rabbitmq::RabbitMq;
-pub use s3::{S3Op, S3Server};
+pub use s3::{ListenStandIn, S3Op, S3Server};
 pub use tls::{client_cert, private_ca};

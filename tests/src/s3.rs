@@ -74,6 +74,11 @@ impl S3Server {
     /// Runs `ops` in order with boto3; returns each put's ETag (`None` for
     /// the others).
     pub async fn run(&self, ops: &[S3Op<'_>]) -> Vec<Option<String>> {
+        self.run_at(&self.url(), ops).await
+    }
+
+    /// [`S3Server::run`] through another endpoint in front of this server.
+    pub async fn run_at(&self, endpoint: &str, ops: &[S3Op<'_>]) -> Vec<Option<String>> {
         let ops: Vec<serde_json::Value> = ops
             .iter()
             .map(|op| match op {
@@ -84,7 +89,7 @@ impl S3Server {
             .collect();
         let mut boto = tokio::process::Command::new("python3");
         boto.arg(support("s3_client.py"))
-            .arg(self.url())
+            .arg(endpoint)
             .arg(serde_json::Value::from(ops).to_string());
         if let Some((ca, _, _)) = &self.tls {
             boto.env("AWS_CA_BUNDLE", ca);
@@ -96,5 +101,58 @@ impl S3Server {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice::<Vec<Option<String>>>(&out.stdout).expect("boto3 output")
+    }
+}
+
+/// MinIO's ListenBucketNotification in front of an [`S3Server`]
+/// (`tests/support/s3_listen.py`): no S3 server that runs here offers it.
+pub struct ListenStandIn {
+    pub port: u16,
+    upstream: u16,
+    dir: PathBuf,
+    pub proc: Option<Proc>,
+}
+
+impl ListenStandIn {
+    pub async fn start(dir: &Path, s3: &S3Server) -> ListenStandIn {
+        let mut s = ListenStandIn {
+            port: free_port(),
+            upstream: s3.port,
+            dir: dir.to_owned(),
+            proc: None,
+        };
+        s.restart().await;
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (again) on the same port.
+    pub async fn restart(&mut self) {
+        let mut cmd = Command::new("python3");
+        cmd.arg(support("s3_listen.py"))
+            .arg("--port")
+            .arg(self.port.to_string())
+            .arg("--upstream")
+            .arg(format!("127.0.0.1:{}", self.upstream));
+        self.proc = Some(Proc::spawn("s3-listen", cmd, &self.dir));
+        wait_port(self.port, "the listen stand-in").await;
+    }
+
+    /// SIGKILL: every stream it served breaks.
+    pub fn kill(&mut self) {
+        if let Some(p) = self.proc.as_mut() {
+            p.kill();
+        }
+    }
+
+    /// How many listeners it has had since it started.
+    pub fn listeners(&self) -> usize {
+        self.proc
+            .as_ref()
+            .map(|p| p.output().matches("listener on").count())
+            .unwrap_or(0)
     }
 }

@@ -3,9 +3,11 @@
 //! ListObjectsV2) and every object created or removed becomes one event in
 //! the S3 notification record shape. It polls the listing and keeps what it
 //! reported on disk (`S3_STATE_DIR`), so a restart neither repeats nor skips
-//! a change. Credentials come from the configuration or the environment and
+//! a change; where the server offers MinIO's ListenBucketNotification, a
+//! change makes it list at once. Credentials come from the configuration or the environment and
 //! are never logged.
 
+mod listen;
 mod poll;
 pub mod record;
 pub mod spec;

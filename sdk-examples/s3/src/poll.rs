@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use gateway_sdk::{CancellationToken, EmitError, Emitter};
@@ -56,6 +57,13 @@ pub async fn run(
             return;
         }
     };
+    // Where the server offers MinIO's notifications, a change wakes the
+    // loop at once; the listener stops when this configuration does.
+    let listening = stop.child_token();
+    let _listening = listening.clone().drop_guard();
+    let woken = spec
+        .listen
+        .then(|| crate::listen::spawn(Arc::new(spec.clone()), client.clone(), listening));
     let mut announced = false;
     let mut failures = 0u32;
     loop {
@@ -83,9 +91,16 @@ pub async fn run(
                 wait
             }
         };
+        let wake = async {
+            match &woken {
+                Some(w) => w.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
+            _ = wake => {}
         }
     }
 }

@@ -12,6 +12,7 @@
 //! accessKeyFromEnv: AWS_ACCESS_KEY_ID       # the defaults; or accessKey/secretKey
 //! secretKeyFromEnv: AWS_SECRET_ACCESS_KEY
 //! caFile: /etc/minio/ca.pem       # for an https endpoint with a private CA
+//! listen: true                    # MinIO's ListenBucketNotification, where offered
 //! ```
 
 use std::time::Duration;
@@ -39,6 +40,9 @@ struct RawSpec {
     /// PEM CA certificates to trust for an https endpoint, beside the
     /// platform's roots (a MinIO with a private CA).
     ca_file: Option<std::path::PathBuf>,
+    /// Use MinIO's ListenBucketNotification, where offered, to list at
+    /// once after a change.
+    listen: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -69,6 +73,8 @@ pub struct Spec {
     pub poll_interval: Duration,
     /// Extra roots from `caFile`: this configuration gets a client of its own.
     pub roots: Vec<reqwest::Certificate>,
+    /// Listen for MinIO's bucket notifications where the server offers them.
+    pub listen: bool,
 }
 
 const DEFAULT_POLL: Duration = Duration::from_secs(5);
@@ -143,6 +149,7 @@ impl Spec {
             watch,
             poll_interval,
             roots,
+            listen: raw.listen.unwrap_or(true),
         })
     }
 
