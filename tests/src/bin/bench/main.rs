@@ -160,6 +160,14 @@ async fn main() {
         let next = args.get(i + 2).cloned().expect("--bare-forward PORT URL");
         return bare_forwarder(port, next).await;
     }
+    if let Some(i) = args.iter().position(|a| a == "--bare-nats-forward") {
+        let port = args
+            .get(i + 1)
+            .and_then(|p| p.parse().ok())
+            .expect("--bare-nats-forward PORT NATS_URL");
+        let nats = args.get(i + 2).cloned().expect("--bare-nats-forward PORT NATS_URL");
+        return bare_nats_forwarder(port, nats).await;
+    }
     if let Some(i) = args.iter().position(|a| a == "--bare-server") {
         let port = args
             .get(i + 1)
@@ -405,6 +413,29 @@ async fn main() {
         )
         .await;
         row.rss = format!("ingress {:.1}", peak_rss_mib(ingress.pid()));
+        rows.push(row);
+        drop(ingress);
+        // The same shape with none of the ingress's work, for what the two
+        // hops themselves cost here.
+        let bare_port = free_port();
+        let mut cmd = Command::new(std::env::current_exe().expect("exe"));
+        cmd.arg("--bare-nats-forward")
+            .arg(bare_port.to_string())
+            .arg(nats.url());
+        let bare = Proc::spawn("bare-nats-forward", cmd, dir.path());
+        wait_port(bare_port, "the bare NATS forwarder").await;
+        let mut procs = vec![("hop", bare.pid())];
+        procs.extend(nats.proc.as_ref().map(|p| ("nats", p.pid())));
+        let (mut row, _) = measure(
+            "ceiling: bare axum to NATS request-reply, no work (latency = round trip)",
+            &format!("http://127.0.0.1:{bare_port}/"),
+            None,
+            size,
+            &s,
+            &procs,
+        )
+        .await;
+        row.rss = format!("hop {:.1}", peak_rss_mib(bare.pid()));
         rows.push(row);
     }
 

@@ -125,3 +125,23 @@ pub(super) async fn bare_forwarder(port: u16, next: String) {
         .expect("bind");
     let _ = axum::serve(listener, router).await;
 }
+
+/// The ingress's shape with none of its work: each POST body as a NATS
+/// request on one subject, the reply's data as the answer. No subject
+/// mapping, headers, limits, checks or metrics: what HTTP in, NATS
+/// request-reply out costs on this machine with the same crates.
+pub(super) async fn bare_nats_forwarder(port: u16, nats: String) {
+    let client = async_nats::connect(nats).await.expect("nats");
+    let router = Router::new()
+        .fallback(|State(client): State<async_nats::Client>, body: Bytes| async move {
+            match client.request("h8s.bench", body).await {
+                Ok(m) => (axum::http::StatusCode::OK, m.payload),
+                Err(_) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(br#"{"error":"nats"}"#)),
+            }
+        })
+        .with_state(client);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind");
+    let _ = axum::serve(listener, router).await;
+}
