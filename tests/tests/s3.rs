@@ -188,6 +188,16 @@ async fn where_the_server_offers_minio_notifications_a_change_is_listed_at_once(
     let got = wait_records(&g, src, 7).await;
     assert_eq!(got[6].1, "in/100.txt");
     assert_settled(&g, src, 7).await;
+
+    // SIGTERM does not wait for the open stream.
+    let mut g = g;
+    let us = g.user_server.as_mut().expect("user server");
+    us.signal(libc::SIGTERM);
+    let status = us
+        .wait_exit(std::time::Duration::from_secs(5))
+        .await
+        .expect("the S3 server exits on SIGTERM with a stream open");
+    assert!(status.success(), "{status:?}");
 }
 
 #[tokio::test]

@@ -165,7 +165,10 @@ async fn main() {
             .get(i + 1)
             .and_then(|p| p.parse().ok())
             .expect("--bare-nats-forward PORT NATS_URL");
-        let nats = args.get(i + 2).cloned().expect("--bare-nats-forward PORT NATS_URL");
+        let nats = args
+            .get(i + 2)
+            .cloned()
+            .expect("--bare-nats-forward PORT NATS_URL");
         return bare_nats_forwarder(port, nats).await;
     }
     if let Some(i) = args.iter().position(|a| a == "--bare-server") {

@@ -133,12 +133,17 @@ pub(super) async fn bare_forwarder(port: u16, next: String) {
 pub(super) async fn bare_nats_forwarder(port: u16, nats: String) {
     let client = async_nats::connect(nats).await.expect("nats");
     let router = Router::new()
-        .fallback(|State(client): State<async_nats::Client>, body: Bytes| async move {
-            match client.request("h8s.bench", body).await {
-                Ok(m) => (axum::http::StatusCode::OK, m.payload),
-                Err(_) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(br#"{"error":"nats"}"#)),
-            }
-        })
+        .fallback(
+            |State(client): State<async_nats::Client>, body: Bytes| async move {
+                match client.request("h8s.bench", body).await {
+                    Ok(m) => (axum::http::StatusCode::OK, m.payload),
+                    Err(_) => (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        Bytes::from_static(br#"{"error":"nats"}"#),
+                    ),
+                }
+            },
+        )
         .with_state(client);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
