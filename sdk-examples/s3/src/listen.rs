@@ -90,7 +90,8 @@ async fn listen(
         _ = stop.cancelled() => return Ended::Stopped,
         r = request => match r {
             Ok(r) => r,
-            Err(e) => return broken(format!("connecting: {e}")),
+            // Never the URL: it holds the presigned signature.
+            Err(e) => return broken(format!("connecting: {}", e.without_url())),
         },
     };
     let status = response.status().as_u16();
@@ -120,7 +121,7 @@ async fn listen(
         };
         let bytes = match chunk {
             Err(_) => return lines.ended(format!("silent for {IDLE:?}")),
-            Ok(Err(e)) => return lines.ended(format!("reading: {e}")),
+            Ok(Err(e)) => return lines.ended(format!("reading: {}", e.without_url())),
             Ok(Ok(None)) => return lines.ended("the server ended the stream".into()),
             Ok(Ok(Some(b))) => b,
         };

@@ -240,8 +240,14 @@ async fn list(spec: &Spec, client: &reqwest::Client, known: bool) -> Result<Vec<
             action.with_continuation_token(t.as_str());
         }
         let url = action.sign(Duration::from_secs(300));
+        // Without its URL, a request's error cannot leak the presigned
+        // signature into a log line or the configuration's message.
         let response = client.get(url).send().await.map_err(|e| {
-            let why = format!("listing {}: {}", spec.bucket.name(), chain(&e));
+            let why = format!(
+                "listing {}: {}",
+                spec.bucket.name(),
+                chain(&e.without_url())
+            );
             // An untrusted certificate will not become trusted by waiting.
             if why.contains("certificate") {
                 Ended::Refused(format!(
@@ -252,10 +258,9 @@ async fn list(spec: &Spec, client: &reqwest::Client, known: bool) -> Result<Vec<
             }
         })?;
         let status = response.status();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| Ended::Failed(format!("reading the listing: {}", chain(&e))))?;
+        let text = response.text().await.map_err(|e| {
+            Ended::Failed(format!("reading the listing: {}", chain(&e.without_url())))
+        })?;
         if !status.is_success() {
             return Err(refusal(spec, status.as_u16(), &text, known));
         }
