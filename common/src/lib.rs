@@ -1,7 +1,8 @@
 //! What the gateway's binaries share, so that none of them reaches into another:
 //! the wire format between producers, processor-client and transformer, the JSON
 //! error answers, bearer-token access control, TLS for outgoing HTTPS, backoff,
-//! telemetry, the shutdown signal, the environment helpers, and the listener every
+//! telemetry, the shutdown signal, the environment helpers, URLs with their
+//! secrets hidden for logs and labels, and the listener every
 //! HTTP port is served by (timeouts and a connection limit against hostile clients).
 
 pub mod auth;
@@ -11,6 +12,7 @@ pub mod env;
 pub mod error;
 pub mod metrics;
 pub mod nats;
+pub mod redact;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

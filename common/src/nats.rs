@@ -37,7 +37,7 @@ pub const fn request_reply_len(inbox_prefix: &str) -> usize {
 pub const NATS_URL: Var = Var::new(
     "NATS_URL",
     "nats://127.0.0.1:4222",
-    "NATS server(s), comma-separated",
+    "NATS server(s), comma-separated; `nats://user:password@host` or `nats://token@host` carry credentials, used when the variables below give none",
 );
 pub const NATS_TOKEN: Var = Var::optional("NATS_TOKEN", "token authentication");
 pub const NATS_USER: Var = Var::optional(
@@ -100,12 +100,25 @@ impl NatsOptions {
                 reason: "names no server".into(),
             });
         }
+        let mut token = env.optional(&NATS_TOKEN);
+        let mut user = env.optional(&NATS_USER);
+        let mut password = env.optional(&NATS_PASSWORD);
+        let creds = readable(env, &NATS_CREDS, None)?;
+        // Credentials in the URL, as every NATS client takes them; async-nats
+        // itself ignores them (nats-io/nats.rs#1623). The variables win.
+        if token.is_none() && user.is_none() && creds.is_none() {
+            match url_auth(&url)? {
+                Some(UrlAuth::UserPassword(u, p)) => (user, password) = (Some(u), Some(p)),
+                Some(UrlAuth::Token(t)) => token = Some(t),
+                None => {}
+            }
+        }
         Ok(NatsOptions {
             url,
-            token: env.optional(&NATS_TOKEN),
-            user: env.optional(&NATS_USER),
-            password: env.optional(&NATS_PASSWORD),
-            creds: readable(env, &NATS_CREDS, None)?,
+            token,
+            user,
+            password,
+            creds,
             tls_ca: readable(env, &NATS_TLS_CA, Some("CERTIFICATE"))?,
             tls_cert: readable(env, &NATS_TLS_CERT, Some("CERTIFICATE"))?,
             tls_key: readable(env, &NATS_TLS_KEY, Some("PRIVATE KEY"))?,
@@ -136,6 +149,48 @@ fn readable(env: &Env, var: &Var, pem: Option<&str>) -> Result<Option<PathBuf>, 
         }
     }
     Ok(Some(path))
+}
+
+/// Credentials a server URL carries: `nats://user:password@host`, or
+/// `nats://token@host`.
+#[derive(Debug, PartialEq)]
+enum UrlAuth {
+    UserPassword(String, String),
+    Token(String),
+}
+
+/// The one set of credentials `NATS_URL`'s servers carry, if any: the
+/// client sends one set to whichever server it reaches, so servers that
+/// carry different ones are refused (without repeating them).
+fn url_auth(list: &str) -> Result<Option<UrlAuth>, ConfigError> {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let mut found: Option<UrlAuth> = None;
+    for server in servers(list) {
+        let Ok(url) = url::Url::parse(&server) else {
+            continue;
+        };
+        if url.username().is_empty() {
+            continue;
+        }
+        let auth = match url.password() {
+            Some(p) => UrlAuth::UserPassword(decode(url.username()), decode(p)),
+            None => UrlAuth::Token(decode(url.username())),
+        };
+        match &found {
+            Some(f) if *f != auth => {
+                return Err(ConfigError::Invalid {
+                    var: NATS_URL.name,
+                    reason: "its servers carry different credentials; the client sends one set, so give all the same (or use NATS_USER and NATS_PASSWORD, or NATS_TOKEN)".into(),
+                })
+            }
+            _ => found = Some(auth),
+        }
+    }
+    Ok(found)
 }
 
 /// Both or neither of two variables.
@@ -199,7 +254,9 @@ pub async fn connect_with_inbox(
     metrics: ConnectionMetrics,
     inbox_prefix: Option<&str>,
 ) -> Result<async_nats::Client, ConnectError> {
-    let url = options.url.clone();
+    // Shown in logs and errors: never a password or token it may carry.
+    let url = crate::redact::urls(&options.url);
+    let shown = url.clone();
     let mut connect = async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
@@ -259,10 +316,7 @@ pub async fn connect_with_inbox(
     connect
         .connect(servers(&options.url))
         .await
-        .map_err(|source| ConnectError::Connect {
-            url: options.url.clone(),
-            source,
-        })
+        .map_err(|source| ConnectError::Connect { url: shown, source })
 }
 
 #[cfg(test)]
@@ -321,5 +375,33 @@ mod tests {
         let o = NatsOptions::read(&env(&[("NATS_URL", "nats://a:1, nats://b:2")])).unwrap();
         assert_eq!(servers(&o.url), ["nats://a:1", "nats://b:2"]);
         assert!(!o.tls_required);
+    }
+
+    #[test]
+    fn credentials_in_the_url_are_used_unless_variables_give_them() {
+        let o =
+            NatsOptions::read(&env(&[("NATS_URL", "nats://bob:p%40ss@h:1,nats://h2:2")])).unwrap();
+        assert_eq!(
+            (o.user.as_deref(), o.password.as_deref()),
+            (Some("bob"), Some("p@ss"))
+        );
+        let o = NatsOptions::read(&env(&[("NATS_URL", "nats://t0ken@h:1")])).unwrap();
+        assert_eq!(o.token.as_deref(), Some("t0ken"));
+        let o = NatsOptions::read(&env(&[
+            ("NATS_URL", "nats://bob:pw@h:1"),
+            ("NATS_TOKEN", "from-env"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (o.token.as_deref(), o.user.as_deref()),
+            (Some("from-env"), None)
+        );
+        let e = NatsOptions::read(&env(&[("NATS_URL", "nats://a:pw1@h:1,nats://a:pw2@h:2")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("NATS_URL") && !e.contains("pw1") && !e.contains("pw2"),
+            "{e}"
+        );
     }
 }

@@ -75,7 +75,7 @@ pub async fn serve(
     tracing::info!(
         traffic = ?traffic.local_addr().ok(),
         admin = ?admin.local_addr().ok(),
-        nats = %config.nats.url,
+        nats = %gateway_common::redact::urls(&config.nats.url),
         prefix = %config.subject_prefix,
         "ingress listening"
     );

@@ -61,7 +61,15 @@ async fn one_event_reaches_the_stream(
     env: &[(&str, String)],
     js: async_nats::jetstream::Context,
 ) {
-    streaming(g, nats, "NATS");
+    streaming(
+        g,
+        nats,
+        if env.iter().any(|(k, _)| *k == "SENSOR_WATCHERS") {
+            "NATS,HTTP"
+        } else {
+            "NATS"
+        },
+    );
     for (k, v) in env {
         g.transformer_env.push((k.to_string(), v.clone()));
     }
@@ -98,6 +106,39 @@ async fn user_and_password_come_from_the_environment() {
         ("NATS_PASSWORD", "pa55".into()),
     ];
     one_event_reaches_the_stream(&mut g, &nats, &env, js).await;
+}
+
+/// Credentials in the URLs themselves (`nats://user:password@host`,
+/// `http://user:password@sensor`) work, and never show: not in a metrics
+/// label, a log line or a dead letter.
+#[tokio::test]
+async fn credentials_in_urls_work_and_are_never_shown() {
+    let mut g = Gateway::new(UserServerKind::Python);
+    let nats = NatsServer::start_with(g.dir.path(), &["--user", "gateway", "--pass", "pa55"]).await;
+    let js = nats.jetstream().await;
+    g.start_sensor().await;
+    let with_password = nats.url().replace("nats://", "nats://gateway:pa55@");
+    let sensor = g.sensor_url().replace("http://", "http://alice:s3nsor-pw@");
+    let env = [("NATS_URL", with_password), ("SENSOR_WATCHERS", sensor)];
+    one_event_reaches_the_stream(&mut g, &nats, &env, js).await;
+    g.wait_sensor(1).await;
+    let metrics = http_client()
+        .get(g.tr_url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .unwrap_or_default();
+    assert!(metrics.contains("gateway:***@"), "{metrics}");
+    assert!(metrics.contains("alice:***@"), "{metrics}");
+    let log = g.transformer.as_ref().map(Proc::output).unwrap_or_default();
+    for shown in [&metrics, &log] {
+        assert!(
+            !shown.contains("pa55") && !shown.contains("s3nsor-pw"),
+            "{shown}"
+        );
+    }
 }
 
 fn path(p: &std::path::Path) -> String {

@@ -84,7 +84,7 @@ impl Dispatcher {
         let lanes = limits.lanes.max(1);
         let mut watchers = Vec::with_capacity(sinks.len());
         for sink in sinks {
-            let id = store.register_watcher(sink.name())?;
+            let id = store.register_watcher(sink.identity(), sink.name())?;
             let wm = metrics.watcher(sink.name());
             let slots = Slots::new(sink.name(), limits.capacity);
             let lanes = (0..lanes)

@@ -15,6 +15,7 @@ use crate::config::CeMode;
 pub struct HttpSink {
     url: reqwest::Url,
     name: String,
+    identity: String,
     mode: CeMode,
     client: reqwest::Client,
     timeout: Duration,
@@ -29,7 +30,10 @@ impl HttpSink {
         timeout: Duration,
     ) -> Self {
         HttpSink {
-            name: url.to_string(),
+            // A metrics label, and in every log line and dead letter about
+            // it: a password in the URL is hidden.
+            name: gateway_common::redact::url(url.as_str()),
+            identity: url.to_string(),
             url,
             mode,
             client,
@@ -103,8 +107,8 @@ impl HttpSink {
             };
             DeliveryError::retryable(format!(
                 "POST {} {what}: {}",
-                self.url,
-                gateway_common::error::error_chain(&e)
+                self.name,
+                gateway_common::error::error_chain(&e.without_url())
             ))
         })?;
         let mut response = response;
@@ -124,7 +128,7 @@ impl HttpSink {
         }
         let body = response.text().await.unwrap_or_default();
         let body: String = body.chars().take(512).collect();
-        let message = format!("POST {} answered {status}: {body}", self.url);
+        let message = format!("POST {} answered {status}: {body}", self.name);
         if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
             Err(DeliveryError::retryable(message))
         } else {
@@ -136,6 +140,10 @@ impl HttpSink {
 impl Sink for HttpSink {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn identity(&self) -> &str {
+        &self.identity
     }
 
     fn deliver<'a>(&'a self, event: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>> {

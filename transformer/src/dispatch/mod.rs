@@ -44,7 +44,14 @@ impl DeliveryError {
 /// `deliver` must return only once the destination has taken the event (2xx, or a
 /// broker acknowledgement), since the queue forgets the event after it returns Ok.
 pub trait Sink: Send + Sync + 'static {
-    /// A stable name for logs and metric labels (the URL or subject).
+    /// A stable name for logs and metric labels (the URL or subject), with
+    /// any secret the URL carries hidden.
     fn name(&self) -> &str;
+    /// What the durable queue knows this watcher by: the whole URL, so that
+    /// two watchers that differ only in their credentials stay apart, and
+    /// events queued before names were redacted still find their watcher.
+    fn identity(&self) -> &str {
+        self.name()
+    }
     fn deliver<'a>(&'a self, event: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>>;
 }

@@ -105,6 +105,7 @@ fn tidy(subject: &str) -> String {
 
 pub struct NatsSink {
     name: String,
+    identity: String,
     client: async_nats::Client,
     jetstream: Option<jetstream::Context>,
     stream: String,
@@ -123,15 +124,15 @@ impl NatsSink {
         timeout: Duration,
         metrics: NatsMetrics,
     ) -> Self {
-        let (name, jetstream) = match config.ty {
-            NatsType::Standard => (format!("nats:{}", config.connection.url), None),
-            NatsType::Streaming => (
-                format!("jetstream:{}/{}", config.connection.url, config.stream),
-                Some(jetstream::new(client.clone())),
-            ),
+        let label = |url: &str| match config.ty {
+            NatsType::Standard => format!("nats:{url}"),
+            NatsType::Streaming => format!("jetstream:{url}/{}", config.stream),
         };
+        let jetstream = (config.ty == NatsType::Streaming).then(|| jetstream::new(client.clone()));
         NatsSink {
-            name,
+            // The name is a metrics label and is logged: no secret in it.
+            name: label(&gateway_common::redact::urls(&config.connection.url)),
+            identity: label(&config.connection.url),
             client,
             jetstream,
             stream: config.stream.clone(),
@@ -253,6 +254,10 @@ impl NatsSink {
 impl Sink for NatsSink {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn identity(&self) -> &str {
+        &self.identity
     }
 
     fn deliver<'a>(&'a self, event: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>> {

@@ -279,7 +279,7 @@ mod tests {
         let store = Arc::new(Store::temporary().unwrap());
         let (writer, finished) =
             Writer::start(store.clone(), Histogram::new([0.1].into_iter())).unwrap();
-        let w = store.register_watcher("http://a/").unwrap();
+        let w = store.register_watcher("http://a/", "http://a/").unwrap();
         let ev = crate::cloudevent::CloudEvent::from_gateway_event(
             "gw",
             "t",

@@ -159,8 +159,8 @@ impl Store {
     }
 
     /// Records the name behind a watcher id, so stored events can be named later.
-    pub fn register_watcher(&self, name: &str) -> Result<WatcherId, StoreError> {
-        let id = watcher_id(name);
+    pub fn register_watcher(&self, identity: &str, name: &str) -> Result<WatcherId, StoreError> {
+        let id = watcher_id(identity);
         self.watchers.insert(id.to_be_bytes(), name.as_bytes())?;
         self.dead_changed.store(true, Ordering::Relaxed);
         Ok(id)
@@ -337,8 +337,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = Store::open(dir.path(), Fsync::Never).unwrap();
-            let a = s.register_watcher("http://a/").unwrap();
-            let b = s.register_watcher("http://b/").unwrap();
+            let a = s.register_watcher("http://a/", "http://a/").unwrap();
+            let b = s.register_watcher("http://b/", "http://b/").unwrap();
             for seq in 1..=3 {
                 append(&s, &[a, b], &[(seq, encode_event(&event(seq as u8)))]);
             }
