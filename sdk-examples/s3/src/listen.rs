@@ -85,13 +85,15 @@ async fn listen(
     stop: &CancellationToken,
 ) -> Ended {
     let broken = |why: String| Ended::Broken { why, opened: false };
-    let request = client.get(url(spec)).timeout(LIFETIME).send();
+    // The answer's head must come within IDLE, like any later byte.
+    let request = tokio::time::timeout(IDLE, client.get(url(spec)).timeout(LIFETIME).send());
     let response = tokio::select! {
         _ = stop.cancelled() => return Ended::Stopped,
         r = request => match r {
-            Ok(r) => r,
+            Ok(Ok(r)) => r,
             // Never the URL: it holds the presigned signature.
-            Err(e) => return broken(format!("connecting: {}", e.without_url())),
+            Ok(Err(e)) => return broken(format!("connecting: {}", e.without_url())),
+            Err(_) => return broken(format!("no answer within {IDLE:?}")),
         },
     };
     let status = response.status().as_u16();
