@@ -193,6 +193,19 @@ fn url_auth(list: &str) -> Result<Option<UrlAuth>, ConfigError> {
     Ok(found)
 }
 
+/// A server's URL with no user part (a URL that does not parse is left as
+/// it is: the client will say what is wrong with it).
+fn without_credentials(server: &str) -> String {
+    match url::Url::parse(server) {
+        Ok(mut url) if !url.username().is_empty() || url.password().is_some() => {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.to_string()
+        }
+        _ => server.to_owned(),
+    }
+}
+
 /// Both or neither of two variables.
 fn together(env: &Env, a: &Var, b: &Var) -> Result<(), ConfigError> {
     match (env.get(a).is_some(), env.get(b).is_some()) {
@@ -313,8 +326,14 @@ pub async fn connect_with_inbox(
     if let Some(prefix) = inbox_prefix {
         connect = connect.custom_inbox_prefix(prefix);
     }
+    // The credentials went in above; the addresses go without them, so the
+    // client's own logs cannot show them either.
+    let addresses: Vec<String> = servers(&options.url)
+        .iter()
+        .map(|s| without_credentials(s))
+        .collect();
     connect
-        .connect(servers(&options.url))
+        .connect(addresses)
         .await
         .map_err(|source| ConnectError::Connect { url: shown, source })
 }
@@ -385,6 +404,8 @@ mod tests {
             (o.user.as_deref(), o.password.as_deref()),
             (Some("bob"), Some("p@ss"))
         );
+        assert_eq!(without_credentials("nats://bob:p%40ss@h:1"), "nats://h:1");
+        assert_eq!(without_credentials("h:1"), "h:1");
         let o = NatsOptions::read(&env(&[("NATS_URL", "nats://t0ken@h:1")])).unwrap();
         assert_eq!(o.token.as_deref(), Some("t0ken"));
         let o = NatsOptions::read(&env(&[
