@@ -137,6 +137,15 @@ async fn invalid_argument_is_an_error_not_retried_and_silence_is_retried_after_t
             .contains("no response headers"),
         "{mute}"
     );
+    // It says what to do: most servers hold the headers back until their
+    // first event unless told.
+    assert!(
+        mute["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("send_initial_metadata"),
+        "{mute}"
+    );
     g.wait_sensor(3).await;
     assert_eq!(g.journal_of("start", "bad").len(), 1, "not retried");
     // A changed value is tried again.

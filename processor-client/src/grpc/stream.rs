@@ -178,9 +178,17 @@ impl Call {
         let mut events = match opened {
             Err(_) => {
                 return End::Transient {
-                    why: format!("no response headers within {:?}", server.open_timeout()),
+                    // grpcio and grpc-js hold the headers back until the
+                    // first message unless told: say what to do.
+                    why: format!(
+                        "no response headers within {:?}: a server must send them when the call opens, \
+                         before its first event (grpcio: context.send_initial_metadata(()); \
+                         grpc-js: call.sendMetadata(new Metadata())), or raise \
+                         GATEWAY_PROCESSOR_SERVER_TIMEOUT",
+                        server.open_timeout()
+                    ),
                     read: false,
-                }
+                };
             }
             Ok(Err(status)) => return ended(&status, false),
             Ok(Ok(events)) => events,
