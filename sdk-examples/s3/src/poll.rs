@@ -344,6 +344,24 @@ mod tests {
         ));
     }
 
+    #[tokio::test]
+    async fn a_failed_listing_says_why_without_its_presigned_url() {
+        let spec = Spec::parse(
+            "endpoint: http://127.0.0.1:1\nbucket: bucket\naccessKey: AK\nsecretKey: SK",
+        )
+        .unwrap();
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = crate::client(Vec::new()).unwrap();
+        let Err(Ended::Failed(why)) = list(&spec, &client, true).await else {
+            panic!("a closed port is a failure to retry");
+        };
+        assert!(why.contains("listing bucket"), "{why}");
+        assert!(
+            !why.contains("X-Amz-Signature") && !why.contains("SK"),
+            "{why}"
+        );
+    }
+
     #[test]
     fn state_names_are_file_safe_and_follow_the_filter() {
         let a = Spec::parse("endpoint: http://h\nbucket: bucket\nfilter: {prefix: a/}").unwrap();
