@@ -262,37 +262,20 @@ impl Lines {
 mod tests {
     use super::*;
 
+    fn open(first: bool, changes: bool) -> Feed {
+        Feed::Open { first, changes }
+    }
+
     #[test]
     fn keep_alives_open_the_stream_and_records_wake() {
         let mut l = Lines::default();
-        assert_eq!(
-            l.feed(b" "),
-            Feed::Open {
-                first: true,
-                changes: false
-            }
-        );
+        assert_eq!(l.feed(b" "), open(true, false));
         assert_eq!(
             l.feed(b"  {\"Records\":[{\"eventName\""),
-            Feed::Open {
-                first: false,
-                changes: false
-            }
+            open(false, false)
         );
-        assert_eq!(
-            l.feed(b":\"s3:ObjectCreated:Put\"}]}\n"),
-            Feed::Open {
-                first: false,
-                changes: true
-            }
-        );
-        assert_eq!(
-            l.feed(b"{\"Records\":[]}\n "),
-            Feed::Open {
-                first: false,
-                changes: false
-            }
-        );
+        assert_eq!(l.feed(b":\"s3:ObjectCreated:Put\"}]}\n"), open(false, true));
+        assert_eq!(l.feed(b"{\"Records\":[]}\n "), open(false, false));
     }
 
     #[test]

@@ -394,6 +394,24 @@ async fn main() {
             }
         });
         client.flush().await.expect("flush");
+        // A server of the ingress's shape, started, measured, and stopped.
+        let run = |label: &'static str,
+                   name: &'static str,
+                   cmd: Command,
+                   port: u16,
+                   path: &'static str| {
+            let (dir, nats, s) = (dir.path(), &nats, &s);
+            async move {
+                let server = Proc::spawn(label, cmd, dir);
+                wait_port(port, label).await;
+                let mut procs = vec![(label, server.pid())];
+                procs.extend(nats.proc.as_ref().map(|p| ("nats", p.pid())));
+                let url = format!("http://127.0.0.1:{port}{path}");
+                let (mut row, _) = measure(name, &url, None, size, s, &procs).await;
+                row.rss = format!("{label} {:.1}", peak_rss_mib(server.pid()));
+                row
+            }
+        };
         let (port, admin) = (free_port(), free_port());
         let mut cmd = Command::new(bin("ingress"));
         cmd.env_clear()
@@ -402,44 +420,33 @@ async fn main() {
             .env("INGRESS_LISTEN_ADDRESS", "127.0.0.1")
             .env("NATS_URL", nats.url())
             .env("RUST_LOG", "warn");
-        let ingress = Proc::spawn("ingress", cmd, dir.path());
-        wait_port(port, "the ingress").await;
-        let mut procs = vec![("ingress", ingress.pid())];
-        procs.extend(nats.proc.as_ref().map(|p| ("nats", p.pid())));
-        let (mut row, _) = measure(
-            "ingress: HTTP to a NATS responder (latency = round trip)",
-            &format!("http://127.0.0.1:{port}/bench/event"),
-            None,
-            size,
-            &s,
-            &procs,
-        )
-        .await;
-        row.rss = format!("ingress {:.1}", peak_rss_mib(ingress.pid()));
-        rows.push(row);
-        drop(ingress);
+        rows.push(
+            run(
+                "ingress",
+                "ingress: HTTP to a NATS responder (latency = round trip)",
+                cmd,
+                port,
+                "/bench/event",
+            )
+            .await,
+        );
         // The same shape with none of the ingress's work, for what the two
         // hops themselves cost here.
-        let bare_port = free_port();
+        let port = free_port();
         let mut cmd = Command::new(std::env::current_exe().expect("exe"));
         cmd.arg("--bare-nats-forward")
-            .arg(bare_port.to_string())
+            .arg(port.to_string())
             .arg(nats.url());
-        let bare = Proc::spawn("bare-nats-forward", cmd, dir.path());
-        wait_port(bare_port, "the bare NATS forwarder").await;
-        let mut procs = vec![("hop", bare.pid())];
-        procs.extend(nats.proc.as_ref().map(|p| ("nats", p.pid())));
-        let (mut row, _) = measure(
-            "ceiling: bare axum to NATS request-reply, no work (latency = round trip)",
-            &format!("http://127.0.0.1:{bare_port}/"),
-            None,
-            size,
-            &s,
-            &procs,
-        )
-        .await;
-        row.rss = format!("hop {:.1}", peak_rss_mib(bare.pid()));
-        rows.push(row);
+        rows.push(
+            run(
+                "hop",
+                "ceiling: bare axum to NATS request-reply, no work (latency = round trip)",
+                cmd,
+                port,
+                "/",
+            )
+            .await,
+        );
     }
 
     println!("| scenario | events/s at saturation | ratio to limit | p50 ms | p99 ms | p99.9 ms | peak RSS MiB | CPU µs per event | CPU µs per event, all | note |");
