@@ -141,6 +141,37 @@ async fn credentials_in_urls_work_and_are_never_shown() {
     }
 }
 
+/// Decentralized auth: a `.creds` file (a user's JWT and NKey seed) named by
+/// NATS_CREDS, against a nats-server in operator mode that trusts only the
+/// operator that signed the account that signed the user.
+#[tokio::test]
+async fn a_creds_file_authenticates_with_a_user_jwt_and_nkey() {
+    let mut g = Gateway::new(UserServerKind::Python);
+    let auth = g.dir.path().join("nats-auth");
+    let made = std::process::Command::new("python3")
+        .arg(support("nats_jwt.py"))
+        .arg(&auth)
+        .output()
+        .expect("run nats_jwt.py");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let (conf, creds) = (auth.join("operator.conf"), auth.join("user.creds"));
+    let nats = NatsServer::start_with(g.dir.path(), &["-c", &path(&conf)]).await;
+    // Nothing gets in without the creds.
+    assert!(async_nats::connect(nats.url()).await.is_err());
+    let client = async_nats::ConnectOptions::with_credentials_file(&creds)
+        .await
+        .expect("read the creds")
+        .connect(nats.url())
+        .await
+        .expect("connect with the creds");
+    let env = [("NATS_CREDS", path(&creds))];
+    one_event_reaches_the_stream(&mut g, &nats, &env, async_nats::jetstream::new(client)).await;
+}
+
 fn path(p: &std::path::Path) -> String {
     p.display().to_string()
 }
