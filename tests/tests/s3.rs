@@ -237,6 +237,28 @@ async fn an_s3_server_killed_mid_stream_loses_and_repeats_nothing() {
 }
 
 #[tokio::test]
+async fn a_bucket_longer_than_one_listing_page_is_read_to_its_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s3 = S3Server::start(dir.path()).await;
+    // S3 lists at most 1,000 keys a page: 1,050 already there, and a new one
+    // that sorts after all of them, on the second page.
+    let many: Vec<String> = (0..1050).map(|i| format!("in/{i:04}.txt")).collect();
+    let mut ops = vec![S3Op::CreateBucket(BUCKET)];
+    ops.extend(many.iter().map(|k| S3Op::Put(BUCKET, k.as_str(), "x")));
+    s3.run(&ops).await;
+    let src = "paged";
+    let g = gateway(&[(src, config(&s3, ""))]).await;
+    g.wait_phase(src, "Running").await;
+    s3.run(&[S3Op::Put(BUCKET, "in/zzzz.txt", "last")]).await;
+    let got = wait_records(&g, src, 1).await;
+    assert_eq!(
+        got[0].1, "in/zzzz.txt",
+        "only the new object, none of the baseline"
+    );
+    assert_settled(&g, src, 1).await;
+}
+
+#[tokio::test]
 async fn configurations_that_cannot_work_are_errors_that_say_why() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s3 = S3Server::start(dir.path()).await;
