@@ -38,6 +38,12 @@ pub struct AppState {
 const STATUS_HEADER: &str = "X-H8S-Status";
 /// The header that tells a responder the subject the request was put on.
 const SUBJECT_HEADER: &str = "X-H8S-PublishSubject";
+/// The header that carries the request's path and query as the client sent
+/// them: the subject keeps neither the query nor the path's exact spelling.
+const TARGET_HEADER: &str = "X-H8S-Request-URI";
+/// The headers that are the ingress's to set: a client's own copies are
+/// dropped, in any case, so a case-insensitive responder cannot read them.
+const OWN_HEADERS: [&str; 2] = [SUBJECT_HEADER, TARGET_HEADER];
 
 /// Every path and method goes to NATS.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -112,6 +118,7 @@ fn websocket(
     }
     let shutdown = st.shutdown.clone();
     let limit = st.config.max_body_bytes;
+    let headers = nats_headers(&headers, &publish, &uri);
     upgrade
         .max_message_size(limit)
         .max_frame_size(limit)
@@ -148,13 +155,16 @@ fn host_name(host: &str) -> String {
 }
 
 /// A request's headers as NATS headers (names as Go writes them), plus the
-/// subject they are published on: what h8s hands its responders.
-pub(crate) fn nats_headers(headers: &HeaderMap, subject: &str) -> async_nats::HeaderMap {
+/// subject they are published on, which is what h8s hands its responders,
+/// and the request's path and query as sent (`X-H8S-Request-URI`), which h8s
+/// drops: without it a responder could not see `?q=…`.
+pub(crate) fn nats_headers(headers: &HeaderMap, subject: &str, uri: &Uri) -> async_nats::HeaderMap {
     let mut out = async_nats::HeaderMap::new();
     for (name, value) in headers {
-        // The subject header is the ingress's to set: a client's own copy,
-        // in any case, could be what a case-insensitive responder reads.
-        if name.as_str().eq_ignore_ascii_case(SUBJECT_HEADER) {
+        if OWN_HEADERS
+            .iter()
+            .any(|h| name.as_str().eq_ignore_ascii_case(h))
+        {
             continue;
         }
         if let Ok(value) = value.to_str() {
@@ -162,6 +172,8 @@ pub(crate) fn nats_headers(headers: &HeaderMap, subject: &str) -> async_nats::He
         }
     }
     out.insert(SUBJECT_HEADER, subject);
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    out.insert(TARGET_HEADER, target);
     out
 }
 
@@ -194,7 +206,7 @@ async fn forward(
         uri.path(),
     );
     check_subject(&subject, request_reply_len(&st.config.inbox_prefix))?;
-    let nats_headers = nats_headers(headers, &subject);
+    let nats_headers = nats_headers(headers, &subject, uri);
     let request = async_nats::Request::new()
         .headers(nats_headers)
         .payload(body)
@@ -369,8 +381,10 @@ mod tests {
     fn a_client_cannot_set_the_subject_header() {
         let mut h = HeaderMap::new();
         h.insert("x-h8s-publishsubject", HeaderValue::from_static("spoofed"));
+        h.insert("x-h8s-request-uri", HeaderValue::from_static("/spoofed"));
         h.insert("x-custom", HeaderValue::from_static("kept"));
-        let out = nats_headers(&h, "h8s.http.GET.com.example");
+        let uri: Uri = "/search/a.b?q=x%20y&n=1".parse().unwrap();
+        let out = nats_headers(&h, "h8s.http.GET.com.example", &uri);
         let subjects: Vec<String> = out
             .iter()
             .filter(|(name, _)| {
@@ -381,6 +395,15 @@ mod tests {
             .collect();
         assert_eq!(subjects, ["h8s.http.GET.com.example"]);
         assert_eq!(out.get("X-Custom").map(|v| v.as_str()), Some("kept"));
+        let targets: Vec<String> = out
+            .iter()
+            .filter(|(name, _)| {
+                let name: &str = name.as_ref();
+                name.eq_ignore_ascii_case(TARGET_HEADER)
+            })
+            .flat_map(|(_, values)| values.iter().map(|v| v.as_str().to_owned()))
+            .collect();
+        assert_eq!(targets, ["/search/a.b?q=x%20y&n=1"]);
     }
 
     #[test]

@@ -14,7 +14,6 @@
 use std::sync::Arc;
 
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket};
-use axum::http::HeaderMap;
 use bytes::Bytes;
 use futures::{SinkExt as _, StreamExt as _};
 use std::time::Duration;
@@ -22,7 +21,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::{nats_headers, AppState};
+use crate::proxy::AppState;
 
 /// Messages waiting for a slow client before it is closed.
 const BUFFERED: usize = 256;
@@ -33,17 +32,17 @@ const CLOSED: &str = "h8s.control.ws.conn.closed";
 /// out, and again for its close frame to be written.
 const CLOSING_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// One WebSocket's life: from the upgrade to its close. `inbox` and `publish`
-/// were made, and checked, at the upgrade ([`crate::proxy`]).
+/// One WebSocket's life: from the upgrade to its close. `inbox`, `publish`
+/// and the NATS `headers` (the upgrade request's) were made, and checked, at
+/// the upgrade ([`crate::proxy`]).
 pub async fn session(
     socket: WebSocket,
     st: Arc<AppState>,
-    request_headers: HeaderMap,
+    headers: async_nats::HeaderMap,
     inbox: String,
     publish: String,
     shutdown: CancellationToken,
 ) {
-    let headers = nats_headers(&request_headers, &publish);
     let client = &st.client;
     let mut replies = match client.subscribe(inbox.clone()).await {
         Ok(s) => s,

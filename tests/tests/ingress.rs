@@ -131,7 +131,7 @@ async fn requests_and_replies_cross_nats_with_headers_bodies_and_status() {
     let r = i
         .send(
             "POST",
-            "/api/v1.2/items%20all",
+            "/api/v1.2/items%20all?q=a%20b&n=1",
             "www.example.com:8080",
             &[("x-custom", "a")],
             body.clone(),
@@ -148,6 +148,11 @@ async fn requests_and_replies_cross_nats_with_headers_bodies_and_status() {
     let subject = "h8s.http.POST.com.example.www.api.v1_2.items_all";
     assert_eq!(req["subject"], subject);
     assert_eq!(req["headers"]["X-H8S-PublishSubject"], subject);
+    // The query, which the subject cannot hold, and the path as sent.
+    assert_eq!(
+        req["headers"]["X-H8S-Request-URI"],
+        "/api/v1.2/items%20all?q=a%20b&n=1"
+    );
     assert_eq!(req["headers"]["X-Custom"], "a");
     assert!(
         req["reply"]
@@ -406,6 +411,7 @@ async fn websocket_frames_cross_nats_both_ways_with_control_messages() {
             m["headers"]["X-H8S-PublishSubject"],
             "h8s.ws.ws.com.example.chat.room.1_a"
         );
+        assert_eq!(m["headers"]["X-H8S-Request-URI"], "/room/1.a", "{m}");
     }
 }
 
