@@ -62,7 +62,17 @@ pub fn free_port() -> u16 {
 }
 
 /// Polls `check` every 50 ms until it yields a value, or fails the test naming `what`.
-pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    wait_for_within(what, DEADLINE, check).await
+}
+
+/// [`wait_for`] with a deadline of its own, for waits that include a broker's
+/// restart and a client's capped reconnect backoff.
+pub async fn wait_for_within<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -73,8 +83,8 @@ where
             return v;
         }
         assert!(
-            start.elapsed() < DEADLINE,
-            "timed out after {DEADLINE:?} waiting for {what}"
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
