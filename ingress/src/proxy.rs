@@ -44,6 +44,17 @@ const TARGET_HEADER: &str = "X-H8S-Request-URI";
 /// The headers that are the ingress's to set: a client's own copies are
 /// dropped, in any case, so a case-insensitive responder cannot read them.
 const OWN_HEADERS: [&str; 2] = [SUBJECT_HEADER, TARGET_HEADER];
+/// Reply headers that describe one hop, not the response: hyper sets its own.
+const HOP_BY_HOP: [&str; 8] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "proxy-connection",
+    "te",
+    "trailer",
+];
 
 /// Every path and method goes to NATS.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -319,18 +330,7 @@ fn response_of(reply: async_nats::Message) -> Result<Response, ApiError> {
                 }
                 continue;
             }
-            let hop_by_hop = [
-                "content-length",
-                "transfer-encoding",
-                "connection",
-                "keep-alive",
-                "upgrade",
-                "proxy-connection",
-                "te",
-                "trailer",
-            ]
-            .iter()
-            .any(|h| name.eq_ignore_ascii_case(h));
+            let hop_by_hop = HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h));
             let Ok(header_name) = HeaderName::from_bytes(name.as_bytes()) else {
                 continue;
             };
@@ -385,24 +385,19 @@ mod tests {
         h.insert("x-custom", HeaderValue::from_static("kept"));
         let uri: Uri = "/search/a.b?q=x%20y&n=1".parse().unwrap();
         let out = nats_headers(&h, "h8s.http.GET.com.example", &uri);
-        let subjects: Vec<String> = out
-            .iter()
-            .filter(|(name, _)| {
-                let name: &str = name.as_ref();
-                name.eq_ignore_ascii_case(SUBJECT_HEADER)
-            })
-            .flat_map(|(_, values)| values.iter().map(|v| v.as_str().to_owned()))
-            .collect();
-        assert_eq!(subjects, ["h8s.http.GET.com.example"]);
+        // Every value under `name`, in any case.
+        let values = |name: &str| -> Vec<String> {
+            out.iter()
+                .filter(|(n, _)| {
+                    let n: &str = n.as_ref();
+                    n.eq_ignore_ascii_case(name)
+                })
+                .flat_map(|(_, values)| values.iter().map(|v| v.as_str().to_owned()))
+                .collect()
+        };
+        assert_eq!(values(SUBJECT_HEADER), ["h8s.http.GET.com.example"]);
         assert_eq!(out.get("X-Custom").map(|v| v.as_str()), Some("kept"));
-        let targets: Vec<String> = out
-            .iter()
-            .filter(|(name, _)| {
-                let name: &str = name.as_ref();
-                name.eq_ignore_ascii_case(TARGET_HEADER)
-            })
-            .flat_map(|(_, values)| values.iter().map(|v| v.as_str().to_owned()))
-            .collect();
+        let targets = values(TARGET_HEADER);
         assert_eq!(targets, ["/search/a.b?q=x%20y&n=1"]);
     }
 

@@ -21,6 +21,10 @@ use crate::config::{CeMode, NatsConfig, NatsType};
 use crate::metrics::NatsMetrics;
 use gateway_common::nats::{max_subject_len, request_reply_len};
 
+/// The longest subject an event may have: beside the reply subject a
+/// JetStream publish carries, it must fit on one NATS protocol line.
+const MAX_SUBJECT: usize = max_subject_len(request_reply_len("_INBOX"));
+
 /// Renders `NATS_SUBJECT` for one event: `{gateway}`, `{namespace}`, `{src}` and
 /// `{type}` are replaced, with characters NATS forbids in a token made `_`.
 #[derive(Debug, Clone)]
@@ -189,11 +193,10 @@ impl NatsSink {
         // A subject too long for the server's protocol line would not be
         // refused alone: the server would close the connection (and the
         // retry would close it again). No retry can help such an event.
-        let max = max_subject_len(request_reply_len("_INBOX"));
-        if subject.len() > max {
+        if subject.len() > MAX_SUBJECT {
             self.metrics.failures.inc();
             return Err(DeliveryError::permanent(format!(
-                "the subject for configuration key {:?} is {} bytes; NATS takes at most {max}",
+                "the subject for configuration key {:?} is {} bytes; NATS takes at most {MAX_SUBJECT}",
                 event.subject.as_deref().unwrap_or_default(),
                 subject.len()
             )));

@@ -152,30 +152,25 @@ fn rss_of(g: &Gateway) -> String {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--bare-forward") {
-        let port = args
+    // The benchmark runs its own servers as processes of this binary:
+    // `--bare-forward PORT URL`, `--bare-nats-forward PORT NATS_URL`,
+    // `--bare-server PORT`.
+    let mode = |flag: &str| {
+        let i = args.iter().position(|a| a == flag)?;
+        let port: u16 = args
             .get(i + 1)
             .and_then(|p| p.parse().ok())
-            .expect("--bare-forward PORT URL");
-        let next = args.get(i + 2).cloned().expect("--bare-forward PORT URL");
-        return bare_forwarder(port, next).await;
+            .unwrap_or_else(|| panic!("{flag} needs a port"));
+        Some((port, args.get(i + 2).cloned()))
+    };
+    let target = |flag: &str, t: Option<String>| t.unwrap_or_else(|| panic!("{flag} PORT TARGET"));
+    if let Some((port, next)) = mode("--bare-forward") {
+        return bare_forwarder(port, target("--bare-forward", next)).await;
     }
-    if let Some(i) = args.iter().position(|a| a == "--bare-nats-forward") {
-        let port = args
-            .get(i + 1)
-            .and_then(|p| p.parse().ok())
-            .expect("--bare-nats-forward PORT NATS_URL");
-        let nats = args
-            .get(i + 2)
-            .cloned()
-            .expect("--bare-nats-forward PORT NATS_URL");
-        return bare_nats_forwarder(port, nats).await;
+    if let Some((port, nats)) = mode("--bare-nats-forward") {
+        return bare_nats_forwarder(port, target("--bare-nats-forward", nats)).await;
     }
-    if let Some(i) = args.iter().position(|a| a == "--bare-server") {
-        let port = args
-            .get(i + 1)
-            .and_then(|p| p.parse().ok())
-            .expect("--bare-server PORT");
+    if let Some((port, _)) = mode("--bare-server") {
         return bare_server(port).await;
     }
     let smoke = std::env::args().any(|a| a == "--smoke");
