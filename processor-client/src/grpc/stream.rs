@@ -233,14 +233,8 @@ impl Call {
                 return false;
             }
         }
-        let body = Bytes::from(
-            serde_json::json!({
-                "src": self.data.src,
-                "payload": gateway_common::wire::encode_payload(&payload),
-            })
-            .to_string(),
-        );
-        let mut backoff = Backoff::new(self.shared.retry_base, self.shared.retry_cap);
+        let body = Bytes::from(gateway_common::wire::encode_event(&self.data.src, &payload));
+        let mut backoff = None;
         loop {
             let wait = match self.shared.transformer.send(body.clone(), Vec::new()).await {
                 Ok(_) => {
@@ -252,7 +246,11 @@ impl Call {
                 }) => Duration::from_secs(retry_after_secs.max(1)),
                 Err(SendError::Unavailable(why)) => {
                     tracing::warn!(src = %self.data.src, %why, "transformer unreachable; holding the stream");
-                    backoff.next_delay()
+                    backoff
+                        .get_or_insert_with(|| {
+                            Backoff::new(self.shared.retry_base, self.shared.retry_cap)
+                        })
+                        .next_delay()
                 }
                 Err(e @ SendError::Rejected { .. }) => {
                     // The transformer will never take this event (too large,
