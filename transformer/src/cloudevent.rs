@@ -2,6 +2,8 @@
 //! or structured mode, and reading one back from either mode so that one gateway can
 //! watch another. Hand-written because it is small and sits on the per-event path.
 
+use std::borrow::Cow;
+
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
 use serde::Serialize;
@@ -28,6 +30,21 @@ pub struct CloudEvent {
     /// Extension attributes (lower-case names), carried through unchanged.
     pub extensions: Vec<(String, String)>,
     pub data: Bytes,
+}
+
+/// A header of the binary mode: `ce-` and an attribute's name, or `content-type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryName<'a> {
+    SpecVersion,
+    Id,
+    Source,
+    Type,
+    Subject,
+    Time,
+    DataSchema,
+    /// An extension attribute, by its name without `ce-`.
+    Extension(&'a str),
+    ContentType,
 }
 
 /// Why an incoming CloudEvent was refused.
@@ -98,7 +115,32 @@ impl CloudEvent {
         }
     }
 
-    /// Binary mode: attributes as `ce-` headers, data as the body.
+    /// Binary mode's headers, one call of `put` each, for either binding to
+    /// name in its own header type: the attributes (values percent-encoded, as
+    /// the HTTP binding requires) and `content-type` (as it is).
+    pub fn binary_headers<'a>(&'a self, mut put: impl FnMut(BinaryName<'a>, Cow<'a, str>)) {
+        put(BinaryName::SpecVersion, Cow::Borrowed(SPEC_VERSION));
+        put(BinaryName::Id, percent_encode(&self.id));
+        put(BinaryName::Source, percent_encode(&self.source));
+        put(BinaryName::Type, percent_encode(&self.ty));
+        if let Some(s) = &self.subject {
+            put(BinaryName::Subject, percent_encode(s));
+        }
+        if let Some(t) = &self.time {
+            put(BinaryName::Time, percent_encode(t));
+        }
+        if let Some(d) = &self.dataschema {
+            put(BinaryName::DataSchema, percent_encode(d));
+        }
+        for (k, v) in &self.extensions {
+            put(BinaryName::Extension(k), percent_encode(v));
+        }
+        if let Some(ct) = &self.datacontenttype {
+            put(BinaryName::ContentType, Cow::Borrowed(ct));
+        }
+    }
+
+    /// Binary mode over HTTP: attributes as `ce-` headers, data as the body.
     pub fn to_binary_headers(&self) -> HeaderMap {
         // The attributes' header names are built at compile time: parsing them
         // from strings for every event showed in the transformer's profile.
@@ -110,34 +152,27 @@ impl CloudEvent {
         const TIME: HeaderName = HeaderName::from_static("ce-time");
         const DATASCHEMA: HeaderName = HeaderName::from_static("ce-dataschema");
         let mut headers = HeaderMap::with_capacity(8 + self.extensions.len());
-        let mut put = |name: HeaderName, value: &str| {
-            if let Ok(v) = HeaderValue::from_str(&percent_encode(value)) {
+        self.binary_headers(|name, value| {
+            let name = match name {
+                BinaryName::SpecVersion => SPECVERSION,
+                BinaryName::Id => ID,
+                BinaryName::Source => SOURCE,
+                BinaryName::Type => TYPE,
+                BinaryName::Subject => SUBJECT,
+                BinaryName::Time => TIME,
+                BinaryName::DataSchema => DATASCHEMA,
+                BinaryName::ContentType => axum::http::header::CONTENT_TYPE,
+                BinaryName::Extension(k) => {
+                    match HeaderName::from_bytes(format!("ce-{k}").as_bytes()) {
+                        Ok(n) => n,
+                        Err(_) => return,
+                    }
+                }
+            };
+            if let Ok(v) = HeaderValue::from_str(&value) {
                 headers.insert(name, v);
             }
-        };
-        put(SPECVERSION, SPEC_VERSION);
-        put(ID, &self.id);
-        put(SOURCE, &self.source);
-        put(TYPE, &self.ty);
-        if let Some(s) = &self.subject {
-            put(SUBJECT, s);
-        }
-        if let Some(t) = &self.time {
-            put(TIME, t);
-        }
-        if let Some(d) = &self.dataschema {
-            put(DATASCHEMA, d);
-        }
-        for (k, v) in &self.extensions {
-            if let Ok(n) = HeaderName::from_bytes(format!("ce-{k}").as_bytes()) {
-                put(n, v);
-            }
-        }
-        if let Some(ct) = &self.datacontenttype {
-            if let Ok(v) = HeaderValue::from_str(ct) {
-                headers.insert(axum::http::header::CONTENT_TYPE, v);
-            }
-        }
+        });
         headers
     }
 
@@ -363,10 +398,10 @@ fn is_json_media_type(ct: &str) -> bool {
 
 /// The HTTP binding's header encoding: space, `"`, `%` and anything outside
 /// printable ASCII are percent-encoded as UTF-8.
-fn percent_encode(value: &str) -> std::borrow::Cow<'_, str> {
+fn percent_encode(value: &str) -> Cow<'_, str> {
     let needs = |b: u8| !(0x21..=0x7e).contains(&b) || b == b'"' || b == b'%';
     if !value.bytes().any(needs) {
-        return std::borrow::Cow::Borrowed(value);
+        return Cow::Borrowed(value);
     }
     let mut out = String::with_capacity(value.len() + 8);
     for b in value.bytes() {
@@ -376,7 +411,7 @@ fn percent_encode(value: &str) -> std::borrow::Cow<'_, str> {
             out.push(b as char);
         }
     }
-    std::borrow::Cow::Owned(out)
+    Cow::Owned(out)
 }
 
 fn percent_decode(value: &str) -> String {

@@ -9,14 +9,14 @@
 use std::time::Duration;
 
 use async_nats::client::PublishErrorKind;
-use async_nats::header::HeaderMap;
+use async_nats::header::{HeaderMap, HeaderName};
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use tokio::sync::OnceCell;
 
 use super::{DeliveryError, Sink};
-use crate::cloudevent::{CloudEvent, STRUCTURED_CONTENT_TYPE};
+use crate::cloudevent::{BinaryName, CloudEvent, STRUCTURED_CONTENT_TYPE};
 use crate::config::{CeMode, NatsConfig, NatsType};
 use crate::metrics::NatsMetrics;
 use gateway_common::nats::{max_subject_len, request_reply_len};
@@ -26,36 +26,93 @@ use gateway_common::nats::{max_subject_len, request_reply_len};
 const MAX_SUBJECT: usize = max_subject_len(request_reply_len("_INBOX"));
 
 /// Renders `NATS_SUBJECT` for one event: `{gateway}`, `{namespace}`, `{src}` and
-/// `{type}` are replaced, with characters NATS forbids in a token made `_`.
+/// `{type}` are replaced, with characters NATS forbids in a token made `_`. The
+/// template is split into its parts once: replacing the placeholders in the
+/// whole text for every event showed in the transformer's profile.
 #[derive(Debug, Clone)]
 pub struct SubjectTemplate {
     template: String,
     gateway: String,
     namespace: String,
+    parts: Vec<Part>,
+}
+
+/// A piece of a subject template: text (the gateway and namespace already in
+/// it), or a placeholder filled from the event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    Type,
+    Src,
 }
 
 impl SubjectTemplate {
     pub fn new(template: &str, gateway: &str, namespace: &str) -> Self {
+        let gateway = token(gateway);
+        let namespace = token(namespace);
+        let mut parts = Vec::new();
+        let mut text = String::new();
+        let mut rest = template;
+        while let Some(c) = rest.chars().next() {
+            let found = ["{gateway}", "{namespace}", "{type}", "{src}"]
+                .into_iter()
+                .find(|p| rest.starts_with(p));
+            let Some(placeholder) = found else {
+                text.push(c);
+                rest = &rest[c.len_utf8()..];
+                continue;
+            };
+            rest = &rest[placeholder.len()..];
+            let part = match placeholder {
+                "{gateway}" => {
+                    text.push_str(&gateway);
+                    continue;
+                }
+                "{namespace}" => {
+                    text.push_str(&namespace);
+                    continue;
+                }
+                "{type}" => Part::Type,
+                _ => Part::Src,
+            };
+            if !text.is_empty() {
+                parts.push(Part::Text(std::mem::take(&mut text)));
+            }
+            parts.push(part);
+        }
+        if !text.is_empty() {
+            parts.push(Part::Text(text));
+        }
         SubjectTemplate {
             template: template.to_owned(),
-            gateway: token(gateway),
-            namespace: token(namespace),
+            gateway,
+            namespace,
+            parts,
         }
     }
 
     pub fn render(&self, event: &CloudEvent) -> String {
         let src = event.subject.as_deref().unwrap_or(&event.source);
-        tidy(
-            &self
-                .template
-                .replace("{gateway}", &self.gateway)
-                .replace("{namespace}", &self.namespace)
-                .replace("{type}", &token(&event.ty))
-                .replace(
-                    "{src}",
-                    &src.split('.').map(token).collect::<Vec<_>>().join("."),
-                ),
-        )
+        let mut out = String::with_capacity(64 + src.len());
+        for part in &self.parts {
+            match part {
+                Part::Text(t) => out.push_str(t),
+                Part::Type => push_token(&mut out, &event.ty),
+                Part::Src => {
+                    for (i, t) in src.split('.').enumerate() {
+                        if i > 0 {
+                            out.push('.');
+                        }
+                        push_token(&mut out, t);
+                    }
+                }
+            }
+        }
+        if out.is_empty() || out.starts_with('.') || out.ends_with('.') || out.contains("..") {
+            tidy(&out)
+        } else {
+            out
+        }
     }
 
     /// The subjects a stream must cover to hold every rendered subject: `{src}`
@@ -81,21 +138,23 @@ impl SubjectTemplate {
 
 /// One subject token: no whitespace, `*`, `>` or `.`, and never empty.
 fn token(s: &str) -> String {
-    let t: String = s
-        .chars()
-        .map(|c| {
-            if c.is_whitespace() || c == '*' || c == '>' || c == '.' {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect();
-    if t.is_empty() {
-        "_".into()
-    } else {
-        t
+    let mut t = String::with_capacity(s.len());
+    push_token(&mut t, s);
+    t
+}
+
+fn push_token(out: &mut String, s: &str) {
+    if s.is_empty() {
+        out.push('_');
+        return;
     }
+    out.extend(s.chars().map(|c| {
+        if c.is_whitespace() || c == '*' || c == '>' || c == '.' {
+            '_'
+        } else {
+            c
+        }
+    }));
 }
 
 /// Fills empty tokens left by leading, trailing or doubled dots.
@@ -105,6 +164,44 @@ fn tidy(subject: &str) -> String {
         .map(|t| if t.is_empty() { "_" } else { t })
         .collect::<Vec<_>>()
         .join(".")
+}
+
+/// The message for one event, in the binding's structured or binary mode.
+fn message(mode: CeMode, event: &CloudEvent) -> (HeaderMap, Bytes) {
+    let mut headers = HeaderMap::new();
+    match mode {
+        CeMode::Structured => {
+            headers.insert("content-type", STRUCTURED_CONTENT_TYPE);
+            (headers, Bytes::from(event.to_structured_json()))
+        }
+        CeMode::Binary => {
+            // Straight into NATS headers, with their names built at compile
+            // time: through an HTTP header map first, each event's headers
+            // were hashed twice, which showed in the transformer's profile.
+            event.binary_headers(|name, value| {
+                // A header line must not break: no control characters.
+                if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+                    return;
+                }
+                let name = match name {
+                    BinaryName::SpecVersion => const { HeaderName::from_static("ce-specversion") },
+                    BinaryName::Id => const { HeaderName::from_static("ce-id") },
+                    BinaryName::Source => const { HeaderName::from_static("ce-source") },
+                    BinaryName::Type => const { HeaderName::from_static("ce-type") },
+                    BinaryName::Subject => const { HeaderName::from_static("ce-subject") },
+                    BinaryName::Time => const { HeaderName::from_static("ce-time") },
+                    BinaryName::DataSchema => const { HeaderName::from_static("ce-dataschema") },
+                    BinaryName::ContentType => const { HeaderName::from_static("content-type") },
+                    BinaryName::Extension(k) => match format!("ce-{k}").parse() {
+                        Ok(n) => n,
+                        Err(_) => return,
+                    },
+                };
+                headers.insert(name, value.into_owned());
+            });
+            (headers, event.data.clone())
+        }
+    }
 }
 
 pub struct NatsSink {
@@ -148,25 +245,6 @@ impl NatsSink {
         }
     }
 
-    /// The message for one event, in the binding's structured or binary mode.
-    fn message(&self, event: &CloudEvent) -> (HeaderMap, Bytes) {
-        let mut headers = HeaderMap::new();
-        match self.mode {
-            CeMode::Structured => {
-                headers.insert("content-type", STRUCTURED_CONTENT_TYPE);
-                (headers, Bytes::from(event.to_structured_json()))
-            }
-            CeMode::Binary => {
-                for (name, value) in event.to_binary_headers().iter() {
-                    if let Ok(v) = value.to_str() {
-                        headers.insert(name.as_str(), v);
-                    }
-                }
-                (headers, event.data.clone())
-            }
-        }
-    }
-
     /// Creates the stream when it is missing; an existing stream is left as the
     /// operator configured it.
     async fn ensure_stream(&self, js: &jetstream::Context) -> Result<(), DeliveryError> {
@@ -201,7 +279,7 @@ impl NatsSink {
                 subject.len()
             )));
         }
-        let (headers, payload) = self.message(event);
+        let (headers, payload) = message(self.mode, event);
         let result = match &self.jetstream {
             None => {
                 self.client
@@ -286,9 +364,38 @@ mod tests {
         );
         assert_eq!(t.render(&ev("a b*>")), "my_gw.a_b__");
         assert_eq!(t.render(&ev(".x.")), "my_gw._.x._");
+        assert_eq!(t.render(&ev("")), "my_gw._");
+        assert_eq!(t.render(&ev("a..b")), "my_gw.a._.b");
+        let u = SubjectTemplate::new("{type}.é.{src}{src}", "g", "n");
+        assert_eq!(u.render(&ev("k")), "t.é.kk");
+        let u = SubjectTemplate::new("{gateway}..{unknown}.", "g", "n");
+        assert_eq!(u.render(&ev("k")), "g._.{unknown}._");
         assert_eq!(t.stream_subjects(), vec!["my_gw.>"]);
         let t = SubjectTemplate::new("events.{src}.{namespace}", "g", "prod");
         assert_eq!(t.render(&ev("k")), "events.k.prod");
         assert_eq!(t.stream_subjects(), vec!["events.*.prod"]);
+    }
+
+    #[test]
+    fn binary_messages_carry_what_binary_http_carries() {
+        let mut event = ev("a key");
+        event
+            .extensions
+            .push(("traceparent".into(), "00-ab-cd-01".into()));
+        let (headers, data) = message(CeMode::Binary, &event);
+        assert_eq!(data, event.data);
+        let http = event.to_binary_headers();
+        assert_eq!(headers.len(), http.len());
+        for (name, value) in &http {
+            let nats = headers.get(name.as_str()).map(|v| v.as_str());
+            assert_eq!(nats, value.to_str().ok(), "{name}");
+        }
+        assert_eq!(
+            headers.get("ce-subject").map(|v| v.as_str()),
+            Some("a%20key")
+        );
+        event.datacontenttype = Some("text/plain\r\nX: y".into());
+        let (headers, _) = message(CeMode::Binary, &event);
+        assert!(headers.get("content-type").is_none());
     }
 }
