@@ -185,7 +185,14 @@ async fn main() {
     let s = Settings {
         secs: if smoke { 0.5 } else { 5.0 },
         workers: if smoke { 8 } else { 64 },
-        sources: 32,
+        // As many configurations as producers: a gRPC user server streams on
+        // each configuration, and the processor-client holds one of its events
+        // at a time, so both kinds of user server have 64 events in flight.
+        // `BENCH_SOURCES=n` tries another number.
+        sources: std::env::var("BENCH_SOURCES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(if smoke { 8 } else { 64 }),
     };
     let size = 100;
     let mut rows = Vec::new();
