@@ -43,6 +43,8 @@ struct Gateway {
     processor: Proc,
     pc_url: String,
     tr_metrics: String,
+    /// When its processes were started, after its configurations were written.
+    spawned: Instant,
     _dir: tempfile::TempDir,
 }
 
@@ -78,6 +80,7 @@ async fn gateway(transformer_env: &[(&str, String)], sources: usize, us: UserSer
         .collect();
     let cfg_dir = dir.path().join("configs");
     write_configmap(&cfg_dir, &configs);
+    let spawned = Instant::now();
     let (tr_port, pc_port) = (free_port(), free_port());
     let mut t = Command::new(bin("transformer"));
     t.env_clear()
@@ -123,6 +126,7 @@ async fn gateway(transformer_env: &[(&str, String)], sources: usize, us: UserSer
         processor,
         pc_url: format!("http://127.0.0.1:{pc_port}/event"),
         tr_metrics: format!("http://127.0.0.1:{tr_port}/metrics"),
+        spawned,
         _dir: dir,
     }
 }
@@ -516,7 +520,8 @@ async fn main() {
     let config_counts: &[usize] = if smoke { &[1, 100] } else { &[1, 1000, 10_000] };
     for &n in config_counts {
         let before = starts.load(Ordering::Relaxed);
-        let t0 = Instant::now();
+        // Timed from the processes' start: writing ten thousand files first
+        // took up to 9 s on this virtual disk, and is not the gateway's.
         let g = gateway(
             &[("SENSOR_WATCHERS", sensor_url.clone())],
             n,
@@ -526,7 +531,7 @@ async fn main() {
         wait_starts(&starts, before + n as u64).await;
         println!(
             "| configurations started | {n} | in {:.2} s | {} |",
-            t0.elapsed().as_secs_f64(),
+            g.spawned.elapsed().as_secs_f64(),
             rss_of(&g)
         );
     }
