@@ -110,14 +110,7 @@ impl RabbitMq {
     /// SIGTERM, and waits (up to 60 s) until the broker has stopped: it
     /// closes every connection (CONNECTION_FORCED) and writes what it holds.
     pub async fn stop(&mut self) {
-        let pid = std::fs::read_to_string(self.dir.join("pid"))
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok());
-        if let Some(pid) = pid {
-            // SAFETY: kill(2) on the broker's own pid; no memory is involved.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
+        if let Some(pid) = self.signal(libc::SIGTERM) {
             // Gone, or a zombie waiting for its parent to reap it.
             let gone = || {
                 std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -134,23 +127,30 @@ impl RabbitMq {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        let _ = std::fs::remove_file(self.dir.join("pid"));
-        if let Some(p) = self.proc.as_mut() {
-            p.kill();
-        }
+        self.forget();
     }
 
     /// SIGKILL: the Erlang VM gets no chance to close anything.
     pub fn kill(&mut self) {
-        if let Some(pid) = std::fs::read_to_string(self.dir.join("pid"))
+        self.signal(libc::SIGKILL);
+        self.forget();
+    }
+
+    /// Sends `sig` to the broker (the pid it wrote, not the launcher's);
+    /// returns that pid.
+    fn signal(&self, sig: i32) -> Option<i32> {
+        let pid = std::fs::read_to_string(self.dir.join("pid"))
             .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
-        {
-            // SAFETY: kill(2) on the broker's own pid; no memory is involved.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
+            .and_then(|p| p.trim().parse::<i32>().ok())?;
+        // SAFETY: kill(2) on the broker's own pid; no memory is involved.
+        unsafe {
+            libc::kill(pid, sig);
         }
+        Some(pid)
+    }
+
+    /// Forgets a stopped broker: its pid file, and the launcher process.
+    fn forget(&mut self) {
         let _ = std::fs::remove_file(self.dir.join("pid"));
         if let Some(p) = self.proc.as_mut() {
             p.kill();
