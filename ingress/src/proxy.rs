@@ -179,7 +179,8 @@ pub(crate) fn nats_headers(headers: &HeaderMap, subject: &str, uri: &Uri) -> asy
             continue;
         }
         if let Ok(value) = value.to_str() {
-            out.append(canonical(name.as_str()).as_str(), value);
+            // Handed over whole: async-nats keeps the String, not a copy.
+            out.append(canonical(name.as_str()), value);
         }
     }
     out.insert(SUBJECT_HEADER, subject);
@@ -288,18 +289,19 @@ pub(crate) fn check_subject(subject: &str, reply_len: usize) -> Result<(), ApiEr
 /// which is how h8s hands headers to its responders; HTTP/1.1 parsers give
 /// them lower-cased.
 fn canonical(name: &str) -> String {
+    // Sized once: collecting chars would grow the string as it goes, and this
+    // runs for every header of every request.
+    let mut out = String::with_capacity(name.len());
     let mut upper = true;
-    name.chars()
-        .map(|c| {
-            let out = if upper {
-                c.to_ascii_uppercase()
-            } else {
-                c.to_ascii_lowercase()
-            };
-            upper = c == '-';
-            out
-        })
-        .collect()
+    for c in name.chars() {
+        out.push(if upper {
+            c.to_ascii_uppercase()
+        } else {
+            c.to_ascii_lowercase()
+        });
+        upper = c == '-';
+    }
+    out
 }
 
 /// The reply as an HTTP response. A status that cannot end an HTTP exchange
