@@ -23,6 +23,7 @@ use bytes::Bytes;
 use gateway_tests::{bin, free_port, wait_port, write_configmap, NatsServer, Proc};
 
 mod grpc;
+mod ingress;
 mod load;
 mod measure;
 mod servers;
@@ -153,6 +154,21 @@ fn rss_of(g: &Gateway) -> String {
     )
 }
 
+/// The bare hop measured: load generator to an axum server that answers at
+/// once. Returns its row and its rate.
+async fn bare_hop(name: &str, size: usize, s: &Settings) -> (Row, f64) {
+    let bare_port = free_port();
+    let mut cmd = Command::new(std::env::current_exe().expect("exe"));
+    cmd.arg("--bare-server").arg(bare_port.to_string());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bare = Proc::spawn("bare-axum", cmd, dir.path());
+    wait_port(bare_port, "the bare server").await;
+    let url = format!("http://127.0.0.1:{bare_port}/");
+    let (mut row, rate) = measure(name, &url, None, size, s, &[("server", bare.pid())]).await;
+    row.rss = format!("{:.1}", peak_rss_mib(bare.pid()));
+    (row, rate)
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -219,25 +235,9 @@ async fn main() {
     // 1. The limit: a bare axum server, one hop.
     let mut limit = f64::NAN;
     if want("limit") {
-        let bare_port = free_port();
-        let mut cmd = Command::new(std::env::current_exe().expect("exe"));
-        cmd.arg("--bare-server").arg(bare_port.to_string());
-        let dir = tempfile::tempdir().expect("tempdir");
-        let bare = Proc::spawn("bare-axum", cmd, dir.path());
-        wait_port(bare_port, "the bare server").await;
-        let (mut row, l) = measure(
-            "limit: bare axum, one hop (latency = round trip)",
-            &format!("http://127.0.0.1:{bare_port}/"),
-            None,
-            size,
-            &s,
-            &[("server", bare.pid())],
-        )
-        .await;
+        let (row, l) = bare_hop("limit: bare axum, one hop (latency = round trip)", size, &s).await;
         limit = l;
-        row.rss = format!("{:.1}", peak_rss_mib(bare.pid()));
         rows.push(row);
-        drop(bare);
     }
 
     // 2. End to end over HTTP.
@@ -382,77 +382,12 @@ async fn main() {
     }
 
     // 4. The ingress: HTTP request-reply through it to a NATS responder in this
-    // process, against the bare hop's limit above (latency = round trip).
+    // process, against the bare hop (latency = round trip).
+    let mut ingress_rounds = None;
     if want("ingress") {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let nats = NatsServer::start(dir.path()).await;
-        let client = async_nats::connect(nats.url()).await.expect("nats");
-        let mut requests = client.subscribe("h8s.>").await.expect("subscribe");
-        let responder = client.clone();
-        tokio::spawn(async move {
-            use futures::StreamExt as _;
-            while let Some(m) = requests.next().await {
-                if let Some(reply) = m.reply {
-                    let _ = responder
-                        .publish(reply, Bytes::from_static(br#"{"id":"x"}"#))
-                        .await;
-                }
-            }
-        });
-        client.flush().await.expect("flush");
-        // A server of the ingress's shape, started, measured, and stopped.
-        let run = |label: &'static str,
-                   name: &'static str,
-                   cmd: Command,
-                   port: u16,
-                   path: &'static str| {
-            let (dir, nats, s) = (dir.path(), &nats, &s);
-            async move {
-                let server = Proc::spawn(label, cmd, dir);
-                wait_port(port, label).await;
-                let mut procs = vec![(label, server.pid())];
-                procs.extend(nats.proc.as_ref().map(|p| ("nats", p.pid())));
-                let url = format!("http://127.0.0.1:{port}{path}");
-                let (mut row, _) = measure(name, &url, None, size, s, &procs).await;
-                row.rss = format!("{label} {:.1}", peak_rss_mib(server.pid()));
-                row
-            }
-        };
-        let (port, admin) = (free_port(), free_port());
-        let mut cmd = Command::new(bin("ingress"));
-        cmd.env_clear()
-            .env("INGRESS_PORT", port.to_string())
-            .env("INGRESS_ADMIN_PORT", admin.to_string())
-            .env("INGRESS_LISTEN_ADDRESS", "127.0.0.1")
-            .env("NATS_URL", nats.url())
-            .env("RUST_LOG", "warn");
-        rows.push(
-            run(
-                "ingress",
-                "ingress: HTTP to a NATS responder (latency = round trip)",
-                cmd,
-                port,
-                "/bench/event",
-            )
-            .await,
-        );
-        // The same shape with none of the ingress's work, for what the two
-        // hops themselves cost here.
-        let port = free_port();
-        let mut cmd = Command::new(std::env::current_exe().expect("exe"));
-        cmd.arg("--bare-nats-forward")
-            .arg(port.to_string())
-            .arg(nats.url());
-        rows.push(
-            run(
-                "hop",
-                "ceiling: bare axum to NATS request-reply, no work (latency = round trip)",
-                cmd,
-                port,
-                "/",
-            )
-            .await,
-        );
+        let (more, summary) = ingress::measure_ingress(size, &s).await;
+        rows.extend(more);
+        ingress_rounds = Some(summary);
     }
 
     println!("| scenario | events/s at saturation | ratio to limit | p50 ms | p99 ms | p99.9 ms | peak RSS MiB | CPU µs per event | CPU µs per event, all | note |");
@@ -471,6 +406,9 @@ async fn main() {
             r.cpu_total,
             r.note
         );
+    }
+    if let Some(summary) = ingress_rounds {
+        println!("\n{summary}");
     }
 
     // 4. Scaling series (saturation only).

@@ -1,0 +1,132 @@
+//! The ingress part of the benchmark: HTTP request-reply through the ingress
+//! to a NATS responder in this process, beside the bare hop and beside a bare
+//! forwarder of the ingress's shape (its ceiling on this machine).
+//!
+//! Its target is a ratio to the bare hop, and on a shared virtual machine the
+//! bare hop alone moved by half within one run (43,000 and 65,000 requests/s a
+//! minute apart). So besides one full row each, it measures the three in turn
+//! for a few short rounds and reports the median of each round's ratio: drift
+//! over the run then falls on both sides of a ratio alike.
+
+use super::*;
+
+/// Short saturated rounds of bare hop, ingress and ceiling, in turn.
+const ROUNDS: usize = 5;
+const ROUND_SECS: f64 = 3.0;
+
+/// The rows, and a line on the alternating rounds to print under the table.
+pub(super) async fn measure_ingress(size: usize, s: &Settings) -> (Vec<Row>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = NatsServer::start(dir.path()).await;
+    let client = async_nats::connect(nats.url()).await.expect("nats");
+    let mut requests = client.subscribe("h8s.>").await.expect("subscribe");
+    let responder = client.clone();
+    tokio::spawn(async move {
+        use futures::StreamExt as _;
+        while let Some(m) = requests.next().await {
+            if let Some(reply) = m.reply {
+                let _ = responder
+                    .publish(reply, Bytes::from_static(br#"{"id":"x"}"#))
+                    .await;
+            }
+        }
+    });
+    client.flush().await.expect("flush");
+
+    let this = || Command::new(std::env::current_exe().expect("exe"));
+    let bare_port = free_port();
+    let mut bare = this();
+    bare.arg("--bare-server").arg(bare_port.to_string());
+    let (port, admin) = (free_port(), free_port());
+    let mut ingress = Command::new(bin("ingress"));
+    ingress
+        .env_clear()
+        .env("INGRESS_PORT", port.to_string())
+        .env("INGRESS_ADMIN_PORT", admin.to_string())
+        .env("INGRESS_LISTEN_ADDRESS", "127.0.0.1")
+        .env("NATS_URL", nats.url())
+        .env("RUST_LOG", "warn");
+    let ceiling_port = free_port();
+    let mut ceiling = this();
+    ceiling
+        .arg("--bare-nats-forward")
+        .arg(ceiling_port.to_string())
+        .arg(nats.url());
+    // (label for CPU, row name, process, port, path)
+    let specs = [
+        (
+            "server",
+            "limit again, beside the ingress: bare axum, one hop",
+            bare,
+            bare_port,
+            "/",
+        ),
+        (
+            "ingress",
+            "ingress: HTTP to a NATS responder (latency = round trip)",
+            ingress,
+            port,
+            "/bench/event",
+        ),
+        (
+            "hop",
+            "ceiling: bare axum to NATS request-reply, no work (latency = round trip)",
+            ceiling,
+            ceiling_port,
+            "/",
+        ),
+    ];
+    let mut targets = Vec::new();
+    for (label, name, cmd, port, path) in specs {
+        let server = Proc::spawn(label, cmd, dir.path());
+        wait_port(port, label).await;
+        targets.push((label, name, server, format!("http://127.0.0.1:{port}{path}")));
+    }
+
+    let mut rows = Vec::new();
+    let mut beside = f64::NAN;
+    for (label, name, server, url) in &targets {
+        let mut procs = vec![(*label, server.pid())];
+        if *label != "server" {
+            procs.extend(nats.proc.as_ref().map(|p| ("nats", p.pid())));
+        }
+        let (mut row, rate) = measure(name, url, None, size, s, &procs).await;
+        row.rss = format!("{label} {:.1}", peak_rss_mib(server.pid()));
+        if *label == "server" {
+            beside = rate;
+        } else {
+            row.note = format!("{}; {:.2} of the bare hop beside it", row.note, rate / beside);
+        }
+        rows.push(row);
+    }
+
+    // Alternating rounds: each round's ratios to that round's bare hop.
+    let rounds = if s.secs < 1.0 { 2 } else { ROUNDS };
+    let secs = ROUND_SECS.min(s.secs);
+    let (mut ingress_ratios, mut ceiling_ratios) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let mut rates = Vec::new();
+        for (.., url) in &targets {
+            let load = generate(url, s.sources, size, s.workers, secs, None).await;
+            rates.push(load.ok as f64 / secs);
+        }
+        ingress_ratios.push(rates[1] / rates[0]);
+        ceiling_ratios.push(rates[2] / rates[0]);
+    }
+    let summary = format!(
+        "Alternating rounds ({rounds} of {secs} s each, bare hop, ingress and ceiling in turn): \
+         the ingress at {} of the bare hop, the ceiling at {} (median, then range).",
+        median_range(&mut ingress_ratios),
+        median_range(&mut ceiling_ratios)
+    );
+    (rows, summary)
+}
+
+/// `median (min–max)` of the ratios.
+fn median_range(v: &mut [f64]) -> String {
+    v.sort_by(f64::total_cmp);
+    match (v.first(), v.last()) {
+        (Some(lo), Some(hi)) => format!("{:.2} ({lo:.2}–{hi:.2})", v[v.len() / 2]),
+        _ => "n/a".to_owned(),
+    }
+}
