@@ -80,7 +80,12 @@ pub(super) async fn measure_ingress(size: usize, s: &Settings) -> (Vec<Row>, Str
     for (label, name, cmd, port, path) in specs {
         let server = Proc::spawn(label, cmd, dir.path());
         wait_port(port, label).await;
-        targets.push((label, name, server, format!("http://127.0.0.1:{port}{path}")));
+        targets.push((
+            label,
+            name,
+            server,
+            format!("http://127.0.0.1:{port}{path}"),
+        ));
     }
 
     let mut rows = Vec::new();
@@ -95,7 +100,11 @@ pub(super) async fn measure_ingress(size: usize, s: &Settings) -> (Vec<Row>, Str
         if *label == "server" {
             beside = rate;
         } else {
-            row.note = format!("{}; {:.2} of the bare hop beside it", row.note, rate / beside);
+            row.note = format!(
+                "{}; {:.2} of the bare hop beside it",
+                row.note,
+                rate / beside
+            );
         }
         rows.push(row);
     }
