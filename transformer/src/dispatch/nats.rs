@@ -31,10 +31,9 @@ const MAX_SUBJECT: usize = max_subject_len(request_reply_len("_INBOX"));
 /// whole text for every event showed in the transformer's profile.
 #[derive(Debug, Clone)]
 pub struct SubjectTemplate {
-    template: String,
-    gateway: String,
-    namespace: String,
     parts: Vec<Part>,
+    /// What a stream must cover to hold every rendered subject.
+    stream_subject: String,
 }
 
 /// A piece of a subject template: text (the gateway and namespace already in
@@ -84,9 +83,7 @@ impl SubjectTemplate {
             parts.push(Part::Text(text));
         }
         SubjectTemplate {
-            template: template.to_owned(),
-            gateway,
-            namespace,
+            stream_subject: stream_subject(template, &gateway, &namespace),
             parts,
         }
     }
@@ -115,25 +112,29 @@ impl SubjectTemplate {
         }
     }
 
-    /// The subjects a stream must cover to hold every rendered subject: `{src}`
-    /// as the last token becomes `>` (a key may contain dots), elsewhere `*`.
+    /// The subjects a stream must cover to hold every rendered subject.
     pub fn stream_subjects(&self) -> Vec<String> {
-        let tokens: Vec<&str> = self.template.split('.').collect();
-        let last = tokens.len().saturating_sub(1);
-        let wild = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| match *t {
-                "{src}" if i == last => ">".to_owned(),
-                "{src}" | "{type}" => "*".to_owned(),
-                t => t
-                    .replace("{gateway}", &self.gateway)
-                    .replace("{namespace}", &self.namespace),
-            })
-            .collect::<Vec<_>>()
-            .join(".");
-        vec![wild]
+        vec![self.stream_subject.clone()]
     }
+}
+
+/// The template as a stream's subject: `{src}` as the last token becomes `>`
+/// (a key may contain dots), elsewhere `*`.
+fn stream_subject(template: &str, gateway: &str, namespace: &str) -> String {
+    let tokens: Vec<&str> = template.split('.').collect();
+    let last = tokens.len().saturating_sub(1);
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| match *t {
+            "{src}" if i == last => ">".to_owned(),
+            "{src}" | "{type}" => "*".to_owned(),
+            t => t
+                .replace("{gateway}", gateway)
+                .replace("{namespace}", namespace),
+        })
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// One subject token: no whitespace, `*`, `>` or `.`, and never empty.
