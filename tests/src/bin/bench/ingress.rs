@@ -88,16 +88,18 @@ pub(super) async fn measure_ingress(size: usize, s: &Settings) -> (Vec<Row>, Str
         ));
     }
 
+    // The bare hop first: the two NATS rows are read against it.
     let mut rows = Vec::new();
     let mut beside = f64::NAN;
-    for (label, name, server, url) in &targets {
+    for (i, (label, name, server, url)) in targets.iter().enumerate() {
         let mut procs = vec![(*label, server.pid())];
-        if *label != "server" {
+        let bare = i == 0;
+        if !bare {
             procs.extend(nats.proc.as_ref().map(|p| ("nats", p.pid())));
         }
         let (mut row, rate) = measure(name, url, None, size, s, &procs).await;
         row.rss = format!("{label} {:.1}", peak_rss_mib(server.pid()));
-        if *label == "server" {
+        if bare {
             beside = rate;
         } else {
             row.note = format!(
