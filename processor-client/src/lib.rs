@@ -3,6 +3,7 @@
 //! transformer, answering 2xx only once the transformer has accepted each one.
 //! [`run`] is the whole service; `main.rs` only reads the environment and calls it.
 
+pub mod activity;
 pub mod config;
 pub mod configs;
 pub mod grpc;
@@ -144,6 +145,7 @@ pub async fn serve(
     ));
     // With sharing, the supervisor sees only the configurations this replica
     // holds; the sharing task decides which those are.
+    let activity = Arc::new(activity::Activity::default());
     let stop_claiming = CancellationToken::new();
     let release_claims = CancellationToken::new();
     let (desired_rx, sharing_task) = match (&sharing, &config.sharing) {
@@ -153,6 +155,7 @@ pub async fn serve(
                 sharing.clone(),
                 settings.clone(),
                 registry.clone(),
+                activity.clone(),
                 snap_rx,
                 tx,
                 stop_claiming.clone(),
@@ -163,7 +166,8 @@ pub async fn serve(
         _ => (snap_rx, None),
     };
     let supervisor_stop = CancellationToken::new();
-    let supervisor = tokio::spawn(Supervisor::new(driver).run(desired_rx, supervisor_stop.clone()));
+    let supervisor =
+        tokio::spawn(Supervisor::new(driver, activity).run(desired_rx, supervisor_stop.clone()));
 
     let state = Arc::new(AppState {
         registry,

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::activity::{Activity, Seen, Stopping};
 use crate::configs::{ConfigData, Registry};
 use crate::metrics::Metrics;
 use crate::user_server::{Health, HealthState, Outcome, UserServer};
@@ -32,8 +33,9 @@ pub struct Shared {
 pub(crate) enum Command {
     /// Run this value (new key, or a changed value).
     Apply(String),
-    /// The key was removed.
-    Remove,
+    /// The key was removed; unfinished until the ticket is dropped, after the
+    /// stop.
+    Remove(Stopping),
 }
 
 struct Handle {
@@ -54,15 +56,18 @@ pub struct Supervisor {
     handles: HashMap<String, Handle>,
     tasks: JoinSet<()>,
     stop_all: CancellationToken,
+    /// What it has taken in and not yet stopped, for sharing to read.
+    activity: Arc<Activity>,
 }
 
 impl Supervisor {
-    pub fn new(driver: Driver) -> Self {
+    pub fn new(driver: Driver, activity: Arc<Activity>) -> Self {
         Supervisor {
             driver,
             handles: HashMap::new(),
             tasks: JoinSet::new(),
             stop_all: CancellationToken::new(),
+            activity,
         }
     }
 
@@ -73,24 +78,35 @@ impl Supervisor {
         mut snapshots: watch::Receiver<Arc<Snapshot>>,
         cancel: CancellationToken,
     ) {
-        let first = snapshots.borrow_and_update().clone();
-        self.reconcile(&first);
+        self.apply_newest(&mut snapshots);
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 changed = snapshots.changed() => {
                     if changed.is_err() { break; }
-                    let snap = snapshots.borrow_and_update().clone();
-                    self.reconcile(&snap);
+                    self.apply_newest(&mut snapshots);
                 }
             }
         }
         self.stop_all.cancel();
         self.handles.clear();
         while self.tasks.join_next().await.is_some() {}
+        // Every task has stopped its configuration and ended.
+        self.activity.lock().applied([]);
     }
 
-    fn reconcile(&mut self, desired: &Snapshot) {
+    /// Takes the newest snapshot and acts on it, all under the activity's
+    /// lock: whoever asks whether a configuration is quiet sees either the
+    /// snapshot before this one or this one with its removals sent.
+    fn apply_newest(&mut self, snapshots: &mut watch::Receiver<Arc<Snapshot>>) {
+        let activity = self.activity.clone();
+        let mut seen = activity.lock();
+        let desired = snapshots.borrow_and_update().clone();
+        self.reconcile(&desired, &mut seen);
+        seen.applied(desired.keys().cloned());
+    }
+
+    fn reconcile(&mut self, desired: &Snapshot, seen: &mut Seen) {
         for (src, value) in desired {
             match self.handles.get_mut(src) {
                 Some(h) if h.value.as_deref() == Some(value.as_str()) => {}
@@ -130,7 +146,7 @@ impl Supervisor {
         for (src, h) in self.handles.iter_mut() {
             if h.value.is_some() && !desired.contains_key(src) {
                 h.value = None;
-                let _ = h.tx.send(Command::Remove);
+                let _ = h.tx.send(Command::Remove(seen.stopping(src)));
             }
         }
     }
@@ -207,7 +223,7 @@ impl ConfigTask {
                         self.rejected = false;
                         self.backoff.reset();
                     }
-                    Some(Command::Remove) => {
+                    Some(Command::Remove(_stopping)) => {
                         self.stop_current("removed").await;
                         self.current = None;
                         self.rejected = false;

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """A user server for tests, in Python's standard library only. Each configuration's
-value is JSON: {"count": N, "interval_ms": M, "reject": bool}. On /start it posts a
-running notice and then N events (forever without "count") carrying
-{"src", "seq", "id", "timeID"}; it honours 503 + Retry-After and retries until the
-event is acknowledged. Every start, stop and acknowledged event is appended to
---journal as a JSON line, which is what the tests compare against the sensor."""
+value is JSON: {"count": N, "interval_ms": M, "reject": bool, "stop_delay_ms": D}.
+On /start it posts a running notice and then N events (forever without "count")
+carrying {"src", "seq", "id", "timeID"}; it honours 503 + Retry-After and retries
+until the event is acknowledged. A /stop takes D ms (default 0), the configuration
+running until then, as a server that must drain something would. Every start, stop
+(when done) and acknowledged event is appended to --journal as a JSON line, which
+is what the tests compare against the sensor."""
 import argparse
 import base64
 import json
@@ -94,6 +96,12 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         data = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
         op = self.path.strip("/")
+        if op == "stop":
+            try:
+                delay = json.loads(data.get("config") or "{}").get("stop_delay_ms", 0)
+            except (ValueError, AttributeError):
+                delay = 0
+            time.sleep(delay / 1000.0)
         journal(op=op, auth=self.headers.get("Authorization"), **data)
         if op == "start":
             try:

@@ -303,6 +303,42 @@ async fn a_replica_that_joins_takes_its_share_and_one_that_leaves_hands_it_back(
     ]);
 }
 
+/// A user server whose `/stop` takes two leases (it drains something first):
+/// the claim is renewed until the stop is done, whether the configuration is
+/// given back to rebalance or the replica is shutting down, and only then does
+/// another replica start it.
+#[tokio::test]
+async fn a_stop_slower_than_the_lease_keeps_the_claim_until_it_is_done() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = NatsServer::start(dir.path()).await;
+    let slow = LEASE * 2;
+    let value = format!(
+        r#"{{"interval_ms": 200, "stop_delay_ms": {}}}"#,
+        slow.as_millis()
+    );
+    let list: Vec<(String, String)> = (0..2)
+        .map(|i| (format!("slow-{i}"), value.clone()))
+        .collect();
+    let mut a = sharing("r-a", &nats, &list);
+    a.processor_env
+        .push(("SHUTDOWN_TIMEOUT".into(), "20s".into()));
+    a.start_all().await;
+    balanced(&[("r-a", &a)], 2, 2).await;
+    // B joins: A gives one back, which B starts only once A's stop is done.
+    let b = replica("r-b", &nats, &list).await;
+    balanced(&[("r-a", &a), ("r-b", &b)], 2, 1).await;
+    // SIGTERM: A stops the other one, renewing its claim meanwhile.
+    let pc = a.processor.as_mut().expect("processor");
+    pc.signal(libc::SIGTERM);
+    let status = pc.wait_exit(Duration::from_secs(30)).await.expect("exits");
+    assert!(status.success(), "{status:?}");
+    balanced(&[("r-b", &b)], 2, 2).await;
+    let stops = a.journal().iter().filter(|e| e["op"] == "stop").count();
+    assert_eq!(stops, 2, "A stopped both, slowly");
+    assert_never_twice(&[("r-a", a.journal(), None), ("r-b", b.journal(), None)]);
+}
+
 #[tokio::test]
 async fn a_frozen_replica_forwards_nothing_after_its_claims_lapsed_and_stops_at_once() {
     let _one = ONE_AT_A_TIME.lock().await;

@@ -92,7 +92,8 @@ impl StreamTask {
                     self.stopped("the processor-client is shutting down");
                     return;
                 }
-                Some(Command::Remove) => self.stopped("removed"),
+                // The call was cancelled above; the ticket goes with this arm.
+                Some(Command::Remove(_stopping)) => self.stopped("removed"),
                 Some(Command::Apply(value)) => {
                     let data = ConfigData::new(&self.src, &value);
                     self.shared.registry.starting(&data, "opening the stream");

@@ -19,12 +19,14 @@
 //! down, a partition) or was frozen (SIGSTOP, a paused VM) forwards nothing of
 //! what another replica may already run.
 
+mod handover;
 mod keys;
 pub mod plan;
 mod round;
 
+use handover::handover;
 use keys::{claim_key, REPLICAS};
-use round::{handover, tick};
+use round::{renew, tick};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -37,6 +39,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::activity::Activity;
 use crate::configs::Registry;
 use crate::metrics::Metrics;
 use crate::watch::Snapshot;
@@ -156,6 +159,35 @@ impl Sharing {
             .collect()
     }
 
+    /// The claims held, with their revisions, to renew.
+    fn held_revisions(&self) -> Vec<(String, u64)> {
+        self.held()
+            .iter()
+            .map(|(s, h)| (s.clone(), h.revision))
+            .collect()
+    }
+
+    /// After a renewal sent at `valid_until` less 0.7 lease: keeps exactly
+    /// the claims `renewed`, at their new revisions, until then.
+    fn keep_renewed(&self, renewed: &HashMap<String, u64>, valid_until: Instant) {
+        let mut held = self.held();
+        let before = held.len();
+        held.retain(|src, _| renewed.contains_key(src));
+        self.metrics
+            .sharing
+            .losses
+            .inc_by((before - held.len()) as u64);
+        for (src, revision) in renewed {
+            held.insert(
+                src.clone(),
+                Held {
+                    revision: *revision,
+                    valid_until,
+                },
+            );
+        }
+    }
+
     /// Drops every claim past its deadline; true if any was.
     fn expire(&self) -> bool {
         let now = Instant::now();
@@ -174,13 +206,16 @@ impl Sharing {
     }
 }
 
-/// Keeps this replica's share of the configurations until `cancel`, feeding
-/// the supervisor the ones it holds; then gives every claim back (call it once
-/// the supervisor has stopped them).
+/// Keeps this replica's share of the configurations until `stop_claiming`,
+/// feeding the supervisor the ones it holds; then renews what it holds until
+/// `release` (cancel it once the supervisor has stopped them) and gives back
+/// every claim whose configuration `activity` says is quiet.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     sharing: Arc<Sharing>,
     settings: Settings,
     registry: Arc<Registry>,
+    activity: Arc<Activity>,
     mut all: watch::Receiver<Arc<Snapshot>>,
     desired: watch::Sender<Arc<Snapshot>>,
     stop_claiming: CancellationToken,
@@ -232,6 +267,7 @@ pub async fn run(
         return;
     };
     let period = settings.lease / 4;
+    let mut handovers = tokio::task::JoinSet::new();
     loop {
         let snapshot = all.borrow_and_update().clone();
         match tokio::time::timeout(period, tick(&sharing, &store, &snapshot, &registry)).await {
@@ -240,13 +276,15 @@ pub async fn run(
                 // Off the loop: waiting for configurations to stop must not
                 // delay the next round's renewals.
                 if !releases.is_empty() {
-                    tokio::spawn(handover(
+                    handovers.spawn(handover(
                         sharing.clone(),
                         store.clone(),
                         registry.clone(),
+                        activity.clone(),
                         releases,
                     ));
                 }
+                while handovers.try_join_next().is_some() {}
             }
             Ok(Err(e)) => {
                 sharing.forget_view();
@@ -263,22 +301,43 @@ pub async fn run(
             _ = tokio::time::sleep(period) => {}
         }
     }
-    // Shutdown: the supervisor stops the configurations; then the claims go
-    // back at once, so the other replicas take them without waiting a lease.
-    release.cancelled().await;
+    // Shutdown: the supervisor stops the configurations, the claims renewed
+    // meanwhile however long that takes (their events are still forwarded);
+    // then they go back at once, so the other replicas take them without
+    // waiting a lease.
+    loop {
+        tokio::select! {
+            _ = release.cancelled() => break,
+            _ = tokio::time::sleep(period) => {}
+        }
+        let sent = Instant::now();
+        let held = sharing.held_revisions();
+        // With NATS away a renewal waits for JetStream's timeout; the claims
+        // go back as soon as the supervisor is done, not after it.
+        tokio::select! {
+            _ = release.cancelled() => break,
+            renewed = renew(&sharing, &store, &registry, &held) => {
+                sharing.keep_renewed(&renewed, sent + settings.lease.mul_f64(0.7));
+            }
+        }
+    }
     let _ = watchdog.await;
     let held: Vec<(String, u64)> = sharing
         .held()
         .drain()
         .map(|(s, h)| (s, h.revision))
         .collect();
-    // All at once: with NATS away each waits for JetStream's request timeout,
-    // and one after another they would use up the shutdown deadline.
+    // Only what has stopped here: a configuration the supervisor could not
+    // stop in time keeps its claim until it lapses.
     let claims = held
         .iter()
+        .filter(|(src, _)| activity.is_quiet(src))
         .map(|(src, revision)| store.delete_expect_revision(claim_key(src), Some(*revision)));
     let presence = store.delete(format!("{REPLICAS}{}", sharing.replica));
-    let _ = futures::future::join(futures::future::join_all(claims), presence).await;
+    // All at once: with NATS away each waits for JetStream's request timeout,
+    // and one after another they would use up the shutdown deadline.
+    let given_back = async { while handovers.join_next().await.is_some() {} };
+    let _ = tokio::join!(futures::future::join_all(claims), presence, given_back);
     tracing::info!("claims handed back");
 }
 

@@ -1,10 +1,8 @@
 //! One round of sharing, every quarter lease: announce, renew, read the
-//! bucket, plan, claim; and the hand-over of a claim once its configuration
-//! has stopped here.
+//! bucket, plan, claim.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
@@ -15,6 +13,42 @@ use super::keys::{claim_key, src_of, CLAIMS, REPLICAS};
 use super::{plan, ClaimValue, Held, Sharing};
 use crate::configs::{Phase, Registry};
 use crate::watch::Snapshot;
+
+/// What a claim of this replica on `src` says: its owner, and its phase here.
+pub(super) fn claim_body(sharing: &Sharing, registry: &Registry, src: &str) -> Bytes {
+    let phase = registry
+        .phase_of(src)
+        .map_or("Pending", Phase::as_str)
+        .to_owned();
+    let value = ClaimValue {
+        owner: sharing.replica.clone(),
+        phase,
+    };
+    Bytes::from(serde_json::to_vec(&value).unwrap_or_default())
+}
+
+/// Renews the claims `held` (each compare-and-set on its revision), all at
+/// once; returns the new revisions of those renewed.
+pub(super) async fn renew(
+    sharing: &Sharing,
+    store: &kv::Store,
+    registry: &Registry,
+    held: &[(String, u64)],
+) -> HashMap<String, u64> {
+    let renewals = futures::future::join_all(held.iter().map(|(src, revision)| {
+        let body = claim_body(sharing, registry, src);
+        async move { (src, store.update(claim_key(src), body, *revision).await) }
+    }))
+    .await;
+    let mut renewed = HashMap::new();
+    for (src, result) in renewals {
+        if let Ok(revision) = result {
+            renewed.insert(src.clone(), revision);
+            sharing.metrics.sharing.renewals.inc();
+        }
+    }
+    renewed
+}
 
 /// One round: announce, read, renew, claim. Returns the claims to hand over,
 /// already dropped locally (their configurations are stopping).
@@ -27,38 +61,14 @@ pub(super) async fn tick(
     let sent = Instant::now();
     let valid_until = sent + sharing.lease.mul_f64(0.7);
     let me = sharing.replica.clone();
-    let claim_body = |src: &str| {
-        let phase = registry
-            .phase_of(src)
-            .map_or("Pending", Phase::as_str)
-            .to_owned();
-        let value = ClaimValue {
-            owner: me.clone(),
-            phase,
-        };
-        Bytes::from(serde_json::to_vec(&value).unwrap_or_default())
-    };
     // First and all at once: announce this replica and renew what it holds,
     // so that a slow read of the bucket below never delays a renewal.
-    let held: Vec<(String, u64)> = sharing
-        .held()
-        .iter()
-        .map(|(s, h)| (s.clone(), h.revision))
-        .collect();
-    let renewals = futures::future::join_all(held.iter().map(|(src, revision)| {
-        let body = claim_body(src);
-        async move { (src, store.update(claim_key(src), body, *revision).await) }
-    }));
-    let (announced, renewals) =
-        tokio::join!(store.put(format!("{REPLICAS}{me}"), Bytes::new()), renewals);
+    let held = sharing.held_revisions();
+    let (announced, mut renewed) = tokio::join!(
+        store.put(format!("{REPLICAS}{me}"), Bytes::new()),
+        renew(sharing, store, registry, &held)
+    );
     announced.map_err(|e| e.to_string())?;
-    let mut renewed: HashMap<String, u64> = HashMap::new();
-    for (src, result) in renewals {
-        if let Ok(revision) = result {
-            renewed.insert(src.clone(), revision);
-            sharing.metrics.sharing.renewals.inc();
-        }
-    }
     // Then the whole bucket: who is live, and who holds what.
     let keys: Vec<String> = store
         .keys()
@@ -108,31 +118,17 @@ pub(super) async fn tick(
         .collect();
     for (src, revision) in orphans {
         if let Ok(revision) = store
-            .update(claim_key(&src), claim_body(&src), revision)
+            .update(
+                claim_key(&src),
+                claim_body(sharing, registry, &src),
+                revision,
+            )
             .await
         {
             renewed.insert(src, revision);
         }
     }
-    {
-        let mut held = sharing.held();
-        let before = held.len();
-        held.retain(|src, _| renewed.contains_key(src));
-        sharing
-            .metrics
-            .sharing
-            .losses
-            .inc_by((before - held.len()) as u64);
-        for (src, revision) in &renewed {
-            held.insert(
-                src.clone(),
-                Held {
-                    revision: *revision,
-                    valid_until,
-                },
-            );
-        }
-    }
+    sharing.keep_renewed(&renewed, valid_until);
     // Claims being given back count as nobody's here: neither claimable nor
     // part of this replica's share.
     let owners: BTreeMap<String, String> = claims
@@ -204,38 +200,4 @@ pub(super) async fn tick(
         .owned
         .set(sharing.held().len() as i64);
     Ok(releases)
-}
-
-/// Gives claims back once their configurations have stopped here, so the
-/// replica that takes them never runs them at the same time as this one.
-pub(super) async fn handover(
-    sharing: Arc<Sharing>,
-    store: kv::Store,
-    registry: Arc<Registry>,
-    releases: Vec<(String, u64)>,
-) {
-    let (sharing, store, registry) = (&*sharing, &store, &*registry);
-    for (src, revision) in releases {
-        let deadline = Instant::now() + sharing.lease / 2;
-        while registry
-            .phase_of(&src)
-            .is_some_and(|p| p != Phase::Stopped && p != Phase::Error)
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if store
-            .delete_expect_revision(claim_key(&src), Some(revision))
-            .await
-            .is_ok()
-        {
-            sharing.metrics.sharing.handovers.inc();
-            tracing::info!(%src, "handed over");
-        }
-        sharing
-            .releasing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&src);
-    }
 }
