@@ -18,20 +18,7 @@ const ROUND_SECS: f64 = 3.0;
 pub(super) async fn measure_ingress(size: usize, s: &Settings) -> (Vec<Row>, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = NatsServer::start(dir.path()).await;
-    let client = async_nats::connect(nats.url()).await.expect("nats");
-    let mut requests = client.subscribe("h8s.>").await.expect("subscribe");
-    let responder = client.clone();
-    tokio::spawn(async move {
-        use futures::StreamExt as _;
-        while let Some(m) = requests.next().await {
-            if let Some(reply) = m.reply {
-                let _ = responder
-                    .publish(reply, Bytes::from_static(br#"{"id":"x"}"#))
-                    .await;
-            }
-        }
-    });
-    client.flush().await.expect("flush");
+    super::responder::start(&nats.url()).await;
 
     let this = || Command::new(std::env::current_exe().expect("exe"));
     let bare_port = free_port();

@@ -26,6 +26,7 @@ mod grpc;
 mod ingress;
 mod load;
 mod measure;
+mod responder;
 mod servers;
 
 use load::*;
