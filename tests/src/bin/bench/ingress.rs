@@ -32,7 +32,13 @@ pub(super) async fn measure_ingress(size: usize, s: &Settings) -> (Vec<Row>, Str
         .env("INGRESS_ADMIN_PORT", admin.to_string())
         .env("INGRESS_LISTEN_ADDRESS", "127.0.0.1")
         .env("NATS_URL", nats.url())
-        .env("RUST_LOG", "warn");
+        .env("RUST_LOG", "warn")
+        // `BENCH_INGRESS_X=v` sets the ingress's `X=v`, to try a setting
+        // without a rebuild.
+        .envs(
+            std::env::vars()
+                .filter_map(|(k, v)| k.strip_prefix("BENCH_INGRESS_").map(|k| (k.to_owned(), v))),
+        );
     let ceiling_port = free_port();
     let mut ceiling = this();
     ceiling
