@@ -95,6 +95,9 @@ pub struct Sharing {
     view: Mutex<BTreeMap<String, ClaimValue>>,
     /// Claims being given back: no longer held, not yet deleted.
     releasing: Mutex<BTreeSet<String>>,
+    /// Of those, the ones (with their revisions) not yet passed on to be
+    /// handed over.
+    released: Mutex<Vec<(String, u64)>>,
     /// Every configuration of the gateway, as of the last round (`None`
     /// before the first).
     configurations: Mutex<Option<Arc<BTreeSet<String>>>>,
@@ -109,6 +112,7 @@ impl Sharing {
             held: Mutex::new(HashMap::new()),
             view: Mutex::new(BTreeMap::new()),
             releasing: Mutex::new(BTreeSet::new()),
+            released: Mutex::new(Vec::new()),
             configurations: Mutex::new(None),
             metrics,
         })
@@ -157,6 +161,11 @@ impl Sharing {
             .filter(|(_, h)| now < h.valid_until)
             .map(|(s, _)| s.clone())
             .collect()
+    }
+
+    /// The claims a round gave up, to hand over now.
+    fn take_released(&self) -> Vec<(String, u64)> {
+        std::mem::take(&mut *self.released.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The claims held, with their revisions, to renew.
@@ -271,21 +280,7 @@ pub async fn run(
     loop {
         let snapshot = all.borrow_and_update().clone();
         match tokio::time::timeout(period, tick(&sharing, &store, &snapshot, &registry)).await {
-            Ok(Ok(releases)) => {
-                publish(&sharing, &snapshot);
-                // Off the loop: waiting for configurations to stop must not
-                // delay the next round's renewals.
-                if !releases.is_empty() {
-                    handovers.spawn(handover(
-                        sharing.clone(),
-                        store.clone(),
-                        registry.clone(),
-                        activity.clone(),
-                        releases,
-                    ));
-                }
-                while handovers.try_join_next().is_some() {}
-            }
+            Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 sharing.forget_view();
                 tracing::warn!(error = %e, "cannot reach the sharing bucket");
@@ -295,6 +290,21 @@ pub async fn run(
                 tracing::warn!("the sharing bucket did not answer in time");
             }
         }
+        // Whatever part of the round was done: the supervisor runs what is
+        // held now, and what was given up goes back once it has stopped,
+        // off the loop, so that waiting for a stop never delays a renewal.
+        publish(&sharing, &snapshot);
+        let releases = sharing.take_released();
+        if !releases.is_empty() {
+            handovers.spawn(handover(
+                sharing.clone(),
+                store.clone(),
+                registry.clone(),
+                activity.clone(),
+                releases,
+            ));
+        }
+        while handovers.try_join_next().is_some() {}
         tokio::select! {
             _ = stop_claiming.cancelled() => break,
             _ = all.changed() => {}

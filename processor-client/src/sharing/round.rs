@@ -50,14 +50,14 @@ pub(super) async fn renew(
     renewed
 }
 
-/// One round: announce, read, renew, claim. Returns the claims to hand over,
-/// already dropped locally (their configurations are stopping).
+/// One round: announce, read, renew, claim. The claims to hand over are
+/// dropped locally and queued on `sharing` (see [`Sharing::take_released`]).
 pub(super) async fn tick(
     sharing: &Sharing,
     store: &kv::Store,
     snapshot: &Snapshot,
     registry: &Registry,
-) -> Result<Vec<(String, u64)>, String> {
+) -> Result<(), String> {
     let sent = Instant::now();
     let valid_until = sent + sharing.lease.mul_f64(0.7);
     let me = sharing.replica.clone();
@@ -150,14 +150,18 @@ pub(super) async fn tick(
         .unwrap_or_else(|p| p.into_inner()) = Some(configs.clone());
     let share = plan::share(configs.len(), &replicas, &me);
     let moves = plan::moves(&me, &configs, &owners, share);
+    // Queued on `sharing`, not returned: whoever runs the round hands them
+    // over even if it gives up on the rest of it (a slow claim below).
     let mut releases = Vec::new();
     {
         let mut held = sharing.held();
         let mut releasing = sharing.releasing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut queued = sharing.released.lock().unwrap_or_else(|p| p.into_inner());
         for src in &moves.release {
             if let Some(h) = held.remove(src) {
                 releasing.insert(src.clone());
-                releases.push((src.clone(), h.revision));
+                queued.push((src.clone(), h.revision));
+                releases.push(src.clone());
             }
         }
     }
@@ -190,7 +194,7 @@ pub(super) async fn tick(
         .filter(|(src, _)| configs.contains(src))
         .map(|(s, (v, _))| (s, v))
         .collect();
-    for (src, _) in &releases {
+    for src in &releases {
         view.remove(src);
     }
     *sharing.view.lock().unwrap_or_else(|p| p.into_inner()) = view;
@@ -199,5 +203,5 @@ pub(super) async fn tick(
         .sharing
         .owned
         .set(sharing.held().len() as i64);
-    Ok(releases)
+    Ok(())
 }
