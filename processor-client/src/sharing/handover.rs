@@ -11,7 +11,7 @@ use async_nats::jetstream::kv;
 use tokio::time::Instant;
 
 use super::keys::claim_key;
-use super::round::claim_body;
+use super::round::renew;
 use super::Sharing;
 use crate::activity::Activity;
 use crate::configs::Registry;
@@ -52,21 +52,10 @@ async fn give_back(
     while !activity.is_quiet(&src) {
         if Instant::now() >= renew_at {
             renew_at = Instant::now() + period;
-            match store
-                .update(
-                    claim_key(&src),
-                    claim_body(sharing, registry, &src),
-                    revision,
-                )
-                .await
-            {
-                Ok(next) => {
-                    revision = next;
-                    sharing.metrics.sharing.renewals.inc();
-                }
-                Err(e) => {
-                    tracing::warn!(%src, error = %e, "cannot renew a claim being given back")
-                }
+            let renewed = renew(sharing, store, registry, &[(src.clone(), revision)]).await;
+            match renewed.get(&src) {
+                Some(next) => revision = *next,
+                None => tracing::warn!(%src, "cannot renew a claim being given back"),
             }
         }
         tokio::time::sleep(POLL).await;

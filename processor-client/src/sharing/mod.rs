@@ -176,9 +176,16 @@ impl Sharing {
             .collect()
     }
 
-    /// After a renewal sent at `valid_until` less 0.7 lease: keeps exactly
-    /// the claims `renewed`, at their new revisions, until then.
-    fn keep_renewed(&self, renewed: &HashMap<String, u64>, valid_until: Instant) {
+    /// How long a claim renewed (or made) at `sent` is held here: 0.7 of the
+    /// lease, so it is dropped before the entry can lapse in the bucket.
+    fn valid_until(&self, sent: Instant) -> Instant {
+        sent + self.lease.mul_f64(0.7)
+    }
+
+    /// After a renewal sent at `sent`: keeps exactly the claims `renewed`, at
+    /// their new revisions, until [`Sharing::valid_until`] of it.
+    fn keep_renewed(&self, renewed: &HashMap<String, u64>, sent: Instant) {
+        let valid_until = self.valid_until(sent);
         let mut held = self.held();
         let before = held.len();
         held.retain(|src, _| renewed.contains_key(src));
@@ -230,22 +237,6 @@ pub async fn run(
     stop_claiming: CancellationToken,
     release: CancellationToken,
 ) {
-    let publish = |sharing: &Sharing, all: &Snapshot| {
-        let owned = sharing.owned();
-        let mine: Snapshot = all
-            .iter()
-            .filter(|(k, _)| owned.contains(k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        desired.send_if_modified(|current| {
-            if **current == mine {
-                false
-            } else {
-                *current = Arc::new(mine);
-                true
-            }
-        });
-    };
     let watchdog = {
         let sharing = sharing.clone();
         let all = all.clone();
@@ -259,14 +250,8 @@ pub async fn run(
                     _ = tick.tick() => {}
                 }
                 if sharing.expire() {
-                    let owned = sharing.owned();
-                    let mine: Snapshot = all
-                        .borrow()
-                        .iter()
-                        .filter(|(k, _)| owned.contains(k.as_str()))
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect();
-                    let _ = desired.send(Arc::new(mine));
+                    let all = all.borrow().clone();
+                    publish(&sharing, &all, &desired);
                 }
             }
         })
@@ -293,7 +278,7 @@ pub async fn run(
         // Whatever part of the round was done: the supervisor runs what is
         // held now, and what was given up goes back once it has stopped,
         // off the loop, so that waiting for a stop never delays a renewal.
-        publish(&sharing, &snapshot);
+        publish(&sharing, &snapshot, &desired);
         let releases = sharing.take_released();
         if !releases.is_empty() {
             handovers.spawn(handover(
@@ -327,7 +312,7 @@ pub async fn run(
         tokio::select! {
             _ = release.cancelled() => break,
             renewed = renew(&sharing, &store, &registry, &held) => {
-                sharing.keep_renewed(&renewed, sent + settings.lease.mul_f64(0.7));
+                sharing.keep_renewed(&renewed, sent);
             }
         }
     }
@@ -349,6 +334,25 @@ pub async fn run(
     let given_back = async { while handovers.join_next().await.is_some() {} };
     let _ = tokio::join!(futures::future::join_all(claims), presence, given_back);
     tracing::info!("claims handed back");
+}
+
+/// Tells the supervisor to run the configurations of `all` this replica
+/// holds now (nothing if that has not changed).
+fn publish(sharing: &Sharing, all: &Snapshot, desired: &watch::Sender<Arc<Snapshot>>) {
+    let owned = sharing.owned();
+    let mine: Snapshot = all
+        .iter()
+        .filter(|(k, _)| owned.contains(k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    desired.send_if_modified(|current| {
+        if **current == mine {
+            false
+        } else {
+            *current = Arc::new(mine);
+            true
+        }
+    });
 }
 
 /// Connects and opens (or creates) the bucket, retrying until it works.

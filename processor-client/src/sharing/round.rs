@@ -15,7 +15,7 @@ use crate::configs::{Phase, Registry};
 use crate::watch::Snapshot;
 
 /// What a claim of this replica on `src` says: its owner, and its phase here.
-pub(super) fn claim_body(sharing: &Sharing, registry: &Registry, src: &str) -> Bytes {
+fn claim_body(sharing: &Sharing, registry: &Registry, src: &str) -> Bytes {
     let phase = registry
         .phase_of(src)
         .map_or("Pending", Phase::as_str)
@@ -59,7 +59,7 @@ pub(super) async fn tick(
     registry: &Registry,
 ) -> Result<(), String> {
     let sent = Instant::now();
-    let valid_until = sent + sharing.lease.mul_f64(0.7);
+    let valid_until = sharing.valid_until(sent);
     let me = sharing.replica.clone();
     // First and all at once: announce this replica and renew what it holds,
     // so that a slow read of the bucket below never delays a renewal.
@@ -116,19 +116,8 @@ pub(super) async fn tick(
         })
         .map(|(s, (_, r))| (s.clone(), *r))
         .collect();
-    for (src, revision) in orphans {
-        if let Ok(revision) = store
-            .update(
-                claim_key(&src),
-                claim_body(sharing, registry, &src),
-                revision,
-            )
-            .await
-        {
-            renewed.insert(src, revision);
-        }
-    }
-    sharing.keep_renewed(&renewed, valid_until);
+    renewed.extend(renew(sharing, store, registry, &orphans).await);
+    sharing.keep_renewed(&renewed, sent);
     // Claims being given back count as nobody's here: neither claimable nor
     // part of this replica's share.
     let owners: BTreeMap<String, String> = claims
