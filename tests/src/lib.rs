@@ -160,7 +160,6 @@ pub enum UserServerKind {
 /// A whole local gateway: transformer, processor-client, a user server and a sensor,
 /// each a real process on its own free port, plus the files they share.
 pub struct Gateway {
-    pub dir: tempfile::TempDir,
     pub config_dir: PathBuf,
     pub journal: PathBuf,
     pub sensor_out: PathBuf,
@@ -183,6 +182,9 @@ pub struct Gateway {
     pub sensor: Option<Proc>,
     configs: Mutex<BTreeMap<String, String>>,
     pub http: reqwest::Client,
+    /// Last, so it is removed after the processes above: a failing test
+    /// prints their logs from it as they drop.
+    pub dir: tempfile::TempDir,
 }
 
 impl Gateway {
