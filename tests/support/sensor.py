@@ -63,14 +63,16 @@ class Handler(BaseHTTPRequestHandler):
         data = event.get_data()
         if isinstance(data, (bytes, bytearray)):
             data = {"base64": base64.b64encode(data).decode()}
-        time = event.get_time()
+        # Not `time`: that name would be local to the whole function, and the
+        # hold loop above would fail on it with UnboundLocalError.
+        sent_at = event.get_time()
         record({
             "id": event.get_id(),
             "source": event.get_source(),
             "type": event.get_type(),
             "specversion": event.get_specversion(),
             "subject": event.get_subject(),
-            "time": time.isoformat() if time else None,
+            "time": sent_at.isoformat() if sent_at else None,
             "datacontenttype": event.get_datacontenttype(),
             "traceparent": headers.get("traceparent"),
             "mode": "structured" if headers.get("content-type", "").startswith("application/cloudevents+json") else "binary",
