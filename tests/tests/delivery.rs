@@ -414,6 +414,54 @@ async fn a_full_queue_holds_the_request_until_there_is_room() {
     assert_eq!(g.metric(&tr, "transformer_admission_waiting").await, 0.0);
 }
 
+/// A producer already waiting for room when the sensor starts failing is
+/// refused then, not held for the rest of TRANSFORMER_ADMIT_WAIT.
+#[tokio::test]
+async fn a_waiting_request_is_refused_when_the_sensor_starts_failing() {
+    let mut g = Gateway::new(UserServerKind::Python);
+    for (k, v) in [
+        ("TRANSFORMER_QUEUE_CAPACITY", "1"),
+        ("WATCHER_CONCURRENCY", "1"),
+        ("TRANSFORMER_ADMIT_WAIT", "10m"),
+        ("WATCHER_TIMEOUT", "10m"),
+    ] {
+        g.transformer_env.push((k.into(), v.into()));
+    }
+    std::fs::write(&g.hold_file, "").expect("hold file");
+    g.start_sensor().await;
+    g.start_transformer().await;
+    assert_eq!(post_to_transformer(&g, "1").await, 200);
+    let second = tokio::spawn({
+        let (http, url) = (g.http.clone(), g.tr_url("/"));
+        async move { post_with(&http, &url, "2").await }
+    });
+    let tr = g.tr_url("/metrics");
+    wait_for("the second request waiting for room", || async {
+        (g.metric(&tr, "transformer_admission_waiting").await == 1.0).then_some(())
+    })
+    .await;
+    // The held delivery now fails: the lane retries, and no room is coming.
+    std::fs::write(&g.fail_file, "").expect("fail file");
+    std::fs::remove_file(&g.hold_file).expect("release the sensor");
+    let refused = tokio::time::timeout(Duration::from_secs(60), second)
+        .await
+        .expect("a refusal, not a wait")
+        .expect("second request");
+    assert_eq!(refused, 503);
+    std::fs::remove_file(&g.fail_file).expect("the sensor recovers");
+    let got = wait_for("the accepted event at the sensor", || async {
+        let got: Vec<String> = g
+            .sensor_events()
+            .iter()
+            .map(|e| e["data"].to_string())
+            .collect();
+        (!got.is_empty()).then_some(got)
+    })
+    .await;
+    assert_eq!(got, ["1"]);
+    assert_eq!(g.metric(&tr, "transformer_admission_waiting").await, 0.0);
+}
+
 /// A full queue whose sensor is failing will not make room soon: the producer
 /// gets its 503 at once, however long TRANSFORMER_ADMIT_WAIT is.
 #[tokio::test]

@@ -89,7 +89,7 @@ pub(super) const QUEUE_MAX_BYTES: Var = Var::new(
 pub(super) const ADMIT_WAIT: Var = Var::new(
     "TRANSFORMER_ADMIT_WAIT",
     "500ms",
-    "how long a request may wait for room in a full queue before it is answered 503 (no wait while that queue's watcher is failing)",
+    "how long a request may wait for room in a full queue before it is answered 503 (no wait while that queue's watcher is failing; a wait ends in 503 when it starts failing)",
 );
 pub(super) const DURABLE: Var = Var::new(
     "TRANSFORMER_DURABLE",

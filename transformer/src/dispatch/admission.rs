@@ -96,6 +96,12 @@ impl Slots {
         self.room.notify_one();
     }
 
+    /// Wakes every producer waiting for room here, to look again: one of the
+    /// watcher's lanes has started failing, and its producers are refused.
+    pub fn wake_waiters(&self) {
+        self.room.notify_waiters();
+    }
+
     #[cfg(test)]
     fn depth(&self) -> usize {
         self.depth.load(Ordering::Relaxed)
@@ -165,20 +171,20 @@ impl Admission {
                 },
                 Err((refused, full)) => (refused, Some(full)),
             };
+            // Made before `stalled` is read: a lane that starts failing after the
+            // read wakes every waiter of its watcher (Notify::notify_waiters
+            // reaches a Notified from its making), and a slot freed meanwhile is
+            // kept as a permit; so no wakeup is missed, and each is checked again.
+            let woken = match blocked.1 {
+                Some(i) => targets[i].room.notified(),
+                None => self.budget.freed.notified(),
+            };
             if stalled() || tokio::time::Instant::now() >= deadline {
                 return Err(blocked.0);
             }
             if counted.is_none() {
                 counted = Some(WaitingGuard::new(&self.waiting));
             }
-            // A wakeup that came between the check and here is kept by Notify as
-            // a permit, so none is missed; each wakeup is then checked again.
-            let woken = async {
-                match blocked.1 {
-                    Some(i) => targets[i].room.notified().await,
-                    None => self.budget.freed.notified().await,
-                }
-            };
             if tokio::time::timeout_at(deadline, woken).await.is_err() {
                 return Err(blocked.0);
             }
@@ -335,6 +341,35 @@ mod tests {
             .reserve(&[&w], || false, 1, Duration::from_millis(20))
             .await;
         assert!(matches!(timed_out, Err(Refused::Full { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_wait_ends_in_a_refusal_when_the_lane_starts_failing() {
+        let a = admission(usize::MAX);
+        let w = Slots::new("a", 1);
+        a.reserve(&[&w], || false, 1, NOW).await.unwrap();
+        let stalled = std::sync::atomic::AtomicBool::new(false);
+        let targets = [&*w];
+        let waiting = a.reserve(
+            &targets,
+            || stalled.load(Ordering::Relaxed),
+            1,
+            Duration::from_secs(600),
+        );
+        let failing = async {
+            while a.waiting.get() == 0 {
+                tokio::task::yield_now().await;
+            }
+            stalled.store(true, Ordering::Relaxed);
+            w.wake_waiters();
+        };
+        let (refused, ()) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(waiting, failing)
+        })
+        .await
+        .expect("refused at once, not held for the whole wait");
+        assert!(matches!(refused, Err(Refused::Full { .. })));
+        assert_eq!(w.depth(), 1, "the refused wait took no slot");
     }
 
     #[test]

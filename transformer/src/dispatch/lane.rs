@@ -134,8 +134,14 @@ impl LaneWorker {
                 r = self.sink.deliver(event) => r,
             };
             let attempts = backoff.attempts() + 1;
-            self.stalled
-                .store(matches!(&result, Err(e) if e.retryable), Ordering::Relaxed);
+            let stalled = matches!(&result, Err(e) if e.retryable);
+            if stalled && !self.stalled.swap(true, Ordering::Relaxed) {
+                // Producers already waiting for room would otherwise wait out
+                // TRANSFORMER_ADMIT_WAIT for room that is not coming.
+                self.slots.wake_waiters();
+            } else if !stalled {
+                self.stalled.store(false, Ordering::Relaxed);
+            }
             match result {
                 Ok(()) => return Outcome::Delivered,
                 Err(DeliveryError {
