@@ -18,7 +18,6 @@ both are parsed with the official CloudEvents SDK.
 import argparse
 import asyncio
 import base64
-import datetime
 import json
 import sys
 

@@ -10,7 +10,6 @@ import base64
 import json
 import os
 import threading
-import time
 import urllib.error
 import urllib.request
 
