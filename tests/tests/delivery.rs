@@ -368,6 +368,37 @@ async fn flood_against_a_dead_sensor_stays_bounded_and_loses_nothing() {
 /// until there is room, rather than answering 503 at once.
 #[tokio::test]
 async fn a_full_queue_holds_the_request_until_there_is_room() {
+    let (g, second, tr) = a_second_request_waiting_for_room().await;
+    std::fs::remove_file(&g.hold_file).expect("release the sensor");
+    assert_eq!(second.await.expect("second request"), 200);
+    let got = sensor_data(&g, 2, "both events at the sensor").await;
+    assert_eq!(got, ["1", "2"], "delivered in the order accepted");
+    assert_eq!(g.metric(&tr, "transformer_admission_waiting").await, 0.0);
+}
+
+/// A producer already waiting for room when the sensor starts failing is
+/// refused then, not held for the rest of TRANSFORMER_ADMIT_WAIT.
+#[tokio::test]
+async fn a_waiting_request_is_refused_when_the_sensor_starts_failing() {
+    let (g, second, tr) = a_second_request_waiting_for_room().await;
+    // The held delivery now fails: the lane retries, and no room is coming.
+    std::fs::write(&g.fail_file, "").expect("fail file");
+    std::fs::remove_file(&g.hold_file).expect("release the sensor");
+    let refused = tokio::time::timeout(Duration::from_secs(60), second)
+        .await
+        .expect("a refusal, not a wait")
+        .expect("second request");
+    assert_eq!(refused, 503);
+    std::fs::remove_file(&g.fail_file).expect("the sensor recovers");
+    let got = sensor_data(&g, 1, "the accepted event at the sensor").await;
+    assert_eq!(got, ["1"]);
+    assert_eq!(g.metric(&tr, "transformer_admission_waiting").await, 0.0);
+}
+
+/// A queue of one whose first event the sensor holds unanswered (until the
+/// hold file goes), and a second request waiting for room behind it: the
+/// gateway, that request's answer to come, and the transformer's metrics URL.
+async fn a_second_request_waiting_for_room() -> (Gateway, tokio::task::JoinHandle<u16>, String) {
     let mut g = Gateway::new(UserServerKind::Python);
     for (k, v) in [
         ("TRANSFORMER_QUEUE_CAPACITY", "1"),
@@ -399,67 +430,7 @@ async fn a_full_queue_holds_the_request_until_there_is_room() {
         "the second request was answered, not held: {:?}",
         (&mut second).await
     );
-    std::fs::remove_file(&g.hold_file).expect("release the sensor");
-    assert_eq!(second.await.expect("second request"), 200);
-    let got = wait_for("both events at the sensor", || async {
-        let got: Vec<String> = g
-            .sensor_events()
-            .iter()
-            .map(|e| e["data"].to_string())
-            .collect();
-        (got.len() == 2).then_some(got)
-    })
-    .await;
-    assert_eq!(got, ["1", "2"], "delivered in the order accepted");
-    assert_eq!(g.metric(&tr, "transformer_admission_waiting").await, 0.0);
-}
-
-/// A producer already waiting for room when the sensor starts failing is
-/// refused then, not held for the rest of TRANSFORMER_ADMIT_WAIT.
-#[tokio::test]
-async fn a_waiting_request_is_refused_when_the_sensor_starts_failing() {
-    let mut g = Gateway::new(UserServerKind::Python);
-    for (k, v) in [
-        ("TRANSFORMER_QUEUE_CAPACITY", "1"),
-        ("WATCHER_CONCURRENCY", "1"),
-        ("TRANSFORMER_ADMIT_WAIT", "10m"),
-        ("WATCHER_TIMEOUT", "10m"),
-    ] {
-        g.transformer_env.push((k.into(), v.into()));
-    }
-    std::fs::write(&g.hold_file, "").expect("hold file");
-    g.start_sensor().await;
-    g.start_transformer().await;
-    assert_eq!(post_to_transformer(&g, "1").await, 200);
-    let second = tokio::spawn({
-        let (http, url) = (g.http.clone(), g.tr_url("/"));
-        async move { post_with(&http, &url, "2").await }
-    });
-    let tr = g.tr_url("/metrics");
-    wait_for("the second request waiting for room", || async {
-        (g.metric(&tr, "transformer_admission_waiting").await == 1.0).then_some(())
-    })
-    .await;
-    // The held delivery now fails: the lane retries, and no room is coming.
-    std::fs::write(&g.fail_file, "").expect("fail file");
-    std::fs::remove_file(&g.hold_file).expect("release the sensor");
-    let refused = tokio::time::timeout(Duration::from_secs(60), second)
-        .await
-        .expect("a refusal, not a wait")
-        .expect("second request");
-    assert_eq!(refused, 503);
-    std::fs::remove_file(&g.fail_file).expect("the sensor recovers");
-    let got = wait_for("the accepted event at the sensor", || async {
-        let got: Vec<String> = g
-            .sensor_events()
-            .iter()
-            .map(|e| e["data"].to_string())
-            .collect();
-        (!got.is_empty()).then_some(got)
-    })
-    .await;
-    assert_eq!(got, ["1"]);
-    assert_eq!(g.metric(&tr, "transformer_admission_waiting").await, 0.0);
+    (g, second, tr)
 }
 
 /// A full queue whose sensor is failing will not make room soon: the producer
@@ -487,16 +458,21 @@ async fn a_full_queue_behind_a_failing_sensor_refuses_at_once() {
         .expect("a refusal, not a wait");
     assert_eq!(refused, 503);
     g.start_sensor().await;
-    let got = wait_for("the accepted event at the sensor", || async {
+    let got = sensor_data(&g, 1, "the accepted event at the sensor").await;
+    assert_eq!(got, ["1"]);
+}
+
+/// The data of the events at the sensor, once there are at least `n`.
+async fn sensor_data(g: &Gateway, n: usize, what: &str) -> Vec<String> {
+    wait_for(what, || async {
         let got: Vec<String> = g
             .sensor_events()
             .iter()
             .map(|e| e["data"].to_string())
             .collect();
-        (!got.is_empty()).then_some(got)
+        (got.len() >= n).then_some(got)
     })
-    .await;
-    assert_eq!(got, ["1"]);
+    .await
 }
 
 async fn post_to_transformer(g: &Gateway, data: &str) -> u16 {
