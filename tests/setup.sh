@@ -25,7 +25,7 @@ command -v nats-server >/dev/null || [[ -x /usr/sbin/nats-server ]] || apt_insta
 { command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]]; } && command -v mosquitto_pub >/dev/null \
   || apt_install mosquitto mosquitto-clients
 [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] || apt_install rabbitmq-server
-if ! python3 -c 'import cloudevents.core.bindings.http, nats, schemathesis, openapi_spec_validator, fastapi_code_generator, fastapi, uvicorn, grpc, grpc_tools, websockets, boto3, moto.server' 2>/dev/null; then
+if ! python3 -c 'import cloudevents.core.bindings.http, nats, schemathesis, openapi_spec_validator, fastapi_code_generator, fastapi, uvicorn, grpc, grpc_tools, websockets, boto3, moto.server, pyflakes' 2>/dev/null; then
   python3 -m pip install -q -r tests/requirements.txt 2>/dev/null \
     || python3 -m pip install -q --break-system-packages -r tests/requirements.txt
 fi
