@@ -17,7 +17,13 @@ const GENERATED: [&str; 2] = [
     "python-generated/app/models.py",
 ];
 
-/// Files under `dir` ending in one of `exts`, outside `node_modules`.
+/// Directories that hold other people's code or build output: installed
+/// packages, a virtualenv a user made beside an example, caches.
+fn foreign(name: &str) -> bool {
+    name.starts_with('.') || ["node_modules", "venv", "__pycache__", "target"].contains(&name)
+}
+
+/// Files under `dir` ending in one of `exts`, outside [`foreign`] directories.
 fn scripts(dir: &Path, exts: &[&str], out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -25,7 +31,11 @@ fn scripts(dir: &Path, exts: &[&str], out: &mut Vec<PathBuf>) {
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
-            if path.file_name().is_some_and(|n| n != "node_modules") {
+            if !path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_none_or(foreign)
+            {
                 scripts(&path, exts, out);
             }
         } else if path
