@@ -40,6 +40,19 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Runs a command to its end and fails the test, with everything it printed,
+/// unless it succeeded; returns its output.
+pub fn run_ok(cmd: &mut Command, what: &str) -> std::process::Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 pub fn support(file: &str) -> PathBuf {
     root().join("tests").join("support").join(file)
 }

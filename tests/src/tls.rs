@@ -79,15 +79,11 @@ fn issue(dir: &std::path::Path, name: &str, subject: &str, ext: &str) {
 }
 
 fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    crate::run_ok(
+        std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir),
+        &format!("openssl {args:?}"),
     );
 }
 

@@ -201,16 +201,12 @@ async fn framework_independent_producer_posts_straight_to_the_transformer() {
     let mut g = Gateway::new(UserServerKind::Python);
     g.start_sensor().await;
     g.start_transformer().await;
-    let out = Command::new("bash")
-        .arg(example("framework-independent/post-event.sh"))
-        .args(["cli-source", r#"{"hello":"world"}"#])
-        .env("TRANSFORMER_PORT", g.tr_port.to_string())
-        .output()
-        .expect("run post-event.sh");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Command::new("bash")
+            .arg(example("framework-independent/post-event.sh"))
+            .args(["cli-source", r#"{"hello":"world"}"#])
+            .env("TRANSFORMER_PORT", g.tr_port.to_string()),
+        "post-event.sh",
     );
     let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let events = g.wait_sensor(1).await;

@@ -10,16 +10,6 @@ fn example(dir: &str) -> std::path::PathBuf {
     root().join("sdk-examples").join(dir)
 }
 
-fn run(cmd: &mut Command, what: &str) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn assert_same(generated: &std::path::Path, committed: &std::path::Path) {
     let a = std::fs::read_to_string(generated)
         .unwrap_or_else(|e| panic!("{}: {e}", generated.display()));
@@ -36,7 +26,7 @@ fn assert_same(generated: &std::path::Path, committed: &std::path::Path) {
 fn python_stub_is_what_fastapi_code_generator_makes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("app");
-    run(
+    run_ok(
         Command::new("bash")
             .arg(example("python-generated").join("generate.sh"))
             .arg(&out),
@@ -56,7 +46,7 @@ fn typescript_types_are_what_openapi_typescript_makes() {
     let node = example("node-typescript");
     for doc in ["user-server", "processor-client"] {
         let out = dir.path().join(format!("{doc}.ts"));
-        run(
+        run_ok(
             Command::new("npx")
                 .current_dir(&node)
                 .arg("openapi-typescript")
@@ -114,7 +104,7 @@ async fn generated_python_user_server_runs_through_the_gateway() {
 #[tokio::test]
 async fn typescript_user_server_runs_through_the_gateway() {
     let node = example("node-typescript");
-    run(Command::new("npx").current_dir(&node).arg("tsc"), "tsc");
+    run_ok(Command::new("npx").current_dir(&node).arg("tsc"), "tsc");
     let g = Gateway::new(UserServerKind::Node);
     let mut cmd = Command::new("node");
     cmd.arg(node.join("dist/server.js"));

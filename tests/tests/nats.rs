@@ -148,15 +148,11 @@ async fn credentials_in_urls_work_and_are_never_shown() {
 async fn a_creds_file_authenticates_with_a_user_jwt_and_nkey() {
     let mut g = Gateway::new(UserServerKind::Python);
     let auth = g.dir.path().join("nats-auth");
-    let made = std::process::Command::new("python3")
-        .arg(support("nats_jwt.py"))
-        .arg(&auth)
-        .output()
-        .expect("run nats_jwt.py");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
+    run_ok(
+        std::process::Command::new("python3")
+            .arg(support("nats_jwt.py"))
+            .arg(&auth),
+        "nats_jwt.py",
     );
     let (conf, creds) = (auth.join("operator.conf"), auth.join("user.creds"));
     let nats = NatsServer::start_with(g.dir.path(), &["-c", &path(&conf)]).await;

@@ -22,15 +22,9 @@ fn documents_are_valid_openapi() {
         "processor-client.yaml",
         "transformer.yaml",
     ] {
-        let out = tool("openapi_spec_validator")
-            .arg(root().join("openapi").join(doc))
-            .output()
-            .expect("run openapi-spec-validator");
-        assert!(
-            out.status.success(),
-            "{doc}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            tool("openapi_spec_validator").arg(root().join("openapi").join(doc)),
+            &format!("openapi-spec-validator {doc}"),
         );
     }
 }

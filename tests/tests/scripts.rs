@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use gateway_tests::root;
+use gateway_tests::{root, run_ok};
 
 /// Generator output, kept byte for byte as the generator writes it (the
 /// generated example's test compares them); not ours to lint.
@@ -62,16 +62,11 @@ fn all(exts: &[&str]) -> Vec<PathBuf> {
 fn python_scripts_pass_pyflakes() {
     let files = all(&["py"]);
     assert!(files.len() >= 10, "found only {files:?}");
-    let out = Command::new("python3")
-        .args(["-m", "pyflakes"])
-        .args(&files)
-        .output()
-        .expect("python3 -m pyflakes (tests/setup.sh installs it)");
-    assert!(
-        out.status.success(),
-        "pyflakes:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new("python3")
+            .args(["-m", "pyflakes"])
+            .args(&files),
+        "pyflakes (tests/setup.sh installs it)",
     );
 }
 
@@ -80,16 +75,9 @@ fn javascript_files_parse() {
     let files = all(&["js", "mjs"]);
     assert!(!files.is_empty());
     for file in files {
-        let out = Command::new("node")
-            .arg("--check")
-            .arg(&file)
-            .output()
-            .expect("node");
-        assert!(
-            out.status.success(),
-            "{}: {}",
-            file.display(),
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            Command::new("node").arg("--check").arg(&file),
+            &format!("node --check {}", file.display()),
         );
     }
 }
