@@ -18,6 +18,7 @@ use lapin::protocol::{AMQPErrorKind, AMQPHardError};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 
+use crate::lost::Lost;
 use crate::message::{self, Forwarded};
 use crate::spec::Spec;
 
@@ -103,6 +104,11 @@ fn classify(context: &str, e: lapin::Error) -> Ended {
     Ended::Lost(format!("{context}: {e}"))
 }
 
+/// A wait on the broker that the connection's loss ended.
+fn gone(context: &str) -> Ended {
+    Ended::Lost(format!("{context}: the connection was lost"))
+}
+
 impl Consumer {
     /// One connection: subscribe, then forward until it ends.
     async fn session(&mut self) -> Ended {
@@ -128,19 +134,20 @@ impl Consumer {
                 Err(_) => return Ended::Lost(format!("no connection within {CONNECT_TIMEOUT:?}")),
             },
         };
+        let lost = Lost::watch(&conn);
         // `consume` watches `stop` itself, so that a message the gateway took
         // is acknowledged before the connection closes.
-        let ended = self.consume(&conn).await;
+        let ended = self.consume(&conn, &lost).await;
         // Closing returns whatever was delivered but not acknowledged to the queue.
         let _ =
             tokio::time::timeout(Duration::from_secs(2), conn.close(200, "stopped".into())).await;
         ended
     }
 
-    async fn consume(&mut self, conn: &Connection) -> Ended {
+    async fn consume(&mut self, conn: &Connection, lost: &Lost) -> Ended {
         let setup = tokio::select! {
             _ = self.stop.cancelled() => return Ended::Stopped,
-            s = subscribe(conn, &self.spec) => s,
+            s = lost.unless(subscribe(conn, &self.spec)) => s.unwrap_or_else(|| Err(gone("subscribe"))),
         };
         let (queue, mut consumer) = match setup {
             Ok(s) => s,
@@ -157,14 +164,15 @@ impl Consumer {
         loop {
             let next = tokio::select! {
                 _ = self.stop.cancelled() => return Ended::Stopped,
-                next = consumer.next() => next,
+                next = lost.unless(consumer.next()) => next,
             };
             let delivery = match next {
-                None => return Ended::Lost("the broker cancelled the consumer".into()),
-                Some(Err(e)) => return classify("delivery", e),
-                Some(Ok(d)) => d,
+                None => return gone("delivery"),
+                Some(None) => return Ended::Lost("the broker cancelled the consumer".into()),
+                Some(Some(Err(e))) => return classify("delivery", e),
+                Some(Some(Ok(d))) => d,
             };
-            if let Some(ended) = self.forward(delivery).await {
+            if let Some(ended) = self.forward(delivery, lost).await {
                 return ended;
             }
         }
@@ -173,7 +181,7 @@ impl Consumer {
     /// Forwards one message and settles it with the broker: acknowledged once
     /// the gateway took it, rejected (to the dead-letter exchange, if the queue
     /// has one) when the gateway refuses it for good. `Some` ends the session.
-    async fn forward(&mut self, delivery: lapin::message::Delivery) -> Option<Ended> {
+    async fn forward(&mut self, delivery: lapin::message::Delivery, lost: &Lost) -> Option<Ended> {
         let (spec, emitter) = (&self.spec, &self.emitter);
         let id = delivery
             .properties
@@ -195,9 +203,10 @@ impl Consumer {
                         multiple: false,
                         requeue: false,
                     };
-                    return match delivery.acker.nack(nack).await {
-                        Ok(_) => None,
-                        Err(e) => Some(classify("basic.nack", e)),
+                    return match lost.unless(delivery.acker.nack(nack)).await {
+                        None => Some(gone("basic.nack")),
+                        Some(Ok(_)) => None,
+                        Some(Err(e)) => Some(classify("basic.nack", e)),
                     };
                 }
             }
@@ -205,8 +214,13 @@ impl Consumer {
                 self.forwarded.insert(id);
             }
         }
-        if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
-            return Some(classify("basic.ack", e));
+        match lost
+            .unless(delivery.acker.ack(BasicAckOptions::default()))
+            .await
+        {
+            None => return Some(gone("basic.ack")),
+            Some(Err(e)) => return Some(classify("basic.ack", e)),
+            Some(Ok(_)) => {}
         }
         self.stop.is_cancelled().then_some(Ended::Stopped)
     }

@@ -8,6 +8,7 @@
 //! connection drops first, the broker gives it out again.
 
 mod consume;
+mod lost;
 pub mod message;
 pub mod spec;
 
