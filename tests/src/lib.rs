@@ -543,6 +543,7 @@ pub struct Reply {
 }
 
 mod checks;
+mod cutter;
 mod nats;
 mod proc;
 mod rabbitmq;
@@ -550,6 +551,7 @@ mod s3;
 mod tls;
 
 pub use checks::{assert_acked_delivered, assert_ordered, event_body, payload};
+pub use cutter::Cutter;
 pub use nats::NatsServer;
 pub use proc::Proc;
 pub use rabbitmq::RabbitMq;
