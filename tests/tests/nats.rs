@@ -1,6 +1,7 @@
 //! NATS dispatch against a real `nats-server` (Debian's, with JetStream) that the
-//! tests start, kill and restart themselves; events are read back with the example
-//! JetStream sensor, which parses them with the official CloudEvents SDK.
+//! tests start, kill, restart and cut off (a relay that resets the connection);
+//! events are read back with the example JetStream sensor, which parses them
+//! with the official CloudEvents SDK.
 
 use std::collections::HashSet;
 use std::process::Command;
@@ -425,6 +426,74 @@ async fn nats_killed_mid_stream_keeps_every_acknowledged_event_in_jetstream() {
         .collect();
     assert_eq!(ids.len(), stored.len(), "no event stored twice");
     assert_ordered(&stored);
+}
+
+/// The transformer's connection to NATS is reset (RST both ways) again and
+/// again while events stream into JetStream, by a relay between the two:
+/// each cut loses whatever publishes and acknowledgements were in flight, and
+/// still every acknowledged event is stored once, in order.
+#[tokio::test]
+async fn connections_to_nats_reset_again_and_again_store_each_event_once_in_order() {
+    const EVENTS: u64 = 600;
+    const EVERY: u64 = 30;
+    let mut g = Gateway::new(UserServerKind::Python);
+    let nats = NatsServer::start(g.dir.path()).await;
+    let cutter = Cutter::start(nats.port).await;
+    let through_cutter = format!("nats://127.0.0.1:{}", cutter.port);
+    for (k, v) in [
+        ("EVENT_PROTOCOL", "NATS"),
+        ("NATS_URL", &through_cutter),
+        ("NATS_TYPE", "Streaming"),
+    ] {
+        g.transformer_env.push((k.into(), v.into()));
+    }
+    g.set_config(
+        "alpha",
+        &format!(r#"{{"count": {EVENTS}, "interval_ms": 2}}"#),
+    );
+    g.start_transformer().await;
+    g.start_user_server().await;
+    g.start_processor().await;
+    let mut cuts = 0;
+    let mut next = EVERY;
+    while next < EVENTS {
+        wait_for(&format!("{next} events in the stream"), || async {
+            (stream_messages(&nats).await >= next).then_some(())
+        })
+        .await;
+        cutter.cut();
+        cuts += 1;
+        next = stream_messages(&nats).await + EVERY;
+    }
+    g.wait_journal("acked", "alpha", EVENTS as usize).await;
+    wait_for(&format!("all {EVENTS} in the stream"), || async {
+        (stream_messages(&nats).await >= EVENTS).then_some(())
+    })
+    .await;
+    assert_eq!(
+        stream_messages(&nats).await,
+        EVENTS,
+        "no event stored twice"
+    );
+    let out = g.dir.path().join("all.jsonl");
+    let _reader = nats_sensor(
+        &g,
+        &nats,
+        &out,
+        &["--stream", "TEST-GATEWAY", "--durable", "all"],
+    );
+    let stored = wait_lines(&out, EVENTS as usize, "reading the stream back").await;
+    let seqs: HashSet<i64> = stored
+        .iter()
+        .map(|e| e["data"]["seq"].as_i64().unwrap_or(-1))
+        .collect();
+    assert_eq!(
+        seqs.len(),
+        EVENTS as usize,
+        "every acknowledged event is in the stream"
+    );
+    assert_ordered(&stored);
+    eprintln!("{cuts} cuts");
 }
 
 #[tokio::test]
