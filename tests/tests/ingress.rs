@@ -2,9 +2,12 @@
 //! (tests/support/h8s_responder.py), the ingress binary, and a real HTTP
 //! client. Subject mapping, headers and bodies both ways, statuses from the
 //! reply, and each failure's own answer: 503 with no responder or NATS away,
-//! 504 on a slow reply, 413, 404 for a host not served.
+//! 504 on a slow reply, 413, 404 for a host not served; NATS killed, and its
+//! connection reset again and again under traffic.
 
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gateway_tests::*;
@@ -320,6 +323,91 @@ async fn requests_in_flight_fail_cleanly_when_nats_dies_and_are_finished_on_sigt
         .await
         .expect("exits");
     assert!(exit.success(), "{exit:?}");
+}
+
+/// The ingress's connection to NATS is reset (RST both ways) again and again
+/// under traffic, by a relay between the two: every request is answered, 200
+/// or 503 with a JSON error (none waits out its 60 s timeout into a 504, and
+/// no connection is dropped), and the ingress reconnects by itself each time.
+#[tokio::test]
+async fn connections_to_nats_reset_under_traffic_answer_every_request_and_reconnect() {
+    const CUTS: u64 = 10;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = NatsServer::start(dir.path()).await;
+    let cutter = Cutter::start(nats.port).await;
+    let through_cutter = format!("nats://127.0.0.1:{}", cutter.port);
+    let i = ingress(
+        dir.path(),
+        &nats,
+        &[
+            ("NATS_URL", &through_cutter),
+            ("INGRESS_REQUEST_TIMEOUT", "60s"),
+        ],
+    )
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let passed = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (http, port, stop, passed) = (i.http.clone(), i.port, stop.clone(), passed.clone());
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let r = http
+                        .get(format!("http://127.0.0.1:{port}/x"))
+                        .header("host", "www.example.com")
+                        .send()
+                        .await
+                        .expect("an answer, not a dropped connection");
+                    let status = r.status().as_u16();
+                    if status == 200 {
+                        passed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    answers.push((status, r.text().await.unwrap_or_default()));
+                }
+                answers
+            })
+        })
+        .collect();
+    for round in 0..CUTS {
+        // Cut once requests pass on the connection open now.
+        let before = passed.load(Ordering::Relaxed);
+        wait_for(&format!("requests through before cut {round}"), || async {
+            let now = passed.load(Ordering::Relaxed);
+            (now >= before + 20).then_some(())
+        })
+        .await;
+        cutter.cut();
+    }
+    i.passes_again().await;
+    stop.store(true, Ordering::Relaxed);
+    let mut counts = std::collections::BTreeMap::new();
+    for client in clients {
+        for (status, text) in client.await.expect("join") {
+            *counts.entry(status).or_insert(0u64) += 1;
+            if status != 200 {
+                assert_eq!(status, 503, "{text}");
+                let error: Value = serde_json::from_str(&text).expect("a JSON error");
+                assert_eq!(error["error"], "nats_unavailable", "{text}");
+            }
+        }
+    }
+    let metrics = i
+        .http
+        .get(format!("http://127.0.0.1:{}/metrics", i.admin))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let connects: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ingress_nats_connects_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("ingress_nats_connects_total");
+    assert!(connects > CUTS, "{connects} connects after {CUTS} cuts");
+    eprintln!("answers by status: {counts:?}");
 }
 
 #[tokio::test]
