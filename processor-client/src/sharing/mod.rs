@@ -256,24 +256,28 @@ pub async fn run(
             }
         })
     };
-    let Some(store) = open_bucket(&settings, &sharing, &stop_claiming).await else {
+    let Some((store, lost)) = open_bucket(&settings, &sharing, &stop_claiming).await else {
         let _ = watchdog.await;
         return;
     };
     let period = settings.lease / 4;
     let mut handovers = tokio::task::JoinSet::new();
+    let mut failed = false;
     loop {
         let snapshot = all.borrow_and_update().clone();
-        match tokio::time::timeout(period, tick(&sharing, &store, &snapshot, &registry)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                sharing.forget_view();
-                tracing::warn!(error = %e, "cannot reach the sharing bucket");
-            }
-            Err(_) => {
-                sharing.forget_view();
-                tracing::warn!("the sharing bucket did not answer in time");
-            }
+        let failed_before = std::mem::replace(&mut failed, true);
+        // A round whose connection drops cannot expect its replies: it gives
+        // up at once rather than at the end of its time.
+        tokio::select! {
+            round = tokio::time::timeout(period, tick(&sharing, &store, &snapshot, &registry)) => match round {
+                Ok(Ok(())) => failed = false,
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot reach the sharing bucket"),
+                Err(_) => tracing::warn!("the sharing bucket did not answer in time"),
+            },
+            _ = lost.notified() => tracing::warn!("the connection to NATS dropped during a round"),
+        }
+        if failed {
+            sharing.forget_view();
         }
         // Whatever part of the round was done: the supervisor runs what is
         // held now, and what was given up goes back once it has stopped,
@@ -290,10 +294,18 @@ pub async fn run(
             ));
         }
         while handovers.try_join_next().is_some() {}
+        // The first failure after a good round is retried soon: a claim
+        // outlives one lost round only if the next comes before its deadline
+        // (0.7 of the lease). A longer outage is retried each period.
+        let wait = if failed && !failed_before {
+            period / 8
+        } else {
+            period
+        };
         tokio::select! {
             _ = stop_claiming.cancelled() => break,
             _ = all.changed() => {}
-            _ = tokio::time::sleep(period) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
     // Shutdown: the supervisor stops the configurations, the claims renewed
@@ -355,13 +367,15 @@ fn publish(sharing: &Sharing, all: &Snapshot, desired: &watch::Sender<Arc<Snapsh
     });
 }
 
-/// Connects and opens (or creates) the bucket, retrying until it works.
+/// Connects and opens (or creates) the bucket, retrying until it works; with
+/// it, what wakes when the connection drops.
 async fn open_bucket(
     settings: &Settings,
     sharing: &Sharing,
     cancel: &CancellationToken,
-) -> Option<kv::Store> {
+) -> Option<(kv::Store, Arc<tokio::sync::Notify>)> {
     let metrics = ConnectionMetrics::default();
+    let lost = metrics.lost.clone();
     let name = format!("gateway-processor-client-{}", sharing.replica);
     let client = tokio::select! {
         _ = cancel.cancelled() => return None,
@@ -400,7 +414,7 @@ async fn open_bucket(
             created = attempt => created,
         };
         match created {
-            Ok(store) => return Some(store),
+            Ok(store) => return Some((store, lost)),
             Err(e) => {
                 tracing::warn!(error = %e, bucket = %settings.bucket, "cannot open the sharing bucket; retrying")
             }
