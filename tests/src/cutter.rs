@@ -3,9 +3,14 @@
 //! them fails or a peer's socket is torn down), while the server keeps
 //! running and new connections pass again. A connection-level fault that is
 //! cheap enough to inflict many times in one test, where restarting the
-//! server takes seconds each time.
+//! server takes seconds each time. It can also cut one connection in the
+//! middle of a request: the next bytes a client sends are dropped with its
+//! connection, so the request is in flight when the connection dies.
 
-use tokio::io::copy_bidirectional;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -14,6 +19,10 @@ use tokio::task::JoinHandle;
 pub struct Cutter {
     pub port: u16,
     cuts: watch::Sender<u64>,
+    /// Set: the next bytes from a client reset its connection instead.
+    armed: Arc<AtomicBool>,
+    /// Connections reset mid-request so far.
+    mid_request: Arc<AtomicU64>,
     accept: JoinHandle<()>,
 }
 
@@ -26,14 +35,33 @@ impl Cutter {
         let port = listener.local_addr().expect("cutter address").port();
         let (cuts, _) = watch::channel(0u64);
         let sender = cuts.clone();
+        let armed = Arc::new(AtomicBool::new(false));
+        let mid_request = Arc::new(AtomicU64::new(0));
+        let (a, m) = (armed.clone(), mid_request.clone());
         let accept = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 // Subscribed before the relay starts: only later cuts reach it.
                 let cut = sender.subscribe();
-                tokio::spawn(relay(inbound, upstream, cut));
+                tokio::spawn(relay(inbound, upstream, cut, a.clone(), m.clone()));
             }
         });
-        Cutter { port, cuts, accept }
+        Cutter {
+            port,
+            cuts,
+            armed,
+            mid_request,
+            accept,
+        }
+    }
+
+    /// Resets the connection of the next client that sends anything, and
+    /// drops what it sent; waits until that has happened.
+    pub async fn cut_mid_request(&self) {
+        let before = self.mid_request.load(Ordering::SeqCst);
+        self.armed.store(true, Ordering::SeqCst);
+        while self.mid_request.load(Ordering::SeqCst) == before {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     /// Resets every connection open through the relay now.
@@ -50,13 +78,42 @@ impl Drop for Cutter {
     }
 }
 
-async fn relay(mut inbound: TcpStream, upstream: u16, mut cut: watch::Receiver<u64>) {
+async fn relay(
+    mut inbound: TcpStream,
+    upstream: u16,
+    mut cut: watch::Receiver<u64>,
+    armed: Arc<AtomicBool>,
+    mid_request: Arc<AtomicU64>,
+) {
     let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", upstream)).await else {
         return;
     };
-    let cut_now = tokio::select! {
-        _ = copy_bidirectional(&mut inbound, &mut outbound) => false,
-        _ = cut.changed() => true,
+    let cut_now = {
+        let (mut from_client, mut to_client) = inbound.split();
+        let (mut from_server, mut to_server) = outbound.split();
+        // Either side closing ends the relay (a half-close is not kept).
+        let up = async {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                match from_client.read(&mut buf).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) => {
+                        if armed.swap(false, Ordering::SeqCst) {
+                            mid_request.fetch_add(1, Ordering::SeqCst);
+                            return true;
+                        }
+                        if to_server.write_all(&buf[..n]).await.is_err() {
+                            return false;
+                        }
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            cut_here = up => cut_here,
+            _ = tokio::io::copy(&mut from_server, &mut to_client) => false,
+            _ = cut.changed() => true,
+        }
     };
     if cut_now {
         // Closing with a zero linger sends RST instead of FIN.
