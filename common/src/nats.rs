@@ -233,6 +233,23 @@ pub struct ConnectionMetrics {
     pub lost: std::sync::Arc<tokio::sync::Notify>,
 }
 
+impl ConnectionMetrics {
+    /// `f`'s output, or `None` if the connection drops first: a request in
+    /// flight then gets no reply (it would go to an inbox nobody reads until
+    /// the reconnect), so waiting for it would only wait out its timeout.
+    /// The watch starts before `f` is first polled.
+    pub async fn unless_lost<T>(&self, f: impl std::future::Future<Output = T>) -> Option<T> {
+        let lost = self.lost.notified();
+        tokio::pin!(lost);
+        lost.as_mut().enable();
+        tokio::select! {
+            biased;
+            out = f => Some(out),
+            _ = lost => None,
+        }
+    }
+}
+
 /// Why no connection could be set up (a server that is down is not one of
 /// them: the connection is retried in the background).
 #[derive(Debug, thiserror::Error)]
@@ -424,5 +441,23 @@ mod tests {
             e.contains("NATS_URL") && !e.contains("pw1") && !e.contains("pw2"),
             "{e}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_wait_ends_when_the_connection_drops_and_not_otherwise() {
+        let metrics = ConnectionMetrics::default();
+        assert_eq!(metrics.unless_lost(async { 7 }).await, Some(7));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let waiting = {
+            let metrics = metrics.clone();
+            tokio::spawn(async move { metrics.unless_lost(rx).await })
+        };
+        // The loss after the wait began, as the connection's callback sends it.
+        while !waiting.is_finished() {
+            metrics.lost.notify_waiters();
+            tokio::task::yield_now().await;
+        }
+        assert!(waiting.await.expect("join").is_none());
+        drop(tx);
     }
 }

@@ -223,20 +223,14 @@ async fn forward(
         .headers(nats_headers)
         .payload(body)
         .timeout(Some(st.config.request_timeout));
-    // A request in flight when the connection drops gets no reply (the
-    // responder answers an inbox nobody reads until the reconnect): answer
-    // at once rather than at the timeout.
-    let lost = st.metrics.nats.lost.notified();
-    tokio::pin!(lost);
-    lost.as_mut().enable();
-    let sent = tokio::select! {
-        sent = st.client.send_request(subject.clone(), request) => sent,
-        _ = lost => {
-            return Err(ApiError::new(
-                ErrorCode::NatsUnavailable,
-                format!("the NATS connection was lost while waiting for the reply on {subject}; retry"),
-            ));
-        }
+    // A request in flight when the connection drops gets no reply: answer at
+    // once rather than at the timeout.
+    let sending = st.client.send_request(subject.clone(), request);
+    let Some(sent) = st.metrics.nats.unless_lost(sending).await else {
+        return Err(ApiError::new(
+            ErrorCode::NatsUnavailable,
+            format!("the NATS connection was lost while waiting for the reply on {subject}; retry"),
+        ));
     };
     let reply = match sent {
         Ok(reply) => reply,

@@ -256,7 +256,7 @@ pub async fn run(
             }
         })
     };
-    let Some((store, lost)) = open_bucket(&settings, &sharing, &stop_claiming).await else {
+    let Some((store, connection)) = open_bucket(&settings, &sharing, &stop_claiming).await else {
         let _ = watchdog.await;
         return;
     };
@@ -268,13 +268,12 @@ pub async fn run(
         let failed_before = std::mem::replace(&mut failed, true);
         // A round whose connection drops cannot expect its replies: it gives
         // up at once rather than at the end of its time.
-        tokio::select! {
-            round = tokio::time::timeout(period, tick(&sharing, &store, &snapshot, &registry)) => match round {
-                Ok(Ok(())) => failed = false,
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot reach the sharing bucket"),
-                Err(_) => tracing::warn!("the sharing bucket did not answer in time"),
-            },
-            _ = lost.notified() => tracing::warn!("the connection to NATS dropped during a round"),
+        let round = tokio::time::timeout(period, tick(&sharing, &store, &snapshot, &registry));
+        match connection.unless_lost(round).await {
+            Some(Ok(Ok(()))) => failed = false,
+            Some(Ok(Err(e))) => tracing::warn!(error = %e, "cannot reach the sharing bucket"),
+            Some(Err(_)) => tracing::warn!("the sharing bucket did not answer in time"),
+            None => tracing::warn!("the connection to NATS dropped during a round"),
         }
         if failed {
             sharing.forget_view();
@@ -368,14 +367,14 @@ fn publish(sharing: &Sharing, all: &Snapshot, desired: &watch::Sender<Arc<Snapsh
 }
 
 /// Connects and opens (or creates) the bucket, retrying until it works; with
-/// it, what wakes when the connection drops.
+/// it, the connection's comings and goings.
 async fn open_bucket(
     settings: &Settings,
     sharing: &Sharing,
     cancel: &CancellationToken,
-) -> Option<(kv::Store, Arc<tokio::sync::Notify>)> {
+) -> Option<(kv::Store, ConnectionMetrics)> {
     let metrics = ConnectionMetrics::default();
-    let lost = metrics.lost.clone();
+    let connection = metrics.clone();
     let name = format!("gateway-processor-client-{}", sharing.replica);
     let client = tokio::select! {
         _ = cancel.cancelled() => return None,
@@ -414,7 +413,7 @@ async fn open_bucket(
             created = attempt => created,
         };
         match created {
-            Ok(store) => return Some((store, lost)),
+            Ok(store) => return Some((store, connection)),
             Err(e) => {
                 tracing::warn!(error = %e, bucket = %settings.bucket, "cannot open the sharing bucket; retrying")
             }

@@ -304,14 +304,23 @@ impl NatsSink {
                     .payload(payload)
                     .headers(headers)
                     .message_id(&event.id);
-                let acked = tokio::time::timeout(self.timeout, async {
+                let acking = tokio::time::timeout(self.timeout, async {
                     let ack = js
                         .send_publish(subject, publish)
                         .await
                         .map_err(|e| e.to_string())?;
                     ack.await.map_err(|e| e.to_string())
-                })
-                .await;
+                });
+                // An acknowledgement due when the connection drops never
+                // comes: retried at once (the stream drops the copy, by its
+                // Nats-Msg-Id, if the first publish was stored), not after
+                // the whole timeout.
+                let Some(acked) = self.metrics.connection.unless_lost(acking).await else {
+                    self.metrics.failures.inc();
+                    return Err(DeliveryError::retryable(
+                        "the NATS connection dropped before the JetStream acknowledgement came",
+                    ));
+                };
                 match acked {
                     Ok(Ok(ack)) => {
                         self.metrics.acked.inc();
