@@ -54,14 +54,24 @@ impl Cutter {
         }
     }
 
-    /// Resets the connection of the next client that sends anything, and
-    /// drops what it sent; waits until that has happened.
-    pub async fn cut_mid_request(&self) {
+    /// Resets the connection of the next client that sends anything within
+    /// 10 s, and drops what it sent; whether that happened (a client that
+    /// had nothing more to send is not waited for).
+    pub async fn cut_mid_request(&self) -> bool {
         let before = self.mid_request.load(Ordering::SeqCst);
         self.armed.store(true, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while self.mid_request.load(Ordering::SeqCst) == before {
+            if std::time::Instant::now() > deadline {
+                // Disarmed, unless a cut took it meanwhile.
+                return self
+                    .armed
+                    .compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_err();
+            }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
+        true
     }
 
     /// Resets every connection open through the relay now.

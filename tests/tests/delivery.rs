@@ -1,6 +1,7 @@
-//! Delivery that loses nothing: components killed with SIGKILL mid-stream, a sensor
-//! that never answers, dead letters and their replay, and a flood against a dead
-//! sensor with memory staying bounded.
+//! Delivery that loses nothing: components killed with SIGKILL mid-stream, the
+//! connections to the sensor reset again and again, a sensor that never
+//! answers, dead letters and their replay, and a flood against a dead sensor
+//! with memory staying bounded.
 
 use std::collections::{HashMap, HashSet};
 use std::process::Command;
@@ -131,6 +132,55 @@ async fn transformer_killed_twice_while_sensor_flaps() {
     wait_all_acked_delivered(&g).await;
     assert_ordered(&g.sensor_events());
     assert_redeliveries_keep_their_id(&g, 2);
+}
+
+/// The transformer's connections to the sensor are reset (RST both ways) again
+/// and again while events stream, by a relay between the two, every other
+/// time in the middle of a delivery: every acknowledged event arrives, in
+/// order, and a redelivery keeps its CloudEvent id.
+#[tokio::test]
+async fn connections_to_the_sensor_reset_again_and_again_lose_nothing_and_keep_order() {
+    const EVENTS: usize = 400;
+    let mut g = Gateway::new(UserServerKind::Python);
+    let cutter = Cutter::start(g.sensor_port).await;
+    g.transformer_env.push((
+        "SENSOR_WATCHERS".into(),
+        format!("http://127.0.0.1:{}/", cutter.port),
+    ));
+    g.set_config(
+        "alpha",
+        &format!(r#"{{"count": {EVENTS}, "interval_ms": 1}}"#),
+    );
+    g.start_all().await;
+    let mut cuts = 0;
+    for round in 0.. {
+        let before = g.sensor_events().len();
+        if before >= EVENTS {
+            break;
+        }
+        let next = (before + 30).min(EVENTS);
+        wait_for(&format!("{next} events at the sensor"), || async {
+            (g.sensor_events().len() >= next).then_some(())
+        })
+        .await;
+        if next == EVENTS {
+            break;
+        }
+        if round % 2 == 0 {
+            cutter.cut();
+        } else if !cutter.cut_mid_request().await {
+            continue;
+        }
+        cuts += 1;
+    }
+    g.wait_journal("acked", "alpha", EVENTS).await;
+    wait_all_acked_delivered(&g).await;
+    assert_ordered(&g.sensor_events());
+    assert_redeliveries_keep_their_id(&g, 0);
+    eprintln!(
+        "{cuts} cuts, {} deliveries for {EVENTS} events",
+        g.sensor_events().len()
+    );
 }
 
 #[tokio::test]

@@ -452,7 +452,7 @@ async fn a_replica_whose_nats_connection_is_reset_again_and_again_never_runs_any
     let b = replica("r-b", &nats, &list).await;
     balanced(&[("r-a", &a), ("r-b", &b)], 10, 5).await;
     for _ in 0..8 {
-        cutter.cut_mid_request().await;
+        assert!(cutter.cut_mid_request().await, "a round to cut");
         tokio::time::sleep(LEASE / 2).await;
     }
     for _ in 0..8 {
