@@ -237,6 +237,40 @@ async fn messages_in(js: &async_nats::jetstream::Context) -> u64 {
     }
 }
 
+/// Waits until the `n` events of `alpha` were acknowledged and are in the
+/// stream, then reads the stream back: each stored once, in order.
+async fn stream_holds_each_once_in_order(g: &Gateway, nats: &NatsServer, n: u64) {
+    g.wait_journal("acked", "alpha", n as usize).await;
+    wait_for(&format!("all {n} in the stream"), || async {
+        (stream_messages(nats).await >= n).then_some(())
+    })
+    .await;
+    assert_eq!(stream_messages(nats).await, n, "no event stored twice");
+    let out = g.dir.path().join("all.jsonl");
+    let _reader = nats_sensor(
+        g,
+        nats,
+        &out,
+        &["--stream", "TEST-GATEWAY", "--durable", "all"],
+    );
+    let stored = wait_lines(&out, n as usize, "reading the stream back").await;
+    let seqs: HashSet<i64> = stored
+        .iter()
+        .map(|e| e["data"]["seq"].as_i64().unwrap_or(-1))
+        .collect();
+    assert_eq!(
+        seqs.len(),
+        n as usize,
+        "every acknowledged event is in the stream"
+    );
+    let ids: HashSet<&str> = stored
+        .iter()
+        .map(|e| e["id"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(ids.len(), stored.len(), "no event stored twice");
+    assert_ordered(&stored);
+}
+
 #[tokio::test]
 async fn core_nats_subscriber_gets_every_event_and_the_transformer_reconnects() {
     let mut g = Gateway::new(UserServerKind::Python);
@@ -402,30 +436,7 @@ async fn nats_killed_mid_stream_keeps_every_acknowledged_event_in_jetstream() {
     })
     .await;
     nats.restart().await;
-    g.wait_journal("acked", "alpha", 300).await;
-    wait_for("all 300 in the stream", || async {
-        (stream_messages(&nats).await >= 300).then_some(())
-    })
-    .await;
-    let out = g.dir.path().join("all.jsonl");
-    let _reader = nats_sensor(
-        &g,
-        &nats,
-        &out,
-        &["--stream", "TEST-GATEWAY", "--durable", "all"],
-    );
-    let stored = wait_lines(&out, 300, "reading the stream back").await;
-    let seqs: HashSet<i64> = stored
-        .iter()
-        .map(|e| e["data"]["seq"].as_i64().unwrap_or(-1))
-        .collect();
-    assert_eq!(seqs.len(), 300, "every acknowledged event is in the stream");
-    let ids: HashSet<&str> = stored
-        .iter()
-        .map(|e| e["id"].as_str().unwrap_or(""))
-        .collect();
-    assert_eq!(ids.len(), stored.len(), "no event stored twice");
-    assert_ordered(&stored);
+    stream_holds_each_once_in_order(&g, &nats, 300).await;
 }
 
 /// The transformer's connection to NATS is reset (RST both ways) again and
@@ -468,34 +479,7 @@ async fn connections_to_nats_reset_again_and_again_store_each_event_once_in_orde
         }
         next = stream_messages(&nats).await + EVERY;
     }
-    g.wait_journal("acked", "alpha", EVENTS as usize).await;
-    wait_for(&format!("all {EVENTS} in the stream"), || async {
-        (stream_messages(&nats).await >= EVENTS).then_some(())
-    })
-    .await;
-    assert_eq!(
-        stream_messages(&nats).await,
-        EVENTS,
-        "no event stored twice"
-    );
-    let out = g.dir.path().join("all.jsonl");
-    let _reader = nats_sensor(
-        &g,
-        &nats,
-        &out,
-        &["--stream", "TEST-GATEWAY", "--durable", "all"],
-    );
-    let stored = wait_lines(&out, EVENTS as usize, "reading the stream back").await;
-    let seqs: HashSet<i64> = stored
-        .iter()
-        .map(|e| e["data"]["seq"].as_i64().unwrap_or(-1))
-        .collect();
-    assert_eq!(
-        seqs.len(),
-        EVENTS as usize,
-        "every acknowledged event is in the stream"
-    );
-    assert_ordered(&stored);
+    stream_holds_each_once_in_order(&g, &nats, EVENTS).await;
     eprintln!("{cuts} cuts");
 }
 
