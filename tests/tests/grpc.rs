@@ -212,6 +212,44 @@ async fn a_killed_server_is_called_again_when_it_returns() {
     assert!(g.metric(&pc, "processor_grpc_reconnects_total").await >= 2.0);
 }
 
+/// The connection to the gRPC user server is reset (RST both ways) again and
+/// again while both calls stream, by a relay between the processor-client and
+/// the server: each time every call is made again, the configurations come
+/// back to Running, and each call's events arrive in order.
+#[tokio::test]
+async fn connections_to_the_server_reset_again_and_again_are_called_again_each_time() {
+    const CUTS: usize = 6;
+    let mut g = grpc_gateway("grpc");
+    let cutter = Cutter::start(g.us_port).await;
+    g.processor_env.push((
+        "GATEWAY_PROCESSOR_SERVER_GRPC_PORT".into(),
+        cutter.port.to_string(),
+    ));
+    g.set_config("alpha", r#"{"interval_ms": 20}"#);
+    g.set_config("beta", r#"{"interval_ms": 20}"#);
+    up(&mut g, "grpc").await;
+    for round in 0..CUTS {
+        for src in ["alpha", "beta"] {
+            g.wait_journal("start", src, round + 1).await;
+            g.wait_phase(src, "Running").await;
+        }
+        let before = g.sensor_events().len();
+        g.wait_sensor(before + 10).await;
+        // Not mid-request: the client of a server stream sends little (a
+        // window update now and then), so that would mostly wait.
+        cutter.cut();
+    }
+    for src in ["alpha", "beta"] {
+        g.wait_journal("start", src, CUTS + 1).await;
+        g.wait_phase(src, "Running").await;
+    }
+    let before = g.sensor_events().len();
+    g.wait_sensor(before + 10).await;
+    assert_ordered(&g.sensor_events());
+    let pc = g.pc_url("/metrics");
+    assert!(g.metric(&pc, "processor_grpc_reconnects_total").await >= (2 * CUTS) as f64);
+}
+
 #[tokio::test]
 async fn a_hundred_streams_at_once() {
     let mut g = grpc_gateway("grpc");
