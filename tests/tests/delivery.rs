@@ -183,6 +183,45 @@ async fn connections_to_the_sensor_reset_again_and_again_lose_nothing_and_keep_o
     );
 }
 
+/// The processor-client's connections to the transformer are reset (RST both
+/// ways) again and again while events stream, every other time in the middle
+/// of a request: every event the user server had acknowledged arrives, in
+/// order.
+#[tokio::test]
+async fn connections_to_the_transformer_reset_again_and_again_lose_nothing_and_keep_order() {
+    const EVENTS: usize = 400;
+    let mut g = Gateway::new(UserServerKind::Python);
+    let cutter = Cutter::start(g.tr_port).await;
+    g.processor_env
+        .push(("TRANSFORMER_PORT".into(), cutter.port.to_string()));
+    g.set_config(
+        "alpha",
+        &format!(r#"{{"count": {EVENTS}, "interval_ms": 1}}"#),
+    );
+    g.start_all().await;
+    let mut cuts = 0;
+    for round in 0.. {
+        let before = acked(&g);
+        let next = (before + 30).min(EVENTS);
+        g.wait_journal("acked", "alpha", next).await;
+        if next == EVENTS {
+            break;
+        }
+        if round % 2 == 0 {
+            cutter.cut();
+        } else if !cutter.cut_mid_request().await {
+            continue;
+        }
+        cuts += 1;
+    }
+    wait_all_acked_delivered(&g).await;
+    assert_ordered(&g.sensor_events());
+    eprintln!(
+        "{cuts} cuts, {} deliveries for {EVENTS} events",
+        g.sensor_events().len()
+    );
+}
+
 #[tokio::test]
 async fn processor_client_killed_mid_stream_loses_nothing_acknowledged() {
     let mut g = Gateway::up(
