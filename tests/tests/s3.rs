@@ -3,7 +3,8 @@
 //! objects, through the real processor-client and transformer to the sensor:
 //! each change once and in order as an S3 notification record, nothing
 //! repeated or skipped across a restart of the user server or of the S3
-//! server, and configurations that cannot work shown as Error with the reason.
+//! server or connections to it reset, and configurations that cannot work
+//! shown as Error with the reason.
 
 use std::process::Command;
 
@@ -234,6 +235,44 @@ async fn an_s3_server_killed_mid_stream_loses_and_repeats_nothing() {
     // tests make a request fail for certain).
     let log = g.user_server.as_ref().map(Proc::output).unwrap_or_default();
     assert!(!log.contains("X-Amz-Signature"), "{log}");
+}
+
+/// The connections to the S3 server are reset (RST both ways) again and again
+/// while objects change, every other time in the middle of a request, by a
+/// relay between the gateway and the server: every object once, in order.
+#[tokio::test]
+async fn connections_to_the_s3_server_reset_again_and_again_lose_and_repeat_nothing() {
+    const ROUNDS: usize = 8;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s3 = S3Server::start(dir.path()).await;
+    s3.run(&[S3Op::CreateBucket(BUCKET)]).await;
+    let cutter = Cutter::start(s3.port).await;
+    let src = "stream";
+    let through_cutter = config(&s3, "").replace(
+        &format!("endpoint: {}", s3.url()),
+        &format!("endpoint: http://127.0.0.1:{}", cutter.port),
+    );
+    let g = gateway(&[(src, through_cutter)]).await;
+    g.wait_phase(src, "Running").await;
+    for round in 0..ROUNDS {
+        put_all(&s3, &keys(round * 10..round * 10 + 10)).await;
+        if round % 2 == 0 {
+            cutter.cut();
+        } else {
+            assert!(cutter.cut_mid_request().await, "the gateway to poll");
+        }
+        wait_records(&g, src, round * 10 + 10).await;
+    }
+    let got = records(&g, src);
+    let got_keys: Vec<&String> = got.iter().map(|r| &r.1).collect();
+    let expected = keys(0..ROUNDS * 10);
+    assert_eq!(
+        got_keys,
+        expected.iter().collect::<Vec<_>>(),
+        "every object once, in order"
+    );
+    assert_settled(&g, src, ROUNDS * 10).await;
+    assert_eq!(g.wait_phase(src, "Running").await["phase"], "Running");
 }
 
 #[tokio::test]
