@@ -61,8 +61,14 @@ pub const NATS_TLS_REQUIRED: Var = Var::new(
     "require TLS even without a custom CA",
 );
 
+pub const NATS_PING_INTERVAL: Var = Var::new(
+    "NATS_PING_INTERVAL",
+    "10s",
+    "how long a connection may be quiet before a PING checks it; after two unanswered it counts as lost and is made again, so a connection gone silent (a partition, a paused server) is found within about three intervals",
+);
+
 /// The connection's variables, in the order the docs list them.
-pub const VARS: [Var; 9] = [
+pub const VARS: [Var; 10] = [
     NATS_URL,
     NATS_TOKEN,
     NATS_USER,
@@ -72,6 +78,7 @@ pub const VARS: [Var; 9] = [
     NATS_TLS_CERT,
     NATS_TLS_KEY,
     NATS_TLS_REQUIRED,
+    NATS_PING_INTERVAL,
 ];
 
 /// How to reach and authenticate to NATS.
@@ -87,6 +94,7 @@ pub struct NatsOptions {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub tls_required: bool,
+    pub ping_interval: Duration,
 }
 
 impl NatsOptions {
@@ -123,6 +131,7 @@ impl NatsOptions {
             tls_cert: readable(env, &NATS_TLS_CERT, Some("CERTIFICATE"))?,
             tls_key: readable(env, &NATS_TLS_KEY, Some("PRIVATE KEY"))?,
             tls_required: env.bool(&NATS_TLS_REQUIRED)?,
+            ping_interval: env.timeout(&NATS_PING_INTERVAL)?,
         })
     }
 }
@@ -292,6 +301,7 @@ pub async fn connect_with_inbox(
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))
+        .ping_interval(options.ping_interval)
         .event_callback(move |event| {
             let metrics = metrics.clone();
             let url = url.clone();

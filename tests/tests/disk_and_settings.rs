@@ -196,6 +196,11 @@ async fn tokens_that_are_not_header_values_stop_either_process_naming_the_variab
         cmd.env(var, value);
         refuses_to_start("transformer", cmd, g.dir.path(), var).await;
     }
+    // A zero ping interval would make the NATS client's timer panic.
+    let mut cmd = g.transformer_command();
+    cmd.env("EVENT_PROTOCOL", "NATS")
+        .env("NATS_PING_INTERVAL", "0s");
+    refuses_to_start("transformer", cmd, g.dir.path(), "NATS_PING_INTERVAL").await;
     let mut cmd = g.processor_command();
     cmd.env("GATEWAY_PROCESSOR_CLIENT_IDLE_TIMEOUT", "0s");
     refuses_to_start(
