@@ -5,12 +5,14 @@
 //! cheap enough to inflict many times in one test, where restarting the
 //! server takes seconds each time. It can also cut one connection in the
 //! middle of a request: the next bytes a client sends are dropped with its
-//! connection, so the request is in flight when the connection dies.
+//! connection, so the request is in flight when the connection dies. And it
+//! can go silent: nothing passes either way, nothing is closed (a partition,
+//! a paused peer), until it speaks again.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -19,11 +21,19 @@ use tokio::task::JoinHandle;
 pub struct Cutter {
     pub port: u16,
     cuts: watch::Sender<u64>,
-    /// Set: the next bytes from a client reset its connection instead.
-    armed: Arc<AtomicBool>,
-    /// Connections reset mid-request so far.
-    mid_request: Arc<AtomicU64>,
+    faults: Arc<Faults>,
     accept: JoinHandle<()>,
+}
+
+/// What every relay of one cutter obeys.
+#[derive(Default)]
+struct Faults {
+    /// Set: the next bytes from a client reset its connection instead.
+    armed: AtomicBool,
+    /// Connections reset mid-request so far.
+    mid_request: AtomicU64,
+    /// Set: nothing is forwarded either way.
+    silent: AtomicBool,
 }
 
 impl Cutter {
@@ -35,37 +45,45 @@ impl Cutter {
         let port = listener.local_addr().expect("cutter address").port();
         let (cuts, _) = watch::channel(0u64);
         let sender = cuts.clone();
-        let armed = Arc::new(AtomicBool::new(false));
-        let mid_request = Arc::new(AtomicU64::new(0));
-        let (a, m) = (armed.clone(), mid_request.clone());
+        let faults = Arc::new(Faults::default());
+        let f = faults.clone();
         let accept = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 // Subscribed before the relay starts: only later cuts reach it.
                 let cut = sender.subscribe();
-                tokio::spawn(relay(inbound, upstream, cut, a.clone(), m.clone()));
+                tokio::spawn(relay(inbound, upstream, cut, f.clone()));
             }
         });
         Cutter {
             port,
             cuts,
-            armed,
-            mid_request,
+            faults,
             accept,
         }
+    }
+
+    /// Nothing passes either way from now on, and nothing is closed.
+    pub fn go_silent(&self) {
+        self.faults.silent.store(true, Ordering::SeqCst);
+    }
+
+    /// Forwarding again, what was held first.
+    pub fn speak_again(&self) {
+        self.faults.silent.store(false, Ordering::SeqCst);
     }
 
     /// Resets the connection of the next client that sends anything within
     /// 10 s, and drops what it sent; whether that happened (a client that
     /// had nothing more to send is not waited for).
     pub async fn cut_mid_request(&self) -> bool {
-        let before = self.mid_request.load(Ordering::SeqCst);
-        self.armed.store(true, Ordering::SeqCst);
+        let (armed, mid_request) = (&self.faults.armed, &self.faults.mid_request);
+        let before = mid_request.load(Ordering::SeqCst);
+        armed.store(true, Ordering::SeqCst);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while self.mid_request.load(Ordering::SeqCst) == before {
+        while mid_request.load(Ordering::SeqCst) == before {
             if std::time::Instant::now() > deadline {
                 // Disarmed, unless a cut took it meanwhile.
-                return self
-                    .armed
+                return armed
                     .compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst)
                     .is_err();
             }
@@ -92,8 +110,7 @@ async fn relay(
     mut inbound: TcpStream,
     upstream: u16,
     mut cut: watch::Receiver<u64>,
-    armed: Arc<AtomicBool>,
-    mid_request: Arc<AtomicU64>,
+    faults: Arc<Faults>,
 ) {
     let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", upstream)).await else {
         return;
@@ -102,26 +119,9 @@ async fn relay(
         let (mut from_client, mut to_client) = inbound.split();
         let (mut from_server, mut to_server) = outbound.split();
         // Either side closing ends the relay (a half-close is not kept).
-        let up = async {
-            let mut buf = vec![0u8; 16 * 1024];
-            loop {
-                match from_client.read(&mut buf).await {
-                    Ok(0) | Err(_) => return false,
-                    Ok(n) => {
-                        if armed.swap(false, Ordering::SeqCst) {
-                            mid_request.fetch_add(1, Ordering::SeqCst);
-                            return true;
-                        }
-                        if to_server.write_all(&buf[..n]).await.is_err() {
-                            return false;
-                        }
-                    }
-                }
-            }
-        };
         tokio::select! {
-            cut_here = up => cut_here,
-            _ = tokio::io::copy(&mut from_server, &mut to_client) => false,
+            cut_here = forward(&mut from_client, &mut to_server, &faults, true) => cut_here,
+            _ = forward(&mut from_server, &mut to_client, &faults, false) => false,
             _ = cut.changed() => true,
         }
     };
@@ -129,5 +129,32 @@ async fn relay(
         // Closing with a zero linger sends RST instead of FIN.
         let _ = inbound.set_zero_linger();
         let _ = outbound.set_zero_linger();
+    }
+}
+
+/// Copies one direction until it closes (`false`), or until an armed
+/// mid-request cut takes what a client sent (`true`, only `from_client`).
+async fn forward(
+    from: &mut (impl AsyncRead + Unpin),
+    to: &mut (impl AsyncWrite + Unpin),
+    faults: &Faults,
+    from_client: bool,
+) -> bool {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        if from_client && faults.armed.swap(false, Ordering::SeqCst) {
+            faults.mid_request.fetch_add(1, Ordering::SeqCst);
+            return true;
+        }
+        while faults.silent.load(Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return false;
+        }
     }
 }

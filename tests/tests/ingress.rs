@@ -415,6 +415,41 @@ async fn connections_to_nats_reset_under_traffic_answer_every_request_and_reconn
     eprintln!("answers by status: {counts:?}");
 }
 
+/// The ingress's NATS connection goes silent (nothing passes either way and
+/// nothing is closed: a partition, a paused server) while a request waits for
+/// its reply: the pings (`NATS_PING_INTERVAL`, 1 s here) find the connection
+/// lost, the request is answered 503 rather than at its 60 s timeout, /readyz
+/// says NATS is away, and once NATS is heard again the ingress connects anew.
+#[tokio::test]
+async fn a_silent_nats_connection_is_found_by_its_pings_and_made_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = NatsServer::start(dir.path()).await;
+    let cutter = Cutter::start(nats.port).await;
+    let through_cutter = format!("nats://127.0.0.1:{}", cutter.port);
+    let i = ingress(
+        dir.path(),
+        &nats,
+        &[
+            ("NATS_URL", &through_cutter),
+            ("INGRESS_REQUEST_TIMEOUT", "60s"),
+            ("NATS_PING_INTERVAL", "1s"),
+        ],
+    )
+    .await;
+    i.passes_again().await;
+    cutter.go_silent();
+    let (status, text) = in_flight(&i, "unheard").await.expect("join");
+    assert_eq!(status, 503, "{text}");
+    let error: Value = serde_json::from_str(&text).expect("a JSON error");
+    assert_eq!(error["error"], "nats_unavailable", "{text}");
+    wait_for("/readyz to say NATS is away", || async {
+        (i.get_admin("/readyz").await == 503).then_some(())
+    })
+    .await;
+    cutter.speak_again();
+    i.passes_again().await;
+}
+
 #[tokio::test]
 async fn hosts_not_served_are_404_and_sigterm_exits_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
