@@ -325,6 +325,24 @@ async fn requests_in_flight_fail_cleanly_when_nats_dies_and_are_finished_on_sigt
     assert!(exit.success(), "{exit:?}");
 }
 
+/// An ingress whose connection to NATS goes through a relay that can cut it,
+/// with a request timeout (60 s) far longer than any test: a 504 would mean a
+/// request left waiting for a reply that could not come.
+async fn ingress_through_cutter(
+    dir: &std::path::Path,
+    nats: &NatsServer,
+    extra: &[(&str, &str)],
+) -> (Ingress, Cutter) {
+    let cutter = Cutter::start(nats.port).await;
+    let through_cutter = format!("nats://127.0.0.1:{}", cutter.port);
+    let mut env = vec![
+        ("NATS_URL", through_cutter.as_str()),
+        ("INGRESS_REQUEST_TIMEOUT", "60s"),
+    ];
+    env.extend_from_slice(extra);
+    (ingress(dir, nats, &env).await, cutter)
+}
+
 /// The ingress's connection to NATS is reset (RST both ways) again and again
 /// under traffic, by a relay between the two: every request is answered, 200
 /// or 503 with a JSON error (none waits out its 60 s timeout into a 504, and
@@ -334,17 +352,7 @@ async fn connections_to_nats_reset_under_traffic_answer_every_request_and_reconn
     const CUTS: u64 = 10;
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = NatsServer::start(dir.path()).await;
-    let cutter = Cutter::start(nats.port).await;
-    let through_cutter = format!("nats://127.0.0.1:{}", cutter.port);
-    let i = ingress(
-        dir.path(),
-        &nats,
-        &[
-            ("NATS_URL", &through_cutter),
-            ("INGRESS_REQUEST_TIMEOUT", "60s"),
-        ],
-    )
-    .await;
+    let (i, cutter) = ingress_through_cutter(dir.path(), &nats, &[]).await;
     let stop = Arc::new(AtomicBool::new(false));
     let passed = Arc::new(AtomicU64::new(0));
     let clients: Vec<_> = (0..4)
@@ -424,18 +432,8 @@ async fn connections_to_nats_reset_under_traffic_answer_every_request_and_reconn
 async fn a_silent_nats_connection_is_found_by_its_pings_and_made_again() {
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = NatsServer::start(dir.path()).await;
-    let cutter = Cutter::start(nats.port).await;
-    let through_cutter = format!("nats://127.0.0.1:{}", cutter.port);
-    let i = ingress(
-        dir.path(),
-        &nats,
-        &[
-            ("NATS_URL", &through_cutter),
-            ("INGRESS_REQUEST_TIMEOUT", "60s"),
-            ("NATS_PING_INTERVAL", "1s"),
-        ],
-    )
-    .await;
+    let (i, cutter) =
+        ingress_through_cutter(dir.path(), &nats, &[("NATS_PING_INTERVAL", "1s")]).await;
     i.passes_again().await;
     cutter.go_silent();
     let (status, text) = in_flight(&i, "unheard").await.expect("join");
