@@ -28,6 +28,10 @@ use serde::Deserialize;
 pub const DEFAULT_URL_VAR: &str = "AMQP_URL";
 /// The URL when neither the configuration nor the environment names one.
 pub const DEFAULT_URL: &str = "amqp://127.0.0.1:5672/%2f";
+/// The heartbeat asked for when the URL names none (`?heartbeat=`), in
+/// seconds. A connection gone silent (a partition, a paused broker) is found
+/// only by missed heartbeats, after two intervals: RabbitMQ proposes 60 s.
+pub const DEFAULT_HEARTBEAT_SECS: u16 = 10;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -176,6 +180,7 @@ impl Spec {
             "url is not an AMQP URL (amqp://user:password@host:port/vhost or amqps://...)"
                 .to_owned()
         })?;
+        uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECS);
         if let Some(auth) = raw.auth {
             uri.authority.userinfo.username = auth.username;
             uri.authority.userinfo.password = auth.password;
@@ -339,6 +344,14 @@ mod tests {
         assert_eq!(s.uri.authority.userinfo.username, "u");
         assert_eq!(s.uri.authority.userinfo.password, "p");
         assert_eq!(s.queue_arguments.inner().len(), 2);
+    }
+
+    #[test]
+    fn the_heartbeat_is_ten_seconds_unless_the_url_says() {
+        let s = Spec::parse("url: amqp://h/%2f\nqueue: q").unwrap();
+        assert_eq!(s.uri.query.heartbeat, Some(DEFAULT_HEARTBEAT_SECS));
+        let s = Spec::parse("url: amqp://h/%2f?heartbeat=3\nqueue: q").unwrap();
+        assert_eq!(s.uri.query.heartbeat, Some(3));
     }
 
     #[test]
