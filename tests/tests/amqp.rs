@@ -2,7 +2,7 @@
 //! started here, through the real processor-client and transformer to the
 //! sensor: every message once and in order, acknowledged only after the
 //! gateway took it, nothing lost when the broker is stopped mid-stream, when
-//! the connection to it is reset again and again, or when the
+//! the connection to it is reset again and again or goes silent, or when the
 //! gateway cannot take events (processor-client down, or answering 503 while
 //! the transformer is down), and configurations the broker or the server
 //! refuse shown as Error with the reason.
@@ -261,6 +261,49 @@ async fn connections_reset_again_and_again_lose_nothing_and_repeat_nothing() {
     )
     .await;
     assert_once_in_order(&got, total as u64);
+    assert_eq!(g.wait_phase("jobs", "Running").await["phase"], "Running");
+}
+
+/// The connection to the broker goes silent (nothing passes either way and
+/// nothing is closed: a partition, a paused broker) while messages stream:
+/// the heartbeats (1 s here, `?heartbeat=1`; 10 s unless the URL says) find
+/// it lost on both sides, the broker gives the unacknowledged messages out
+/// again, the gateway connects anew once the broker is heard again, and every
+/// message arrives once, in order.
+#[tokio::test]
+async fn a_silent_connection_is_found_by_its_heartbeats_and_nothing_is_lost_or_repeated() {
+    let _one = ONE_BROKER_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = RabbitMq::start(dir.path()).await;
+    publish(&broker, "jobs", 0..1000).await;
+    let cutter = Cutter::start(broker.port).await;
+    let url = format!(
+        "amqp://guest:guest@127.0.0.1:{}/%2f?heartbeat=1",
+        cutter.port
+    );
+    let g = gateway(&[("jobs", queue_config(&url, "jobs"))]).await;
+    wait_numbers(&g, "jobs", 50).await;
+    cutter.go_silent();
+    let server = g.user_server.as_ref().expect("user server");
+    wait_for("the server to find the connection lost", || async {
+        server
+            .output()
+            .contains("AMQP connection lost")
+            .then_some(())
+    })
+    .await;
+    cutter.speak_again();
+    publish(&broker, "jobs", 1000..1100).await;
+    let got = wait_for_within(
+        "1100 messages of jobs at the sensor",
+        Duration::from_secs(120),
+        || async {
+            let got = numbers(&g, "jobs");
+            (got.len() >= 1100).then_some(got)
+        },
+    )
+    .await;
+    assert_once_in_order(&got, 1100);
     assert_eq!(g.wait_phase("jobs", "Running").await["phase"], "Running");
 }
 
