@@ -114,6 +114,23 @@ fn assert_once_in_order(got: &[u64], n: u64) {
     assert_eq!(got, expected.as_slice(), "every message once, in order");
 }
 
+/// Waits (up to 120 s: the gateway reconnects with capped backoff, up to
+/// 30 s between tries, and a broker's restart takes seconds more on a busy
+/// machine) until `n` messages of jobs are at the sensor, and checks that
+/// they are every message once, in order.
+async fn all_arrive_once_in_order(g: &Gateway, n: usize) {
+    let got = wait_for_within(
+        &format!("{n} messages of jobs at the sensor"),
+        Duration::from_secs(120),
+        || async {
+            let got = numbers(g, "jobs");
+            (got.len() >= n).then_some(got)
+        },
+    )
+    .await;
+    assert_once_in_order(&got, n as u64);
+}
+
 #[tokio::test]
 async fn messages_arrive_once_in_order_and_are_acknowledged_after_the_gateway_took_them() {
     let _one = ONE_BROKER_AT_A_TIME.lock().await;
@@ -203,19 +220,8 @@ async fn a_broker_restarted_mid_stream_loses_nothing_and_repeats_nothing() {
     let at_stop = numbers(&g, "jobs").len();
     broker.restart().await;
     publish(&broker, "jobs", 1000..1100).await;
-    // The gateway reconnects with capped backoff (up to 30 s between tries),
-    // and RabbitMQ's restart takes seconds more on a busy machine: what this
-    // test claims is nothing lost or repeated, not how soon.
-    let got = wait_for_within(
-        "1100 messages of jobs at the sensor",
-        std::time::Duration::from_secs(120),
-        || async {
-            let got = numbers(&g, "jobs");
-            (got.len() >= 1100).then_some(got)
-        },
-    )
-    .await;
-    assert_once_in_order(&got, 1100);
+    // What this test claims is nothing lost or repeated, not how soon.
+    all_arrive_once_in_order(&g, 1100).await;
     eprintln!("{at_stop} of 1000 at the sensor when the broker stopped");
     assert_eq!(g.wait_phase("jobs", "Running").await["phase"], "Running");
 }
@@ -251,16 +257,7 @@ async fn connections_reset_again_and_again_lose_nothing_and_repeat_nothing() {
         cutter.cut();
     }
     let total = CUTS * BATCH;
-    let got = wait_for_within(
-        &format!("{total} messages of jobs at the sensor"),
-        Duration::from_secs(120),
-        || async {
-            let got = numbers(&g, "jobs");
-            (got.len() >= total).then_some(got)
-        },
-    )
-    .await;
-    assert_once_in_order(&got, total as u64);
+    all_arrive_once_in_order(&g, total).await;
     assert_eq!(g.wait_phase("jobs", "Running").await["phase"], "Running");
 }
 
@@ -294,16 +291,7 @@ async fn a_silent_connection_is_found_by_its_heartbeats_and_nothing_is_lost_or_r
     .await;
     cutter.speak_again();
     publish(&broker, "jobs", 1000..1100).await;
-    let got = wait_for_within(
-        "1100 messages of jobs at the sensor",
-        Duration::from_secs(120),
-        || async {
-            let got = numbers(&g, "jobs");
-            (got.len() >= 1100).then_some(got)
-        },
-    )
-    .await;
-    assert_once_in_order(&got, 1100);
+    all_arrive_once_in_order(&g, 1100).await;
     assert_eq!(g.wait_phase("jobs", "Running").await["phase"], "Running");
 }
 
