@@ -92,6 +92,30 @@ impl Cutter {
         true
     }
 
+    /// Cuts the connections through the relay each time `progress` has moved 30
+    /// further, every other time in the middle of a request, until it reaches
+    /// `total`; returns how many cuts there were.
+    pub async fn cut_as_it_streams(&self, total: usize, progress: impl Fn() -> usize) -> usize {
+        let mut cuts = 0;
+        for round in 0.. {
+            let next = (progress() + 30).min(total);
+            crate::wait_for(&format!("{next} of {total} events through"), || async {
+                (progress() >= next).then_some(())
+            })
+            .await;
+            if next == total {
+                break;
+            }
+            if round % 2 == 0 {
+                self.cut();
+            } else if !self.cut_mid_request().await {
+                continue;
+            }
+            cuts += 1;
+        }
+        cuts
+    }
+
     /// Resets every connection open through the relay now.
     pub fn cut(&self) {
         self.cuts.send_modify(|n| *n += 1);

@@ -544,6 +544,7 @@ pub struct Reply {
 
 mod checks;
 mod cutter;
+mod ingress;
 mod nats;
 mod proc;
 mod rabbitmq;
@@ -552,6 +553,7 @@ mod tls;
 
 pub use checks::{assert_acked_delivered, assert_ordered, event_body, payload};
 pub use cutter::Cutter;
+pub use ingress::Ingress;
 pub use nats::NatsServer;
 pub use proc::Proc;
 pub use rabbitmq::RabbitMq;

@@ -134,30 +134,6 @@ async fn transformer_killed_twice_while_sensor_flaps() {
     assert_redeliveries_keep_their_id(&g, 2);
 }
 
-/// Cuts the connections through `cutter` each time `progress` has moved 30
-/// further, every other time in the middle of a request, until it reaches
-/// `total`; returns how many cuts there were.
-async fn cut_as_it_streams(cutter: &Cutter, total: usize, progress: impl Fn() -> usize) -> usize {
-    let mut cuts = 0;
-    for round in 0.. {
-        let next = (progress() + 30).min(total);
-        wait_for(&format!("{next} of {total} events through"), || async {
-            (progress() >= next).then_some(())
-        })
-        .await;
-        if next == total {
-            break;
-        }
-        if round % 2 == 0 {
-            cutter.cut();
-        } else if !cutter.cut_mid_request().await {
-            continue;
-        }
-        cuts += 1;
-    }
-    cuts
-}
-
 /// The transformer's connections to the sensor are reset (RST both ways) again
 /// and again while events stream, by a relay between the two, every other
 /// time in the middle of a delivery: every acknowledged event arrives, in
@@ -176,7 +152,9 @@ async fn connections_to_the_sensor_reset_again_and_again_lose_nothing_and_keep_o
         &format!(r#"{{"count": {EVENTS}, "interval_ms": 1}}"#),
     );
     g.start_all().await;
-    let cuts = cut_as_it_streams(&cutter, EVENTS, || g.sensor_events().len()).await;
+    let cuts = cutter
+        .cut_as_it_streams(EVENTS, || g.sensor_events().len())
+        .await;
     g.wait_journal("acked", "alpha", EVENTS).await;
     wait_all_acked_delivered(&g).await;
     assert_ordered(&g.sensor_events());
@@ -203,7 +181,7 @@ async fn connections_to_the_transformer_reset_again_and_again_lose_nothing_and_k
         &format!(r#"{{"count": {EVENTS}, "interval_ms": 1}}"#),
     );
     g.start_all().await;
-    let cuts = cut_as_it_streams(&cutter, EVENTS, || acked(&g)).await;
+    let cuts = cutter.cut_as_it_streams(EVENTS, || acked(&g)).await;
     wait_all_acked_delivered(&g).await;
     assert_ordered(&g.sensor_events());
     eprintln!(

@@ -13,111 +13,6 @@ use std::time::{Duration, Instant};
 use gateway_tests::*;
 use serde_json::Value;
 
-struct Ingress {
-    port: u16,
-    admin: u16,
-    proc: Proc,
-    responses: std::path::PathBuf,
-    _responder: Proc,
-    http: reqwest::Client,
-}
-
-async fn ingress(dir: &std::path::Path, nats: &NatsServer, extra: &[(&str, &str)]) -> Ingress {
-    let responses = dir.join(format!("responder-{}.jsonl", free_port()));
-    let mut r = Command::new("python3");
-    r.arg(support("h8s_responder.py"))
-        .arg("--nats")
-        .arg(nats.url())
-        .arg("--subject")
-        .arg("h8s.http.*.com.example.>")
-        .arg("--out")
-        .arg(&responses);
-    let responder = Proc::spawn("h8s-responder", r, dir);
-    wait_for("the responder to subscribe", || async {
-        responder.output().contains("subscribed").then_some(())
-    })
-    .await;
-    let (port, admin) = (free_port(), free_port());
-    let mut cmd = Command::new(bin("ingress"));
-    cmd.env_clear()
-        .env("INGRESS_PORT", port.to_string())
-        .env("INGRESS_ADMIN_PORT", admin.to_string())
-        .env("INGRESS_LISTEN_ADDRESS", "127.0.0.1")
-        .env("NATS_URL", nats.url())
-        .env("INGRESS_REQUEST_TIMEOUT", "1s")
-        .env("INGRESS_MAX_BODY_BYTES", "4096")
-        .env("RUST_LOG", "info");
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    let proc = Proc::spawn("ingress", cmd, dir);
-    wait_port(port, "the ingress to listen").await;
-    let i = Ingress {
-        port,
-        admin,
-        proc,
-        responses,
-        _responder: responder,
-        http: http_client(),
-    };
-    wait_for("the ingress to be ready", || async {
-        (i.get_admin("/readyz").await == 200).then_some(())
-    })
-    .await;
-    i
-}
-
-impl Ingress {
-    async fn send(
-        &self,
-        method: &str,
-        path: &str,
-        host: &str,
-        headers: &[(&str, &str)],
-        body: Vec<u8>,
-    ) -> reqwest::Response {
-        let mut req = self
-            .http
-            .request(
-                method.parse().unwrap(),
-                format!("http://127.0.0.1:{}{path}", self.port),
-            )
-            .header("host", host)
-            .body(body);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        req.send().await.expect("request")
-    }
-
-    async fn get_admin(&self, path: &str) -> u16 {
-        match self
-            .http
-            .get(format!("http://127.0.0.1:{}{path}", self.admin))
-            .send()
-            .await
-        {
-            Ok(r) => r.status().as_u16(),
-            Err(_) => 0,
-        }
-    }
-
-    /// Waits until a request for www.example.com gets through (200) again.
-    async fn passes_again(&self) {
-        wait_for("a request through again", || async {
-            let r = self
-                .send("GET", "/x", "www.example.com", &[], Vec::new())
-                .await;
-            (r.status() == 200).then_some(())
-        })
-        .await;
-    }
-
-    fn received(&self) -> Vec<Value> {
-        read_jsonl(&self.responses)
-    }
-}
-
 async fn error_of(r: reqwest::Response) -> (u16, String) {
     let status = r.status().as_u16();
     let v: Value = r.json().await.unwrap_or(Value::Null);
@@ -129,7 +24,7 @@ async fn error_of(r: reqwest::Response) -> (u16, String) {
 async fn requests_and_replies_cross_nats_with_headers_bodies_and_status() {
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = NatsServer::start(dir.path()).await;
-    let i = ingress(dir.path(), &nats, &[]).await;
+    let i = Ingress::start(dir.path(), &nats, &[]).await;
     let body: Vec<u8> = (0..=255u8).collect();
     let r = i
         .send(
@@ -209,7 +104,7 @@ async fn requests_and_replies_cross_nats_with_headers_bodies_and_status() {
 async fn each_failure_gets_its_own_answer() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut nats = NatsServer::start(dir.path()).await;
-    let i = ingress(dir.path(), &nats, &[]).await;
+    let i = Ingress::start(dir.path(), &nats, &[]).await;
     // Nobody listens for this host: 503 at once, not after the timeout.
     let started = Instant::now();
     let (status, code) = error_of(
@@ -290,7 +185,7 @@ async fn requests_in_flight_fail_cleanly_when_nats_dies_and_are_finished_on_sigt
     let dir = tempfile::tempdir().expect("tempdir");
     let mut nats = NatsServer::start(dir.path()).await;
     // A timeout far longer than the test, so no answer below is a timeout.
-    let mut i = ingress(
+    let mut i = Ingress::start(
         dir.path(),
         &nats,
         &[
@@ -325,24 +220,6 @@ async fn requests_in_flight_fail_cleanly_when_nats_dies_and_are_finished_on_sigt
     assert!(exit.success(), "{exit:?}");
 }
 
-/// An ingress whose connection to NATS goes through a relay that can cut it,
-/// with a request timeout (60 s) far longer than any test: a 504 would mean a
-/// request left waiting for a reply that could not come.
-async fn ingress_through_cutter(
-    dir: &std::path::Path,
-    nats: &NatsServer,
-    extra: &[(&str, &str)],
-) -> (Ingress, Cutter) {
-    let cutter = Cutter::start(nats.port).await;
-    let through_cutter = format!("nats://127.0.0.1:{}", cutter.port);
-    let mut env = vec![
-        ("NATS_URL", through_cutter.as_str()),
-        ("INGRESS_REQUEST_TIMEOUT", "60s"),
-    ];
-    env.extend_from_slice(extra);
-    (ingress(dir, nats, &env).await, cutter)
-}
-
 /// The ingress's connection to NATS is reset (RST both ways) again and again
 /// under traffic, by a relay between the two: every request is answered, 200
 /// or 503 with a JSON error (none waits out its 60 s timeout into a 504, and
@@ -352,7 +229,7 @@ async fn connections_to_nats_reset_under_traffic_answer_every_request_and_reconn
     const CUTS: u64 = 10;
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = NatsServer::start(dir.path()).await;
-    let (i, cutter) = ingress_through_cutter(dir.path(), &nats, &[]).await;
+    let (i, cutter) = Ingress::through_cutter(dir.path(), &nats, &[]).await;
     let stop = Arc::new(AtomicBool::new(false));
     let passed = Arc::new(AtomicU64::new(0));
     let clients: Vec<_> = (0..4)
@@ -433,7 +310,7 @@ async fn a_silent_nats_connection_is_found_by_its_pings_and_made_again() {
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = NatsServer::start(dir.path()).await;
     let (i, cutter) =
-        ingress_through_cutter(dir.path(), &nats, &[("NATS_PING_INTERVAL", "1s")]).await;
+        Ingress::through_cutter(dir.path(), &nats, &[("NATS_PING_INTERVAL", "1s")]).await;
     i.passes_again().await;
     cutter.go_silent();
     let (status, text) = in_flight(&i, "unheard").await.expect("join");
@@ -452,7 +329,7 @@ async fn a_silent_nats_connection_is_found_by_its_pings_and_made_again() {
 async fn hosts_not_served_are_404_and_sigterm_exits_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = NatsServer::start(dir.path()).await;
-    let mut i = ingress(dir.path(), &nats, &[("INGRESS_HOSTS", "www.example.com")]).await;
+    let mut i = Ingress::start(dir.path(), &nats, &[("INGRESS_HOSTS", "www.example.com")]).await;
     let (status, code) = error_of(
         i.send("GET", "/", "evil.example.com", &[], Vec::new())
             .await,
@@ -503,7 +380,7 @@ async fn run_client(mut c: Command) -> Value {
 async fn websocket_frames_cross_nats_both_ways_with_control_messages() {
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = NatsServer::start(dir.path()).await;
-    let i = ingress(dir.path(), &nats, &[]).await;
+    let i = Ingress::start(dir.path(), &nats, &[]).await;
     let result = run_client(ws_client(&i, "/room/1.a", "chat.example.com", "echo")).await;
     assert_eq!(
         result["replies"],
@@ -545,7 +422,7 @@ async fn websocket_frames_cross_nats_both_ways_with_control_messages() {
 async fn a_slow_websocket_client_is_closed_with_1013_and_sigterm_closes_with_1001() {
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = NatsServer::start(dir.path()).await;
-    let mut i = ingress(dir.path(), &nats, &[("SHUTDOWN_TIMEOUT", "5s")]).await;
+    let mut i = Ingress::start(dir.path(), &nats, &[("SHUTDOWN_TIMEOUT", "5s")]).await;
     let slow = run_client(ws_client(&i, "/feed", "www.example.com", "slow")).await;
     assert_eq!(slow["code"], 1013, "{slow}");
     let hold = ws_client(&i, "/feed", "www.example.com", "hold");
@@ -591,7 +468,7 @@ async fn a_slow_websocket_client_is_closed_with_1013_and_sigterm_closes_with_100
 async fn a_hundred_websockets_at_once_each_get_their_own_replies() {
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = NatsServer::start(dir.path()).await;
-    let i = ingress(dir.path(), &nats, &[]).await;
+    let i = Ingress::start(dir.path(), &nats, &[]).await;
     let result = run_client(ws_client(&i, "/room", "chat.example.com", "many100")).await;
     assert_eq!(result["ok"], 100, "{result}");
     let opened = i
@@ -606,7 +483,7 @@ async fn a_hundred_websockets_at_once_each_get_their_own_replies() {
 async fn a_websocket_may_stay_quiet_longer_than_the_idle_timeout() {
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = NatsServer::start(dir.path()).await;
-    let i = ingress(dir.path(), &nats, &[("INGRESS_IDLE_TIMEOUT", "1s")]).await;
+    let i = Ingress::start(dir.path(), &nats, &[("INGRESS_IDLE_TIMEOUT", "1s")]).await;
     // The idle timeout is for HTTP connections between requests; an open
     // WebSocket with nothing to say (not even pings) stays open.
     let result = run_client(ws_client(&i, "/quiet", "chat.example.com", "idle3")).await;
@@ -624,7 +501,7 @@ async fn hostile_paths_bodies_and_keys_never_cost_the_nats_connection() {
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = NatsServer::start(dir.path()).await;
     // Bodies up to 2 MiB pass the ingress's own limit; NATS takes 1 MiB.
-    let i = ingress(dir.path(), &nats, &[("INGRESS_MAX_BODY_BYTES", "2097152")]).await;
+    let i = Ingress::start(dir.path(), &nats, &[("INGRESS_MAX_BODY_BYTES", "2097152")]).await;
     let admin = format!("http://127.0.0.1:{}/metrics", i.admin);
     let pending = in_flight(&i, "pause");
     responder_has(&i, "pause").await;
