@@ -24,10 +24,7 @@ static ONE_BROKER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_
 async fn gateway(configs: &[(&str, String)]) -> Gateway {
     Gateway::up_with(configs, |_| {
         let mut server = Command::new(bin("amqp-gateway"));
-        server.env(
-            "RUST_LOG",
-            std::env::var("AMQP_LOG").unwrap_or("info".into()),
-        );
+        server.env("RUST_LOG", "info");
         server
     })
     .await

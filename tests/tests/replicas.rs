@@ -466,9 +466,6 @@ async fn a_replica_whose_nats_connection_is_reset_again_and_again_never_runs_any
         starts(&a),
         starts(&b)
     );
-    if std::env::var("SHOWLOG").is_ok() {
-        eprintln!("{}", a.processor.as_ref().unwrap().output());
-    }
     assert_never_twice(&[("r-a", a.journal(), None), ("r-b", b.journal(), None)]);
 }
 

@@ -262,20 +262,28 @@ pub async fn run(
     };
     let period = settings.lease / 4;
     let mut handovers = tokio::task::JoinSet::new();
-    let mut failed = false;
+    let mut last_ok = true;
     loop {
         let snapshot = all.borrow_and_update().clone();
-        let failed_before = std::mem::replace(&mut failed, true);
         // A round whose connection drops cannot expect its replies: it gives
         // up at once rather than at the end of its time.
         let round = tokio::time::timeout(period, tick(&sharing, &store, &snapshot, &registry));
-        match connection.unless_lost(round).await {
-            Some(Ok(Ok(()))) => failed = false,
-            Some(Ok(Err(e))) => tracing::warn!(error = %e, "cannot reach the sharing bucket"),
-            Some(Err(_)) => tracing::warn!("the sharing bucket did not answer in time"),
-            None => tracing::warn!("the connection to NATS dropped during a round"),
-        }
-        if failed {
+        let ok = match connection.unless_lost(round).await {
+            Some(Ok(Ok(()))) => true,
+            Some(Ok(Err(e))) => {
+                tracing::warn!(error = %e, "cannot reach the sharing bucket");
+                false
+            }
+            Some(Err(_)) => {
+                tracing::warn!("the sharing bucket did not answer in time");
+                false
+            }
+            None => {
+                tracing::warn!("the connection to NATS dropped during a round");
+                false
+            }
+        };
+        if !ok {
             sharing.forget_view();
         }
         // Whatever part of the round was done: the supervisor runs what is
@@ -296,11 +304,8 @@ pub async fn run(
         // The first failure after a good round is retried soon: a claim
         // outlives one lost round only if the next comes before its deadline
         // (0.7 of the lease). A longer outage is retried each period.
-        let wait = if failed && !failed_before {
-            period / 8
-        } else {
-            period
-        };
+        let wait = if !ok && last_ok { period / 8 } else { period };
+        last_ok = ok;
         tokio::select! {
             _ = stop_claiming.cancelled() => break,
             _ = all.changed() => {}

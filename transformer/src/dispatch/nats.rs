@@ -315,22 +315,21 @@ impl NatsSink {
                 // comes: retried at once (the stream drops the copy, by its
                 // Nats-Msg-Id, if the first publish was stored), not after
                 // the whole timeout.
-                let Some(acked) = self.metrics.connection.unless_lost(acking).await else {
-                    self.metrics.failures.inc();
-                    return Err(DeliveryError::retryable(
+                match self.metrics.connection.unless_lost(acking).await {
+                    None => Err(DeliveryError::retryable(
                         "the NATS connection dropped before the JetStream acknowledgement came",
-                    ));
-                };
-                match acked {
-                    Ok(Ok(ack)) => {
+                    )),
+                    Some(Ok(Ok(ack))) => {
                         self.metrics.acked.inc();
                         if ack.duplicate {
                             self.metrics.duplicates.inc();
                         }
                         Ok(())
                     }
-                    Ok(Err(e)) => Err(DeliveryError::retryable(format!("JetStream publish: {e}"))),
-                    Err(_) => Err(DeliveryError::retryable(format!(
+                    Some(Ok(Err(e))) => {
+                        Err(DeliveryError::retryable(format!("JetStream publish: {e}")))
+                    }
+                    Some(Err(_)) => Err(DeliveryError::retryable(format!(
                         "JetStream publish timed out after {:?} waiting for the acknowledgement",
                         self.timeout
                     ))),
