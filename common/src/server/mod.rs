@@ -3,7 +3,7 @@
 //! waits for ever on a client that sent half a request; measured, 4,000 clients
 //! that sent `POST / HTTP/1.1` and a Host header held 4,000 descriptors and kept
 //! a SIGTERMed transformer alive for ten minutes. Here each connection is served
-//! by hyper under a watchdog of our own:
+//! by hyper under a watch of our own ([`watch`]):
 //!
 //! - a request head must arrive within [`Limits::header_timeout`] of its first byte;
 //! - a connection with no request in flight and nothing arriving is closed after
@@ -23,8 +23,9 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -46,11 +47,13 @@ use tower::ServiceExt as _;
 
 mod body;
 mod socket;
+mod watch;
 
 pub use body::BodyTimedOut;
 use body::DeadlineBody;
 use socket::{refuse, Tracked};
 pub use socket::{LINGER_BYTES, LINGER_TIME};
+use watch::{Ask, Conn};
 
 /// Connections being drained before they close, at most.
 const MAX_LINGERING: usize = 256;
@@ -154,10 +157,16 @@ pub async fn serve(
     let tracker = TaskTracker::new();
     tokio::pin!(stop);
     let mut accept_error_logged: Option<Instant> = None;
+    let mut ticks = tokio::time::interval(watch::tick(&shared));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let deadline = loop {
         let accepted = tokio::select! {
             deadline = &mut stop => break deadline,
             accepted = listener.accept() => accepted,
+            _ = ticks.tick() => {
+                watch::sweep(&open, &shared);
+                continue;
+            }
         };
         let stream = match accepted {
             Ok((stream, _)) => stream,
@@ -201,10 +210,19 @@ pub async fn serve(
     drop(listener);
     let _ = shared.deadline.set(deadline);
     shared.closing.cancel();
+    watch::wind_down(&open);
     tracker.close();
-    // Every connection task ends by the deadline on its own; this bound only
-    // guards against a bug keeping one alive.
-    let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), tracker.wait()).await;
+    // The sweep closes each connection once idle, and every one at the
+    // deadline; this bound only guards against a bug keeping one alive.
+    let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), async {
+        loop {
+            tokio::select! {
+                _ = tracker.wait() => break,
+                _ = ticks.tick() => watch::sweep(&open, &shared),
+            }
+        }
+    })
+    .await;
 }
 
 /// What every connection of one listener shares.
@@ -222,36 +240,6 @@ struct Shared {
 impl Shared {
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64 + 1
-    }
-}
-
-/// One connection's state, as its watchdog reads it.
-struct Conn {
-    in_flight: AtomicUsize,
-    /// When the last request finished (or the connection opened), in ms.
-    idle_since: AtomicU64,
-    /// When the first byte after `idle_since` arrived (0: none yet), in ms.
-    head_since: AtomicU64,
-    /// Cancelled to give this connection's place to a new one.
-    displaced: CancellationToken,
-    /// Set when the server cuts the connection off (a timeout, displaced, shut
-    /// down): then it is closed at once, not drained.
-    cut_off: std::sync::atomic::AtomicBool,
-}
-
-impl Conn {
-    fn new(shared: &Shared) -> Self {
-        Conn {
-            in_flight: AtomicUsize::new(0),
-            idle_since: AtomicU64::new(shared.now_ms()),
-            head_since: AtomicU64::new(0),
-            displaced: CancellationToken::new(),
-            cut_off: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-
-    fn busy(&self) -> bool {
-        self.in_flight.load(Ordering::Acquire) > 0
     }
 }
 
@@ -274,7 +262,7 @@ async fn displace_idle(
             open.retain(|c| c.strong_count() > 0);
             open.iter()
                 .filter_map(Weak::upgrade)
-                .filter(|c| !c.busy() && !c.displaced.is_cancelled())
+                .filter(|c| !c.busy() && !c.asked_anything())
                 .map(|c| {
                     let head_since = c.head_since.load(Ordering::Acquire);
                     let key = if head_since != 0 {
@@ -294,7 +282,7 @@ async fn displace_idle(
                 continue;
             }
         }
-        victim.displaced.cancel();
+        victim.ask(Ask::Displaced);
         drop(victim);
         return tokio::time::timeout(DISPLACE_WAIT, permits.clone().acquire_owned())
             .await
@@ -304,7 +292,7 @@ async fn displace_idle(
     None
 }
 
-/// Serves one connection under its watchdog.
+/// Serves one connection until it ends or the listener asks it to close.
 async fn connection(
     stream: TcpStream,
     permit: OwnedSemaphorePermit,
@@ -346,7 +334,7 @@ async fn connection(
         })
     };
     let mut builder = hyper::server::conn::http1::Builder::new();
-    // Our watchdog bounds the head; hyper's own timer would also close idle
+    // Our watch bounds the head; hyper's own timer would also close idle
     // keep-alive connections at the header timeout.
     builder.header_read_timeout(None).keep_alive(true);
     // The connection lives in this block, so it is closed before it stops
@@ -356,37 +344,27 @@ async fn connection(
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
         tokio::pin!(served);
-        let tick = (shared.limits.header_timeout.min(shared.limits.idle_timeout) / 4)
-            .clamp(Duration::from_millis(50), Duration::from_secs(1));
-        let mut shutting_down = false;
-        let reason = loop {
-            tokio::select! {
-                result = served.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                    break None;
-                }
-                _ = conn.displaced.cancelled() => break Some("displaced"),
-                _ = shared.closing.cancelled(), if !shutting_down => {
-                    shutting_down = true;
-                    if !conn.busy() {
-                        break Some("shutdown");
-                    }
-                    served.as_mut().graceful_shutdown();
-                }
-                _ = tokio::time::sleep(tick) => {
-                    if shutting_down {
-                        let past = shared.deadline.get().is_some_and(|d| Instant::now() >= *d);
-                        if past || !conn.busy() {
-                            break Some("shutdown");
-                        }
-                    } else if let Some(reason) = overdue(&conn, &shared) {
-                        break Some(reason);
+        let mut winding_down = false;
+        let reason = std::future::poll_fn(|cx| {
+            match conn.asked(cx.waker()) {
+                Ask::Nothing => {}
+                Ask::WindDown if !conn.busy() => return Poll::Ready(Some("shutdown")),
+                Ask::WindDown => {
+                    if !winding_down {
+                        winding_down = true;
+                        served.as_mut().graceful_shutdown();
                     }
                 }
+                ask => return Poll::Ready(ask.reason()),
             }
-        };
+            served.as_mut().poll(cx).map(|result| {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                None
+            })
+        })
+        .await;
         if let Some(reason) = reason {
             // Before the connection drops: a connection cut off is not lingered on.
             conn.cut_off.store(true, Ordering::Release);
@@ -394,22 +372,6 @@ async fn connection(
         }
     }
     shared.metrics.open.dec();
-}
-
-/// Whether a connection with no request in flight has waited too long: for the
-/// rest of a request head, or for anything at all.
-fn overdue(conn: &Conn, shared: &Shared) -> Option<&'static str> {
-    if conn.busy() {
-        return None;
-    }
-    let now = shared.now_ms();
-    let head_since = conn.head_since.load(Ordering::Acquire);
-    if head_since != 0 {
-        let waited = Duration::from_millis(now.saturating_sub(head_since));
-        return (waited > shared.limits.header_timeout).then_some("header_timeout");
-    }
-    let idle = Duration::from_millis(now.saturating_sub(conn.idle_since.load(Ordering::Acquire)));
-    (idle > shared.limits.idle_timeout).then_some("idle_timeout")
 }
 
 /// Marks a request finished when its response is ready (or it is dropped).
