@@ -18,8 +18,11 @@ pub enum ErrorCode {
     RequestTimeout,
     /// 413: the body is over the size limit.
     TooLarge,
-    /// 414: the path makes a NATS subject longer than a server takes.
+    /// 414: the request line is longer than the listener reads, or (the
+    /// ingress) the path makes a NATS subject longer than a server takes.
     UriTooLong,
+    /// 431: more request headers than the listener reads, or a head too long.
+    HeadersTooLarge,
     /// 502: a responder's reply cannot be an HTTP response (a 1xx status).
     BadReply,
     /// 415: a content type the endpoint does not take.
@@ -76,6 +79,7 @@ impl ErrorCode {
             ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::UriTooLong => "uri_too_long",
+            ErrorCode::HeadersTooLarge => "headers_too_large",
             ErrorCode::BadReply => "bad_reply",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::Unauthorized => "unauthorized",
@@ -108,6 +112,7 @@ impl ErrorCode {
             ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UriTooLong => StatusCode::URI_TOO_LONG,
+            ErrorCode::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorCode::BadReply => StatusCode::BAD_GATEWAY,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -260,11 +265,12 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
-    const ALL: [ErrorCode; 27] = [
+    const ALL: [ErrorCode; 28] = [
         ErrorCode::BadRequest,
         ErrorCode::RequestTimeout,
         ErrorCode::TooLarge,
         ErrorCode::UriTooLong,
+        ErrorCode::HeadersTooLarge,
         ErrorCode::BadReply,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::Unauthorized,

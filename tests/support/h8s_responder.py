@@ -3,7 +3,8 @@
 subscribes to --subject, records every request (subject, reply subject,
 headers, body) to --out as JSON lines, and answers with the body reversed, an
 `X-Echo: yes` header, and `X-H8S-Status` when the request asked for one with
-`X-Want-Status`. A body of `slow` is answered after 5 s, `pause` after 0.5 s
+`X-Want-Status`; with `X-Want-Bare` it answers only that status, no other
+header and no body. A body of `slow` is answered after 5 s, `pause` after 0.5 s
 (each on a task of its own, so one slow request holds up no other).
 
 WebSocket frames (`h8s.ws.ws.>`) are answered on their inbox in upper case;
@@ -37,6 +38,9 @@ async def main():
             await asyncio.sleep(5)
         elif msg.data == b"pause":
             await asyncio.sleep(0.5)
+        if "X-Want-Bare" in headers:
+            await nc.publish(msg.reply, b"", headers={"X-H8S-Status": headers.get("X-Want-Status", "200")})
+            return
         reply = {"X-Echo": "yes", "Content-Type": "application/octet-stream"}
         if "X-Want-Status" in headers:
             reply["X-H8S-Status"] = headers["X-Want-Status"]

@@ -2,6 +2,8 @@
 //! silent connections, trickled bodies, more connections than allowed, a body
 //! far over the limit from Python's urllib (which writes it all before reading),
 //! and a SIGTERM while all of that is going on. Each gets a bounded answer.
+//! Requests that cannot be parsed at all get a JSON error from every listener,
+//! the ingress's too.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -337,4 +339,110 @@ except Exception as e:
             serde_json::from_str(out.trim_start_matches("413 ").trim()).expect("JSON error");
         assert_eq!(v["error"], "too_large", "{url}");
     }
+}
+
+/// Requests the HTTP parser refuses, sent raw: each with the status and error
+/// code it must get.
+fn malformed() -> Vec<(Vec<u8>, u16, &'static str)> {
+    let many: String = (0..150).map(|i| format!("X-{i}: a\r\n")).collect();
+    vec![
+        (
+            b"GET /a/*/> HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\nNo Colon\r\n\r\n".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (b"BLAH\r\n\r\n".to_vec(), 400, "bad_request"),
+        (
+            format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n").into_bytes(),
+            431,
+            "headers_too_large",
+        ),
+        (
+            format!(
+                "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+                "a".repeat(500_000)
+            )
+            .into_bytes(),
+            431,
+            "headers_too_large",
+        ),
+        (
+            format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000)).into_bytes(),
+            414,
+            "uri_too_long",
+        ),
+    ]
+}
+
+/// Sends each malformed request on a connection of its own, and once more
+/// after a good request on a kept-alive connection; each answer must be the
+/// status with a JSON error naming the problem.
+fn malformed_requests_get_json_errors(port: u16, good: &[u8]) {
+    for (request, status, code) in malformed() {
+        for after_a_good_one in [false, true] {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            let mut sent = Vec::new();
+            if after_a_good_one {
+                sent.extend_from_slice(good);
+            }
+            sent.extend_from_slice(&request);
+            // The server may close before taking it all; its answer still comes.
+            let _ = s.write_all(&sent);
+            let answer = read_answer(&mut s, Duration::from_secs(10));
+            let last = answer.rfind("HTTP/1.1 ").map_or("", |i| &answer[i..]);
+            let what = String::from_utf8_lossy(&request[..request.len().min(30)]).into_owned();
+            assert!(
+                last.starts_with(&format!("HTTP/1.1 {status} ")),
+                "{port} {what:?} (after a good one: {after_a_good_one}): {answer:?}"
+            );
+            assert!(
+                last.contains("content-type: application/json"),
+                "{what:?}: {last:?}"
+            );
+            let body = last.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            let json: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+            assert_eq!(json["error"], code, "{what:?}: {last:?}");
+            assert!(
+                json["detail"].as_str().is_some_and(|d| !d.is_empty()),
+                "{last:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn requests_that_cannot_be_parsed_get_a_json_error() {
+    let g = gateway(Target::Transformer, &[]).await;
+    let good = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    malformed_requests_get_json_errors(g.tr_port, good);
+    malformed_requests_get_json_errors(g.pc_port, good);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = NatsServer::start(dir.path()).await;
+    let ingress = Ingress::start(dir.path(), &nats, &[]).await;
+    malformed_requests_get_json_errors(
+        ingress.port,
+        b"GET /a HTTP/1.1\r\nHost: www.example.com\r\n\r\n",
+    );
+    // A responder's own empty 400, on a connection the client closes, is
+    // passed on as it is: only the parser's answers are rewritten.
+    let mut s = TcpStream::connect(("127.0.0.1", ingress.port)).expect("connect");
+    s.write_all(
+        b"GET /bare HTTP/1.1\r\nHost: www.example.com\r\nX-Want-Status: 400\r\nX-Want-Bare: yes\r\nConnection: close\r\n\r\n",
+    )
+    .expect("write");
+    let answer = read_answer(&mut s, Duration::from_secs(10));
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer:?}");
+    assert!(!answer.contains("application/json"), "{answer:?}");
+    assert!(answer.ends_with("\r\n\r\n"), "an empty body: {answer:?}");
 }

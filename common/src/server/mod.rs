@@ -46,6 +46,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
 mod body;
+mod malformed;
 mod socket;
 mod watch;
 
@@ -301,17 +302,13 @@ async fn connection(
     shared: Arc<Shared>,
 ) {
     shared.metrics.open.inc();
-    let io = Tracked {
-        stream: Some(stream),
-        permit: Some(permit),
-        conn: conn.clone(),
-        shared: shared.clone(),
-    };
+    let io = Tracked::new(stream, permit, conn.clone(), shared.clone());
     let service = {
         let conn = conn.clone();
         let body_timeout = shared.limits.body_timeout;
         let shared = shared.clone();
         hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            conn.requests.fetch_add(1, Ordering::AcqRel);
             conn.in_flight.fetch_add(1, Ordering::AcqRel);
             let guard = InFlight {
                 conn: conn.clone(),

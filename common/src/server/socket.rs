@@ -1,7 +1,9 @@
 //! The socket side of a connection: what hyper reads and writes through
-//! ([`Tracked`] notes when a request head starts arriving), the lingering close
-//! that drains a client still sending its body so it reads our answer instead
-//! of a reset, and the canned 503 for a connection over the limit.
+//! ([`Tracked`] notes when a request head starts arriving, and gives hyper's
+//! bare answer to a request it cannot parse a JSON error, see [`malformed`]),
+//! the lingering close that drains a client still sending its body so it reads
+//! our answer instead of a reset, and the canned 503 for a connection over the
+//! limit.
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -14,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
+use super::malformed;
 use super::{Conn, Shared};
 
 /// How much of an unread request body is drained before a connection closes.
@@ -30,6 +33,70 @@ pub(super) struct Tracked {
     pub(super) permit: Option<OwnedSemaphorePermit>,
     pub(super) conn: Arc<Conn>,
     pub(super) shared: Arc<Shared>,
+    /// The requests handed to the service whose response has begun here: a
+    /// response head written when there is none due is hyper's own.
+    pub(super) heads: u64,
+    /// hyper's answer to a request it could not parse, as a JSON error, and
+    /// how much of it is written.
+    pub(super) answer: Option<(Vec<u8>, usize)>,
+}
+
+impl Tracked {
+    pub(super) fn new(
+        stream: TcpStream,
+        permit: OwnedSemaphorePermit,
+        conn: Arc<Conn>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Tracked {
+            stream: Some(stream),
+            permit: Some(permit),
+            conn,
+            shared,
+            heads: 0,
+            answer: None,
+        }
+    }
+
+    /// Notes the start of the service's response heads; takes hyper's own
+    /// answer to an unparsable request (written when no response is due) to
+    /// be sent as a JSON error instead. `Some(n)`: `n` bytes taken that way.
+    fn take_write(&mut self, bufs: &[std::io::IoSlice<'_>]) -> Option<usize> {
+        let first = bufs.iter().find(|b| !b.is_empty())?;
+        if !first.starts_with(b"HTTP/1.1 ") || first.starts_with(b"HTTP/1.1 1") {
+            return None;
+        }
+        if self.conn.requests.load(Ordering::Acquire) > self.heads {
+            self.heads += 1;
+            return None;
+        }
+        let len: usize = bufs.iter().map(|b| b.len()).sum();
+        let head: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+        let answer = malformed::rewrite(&head)?;
+        tracing::debug!(answer = %String::from_utf8_lossy(&answer), "a request that could not be parsed");
+        self.answer = Some((answer, 0));
+        Some(len)
+    }
+
+    /// Writes out what is left of the rewritten answer.
+    fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let (Some((answer, written)), Some(stream)) = (self.answer.as_mut(), self.stream.as_mut())
+        else {
+            return Poll::Ready(Ok(()));
+        };
+        while *written < answer.len() {
+            match Pin::new(&mut *stream).poll_write(cx, &answer[*written..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                }
+                Poll::Ready(Ok(n)) => *written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.answer = None;
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl AsyncRead for Tracked {
@@ -58,14 +125,11 @@ impl AsyncRead for Tracked {
 
 impl AsyncWrite for Tracked {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match self.stream.as_mut() {
-            Some(s) => Pin::new(s).poll_write(cx, buf),
-            None => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
-        }
+        self.poll_write_vectored(cx, &[std::io::IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -73,7 +137,16 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        match self.stream.as_mut() {
+        let this = &mut *self;
+        std::task::ready!(this.poll_answer(cx))?;
+        if let Some(taken) = this.take_write(bufs) {
+            // Taken whole; what the socket does not take now goes out on flush.
+            if let Poll::Ready(Err(e)) = this.poll_answer(cx) {
+                return Poll::Ready(Err(e));
+            }
+            return Poll::Ready(Ok(taken));
+        }
+        match this.stream.as_mut() {
             Some(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             None => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
         }
@@ -84,6 +157,7 @@ impl AsyncWrite for Tracked {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_answer(cx))?;
         match self.stream.as_mut() {
             Some(s) => Pin::new(s).poll_flush(cx),
             None => Poll::Ready(Ok(())),
@@ -91,6 +165,7 @@ impl AsyncWrite for Tracked {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_answer(cx))?;
         match self.stream.as_mut() {
             Some(s) => Pin::new(s).poll_shutdown(cx),
             None => Poll::Ready(Ok(())),

@@ -62,6 +62,8 @@ impl Ask {
 
 /// One connection's state, as the listener and the connection's task share it.
 pub(super) struct Conn {
+    /// Requests handed to the service so far.
+    pub(super) requests: AtomicU64,
     pub(super) in_flight: AtomicUsize,
     /// When the last request finished (or the connection opened), in ms.
     pub(super) idle_since: AtomicU64,
@@ -79,6 +81,7 @@ pub(super) struct Conn {
 impl Conn {
     pub(super) fn new(shared: &Shared) -> Self {
         Conn {
+            requests: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(shared.now_ms()),
             head_since: AtomicU64::new(0),

@@ -1,0 +1,120 @@
+//! A request hyper cannot parse (a malformed request line or header, more
+//! headers than it reads, a request line or head too long) never reaches the
+//! service: hyper answers it itself, 400, 431 or 414, with an empty body, and
+//! closes. hyper has no hook for that answer, so the socket ([`super::socket`])
+//! recognises it by its exact shape, written when no response is due, and
+//! sends this module's JSON error in its place, as every other error of the
+//! gateway is sent.
+
+use crate::error::ErrorCode;
+
+/// The most request headers hyper reads (its default); one more is a 431.
+const MAX_HEADERS: usize = 100;
+
+/// The JSON error to send in place of hyper's own `head`, or `None` when the
+/// head is not one of hyper's answers to an unparsable request.
+pub(super) fn rewrite(head: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(head).ok()?;
+    let rest = text.strip_prefix("HTTP/1.1 ")?;
+    let (status_line, rest) = rest.split_once("\r\n")?;
+    let (code, detail) = match status_line {
+        "400 Bad Request" => (
+            ErrorCode::BadRequest,
+            "the request could not be parsed: a malformed request line, header or Content-Length".to_owned(),
+        ),
+        "414 URI Too Long" => (
+            ErrorCode::UriTooLong,
+            "the request line is longer than this server reads".to_owned(),
+        ),
+        "431 Request Header Fields Too Large" => (
+            ErrorCode::HeadersTooLarge,
+            format!("the request has more than {MAX_HEADERS} headers, or its head is longer than this server reads"),
+        ),
+        _ => return None,
+    };
+    // Exactly what hyper writes: these three headers, no body.
+    let headers = rest.strip_suffix("\r\n\r\n")?;
+    let mut seen = [false; 3];
+    for line in headers.split("\r\n") {
+        let (name, value) = line.split_once(": ")?;
+        let slot = match (name, value) {
+            ("connection", "close") => 0,
+            ("content-length", "0") => 1,
+            ("date", _) => 2,
+            _ => return None,
+        };
+        if std::mem::replace(&mut seen[slot], true) {
+            return None;
+        }
+    }
+    if !seen[0] || !seen[1] {
+        return None;
+    }
+    let body = serde_json::json!({ "error": code.as_str(), "detail": detail }).to_string();
+    Some(
+        format!(
+            "HTTP/1.1 {status_line}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body_of(answer: &[u8]) -> serde_json::Value {
+        let text = std::str::from_utf8(answer).expect("utf-8");
+        let (_, body) = text.split_once("\r\n\r\n").expect("head and body");
+        serde_json::from_str(body).expect("JSON")
+    }
+
+    #[test]
+    fn hypers_own_answers_become_json_errors() {
+        for (status, code) in [
+            ("400 Bad Request", "bad_request"),
+            ("414 URI Too Long", "uri_too_long"),
+            ("431 Request Header Fields Too Large", "headers_too_large"),
+        ] {
+            let head = format!("HTTP/1.1 {status}\r\nconnection: close\r\ncontent-length: 0\r\ndate: Mon, 30 Nov 2026 21:05:10 GMT\r\n\r\n");
+            let answer = rewrite(head.as_bytes()).expect("rewritten");
+            let text = String::from_utf8_lossy(&answer);
+            assert!(
+                text.starts_with(&format!("HTTP/1.1 {status}\r\n")),
+                "{text}"
+            );
+            assert!(
+                text.contains("content-type: application/json\r\n"),
+                "{text}"
+            );
+            let body = body_of(&answer);
+            assert_eq!(body["error"], code);
+            assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+            let length: usize = text
+                .split("content-length: ")
+                .nth(1)
+                .and_then(|t| t.split("\r\n").next())
+                .and_then(|n| n.parse().ok())
+                .expect("content-length");
+            assert_eq!(length, body.to_string().len());
+        }
+    }
+
+    #[test]
+    fn anything_else_is_left_alone() {
+        for head in [
+            // A responder's own empty 400, with a header of its own.
+            "HTTP/1.1 400 Bad Request\r\nx-reply: yes\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+            // An empty 400 that keeps the connection.
+            "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\ndate: x\r\n\r\n",
+            // With a body.
+            "HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}",
+            "HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\n\r\n",
+            "HTTP/1.1 400 Bad Request\r\nconnection: close\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+        ] {
+            assert_eq!(rewrite(head.as_bytes()), None, "{head}");
+        }
+    }
+}
