@@ -117,7 +117,8 @@ impl UserServer {
         if status.is_success() {
             return Outcome::Accepted;
         }
-        let body = response.text().await.unwrap_or_default();
+        // The start of the answer is the phase's message; a longer one is cut.
+        let body = gateway_common::answer::prefix(response, 8 * 1024).await;
         let body = body.trim().chars().take(2048).collect::<String>();
         if status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429 {
             Outcome::Rejected {

@@ -126,7 +126,7 @@ impl HttpSink {
             }
             return Ok(());
         }
-        let body = response.text().await.unwrap_or_default();
+        let body = gateway_common::answer::prefix(response, 2048).await;
         let body: String = body.chars().take(512).collect();
         let message = format!("POST {} answered {status}: {body}", self.name);
         if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {

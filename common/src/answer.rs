@@ -1,0 +1,107 @@
+//! Reading the body of another server's answer (a user server refusing a
+//! configuration, a sensor failing a delivery) for a phase message or a log
+//! line. `Response::text` reads all of it into memory first, however large: a
+//! server that answers an error with an endless body would take the process's
+//! memory with it, for the 512 characters kept in the end. Here at most
+//! `limit` bytes are read; the rest goes with the connection.
+
+/// The first `limit` bytes of `response`'s body, as text (invalid UTF-8, and a
+/// character cut at the limit, become U+FFFD). A body that fails part-way
+/// gives what arrived.
+pub async fn prefix(mut response: reqwest::Response, limit: usize) -> String {
+    let mut out = Vec::new();
+    while out.len() < limit {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let take = chunk.len().min(limit - out.len());
+                out.extend_from_slice(&chunk[..take]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server on a real socket that answers 500 with a chunked body that
+    /// never ends, until the client goes away.
+    async fn endless_server() -> (u16, tokio::task::JoinHandle<u64>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let served = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut head = [0u8; 4096];
+            let _ = s.read(&mut head).await;
+            let _ = s
+                .write_all(
+                    b"HTTP/1.1 500 Internal Server Error\r\ntransfer-encoding: chunked\r\n\r\n",
+                )
+                .await;
+            let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "x".repeat(64 * 1024));
+            let mut sent = 0u64;
+            while s.write_all(chunk.as_bytes()).await.is_ok() {
+                sent += 1;
+                if sent > 100_000 {
+                    break;
+                }
+            }
+            sent
+        });
+        (port, served)
+    }
+
+    #[tokio::test]
+    async fn an_endless_error_body_is_read_only_to_the_limit() {
+        let (port, served) = endless_server().await;
+        let response = crate::tls::client_builder()
+            .build()
+            .expect("client")
+            .post(format!("http://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(response.status().as_u16(), 500);
+        let text = tokio::time::timeout(std::time::Duration::from_secs(10), prefix(response, 2048))
+            .await
+            .expect("returns although the body never ends");
+        assert_eq!(text, "x".repeat(2048));
+        let chunks = tokio::time::timeout(std::time::Duration::from_secs(10), served)
+            .await
+            .expect("the server sees the client go")
+            .expect("server task");
+        assert!(
+            chunks < 100_000,
+            "the client read {chunks} chunks of 64 KiB"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_short_body_is_read_whole() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut head = [0u8; 4096];
+            let _ = s.read(&mut head).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 9\r\n\r\nbad \xc3\xa9tat")
+                .await;
+        });
+        let response = crate::tls::client_builder()
+            .build()
+            .expect("client")
+            .post(format!("http://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(prefix(response, 2048).await, "bad état");
+    }
+}
