@@ -25,11 +25,19 @@ pub async fn prefix(mut response: reqwest::Response, limit: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
-    /// A server on a real socket that answers 500 with a chunked body that
-    /// never ends, until the client goes away.
-    async fn endless_server() -> (u16, tokio::task::JoinHandle<u64>) {
+    /// A server on a real socket for one request: reads its head, then lets
+    /// `answer` write what it likes.
+    async fn serve_once<F, Fut, T>(answer: F) -> (u16, tokio::task::JoinHandle<T>)
+    where
+        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = T> + Send,
+        T: Send + 'static,
+    {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -38,40 +46,42 @@ mod tests {
             let (mut s, _) = listener.accept().await.expect("accept");
             let mut head = [0u8; 4096];
             let _ = s.read(&mut head).await;
-            let _ = s
-                .write_all(
-                    b"HTTP/1.1 500 Internal Server Error\r\ntransfer-encoding: chunked\r\n\r\n",
-                )
-                .await;
-            let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "x".repeat(64 * 1024));
-            let mut sent = 0u64;
-            while s.write_all(chunk.as_bytes()).await.is_ok() {
-                sent += 1;
-                if sent > 100_000 {
-                    break;
-                }
-            }
-            sent
+            answer(s).await
         });
         (port, served)
     }
 
-    #[tokio::test]
-    async fn an_endless_error_body_is_read_only_to_the_limit() {
-        let (port, served) = endless_server().await;
-        let response = crate::tls::client_builder()
+    async fn post(port: u16) -> reqwest::Response {
+        crate::tls::client_builder()
             .build()
             .expect("client")
             .post(format!("http://127.0.0.1:{port}/"))
             .send()
             .await
-            .expect("answer");
+            .expect("answer")
+    }
+
+    #[tokio::test]
+    async fn an_endless_error_body_is_read_only_to_the_limit() {
+        // 500 with a chunked body that never ends, until the client goes away.
+        let (port, served) = serve_once(|mut s| async move {
+            let head = b"HTTP/1.1 500 Internal Server Error\r\ntransfer-encoding: chunked\r\n\r\n";
+            let _ = s.write_all(head).await;
+            let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "x".repeat(64 * 1024));
+            let mut sent = 0u64;
+            while sent < 100_000 && s.write_all(chunk.as_bytes()).await.is_ok() {
+                sent += 1;
+            }
+            sent
+        })
+        .await;
+        let response = post(port).await;
         assert_eq!(response.status().as_u16(), 500);
-        let text = tokio::time::timeout(std::time::Duration::from_secs(10), prefix(response, 2048))
+        let text = tokio::time::timeout(Duration::from_secs(10), prefix(response, 2048))
             .await
             .expect("returns although the body never ends");
         assert_eq!(text, "x".repeat(2048));
-        let chunks = tokio::time::timeout(std::time::Duration::from_secs(10), served)
+        let chunks = tokio::time::timeout(Duration::from_secs(10), served)
             .await
             .expect("the server sees the client go")
             .expect("server task");
@@ -83,25 +93,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_short_body_is_read_whole() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.expect("accept");
-            let mut head = [0u8; 4096];
-            let _ = s.read(&mut head).await;
-            let _ = s
-                .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 9\r\n\r\nbad \xc3\xa9tat")
-                .await;
-        });
-        let response = crate::tls::client_builder()
-            .build()
-            .expect("client")
-            .post(format!("http://127.0.0.1:{port}/"))
-            .send()
-            .await
-            .expect("answer");
-        assert_eq!(prefix(response, 2048).await, "bad état");
+        let (port, _served) = serve_once(|mut s| async move {
+            let answer = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 9\r\n\r\nbad \xc3\xa9tat";
+            let _ = s.write_all(answer).await;
+        })
+        .await;
+        assert_eq!(prefix(post(port).await, 2048).await, "bad état");
     }
 }
