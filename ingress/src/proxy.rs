@@ -178,7 +178,10 @@ pub(crate) fn nats_headers(headers: &HeaderMap, subject: &str, uri: &Uri) -> asy
         {
             continue;
         }
-        if let Ok(value) = value.to_str() {
+        // UTF-8 too, not only visible ASCII (`to_str`): clients send names
+        // and places as they are. Bytes that are not UTF-8 cannot be a NATS
+        // header value here, and that header is left out.
+        if let Ok(value) = std::str::from_utf8(value.as_bytes()) {
             // Handed over whole: async-nats keeps the String, not a copy.
             out.append(canonical(name.as_str()), value);
         }

@@ -31,7 +31,7 @@ async fn requests_and_replies_cross_nats_with_headers_bodies_and_status() {
             "POST",
             "/api/v1.2/items%20all?q=a%20b&n=1",
             "www.example.com:8080",
-            &[("x-custom", "a")],
+            &[("x-custom", "a"), ("x-name", "José")],
             body.clone(),
         )
         .await;
@@ -52,6 +52,7 @@ async fn requests_and_replies_cross_nats_with_headers_bodies_and_status() {
         "/api/v1.2/items%20all?q=a%20b&n=1"
     );
     assert_eq!(req["headers"]["X-Custom"], "a");
+    assert_eq!(req["headers"]["X-Name"], "José", "UTF-8 in a header value");
     assert!(
         req["reply"]
             .as_str()
