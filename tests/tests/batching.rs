@@ -405,3 +405,70 @@ async fn a_transformer_that_offers_no_batches_gets_single_events() {
 async fn a_transformer_that_offers_batches_but_has_none_gets_single_events() {
     against_a_stub_transformer(true).await;
 }
+
+/// A replica frozen between checking its claim and sending an event must not
+/// have the event taken once the claim lapsed: the transformer checks the
+/// claim's time (`x-gateway-claim-until`) on arrival, for single events and
+/// each event of a batch.
+#[tokio::test]
+async fn an_event_whose_claim_lapsed_before_it_arrived_is_refused() {
+    let mut g = Gateway::new(UserServerKind::Python);
+    g.start_sensor().await;
+    g.start_transformer().await;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let (past, ahead) = ((now_ms - 2_000).to_string(), (now_ms + 60_000).to_string());
+    let mut answers = Vec::new();
+    for (n, claim) in [past.as_str(), ahead.as_str(), "soon"]
+        .into_iter()
+        .enumerate()
+    {
+        let r = g
+            .http
+            .post(g.tr_url("/"))
+            .header("content-type", "application/json")
+            .header("x-gateway-claim-until", claim)
+            .body(event_body("a", "t", n))
+            .send()
+            .await
+            .expect("POST /");
+        let status = r.status().as_u16();
+        let json: Value = r.json().await.unwrap_or_default();
+        answers.push((status, json["error"].as_str().unwrap_or("").to_owned()));
+        if status == 409 {
+            let detail = json["detail"].as_str().unwrap_or("");
+            assert!(detail.contains("lapsed"), "{json}");
+        }
+    }
+    assert_eq!(
+        answers,
+        [
+            (409, "not_owner".to_owned()),
+            (200, String::new()),
+            (400, "bad_request".to_owned())
+        ]
+    );
+
+    let event = |n| serde_json::from_str::<Value>(&event_body("a", "t", n)).expect("json");
+    let batch = json!([
+        {"event": event(10), "x-gateway-claim-until": ahead},
+        {"event": event(11), "x-gateway-claim-until": past},
+        {"event": event(12)},
+    ]);
+    let r = g
+        .post(&g.tr_url("/batch"), "application/json", batch.to_string())
+        .await;
+    let statuses: Vec<u64> = r.json["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(statuses, [200, 409, 200], "{}", r.text);
+    assert_eq!(r.json["results"][1]["error"], "not_owner");
+    let events = g.wait_sensor(3).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(g.sensor_events().len(), 3, "{events:?}");
+}

@@ -56,6 +56,7 @@ fn reject_reason(e: &ApiError) -> &'static str {
     match e.code {
         ErrorCode::TooLarge => "too_large",
         ErrorCode::ShuttingDown => "shutting_down",
+        ErrorCode::NotOwner => "not_owner",
         c if c.status() == StatusCode::SERVICE_UNAVAILABLE => "backpressure",
         _ => "bad_request",
     }
@@ -94,6 +95,11 @@ async fn accept_batch(
     let mut events = Vec::with_capacity(items.len());
     let mut slots = Vec::with_capacity(items.len());
     for item in &items {
+        if let Err(e) = claim_holds(item.claim_until.as_deref()) {
+            st.metrics.reject(reject_reason(&e));
+            results.push(failed(e));
+            continue;
+        }
         let trace = [
             ("traceparent", item.traceparent.as_deref()),
             ("tracestate", item.tracestate.as_deref()),
@@ -136,6 +142,24 @@ async fn accept_batch(
     Ok(Json(BatchAnswer { results }))
 }
 
+/// Refuses an event whose replica's claim on its configuration lapsed before
+/// it arrived ([`wire::CLAIM_HEADER`]): another replica may run it now.
+fn claim_holds(claim_until: Option<&str>) -> Result<(), ApiError> {
+    let Some(value) = claim_until else {
+        return Ok(());
+    };
+    match wire::claim_lapsed(value) {
+        Ok(None) => Ok(()),
+        Ok(Some(ms)) => Err(ApiError::new(
+            ErrorCode::NotOwner,
+            format!(
+                "the replica's claim on this configuration lapsed {ms} ms before the event arrived; another replica may run it now"
+            ),
+        )),
+        Err(e) => Err(ApiError::bad_request(e.to_string())),
+    }
+}
+
 fn failed(e: ApiError) -> BatchResult {
     BatchResult {
         status: e.status().as_u16(),
@@ -153,6 +177,11 @@ async fn accept(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let dispatcher = st.intake.dispatcher()?;
     let body = body.map_err(|r| ApiError::from_body(r, st.max_body_bytes))?;
+    claim_holds(
+        headers
+            .get(wire::CLAIM_HEADER)
+            .map(|v| v.to_str().unwrap_or("")),
+    )?;
     let (event, kind) = decode(st, headers, body)?;
     let id = event.id.clone();
     dispatcher.dispatch(event).await.map_err(refused)?;

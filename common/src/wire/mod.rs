@@ -23,6 +23,8 @@ pub enum WireError {
     MissingSrc,
     #[error("\"payload\" is not valid base64: {0}")]
     BadBase64(String),
+    #[error("x-gateway-claim-until must be milliseconds since the Unix epoch, not {0:?}")]
+    BadClaim(String),
 }
 
 /// Parses `{"src","payload"}` strictly enough to give a clear error, loosely enough
@@ -149,8 +151,40 @@ pub const BATCH_PATH: &str = "/batch";
 /// it (an older one, or another implementation) only ever gets single events.
 pub const BATCH_HEADER: &str = "x-gateway-batch-max-bytes";
 
+/// Sent by a processor-client that shares its configurations with other
+/// replicas, with each event (a header of `POST /`, a field of a batch item):
+/// the time, in milliseconds since the Unix epoch, until which it holds the
+/// claim on the event's configuration. The transformer refuses an event that
+/// arrives later (409 `not_owner`): the replica checked its claim when the
+/// event came in, but a replica frozen (SIGSTOP, a paused VM) between that
+/// check and the send would otherwise forward it after another replica took
+/// the configuration over.
+pub const CLAIM_HEADER: &str = "x-gateway-claim-until";
+
+/// [`CLAIM_HEADER`]'s value for a claim held for `left` from now.
+pub fn claim_until(left: std::time::Duration) -> String {
+    unix_ms(std::time::SystemTime::now() + left).to_string()
+}
+
+/// Whether a [`CLAIM_HEADER`] value has passed: `Ok(None)` while the claim
+/// holds, `Ok(Some(ms))` when it lapsed `ms` milliseconds ago, `Err` when the
+/// value is not a time.
+pub fn claim_lapsed(value: &str) -> Result<Option<u64>, WireError> {
+    let until: u64 = value
+        .trim()
+        .parse()
+        .map_err(|_| WireError::BadClaim(value.chars().take(40).collect()))?;
+    let now = unix_ms(std::time::SystemTime::now());
+    Ok((now > until).then(|| now - until))
+}
+
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// One event of a batch: the `{src, payload}` body as its producer sent it, and
-/// the trace headers that came with it.
+/// the trace headers and claim that came with it.
 #[derive(Debug, Deserialize)]
 pub struct BatchItem<'a> {
     #[serde(borrow)]
@@ -159,6 +193,9 @@ pub struct BatchItem<'a> {
     pub traceparent: Option<String>,
     #[serde(default)]
     pub tracestate: Option<String>,
+    /// [`CLAIM_HEADER`], when the processor-client shares its configurations.
+    #[serde(default, rename = "x-gateway-claim-until")]
+    pub claim_until: Option<String>,
 }
 
 /// Writes a batch body from events already encoded as `{src, payload}` JSON, so
@@ -211,6 +248,19 @@ pub struct BatchResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_claim_holds_until_its_time_and_its_field_reads_back_from_a_batch() {
+        let ahead = claim_until(std::time::Duration::from_secs(60));
+        assert_eq!(claim_lapsed(&ahead).unwrap(), None);
+        let behind = (unix_ms(std::time::SystemTime::now()) - 5_000).to_string();
+        assert!(claim_lapsed(&behind).unwrap().is_some_and(|ms| ms >= 5_000));
+        assert!(claim_lapsed("soon").is_err());
+        let event: &[u8] = br#"{"src":"a","payload":""}"#;
+        let body = encode_batch([(event, &[(CLAIM_HEADER, ahead.as_str())][..])]);
+        let items: Vec<BatchItem> = serde_json::from_slice(&body).unwrap();
+        assert_eq!(items[0].claim_until.as_deref(), Some(ahead.as_str()));
+    }
 
     #[test]
     fn an_encoded_event_parses_back() {

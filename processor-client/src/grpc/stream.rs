@@ -225,22 +225,31 @@ impl Call {
     /// Hands one event to the transformer, offering it again while it is
     /// refused for now. False when cancelled first.
     async fn forward(&self, payload: Bytes) -> bool {
-        if let Some(sharing) = &self.shared.sharing {
-            if !sharing.may_forward(&self.data.src) {
-                // The claim lapsed (this replica was frozen or cut off): the
-                // configuration may run elsewhere now, so nothing more of it
-                // goes on from here; the supervisor is cancelling the call.
-                tracing::warn!(src = %self.data.src, "not forwarded: this replica no longer holds the configuration");
-                return false;
-            }
-        }
         let body = Bytes::from(gateway_common::wire::encode_event(&self.data.src, &payload));
         let mut backoff = None;
         loop {
-            let wait = match self.shared.transformer.send(body.clone(), Vec::new()).await {
+            let mut trace = Vec::new();
+            if let Some(sharing) = &self.shared.sharing {
+                // Checked before each offer, and by the transformer on arrival.
+                let Some(claim) = sharing.claim_header(&self.data.src) else {
+                    // The claim lapsed (this replica was frozen or cut off):
+                    // the configuration may run elsewhere now, so nothing more
+                    // of it goes on from here; the supervisor is cancelling
+                    // the call.
+                    tracing::warn!(src = %self.data.src, "not forwarded: this replica no longer holds the configuration");
+                    return false;
+                };
+                trace.push(claim);
+            }
+            let wait = match self.shared.transformer.send(body.clone(), trace).await {
                 Ok(_) => {
                     self.shared.metrics.events_forwarded.inc();
                     return true;
+                }
+                Err(SendError::Rejected { status: 409, .. }) => {
+                    // The claim lapsed before the event reached the transformer.
+                    tracing::warn!(src = %self.data.src, "not forwarded: the claim lapsed before the transformer had the event");
+                    return false;
                 }
                 Err(SendError::Busy {
                     retry_after_secs, ..

@@ -28,7 +28,8 @@ use gateway_common::wire::{self, BatchAnswer, BatchResult};
 const IN_FLIGHT: usize = 4;
 /// Most events in one batch, so one slow admission holds back few answers.
 const MAX_EVENTS: usize = 256;
-/// Bytes a batch adds around each event (`{"event":…}` and its trace context).
+/// Bytes a batch adds around each event (`{"event":…}`, and the names and
+/// quotes of its trace and claim fields), besides the fields' values.
 const FRAMING: usize = 128;
 /// How long offers are ignored after `POST /batch` was refused.
 const COOL_DOWN: Duration = Duration::from_secs(60);
@@ -38,6 +39,14 @@ struct Pending {
     body: Bytes,
     trace: Trace,
     answer: oneshot::Sender<Result<Bytes, SendError>>,
+}
+
+impl Pending {
+    /// About what the event adds to a batch body.
+    fn cost(&self) -> usize {
+        let fields: usize = self.trace.iter().map(|(_, v)| v.len()).sum();
+        self.body.len() + FRAMING + fields
+    }
 }
 
 /// Shared by every clone of a [`TransformerClient`].
@@ -137,11 +146,11 @@ async fn collect(client: TransformerClient, mut rx: mpsc::UnboundedReceiver<Pend
             },
         };
         let max = client.batching.max_bytes.load(Ordering::Relaxed).max(1);
-        let mut bytes = first.body.len() + FRAMING;
+        let mut bytes = first.cost();
         let mut batch = vec![first];
         while batch.len() < MAX_EVENTS {
             let Ok(next) = rx.try_recv() else { break };
-            bytes += next.body.len() + FRAMING;
+            bytes += next.cost();
             if bytes > max {
                 carried = Some(next);
                 break;
