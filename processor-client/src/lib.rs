@@ -73,19 +73,22 @@ pub async fn serve(
     let initial = watch::load(&config.config_map)?;
     let metrics = Arc::new(Metrics::new());
     let registry = Arc::new(Registry::default());
-    let transformer = TransformerClient::new(
+    let sharing = config
+        .sharing
+        .as_ref()
+        .map(|s| sharing::Sharing::new(s.replica.clone(), s.lease, metrics.clone()));
+    let mut transformer = TransformerClient::new(
         &config.transformer_host,
         config.transformer_port,
         config.transformer_timeout,
         config.transformer_token.as_deref(),
     )?
     .with_batching(config.batch);
+    if let Some(sharing) = &sharing {
+        transformer = transformer.with_claims(sharing.clone());
+    }
 
     let background = CancellationToken::new();
-    let sharing = config
-        .sharing
-        .as_ref()
-        .map(|s| sharing::Sharing::new(s.replica.clone(), s.lease, metrics.clone()));
     let (driver, probe) = match config.protocol {
         Protocol::Http => {
             let health = Arc::new(Health::new(metrics.user_server_restarts.clone()));

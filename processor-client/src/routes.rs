@@ -165,14 +165,10 @@ async fn forward_event(
     let body = body.map_err(|r| ApiError::from_body(r, st.max_body_bytes))?;
     let event = read_event(st, headers, params, body)?;
     st.registry.admit_event(&event.src).map_err(lookup_error)?;
-    let mut trace: Trace = ["traceparent", "tracestate"]
-        .into_iter()
-        .filter_map(|name| headers.get(name).map(|v| (name, v.clone())))
-        .collect();
     if let Some(sharing) = &st.sharing {
-        // Checked here, and by the transformer on arrival: this process may
-        // be frozen between here and the send.
-        let Some(claim) = sharing.claim_header(&event.src) else {
+        // Checked here, and again as the event leaves, and by the transformer
+        // on arrival: this process may be frozen at any point between.
+        if !sharing.may_forward(&event.src) {
             return Err(ApiError::new(
                 ErrorCode::NotOwner,
                 format!(
@@ -180,10 +176,13 @@ async fn forward_event(
                     sharing.replica, event.src
                 ),
             ));
-        };
-        trace.push(claim);
+        }
     }
-    match st.transformer.send(event.body, trace).await {
+    let trace: Trace = ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|name| headers.get(name).map(|v| (name, v.clone())))
+        .collect();
+    match st.transformer.send(&event.src, event.body, trace).await {
         Ok(answer) => Ok(([(header::CONTENT_TYPE, "application/json")], answer).into_response()),
         Err(SendError::Busy {
             retry_after_secs,

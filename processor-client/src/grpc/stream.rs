@@ -228,20 +228,24 @@ impl Call {
         let body = Bytes::from(gateway_common::wire::encode_event(&self.data.src, &payload));
         let mut backoff = None;
         loop {
-            let mut trace = Vec::new();
             if let Some(sharing) = &self.shared.sharing {
-                // Checked before each offer, and by the transformer on arrival.
-                let Some(claim) = sharing.claim_header(&self.data.src) else {
+                // Checked before each offer, as the event leaves, and by the
+                // transformer on arrival.
+                if !sharing.may_forward(&self.data.src) {
                     // The claim lapsed (this replica was frozen or cut off):
                     // the configuration may run elsewhere now, so nothing more
                     // of it goes on from here; the supervisor is cancelling
                     // the call.
                     tracing::warn!(src = %self.data.src, "not forwarded: this replica no longer holds the configuration");
                     return false;
-                };
-                trace.push(claim);
+                }
             }
-            let wait = match self.shared.transformer.send(body.clone(), trace).await {
+            let wait = match self
+                .shared
+                .transformer
+                .send(&self.data.src, body.clone(), Vec::new())
+                .await
+            {
                 Ok(_) => {
                     self.shared.metrics.events_forwarded.inc();
                     return true;

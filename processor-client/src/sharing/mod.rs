@@ -130,20 +130,6 @@ impl Sharing {
             .is_some_and(|h| Instant::now() < h.valid_until)
     }
 
-    /// The claim on `src` as the transformer checks it on arrival
-    /// ([`gateway_common::wire::CLAIM_HEADER`]): until when, on the wall clock,
-    /// this replica holds it. `None` when it does not hold it now.
-    pub fn claim_header(&self, src: &str) -> Option<(&'static str, reqwest::header::HeaderValue)> {
-        let left = self
-            .held()
-            .get(src)?
-            .valid_until
-            .checked_duration_since(Instant::now())?;
-        let value = gateway_common::wire::claim_until(left);
-        let value = reqwest::header::HeaderValue::from_str(&value).ok()?;
-        Some((gateway_common::wire::CLAIM_HEADER, value))
-    }
-
     /// Who runs each configuration, as last read from the bucket.
     pub fn owners(&self) -> BTreeMap<String, ClaimValue> {
         self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -460,5 +446,19 @@ fn bucket_stream(settings: &Settings) -> async_nats::jetstream::stream::Config {
         storage: stream::StorageType::File,
         num_replicas: 1,
         ..Default::default()
+    }
+}
+
+impl crate::transformer_client::Claims for Sharing {
+    /// Until when, on the wall clock, this replica holds the claim on `src`.
+    fn claim_header(&self, src: &str) -> Option<(&'static str, reqwest::header::HeaderValue)> {
+        let left = self
+            .held()
+            .get(src)?
+            .valid_until
+            .checked_duration_since(Instant::now())?;
+        let value = gateway_common::wire::claim_until(left);
+        let value = reqwest::header::HeaderValue::from_str(&value).ok()?;
+        Some((gateway_common::wire::CLAIM_HEADER, value))
     }
 }

@@ -23,6 +23,8 @@ use super::{classify, retry_after, SendError, Trace, TransformerClient};
 use gateway_common::error::error_chain;
 use gateway_common::wire::{self, BatchAnswer, BatchResult};
 
+use super::Header;
+
 /// Batch requests in flight at once. Enough to keep both the transformer's cores
 /// busy; beyond that, waiting events are better off joining the next batch.
 const IN_FLIGHT: usize = 4;
@@ -38,11 +40,16 @@ const COOL_DOWN: Duration = Duration::from_secs(60);
 struct Pending {
     body: Bytes,
     trace: Trace,
+    /// The event's configuration, when its claim goes with it (sharing).
+    src: Option<String>,
+    /// That claim, asked as the batch is put together.
+    claim: Option<Header>,
     answer: oneshot::Sender<Result<Bytes, SendError>>,
 }
 
 impl Pending {
-    /// About what the event adds to a batch body.
+    /// About what the event adds to a batch body (the claim's value is 13
+    /// digits, within the framing).
     fn cost(&self) -> usize {
         let fields: usize = self.trace.iter().map(|(_, v)| v.len()).sum();
         self.body.len() + FRAMING + fields
@@ -77,22 +84,29 @@ impl Batching {
 
     /// Queues the event for the next batch, or gives it back to be sent alone:
     /// when batching is off, or the event is big enough to fill a batch itself.
-    pub(super) fn offer(&self, body: Bytes, trace: Trace) -> Result<Answer, (Bytes, Trace)> {
+    pub(super) fn offer(
+        &self,
+        body: Bytes,
+        trace: Trace,
+        src: Option<String>,
+    ) -> Result<Answer, (Bytes, Trace, Option<String>)> {
         let max = self.max_bytes.load(Ordering::Relaxed);
         let Some(queue) = self.queue.get() else {
-            return Err((body, trace));
+            return Err((body, trace, src));
         };
         if max == 0 || body.len() + FRAMING > max / 4 {
-            return Err((body, trace));
+            return Err((body, trace, src));
         }
         let (answer, rx) = oneshot::channel();
         match queue.send(Pending {
             body,
             trace,
+            src,
+            claim: None,
             answer,
         }) {
             Ok(()) => Ok(rx),
-            Err(mpsc::error::SendError(p)) => Err((p.body, p.trace)),
+            Err(mpsc::error::SendError(p)) => Err((p.body, p.trace, p.src)),
         }
     }
 
@@ -179,9 +193,24 @@ enum Whole {
 }
 
 async fn send(client: &TransformerClient, batch: Vec<Pending>) {
-    if batch.len() == 1 {
+    // Each claim is asked now, as the events leave; one no longer held is
+    // answered here and goes no further.
+    let batch: Vec<Pending> = batch
+        .into_iter()
+        .filter_map(|mut p| match client.claim(p.src.as_deref()) {
+            Ok(claim) => {
+                p.claim = claim;
+                Some(p)
+            }
+            Err(e) => {
+                let _ = p.answer.send(Err(e));
+                None
+            }
+        })
+        .collect();
+    if batch.len() <= 1 {
         for p in batch {
-            let answer = client.send_one(p.body, &p.trace).await;
+            let answer = client.send_one(p.body, &p.trace, p.src.as_deref()).await;
             let _ = p.answer.send(answer);
         }
         return;
@@ -209,7 +238,7 @@ async fn send(client: &TransformerClient, batch: Vec<Pending>) {
                 client.batching.withdrawn();
             }
             let singles = batch.into_iter().map(|p| async move {
-                let answer = client.send_one(p.body, &p.trace).await;
+                let answer = client.send_one(p.body, &p.trace, p.src.as_deref()).await;
                 let _ = p.answer.send(answer);
             });
             futures::future::join_all(singles).await;
@@ -252,6 +281,7 @@ async fn post(client: &TransformerClient, batch: &[Pending]) -> Whole {
         .map(|p| {
             p.trace
                 .iter()
+                .chain(&p.claim)
                 .filter_map(|(k, v)| Some((*k, v.to_str().ok()?)))
                 .collect()
         })

@@ -25,10 +25,24 @@ pub struct TransformerClient {
     client: reqwest::Client,
     authorization: Option<reqwest::header::HeaderValue>,
     batching: Arc<batch::Batching>,
+    claims: Option<Arc<dyn Claims>>,
 }
 
 /// A producer's trace context, carried on to the transformer.
 pub type Trace = Vec<(&'static str, reqwest::header::HeaderValue)>;
+
+/// A header to send with one event.
+type Header = (&'static str, reqwest::header::HeaderValue);
+
+/// This replica's claims, when it shares its configurations with others: the
+/// header that tells the transformer until when the claim on an event's
+/// configuration holds ([`gateway_common::wire::CLAIM_HEADER`]), asked as the
+/// event leaves, or `None` when the claim is no longer held. The transformer
+/// refuses an event that arrives later: a replica frozen between the two
+/// sends nothing another replica may also send.
+pub trait Claims: Send + Sync {
+    fn claim_header(&self, src: &str) -> Option<Header>;
+}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SendError {
@@ -85,6 +99,31 @@ impl TransformerClient {
             client,
             authorization: bearer("TRANSFORMER_TOKEN", token)?,
             batching: Arc::new(batch::Batching::new(true)),
+            claims: None,
+        })
+    }
+
+    /// Sends each event with its claim's header, asked of `claims` as it leaves.
+    pub fn with_claims(mut self, claims: Arc<dyn Claims>) -> Self {
+        self.claims = Some(claims);
+        self
+    }
+
+    /// The claim header for an event of `src` leaving now; a 409 `not_owner`
+    /// answer when the claim is no longer held.
+    fn claim(&self, src: Option<&str>) -> Result<Option<Header>, SendError> {
+        let (Some(claims), Some(src)) = (&self.claims, src) else {
+            return Ok(None);
+        };
+        claims.claim_header(src).map(Some).ok_or_else(|| {
+            let body = serde_json::json!({
+                "error": gateway_common::error::ErrorCode::NotOwner.as_str(),
+                "detail": format!("this replica no longer holds configuration {src:?}; it runs elsewhere"),
+            });
+            SendError::Rejected {
+                status: 409,
+                body: Bytes::from(body.to_string()),
+            }
         })
     }
 
@@ -97,17 +136,24 @@ impl TransformerClient {
     /// Hands on an already-encoded `{src, payload}` body; returns the transformer's
     /// JSON answer (it carries the CloudEvent id) on success. `trace` carries the
     /// producer's `traceparent` / `tracestate` headers on.
-    pub async fn send(&self, body: Bytes, trace: Trace) -> Result<Bytes, SendError> {
-        match self.batching.offer(body, trace) {
+    pub async fn send(&self, src: &str, body: Bytes, trace: Trace) -> Result<Bytes, SendError> {
+        let src = self.claims.is_some().then(|| src.to_owned());
+        match self.batching.offer(body, trace, src) {
             Ok(answer) => answer
                 .await
                 .unwrap_or_else(|_| Err(SendError::Unavailable("the batch sender stopped".into()))),
-            Err((body, trace)) => self.send_one(body, &trace).await,
+            Err((body, trace, src)) => self.send_one(body, &trace, src.as_deref()).await,
         }
     }
 
     /// One `POST /`; notes whether the transformer offers batches.
-    async fn send_one(&self, body: Bytes, trace: &Trace) -> Result<Bytes, SendError> {
+    async fn send_one(
+        &self,
+        body: Bytes,
+        trace: &Trace,
+        src: Option<&str>,
+    ) -> Result<Bytes, SendError> {
+        let claim = self.claim(src)?;
         let mut request = self
             .client
             .post(self.url.clone())
@@ -116,7 +162,7 @@ impl TransformerClient {
         if let Some(auth) = &self.authorization {
             request = request.header(reqwest::header::AUTHORIZATION, auth.clone());
         }
-        for (name, value) in trace {
+        for (name, value) in trace.iter().chain(&claim) {
             request = request.header(*name, value.clone());
         }
         let response = request
@@ -167,5 +213,41 @@ fn classify(status: u16, retry_after: Option<u64>, body: Bytes) -> Result<Bytes,
         })
     } else {
         Err(SendError::Rejected { status, body })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Claims that are all lapsed, and a count of how often they were asked.
+    #[derive(Default)]
+    struct Lapsed(std::sync::atomic::AtomicUsize);
+
+    impl Claims for Lapsed {
+        fn claim_header(&self, _: &str) -> Option<Header> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            None
+        }
+    }
+
+    #[tokio::test]
+    async fn an_event_whose_claim_lapsed_is_answered_not_owner_and_not_sent() {
+        // Nothing listens on port 1: an event sent would come back Unavailable.
+        let claims = Arc::new(Lapsed::default());
+        let client = TransformerClient::new("127.0.0.1", 1, Duration::from_secs(2), None)
+            .expect("client")
+            .with_claims(claims.clone());
+        match client
+            .send("a", Bytes::from_static(b"{}"), Vec::new())
+            .await
+        {
+            Err(SendError::Rejected { status: 409, body }) => {
+                let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+                assert_eq!(body["error"], "not_owner");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(claims.0.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 }
