@@ -298,17 +298,54 @@ impl Registry {
 }
 
 /// `since` moves only when the phase changes; the message always reflects the latest.
+/// The most characters of a phase's message kept: what a user server says
+/// (an error notice, a refusal of `/start`) goes into `/configs` and the logs.
+pub const MESSAGE_MAX_CHARS: usize = 2048;
+
+/// `message` cut to [`MESSAGE_MAX_CHARS`], saying how much was cut. A message
+/// over by less than that note is left whole, so cutting twice changes nothing.
+pub fn clip(message: &str) -> std::borrow::Cow<'_, str> {
+    const NOTE: usize = 40;
+    if message
+        .char_indices()
+        .nth(MESSAGE_MAX_CHARS + NOTE)
+        .is_none()
+    {
+        return message.into();
+    }
+    let end = message
+        .char_indices()
+        .nth(MESSAGE_MAX_CHARS)
+        .map_or(message.len(), |(i, _)| i);
+    let rest = message[end..].chars().count();
+    format!("{}… ({rest} more characters)", &message[..end]).into()
+}
+
 fn set_phase(e: &mut Entry, phase: Phase, message: &str) {
     if e.phase != phase {
         e.phase = phase;
         e.since = OffsetDateTime::now_utc();
     }
-    message.clone_into(&mut e.message);
+    e.message = clip(message).into_owned();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_messages_are_cut_and_say_so() {
+        assert_eq!(clip("short"), "short");
+        let exact = "é".repeat(MESSAGE_MAX_CHARS);
+        assert_eq!(clip(&exact), exact);
+        let long = "é".repeat(MESSAGE_MAX_CHARS + 10);
+        assert_eq!(clip(&long), long, "over by less than the note: whole");
+        let long = "é".repeat(MESSAGE_MAX_CHARS + 100);
+        let cut = clip(&long);
+        assert!(cut.starts_with(&exact), "{cut}");
+        assert!(cut.ends_with("… (100 more characters)"), "{cut}");
+        assert_eq!(clip(&cut), cut, "cut once only");
+    }
 
     fn reg_with(src: &str) -> (Registry, ConfigData) {
         let r = Registry::default();

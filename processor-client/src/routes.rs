@@ -272,6 +272,7 @@ async fn error(
         .message
         .filter(|m| !m.is_empty())
         .unwrap_or_else(|| "error reported by the user server".into());
+    let message = crate::configs::clip(&message);
     tracing::warn!(%src, %message, "user server reported an error");
     st.registry.error(&src, &message);
     Ok(Json(

@@ -119,7 +119,7 @@ impl UserServer {
         }
         // The start of the answer is the phase's message; a longer one is cut.
         let body = gateway_common::answer::prefix(response, 8 * 1024).await;
-        let body = body.trim().chars().take(2048).collect::<String>();
+        let body = crate::configs::clip(body.trim()).into_owned();
         if status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429 {
             Outcome::Rejected {
                 status: status.as_u16(),

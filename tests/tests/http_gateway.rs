@@ -217,6 +217,21 @@ async fn running_and_error_notices_change_the_phase() {
         g.wait_phase("only", "Error").await["message"],
         "the only one"
     );
+    // A message of 500,000 characters is kept to its first 2,048.
+    let r = g
+        .post(&g.pc_url("/error"), "text/plain", "x".repeat(500_000))
+        .await;
+    assert_eq!(r.status, 200, "{}", &r.text[..r.text.len().min(200)]);
+    let kept = g.wait_phase("only", "Error").await["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(kept.starts_with(&"x".repeat(2048)), "{}", kept.len());
+    assert!(
+        kept.ends_with("… (497952 more characters)"),
+        "{}",
+        &kept[2000..]
+    );
 
     let r = g
         .post(
