@@ -19,11 +19,9 @@ use axum::http::header::CONTENT_TYPE;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::{classify, retry_after, SendError, Trace, TransformerClient};
+use super::{classify, retry_after, Header, SendError, Trace, TransformerClient};
 use gateway_common::error::error_chain;
 use gateway_common::wire::{self, BatchAnswer, BatchResult};
-
-use super::Header;
 
 /// Batch requests in flight at once. Enough to keep both the transformer's cores
 /// busy; beyond that, waiting events are better off joining the next batch.
