@@ -162,8 +162,8 @@ pub const BATCH_HEADER: &str = "x-gateway-batch-max-bytes";
 pub const CLAIM_HEADER: &str = "x-gateway-claim-until";
 
 /// [`CLAIM_HEADER`]'s value for a claim held for `left` from now.
-pub fn claim_until(left: std::time::Duration) -> String {
-    unix_ms(std::time::SystemTime::now() + left).to_string()
+pub fn claim_until(left: std::time::Duration) -> u64 {
+    unix_ms(std::time::SystemTime::now() + left)
 }
 
 /// Whether a [`CLAIM_HEADER`] value has passed: `Ok(None)` while the claim
@@ -251,7 +251,7 @@ mod tests {
 
     #[test]
     fn a_claim_holds_until_its_time_and_its_field_reads_back_from_a_batch() {
-        let ahead = claim_until(std::time::Duration::from_secs(60));
+        let ahead = claim_until(std::time::Duration::from_secs(60)).to_string();
         assert_eq!(claim_lapsed(&ahead).unwrap(), None);
         let behind = (unix_ms(std::time::SystemTime::now()) - 5_000).to_string();
         assert!(claim_lapsed(&behind).unwrap().is_some_and(|ms| ms >= 5_000));

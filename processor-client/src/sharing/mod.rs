@@ -457,8 +457,7 @@ impl crate::transformer_client::Claims for Sharing {
             .get(src)?
             .valid_until
             .checked_duration_since(Instant::now())?;
-        let value = gateway_common::wire::claim_until(left);
-        let value = reqwest::header::HeaderValue::from_str(&value).ok()?;
-        Some((gateway_common::wire::CLAIM_HEADER, value))
+        let until = gateway_common::wire::claim_until(left);
+        Some((gateway_common::wire::CLAIM_HEADER, until.into()))
     }
 }
