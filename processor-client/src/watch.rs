@@ -166,6 +166,8 @@ pub async fn run(
     let (kick_tx, mut kick_rx) = mpsc::channel::<()>(1);
     let _watcher = start_notify(&path, kick_tx);
     let settle = Duration::from_millis(50);
+    // A source that stays unreadable is said once, not at every poll.
+    let mut failing: Option<String> = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -182,6 +184,9 @@ pub async fn run(
         };
         match loaded {
             Ok(Ok(snapshot)) => {
+                if failing.take().is_some() {
+                    tracing::info!("configurations readable again");
+                }
                 tx.send_if_modified(|current| {
                     if **current == snapshot {
                         false
@@ -193,7 +198,13 @@ pub async fn run(
                 });
             }
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot read configurations; keeping the last ones")
+                let e = e.to_string();
+                if failing.as_ref() != Some(&e) {
+                    tracing::warn!(error = %e, "cannot read configurations; keeping the last ones");
+                    failing = Some(e);
+                } else {
+                    tracing::debug!(error = %e, "configurations still unreadable");
+                }
             }
             Err(e) => tracing::warn!(error = %e, "configuration reload task failed"),
         }
@@ -203,16 +214,20 @@ pub async fn run(
 /// Watches the directory itself, or a file's parent directory (editors and
 /// `kubectl cp` replace files by rename, which a watch on the file would lose).
 fn start_notify(path: &Path, kick: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-    let target = if path.is_dir() {
-        path.to_owned()
+    let (target, only) = if path.is_dir() {
+        (path.to_owned(), None)
     } else {
-        path.parent()
+        let dir = path
+            .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
-            .to_owned()
+            .to_owned();
+        (dir, path.file_name().map(|n| n.to_owned()))
     };
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok_and(|event| changes_files(&event.kind)) {
+        if res.is_ok_and(|event| {
+            changes_files(&event.kind) && concerns(&event.paths, only.as_deref())
+        }) {
             let _ = kick.try_send(());
         }
     })
@@ -239,9 +254,44 @@ fn changes_files(kind: &EventKind) -> bool {
     }
 }
 
+/// Whether a notification is about the configurations. In a directory of
+/// configurations (`file` is None) every file is; beside one configuration
+/// file, only that file and the `..data` swap of a mounted ConfigMap are: the
+/// rest of that directory (the processor-client's own log, say, when its
+/// output goes to a file there) changing is no reason to read it again. An
+/// event naming no path (the kernel's queue overflowed) may be anything.
+fn concerns(paths: &[PathBuf], file: Option<&std::ffi::OsStr>) -> bool {
+    let Some(file) = file else { return true };
+    paths.is_empty()
+        || paths.iter().any(|p| {
+            p.file_name()
+                .is_some_and(|n| n == file || n.as_encoded_bytes().starts_with(b".."))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn beside_one_file_only_that_file_and_configmap_swaps_count() {
+        let f = Some(std::ffi::OsStr::new("gateway.yaml"));
+        let p = |s: &str| vec![PathBuf::from(s)];
+        assert!(concerns(&p("/etc/gw/gateway.yaml"), f));
+        assert!(concerns(&p("/etc/gw/..data"), f));
+        assert!(concerns(&p("/etc/gw/..2026_11_30_23_00_00.1"), f));
+        assert!(concerns(&[], f));
+        assert!(!concerns(&p("/etc/gw/processor-client.log"), f));
+        assert!(!concerns(&p("/etc/gw/.gateway.yaml.swp"), f));
+        assert!(concerns(
+            &[
+                PathBuf::from("/etc/gw/tmp123"),
+                PathBuf::from("/etc/gw/gateway.yaml")
+            ],
+            f
+        ));
+        assert!(concerns(&p("/etc/gw/anything"), None));
+    }
 
     #[test]
     fn reading_a_file_is_not_a_change() {

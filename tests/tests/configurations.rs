@@ -108,6 +108,32 @@ async fn configurations_from_one_yaml_file() {
         1,
         "an unchanged key is left alone"
     );
+
+    // A file beside it that changes all the time (the processor-client's own
+    // log, when its output goes there) is no reason to read the
+    // configurations again. It was: with the file broken, every read logged
+    // a warning into that log, which made the next read, 20 a second.
+    let metrics = g.pc_url("/metrics");
+    let loads = || g.metric(&metrics, "processor_config_loads_total");
+    let before = loads().await;
+    std::fs::write(&file, "one: [unclosed\n").expect("broken");
+    wait_for("the broken file to be read", || async {
+        (loads().await > before).then_some(())
+    })
+    .await;
+    let before = loads().await;
+    let log = g.dir.path().join("processor-client.log");
+    for i in 0..40 {
+        std::fs::write(&log, format!("line {i}\n")).expect("log");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let after = loads().await;
+    assert!(
+        after - before <= 1.0,
+        "{before} -> {after} reads while only a file beside the configurations changed"
+    );
+    std::fs::write(&file, "one: '{\"count\": 2}'\n").expect("mended");
+    g.wait_journal("start", "one", 2).await;
 }
 
 #[tokio::test]
