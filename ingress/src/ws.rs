@@ -1,7 +1,8 @@
 //! WebSockets through NATS, as h8s carries them. Each frame from the client is
 //! published on `{prefix}.ws.ws.{host reversed}.{path}` with the upgrade
 //! request's headers and the reply subject `{inbox prefix}.{Sec-WebSocket-Key}`;
-//! every message on that inbox goes to the client as a text frame.
+//! every message on that inbox goes to the client as a text frame
+//! (a message that is not UTF-8 goes as a binary frame, bytes unchanged).
 //! `h8s.control.ws.conn.established` is published when the connection opens and
 //! `h8s.control.ws.conn.closed` when it closes, each with the upgrade request's
 //! headers, `X-H8S-PublishSubject` and the inbox as reply subject.
@@ -98,8 +99,7 @@ pub async fn session(
             }
             reply = replies.next() => {
                 let Some(reply) = reply else { break };
-                let text = String::from_utf8_lossy(&reply.payload).into_owned();
-                if tx.try_send(Message::Text(text.into())).is_err() {
+                if tx.try_send(to_client_message(reply.payload)).is_err() {
                     // The client does not keep up: close it rather than drop
                     // what it would never know it missed.
                     tracing::warn!(%inbox, "WebSocket client too slow; closing it");
@@ -150,10 +150,36 @@ pub async fn session(
     st.metrics.websockets_open.dec();
 }
 
+/// A message from the inbox as a frame for the client: text, as h8s writes
+/// it, when it is UTF-8 (no copy), else a binary frame with the bytes as they
+/// are. A text frame must be UTF-8 (RFC 6455: a client fails the connection
+/// on one that is not), so the only other ways would be to mangle the bytes
+/// or to lose the connection.
+fn to_client_message(payload: Bytes) -> Message {
+    match axum::extract::ws::Utf8Bytes::try_from(payload.clone()) {
+        Ok(text) => Message::Text(text),
+        Err(_) => Message::Binary(payload),
+    }
+}
+
 /// Whether a read failed because the client's message is over
 /// `INGRESS_MAX_BODY_BYTES` (which the upgrade set as the message limit).
 fn too_big(e: &axum::Error) -> bool {
     std::error::Error::source(e)
         .and_then(|inner| inner.downcast_ref::<tungstenite::Error>())
         .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_goes_as_text_and_other_bytes_as_binary_unchanged() {
+        let text = to_client_message(Bytes::from_static("José".as_bytes()));
+        assert!(matches!(&text, Message::Text(t) if t.as_str() == "José"));
+        let raw = Bytes::from_static(b"\xff\x00bin");
+        let binary = to_client_message(raw.clone());
+        assert!(matches!(binary, Message::Binary(b) if b == raw));
+    }
 }

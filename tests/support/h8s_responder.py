@@ -8,7 +8,8 @@ header and no body. A body of `slow` is answered after 5 s, `pause` after 0.5 s
 (each on a task of its own, so one slow request holds up no other).
 
 WebSocket frames (`h8s.ws.ws.>`) are answered on their inbox in upper case;
-a frame `flood` is answered with 5,000 messages at once. Control messages
+a frame `flood` is answered with 5,000 messages at once, `binary` with three
+bytes that are not UTF-8 and `bin`. Control messages
 (`h8s.control.ws.conn.*`) are recorded like requests."""
 import argparse
 import asyncio
@@ -51,6 +52,8 @@ async def main():
         if msg.data == b"flood":
             for i in range(5000):
                 await nc.publish(msg.reply, b"x" * 1024)
+        elif msg.data == b"binary":
+            await nc.publish(msg.reply, b"\xff\x00bin")
         else:
             await nc.publish(msg.reply, msg.data.upper())
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """A WebSocket client for the ingress tests, on the `websockets` library. Modes:
-`echo` sends three frames and prints the replies; `slow` asks for a flood and
+`echo` sends three frames and prints the replies; `binary` asks for a reply
+that is not UTF-8 and prints its frame's type and bytes; `slow` asks for a flood and
 then does not read for a while, and prints how the connection was closed;
 `hold` connects and waits to be closed, printing the close code; `idleN`
 sends nothing at all (no pings either) for N seconds, then echoes one frame;
@@ -27,6 +28,11 @@ async def main():
                 await ws.send(word)
                 got.append(await asyncio.wait_for(ws.recv(), 5))
             print(json.dumps({"replies": got}))
+        elif mode == "binary":
+            await ws.send("binary")
+            got = await asyncio.wait_for(ws.recv(), 5)
+            print(json.dumps({"type": type(got).__name__,
+                              "hex": got.hex() if isinstance(got, bytes) else None}))
         elif mode == "slow":
             await ws.send("flood")
             await asyncio.sleep(4)

@@ -417,6 +417,11 @@ async fn websocket_frames_cross_nats_both_ways_with_control_messages() {
         );
         assert_eq!(m["headers"]["X-H8S-Request-URI"], "/room/1.a", "{m}");
     }
+    // A message that is not UTF-8 cannot be a text frame: it comes as a
+    // binary one, bytes unchanged (it was mangled into U+FFFD before).
+    let result = run_client(ws_client(&i, "/room/1", "chat.example.com", "binary")).await;
+    assert_eq!(result["type"], "bytes", "{result}");
+    assert_eq!(result["hex"], "ff0062696e", "{result}");
 }
 
 #[tokio::test]
