@@ -43,6 +43,9 @@ pub enum ErrorCode {
     UnknownWatcher,
     /// 409: this replica does not hold the configuration (sharing).
     NotOwner,
+    /// 409: a WebSocket with this `Sec-WebSocket-Key` is open (the ingress):
+    /// the key names the connection's inbox, so two would share replies.
+    KeyInUse,
     /// 404: no dead letter has this id.
     UnknownDeadLetter,
     /// 503: a queue or the memory budget is full.
@@ -90,6 +93,7 @@ impl ErrorCode {
             ErrorCode::StaleId => "stale_id",
             ErrorCode::UnknownWatcher => "unknown_watcher",
             ErrorCode::NotOwner => "not_owner",
+            ErrorCode::KeyInUse => "key_in_use",
             ErrorCode::UnknownDeadLetter => "unknown_dead_letter",
             ErrorCode::Backpressure => "backpressure",
             ErrorCode::StoreUnavailable => "store_unavailable",
@@ -123,9 +127,10 @@ impl ErrorCode {
             ErrorCode::ReplyTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::StoppedSrc => StatusCode::GONE,
-            ErrorCode::StaleId | ErrorCode::UnknownWatcher | ErrorCode::NotOwner => {
-                StatusCode::CONFLICT
-            }
+            ErrorCode::StaleId
+            | ErrorCode::UnknownWatcher
+            | ErrorCode::NotOwner
+            | ErrorCode::KeyInUse => StatusCode::CONFLICT,
             ErrorCode::Backpressure
             | ErrorCode::StoreUnavailable
             | ErrorCode::TransformerUnavailable
@@ -281,6 +286,7 @@ mod tests {
         ErrorCode::StaleId,
         ErrorCode::UnknownWatcher,
         ErrorCode::NotOwner,
+        ErrorCode::KeyInUse,
         ErrorCode::UnknownDeadLetter,
         ErrorCode::Backpressure,
         ErrorCode::StoreUnavailable,

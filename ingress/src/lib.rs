@@ -71,6 +71,7 @@ pub async fn serve(
         config: config.clone(),
         metrics: metrics.clone(),
         shutdown: websockets.clone(),
+        inboxes: Default::default(),
     });
     tracing::info!(
         traffic = ?traffic.local_addr().ok(),

@@ -32,6 +32,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Cancelled on shutdown: every WebSocket closes with 1001.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The `Sec-WebSocket-Key`s of the WebSockets open (see [`crate::ws::Inbox`]).
+    pub inboxes: crate::ws::Inboxes,
 }
 
 /// The header that carries the status of a reply.
@@ -127,6 +129,14 @@ fn websocket(
     if let Err(e) = check_subject(&publish, inbox.len()) {
         return e.into_response();
     }
+    let Some(inbox) = crate::ws::Inbox::claim(&st.inboxes, key, inbox) else {
+        return ApiError::new(
+            ErrorCode::KeyInUse,
+            "a WebSocket with this Sec-WebSocket-Key is open, and the key names its inbox: \
+             each connection needs a fresh random key, as RFC 6455 says",
+        )
+        .into_response();
+    };
     let shutdown = st.shutdown.clone();
     let limit = st.config.max_body_bytes;
     let headers = nats_headers(&headers, &publish, &uri);

@@ -12,7 +12,8 @@
 //! it is closed with 1013 (try again later) and the `closed` control message
 //! goes out. On shutdown every WebSocket is closed with 1001.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket};
 use bytes::Bytes;
@@ -33,6 +34,39 @@ const CLOSED: &str = "h8s.control.ws.conn.closed";
 /// out, and again for its close frame to be written.
 const CLOSING_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The keys of the WebSockets open on this ingress.
+pub type Inboxes = Arc<Mutex<HashSet<String>>>;
+
+/// A connection's inbox, `{inbox prefix}.{Sec-WebSocket-Key}`, held by one
+/// connection at a time. The client picks the key; two connections with the
+/// same one (a client that reuses RFC 6455's sample key, or copies another's)
+/// would both be subscribed to the one inbox and each get the other's
+/// replies, so a second is refused while the first is open.
+pub struct Inbox {
+    subject: String,
+    key: String,
+    open: Inboxes,
+}
+
+impl Inbox {
+    /// The inbox for `key`, unless a connection open now holds it.
+    pub fn claim(open: &Inboxes, key: &str, subject: String) -> Option<Inbox> {
+        let mut keys = open.lock().unwrap_or_else(|p| p.into_inner());
+        keys.insert(key.to_owned()).then(|| Inbox {
+            subject,
+            key: key.to_owned(),
+            open: open.clone(),
+        })
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let mut keys = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        keys.remove(&self.key);
+    }
+}
+
 /// One WebSocket's life: from the upgrade to its close. `inbox`, `publish`
 /// and the NATS `headers` (the upgrade request's) were made, and checked, at
 /// the upgrade ([`crate::proxy`]).
@@ -40,10 +74,11 @@ pub async fn session(
     socket: WebSocket,
     st: Arc<AppState>,
     headers: async_nats::HeaderMap,
-    inbox: String,
+    claim: Inbox,
     publish: String,
     shutdown: CancellationToken,
 ) {
+    let inbox = claim.subject.clone();
     let client = &st.client;
     let mut replies = match client.subscribe(inbox.clone()).await {
         Ok(s) => s,
@@ -136,6 +171,11 @@ pub async fn session(
         }
     }
     drop(tx);
+    // The key is free again as soon as the client is gone, so a client that
+    // reuses its key for its next connection finds it free; the closing
+    // below may take a moment.
+    drop(replies);
+    drop(claim);
     // Bounded: with NATS away, a flush would wait for the reconnect.
     let closed = async {
         let _ = client

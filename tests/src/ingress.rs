@@ -138,3 +138,30 @@ impl Ingress {
         (Ingress::start(dir, nats, &env).await, cutter)
     }
 }
+
+/// The WebSocket client (tests/support/ws_client.py) in `mode` against the
+/// ingress, the host sent as `X-Forwarded-Host`.
+pub fn ws_client(i: &Ingress, path: &str, host: &str, mode: &str) -> Command {
+    let mut c = Command::new("python3");
+    c.arg(support("ws_client.py"))
+        .arg(format!("ws://127.0.0.1:{}{path}", i.port))
+        .arg(host)
+        .arg(mode);
+    c
+}
+
+/// Runs a client to its end and returns the JSON line it printed last.
+pub async fn run_client(mut c: Command) -> Value {
+    let out = tokio::task::spawn_blocking(move || c.output())
+        .await
+        .expect("join")
+        .expect("run the WebSocket client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().last().unwrap_or("");
+    serde_json::from_str(last).unwrap_or_else(|_| {
+        panic!(
+            "client said {text:?} / {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}

@@ -553,7 +553,7 @@ mod tls;
 
 pub use checks::{assert_acked_delivered, assert_ordered, event_body, payload};
 pub use cutter::Cutter;
-pub use ingress::Ingress;
+pub use ingress::{run_client, ws_client, Ingress};
 pub use nats::NatsServer;
 pub use proc::Proc;
 pub use rabbitmq::RabbitMq;
