@@ -270,7 +270,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
-    const ALL: [ErrorCode; 28] = [
+    const ALL: [ErrorCode; 29] = [
         ErrorCode::BadRequest,
         ErrorCode::RequestTimeout,
         ErrorCode::TooLarge,
