@@ -31,8 +31,15 @@ const BUFFERED: usize = 256;
 const ESTABLISHED: &str = "h8s.control.ws.conn.established";
 const CLOSED: &str = "h8s.control.ws.conn.closed";
 /// How long a closing session waits for its `closed` control message to go
-/// out, and again for its close frame to be written.
+/// out.
 const CLOSING_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a client being closed has to take its close frame. One closed for
+/// being slow has a full socket: the frame goes out only once it has read
+/// what was written before it, and a client that reads again after a pause
+/// of a few seconds should still learn why it was closed (1013). Bounded, so
+/// a client that never reads again holds nothing for long; on SIGTERM the
+/// shutdown deadline bounds it too.
+const CLOSE_FRAME_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The keys of the WebSockets open on this ingress.
 pub type Inboxes = Arc<Mutex<HashSet<String>>>;
@@ -116,7 +123,7 @@ pub async fn session(
                 code,
                 reason: reason.into(),
             }));
-            let _ = tokio::time::timeout(Duration::from_secs(2), to_client.send(frame)).await;
+            let _ = tokio::time::timeout(CLOSE_FRAME_TIME, to_client.send(frame)).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), to_client.close()).await;
     });
@@ -184,7 +191,7 @@ pub async fn session(
         let _ = client.flush().await;
     };
     let _ = tokio::time::timeout(CLOSING_TIME, closed).await;
-    let _ = tokio::time::timeout(CLOSING_TIME, writer).await;
+    let _ = tokio::time::timeout(CLOSE_FRAME_TIME + Duration::from_secs(1), writer).await;
     // Last: shutdown waits for this count to reach zero, then exits, so the
     // control message and the close frame must be out before it drops.
     st.metrics.websockets_open.dec();
