@@ -32,7 +32,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Cancelled on shutdown: every WebSocket closes with 1001.
     pub shutdown: tokio_util::sync::CancellationToken,
-    /// The `Sec-WebSocket-Key`s of the WebSockets open (see [`crate::ws::Inbox`]).
+    /// The inboxes of the WebSockets open (see [`crate::ws::Inbox`]).
     pub inboxes: crate::ws::Inboxes,
 }
 
@@ -129,7 +129,7 @@ fn websocket(
     if let Err(e) = check_subject(&publish, inbox.len()) {
         return e.into_response();
     }
-    let Some(inbox) = crate::ws::Inbox::claim(&st.inboxes, key, inbox) else {
+    let Some(inbox) = crate::ws::Inbox::claim(&st.inboxes, inbox) else {
         return ApiError::new(
             ErrorCode::KeyInUse,
             "a WebSocket with this Sec-WebSocket-Key is open, and the key names its inbox: \

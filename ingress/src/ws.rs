@@ -41,7 +41,7 @@ const CLOSING_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 /// shutdown deadline bounds it too.
 const CLOSE_FRAME_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The keys of the WebSockets open on this ingress.
+/// The inboxes of the WebSockets open on this ingress.
 pub type Inboxes = Arc<Mutex<HashSet<String>>>;
 
 /// A connection's inbox, `{inbox prefix}.{Sec-WebSocket-Key}`, held by one
@@ -51,17 +51,15 @@ pub type Inboxes = Arc<Mutex<HashSet<String>>>;
 /// replies, so a second is refused while the first is open.
 pub struct Inbox {
     subject: String,
-    key: String,
     open: Inboxes,
 }
 
 impl Inbox {
-    /// The inbox for `key`, unless a connection open now holds it.
-    pub fn claim(open: &Inboxes, key: &str, subject: String) -> Option<Inbox> {
-        let mut keys = open.lock().unwrap_or_else(|p| p.into_inner());
-        keys.insert(key.to_owned()).then(|| Inbox {
+    /// The inbox `subject`, unless a connection open now holds it.
+    pub fn claim(open: &Inboxes, subject: String) -> Option<Inbox> {
+        let mut held = open.lock().unwrap_or_else(|p| p.into_inner());
+        held.insert(subject.clone()).then(|| Inbox {
             subject,
-            key: key.to_owned(),
             open: open.clone(),
         })
     }
@@ -69,8 +67,8 @@ impl Inbox {
 
 impl Drop for Inbox {
     fn drop(&mut self) {
-        let mut keys = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        keys.remove(&self.key);
+        let mut held = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        held.remove(&self.subject);
     }
 }
 
