@@ -63,6 +63,15 @@ impl Proc {
         None
     }
 
+    /// Asserts that the process exits by itself (after a SIGTERM, say)
+    /// within `limit`, with status 0. Its last lines are shown on failure.
+    pub async fn exits_cleanly(&mut self, limit: Duration) {
+        match self.wait_exit(limit).await {
+            Some(status) => assert!(status.success(), "{} exited with {status}", self.name),
+            None => panic!("{} still runs {limit:?} later", self.name),
+        }
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }

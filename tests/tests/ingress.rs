@@ -212,12 +212,7 @@ async fn requests_in_flight_fail_cleanly_when_nats_dies_and_are_finished_on_sigt
     i.proc.signal(libc::SIGTERM);
     let (status, text) = waiting.await.expect("join");
     assert_eq!((status, text.as_str()), (200, "esuap"));
-    let exit = i
-        .proc
-        .wait_exit(Duration::from_secs(15))
-        .await
-        .expect("exits");
-    assert!(exit.success(), "{exit:?}");
+    i.proc.exits_cleanly(Duration::from_secs(15)).await;
 }
 
 /// The ingress's connection to NATS is reset (RST both ways) again and again
@@ -344,12 +339,7 @@ async fn hosts_not_served_are_404_and_sigterm_exits_cleanly() {
         200
     );
     i.proc.signal(libc::SIGTERM);
-    let status = i
-        .proc
-        .wait_exit(Duration::from_secs(15))
-        .await
-        .expect("exits");
-    assert!(status.success(), "{status:?}");
+    i.proc.exits_cleanly(Duration::from_secs(15)).await;
 }
 
 /// Input that would make the ingress send NATS a protocol line longer than the

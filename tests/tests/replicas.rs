@@ -292,8 +292,7 @@ async fn a_replica_that_joins_takes_its_share_and_one_that_leaves_hands_it_back(
     // SIGTERM: the claims go back at once, well before they would lapse.
     let pc = d.processor.as_mut().expect("processor");
     pc.signal(libc::SIGTERM);
-    let status = pc.wait_exit(Duration::from_secs(10)).await.expect("exits");
-    assert!(status.success(), "{status:?}");
+    pc.exits_cleanly(Duration::from_secs(10)).await;
     balanced(&[("r-a", &a), ("r-b", &b), ("r-c", &c)], 60, 20).await;
     assert_never_twice(&[
         ("r-a", a.journal(), None),
@@ -331,8 +330,7 @@ async fn a_stop_slower_than_the_lease_keeps_the_claim_until_it_is_done() {
     // SIGTERM: A stops the other one, renewing its claim meanwhile.
     let pc = a.processor.as_mut().expect("processor");
     pc.signal(libc::SIGTERM);
-    let status = pc.wait_exit(Duration::from_secs(30)).await.expect("exits");
-    assert!(status.success(), "{status:?}");
+    pc.exits_cleanly(Duration::from_secs(30)).await;
     balanced(&[("r-b", &b)], 2, 2).await;
     let stops = a.journal().iter().filter(|e| e["op"] == "stop").count();
     assert_eq!(stops, 2, "A stopped both, slowly");
