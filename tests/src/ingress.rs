@@ -92,6 +92,18 @@ impl Ingress {
         req.send().await.expect("request")
     }
 
+    /// A WebSocket upgrade request with `key` as its `Sec-WebSocket-Key`,
+    /// answered (101, or the ingress's refusal); the connection is not used.
+    pub async fn upgrade(&self, path: &str, host: &str, key: &str) -> reqwest::Response {
+        let headers = [
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", key),
+        ];
+        self.send("GET", path, host, &headers, Vec::new()).await
+    }
+
     pub async fn get_admin(&self, path: &str) -> u16 {
         match self
             .http

@@ -389,25 +389,15 @@ async fn hostile_paths_bodies_and_keys_never_cost_the_nats_connection() {
     let (status, code) = error_of(i.send("POST", "/x", "www.example.com", &[], big).await).await;
     assert_eq!((status, code.as_str()), (413, "too_large"));
 
-    let upgrade = |key: &'static str, path: String| {
-        let (http, port) = (i.http.clone(), i.port);
-        async move {
-            http.get(format!("http://127.0.0.1:{port}{path}"))
-                .header("host", "www.example.com")
-                .header("connection", "Upgrade")
-                .header("upgrade", "websocket")
-                .header("sec-websocket-version", "13")
-                .header("sec-websocket-key", key)
-                .send()
-                .await
-                .expect("an answer")
-        }
-    };
     for key in [">", "*", "a.b", ""] {
-        let (status, code) = error_of(upgrade(key, "/chat".into()).await).await;
+        let (status, code) = error_of(i.upgrade("/chat", "www.example.com", key).await).await;
         assert_eq!((status, code.as_str()), (400, "bad_request"), "key {key:?}");
     }
-    let (status, code) = error_of(upgrade("dGhlIHNhbXBsZSBub25jZQ==", long.clone()).await).await;
+    let (status, code) = error_of(
+        i.upgrade(&long, "www.example.com", "dGhlIHNhbXBsZSBub25jZQ==")
+            .await,
+    )
+    .await;
     assert_eq!((status, code.as_str()), (414, "uri_too_long"));
     // A message over INGRESS_MAX_BODY_BYTES, and one under it but over
     // NATS's max_payload: each closes its WebSocket with 1009.

@@ -156,21 +156,7 @@ async fn a_key_held_by_an_open_websocket_is_refused_to_a_second() {
     let head = String::from_utf8_lossy(&head[..n]);
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
 
-    let upgrade = || {
-        let (http, port) = (i.http.clone(), i.port);
-        async move {
-            http.get(format!("http://127.0.0.1:{port}/room"))
-                .header("host", "chat.example.com")
-                .header("connection", "Upgrade")
-                .header("upgrade", "websocket")
-                .header("sec-websocket-version", "13")
-                .header("sec-websocket-key", KEY)
-                .send()
-                .await
-                .expect("an answer")
-        }
-    };
-    let second = upgrade().await;
+    let second = i.upgrade("/room", "chat.example.com", KEY).await;
     assert_eq!(second.status().as_u16(), 409);
     let body: Value = second.json().await.expect("a JSON error");
     assert_eq!(body["error"], "key_in_use", "{body}");
@@ -180,7 +166,12 @@ async fn a_key_held_by_an_open_websocket_is_refused_to_a_second() {
 
     drop(first);
     wait_for("the key to be free once its connection is gone", || async {
-        (upgrade().await.status().as_u16() == 101).then_some(())
+        (i.upgrade("/room", "chat.example.com", KEY)
+            .await
+            .status()
+            .as_u16()
+            == 101)
+            .then_some(())
     })
     .await;
 }
