@@ -32,6 +32,12 @@ use dead::{key, split_key};
 pub enum StoreError {
     #[error("event store at {path}: {source}")]
     Open { path: PathBuf, source: fjall::Error },
+    #[error(
+        "event store at {path} is in use by another transformer process (TRANSFORMER_DATA_DIR \
+         belongs to one process at a time): stop that one first, or give this one a directory \
+         of its own"
+    )]
+    InUse { path: PathBuf },
     #[error("event store: {0}")]
     Io(#[from] fjall::Error),
     #[error("event log: {0}")]
@@ -120,9 +126,14 @@ impl Store {
         segment_bytes: u64,
         temporary: Option<tempfile::TempDir>,
     ) -> Result<Store, StoreError> {
-        let open = |source| StoreError::Open {
-            path: dir.to_owned(),
-            source,
+        let open = |source| match source {
+            fjall::Error::Locked => StoreError::InUse {
+                path: dir.to_owned(),
+            },
+            source => StoreError::Open {
+                path: dir.to_owned(),
+                source,
+            },
         };
         // Taken first: fjall's lock file is what keeps a second process out,
         // and it must be held before the log is touched.
@@ -453,6 +464,15 @@ mod tests {
     fn a_second_process_cannot_open_the_same_store() {
         let dir = tempfile::tempdir().unwrap();
         let _first = Store::open(dir.path(), Fsync::Never).unwrap();
-        assert!(Store::open(dir.path(), Fsync::Never).is_err());
+        let Err(e) = Store::open(dir.path(), Fsync::Never) else {
+            panic!("a second store opened on the same directory");
+        };
+        assert!(matches!(e, StoreError::InUse { .. }), "{e:?}");
+        let message = e.to_string();
+        assert!(
+            message.contains("in use by another transformer process")
+                && message.contains("TRANSFORMER_DATA_DIR"),
+            "{message}"
+        );
     }
 }
