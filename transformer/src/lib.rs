@@ -9,6 +9,7 @@ pub mod deadletters;
 pub mod dispatch;
 #[cfg(test)]
 mod fuzz;
+pub mod loops;
 pub mod metrics;
 pub mod routes;
 pub mod state;
@@ -101,6 +102,7 @@ pub async fn serve(
         max_body_bytes: config.max_body_bytes,
         metrics,
         intake: Intake::new(dispatcher),
+        seen: Default::default(),
     });
     let local = listener.local_addr().map_err(RunError::Serve)?;
     tracing::info!(
@@ -193,7 +195,8 @@ async fn build_sinks(config: &Config, metrics: &Metrics) -> Result<Vec<Arc<dyn S
                     client.clone(),
                     config.retry.timeout,
                 )
-                .with_token(config.watcher_token.as_deref())?,
+                .with_token(config.watcher_token.as_deref())?
+                .with_via(loops::via(&config.gateway_name)),
             ));
         }
     }

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub received: Family<KindLabel, Counter>,
     pub rejected: Family<ReasonLabel, Counter>,
     pub replayed: Counter,
+    /// Events a gateway delivered that were taken here before (a loop).
+    pub returned: Counter,
     pub admission_waiting: Gauge,
     pub batches: Counter,
     delivered: Family<WatcherLabel, Counter>,
@@ -75,6 +77,7 @@ impl Metrics {
         let received = Family::<KindLabel, Counter>::default();
         let rejected = Family::<ReasonLabel, Counter>::default();
         let replayed = Counter::default();
+        let returned = Counter::default();
         let admission_waiting = Gauge::default();
         let batches = Counter::default();
         let delivered = Family::<WatcherLabel, Counter>::default();
@@ -97,6 +100,11 @@ impl Metrics {
             "transformer_dead_letters_replayed",
             "Dead letters put back into a watcher's queue",
             replayed.clone(),
+        );
+        registry.register(
+            "transformer_events_returned",
+            "CloudEvents another gateway delivered that were taken here before (same source and id): GATEWAY_WATCHERS form a loop, or an upstream repeated one. Answered 2xx, not delivered again",
+            returned.clone(),
         );
         registry.register(
             "transformer_admission_waiting",
@@ -180,6 +188,7 @@ impl Metrics {
             received,
             rejected,
             replayed,
+            returned,
             admission_waiting,
             batches,
             delivered,

@@ -12,6 +12,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 
 use crate::cloudevent::{CloudEvent, STRUCTURED_CONTENT_TYPE};
+use crate::loops;
 use crate::metrics::KindLabel;
 use crate::state::{refused, AppState};
 use gateway_common::endpoint::{self, Endpoint};
@@ -123,6 +124,8 @@ async fn accept_batch(
             }
         }
     }
+    st.seen
+        .remember(events.iter().map(|e| (e.source.as_str(), e.id.as_str())));
     let outcomes = dispatcher.dispatch_many(events).await;
     for (slot, outcome) in slots.into_iter().zip(outcomes) {
         match outcome {
@@ -184,9 +187,42 @@ async fn accept(
     )?;
     let (event, kind) = decode(st, headers, body)?;
     let id = event.id.clone();
-    dispatcher.dispatch(event).await.map_err(refused)?;
+    // A CloudEvent another gateway delivers that was taken here before has
+    // come back around a loop of GATEWAY_WATCHERS (or is an upstream's
+    // repeat): it was delivered from here already, so it is answered as
+    // taken and not queued again.
+    let checked = kind == "cloudevent" && loops::from_a_gateway(headers);
+    if !checked {
+        st.seen.remember([(event.source.as_str(), id.as_str())]);
+    } else if !st.seen.take(&event.source, &id) {
+        came_back(st, &event);
+        return Ok(Json(serde_json::json!({ "id": id })));
+    }
+    let source = checked.then(|| event.source.clone());
+    if let Err(r) = dispatcher.dispatch(event).await {
+        if let Some(source) = source {
+            st.seen.forget(&source, &id);
+        }
+        return Err(refused(r));
+    }
     st.metrics.received.get_or_create(&KindLabel { kind }).inc();
     Ok(Json(serde_json::json!({ "id": id })))
+}
+
+/// Counts an event that came back, and says so in the log at the 1st, 2nd,
+/// 4th, 8th... time: a loop repeats for every event.
+fn came_back(st: &AppState, event: &CloudEvent) {
+    let n = st.metrics.returned.inc() + 1;
+    if n.is_power_of_two() {
+        tracing::warn!(
+            id = %event.id,
+            subject = event.subject.as_deref().unwrap_or(""),
+            times = n,
+            source = %event.source,
+            "a gateway delivered an event taken here before (GATEWAY_WATCHERS form a loop, \
+             or an upstream repeated it): answered as taken, not delivered again"
+        );
+    }
 }
 
 /// Chooses the input form: a `ce-specversion` header means a binary CloudEvent, the

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::dispatch::{Dispatcher, Refused};
+use crate::loops::Seen;
 use crate::metrics::Metrics;
 use gateway_common::error::{ApiError, ErrorCode};
 
@@ -15,6 +16,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     pub metrics: Arc<Metrics>,
     pub intake: Intake,
+    /// The events taken last, to recognise one that comes back.
+    pub seen: Seen,
 }
 
 /// Open until shutdown begins; then every request that would queue an event,

@@ -20,6 +20,7 @@ pub struct HttpSink {
     client: reqwest::Client,
     timeout: Duration,
     authorization: Option<HeaderValue>,
+    via: Option<HeaderValue>,
 }
 
 impl HttpSink {
@@ -39,7 +40,15 @@ impl HttpSink {
             client,
             timeout,
             authorization: None,
+            via: None,
         }
+    }
+
+    /// Sends `Via` with every delivery, so a gateway that gets an event back
+    /// around a loop recognises it (`crate::loops`).
+    pub fn with_via(mut self, via: HeaderValue) -> Self {
+        self.via = Some(via);
+        self
     }
 
     /// Sends `Authorization: Bearer TOKEN` (from `WATCHER_TOKEN`) with every
@@ -89,6 +98,9 @@ impl HttpSink {
         let mut request = request;
         if let Some(auth) = &self.authorization {
             request = request.header(axum::http::header::AUTHORIZATION, auth.clone());
+        }
+        if let Some(via) = &self.via {
+            request = request.header(axum::http::header::VIA, via.clone());
         }
         // The distributed-tracing extension travels as the HTTP header too, so a
         // sensor's tracing joins the producer's trace without reading CloudEvents.

@@ -1,0 +1,151 @@
+//! Gateways watching gateways (`GATEWAY_WATCHERS`): a CloudEvent passes
+//! through unchanged, and gateways whose watchers form a loop deliver each
+//! event once rather than sending it round for ever.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use gateway_tests::*;
+use serde_json::Value;
+
+#[tokio::test]
+async fn structured_mode_and_a_gateway_watching_another() {
+    let mut downstream = Gateway::new(UserServerKind::Python);
+    downstream.name = "downstream".into();
+    downstream.start_sensor().await;
+    downstream.start_transformer().await;
+
+    let mut g = Gateway::new(UserServerKind::Python);
+    g.transformer_env
+        .push(("CE_MODE".into(), "structured".into()));
+    g.transformer_env
+        .push(("GATEWAY_WATCHERS".into(), downstream.tr_url("/")));
+    g.start_sensor().await;
+    g.start_transformer().await;
+    // A framework-independent producer posts straight to the transformer.
+    let r = g
+        .post(
+            &g.tr_url("/"),
+            "application/json",
+            format!(r#"{{"src":"direct","payload":"{}"}}"#, {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD.encode(r#"{"hello":"world"}"#)
+            }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let id = r.json["id"]
+        .as_str()
+        .expect("the answer names the CloudEvent id")
+        .to_owned();
+    let here = g.wait_sensor(1).await;
+    assert_eq!(here[0]["mode"], "structured");
+    assert_eq!(here[0]["id"], id.as_str());
+    assert_eq!(here[0]["data"]["hello"], "world");
+    let there = downstream.wait_sensor(1).await;
+    assert_eq!(there[0]["mode"], "binary");
+    assert_eq!(
+        there[0]["id"],
+        id.as_str(),
+        "a chained gateway relays the event unchanged"
+    );
+    assert_eq!(there[0]["source"], "test-gateway");
+    assert_eq!(there[0]["subject"], "direct");
+    assert_eq!(there[0]["data"]["hello"], "world");
+    assert_eq!(
+        there[0]["via"], "1.1 downstream (event-gateway)",
+        "a delivery says which gateway sent it"
+    );
+}
+
+/// How many times the sensor saw each event id.
+fn counts(events: &[Value]) -> BTreeMap<String, usize> {
+    let mut n = BTreeMap::new();
+    for e in events {
+        *n.entry(e["id"].as_str().unwrap_or("").to_owned())
+            .or_insert(0) += 1;
+    }
+    n
+}
+
+/// The sum of a metric over both transformers.
+async fn both(a: &Gateway, b: &Gateway, name: &str) -> f64 {
+    a.metric(&a.tr_url("/metrics"), name).await + b.metric(&b.tr_url("/metrics"), name).await
+}
+
+#[tokio::test]
+async fn gateways_whose_watchers_form_a_loop_deliver_each_event_once() {
+    // east watches west; west watches east and itself: every event of either
+    // comes back to both, again and again, unless a gateway recognises it.
+    let mut east = Gateway::new(UserServerKind::Python);
+    east.name = "east".into();
+    let mut west = Gateway::new(UserServerKind::Python);
+    west.name = "west".into();
+    east.transformer_env
+        .push(("GATEWAY_WATCHERS".into(), west.tr_url("/")));
+    west.transformer_env.push((
+        "GATEWAY_WATCHERS".into(),
+        format!("{},{}", east.tr_url("/"), west.tr_url("/")),
+    ));
+    for g in [&mut east, &mut west] {
+        g.start_sensor().await;
+        g.start_transformer().await;
+    }
+    const N: usize = 20;
+    for seq in 0..N {
+        for (g, src) in [(&east, "from-east"), (&west, "from-west")] {
+            let r = g
+                .post(
+                    &g.tr_url("/"),
+                    "application/json",
+                    event_body(src, "t", seq),
+                )
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text);
+        }
+    }
+    // A producer may post a CloudEvent itself and reuse its id: the gateway
+    // it posts to takes it at its word (only deliveries from a gateway are
+    // checked); a gateway downstream takes the second as a repeat of the first
+    // (same source and id, which CloudEvents lets a consumer do).
+    for _ in 0..2 {
+        let r = east
+            .http
+            .post(east.tr_url("/"))
+            .header("ce-specversion", "1.0")
+            .header("ce-id", "reused")
+            .header("ce-source", "east")
+            .header("ce-type", "t")
+            .header("content-type", "application/json")
+            .body(r#"{"src":"producer","seq":0,"timeID":"t"}"#)
+            .send()
+            .await
+            .expect("post a CloudEvent");
+        assert_eq!(r.status(), 200);
+    }
+    east.wait_sensor(2 * N + 2).await;
+    west.wait_sensor(2 * N + 1).await;
+    // Settled: nothing queued anywhere, and the loop no longer turns.
+    let returned = wait_for("the loop to settle", || async {
+        let queued = both(&east, &west, "transformer_queue_depth").await;
+        let returned = both(&east, &west, "transformer_events_returned_total").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let again = both(&east, &west, "transformer_events_returned_total").await;
+        (queued == 0.0 && returned == again).then_some(returned)
+    })
+    .await;
+    assert!(returned > 0.0, "the loop was recognised");
+    for (g, reused) in [(&east, 2), (&west, 1)] {
+        let events = g.sensor_events();
+        let counts = counts(&events);
+        assert_eq!(
+            events.len(),
+            2 * N + reused,
+            "{} got each event once: {counts:?}",
+            g.name
+        );
+        assert_eq!(counts.len(), 2 * N + 1);
+        assert_eq!(counts.get("reused"), Some(&reused));
+        assert_ordered(&events);
+    }
+}
