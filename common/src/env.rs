@@ -323,14 +323,15 @@ pub fn parse_urls(var: &'static str, raw: &str) -> Result<Vec<reqwest::Url>, Con
         .map(|s| {
             let url = reqwest::Url::parse(s).map_err(|e| ConfigError::Invalid {
                 var,
-                reason: format!("{s:?} is not a URL: {e}"),
+                reason: format!("{s:?} is not a URL: {e} (write it as http://HOST:PORT/PATH)"),
             })?;
             match url.scheme() {
                 "http" | "https" => Ok(url),
                 other => Err(ConfigError::Invalid {
                     var,
                     reason: format!(
-                        "{s:?} has scheme {other:?}; only http and https are supported"
+                        "{s:?} has scheme {other:?}; only http and https are supported \
+                         (write it as http://HOST:PORT/PATH)"
                     ),
                 }),
             }
