@@ -187,7 +187,7 @@ const SHARING: Var = Var::new(
 const REPLICA_ID: Var = Var::derived(
     "GATEWAY_PROCESSOR_REPLICA_ID",
     "the host name",
-    "this replica's name in the sharing bucket and in `/configs` (letters, digits, `-` and `_`)",
+    "this replica's name in the sharing bucket and in `/configs` (letters, digits, `-` and `_`); a host name another live replica of the gateway goes by (several on one host) becomes `HOST-PID`, a name set here waits until its namesake is gone",
 );
 const LEASE: Var = Var::new(
     "GATEWAY_PROCESSOR_LEASE",
@@ -378,6 +378,7 @@ impl Config {
             "off" | "" => None,
             "nats" => Some(crate::sharing::Settings {
                 replica: replica_id(env)?,
+                replica_from_env: env.optional(&REPLICA_ID).is_some(),
                 lease: lease(env)?,
                 nats: gateway_common::nats::NatsOptions::read(env)?,
                 bucket: crate::sharing::bucket_name(

@@ -173,7 +173,8 @@ async fn forward_event(
                 ErrorCode::NotOwner,
                 format!(
                     "replica {} does not hold configuration {:?} now; it runs elsewhere",
-                    sharing.replica, event.src
+                    sharing.replica(),
+                    event.src
                 ),
             ));
         }
@@ -285,7 +286,7 @@ async fn configs(State(st): State<Arc<AppState>>) -> Json<Vec<crate::configs::Co
     if let Some(sharing) = &st.sharing {
         crate::configs::with_owners(
             &mut list,
-            &sharing.replica,
+            &sharing.replica(),
             &sharing.owners(),
             sharing.configurations().as_deref(),
             |src| sharing.holds(src),

@@ -20,6 +20,7 @@
 //! what another replica may already run.
 
 mod handover;
+mod identity;
 mod keys;
 pub mod plan;
 mod round;
@@ -29,7 +30,7 @@ use keys::{claim_key, REPLICAS};
 use round::{renew, tick};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
@@ -50,6 +51,9 @@ use gateway_common::nats::{ConnectionMetrics, NatsOptions};
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub replica: String,
+    /// Whether `replica` was set (`GATEWAY_PROCESSOR_REPLICA_ID`) rather than
+    /// the host name: only a host name gives way to a live namesake.
+    pub replica_from_env: bool,
     pub lease: Duration,
     pub nats: NatsOptions,
     /// One bucket per gateway: its namespace and name.
@@ -88,7 +92,9 @@ struct Held {
 
 /// This replica's side of the sharing, read by the routes and the supervisor.
 pub struct Sharing {
-    pub replica: String,
+    /// The name this replica goes by: as configured, until [`identity`] has
+    /// found it taken by a live namesake and chosen another.
+    replica: RwLock<String>,
     lease: Duration,
     held: Mutex<HashMap<String, Held>>,
     /// Every claim as last read: configuration to owner and phase.
@@ -107,7 +113,7 @@ pub struct Sharing {
 impl Sharing {
     pub fn new(replica: String, lease: Duration, metrics: Arc<Metrics>) -> Arc<Sharing> {
         Arc::new(Sharing {
-            replica,
+            replica: RwLock::new(replica),
             lease,
             held: Mutex::new(HashMap::new()),
             view: Mutex::new(BTreeMap::new()),
@@ -116,6 +122,18 @@ impl Sharing {
             configurations: Mutex::new(None),
             metrics,
         })
+    }
+
+    /// This replica's name in the bucket and in `/configs`.
+    pub fn replica(&self) -> String {
+        self.replica
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_replica(&self, name: String) {
+        *self.replica.write().unwrap_or_else(|p| p.into_inner()) = name;
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
@@ -260,6 +278,15 @@ pub async fn run(
         let _ = watchdog.await;
         return;
     };
+    // A name another live processor-client of this gateway goes by is not
+    // taken: two processes of one name would each run the other's claims.
+    if identity::take_name(&sharing, &store, &settings, &stop_claiming)
+        .await
+        .is_none()
+    {
+        let _ = watchdog.await;
+        return;
+    }
     let period = settings.lease / 4;
     let mut handovers = tokio::task::JoinSet::new();
     let mut last_ok = true;
@@ -344,7 +371,7 @@ pub async fn run(
         .iter()
         .filter(|(src, _)| activity.is_quiet(src))
         .map(|(src, revision)| store.delete_expect_revision(claim_key(src), Some(*revision)));
-    let presence = store.delete(format!("{REPLICAS}{}", sharing.replica));
+    let presence = store.delete(format!("{REPLICAS}{}", sharing.replica()));
     // All at once: with NATS away each waits for JetStream's request timeout,
     // and one after another they would use up the shutdown deadline.
     let given_back = async { while handovers.join_next().await.is_some() {} };
@@ -380,7 +407,7 @@ async fn open_bucket(
 ) -> Option<(kv::Store, ConnectionMetrics)> {
     let metrics = ConnectionMetrics::default();
     let connection = metrics.clone();
-    let name = format!("gateway-processor-client-{}", sharing.replica);
+    let name = format!("gateway-processor-client-{}", sharing.replica());
     let client = tokio::select! {
         _ = cancel.cancelled() => return None,
         c = gateway_common::nats::connect(&settings.nats, &name, metrics) => c,

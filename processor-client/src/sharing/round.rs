@@ -21,7 +21,7 @@ fn claim_body(sharing: &Sharing, registry: &Registry, src: &str) -> Bytes {
         .map_or("Pending", Phase::as_str)
         .to_owned();
     let value = ClaimValue {
-        owner: sharing.replica.clone(),
+        owner: sharing.replica(),
         phase,
     };
     Bytes::from(serde_json::to_vec(&value).unwrap_or_default())
@@ -60,7 +60,7 @@ pub(super) async fn tick(
 ) -> Result<(), String> {
     let sent = Instant::now();
     let valid_until = sharing.valid_until(sent);
-    let me = sharing.replica.clone();
+    let me = sharing.replica();
     // First and all at once: announce this replica and renew what it holds,
     // so that a slow read of the bucket below never delays a renewal.
     let held = sharing.held_revisions();
