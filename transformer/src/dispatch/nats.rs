@@ -137,6 +137,23 @@ fn stream_subject(template: &str, gateway: &str, namespace: &str) -> String {
         .join(".")
 }
 
+/// Whether every subject `pattern` matches is one `filter` matches too
+/// (`*` one token, `>` the rest).
+fn covers(filter: &str, pattern: &str) -> bool {
+    let mut f = filter.split('.');
+    let mut p = pattern.split('.');
+    loop {
+        match (f.next(), p.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some(_), Some(">")) => return false,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 /// One subject token: no whitespace, `*`, `>` or `.`, and never empty.
 fn token(s: &str) -> String {
     let mut t = String::with_capacity(s.len());
@@ -217,7 +234,9 @@ pub struct NatsSink {
     subjects: SubjectTemplate,
     mode: CeMode,
     timeout: Duration,
-    stream_ready: OnceCell<()>,
+    /// Set once the stream exists: what to tell the operator when it does
+    /// not take this gateway's subjects.
+    stream_ready: OnceCell<Option<String>>,
     metrics: NatsMetrics,
 }
 
@@ -250,8 +269,9 @@ impl NatsSink {
     }
 
     /// Creates the stream when it is missing; an existing stream is left as the
-    /// operator configured it.
-    async fn ensure_stream(&self, js: &jetstream::Context) -> Result<(), DeliveryError> {
+    /// operator configured it, and one that does not take this gateway's
+    /// subjects is said to be so, at once and with every failed publish.
+    async fn ensure_stream(&self, js: &jetstream::Context) -> Result<Option<&str>, DeliveryError> {
         self.stream_ready
             .get_or_try_init(|| async {
                 let config = stream::Config {
@@ -261,13 +281,29 @@ impl NatsSink {
                     duplicate_window: Duration::from_secs(120),
                     ..Default::default()
                 };
-                js.get_or_create_stream(config)
-                    .await
-                    .map(|s| tracing::info!(stream = %s.cached_info().config.name, subjects = ?s.cached_info().config.subjects, "JetStream stream ready"))
-                    .map_err(|e| DeliveryError::retryable(format!("JetStream stream {}: {e}", self.stream)))
+                let s = js.get_or_create_stream(config).await.map_err(|e| {
+                    DeliveryError::retryable(format!("JetStream stream {}: {e}", self.stream))
+                })?;
+                let has = s.cached_info().config.subjects.clone();
+                tracing::info!(stream = %self.stream, subjects = ?has, "JetStream stream ready");
+                let needed = self.subjects.stream_subjects();
+                let missing: Vec<&String> = needed
+                    .iter()
+                    .filter(|n| !has.iter().any(|h| covers(h, n)))
+                    .collect();
+                if missing.is_empty() {
+                    return Ok(None);
+                }
+                let hint = format!(
+                    "stream {} takes {has:?}, not {missing:?}: add those subjects to it, or set \
+                     NATS_STREAM to a stream that takes them (or NATS_SUBJECT to subjects it takes)",
+                    self.stream
+                );
+                tracing::error!("{hint}");
+                Ok(Some(hint))
             })
             .await
-            .map(|_| ())
+            .map(Option::as_deref)
     }
 
     async fn publish(&self, event: &CloudEvent) -> Result<(), DeliveryError> {
@@ -299,7 +335,7 @@ impl NatsSink {
                     })
             }
             Some(js) => {
-                self.ensure_stream(js).await?;
+                let hint = self.ensure_stream(js).await?;
                 let publish = PublishMessage::build()
                     .payload(payload)
                     .headers(headers)
@@ -326,9 +362,10 @@ impl NatsSink {
                         }
                         Ok(())
                     }
-                    Some(Ok(Err(e))) => {
-                        Err(DeliveryError::retryable(format!("JetStream publish: {e}")))
-                    }
+                    Some(Ok(Err(e))) => Err(DeliveryError::retryable(match hint {
+                        Some(hint) => format!("JetStream publish: {e} ({hint})"),
+                        None => format!("JetStream publish: {e}"),
+                    })),
                     Some(Err(_)) => Err(DeliveryError::retryable(format!(
                         "JetStream publish timed out after {:?} waiting for the acknowledgement",
                         self.timeout
@@ -361,6 +398,29 @@ impl Sink for NatsSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_subject_covers_what_it_matches_all_of() {
+        for (filter, pattern, covered) in [
+            ("g.>", "g.>", true),
+            (">", "g.>", true),
+            ("g.*", "g.*", true),
+            ("*.*", "g.*", true),
+            ("g.>", "g.*.x", true),
+            ("g.*", "g.>", false),
+            ("other.>", "g.>", false),
+            ("g.a.>", "g.>", false),
+            ("g", "g.>", false),
+            ("g.x", "g.x", true),
+            ("g.x", "g.x.y", false),
+        ] {
+            assert_eq!(
+                covers(filter, pattern),
+                covered,
+                "{filter} covers {pattern}"
+            );
+        }
+    }
 
     fn ev(subject: &str) -> CloudEvent {
         CloudEvent::from_gateway_event("gw", "t", subject, Bytes::new())
