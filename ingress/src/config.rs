@@ -10,6 +10,8 @@ use gateway_common::env::{self as shared, ConfigError, Env, Listener, Var};
 use gateway_common::nats::NatsOptions;
 use gateway_common::server::Limits as ListenerLimits;
 
+use crate::hosts::Hosts;
+
 const PORT: Var = Var::new("INGRESS_PORT", "8080", "the HTTP port traffic comes in on");
 const LISTEN_ADDRESS: Var = Var::new(
     "INGRESS_LISTEN_ADDRESS",
@@ -38,7 +40,7 @@ const REQUEST_TIMEOUT: Var = Var::new(
 );
 const HOSTS: Var = Var::optional(
     "INGRESS_HOSTS",
-    "comma-separated host names served (others get 404); empty: any",
+    "comma-separated host names served (others get 404), `*.example.com` for any one label more; empty: any",
 );
 const MAX_BODY_BYTES: Var = Var::new(
     "INGRESS_MAX_BODY_BYTES",
@@ -95,8 +97,8 @@ pub struct Config {
     pub subject_prefix: String,
     pub inbox_prefix: String,
     pub request_timeout: Duration,
-    /// Lower-case host names served; empty: any.
-    pub hosts: Vec<String>,
+    /// The hosts served; empty: any.
+    pub hosts: Hosts,
     pub max_body_bytes: usize,
     pub nats: NatsOptions,
     pub shutdown_timeout: Duration,
@@ -143,12 +145,7 @@ impl Config {
             subject_prefix: subject_prefix(env, &SUBJECT_PREFIX)?,
             inbox_prefix: subject_prefix(env, &INBOX_PREFIX)?,
             request_timeout: env.timeout(&REQUEST_TIMEOUT)?,
-            hosts: env
-                .text(&HOSTS)?
-                .split(',')
-                .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
-                .filter(|h| !h.is_empty())
-                .collect(),
+            hosts: Hosts::parse(HOSTS.name, &env.text(&HOSTS)?)?,
             max_body_bytes: env.positive(&MAX_BODY_BYTES)?,
             nats: NatsOptions::read(env)?,
             shutdown_timeout: env.duration(&shared::SHUTDOWN_TIMEOUT)?,
@@ -187,6 +184,7 @@ mod tests {
             ("INGRESS_INBOX_PREFIX", "a..b"),
             ("INGRESS_REQUEST_TIMEOUT", "0s"),
             ("INGRESS_MAX_BODY_BYTES", "0"),
+            ("INGRESS_HOSTS", "example.com,a.*.b"),
             ("NATS_USER", "only-user"),
         ] {
             let e = Config::from_vars(vars(&[(var, value)]))

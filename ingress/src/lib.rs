@@ -6,6 +6,7 @@
 //! only reads the environment and calls it.
 
 pub mod config;
+pub mod hosts;
 mod metrics;
 mod proxy;
 pub mod subject;

@@ -101,7 +101,7 @@ fn websocket(
     headers: HeaderMap,
 ) -> Response {
     let host = host_of(&headers, &uri).to_owned();
-    if !st.config.hosts.is_empty() && !st.config.hosts.contains(&host_name(&host)) {
+    if !st.config.hosts.serves(&host_name(&host)) {
         return ApiError::new(
             ErrorCode::UnknownHost,
             format!("this ingress does not serve host {host:?}"),
@@ -210,7 +210,7 @@ async fn forward(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let host = host_of(headers, uri);
-    if !st.config.hosts.is_empty() && !st.config.hosts.contains(&host_name(host)) {
+    if !st.config.hosts.serves(&host_name(host)) {
         return Err(ApiError::new(
             ErrorCode::UnknownHost,
             format!("this ingress does not serve host {host:?}"),

@@ -324,7 +324,12 @@ async fn a_silent_nats_connection_is_found_by_its_pings_and_made_again() {
 async fn hosts_not_served_are_404_and_sigterm_exits_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = NatsServer::start(dir.path()).await;
-    let mut i = Ingress::start(dir.path(), &nats, &[("INGRESS_HOSTS", "www.example.com")]).await;
+    let mut i = Ingress::start(
+        dir.path(),
+        &nats,
+        &[("INGRESS_HOSTS", "www.example.com, *.apps.example.com")],
+    )
+    .await;
     let (status, code) = error_of(
         i.send("GET", "/", "evil.example.com", &[], Vec::new())
             .await,
@@ -332,12 +337,18 @@ async fn hosts_not_served_are_404_and_sigterm_exits_cleanly() {
     .await;
     assert_eq!((status, code.as_str()), (404, "unknown_host"));
     assert!(i.received().is_empty(), "nothing was published for it");
-    assert_eq!(
-        i.send("GET", "/", "WWW.example.com:443", &[], Vec::new())
-            .await
-            .status(),
-        200
-    );
+    for (host, status) in [
+        ("WWW.example.com:443", 200),
+        ("shop.apps.example.com", 200),
+        ("apps.example.com", 404),
+        ("a.shop.apps.example.com", 404),
+    ] {
+        assert_eq!(
+            i.send("GET", "/", host, &[], Vec::new()).await.status(),
+            status,
+            "{host}"
+        );
+    }
     i.proc.signal(libc::SIGTERM);
     i.proc.exits_cleanly(Duration::from_secs(15)).await;
 }
