@@ -85,9 +85,11 @@ impl Seen {
 
     /// Remembers events under one lock (ones just made here: fresh ids).
     pub fn remember<'a>(&self, events: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        // Hashed before the lock is taken: it is held for the inserts alone.
+        let keys: Vec<u128> = events.into_iter().map(|(s, id)| key(s, id)).collect();
         let mut ring = self.lock();
-        for (source, id) in events {
-            ring.insert(key(source, id));
+        for k in keys {
+            ring.insert(k);
         }
     }
 
