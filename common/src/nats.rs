@@ -275,6 +275,14 @@ pub enum ConnectError {
     },
 }
 
+/// What to add to a JetStream error that means the server runs without
+/// JetStream (a plain `nats-server`, the first thing a newcomer starts):
+/// async-nats says only "jetstream unavailable".
+pub fn without_jetstream(error: &str) -> Option<&'static str> {
+    (error.contains("jetstream unavailable") || error.contains("not enabled"))
+        .then_some("the NATS server at NATS_URL runs without JetStream: start it with -js")
+}
+
 /// Connects as `name` with `options`; the connection is made, and remade, in
 /// the background, with no limit on attempts.
 pub async fn connect(
@@ -368,6 +376,12 @@ pub async fn connect_with_inbox(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_without_jetstream_is_named_as_such() {
+        assert!(without_jetstream("jetstream unavailable").is_some_and(|h| h.contains("-js")));
+        assert!(without_jetstream("timed out").is_none());
+    }
 
     fn env(list: &[(&str, &str)]) -> Env {
         Env::from_vars(list.iter().map(|(k, v)| (k.to_string(), v.to_string())))

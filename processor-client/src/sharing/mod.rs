@@ -446,6 +446,14 @@ async fn open_bucket(
         };
         match created {
             Ok(store) => return Some((store, connection)),
+            Err(e) if gateway_common::nats::without_jetstream(&e).is_some() => {
+                tracing::warn!(
+                    error = %e,
+                    bucket = %settings.bucket,
+                    "cannot open the sharing bucket ({}); no configuration runs here until it can",
+                    gateway_common::nats::without_jetstream(&e).unwrap_or_default()
+                )
+            }
             Err(e) => {
                 tracing::warn!(error = %e, bucket = %settings.bucket, "cannot open the sharing bucket; retrying")
             }

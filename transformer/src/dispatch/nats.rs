@@ -282,7 +282,14 @@ impl NatsSink {
                     ..Default::default()
                 };
                 let s = js.get_or_create_stream(config).await.map_err(|e| {
-                    DeliveryError::retryable(format!("JetStream stream {}: {e}", self.stream))
+                    let e = e.to_string();
+                    DeliveryError::retryable(match gateway_common::nats::without_jetstream(&e) {
+                        Some(hint) => format!(
+                            "JetStream stream {}: {e} ({hint}, or set NATS_TYPE=Standard)",
+                            self.stream
+                        ),
+                        None => format!("JetStream stream {}: {e}", self.stream),
+                    })
                 })?;
                 let has = s.cached_info().config.subjects.clone();
                 tracing::info!(stream = %self.stream, subjects = ?has, "JetStream stream ready");
