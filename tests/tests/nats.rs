@@ -5,7 +5,6 @@
 
 use std::collections::HashSet;
 use std::process::Command;
-use std::time::Duration;
 
 use gateway_tests::*;
 use serde_json::Value;
@@ -506,61 +505,6 @@ async fn http_and_nats_together_a_dead_sensor_does_not_hold_back_nats() {
 fn base64_json(s: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(s)
-}
-
-/// Every binary that talks to NATS stops at once on SIGTERM while NATS cannot
-/// be reached, rather than waiting for a reconnect (the ingress once waited for
-/// ever, flushing to a server that was never there) or for the shutdown
-/// deadline (the processor-client's sharing, opening its bucket).
-#[tokio::test]
-async fn sigterm_while_nats_is_unreachable_stops_each_binary_at_once() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let nowhere = format!("nats://127.0.0.1:{}", free_port());
-    let configs = dir.path().join("configmap");
-    write_configmap(&configs, &[("a".to_owned(), "x".to_owned())].into());
-    let mut cases = Vec::new();
-    for name in ["ingress", "transformer", "processor-client"] {
-        let port = free_port();
-        let mut cmd = Command::new(bin(name));
-        cmd.env_clear()
-            .env("NATS_URL", &nowhere)
-            .env("GATEWAY_NAME", "unreachable")
-            // Far beyond what the test waits: exiting within it proves
-            // the process did not wait for its deadline.
-            .env("SHUTDOWN_TIMEOUT", "120s")
-            .env("RUST_LOG", "info");
-        match name {
-            "ingress" => cmd
-                .env("INGRESS_PORT", port.to_string())
-                .env("INGRESS_ADMIN_PORT", free_port().to_string())
-                .env("INGRESS_LISTEN_ADDRESS", "127.0.0.1"),
-            "transformer" => cmd
-                .env("TRANSFORMER_PORT", port.to_string())
-                .env("TRANSFORMER_LISTEN_ADDRESS", "127.0.0.1")
-                .env("TRANSFORMER_DATA_DIR", dir.path().join("tr-data"))
-                .env("EVENT_PROTOCOL", "NATS"),
-            _ => cmd
-                .env("GATEWAY_PROCESSOR_CLIENT_HTTP_PORT", port.to_string())
-                .env("GATEWAY_PROCESSOR_CLIENT_LISTEN_ADDRESS", "127.0.0.1")
-                .env("GATEWAY_PROCESSOR_CONFIG_MAP", &configs)
-                .env(
-                    "GATEWAY_PROCESSOR_SERVER_HTTP_PORT",
-                    free_port().to_string(),
-                )
-                .env("GATEWAY_PROCESSOR_SHARING", "nats"),
-        };
-        let proc = Proc::spawn(name, cmd, dir.path());
-        wait_port(port, name).await;
-        cases.push((name, proc));
-    }
-    // Long enough for each to have tried NATS and be retrying.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    for (_, proc) in &cases {
-        proc.signal(libc::SIGTERM);
-    }
-    for (_, mut proc) in cases {
-        proc.exits_cleanly(Duration::from_secs(30)).await;
-    }
 }
 
 /// An event whose subject NATS cannot take (a producer's key of 5,000 bytes:

@@ -153,7 +153,8 @@ impl Sharing {
         self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Every configuration of the gateway, as of the last round.
+    /// Every configuration of the gateway, as of the last round (before the
+    /// first, as read at start).
     pub fn configurations(&self) -> Option<Arc<BTreeSet<String>>> {
         self.configurations
             .lock()
@@ -255,6 +256,13 @@ pub async fn run(
     stop_claiming: CancellationToken,
     release: CancellationToken,
 ) {
+    // Listed (unclaimed) from the start: until the bucket answers, `/configs`
+    // shows what there is to run, not nothing.
+    *sharing
+        .configurations
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) =
+        Some(Arc::new(all.borrow().keys().cloned().collect()));
     let watchdog = {
         let sharing = sharing.clone();
         let all = all.clone();
