@@ -548,6 +548,7 @@ mod ingress;
 mod nats;
 mod proc;
 mod rabbitmq;
+pub mod replicas;
 mod s3;
 mod tls;
 

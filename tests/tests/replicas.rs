@@ -8,36 +8,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use gateway_tests::replicas::*;
 use gateway_tests::*;
 use serde_json::Value;
-
-const LEASE: Duration = Duration::from_secs(3);
 
 /// One test at a time: each runs a dozen processes, and their timing (leases,
 /// takeovers) is what is tested, so they do not share the two cores.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A gateway (not started) that is the replica `id`, reading `configs`,
-/// sharing through `nats`.
-fn sharing(id: &str, nats: &NatsServer, configs: &[(String, String)]) -> Gateway {
-    let mut g = Gateway::new(UserServerKind::Python);
-    for (k, v) in [
-        ("GATEWAY_PROCESSOR_SHARING", "nats".to_owned()),
-        ("GATEWAY_PROCESSOR_REPLICA_ID", id.to_owned()),
-        (
-            "GATEWAY_PROCESSOR_LEASE",
-            format!("{}ms", LEASE.as_millis()),
-        ),
-        ("NATS_URL", nats.url()),
-        ("SHUTDOWN_TIMEOUT", "3s".to_owned()),
-    ] {
-        g.processor_env.push((k.into(), v));
-    }
-    for (k, v) in configs {
-        g.set_config(k, v);
-    }
-    g
-}
 
 /// The replica `id` with the Python HTTP test server, started.
 async fn replica(id: &str, nats: &NatsServer, configs: &[(String, String)]) -> Gateway {
@@ -74,27 +51,6 @@ async fn grpc_replica(id: &str, nats: &NatsServer, configs: &[(String, String)])
     g
 }
 
-/// The configurations a user server runs now, by its journal (a gRPC
-/// server's call ends with `end`, an HTTP server's run with `stop`).
-fn open_calls(g: &Gateway) -> BTreeSet<String> {
-    let mut open = BTreeSet::new();
-    for e in g.journal() {
-        let Some(src) = e["src"].as_str() else {
-            continue;
-        };
-        match e["op"].as_str() {
-            Some("start") => {
-                open.insert(src.to_owned());
-            }
-            Some("end" | "stop") => {
-                open.remove(src);
-            }
-            _ => {}
-        }
-    }
-    open
-}
-
 /// A gRPC server's journal in the HTTP servers' terms: a call's end is a stop.
 fn calls(g: &Gateway) -> Vec<Value> {
     g.journal()
@@ -105,12 +61,6 @@ fn calls(g: &Gateway) -> Vec<Value> {
             }
             e
         })
-        .collect()
-}
-
-fn configs(n: usize) -> Vec<(String, String)> {
-    (0..n)
-        .map(|i| (format!("cfg-{i:02}"), r#"{"interval_ms": 200}"#.to_owned()))
         .collect()
 }
 
@@ -151,65 +101,6 @@ async fn balanced(
         },
     )
     .await
-}
-
-/// Every journal's start/stop intervals per configuration, across replicas:
-/// none may overlap another replica's (a replica whose pod was killed is
-/// closed at `killed`).
-fn assert_never_twice(journals: &[(&str, Vec<Value>, Option<f64>)]) {
-    let mut intervals: BTreeMap<String, Vec<(f64, f64, String)>> = BTreeMap::new();
-    for (id, journal, killed) in journals {
-        let mut open: BTreeMap<String, f64> = BTreeMap::new();
-        for e in journal {
-            let (Some(src), Some(at)) = (e["src"].as_str(), e["at"].as_f64()) else {
-                continue;
-            };
-            match e["op"].as_str() {
-                Some("start") => {
-                    if let Some(since) = open.insert(src.to_owned(), at) {
-                        // A start for a running src replaces it (a restart).
-                        intervals.entry(src.to_owned()).or_default().push((
-                            since,
-                            at,
-                            id.to_string(),
-                        ));
-                    }
-                }
-                Some("stop") => {
-                    if let Some(since) = open.remove(src) {
-                        intervals.entry(src.to_owned()).or_default().push((
-                            since,
-                            at,
-                            id.to_string(),
-                        ));
-                    }
-                }
-                _ => {}
-            }
-        }
-        let end = killed.unwrap_or(f64::MAX);
-        for (src, since) in open {
-            intervals
-                .entry(src)
-                .or_default()
-                .push((since, end, id.to_string()));
-        }
-    }
-    for (src, mut list) in intervals {
-        list.sort_by(|a, b| a.0.total_cmp(&b.0));
-        for pair in list.windows(2) {
-            let (a, b) = (&pair[0], &pair[1]);
-            assert!(
-                a.2 == b.2 || b.0 >= a.1,
-                "{src} ran on {} ({:.3}-{:.3}) and {} (from {:.3}) at once",
-                a.2,
-                a.0,
-                a.1,
-                b.2,
-                b.0
-            );
-        }
-    }
 }
 
 fn now_secs() -> f64 {
@@ -488,130 +379,4 @@ async fn replicas_driving_grpc_user_servers_share_the_same_way() {
     let killed = kill_pod(&mut b);
     balanced(&[("r-a", &a)], 10, 10).await;
     assert_never_twice(&[("r-a", calls(&a), None), ("r-b", calls(&b), Some(killed))]);
-}
-
-/// This host's name as a replica's default name (`-` kept, anything else
-/// but letters and digits made `_`).
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .unwrap_or_default()
-        .trim()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-/// Waits until the user servers of `live` run `n` configurations between
-/// them, none twice, and none more than one more than another.
-async fn spread_evenly(live: &[&Gateway], n: usize) {
-    wait_for(&format!("{n} configurations spread evenly"), || async {
-        let sets: Vec<BTreeSet<String>> = live.iter().map(|g| open_calls(g)).collect();
-        let all: BTreeSet<&String> = sets.iter().flatten().collect();
-        let sizes: Vec<usize> = sets.iter().map(BTreeSet::len).collect();
-        let spread = sizes.iter().max().unwrap_or(&0) - sizes.iter().min().unwrap_or(&0);
-        (all.len() == n && sizes.iter().sum::<usize>() == n && spread <= 1).then_some(())
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn replicas_on_one_host_without_names_each_take_one_of_their_own() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let nats = NatsServer::start(dir.path()).await;
-    let list = configs(12);
-    // No GATEWAY_PROCESSOR_REPLICA_ID: each would go by this host's name, and
-    // the processor-clients start together.
-    let mut pods: Vec<Gateway> = (0..3)
-        .map(|_| {
-            let mut g = sharing("", &nats, &list);
-            g.processor_env
-                .retain(|(k, _)| k != "GATEWAY_PROCESSOR_REPLICA_ID");
-            g
-        })
-        .collect();
-    for g in &mut pods {
-        g.start_sensor().await;
-        g.start_transformer().await;
-        g.start_user_server().await;
-    }
-    for g in &mut pods {
-        g.start_processor().await;
-    }
-    spread_evenly(&pods.iter().collect::<Vec<_>>(), 12).await;
-    let host = host_name();
-    // Owners as of the replica's last round: soon the same.
-    let owners = wait_for("three owners listed", || async {
-        let owners: BTreeSet<String> = pods[0]
-            .configs()
-            .await
-            .iter()
-            .filter_map(|c| c["owner"].as_str().map(str::to_owned))
-            .collect();
-        (owners.len() == 3).then_some(owners)
-    })
-    .await;
-    assert_eq!(owners.len(), 3, "three names: {owners:?}");
-    assert!(owners.contains(&host), "{owners:?}");
-    assert!(
-        owners
-            .iter()
-            .all(|o| o == &host || o.starts_with(&format!("{host}-"))),
-        "the others the host name and their process ids: {owners:?}"
-    );
-    // A name set on purpose is not changed: a fourth replica told to go by
-    // the host name runs nothing while the replica of that name lives...
-    let mut fourth = sharing(&host, &nats, &list);
-    fourth.start_all().await;
-    wait_for("the fourth replica to say why it runs nothing", || async {
-        let log = fourth
-            .processor
-            .as_ref()
-            .map(Proc::output)
-            .unwrap_or_default();
-        log.contains("another live processor-client of this gateway goes by this name")
-            .then_some(())
-    })
-    .await;
-    tokio::time::sleep(LEASE * 2).await;
-    assert!(open_calls(&fourth).is_empty(), "{:?}", fourth.journal());
-    // ...and takes the name over, and a share, once that one has gone.
-    let mut named = Vec::new();
-    for g in &pods {
-        let listed = g.configs().await;
-        let mine = open_calls(g);
-        if listed
-            .iter()
-            .any(|c| c["owner"] == host.as_str() && mine.contains(c["src"].as_str().unwrap_or("")))
-        {
-            named.push(g.pc_port);
-        }
-    }
-    assert_eq!(named.len(), 1, "one pod goes by the host name");
-    let gone = pods
-        .iter_mut()
-        .find(|g| g.pc_port == named[0])
-        .expect("that pod");
-    let pc = gone.processor.as_mut().expect("processor");
-    pc.signal(libc::SIGTERM);
-    pc.exits_cleanly(Duration::from_secs(10)).await;
-    let live: Vec<&Gateway> = pods
-        .iter()
-        .filter(|g| g.pc_port != named[0])
-        .chain([&fourth])
-        .collect();
-    spread_evenly(&live, 12).await;
-    let mut journals: Vec<(&str, Vec<Value>, Option<f64>)> =
-        pods.iter().map(|g| ("pod", g.journal(), None)).collect();
-    journals.push(("fourth", fourth.journal(), None));
-    for (i, j) in journals.iter_mut().enumerate() {
-        j.0 = ["pod-0", "pod-1", "pod-2", "fourth"][i];
-    }
-    assert_never_twice(&journals);
 }
