@@ -520,6 +520,31 @@ impl Gateway {
         }
     }
 
+    /// POSTs a binary-mode CloudEvent to the transformer: `ce-specversion: 1.0`
+    /// and a `ce-NAME` header for each attribute; returns the status.
+    pub async fn post_binary_event(
+        &self,
+        attributes: &[(&str, &str)],
+        content_type: &str,
+        body: &'static str,
+    ) -> u16 {
+        let mut request = self
+            .http
+            .post(self.tr_url("/"))
+            .header("ce-specversion", "1.0")
+            .header("content-type", content_type);
+        for (name, value) in attributes {
+            request = request.header(format!("ce-{name}"), *value);
+        }
+        request
+            .body(body)
+            .send()
+            .await
+            .expect("POST a CloudEvent")
+            .status()
+            .as_u16()
+    }
+
     /// The sum of every sample of a metrics page whose line starts with `prefix`
     /// (a name, or a name with labels), so tests can watch counters move.
     pub async fn metric(&self, url: &str, prefix: &str) -> f64 {

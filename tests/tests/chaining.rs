@@ -109,19 +109,12 @@ async fn gateways_whose_watchers_form_a_loop_deliver_each_event_once() {
     // checked); a gateway downstream takes the second as a repeat of the first
     // (same source and id, which CloudEvents lets a consumer do).
     for _ in 0..2 {
-        let r = east
-            .http
-            .post(east.tr_url("/"))
-            .header("ce-specversion", "1.0")
-            .header("ce-id", "reused")
-            .header("ce-source", "east")
-            .header("ce-type", "t")
-            .header("content-type", "application/json")
-            .body(r#"{"src":"producer","seq":0,"timeID":"t"}"#)
-            .send()
-            .await
-            .expect("post a CloudEvent");
-        assert_eq!(r.status(), 200);
+        let attributes = [("id", "reused"), ("source", "east"), ("type", "t")];
+        let body = r#"{"src":"producer","seq":0,"timeID":"t"}"#;
+        let status = east
+            .post_binary_event(&attributes, "application/json", body)
+            .await;
+        assert_eq!(status, 200);
     }
     east.wait_sensor(2 * N + 2).await;
     west.wait_sensor(2 * N + 1).await;

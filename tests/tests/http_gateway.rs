@@ -377,16 +377,9 @@ async fn bad_input_gets_a_status_and_a_json_error() {
     let r = g.http.get(g.tr_url("/")).send().await.expect("GET /");
     assert_eq!(r.status().as_u16(), 405);
     let binary_without_id = g
-        .http
-        .post(g.tr_url("/"))
-        .header("ce-specversion", "1.0")
-        .header("ce-source", "s")
-        .header("ce-type", "t")
-        .body("x")
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(binary_without_id.status().as_u16(), 400);
+        .post_binary_event(&[("source", "s"), ("type", "t")], "text/plain", "x")
+        .await;
+    assert_eq!(binary_without_id, 400);
     for port in [g.pc_port, g.tr_port] {
         let r = g
             .http

@@ -341,20 +341,16 @@ async fn jetstream_stores_each_event_once_and_a_durable_consumer_replays_from_a_
     }
     // The same CloudEvent twice (a producer retrying): stored once.
     for _ in 0..2 {
-        let r = g
-            .http
-            .post(g.tr_url("/"))
-            .header("ce-specversion", "1.0")
-            .header("ce-id", "the-same-id")
-            .header("ce-source", "elsewhere")
-            .header("ce-type", "t")
-            .header("ce-subject", "same")
-            .header("content-type", "text/plain")
-            .body("twice")
-            .send()
-            .await
-            .expect("post");
-        assert_eq!(r.status().as_u16(), 200);
+        let attributes = [
+            ("id", "the-same-id"),
+            ("source", "elsewhere"),
+            ("type", "t"),
+            ("subject", "same"),
+        ];
+        let status = g
+            .post_binary_event(&attributes, "text/plain", "twice")
+            .await;
+        assert_eq!(status, 200);
     }
     ids.push("the-same-id".into());
     wait_for("10 messages in the stream", || async {
