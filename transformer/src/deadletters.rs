@@ -67,16 +67,12 @@ async fn list(
     };
     let dispatcher = st.intake.dispatcher()?;
     let store = dispatcher.store();
-    let all = store.dead_letters(usize::MAX).map_err(store_error)?;
     // Counted from the same read as the list: counted apart, a letter added
     // in between made `total` one more than the letters listed.
-    let total = all.len();
-    let letters: Vec<Value> = all
-        .iter()
-        .filter(|d| q.get("watcher").is_none_or(|w| *w == d.watcher_name))
-        .take(limit)
-        .map(render)
-        .collect();
+    let (page, total) = store
+        .dead_letters_page(limit, q.get("watcher").map(String::as_str))
+        .map_err(store_error)?;
+    let letters: Vec<Value> = page.iter().map(render).collect();
     Ok(Json(json!({ "total": total, "deadletters": letters })))
 }
 
@@ -132,24 +128,28 @@ async fn replay_one(
     Ok(Json(json!({ "replayed": 1, "event": event_id })))
 }
 
+/// How many dead letters one `POST /deadletters/replay` reads: the default
+/// queue capacity, so memory stays bounded however many there are.
+const REPLAY_AT_ONCE: usize = 10_000;
+
 /// Replays every dead letter (of one watcher with `?watcher=URL`) until the queue
-/// is full; the answer says how many went and how many remain.
+/// is full, at most [`REPLAY_AT_ONCE`]; the answer says how many went and how
+/// many remain.
 async fn replay_all(
     State(st): State<Arc<AppState>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let dispatcher = st.intake.dispatcher()?;
-    let letters = dispatcher
+    // At most a queue's worth at a time (no more fits): the rest is counted
+    // as remaining, for the next call.
+    let (letters, total) = dispatcher
         .store()
-        .dead_letters(usize::MAX)
+        .dead_letters_page(REPLAY_AT_ONCE, q.get("watcher").map(String::as_str))
         .map_err(store_error)?;
     let mut replayed = 0usize;
-    let mut remaining = 0usize;
+    let mut remaining = total - letters.len();
     let mut stopped_by = None;
     for letter in letters {
-        if q.get("watcher").is_some_and(|w| *w != letter.watcher_name) {
-            continue;
-        }
         if stopped_by.is_some() || st.intake.is_closed() {
             remaining += 1;
             continue;

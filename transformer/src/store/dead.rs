@@ -66,13 +66,38 @@ impl Store {
     }
 
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.dead.iter().take(limit) {
+        self.dead_letters_page(limit, None).map(|(page, _)| page)
+    }
+
+    /// One read of the dead letters (one snapshot of the store): the first
+    /// `limit` of those of `watcher` (all with `None`), and how many there are
+    /// in all. Only the letters kept stay in memory, so a page costs `limit`
+    /// letters however many there are (a sensor down for a day with a few
+    /// retries makes millions).
+    pub fn dead_letters_page(
+        &self,
+        limit: usize,
+        watcher: Option<&str>,
+    ) -> Result<(Vec<DeadLetter>, usize), StoreError> {
+        let mut page = Vec::new();
+        let mut total = 0usize;
+        for item in self.dead.iter() {
             let (k, v) = item.into_inner()?;
+            if watcher.is_none() && page.len() >= limit {
+                total += 1;
+                continue;
+            }
             let (w, seq) = split_key(&k)?;
-            out.push(decode_dead(w, seq, &v)?);
+            let letter = decode_dead(w, seq, &v)?;
+            if watcher.is_some_and(|name| name != letter.watcher_name) {
+                continue;
+            }
+            total += 1;
+            if page.len() < limit {
+                page.push(letter);
+            }
         }
-        Ok(out)
+        Ok((page, total))
     }
 
     pub fn dead_count(&self) -> Result<usize, StoreError> {

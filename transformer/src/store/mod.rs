@@ -461,6 +461,31 @@ mod tests {
     }
 
     #[test]
+    fn a_page_of_dead_letters_keeps_its_limit_and_counts_them_all() {
+        let s = Store::temporary().unwrap();
+        for seq in 0..5u64 {
+            let name = if seq % 2 == 0 { "http://a/" } else { "http://b/" };
+            s.bury(&DeadLetter {
+                watcher: watcher_id(name),
+                seq,
+                watcher_name: name.into(),
+                error: "gave up".into(),
+                attempts: 3,
+                dead_at_ms: now_ms(),
+                event: event(seq as u8),
+            })
+            .unwrap();
+        }
+        let (page, total) = s.dead_letters_page(2, None).unwrap();
+        assert_eq!((page.len(), total), (2, 5));
+        let (page, total) = s.dead_letters_page(1, Some("http://b/")).unwrap();
+        assert_eq!((page.len(), total), (1, 2));
+        assert_eq!(page[0].watcher_name, "http://b/");
+        let (page, total) = s.dead_letters_page(10, Some("http://c/")).unwrap();
+        assert_eq!((page.len(), total), (0, 0));
+    }
+
+    #[test]
     fn a_second_process_cannot_open_the_same_store() {
         let dir = tempfile::tempdir().unwrap();
         let _first = Store::open(dir.path(), Fsync::Never).unwrap();
