@@ -60,7 +60,11 @@ fn load_dir(dir: &Path) -> Result<Snapshot, WatchError> {
             tracing::warn!(file = ?entry.path(), "skipping configuration file whose name is not UTF-8");
             continue;
         };
-        if name.starts_with('.') {
+        // A ConfigMap's own entries (`..data`, `..2026_…`) and hidden files;
+        // and what editors leave beside the file they edit (`alpha~`, Emacs's
+        // `#alpha#`; Vim's `.alpha.swp` is hidden): no ConfigMap key has a
+        // `~` or a `#`, and each would run as a configuration of its own.
+        if name.starts_with('.') || name.ends_with('~') || name.starts_with('#') {
             continue;
         }
         let path = entry.path();
@@ -351,6 +355,8 @@ mod tests {
         std::os::unix::fs::symlink("..2026_01_01", dir.join("..data")).unwrap();
         std::os::unix::fs::symlink("..data/alpha", dir.join("alpha")).unwrap();
         std::fs::write(dir.join(".swp"), "ignored").unwrap();
+        std::fs::write(dir.join("alpha~"), "an editor's backup").unwrap();
+        std::fs::write(dir.join("#alpha#"), "an editor's autosave").unwrap();
         let s = load(&dir).unwrap();
         assert_eq!(s.len(), 1);
         assert_eq!(s["alpha"], "A");

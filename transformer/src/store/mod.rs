@@ -464,7 +464,11 @@ mod tests {
     fn a_page_of_dead_letters_keeps_its_limit_and_counts_them_all() {
         let s = Store::temporary().unwrap();
         for seq in 0..5u64 {
-            let name = if seq % 2 == 0 { "http://a/" } else { "http://b/" };
+            let name = if seq % 2 == 0 {
+                "http://a/"
+            } else {
+                "http://b/"
+            };
             s.bury(&DeadLetter {
                 watcher: watcher_id(name),
                 seq,
