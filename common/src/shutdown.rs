@@ -1,7 +1,30 @@
-//! The shutdown future both binaries hand to `run`: it resolves on SIGTERM (what
-//! Kubernetes and Docker send) or SIGINT (Ctrl-C).
+//! The shutdown future every binary hands to `run`: it resolves on SIGTERM (what
+//! Kubernetes and Docker send) or SIGINT (Ctrl-C), and from then on a second
+//! one stops the process at once.
+//!
+//! A graceful stop may take up to `SHUTDOWN_TIMEOUT` (a transformer draining
+//! to a sensor that is down, a user server slow to answer `/stop`), and
+//! someone at a terminal who presses Ctrl-C again means "now", as with most
+//! servers. Stopping at once loses nothing acknowledged: that is what the
+//! durable queue is for, the same as after SIGKILL. The exit status is then
+//! 128 plus the signal's number (130, 143), as a shell reports a process
+//! stopped by a signal.
 
 pub async fn signal() {
+    let (name, _) = next_signal().await;
+    tracing::info!("{name} received; shutting down (another stops at once)");
+    tokio::spawn(async {
+        let (name, number) = next_signal().await;
+        tracing::warn!(
+            "{name} received again: stopping now, without finishing; what the transformer \
+             took stays stored for its next start"
+        );
+        std::process::exit(128 + number);
+    });
+}
+
+/// The next SIGINT or SIGTERM: its name and number.
+async fn next_signal() -> (&'static str, i32) {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
@@ -19,7 +42,7 @@ pub async fn signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT received; shutting down"),
-        _ = term => tracing::info!("SIGTERM received; shutting down"),
+        _ = ctrl_c => ("SIGINT", 2),
+        _ = term => ("SIGTERM", 15),
     }
 }

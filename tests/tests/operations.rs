@@ -1,6 +1,8 @@
 //! Operating a gateway: bearer tokens keep out whoever lacks them (and dispatch
 //! nothing for them), W3C trace context travels from the producer to the sensor,
-//! and the metrics move as events flow.
+//! the metrics move as events flow, and a second Ctrl-C stops at once.
+
+use std::time::Duration;
 
 use gateway_tests::*;
 
@@ -226,4 +228,44 @@ async fn https_sensor_without_its_ca_is_not_trusted() {
         g.sensor_events().is_empty(),
         "nothing reaches a sensor whose certificate is not trusted"
     );
+}
+
+/// Someone at a terminal presses Ctrl-C while the transformer drains to a
+/// sensor that is down (it would wait out `SHUTDOWN_TIMEOUT`), then presses it
+/// again: it stops at once, status 130, and what it took is delivered by its
+/// next start.
+#[tokio::test]
+async fn a_second_ctrl_c_stops_at_once_and_loses_nothing_taken() {
+    let mut g = Gateway::new(UserServerKind::Python);
+    g.transformer_env
+        .push(("SHUTDOWN_TIMEOUT".into(), "120s".into()));
+    g.start_transformer().await; // the sensor is down
+    for seq in 0..5 {
+        let r = g
+            .post(
+                &g.tr_url("/"),
+                "application/json",
+                event_body("alpha", "t", seq),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let tr = g.transformer.as_mut().expect("transformer");
+    tr.signal(libc::SIGINT);
+    wait_for("the transformer to begin its shutdown", || async {
+        tr.output()
+            .contains("SIGINT received; shutting down")
+            .then_some(())
+    })
+    .await;
+    tr.signal(libc::SIGINT);
+    let status = tr
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("stopped at the second Ctrl-C, not after SHUTDOWN_TIMEOUT");
+    assert_eq!(status.code(), Some(130), "{status}");
+    g.start_sensor().await;
+    g.start_transformer().await;
+    let events = g.wait_sensor(5).await;
+    assert_ordered(&events);
 }
