@@ -1,6 +1,6 @@
 //! The shutdown future every binary hands to `run`: it resolves on SIGTERM (what
 //! Kubernetes and Docker send) or SIGINT (Ctrl-C), and from then on a second
-//! one stops the process at once.
+//! one (more than half a second later) stops the process at once.
 //!
 //! A graceful stop may take up to `SHUTDOWN_TIMEOUT` (a transformer draining
 //! to a sensor that is down, a user server slow to answer `/stop`), and
@@ -12,16 +12,29 @@
 
 pub async fn signal() {
     let (name, _) = next_signal().await;
+    let first = std::time::Instant::now();
     tracing::info!("{name} received; shutting down (another stops at once)");
-    tokio::spawn(async {
-        let (name, number) = next_signal().await;
-        tracing::warn!(
-            "{name} received again: stopping now, without finishing; what the transformer \
-             took stays stored for its next start"
-        );
-        std::process::exit(128 + number);
+    tokio::spawn(async move {
+        loop {
+            let (name, number) = next_signal().await;
+            // A terminal signals the whole process group, and a script or a
+            // process runner passes the signal on as well: one Ctrl-C can
+            // arrive twice within milliseconds. That is not "now".
+            if first.elapsed() < RELAYED {
+                tracing::info!("{name} received again at once: taken for the same request");
+                continue;
+            }
+            tracing::warn!(
+                "{name} received again: stopping now, without finishing; what the transformer \
+                 took stays stored for its next start"
+            );
+            std::process::exit(128 + number);
+        }
     });
 }
+
+/// A second signal sooner than this after the first is the same one relayed.
+const RELAYED: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The next SIGINT or SIGTERM: its name and number.
 async fn next_signal() -> (&'static str, i32) {
