@@ -348,3 +348,22 @@ async fn tls_and_a_token_to_the_user_server_and_sigterm_cancels_every_call() {
         g.wait_journal("end", src, 1).await;
     }
 }
+
+/// The gRPC port pointed at an HTTP/1 server (the user server's HTTP port, a
+/// server that is not gRPC): the configuration stays Pending with a message
+/// that says where to look, not only "h2 protocol error".
+#[tokio::test]
+async fn a_grpc_port_with_an_http_server_behind_it_is_named() {
+    let mut g = grpc_gateway("grpc");
+    g.set_config("alpha", "{}");
+    g.start_transformer().await;
+    g.start_user_server().await; // the Python HTTP test server
+    g.start_processor().await;
+    wait_for("the configuration's message to name the port", || async {
+        let configs = g.configs().await;
+        let message = configs.first()?["message"].as_str()?.to_owned();
+        (configs[0]["phase"] == "Pending" && message.contains("GATEWAY_PROCESSOR_SERVER_GRPC_PORT"))
+            .then_some(())
+    })
+    .await;
+}

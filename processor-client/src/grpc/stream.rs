@@ -283,11 +283,19 @@ impl Call {
 }
 
 fn ended(status: &tonic::Status, read: bool) -> End {
-    let message = if status.message().is_empty() {
+    let mut message = if status.message().is_empty() {
         format!("{:?}", status.code())
     } else {
         format!("{:?}: {}", status.code(), status.message())
     };
+    // What an HTTP/1 server (the user server's HTTP port, a server that is
+    // not gRPC) or a TLS one spoken to in plaintext makes of HTTP/2.
+    if !read && (message.contains("h2 protocol error") || message == "Unknown: transport error") {
+        message.push_str(
+            " (does a gRPC server listen on GATEWAY_PROCESSOR_SERVER_GRPC_PORT? an HTTP/1 \
+             server, or a TLS one without GATEWAY_PROCESSOR_SERVER_TLS_CA, answers so)",
+        );
+    }
     if is_permanent(status) {
         End::Permanent(message)
     } else {
