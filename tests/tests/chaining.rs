@@ -1,6 +1,7 @@
 //! Gateways watching gateways (`GATEWAY_WATCHERS`): a CloudEvent passes
-//! through unchanged, and gateways whose watchers form a loop deliver each
-//! event once rather than sending it round for ever.
+//! through unchanged, gateways whose watchers form a loop deliver each event
+//! once rather than sending it round for ever, and a watcher listed twice is
+//! one watcher.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -141,4 +142,40 @@ async fn gateways_whose_watchers_form_a_loop_deliver_each_event_once() {
         assert_eq!(counts.get("reused"), Some(&reused));
         assert_ordered(&events);
     }
+}
+
+/// The same URL twice (a copy and paste, or a sensor listed as a gateway too)
+/// is one watcher: each event goes to it once.
+#[tokio::test]
+async fn a_watcher_listed_twice_gets_each_event_once() {
+    let mut g = Gateway::new(UserServerKind::Python);
+    let sensor = g.sensor_url();
+    g.transformer_env.extend([
+        ("SENSOR_WATCHERS".into(), format!("{sensor},{sensor}")),
+        ("GATEWAY_WATCHERS".into(), sensor.clone()),
+    ]);
+    g.start_sensor().await;
+    g.start_transformer().await;
+    for seq in 0..3 {
+        let r = g
+            .post(
+                &g.tr_url("/"),
+                "application/json",
+                event_body("alpha", "t", seq),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    g.wait_sensor(3).await;
+    let delivered = wait_for("the queue to settle", || async {
+        let url = g.tr_url("/metrics");
+        let queued = g.metric(&url, "transformer_queue_depth").await;
+        let delivered = g.metric(&url, "transformer_events_delivered_total").await;
+        (queued == 0.0 && delivered >= 3.0).then_some(delivered)
+    })
+    .await;
+    assert_eq!(delivered, 3.0);
+    assert_eq!(g.sensor_events().len(), 3);
+    let log = g.transformer.as_ref().map(Proc::output).unwrap_or_default();
+    assert!(log.contains("listed more than once"), "{log}");
 }

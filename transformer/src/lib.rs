@@ -183,11 +183,22 @@ async fn build_sinks(config: &Config, metrics: &Metrics) -> Result<Vec<Arc<dyn S
     let client = HttpSink::client(extra_roots)?;
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     if config.http_enabled {
+        // A URL listed twice (a copy and paste, or one in both lists) is one
+        // watcher: as two it got every event twice, under one queue's name.
+        let mut listed = std::collections::HashSet::new();
         for url in config
             .sensor_watchers
             .iter()
             .chain(&config.gateway_watchers)
         {
+            if !listed.insert(url.as_str()) {
+                tracing::warn!(
+                    watcher = %gateway_common::redact::url(url.as_str()),
+                    "listed more than once in SENSOR_WATCHERS and GATEWAY_WATCHERS; \
+                     each event goes to it once"
+                );
+                continue;
+            }
             sinks.push(Arc::new(
                 HttpSink::new(
                     url.clone(),
