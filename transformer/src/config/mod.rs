@@ -120,6 +120,33 @@ fn parse_ce_mode(env: &Env, var: &Var) -> Result<CeMode, ConfigError> {
     }
 }
 
+/// `NATS_SUBJECT`: dot-separated tokens, none empty, none with white space or a
+/// wildcard outside its placeholders (what they are replaced by is made a
+/// token). A publish to `a..b`, `a.*` or `a.` is refused by NATS or reaches no
+/// subscriber: every event would go to the dead letters.
+fn subject_template(raw: &str) -> Result<String, ConfigError> {
+    let bad = raw.is_empty()
+        || raw.split('.').any(|token| {
+            let literal = ["{gateway}", "{namespace}", "{src}", "{type}"]
+                .iter()
+                .fold(token.to_owned(), |t, p| t.replace(p, "x"));
+            literal.is_empty()
+                || literal
+                    .chars()
+                    .any(|c| c.is_whitespace() || c == '*' || c == '>')
+        });
+    if bad {
+        return Err(ConfigError::Invalid {
+            var: NATS_SUBJECT.name,
+            reason: format!(
+                "{raw:?} is not a subject template: dot-separated tokens, none empty, without \
+                 white space, '*' or '>' (placeholders {{gateway}}, {{namespace}}, {{src}}, {{type}})"
+            ),
+        });
+    }
+    Ok(raw.to_owned())
+}
+
 /// A JetStream stream name: none of whitespace, `.`, `*`, `>`, `/` or a backslash.
 fn stream_name(raw: &str) -> String {
     raw.chars()
@@ -197,7 +224,7 @@ impl Config {
             Some(NatsConfig {
                 connection: NatsOptions::read(env)?,
                 ty,
-                subject: env.text(&NATS_SUBJECT)?,
+                subject: subject_template(&env.text(&NATS_SUBJECT)?)?,
                 stream,
                 ce_mode: parse_ce_mode(env, &NATS_CE_MODE)?,
             })
@@ -325,6 +352,29 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("TRANSFORMER_STORE_MEMTABLE_BYTES"), "{e}");
+        for template in ["gw.*.{src}", "gw.>", "gw..{src}", "gw {src}", "{src}."] {
+            let e = Config::from_vars(vars(&[
+                ("GATEWAY_NAME", "g"),
+                ("EVENT_PROTOCOL", "NATS"),
+                ("NATS_SUBJECT", template),
+            ]))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("NATS_SUBJECT"), "{template:?}: {e}");
+        }
+        for template in [
+            "{gateway}.{src}",
+            "events.{namespace}.{type}.{src}",
+            "plain",
+            "a-{src}_b",
+        ] {
+            Config::from_vars(vars(&[
+                ("GATEWAY_NAME", "g"),
+                ("EVENT_PROTOCOL", "NATS"),
+                ("NATS_SUBJECT", template),
+            ]))
+            .unwrap_or_else(|e| panic!("{template:?}: {e}"));
+        }
     }
 
     #[test]
