@@ -393,7 +393,7 @@ impl Config {
                 })
             }
         };
-        Ok(Config {
+        let config = Config {
             sharing,
             gateway_name,
             namespace: env.text(&shared::GATEWAY_NAMESPACE)?,
@@ -426,7 +426,39 @@ impl Config {
             token: env.token(&CLIENT_TOKEN)?,
             transformer_token: env.token(&shared::TRANSFORMER_TOKEN)?,
             listener: LISTENER.read(env)?,
-        })
+        };
+        config.not_itself()?;
+        Ok(config)
+    }
+
+    /// The user server or the transformer on this host at the processor-client's
+    /// own port would be the processor-client itself: it would send `/start`
+    /// (or its events) to itself and get its own 404s back.
+    fn not_itself(&self) -> Result<(), ConfigError> {
+        let here = |host: &str| {
+            matches!(
+                host,
+                "localhost" | "127.0.0.1" | "::1" | "[::1]" | "0.0.0.0"
+            ) && (self.listen.is_unspecified() || self.listen.is_loopback())
+        };
+        let clash = |var: &'static str| ConfigError::Invalid {
+            var,
+            reason: format!(
+                "port {} on this host is the processor-client's own \
+                 (GATEWAY_PROCESSOR_CLIENT_HTTP_PORT); give each its own port",
+                self.port
+            ),
+        };
+        if here(&self.server_host) && self.server_port == self.port {
+            return Err(clash(match self.protocol {
+                Protocol::Http => SERVER_HTTP_PORT.name,
+                Protocol::Grpc(_) => SERVER_GRPC_PORT.name,
+            }));
+        }
+        if here(&self.transformer_host) && self.transformer_port == self.port {
+            return Err(clash(shared::TRANSFORMER_PORT.name));
+        }
+        Ok(())
     }
 }
 
@@ -496,6 +528,28 @@ mod tests {
             let e = Config::from_vars(vars(&list)).unwrap_err().to_string();
             assert!(e.contains(var), "{var}: {e}");
         }
+    }
+
+    #[test]
+    fn the_processor_clients_own_port_is_no_user_server_or_transformer() {
+        for (var, value) in [
+            ("GATEWAY_PROCESSOR_SERVER_HTTP_PORT", "9393"),
+            ("TRANSFORMER_PORT", "9393"),
+        ] {
+            let mut list = BASE.to_vec();
+            list.retain(|(k, _)| *k != var);
+            list.push((var, value));
+            let e = Config::from_vars(vars(&list)).unwrap_err().to_string();
+            assert!(e.contains(var) && e.contains("own"), "{var}: {e}");
+        }
+        // On another host the same port is another process.
+        let mut list = BASE.to_vec();
+        list.retain(|(k, _)| *k != "GATEWAY_PROCESSOR_SERVER_HTTP_PORT");
+        list.extend([
+            ("GATEWAY_PROCESSOR_SERVER_HTTP_PORT", "9393"),
+            ("GATEWAY_PROCESSOR_SERVER_HOST", "user-server"),
+        ]);
+        Config::from_vars(vars(&list)).unwrap();
     }
 
     #[test]
