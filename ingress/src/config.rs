@@ -138,7 +138,7 @@ impl Config {
     }
 
     fn read(env: &Env) -> Result<Self, ConfigError> {
-        Ok(Config {
+        let config = Config {
             listen: env.ip(&LISTEN_ADDRESS)?,
             port: env.number(&PORT)?,
             admin_port: env.number(&ADMIN_PORT)?,
@@ -151,7 +151,18 @@ impl Config {
             shutdown_timeout: env.duration(&shared::SHUTDOWN_TIMEOUT)?,
             json_logs: env.json_logs()?,
             listener: LISTENER.read(env)?,
-        })
+        };
+        // Port 0 (any free port, for tests) may be asked for twice.
+        if config.port == config.admin_port && config.port != 0 {
+            return Err(ConfigError::Invalid {
+                var: ADMIN_PORT.name,
+                reason: format!(
+                    "{} is INGRESS_PORT too; the admin endpoints need a port of their own",
+                    config.admin_port
+                ),
+            });
+        }
+        Ok(config)
     }
 }
 
@@ -185,6 +196,7 @@ mod tests {
             ("INGRESS_REQUEST_TIMEOUT", "0s"),
             ("INGRESS_MAX_BODY_BYTES", "0"),
             ("INGRESS_HOSTS", "example.com,a.*.b"),
+            ("INGRESS_ADMIN_PORT", "8080"),
             ("NATS_USER", "only-user"),
         ] {
             let e = Config::from_vars(vars(&[(var, value)]))

@@ -25,9 +25,11 @@ use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} ({var}): {source}")]
     Bind {
         addr: SocketAddr,
+        /// The variable that chose the port.
+        var: &'static str,
         source: std::io::Error,
     },
     #[error(transparent)]
@@ -39,14 +41,14 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let bind = |port| async move {
+    let bind = |port, var| async move {
         let addr = SocketAddr::new(config.listen, port);
         TcpListener::bind(addr)
             .await
-            .map_err(|source| RunError::Bind { addr, source })
+            .map_err(|source| RunError::Bind { addr, var, source })
     };
-    let traffic = bind(config.port).await?;
-    let admin = bind(config.admin_port).await?;
+    let traffic = bind(config.port, "INGRESS_PORT").await?;
+    let admin = bind(config.admin_port, "INGRESS_ADMIN_PORT").await?;
     serve(config, traffic, admin, shutdown).await
 }
 

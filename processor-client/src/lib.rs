@@ -35,9 +35,11 @@ use crate::user_server::{Health, UserServer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} ({var}): {source}")]
     Bind {
         addr: SocketAddr,
+        /// The variable that chose the port.
+        var: &'static str,
         source: std::io::Error,
     },
     #[error("HTTP server failed: {0}")]
@@ -58,7 +60,11 @@ pub async fn run(
     let addr = SocketAddr::new(config.listen, config.port);
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| RunError::Bind { addr, source })?;
+        .map_err(|source| RunError::Bind {
+            addr,
+            var: "GATEWAY_PROCESSOR_CLIENT_HTTP_PORT",
+            source,
+        })?;
     serve(config, listener, shutdown).await
 }
 

@@ -32,9 +32,11 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} ({var}): {source}")]
     Bind {
         addr: SocketAddr,
+        /// The variable that chose the port.
+        var: &'static str,
         source: std::io::Error,
     },
     #[error("HTTP server failed: {0}")]
@@ -57,7 +59,11 @@ pub async fn run(
     let addr = SocketAddr::new(config.listen, config.port);
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| RunError::Bind { addr, source })?;
+        .map_err(|source| RunError::Bind {
+            addr,
+            var: "TRANSFORMER_PORT",
+            source,
+        })?;
     serve(config, listener, shutdown).await
 }
 
