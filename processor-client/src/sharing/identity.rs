@@ -96,7 +96,13 @@ pub(super) async fn take_name(
                     said = true;
                 }
             }
-            Announced::Again => {}
+            // Not a tight loop while the bucket cannot be read.
+            Announced::Again => {
+                tokio::select! {
+                    _ = cancel.cancelled() => return None,
+                    _ = tokio::time::sleep(settings.lease / 8) => {}
+                }
+            }
         }
     }
 }
