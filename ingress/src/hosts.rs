@@ -39,7 +39,7 @@ impl Hosts {
                     var,
                     reason: format!(
                         "{entry:?} is not a host name, an IP address or a wildcard like \
-                         *.apps.example.com (one leading label)"
+                         *.apps.example.com (one leading label), without a port"
                     ),
                 });
             }
@@ -67,13 +67,17 @@ impl Hosts {
     }
 }
 
-/// Letters, digits, `-`, `.` and `:` (an IPv6 address), no empty label.
+/// A name of letters, digits, `-` and `_` in labels none empty, or an IP
+/// address; not a name with a port (requests are compared without theirs).
 fn is_host(name: &str) -> bool {
+    if name.contains(':') {
+        return name.parse::<std::net::Ipv6Addr>().is_ok();
+    }
     !name.is_empty()
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':' | '_'))
-        && (name.contains(':') || name.split('.').all(|l| !l.is_empty()))
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        && name.split('.').all(|l| !l.is_empty())
 }
 
 #[cfg(test)]
