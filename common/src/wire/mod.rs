@@ -35,6 +35,17 @@ pub fn parse_event_request(body: &[u8]) -> Result<EventRequest, WireError> {
         src: Option<String>,
         payload: Option<String>,
     }
+    // serde reads a struct from an array too (its fields in order), and then
+    // complains about the first element: say what the body is instead.
+    let found = match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') | None => None,
+        Some(b'[') => Some("a JSON array (one event per request)"),
+        Some(b'"') => Some("a JSON string"),
+        Some(_) => Some("not a JSON object"),
+    };
+    if let Some(found) = found {
+        return Err(WireError::Malformed(format!("the body is {found}")));
+    }
     let loose: Loose =
         serde_json::from_slice(body).map_err(|e| WireError::Malformed(e.to_string()))?;
     let src = loose
@@ -305,6 +316,14 @@ mod tests {
             parse_event_request(br#"{"src":1}"#),
             Err(WireError::Malformed(_))
         ));
+        let e = parse_event_request(br#" [{"src":"a","payload":""}]"#).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("a JSON array (one event per request)"),
+            "{e}"
+        );
+        let e = parse_event_request(br#""a""#).unwrap_err();
+        assert!(e.to_string().contains("a JSON string"), "{e}");
     }
 
     #[test]
