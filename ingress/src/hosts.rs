@@ -56,15 +56,28 @@ impl Hosts {
         self.exact.is_empty() && self.wildcards.is_empty()
     }
 
-    /// Whether `host` (lower case, no port or trailing dot) is served.
+    /// Whether a request's host, as sent (any case, a port, a trailing dot),
+    /// is served. With no list, nothing is looked at (nor allocated).
     pub fn serves(&self, host: &str) -> bool {
-        self.is_empty()
-            || self.exact.iter().any(|h| h == host)
+        if self.is_empty() {
+            return true;
+        }
+        let host = name_of(host);
+        self.exact.iter().any(|h| *h == host)
             || self.wildcards.iter().any(|suffix| {
                 host.strip_suffix(suffix.as_str())
                     .is_some_and(|label| !label.is_empty() && !label.contains('.'))
             })
     }
+}
+
+/// A request's host without port or brackets, lower-case: what the list holds.
+/// `www.example.com.` (fully qualified, as some clients send it) is the same
+/// host, and maps to the same subject.
+fn name_of(host: &str) -> String {
+    crate::subject::bare_host(host)
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
 }
 
 /// A name of letters, digits, `-` and `_` in labels none empty, or an IP
@@ -92,6 +105,7 @@ mod tests {
         )
         .unwrap();
         for (host, served) in [
+            ("EXAMPLE.com:8443", true),
             ("example.com", true),
             ("www.example.com", false),
             ("a.apps.local", true),
@@ -109,6 +123,14 @@ mod tests {
         assert!(Hosts::parse("INGRESS_HOSTS", "")
             .unwrap()
             .serves("any.thing"));
+    }
+
+    #[test]
+    fn host_names_lose_port_and_case() {
+        assert_eq!(name_of("WWW.Example.com:443"), "www.example.com");
+        assert_eq!(name_of("www.example.com.:443"), "www.example.com");
+        assert_eq!(name_of("[::1]:80"), "::1");
+        assert_eq!(name_of("::1"), "::1");
     }
 
     #[test]

@@ -101,7 +101,7 @@ fn websocket(
     headers: HeaderMap,
 ) -> Response {
     let host = host_of(&headers, &uri).to_owned();
-    if !st.config.hosts.serves(&host_name(&host)) {
+    if !st.config.hosts.serves(&host) {
         return ApiError::new(
             ErrorCode::UnknownHost,
             format!("this ingress does not serve host {host:?}"),
@@ -166,15 +166,6 @@ fn host_of<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> &'a str {
         .unwrap_or("")
 }
 
-/// The host name without port or brackets, lower-case: what `INGRESS_HOSTS` lists.
-fn host_name(host: &str) -> String {
-    // `www.example.com.` (fully qualified, as some clients send it) is the
-    // same host, and maps to the same subject.
-    subject::bare_host(host)
-        .trim_end_matches('.')
-        .to_ascii_lowercase()
-}
-
 /// A request's headers as NATS headers (names as Go writes them), plus the
 /// subject they are published on, which is what h8s hands its responders,
 /// and the request's path and query as sent (`X-H8S-Request-URI`), which h8s
@@ -210,7 +201,7 @@ async fn forward(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let host = host_of(headers, uri);
-    if !st.config.hosts.serves(&host_name(host)) {
+    if !st.config.hosts.serves(host) {
         return Err(ApiError::new(
             ErrorCode::UnknownHost,
             format!("this ingress does not serve host {host:?}"),
@@ -423,13 +414,5 @@ mod tests {
         assert!(!key("a.b"));
         assert!(!key("dGhlIHNhbXBsZSBub25jZQ==dGhlIHNhbXBsZSBub25jZQ=="));
         assert!(websocket_key(&HeaderMap::new()).is_none());
-    }
-
-    #[test]
-    fn host_names_lose_port_and_case() {
-        assert_eq!(host_name("WWW.Example.com:443"), "www.example.com");
-        assert_eq!(host_name("www.example.com.:443"), "www.example.com");
-        assert_eq!(host_name("[::1]:80"), "::1");
-        assert_eq!(host_name("::1"), "::1");
     }
 }
