@@ -192,6 +192,7 @@ async fn build_sinks(config: &Config, metrics: &Metrics) -> Result<Vec<Arc<dyn S
         // A URL listed twice (a copy and paste, or one in both lists) is one
         // watcher: as two it got every event twice, under one queue's name.
         let mut listed = std::collections::HashSet::new();
+        let via = loops::via(&config.gateway_name);
         for url in config
             .sensor_watchers
             .iter()
@@ -211,9 +212,9 @@ async fn build_sinks(config: &Config, metrics: &Metrics) -> Result<Vec<Arc<dyn S
                     config.ce_mode,
                     client.clone(),
                     config.retry.timeout,
+                    via.clone(),
                 )
-                .with_token(config.watcher_token.as_deref())?
-                .with_via(loops::via(&config.gateway_name)),
+                .with_token(config.watcher_token.as_deref())?,
             ));
         }
     }

@@ -20,7 +20,9 @@ pub struct HttpSink {
     client: reqwest::Client,
     timeout: Duration,
     authorization: Option<HeaderValue>,
-    via: Option<HeaderValue>,
+    /// `Via`, so a gateway that gets an event back around a loop recognises
+    /// it (`crate::loops`).
+    via: HeaderValue,
 }
 
 impl HttpSink {
@@ -29,6 +31,7 @@ impl HttpSink {
         mode: CeMode,
         client: reqwest::Client,
         timeout: Duration,
+        via: HeaderValue,
     ) -> Self {
         HttpSink {
             // A metrics label, and in every log line and dead letter about
@@ -40,15 +43,8 @@ impl HttpSink {
             client,
             timeout,
             authorization: None,
-            via: None,
+            via,
         }
-    }
-
-    /// Sends `Via` with every delivery, so a gateway that gets an event back
-    /// around a loop recognises it (`crate::loops`).
-    pub fn with_via(mut self, via: HeaderValue) -> Self {
-        self.via = Some(via);
-        self
     }
 
     /// Sends `Authorization: Bearer TOKEN` (from `WATCHER_TOKEN`) with every
@@ -99,9 +95,7 @@ impl HttpSink {
         if let Some(auth) = &self.authorization {
             request = request.header(axum::http::header::AUTHORIZATION, auth.clone());
         }
-        if let Some(via) = &self.via {
-            request = request.header(axum::http::header::VIA, via.clone());
-        }
+        request = request.header(axum::http::header::VIA, self.via.clone());
         // The distributed-tracing extension travels as the HTTP header too, so a
         // sensor's tracing joins the producer's trace without reading CloudEvents.
         for name in ["traceparent", "tracestate"] {
