@@ -454,17 +454,18 @@ async fn open_bucket(
         };
         match created {
             Ok(store) => return Some((store, connection)),
-            Err(e) if gateway_common::nats::without_jetstream(&e).is_some() => {
-                tracing::warn!(
+            Err(e) => match gateway_common::nats::without_jetstream(&e) {
+                Some(hint) => tracing::warn!(
                     error = %e,
                     bucket = %settings.bucket,
-                    "cannot open the sharing bucket ({}); no configuration runs here until it can",
-                    gateway_common::nats::without_jetstream(&e).unwrap_or_default()
-                )
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, bucket = %settings.bucket, "cannot open the sharing bucket; retrying")
-            }
+                    "cannot open the sharing bucket ({hint}); no configuration runs here until it can"
+                ),
+                None => tracing::warn!(
+                    error = %e,
+                    bucket = %settings.bucket,
+                    "cannot open the sharing bucket; retrying"
+                ),
+            },
         }
         tokio::select! {
             _ = cancel.cancelled() => return None,
