@@ -478,6 +478,14 @@ mod tests {
         ("GATEWAY_PROCESSOR_SERVER_HTTP_PORT", "8080"),
     ];
 
+    /// [`BASE`] with `set` added, each replacing a variable of the same name.
+    fn with(set: &[(&'static str, &'static str)]) -> Result<Config, ConfigError> {
+        let mut list = BASE.to_vec();
+        list.retain(|(k, _)| set.iter().all(|(s, _)| s != k));
+        list.extend_from_slice(set);
+        Config::from_vars(vars(&list))
+    }
+
     #[test]
     fn defaults_follow_the_contract() {
         let c = Config::from_vars(vars(&BASE)).unwrap();
@@ -522,10 +530,7 @@ mod tests {
             ("GATEWAY_PROCESSOR_CLIENT_BODY_TIMEOUT", "-1"),
             ("GATEWAY_PROCESSOR_CLIENT_MAX_CONNECTIONS", "0"),
         ] {
-            let mut list = BASE.to_vec();
-            list.retain(|(k, _)| *k != var);
-            list.push((var, value));
-            let e = Config::from_vars(vars(&list)).unwrap_err().to_string();
+            let e = with(&[(var, value)]).unwrap_err().to_string();
             assert!(e.contains(var), "{var}: {e}");
         }
     }
@@ -536,27 +541,20 @@ mod tests {
             ("GATEWAY_PROCESSOR_SERVER_HTTP_PORT", "9393"),
             ("TRANSFORMER_PORT", "9393"),
         ] {
-            let mut list = BASE.to_vec();
-            list.retain(|(k, _)| *k != var);
-            list.push((var, value));
-            let e = Config::from_vars(vars(&list)).unwrap_err().to_string();
+            let e = with(&[(var, value)]).unwrap_err().to_string();
             assert!(e.contains(var) && e.contains("own"), "{var}: {e}");
         }
         // On another host the same port is another process.
-        let mut list = BASE.to_vec();
-        list.retain(|(k, _)| *k != "GATEWAY_PROCESSOR_SERVER_HTTP_PORT");
-        list.extend([
+        with(&[
             ("GATEWAY_PROCESSOR_SERVER_HTTP_PORT", "9393"),
             ("GATEWAY_PROCESSOR_SERVER_HOST", "user-server"),
-        ]);
-        Config::from_vars(vars(&list)).unwrap();
+        ])
+        .unwrap();
     }
 
     #[test]
     fn tokens_are_trimmed_and_listener_bounds_default() {
-        let mut list = BASE.to_vec();
-        list.push(("GATEWAY_PROCESSOR_CLIENT_TOKEN", " s3cr3t-token_~+/=\n"));
-        let c = Config::from_vars(vars(&list)).unwrap();
+        let c = with(&[("GATEWAY_PROCESSOR_CLIENT_TOKEN", " s3cr3t-token_~+/=\n")]).unwrap();
         assert_eq!(c.token.as_deref(), Some("s3cr3t-token_~+/="));
         assert_eq!(c.listener.max_connections, 1024);
         assert_eq!(c.listener.header_timeout, Duration::from_secs(10));
