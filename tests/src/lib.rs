@@ -520,6 +520,17 @@ impl Gateway {
         }
     }
 
+    /// POSTs events `seqs` of `src` straight to the transformer, as a
+    /// framework-independent producer would ([`event_body`], one `timeID`),
+    /// asserting that each is taken.
+    pub async fn produce(&self, src: &str, seqs: std::ops::Range<usize>) {
+        for seq in seqs {
+            let body = event_body(src, "t", seq);
+            let r = self.post(&self.tr_url("/"), "application/json", body).await;
+            assert_eq!(r.status, 200, "{src} {seq}: {}", r.text);
+        }
+    }
+
     /// POSTs a binary-mode CloudEvent to the transformer: `ce-specversion: 1.0`
     /// and a `ce-NAME` header for each attribute; returns the status.
     pub async fn post_binary_event(

@@ -30,14 +30,7 @@ async fn a_stream_that_does_not_take_the_subjects_is_named_and_events_wait_for_i
         g.transformer_env.push((k.into(), v));
     }
     g.start_transformer().await;
-    let r = g
-        .post(
-            &g.tr_url("/"),
-            "application/json",
-            event_body("alpha", "t", 0),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    g.produce("alpha", 0..1).await;
     let said = "stream TEST-GATEWAY takes [\"other.>\"], not [\"test-gateway.>\"]";
     wait_for(
         "the transformer to name the stream and the subjects",
