@@ -63,7 +63,7 @@ impl Hosts {
             return true;
         }
         let host = name_of(host);
-        self.exact.iter().any(|h| *h == host)
+        self.exact.contains(&host)
             || self.wildcards.iter().any(|suffix| {
                 host.strip_suffix(suffix.as_str())
                     .is_some_and(|label| !label.is_empty() && !label.contains('.'))

@@ -12,6 +12,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use bytes::Bytes;
+use gateway_common::coding;
 use gateway_common::endpoint::{self, Endpoint};
 use gateway_common::error::{ApiError, ErrorCode};
 use gateway_common::wire::{self, EventRequest};
@@ -162,7 +163,7 @@ async fn forward_event(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|r| ApiError::from_body(r, st.max_body_bytes))?;
+    let body = coding::read_body(headers, body, st.max_body_bytes)?;
     let event = read_event(st, headers, params, body)?;
     st.registry.admit_event(&event.src).map_err(lookup_error)?;
     if let Some(sharing) = &st.sharing {
@@ -236,7 +237,7 @@ fn notice_for(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(Notice, String), ApiError> {
-    let body = body.map_err(|r| ApiError::from_body(r, st.max_body_bytes))?;
+    let body = coding::read_body(headers, body, st.max_body_bytes)?;
     let notice = read_notice(content_type(headers) == "application/json", &body)
         .map_err(ApiError::bad_request)?;
     let named = notice

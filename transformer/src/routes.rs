@@ -15,6 +15,7 @@ use crate::cloudevent::{CloudEvent, STRUCTURED_CONTENT_TYPE};
 use crate::loops;
 use crate::metrics::KindLabel;
 use crate::state::{refused, AppState};
+use gateway_common::coding;
 use gateway_common::endpoint::{self, Endpoint};
 use gateway_common::error::{ApiError, ErrorCode};
 use gateway_common::wire::{self, BatchAnswer, BatchItem, BatchResult};
@@ -70,9 +71,10 @@ fn reject_reason(e: &ApiError) -> &'static str {
 /// (shutdown, a body that is not a batch) answer for every event.
 async fn batch(
     State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let result = accept_batch(&st, body).await;
+    let result = accept_batch(&st, &headers, body).await;
     if let Err(e) = &result {
         st.metrics.reject(reject_reason(e));
     }
@@ -82,10 +84,11 @@ async fn batch(
 
 async fn accept_batch(
     st: &AppState,
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<BatchAnswer>, ApiError> {
     let dispatcher = st.intake.dispatcher()?;
-    let body = body.map_err(|r| ApiError::from_body(r, st.max_body_bytes))?;
+    let body = coding::read_body(headers, body, st.max_body_bytes)?;
     let items: Vec<BatchItem> = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!(
             "a batch is a JSON array of {{\"event\": {{\"src\", \"payload\"}}}} objects: {e}"
@@ -179,7 +182,7 @@ async fn accept(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let dispatcher = st.intake.dispatcher()?;
-    let body = body.map_err(|r| ApiError::from_body(r, st.max_body_bytes))?;
+    let body = coding::read_body(headers, body, st.max_body_bytes)?;
     claim_holds(
         headers
             .get(wire::CLAIM_HEADER)
