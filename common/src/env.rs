@@ -148,6 +148,18 @@ impl Env {
         })
     }
 
+    /// A TCP port, 1 to 65535. Port 0 would listen on a port the kernel picks,
+    /// which no producer or user server can be told, or connect to nothing.
+    pub fn port(&self, var: &Var) -> Result<u16, ConfigError> {
+        match self.number(var)? {
+            0 => Err(ConfigError::Invalid {
+                var: var.name,
+                reason: "0 is not a port the gateway can use; give one from 1 to 65535".into(),
+            }),
+            n => Ok(n),
+        }
+    }
+
     /// A count or size that must be at least 1.
     pub fn positive(&self, var: &Var) -> Result<usize, ConfigError> {
         match self.number(var)? {
@@ -428,6 +440,17 @@ mod tests {
         ]) {
             assert!(err.to_string().contains(var), "{err}");
         }
+    }
+
+    #[test]
+    fn port_zero_is_refused_naming_the_variable() {
+        let e = env(&[("TRANSFORMER_PORT", "0")]);
+        let err = e.port(&TRANSFORMER_PORT).unwrap_err().to_string();
+        assert!(
+            err.contains("TRANSFORMER_PORT") && err.contains("1 to 65535"),
+            "{err}"
+        );
+        assert_eq!(env(&[]).port(&TRANSFORMER_PORT).unwrap(), 9300);
     }
 
     #[test]
