@@ -148,13 +148,13 @@ impl Env {
         })
     }
 
-    /// A TCP port, 1 to 65535. Port 0 would listen on a port the kernel picks,
-    /// which no producer or user server can be told, or connect to nothing.
+    /// A port to connect to, 1 to 65535: nothing listens on port 0. (A port to
+    /// listen on may be 0, the kernel's pick, which the start-up log line names.)
     pub fn port(&self, var: &Var) -> Result<u16, ConfigError> {
         match self.number(var)? {
             0 => Err(ConfigError::Invalid {
                 var: var.name,
-                reason: "0 is not a port the gateway can use; give one from 1 to 65535".into(),
+                reason: "0 is no port to connect to; give one from 1 to 65535".into(),
             }),
             n => Ok(n),
         }

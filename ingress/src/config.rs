@@ -140,8 +140,8 @@ impl Config {
     fn read(env: &Env) -> Result<Self, ConfigError> {
         let config = Config {
             listen: env.ip(&LISTEN_ADDRESS)?,
-            port: env.port(&PORT)?,
-            admin_port: env.port(&ADMIN_PORT)?,
+            port: env.number(&PORT)?,
+            admin_port: env.number(&ADMIN_PORT)?,
             subject_prefix: subject_prefix(env, &SUBJECT_PREFIX)?,
             inbox_prefix: subject_prefix(env, &INBOX_PREFIX)?,
             request_timeout: env.timeout(&REQUEST_TIMEOUT)?,

@@ -76,9 +76,13 @@ pub async fn serve(
         shutdown: websockets.clone(),
         inboxes: Default::default(),
     });
+    let local = |l: &tokio::net::TcpListener| {
+        l.local_addr()
+            .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string())
+    };
     tracing::info!(
-        traffic = ?traffic.local_addr().ok(),
-        admin = ?admin.local_addr().ok(),
+        traffic = %local(&traffic),
+        admin = %local(&admin),
         nats = %gateway_common::redact::urls(&config.nats.url),
         prefix = %config.subject_prefix,
         "ingress listening"

@@ -407,7 +407,7 @@ impl Config {
             protocol,
             server_tls_ca: env.path(&SERVER_TLS_CA),
             listen: env.ip(&LISTEN_ADDRESS)?,
-            port: env.port(&CLIENT_HTTP_PORT)?,
+            port: env.number(&CLIENT_HTTP_PORT)?,
             paths,
             transformer_host: env.text(&TRANSFORMER_HOST)?,
             transformer_port: env.port(&shared::TRANSFORMER_PORT)?,

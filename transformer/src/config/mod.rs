@@ -231,7 +231,7 @@ impl Config {
         } else {
             None
         };
-        let port = env.port(&shared::TRANSFORMER_PORT)?;
+        let port: u16 = env.number(&shared::TRANSFORMER_PORT)?;
         let data_dir = if env.bool(&DURABLE)? {
             Some(env.path(&DATA_DIR).unwrap_or_else(|| {
                 let safe: String = gateway_name
