@@ -360,6 +360,14 @@ async fn bad_input_gets_a_status_and_a_json_error() {
             400,
             "specversion",
         ),
+        (
+            g.tr_url("/"),
+            "application/cloudevents+json",
+            r#"{"specversion":"1.0","id":"1","source":"s","type":"t","data":1,"data_base64":"AA=="}"#
+                .into(),
+            400,
+            "not both",
+        ),
     ];
     for (url, ct, body, status, needle) in cases {
         let r = g.post(&url, ct, body.clone()).await;

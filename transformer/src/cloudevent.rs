@@ -60,6 +60,8 @@ pub enum CloudEventError {
     NotAString(String),
     #[error("\"data_base64\" is not valid base64: {0}")]
     Base64(String),
+    #[error("a structured CloudEvent carries \"data\" or \"data_base64\", not both")]
+    DataTwice,
     #[error("header {0} is not valid text")]
     Header(String),
     #[error("attribute name {0:?} is invalid: CloudEvents attribute names are lower-case letters and digits")]
@@ -289,12 +291,11 @@ impl CloudEvent {
             serde_json::from_slice(body).map_err(|e| CloudEventError::Json(e.to_string()))?;
         let mut ev = CloudEvent::default();
         let mut spec = None;
+        let mut data = None;
+        let mut has_base64 = false;
         for (k, v) in map {
             if k == "data" {
-                ev.data = match &v {
-                    serde_json::Value::Null => Bytes::new(),
-                    other => Bytes::from(serde_json::to_vec(other).unwrap_or_default()),
-                };
+                data = Some(v);
                 continue;
             }
             let s = match v {
@@ -321,6 +322,7 @@ impl CloudEvent {
                 "datacontenttype" => ev.datacontenttype = Some(s),
                 "dataschema" => ev.dataschema = Some(s),
                 "data_base64" => {
+                    has_base64 = true;
                     ev.data = Bytes::from(
                         gateway_common::wire::decode_payload(&s)
                             .map_err(|e| CloudEventError::Base64(e.to_string()))?,
@@ -331,6 +333,21 @@ impl CloudEvent {
                     ev.extensions.push((k, s))
                 }
             }
+        }
+        match data {
+            Some(serde_json::Value::Null) | None => {}
+            Some(_) if has_base64 => return Err(CloudEventError::DataTwice),
+            // The JSON format: data that is not JSON (`text/plain`, XML) travels
+            // as a JSON string, and the string's text is the data.
+            Some(serde_json::Value::String(text))
+                if ev
+                    .datacontenttype
+                    .as_deref()
+                    .is_some_and(|ct| !is_json_media_type(ct)) =>
+            {
+                ev.data = Bytes::from(text)
+            }
+            Some(json) => ev.data = Bytes::from(serde_json::to_vec(&json).unwrap_or_default()),
         }
         match spec {
             None => return Err(CloudEventError::Missing("specversion")),
@@ -517,6 +534,33 @@ mod tests {
                 br#"{"specversion":"1.0","id":"1","source":"s","type":"t","n":2.5}"#
             ),
             Err(CloudEventError::NotAString("n".into()))
+        );
+    }
+
+    #[test]
+    fn structured_data_is_read_as_the_json_format_says() {
+        let read = |extra: &str| {
+            let body =
+                format!(r#"{{"specversion":"1.0","id":"1","source":"s","type":"t",{extra}}}"#);
+            CloudEvent::from_structured(body.as_bytes())
+        };
+        // Text that is not JSON travels as a JSON string; the string is the data.
+        let e = read(r#""datacontenttype":"text/plain","data":"hello""#).unwrap();
+        assert_eq!(&e.data[..], b"hello");
+        // JSON data, a string among it, stays JSON, with or without a content type.
+        let e = read(r#""datacontenttype":"application/json","data":"hello""#).unwrap();
+        assert_eq!(&e.data[..], br#""hello""#);
+        let e = read(r#""data":"hello""#).unwrap();
+        assert_eq!(&e.data[..], br#""hello""#);
+        let e = read(r#""datacontenttype":"text/plain","data":{"a":1}"#).unwrap();
+        assert_eq!(&e.data[..], br#"{"a":1}"#);
+        assert_eq!(
+            read(r#""data":{"a":1},"data_base64":"AA==""#),
+            Err(CloudEventError::DataTwice)
+        );
+        assert_eq!(
+            &read(r#""data":null,"data_base64":"AA==""#).unwrap().data[..],
+            b"\0"
         );
     }
 
