@@ -81,6 +81,39 @@ impl Var {
 /// The variables of a process, read through their [`Var`]s.
 pub struct Env {
     set: HashMap<String, String>,
+    /// `*_PORT` variables whose value is a Kubernetes service link.
+    links: HashMap<String, String>,
+}
+
+/// Kubernetes gives every pod, for each Service in its namespace, `NAME_PORT`
+/// set to `tcp://CLUSTER_IP:PORT` (service links, on by default). A Service
+/// named `ingress` or `transformer` so sets `INGRESS_PORT` or `TRANSFORMER_PORT`
+/// in every pod started after it, the gateway's own included, which then
+/// stopped at start on "not a number" after a mere restart. Such a value is
+/// not the operator's: it counts as unset, with a warning.
+fn is_service_link(name: &str, value: &str) -> bool {
+    let Some(rest) = ["tcp://", "udp://", "sctp://"]
+        .iter()
+        .find_map(|scheme| value.trim().strip_prefix(scheme))
+    else {
+        return false;
+    };
+    name.ends_with("_PORT")
+        && rest
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+/// Warnings the reading of the environment left for the log, which is set up
+/// only after the settings are read; [`crate::telemetry::init`] logs them.
+static NOTES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Takes the warnings left so far.
+pub fn take_notes() -> Vec<String> {
+    NOTES
+        .lock()
+        .map(|mut n| std::mem::take(&mut *n))
+        .unwrap_or_default()
 }
 
 impl Env {
@@ -91,16 +124,32 @@ impl Env {
 
     /// An explicit list of variables, for tests.
     pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Env {
-        Env {
-            set: vars
-                .into_iter()
-                .filter(|(_, v)| !v.trim().is_empty())
-                .collect(),
-        }
+        let (links, set) = vars
+            .into_iter()
+            .filter(|(_, v)| !v.trim().is_empty())
+            .partition(|(k, v)| is_service_link(k, v));
+        Env { set, links }
     }
 
     /// The value set, or the default value; `None` when neither.
     pub fn get(&self, var: &Var) -> Option<&str> {
+        if let Some(link) = self.links.get(var.name) {
+            let note = format!(
+                "{}={link} looks like a Kubernetes service link (a Service named {}), not a \
+                 setting: taken as unset. Set {} in the pod's env, or enableServiceLinks: false",
+                var.name,
+                var.name
+                    .trim_end_matches("_PORT")
+                    .to_ascii_lowercase()
+                    .replace('_', "-"),
+                var.name,
+            );
+            if let Ok(mut notes) = NOTES.lock() {
+                if !notes.contains(&note) {
+                    notes.push(note);
+                }
+            }
+        }
         match (self.set.get(var.name), var.default) {
             (Some(v), _) => Some(v.as_str()),
             (None, Default::Value(v)) => Some(v),
@@ -112,8 +161,23 @@ impl Env {
     pub fn text(&self, var: &Var) -> Result<String, ConfigError> {
         match self.get(var) {
             Some(v) => Ok(v.trim().to_owned()),
-            None if var.default == Default::Required => Err(ConfigError::Missing(var.name)),
+            None if var.default == Default::Required => Err(self.missing(var)),
             None => Ok(String::new()),
+        }
+    }
+
+    /// The error for a variable that must be set and is not: missing, or set
+    /// only by a Kubernetes service link.
+    fn missing(&self, var: &Var) -> ConfigError {
+        match self.links.get(var.name) {
+            Some(link) => ConfigError::Invalid {
+                var: var.name,
+                reason: format!(
+                    "{link:?} is a Kubernetes service link (a Service of that name), not a port; \
+                     set the variable in the pod's env"
+                ),
+            },
+            None => ConfigError::Missing(var.name),
         }
     }
 
@@ -122,7 +186,7 @@ impl Env {
     pub fn require(&self, var: &Var) -> Result<Var, ConfigError> {
         match self.get(var) {
             Some(_) => Ok(*var),
-            None => Err(ConfigError::Missing(var.name)),
+            None => Err(self.missing(var)),
         }
     }
 
@@ -440,6 +504,22 @@ mod tests {
         ]) {
             assert!(err.to_string().contains(var), "{err}");
         }
+    }
+
+    #[test]
+    fn kubernetes_service_links_count_as_unset() {
+        let e = env(&[("TRANSFORMER_PORT", "tcp://10.96.0.12:9300")]);
+        assert_eq!(e.number::<u16>(&TRANSFORMER_PORT).unwrap(), 9300);
+        assert!(take_notes()
+            .iter()
+            .any(|n| n.contains("TRANSFORMER_PORT=tcp://10.96.0.12:9300")
+                && n.contains("named transformer")));
+        // Only a port variable, and only the link's exact shape.
+        assert!(!is_service_link("NATS_URL", "tcp://10.0.0.1:4222"));
+        assert!(!is_service_link("TRANSFORMER_PORT", "tcp://10.0.0.1"));
+        assert!(is_service_link("INGRESS_PORT", "tcp://[fd00::1]:80"));
+        let e = env(&[("TRANSFORMER_PORT", "http://x:1")]);
+        assert!(e.number::<u16>(&TRANSFORMER_PORT).is_err());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! `LOG_FORMAT=json`; the level comes from `RUST_LOG` (default `info`, with
 //! some libraries' own lines at `warn`: async-nats logs every connection event
 //! that our callback in [`crate::nats`] already logs, with the server's
-//! address, and the store's fjall/lsm-tree narrate every recovery step).
+//! address, and the store's fjall/lsm-tree narrate every recovery step). The
+//! warnings the reading of the settings left are logged first.
 
 use tracing_subscriber::EnvFilter;
 
@@ -19,4 +20,7 @@ pub fn init(json: bool) {
     } else {
         builder.try_init()
     };
+    for note in crate::env::take_notes() {
+        tracing::warn!("{note}");
+    }
 }
