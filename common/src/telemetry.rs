@@ -20,7 +20,11 @@ pub fn init(json: bool) {
     } else {
         builder.try_init()
     };
-    for note in crate::env::take_notes() {
+    let names: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .collect();
+    let misses = crate::spelling::near_misses(names.iter().map(String::as_str));
+    for note in crate::env::take_notes().into_iter().chain(misses) {
         tracing::warn!("{note}");
     }
 }

@@ -1,7 +1,8 @@
 //! docs/environment.md against the code: each of its tables is exactly what the
 //! binaries declare (name, default, meaning), so the reference a user reads
 //! cannot drift from what the processes do. `UPDATE_DOCS=1` rewrites the tables
-//! from the code instead of failing.
+//! from the code instead of failing. The list of names the binaries check
+//! near misses against is checked here too.
 
 use gateway_common::env::{markdown_table, Var, SHARED};
 use gateway_tests::root;
@@ -57,5 +58,23 @@ fn the_tables_of_docs_environment_are_what_the_code_declares() {
         "docs/environment.md differs from the variables the code declares; \
          run `UPDATE_DOCS=1 cargo test -p gateway-tests --test environment` and commit.\n\
          Expected:\n{expected}"
+    );
+}
+
+/// The list the binaries check near misses against is every variable they
+/// declare, no more (besides what user servers read), no less.
+#[test]
+fn the_spelling_list_is_every_declared_variable() {
+    let mut declared: Vec<&str> = sections()
+        .iter()
+        .flat_map(|(_, vars)| vars.iter().map(|v| v.name))
+        .collect();
+    declared.sort_unstable();
+    declared.dedup();
+    let mut known = gateway_common::spelling::KNOWN.to_vec();
+    known.sort_unstable();
+    assert_eq!(
+        known, declared,
+        "gateway_common::spelling::KNOWN differs from the declared variables"
     );
 }
