@@ -75,7 +75,7 @@ pub struct Config {
 
 const CONFIG_MAP: Var = Var::required(
     "GATEWAY_PROCESSOR_CONFIG_MAP",
-    "a directory with one file per configuration (ConfigMap volume layout, `..data` swaps included; files starting with `.` are skipped) or one YAML/JSON file mapping key to value (a ConfigMap manifest's `data` works too; non-string values are passed as JSON text)",
+    "a directory with one file per configuration (ConfigMap volume layout, `..data` swaps included; files starting with `.` are skipped) or one YAML/JSON file mapping key to value (a ConfigMap manifest's `data` and text `binaryData` work too; non-string values are passed as JSON text)",
 );
 const SERVER_HTTP_PORT: Var = Var::derived(
     "GATEWAY_PROCESSOR_SERVER_HTTP_PORT",

@@ -93,7 +93,9 @@ fn load_dir(dir: &Path) -> Result<Snapshot, WatchError> {
 /// One YAML or JSON document mapping key to value. String values are passed as they
 /// are; any other value (a nested mapping, a list, a number) is passed as JSON text,
 /// which every YAML parser also reads. A Kubernetes ConfigMap manifest is accepted
-/// too: its `data` is the mapping.
+/// too: its `data` is the mapping, and each `binaryData` value that decodes to
+/// UTF-8 text is a configuration as well (as the same key mounted as a file is);
+/// one that does not is skipped with a warning, as such a file is.
 pub fn parse_file(text: &str) -> Result<Snapshot, String> {
     let doc: serde_norway::Value = serde_norway::from_str(text).map_err(|e| e.to_string())?;
     let mapping = match doc {
@@ -102,10 +104,15 @@ pub fn parse_file(text: &str) -> Result<Snapshot, String> {
         other => return Err(format!("the document is a {}, not a mapping", kind(&other))),
     };
     let is_manifest = mapping.get("kind").and_then(|k| k.as_str()) == Some("ConfigMap");
+    let binary = if is_manifest {
+        binary_data(mapping.get("binaryData"))?
+    } else {
+        Vec::new()
+    };
     let mapping = if is_manifest {
         match mapping.get("data") {
             Some(serde_norway::Value::Mapping(m)) => m.clone(),
-            None | Some(serde_norway::Value::Null) => return Ok(Snapshot::new()),
+            None | Some(serde_norway::Value::Null) => serde_norway::Mapping::new(),
             Some(other) => {
                 return Err(format!(
                     "ConfigMap data is a {}, not a mapping",
@@ -133,6 +140,44 @@ pub fn parse_file(text: &str) -> Result<Snapshot, String> {
             },
         };
         out.insert(key, value);
+    }
+    for (key, value) in binary {
+        if out.contains_key(&key) {
+            return Err(format!("key {key} is in both data and binaryData"));
+        }
+        out.insert(key, value);
+    }
+    Ok(out)
+}
+
+/// A ConfigMap's `binaryData`: each key and its base64 value decoded, where
+/// that is UTF-8 text (the contract's values are strings).
+fn binary_data(v: Option<&serde_norway::Value>) -> Result<Vec<(String, String)>, String> {
+    let map = match v {
+        None | Some(serde_norway::Value::Null) => return Ok(Vec::new()),
+        Some(serde_norway::Value::Mapping(m)) => m,
+        Some(other) => {
+            return Err(format!(
+                "ConfigMap binaryData is a {}, not a mapping",
+                kind(other)
+            ))
+        }
+    };
+    let mut out = Vec::new();
+    for (k, v) in map {
+        let key = scalar_text(k).ok_or_else(|| format!("binaryData key {k:?} is not a string"))?;
+        let Some(encoded) = v.as_str() else {
+            return Err(format!("binaryData value of {key} is not a base64 string"));
+        };
+        let bytes = gateway_common::wire::decode_payload(encoded)
+            .map_err(|e| format!("binaryData value of {key} is not base64: {e}"))?;
+        match String::from_utf8(bytes) {
+            Ok(text) => out.push((key, text)),
+            Err(_) => tracing::warn!(
+                %key,
+                "skipping binaryData configuration that is not UTF-8 text"
+            ),
+        }
     }
     Ok(out)
 }
@@ -336,6 +381,20 @@ mod tests {
         .unwrap();
         assert_eq!(s.len(), 1);
         assert_eq!(s["one"], "hello");
+        // binaryData: text is a configuration (as its mounted file is), other
+        // bytes are skipped; binaryData alone is enough.
+        let s = parse_file(
+            "kind: ConfigMap\ndata:\n  one: hello\nbinaryData:\n  two: aGk=\n  three: AP8=\n",
+        )
+        .unwrap();
+        assert_eq!(s.len(), 2, "{s:?}");
+        assert_eq!(s["two"], "hi");
+        let s = parse_file("kind: ConfigMap\nbinaryData:\n  two: aGk=\n").unwrap();
+        assert_eq!(s["two"], "hi");
+        let e = parse_file("kind: ConfigMap\ndata: {a: x}\nbinaryData: {a: aGk=}\n").unwrap_err();
+        assert!(e.contains("both"), "{e}");
+        let e = parse_file("kind: ConfigMap\nbinaryData: {a: '***'}\n").unwrap_err();
+        assert!(e.contains("not base64"), "{e}");
     }
 
     #[test]
