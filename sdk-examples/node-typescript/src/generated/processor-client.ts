@@ -295,6 +295,15 @@ export interface components {
                 "application/json": components["schemas"]["Error"];
             };
         };
+        /** @description The body's `Content-Encoding` is not taken (`unsupported_media_type`; `gzip` and `deflate` are decoded, the decoded size held to the body limit). */
+        Encoding: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["Error"];
+            };
+        };
         /** @description The body is over the limit. */
         TooLarge: {
             headers: {
@@ -374,6 +383,7 @@ export interface operations {
             };
             410: components["responses"]["StoppedSrc"];
             413: components["responses"]["TooLarge"];
+            415: components["responses"]["Encoding"];
             503: components["responses"]["RetryLater"];
         };
     };
@@ -418,6 +428,7 @@ export interface operations {
             };
             410: components["responses"]["StoppedSrc"];
             413: components["responses"]["TooLarge"];
+            415: components["responses"]["Encoding"];
         };
     };
     postError: {
@@ -452,6 +463,7 @@ export interface operations {
             408: components["responses"]["BodyTimeout"];
             410: components["responses"]["StoppedSrc"];
             413: components["responses"]["TooLarge"];
+            415: components["responses"]["Encoding"];
         };
     };
     listConfigs: {
