@@ -3,7 +3,8 @@
 //! some libraries' own lines at `warn`: async-nats logs every connection event
 //! that our callback in [`crate::nats`] already logs, with the server's
 //! address, and the store's fjall/lsm-tree narrate every recovery step). The
-//! warnings the reading of the settings left are logged first.
+//! warnings the reading of the settings left, and variables spelled almost like
+//! the gateway's ([`crate::spelling`]), are logged first.
 
 use tracing_subscriber::EnvFilter;
 

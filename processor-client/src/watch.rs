@@ -104,13 +104,8 @@ pub fn parse_file(text: &str) -> Result<Snapshot, String> {
         other => return Err(format!("the document is a {}, not a mapping", kind(&other))),
     };
     let is_manifest = mapping.get("kind").and_then(|k| k.as_str()) == Some("ConfigMap");
-    let binary = if is_manifest {
-        binary_data(mapping.get("binaryData"))?
-    } else {
-        Vec::new()
-    };
-    let mapping = if is_manifest {
-        match mapping.get("data") {
+    let (mapping, binary) = if is_manifest {
+        let data = match mapping.get("data") {
             Some(serde_norway::Value::Mapping(m)) => m.clone(),
             None | Some(serde_norway::Value::Null) => serde_norway::Mapping::new(),
             Some(other) => {
@@ -119,9 +114,10 @@ pub fn parse_file(text: &str) -> Result<Snapshot, String> {
                     kind(other)
                 ))
             }
-        }
+        };
+        (data, binary_data(mapping.get("binaryData"))?)
     } else {
-        mapping
+        (mapping, Vec::new())
     };
     let mut out = Snapshot::new();
     for (k, v) in mapping {
