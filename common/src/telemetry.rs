@@ -4,11 +4,19 @@
 //! that our callback in [`crate::nats`] already logs, with the server's
 //! address, and the store's fjall/lsm-tree narrate every recovery step). The
 //! warnings the reading of the settings left, and variables spelled almost like
-//! the gateway's ([`crate::spelling`]), are logged first.
+//! the gateway's ([`crate::spelling`]), are logged first. An error that stops
+//! a binary is reported here too ([`failed`]).
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing_subscriber::EnvFilter;
 
+/// Logs are JSON lines: an error that stops the binary is one of them.
+static JSON: AtomicBool = AtomicBool::new(false);
+
 pub fn init(json: bool) {
+    JSON.store(json, Ordering::Relaxed);
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn,fjall=warn,lsm_tree=warn"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -27,5 +35,57 @@ pub fn init(json: bool) {
     let misses = crate::spelling::near_misses(names.iter().map(String::as_str));
     for note in crate::env::take_notes().into_iter().chain(misses) {
         tracing::warn!("{note}");
+    }
+}
+
+/// Reports the error that stops a binary, on stderr, and gives its exit status
+/// (1). In place of `main` returning the error, which prints anyhow's Debug
+/// form: each cause a second time (the gateway's messages carry their causes)
+/// and, with `RUST_BACKTRACE` set, a backtrace of the start-up code after the
+/// message an operator needs. Causes a message does not already carry follow it.
+/// With JSON logs (once they are set up) it is a JSON line like the others.
+pub fn failed(error: &(dyn std::error::Error + 'static)) -> ExitCode {
+    let text = describe(error);
+    if JSON.load(Ordering::Relaxed) {
+        tracing::error!(error = %text, "stopped on an error");
+    } else {
+        eprintln!("Error: {text}");
+    }
+    ExitCode::FAILURE
+}
+
+/// The error's text, then each cause whose text it does not already hold.
+fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        next = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("GATEWAY_X /nowhere: {0}")]
+    struct Carries(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot start")]
+    struct Terse(#[source] std::io::Error);
+
+    #[test]
+    fn a_cause_is_said_once() {
+        let e = Carries(std::io::Error::from(std::io::ErrorKind::NotFound));
+        assert_eq!(describe(&e), "GATEWAY_X /nowhere: entity not found");
+        let e = Terse(std::io::Error::from(std::io::ErrorKind::NotFound));
+        assert_eq!(describe(&e), "cannot start: entity not found");
     }
 }

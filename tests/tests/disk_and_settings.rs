@@ -162,8 +162,9 @@ async fn one_configuration_may_fill_the_whole_queue_capacity() {
     wait_delivered(&g, &want).await;
 }
 
-/// Starts `cmd` and expects it to stop at once, non-zero, naming `var`.
-async fn refuses_to_start(name: &str, cmd: Command, dir: &Path, var: &str) {
+/// Starts `cmd` and expects it to stop at once, non-zero, naming `var`;
+/// returns what it printed.
+async fn refuses_to_start(name: &str, cmd: Command, dir: &Path, var: &str) -> String {
     let mut p = Proc::spawn(name, cmd, dir);
     let status = p
         .wait_exit(Duration::from_secs(20))
@@ -172,6 +173,24 @@ async fn refuses_to_start(name: &str, cmd: Command, dir: &Path, var: &str) {
     assert!(!status.success(), "{name} with a bad {var}: {status:?}");
     let out = p.output();
     assert!(out.contains(var), "{name} names {var}:\n{out}");
+    out
+}
+
+#[tokio::test]
+async fn a_data_directory_the_transformer_cannot_use_stops_it_saying_why_once() {
+    let g = Gateway::new(UserServerKind::Python);
+    let file = g.dir.path().join("not-a-directory");
+    std::fs::write(&file, "x").expect("file");
+    let mut cmd = g.transformer_command();
+    // A backtrace of the start-up code is no help to an operator.
+    cmd.env("TRANSFORMER_DATA_DIR", file.join("queue"))
+        .env("RUST_BACKTRACE", "1");
+    let out = refuses_to_start("transformer", cmd, g.dir.path(), "TRANSFORMER_DATA_DIR").await;
+    assert!(out.contains("a file is in the way"), "{out}");
+    assert!(out.contains(&file.display().to_string()), "{out}");
+    assert_eq!(out.matches("os error").count(), 1, "the cause once:\n{out}");
+    assert!(!out.contains("FjallError"), "{out}");
+    assert!(!out.contains("backtrace"), "{out}");
 }
 
 #[tokio::test]

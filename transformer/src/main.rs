@@ -7,7 +7,14 @@ use transformer::config::Config;
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match start().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => gateway_common::telemetry::failed(e.as_ref()),
+    }
+}
+
+async fn start() -> anyhow::Result<()> {
     let config = Config::from_env()?;
     gateway_common::telemetry::init(config.json_logs);
     transformer::run(config, gateway_common::shutdown::signal()).await?;

@@ -11,6 +11,7 @@
 //! surviving a power loss or kernel crash needs `TRANSFORMER_FSYNC=always` (or a
 //! period), which costs an fsync per group write or per period.
 
+mod cause;
 mod codec;
 mod dead;
 pub mod log;
@@ -24,14 +25,28 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use crate::cloudevent::CloudEvent;
+use cause::{absolute, fjall_cause, io_cause};
 pub use codec::{decode_event, encode_event};
 pub use dead::DeadLetter;
 use dead::{key, split_key};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("event store at {path}: {source}")]
-    Open { path: PathBuf, source: fjall::Error },
+    /// The directory cannot hold the store: `cause` is the operating
+    /// system's reason, read out of fjall's error (whose own text is its
+    /// Debug form).
+    #[error(
+        "the event store cannot be opened in {path} (TRANSFORMER_DATA_DIR): {cause}; give \
+         TRANSFORMER_DATA_DIR a directory this process can write (in a container, mount a \
+         volume there), or set TRANSFORMER_DURABLE=false to keep queued events in memory only"
+    )]
+    Open { path: PathBuf, cause: String },
+    /// The scratch directory of a store kept in memory cannot be made.
+    #[error(
+        "the transformer's scratch directory cannot be made in {dir} (TMPDIR): {cause}; set \
+         TMPDIR to a writable directory, or use a durable queue (TRANSFORMER_DURABLE)"
+    )]
+    Scratch { dir: PathBuf, cause: std::io::Error },
     #[error(
         "event store at {path} is in use by another transformer process (TRANSFORMER_DATA_DIR \
          belongs to one process at a time): stop that one first, or give this one a directory \
@@ -98,17 +113,29 @@ impl Store {
     /// [`Store::open`] with the dead letters' memtable size
     /// (`TRANSFORMER_STORE_MEMTABLE_BYTES`).
     pub fn open_tuned(dir: &Path, fsync: Fsync, memtable_bytes: u64) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
-            path: dir.to_owned(),
-            source: fjall::Error::from(e),
-        })?;
-        Self::open_db(dir, fsync, memtable_bytes, log::SEGMENT_BYTES, None)
+        let opened = std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Open {
+                path: absolute(dir),
+                cause: io_cause(&e),
+            })
+            .and_then(|()| Self::open_db(dir, fsync, memtable_bytes, log::SEGMENT_BYTES, None));
+        // The log's own files are part of opening too: name the directory.
+        opened.map_err(|e| match e {
+            StoreError::Log(e) => StoreError::Open {
+                path: absolute(dir),
+                cause: io_cause(&e),
+            },
+            other => other,
+        })
     }
 
     /// A store in a fresh temporary directory, removed when dropped: dead letters
     /// and bookkeeping work as usual, but nothing survives the process.
     pub fn temporary() -> Result<Store, StoreError> {
-        let dir = tempfile::tempdir()?;
+        let dir = tempfile::tempdir().map_err(|cause| StoreError::Scratch {
+            dir: std::env::temp_dir(),
+            cause,
+        })?;
         let path = dir.path().to_owned();
         Self::open_db(
             &path,
@@ -131,8 +158,8 @@ impl Store {
                 path: dir.to_owned(),
             },
             source => StoreError::Open {
-                path: dir.to_owned(),
-                source,
+                path: absolute(dir),
+                cause: fjall_cause(&source),
             },
         };
         // Taken first: fjall's lock file is what keeps a second process out,
