@@ -325,7 +325,8 @@ pub async fn connect_with_inbox(
                         tracing::warn!("disconnected from NATS; reconnecting");
                     }
                     async_nats::Event::ClientError(e) => {
-                        tracing::warn!(nats = %url, error = %e, "cannot reach NATS; retrying")
+                        let e = e.to_string();
+                        tracing::warn!(nats = %url, error = %e, "{}", connect_failure(&e))
                     }
                     async_nats::Event::ServerError(e) => {
                         tracing::warn!(nats = %url, error = %e, "NATS server error")
@@ -373,9 +374,38 @@ pub async fn connect_with_inbox(
         .map_err(|source| ConnectError::Connect { url: shown, source })
 }
 
+/// What a failed attempt to connect means, from async-nats's text for it
+/// (its event carries no more): a server that refuses the credentials or
+/// the TLS set-up is reached, and the variables to look at differ.
+fn connect_failure(error: &str) -> &'static str {
+    if error.contains("authorization violation") || error.contains("failed signing nonce") {
+        "NATS refused this client's credentials (NATS_TOKEN, NATS_USER and NATS_PASSWORD, \
+         or NATS_CREDS); retrying"
+    } else if error.contains("TLS") {
+        "cannot set up TLS with NATS (NATS_TLS_CA, NATS_TLS_CERT, NATS_TLS_KEY, \
+         NATS_TLS_REQUIRED, or a tls:// URL to a server without TLS); retrying"
+    } else if error.contains("DNS") {
+        "cannot resolve the NATS host (NATS_URL); retrying"
+    } else {
+        "cannot reach NATS; retrying"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_is_told_from_a_server_away() {
+        assert!(connect_failure("nats: authorization violation").contains("credentials"));
+        assert!(connect_failure("nats: failed signing nonce").contains("NATS_CREDS"));
+        assert!(connect_failure("nats: TLS error").contains("NATS_TLS_CA"));
+        assert!(connect_failure("nats: DNS error").contains("NATS_URL"));
+        assert_eq!(
+            connect_failure("nats: IO error"),
+            "cannot reach NATS; retrying"
+        );
+    }
 
     #[test]
     fn a_server_without_jetstream_is_named_as_such() {
