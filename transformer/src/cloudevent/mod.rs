@@ -96,6 +96,21 @@ impl CloudEvent {
         self.subject.as_deref().unwrap_or(&self.source)
     }
 
+    /// Text the JSON format carries as a string: a `text/*` or XML type, and
+    /// not JSON (which is embedded as itself, see [`Self::data_is_json`]).
+    fn data_is_text(&self) -> bool {
+        self.datacontenttype.as_deref().is_some_and(|ct| {
+            let essence = ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            !is_json_media_type(&essence)
+                && (essence.starts_with("text/") || essence.ends_with("xml"))
+        })
+    }
+
     fn data_is_json(&self) -> bool {
         match self.datacontenttype.as_deref() {
             Some(ct) => is_json_media_type(ct) && is_json(&self.data),

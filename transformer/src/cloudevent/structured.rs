@@ -11,9 +11,16 @@ use super::{
 };
 
 impl CloudEvent {
-    /// Structured mode: one JSON document with the attributes and `data` (embedded
-    /// JSON) or `data_base64`.
+    /// Structured mode: one JSON document with the attributes and `data`
+    /// (embedded JSON, or a string for text: `text/*`, XML) or `data_base64`.
     pub fn to_structured_json(&self) -> Vec<u8> {
+        /// `data` as the JSON format carries it.
+        #[derive(Serialize)]
+        #[serde(untagged)]
+        enum Data<'a> {
+            Json(&'a RawValue),
+            Text(&'a str),
+        }
         #[derive(Serialize)]
         struct Structured<'a> {
             specversion: &'static str,
@@ -30,16 +37,19 @@ impl CloudEvent {
             #[serde(skip_serializing_if = "Option::is_none")]
             dataschema: Option<&'a str>,
             #[serde(skip_serializing_if = "Option::is_none")]
-            data: Option<&'a RawValue>,
+            data: Option<Data<'a>>,
             #[serde(skip_serializing_if = "Option::is_none")]
             data_base64: Option<String>,
             #[serde(flatten)]
             extensions: std::collections::BTreeMap<&'a str, &'a str>,
         }
-        let raw: Option<&RawValue> = if self.data_is_json() {
+        let raw: Option<Data> = if self.data_is_json() {
             std::str::from_utf8(&self.data)
                 .ok()
                 .and_then(|s| serde_json::from_str::<&RawValue>(s).ok())
+                .map(Data::Json)
+        } else if self.data_is_text() {
+            std::str::from_utf8(&self.data).ok().map(Data::Text)
         } else {
             None
         };
@@ -162,6 +172,31 @@ mod tests {
                 assert!(v["data_base64"].is_string());
             }
             assert_eq!(CloudEvent::from_structured(&doc).unwrap(), ev);
+        }
+    }
+
+    #[test]
+    fn text_data_is_written_as_a_string_and_read_back_as_that_text() {
+        let mut ev = event(b"<a>1 & 2</a>");
+        for ct in ["text/plain; charset=utf-8", "application/xml", "text/csv"] {
+            ev.datacontenttype = Some(ct.to_owned());
+            let doc = ev.to_structured_json();
+            let v: serde_json::Value = serde_json::from_slice(&doc).unwrap();
+            assert_eq!(v["data"], "<a>1 & 2</a>", "{ct}");
+            assert!(v.get("data_base64").is_none(), "{ct}");
+            assert_eq!(CloudEvent::from_structured(&doc).unwrap(), ev);
+        }
+        // Not UTF-8, or JSON by its type but not by its bytes: base64.
+        for (data, ct) in [(&b"\xff"[..], "text/plain"), (&b"{"[..], "text/json")] {
+            let mut ev = event(b"");
+            ev.data = Bytes::copy_from_slice(data);
+            ev.datacontenttype = Some(ct.to_owned());
+            let v: serde_json::Value = serde_json::from_slice(&ev.to_structured_json()).unwrap();
+            assert!(v["data_base64"].is_string(), "{ct}");
+            assert_eq!(
+                CloudEvent::from_structured(&ev.to_structured_json()).unwrap(),
+                ev
+            );
         }
     }
 
