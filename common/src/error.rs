@@ -23,6 +23,9 @@ pub enum ErrorCode {
     UriTooLong,
     /// 431: more request headers than the listener reads, or a head too long.
     HeadersTooLarge,
+    /// 505: an HTTP/2 connection (prior knowledge) to a port that speaks
+    /// HTTP/1.1; sent as the debug data of an HTTP/2 GOAWAY.
+    Http2Unsupported,
     /// 502: a responder's reply cannot be an HTTP response (a 1xx status).
     BadReply,
     /// 415: a content type the endpoint does not take.
@@ -83,6 +86,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::UriTooLong => "uri_too_long",
             ErrorCode::HeadersTooLarge => "headers_too_large",
+            ErrorCode::Http2Unsupported => "http2_unsupported",
             ErrorCode::BadReply => "bad_reply",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::Unauthorized => "unauthorized",
@@ -117,6 +121,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UriTooLong => StatusCode::URI_TOO_LONG,
             ErrorCode::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorCode::Http2Unsupported => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
             ErrorCode::BadReply => StatusCode::BAD_GATEWAY,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -270,12 +275,13 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
-    const ALL: [ErrorCode; 29] = [
+    const ALL: [ErrorCode; 30] = [
         ErrorCode::BadRequest,
         ErrorCode::RequestTimeout,
         ErrorCode::TooLarge,
         ErrorCode::UriTooLong,
         ErrorCode::HeadersTooLarge,
+        ErrorCode::Http2Unsupported,
         ErrorCode::BadReply,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::Unauthorized,
@@ -309,7 +315,8 @@ mod tests {
         for code in ALL {
             let name = code.as_str();
             assert!(
-                name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                name.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
                 "{name}"
             );
             let e = ApiError::new(code, "x");

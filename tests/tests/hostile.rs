@@ -442,3 +442,49 @@ async fn requests_that_cannot_be_parsed_get_a_json_error() {
     assert!(!answer.contains("application/json"), "{answer:?}");
     assert!(answer.ends_with("\r\n\r\n"), "an empty body: {answer:?}");
 }
+
+/// A client that opens with HTTP/2 (prior knowledge) on a port that speaks
+/// HTTP/1.1 gets HTTP/2's own answer, a GOAWAY with HTTP_1_1_REQUIRED (13),
+/// whose debug data is a JSON error; it was closed without a word.
+fn http2_is_told_to_use_http1(port: u16) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    // The preface, then the client's empty SETTINGS.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .expect("write");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    // Frames: 3 bytes length, type, flags, 4 bytes stream, payload.
+    let mut rest = &answer[..];
+    let mut goaway = None;
+    while rest.len() >= 9 {
+        let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+        let (ty, payload) = (rest[3], &rest[9..(9 + len).min(rest.len())]);
+        if ty == 7 {
+            goaway = Some(payload.to_vec());
+        }
+        rest = &rest[(9 + len).min(rest.len())..];
+    }
+    let goaway = goaway.unwrap_or_else(|| panic!("{port}: no GOAWAY in {answer:?}"));
+    assert_eq!(&goaway[4..8], &[0, 0, 0, 13], "{port}: HTTP_1_1_REQUIRED");
+    let debug: serde_json::Value = serde_json::from_slice(&goaway[8..]).expect("JSON");
+    assert_eq!(debug["error"], "http2_unsupported", "{port}");
+}
+
+#[tokio::test]
+async fn an_http2_client_is_told_to_use_http1() {
+    let g = gateway(Target::Transformer, &[]).await;
+    http2_is_told_to_use_http1(g.tr_port);
+    http2_is_told_to_use_http1(g.pc_port);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = NatsServer::start(dir.path()).await;
+    let ingress = Ingress::start(dir.path(), &nats, &[]).await;
+    http2_is_told_to_use_http1(ingress.port);
+    http2_is_told_to_use_http1(ingress.admin);
+    // The port still serves HTTP/1.1.
+    let mut s = TcpStream::connect(("127.0.0.1", g.tr_port)).expect("connect");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    assert!(read_answer(&mut s, Duration::from_secs(10)).starts_with("HTTP/1.1 200 "));
+}

@@ -5,6 +5,12 @@
 //! recognises it by its exact shape, written when no response is due, and
 //! sends this module's JSON error in its place, as every other error of the
 //! gateway is sent.
+//!
+//! A client that speaks HTTP/2 with prior knowledge (`curl
+//! --http2-prior-knowledge`, an h2c proxy) opens with the HTTP/2 preface,
+//! which hyper's HTTP/1 reader refuses without a word. Such a connection gets
+//! the answer HTTP/2 has for it ([`goaway`]): a GOAWAY with the error
+//! HTTP_1_1_REQUIRED, whose debug data is the same JSON error.
 
 use crate::error::ErrorCode;
 
@@ -60,6 +66,43 @@ pub(super) fn rewrite(head: &[u8]) -> Option<Vec<u8>> {
     )
 }
 
+/// The start of the HTTP/2 connection preface (RFC 9113, 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+/// Whether a connection's first bytes are the HTTP/2 preface.
+pub(super) fn is_h2_preface(first: &[u8]) -> bool {
+    first.starts_with(H2_PREFACE)
+}
+
+/// HTTP/2's answer to a client that must use HTTP/1.1: the server's
+/// (empty) SETTINGS, which must open its side of the connection, then a
+/// GOAWAY with the error HTTP_1_1_REQUIRED and a JSON error as debug data.
+pub(super) fn goaway() -> Vec<u8> {
+    const SETTINGS: u8 = 0x4;
+    const GOAWAY: u8 = 0x7;
+    const HTTP_1_1_REQUIRED: u32 = 0xd;
+    let detail =
+        "this port speaks HTTP/1.1 only; send HTTP/1.1 requests, not HTTP/2 with prior knowledge";
+    let debug = serde_json::json!({
+        "error": ErrorCode::Http2Unsupported.as_str(),
+        "detail": detail,
+    })
+    .to_string();
+    let frame = |ty: u8, payload: &[u8]| {
+        let len = payload.len() as u32;
+        let mut f = len.to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[ty, 0, 0, 0, 0, 0]);
+        f.extend_from_slice(payload);
+        f
+    };
+    let mut payload = 0u32.to_be_bytes().to_vec(); // the last stream: none
+    payload.extend_from_slice(&HTTP_1_1_REQUIRED.to_be_bytes());
+    payload.extend_from_slice(debug.as_bytes());
+    let mut out = frame(SETTINGS, &[]);
+    out.extend(frame(GOAWAY, &payload));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,6 +142,23 @@ mod tests {
                 .expect("content-length");
             assert_eq!(length, body.to_string().len());
         }
+    }
+
+    #[test]
+    fn an_http2_client_is_told_to_use_http1_with_a_json_error() {
+        assert!(is_h2_preface(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
+        assert!(!is_h2_preface(b"PRIVATE / HTTP/1.1\r\n"));
+        let out = goaway();
+        // SETTINGS: length 0, type 4, no flags, stream 0.
+        assert_eq!(&out[..9], &[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        let goaway = &out[9..];
+        let len = u32::from_be_bytes([0, goaway[0], goaway[1], goaway[2]]) as usize;
+        assert_eq!(goaway[3], 7);
+        assert_eq!(&goaway[5..9], &[0, 0, 0, 0]);
+        assert_eq!(goaway.len(), 9 + len);
+        assert_eq!(&goaway[9..17], &[0, 0, 0, 0, 0, 0, 0, 0xd]);
+        let body: serde_json::Value = serde_json::from_slice(&goaway[17..]).expect("JSON");
+        assert_eq!(body["error"], "http2_unsupported");
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub(super) struct Tracked {
     /// hyper's answer to a request it could not parse, as a JSON error, and
     /// how much of it is written.
     pub(super) answer: Option<(Vec<u8>, usize)>,
+    /// The connection's first bytes: `None` until they arrive, then whether
+    /// they are the HTTP/2 preface (answered on close, see [`malformed::goaway`]).
+    h2: Option<bool>,
 }
 
 impl Tracked {
@@ -55,6 +58,7 @@ impl Tracked {
             shared,
             heads: 0,
             answer: None,
+            h2: None,
         }
     }
 
@@ -116,6 +120,9 @@ impl AsyncRead for Tracked {
             return Poll::Ready(Ok(()));
         };
         let polled = Pin::new(stream).poll_read(cx, buf);
+        if this.h2.is_none() && buf.filled().len() > before {
+            this.h2 = Some(malformed::is_h2_preface(&buf.filled()[before..]));
+        }
         if buf.filled().len() > before && !this.conn.busy() {
             let _ = this.conn.head_since.compare_exchange(
                 0,
@@ -193,7 +200,20 @@ impl Drop for Tracked {
             return;
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(linger(stream, slot, self.shared.closing.clone()));
+            let closing = self.shared.closing.clone();
+            if self.h2 == Some(true) {
+                runtime.spawn(async move {
+                    let mut stream = stream;
+                    let answer = malformed::goaway();
+                    let written =
+                        tokio::time::timeout(LINGER_QUIET, stream.write_all(&answer)).await;
+                    if matches!(written, Ok(Ok(()))) {
+                        linger(stream, slot, closing).await;
+                    }
+                });
+            } else {
+                runtime.spawn(linger(stream, slot, closing));
+            }
         }
     }
 }
