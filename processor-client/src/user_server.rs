@@ -109,7 +109,7 @@ impl UserServer {
             Err(e) => {
                 return Outcome::Failed {
                     refused: is_refused(&e),
-                    message: error_chain(&e),
+                    message: explained(error_chain(&e)),
                 };
             }
         };
@@ -147,6 +147,20 @@ impl UserServer {
             _ => None,
         }
     }
+}
+
+/// A failure's text, with where to look when hyper's words do not say: an
+/// HTTP/2-only server (a gRPC user server on this port) answers HTTP/1.1 with
+/// frames hyper reads as "invalid HTTP version".
+fn explained(mut message: String) -> String {
+    if message.contains("invalid HTTP version") {
+        message.push_str(
+            " (the server on GATEWAY_PROCESSOR_SERVER_HTTP_PORT speaks HTTP/2 only: a gRPC user \
+             server needs GATEWAY_PROCESSOR_SERVER_PROTOCOL=grpc or grpc-v06 and \
+             GATEWAY_PROCESSOR_SERVER_GRPC_PORT)",
+        );
+    }
+    message
 }
 
 fn is_refused(e: &reqwest::Error) -> bool {

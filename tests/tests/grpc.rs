@@ -367,3 +367,60 @@ async fn a_grpc_port_with_an_http_server_behind_it_is_named() {
     })
     .await;
 }
+
+/// A grpcio server of the other proto answers UNIMPLEMENTED ("Method not
+/// found!"): the configuration is in Error with a message that names the
+/// setting to change, both ways round.
+#[tokio::test]
+async fn a_server_of_the_other_proto_is_named_in_the_error() {
+    for (called, served, hint) in [
+        (
+            "grpc-v06",
+            "grpc",
+            "GATEWAY_PROCESSOR_SERVER_PROTOCOL=grpc)",
+        ),
+        (
+            "grpc",
+            "grpc-v06",
+            "GATEWAY_PROCESSOR_SERVER_PROTOCOL=grpc-v06)",
+        ),
+    ] {
+        let mut g = grpc_gateway(called);
+        g.set_config("alpha", "{}");
+        g.start_transformer().await;
+        start_grpc_server(&mut g, served).await;
+        g.start_processor().await;
+        wait_for(
+            "the configuration's message to name the setting",
+            || async {
+                let configs = g.configs().await;
+                let message = configs.first()?["message"].as_str()?.to_owned();
+                (configs[0]["phase"] == "Error" && message.contains(hint)).then_some(())
+            },
+        )
+        .await;
+    }
+}
+
+/// The other way round: a gRPC user server on the HTTP port answers `/start`
+/// in HTTP/2 frames; the configuration stays Pending, retried, with a message
+/// that names the setting, not only "invalid HTTP version parsed".
+#[tokio::test]
+async fn a_grpc_server_called_over_http_is_named() {
+    let mut g = Gateway::new(UserServerKind::Python);
+    g.set_config("alpha", "{}");
+    g.start_transformer().await;
+    start_grpc_server(&mut g, "grpc").await;
+    g.start_processor().await;
+    wait_for(
+        "the configuration's message to name the setting",
+        || async {
+            let configs = g.configs().await;
+            let message = configs.first()?["message"].as_str()?.to_owned();
+            (configs[0]["phase"] == "Pending"
+                && message.contains("GATEWAY_PROCESSOR_SERVER_PROTOCOL=grpc"))
+            .then_some(())
+        },
+    )
+    .await;
+}

@@ -48,6 +48,17 @@ pub enum Contract {
     V06,
 }
 
+impl Contract {
+    /// The method a call of this contract is made to, and the setting of
+    /// `GATEWAY_PROCESSOR_SERVER_PROTOCOL` that chooses it.
+    pub fn method(self) -> (&'static str, &'static str) {
+        match self {
+            Contract::Generic => ("generic.Eventing/StartEventSource", "grpc"),
+            Contract::V06 => ("gateways.GatewayExecutor/RunGateway", "grpc-v06"),
+        }
+    }
+}
+
 /// Why the user server's endpoint could not be set up; each stops the process
 /// at start naming what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +93,11 @@ pub struct GrpcServer {
 }
 
 impl GrpcServer {
+    /// The proto the user server is called by.
+    pub fn contract(&self) -> Contract {
+        self.contract
+    }
+
     /// An endpoint at `host:port`, connected lazily (and again after the server
     /// restarts): a server that is not up yet stops nothing.
     pub fn new(

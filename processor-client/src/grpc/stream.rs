@@ -191,7 +191,7 @@ impl Call {
                     read: false,
                 };
             }
-            Ok(Err(status)) => return ended(&status, false),
+            Ok(Err(status)) => return ended(&status, false, self.shared.server.contract()),
             Ok(Ok(events)) => events,
         };
         let _open = OpenGuard::new(&self.shared.metrics);
@@ -217,7 +217,7 @@ impl Call {
                         read,
                     }
                 }
-                Err(status) => return ended(&status, read),
+                Err(status) => return ended(&status, read, self.shared.server.contract()),
             }
         }
     }
@@ -282,7 +282,7 @@ impl Call {
     }
 }
 
-fn ended(status: &tonic::Status, read: bool) -> End {
+fn ended(status: &tonic::Status, read: bool, contract: super::Contract) -> End {
     let mut message = if status.message().is_empty() {
         format!("{:?}", status.code())
     } else {
@@ -295,6 +295,19 @@ fn ended(status: &tonic::Status, read: bool) -> End {
             " (does a gRPC server listen on GATEWAY_PROCESSOR_SERVER_GRPC_PORT? an HTTP/1 \
              server, or a TLS one without GATEWAY_PROCESSOR_SERVER_TLS_CA, answers so)",
         );
+    }
+    // A server of the other proto (or of none) answers every call so.
+    if !read && status.code() == tonic::Code::Unimplemented {
+        let (method, setting) = contract.method();
+        let (other_method, other) = match contract {
+            super::Contract::Generic => super::Contract::V06.method(),
+            super::Contract::V06 => super::Contract::Generic.method(),
+        };
+        message.push_str(&format!(
+            " (the user server does not serve {method}, which \
+             GATEWAY_PROCESSOR_SERVER_PROTOCOL={setting} calls; a server of {other_method} \
+             needs GATEWAY_PROCESSOR_SERVER_PROTOCOL={other})"
+        ));
     }
     if is_permanent(status) {
         End::Permanent(message)
