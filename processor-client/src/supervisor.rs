@@ -290,11 +290,15 @@ impl ConfigTask {
                 None
             }
             Outcome::Failed { message, refused } => {
-                if refused {
-                    self.shared.health.mark_down();
-                }
                 let delay = self.backoff.next_delay();
-                tracing::warn!(src = %self.src, error = %message, retry_in = ?delay, "start failed; will retry");
+                if refused {
+                    // Said once for all of them by the probe (user_server::probe_loop):
+                    // a thousand configurations would otherwise fill the log.
+                    self.shared.health.mark_down();
+                    tracing::debug!(src = %self.src, error = %message, retry_in = ?delay, "start failed; will retry");
+                } else {
+                    tracing::warn!(src = %self.src, error = %message, retry_in = ?delay, "start failed; will retry");
+                }
                 self.shared
                     .registry
                     .pending(&self.src, &format!("start failed, retrying: {message}"));

@@ -238,24 +238,40 @@ impl Health {
     }
 }
 
+/// How often a user server that stays away is mentioned again.
+const STILL_DOWN_EVERY: Duration = Duration::from_secs(60);
+
 /// Probes the user server's port every `interval` until cancelled. A refused connect
 /// means the process is gone; the next successful one starts a new epoch, and the
-/// supervisor's tasks start their configurations again.
+/// supervisor's tasks start their configurations again. The one place that says
+/// the user server is not listening (each configuration's refused `/start` is
+/// logged at debug): at once, then each minute while it stays away.
 pub async fn probe_loop(
     server: UserServer,
     health: std::sync::Arc<Health>,
     interval: Duration,
     cancel: CancellationToken,
 ) {
+    let mut said: Option<tokio::time::Instant> = None;
     loop {
         match server.probe().await {
             Some(true) => {
                 health.mark_up();
+                said = None;
             }
-            Some(false) if health.mark_down() => {
-                tracing::warn!(host = %server.host, port = server.port, "user server is not listening");
+            Some(false) => {
+                health.mark_down();
+                if said.is_none_or(|at| at.elapsed() >= STILL_DOWN_EVERY) {
+                    tracing::warn!(
+                        host = %server.host,
+                        port = server.port,
+                        "user server is {}not listening; its configurations are started when it is",
+                        if said.is_some() { "still " } else { "" },
+                    );
+                    said = Some(tokio::time::Instant::now());
+                }
             }
-            Some(false) | None => {}
+            None => {}
         }
         tokio::select! {
             _ = cancel.cancelled() => return,

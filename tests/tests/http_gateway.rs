@@ -99,14 +99,28 @@ async fn killed_user_server_gets_its_configurations_again() {
     g.wait_phase("beta", "Running").await;
 }
 
+/// Until it listens, the configurations wait (each `/start` retried), and the
+/// log says so once, not once per configuration and retry.
 #[tokio::test]
 async fn user_server_started_after_the_processor_client_gets_its_configurations() {
     let mut g = Gateway::new(UserServerKind::Node);
     g.set_config("late", r#"{"count": 3}"#);
+    for i in 0..20 {
+        g.set_config(&format!("idle-{i}"), r#"{"count": 0}"#);
+    }
+    g.processor_env
+        .push(("GATEWAY_PROCESSOR_RETRY_BASE".into(), "50ms".into()));
     g.start_sensor().await;
     g.start_transformer().await;
     g.start_processor().await;
     g.wait_phase("late", "Pending").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = g.processor.as_ref().expect("processor-client").output();
+    let warnings = out.lines().filter(|l| l.contains("WARN")).count();
+    assert!(
+        out.contains("user server is not listening") && warnings <= 2,
+        "{warnings} warnings:\n{out}"
+    );
     g.start_user_server().await;
     g.wait_sensor(3).await;
     g.wait_phase("late", "Running").await;
