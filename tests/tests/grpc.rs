@@ -359,13 +359,7 @@ async fn a_grpc_port_with_an_http_server_behind_it_is_named() {
     g.start_transformer().await;
     g.start_user_server().await; // the Python HTTP test server
     g.start_processor().await;
-    wait_for("the configuration's message to name the port", || async {
-        let configs = g.configs().await;
-        let message = configs.first()?["message"].as_str()?.to_owned();
-        (configs[0]["phase"] == "Pending" && message.contains("GATEWAY_PROCESSOR_SERVER_GRPC_PORT"))
-            .then_some(())
-    })
-    .await;
+    wait_message(&g, "Pending", "GATEWAY_PROCESSOR_SERVER_GRPC_PORT").await;
 }
 
 /// A grpcio server of the other proto answers UNIMPLEMENTED ("Method not
@@ -390,16 +384,22 @@ async fn a_server_of_the_other_proto_is_named_in_the_error() {
         g.start_transformer().await;
         start_grpc_server(&mut g, served).await;
         g.start_processor().await;
-        wait_for(
-            "the configuration's message to name the setting",
-            || async {
-                let configs = g.configs().await;
-                let message = configs.first()?["message"].as_str()?.to_owned();
-                (configs[0]["phase"] == "Error" && message.contains(hint)).then_some(())
-            },
-        )
-        .await;
+        wait_message(&g, "Error", hint).await;
     }
+}
+
+/// Waits for the one configuration to be in `phase` with `needle` in its
+/// message (a message that says where to look).
+async fn wait_message(g: &Gateway, phase: &str, needle: &str) {
+    wait_for(
+        "the configuration's message to name the setting",
+        || async {
+            let configs = g.configs().await;
+            let message = configs.first()?["message"].as_str()?.to_owned();
+            (configs[0]["phase"] == phase && message.contains(needle)).then_some(())
+        },
+    )
+    .await;
 }
 
 /// The other way round: a gRPC user server on the HTTP port answers `/start`
@@ -412,15 +412,5 @@ async fn a_grpc_server_called_over_http_is_named() {
     g.start_transformer().await;
     start_grpc_server(&mut g, "grpc").await;
     g.start_processor().await;
-    wait_for(
-        "the configuration's message to name the setting",
-        || async {
-            let configs = g.configs().await;
-            let message = configs.first()?["message"].as_str()?.to_owned();
-            (configs[0]["phase"] == "Pending"
-                && message.contains("GATEWAY_PROCESSOR_SERVER_PROTOCOL=grpc"))
-            .then_some(())
-        },
-    )
-    .await;
+    wait_message(&g, "Pending", "GATEWAY_PROCESSOR_SERVER_PROTOCOL=grpc").await;
 }

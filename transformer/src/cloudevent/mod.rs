@@ -100,12 +100,7 @@ impl CloudEvent {
     /// not JSON (which is embedded as itself, see [`Self::data_is_json`]).
     fn data_is_text(&self) -> bool {
         self.datacontenttype.as_deref().is_some_and(|ct| {
-            let essence = ct
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
+            let essence = essence(ct);
             !is_json_media_type(&essence)
                 && (essence.starts_with("text/") || essence.ends_with("xml"))
         })
@@ -160,13 +155,18 @@ fn is_json(data: &[u8]) -> bool {
     !data.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok()
 }
 
-fn is_json_media_type(ct: &str) -> bool {
-    let essence = ct
-        .split(';')
+/// A media type without its parameters, lower-cased: `text/plain` of
+/// `Text/Plain; charset=utf-8`.
+fn essence(ct: &str) -> String {
+    ct.split(';')
         .next()
         .unwrap_or("")
         .trim()
-        .to_ascii_lowercase();
+        .to_ascii_lowercase()
+}
+
+fn is_json_media_type(ct: &str) -> bool {
+    let essence = essence(ct);
     essence == JSON || essence.ends_with("+json") || essence == "text/json"
 }
 
