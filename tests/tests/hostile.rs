@@ -488,3 +488,28 @@ async fn an_http2_client_is_told_to_use_http1() {
         .expect("write");
     assert!(read_answer(&mut s, Duration::from_secs(10)).starts_with("HTTP/1.1 200 "));
 }
+
+/// A head over the limit that the server reads in one go (it was paused while
+/// the client sent it, as a busy server is) is refused like one that arrives
+/// in pieces: hyper's own bound applied only to a head still incomplete, so a
+/// 450 KB head was taken or refused depending on timing.
+#[tokio::test]
+async fn a_head_over_the_limit_is_refused_however_it_arrives() {
+    let g = gateway(Target::Transformer, &[]).await;
+    let transformer = g.transformer.as_ref().expect("transformer");
+    let head = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(450_000)
+    );
+    transformer.signal(libc::SIGSTOP);
+    let mut s = TcpStream::connect(("127.0.0.1", g.tr_port)).expect("connect");
+    let mut writer = s.try_clone().expect("clone");
+    // The kernel's buffers take the head while the server is paused.
+    let written = std::thread::spawn(move || writer.write_all(head.as_bytes()));
+    std::thread::sleep(Duration::from_millis(500));
+    transformer.signal(libc::SIGCONT);
+    let answer = read_answer(&mut s, Duration::from_secs(10));
+    let _ = written.join();
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer:?}");
+    assert!(answer.contains("headers_too_large"), "{answer:?}");
+}

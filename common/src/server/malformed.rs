@@ -17,6 +17,13 @@ use crate::error::ErrorCode;
 /// The most request headers hyper reads (its default); one more is a 431.
 const MAX_HEADERS: usize = 100;
 
+/// The longest request head (request line and headers) read, in bytes; a
+/// longer one is a 431. Set on hyper's builder: without it hyper stops at its
+/// read buffer's size (about 400 KiB) only when a head has not arrived whole
+/// by then, so a larger one that arrived in one read was taken, depending on
+/// timing.
+pub(super) const MAX_HEAD_BYTES: usize = 400 * 1024;
+
 /// The JSON error to send in place of hyper's own `head`, or `None` when the
 /// head is not one of hyper's answers to an unparsable request.
 pub(super) fn rewrite(head: &[u8]) -> Option<Vec<u8>> {
@@ -26,7 +33,8 @@ pub(super) fn rewrite(head: &[u8]) -> Option<Vec<u8>> {
     let (code, detail) = match status_line {
         "400 Bad Request" => (
             ErrorCode::BadRequest,
-            "the request could not be parsed: a malformed request line, header or Content-Length".to_owned(),
+            "the request could not be parsed: a malformed request line, header or Content-Length"
+                .to_owned(),
         ),
         "414 URI Too Long" => (
             ErrorCode::UriTooLong,
@@ -34,7 +42,10 @@ pub(super) fn rewrite(head: &[u8]) -> Option<Vec<u8>> {
         ),
         "431 Request Header Fields Too Large" => (
             ErrorCode::HeadersTooLarge,
-            format!("the request has more than {MAX_HEADERS} headers, or its head is longer than this server reads"),
+            format!(
+                "the request has more than {MAX_HEADERS} headers, or its head is over {} KiB",
+                MAX_HEAD_BYTES / 1024
+            ),
         ),
         _ => return None,
     };

@@ -333,7 +333,10 @@ async fn connection(
     let mut builder = hyper::server::conn::http1::Builder::new();
     // Our watch bounds the head; hyper's own timer would also close idle
     // keep-alive connections at the header timeout.
-    builder.header_read_timeout(None).keep_alive(true);
+    builder
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .max_header_size(malformed::MAX_HEAD_BYTES);
     // The connection lives in this block, so it is closed before it stops
     // being counted as open.
     {
