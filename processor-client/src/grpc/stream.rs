@@ -296,8 +296,22 @@ fn ended(status: &tonic::Status, read: bool, contract: super::Contract) -> End {
              server, or a TLS one without GATEWAY_PROCESSOR_SERVER_TLS_CA, answers so)",
         );
     }
-    // A server of the other proto (or of none) answers every call so.
-    if !read && status.code() == tonic::Code::Unimplemented {
+    // A server of the other proto answers every call so, in its framework's
+    // words (grpcio, grpc-js, grpc-go; tonic says nothing); a server's own
+    // UNIMPLEMENTED for a kind of configuration it lacks says something else.
+    let no_method = {
+        let text = status.message().to_ascii_lowercase();
+        text.is_empty()
+            || [
+                "method not found",
+                "does not implement",
+                "unknown service",
+                "unknown method",
+            ]
+            .iter()
+            .any(|words| text.contains(words))
+    };
+    if !read && status.code() == tonic::Code::Unimplemented && no_method {
         let (method, setting) = contract.method();
         let (other_method, other) = match contract {
             super::Contract::Generic => super::Contract::V06.method(),
@@ -329,5 +343,42 @@ impl OpenGuard {
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grpc::Contract;
+
+    fn permanent(status: tonic::Status, contract: Contract) -> String {
+        match ended(&status, false, contract) {
+            End::Permanent(message) => message,
+            _ => panic!("{status:?} is permanent"),
+        }
+    }
+
+    #[test]
+    fn a_server_of_the_other_proto_is_named_and_a_servers_own_refusal_is_not() {
+        // grpcio's words; tonic's (none); grpc-js's.
+        for text in [
+            "Method not found!",
+            "",
+            "The server does not implement the method /gateways.GatewayExecutor/RunGateway",
+        ] {
+            let message = permanent(tonic::Status::unimplemented(text), Contract::V06);
+            assert!(
+                message.contains("GATEWAY_PROCESSOR_SERVER_PROTOCOL=grpc)"),
+                "{message}"
+            );
+        }
+        let message = permanent(
+            tonic::Status::unimplemented("kafka sources are not supported yet"),
+            Contract::Generic,
+        );
+        assert_eq!(
+            message,
+            "Unimplemented: kafka sources are not supported yet"
+        );
     }
 }
