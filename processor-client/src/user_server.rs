@@ -151,12 +151,14 @@ impl UserServer {
 
 /// A failure's text, with where to look when hyper's words do not say: an
 /// HTTP/2-only server (a gRPC user server on this port) answers HTTP/1.1 with
-/// frames hyper reads as "invalid HTTP version".
+/// frames hyper reads as "invalid HTTP version", as it reads any answer that
+/// is not HTTP/1.
 fn explained(mut message: String) -> String {
     if message.contains("invalid HTTP version") {
         message.push_str(
-            " (the server on GATEWAY_PROCESSOR_SERVER_HTTP_PORT speaks HTTP/2 only: a gRPC user \
-             server needs GATEWAY_PROCESSOR_SERVER_PROTOCOL=grpc or grpc-v06 and \
+            " (the server on GATEWAY_PROCESSOR_SERVER_HTTP_PORT does not answer in HTTP/1.1; \
+             a gRPC user server, which speaks HTTP/2 only, needs \
+             GATEWAY_PROCESSOR_SERVER_PROTOCOL=grpc or grpc-v06 and \
              GATEWAY_PROCESSOR_SERVER_GRPC_PORT)",
         );
     }
