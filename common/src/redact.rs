@@ -4,11 +4,66 @@
 //! `https://user:password@sensor`), which both NATS clients and HTTP clients
 //! honour; what an operator reads must not. The password becomes `***`, and
 //! so does a NATS user part with no password, which NATS takes as a token.
-//! The rest (scheme, host, port, path) is kept: it is what tells one
-//! destination from another.
+//! A query parameter named like a secret (`?token=`, `access_token`,
+//! `api_key`, `sig`, Azure Functions' `code`: webhooks often take their key
+//! there) has its value hidden too. The rest (scheme, host, port, path, other
+//! parameters) is kept: it is what tells one destination from another.
+
+/// The endings of query parameter names (lower-cased, without `-`, `_`, `.`)
+/// whose values are secrets.
+const SECRET_PARAMS: [&str; 11] = [
+    "token",
+    "key",
+    "secret",
+    "password",
+    "passwd",
+    "pwd",
+    "sig",
+    "signature",
+    "auth",
+    "credential",
+    "code",
+];
+
+/// `url` with the secrets in its user part and query hidden.
+pub fn url(url: &str) -> String {
+    let shown = user_part_hidden(url);
+    match shown.split_once('?') {
+        Some((base, query)) => {
+            let (query, fragment) = match query.split_once('#') {
+                Some((q, f)) => (q, Some(f)),
+                None => (query, None),
+            };
+            let query: Vec<String> = query.split('&').map(param_hidden).collect();
+            let mut out = format!("{base}?{}", query.join("&"));
+            if let Some(f) = fragment {
+                out.push('#');
+                out.push_str(f);
+            }
+            out
+        }
+        None => shown,
+    }
+}
+
+/// `name=value`, its value `***` when the name is a secret's.
+fn param_hidden(param: &str) -> String {
+    let Some((name, value)) = param.split_once('=') else {
+        return param.to_owned();
+    };
+    let plain: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if value.is_empty() || !SECRET_PARAMS.iter().any(|s| plain.ends_with(s)) {
+        return param.to_owned();
+    }
+    format!("{name}=***")
+}
 
 /// `url` with the secret in its user part hidden.
-pub fn url(url: &str) -> String {
+fn user_part_hidden(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
@@ -66,6 +121,27 @@ mod tests {
         assert_eq!(url("not a url"), "not a url");
         assert_eq!(url("tls://u:p:q@h"), "tls://u:***@h");
         assert_eq!(url("nats://a:b@c@h"), "nats://a:***@h");
+    }
+
+    #[test]
+    fn query_parameters_named_like_secrets_are_hidden() {
+        assert_eq!(
+            url("http://h:1/hook?token=abc&id=7&X-Api-Key=k#top"),
+            "http://h:1/hook?token=***&id=7&X-Api-Key=***#top"
+        );
+        assert_eq!(
+            url("https://fn.azurewebsites.net/api/f?code=s3cret&name=x"),
+            "https://fn.azurewebsites.net/api/f?code=***&name=x"
+        );
+        assert_eq!(
+            url("https://acct.blob/x?sv=2024&sig=abc%2F&access_token="),
+            "https://acct.blob/x?sv=2024&sig=***&access_token="
+        );
+        assert_eq!(url("http://h/?monkeys=3&q"), "http://h/?monkeys=3&q");
+        assert_eq!(
+            url("http://alice:pw@h/?auth=x"),
+            "http://alice:***@h/?auth=***"
+        );
     }
 
     #[test]

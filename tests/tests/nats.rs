@@ -109,8 +109,8 @@ async fn user_and_password_come_from_the_environment() {
 }
 
 /// Credentials in the URLs themselves (`nats://user:password@host`,
-/// `http://user:password@sensor`) work, and never show: not in a metrics
-/// label, a log line or a dead letter.
+/// `http://user:password@sensor`, a webhook's `?token=`) work, and never
+/// show: not in a metrics label, a log line or a dead letter.
 #[tokio::test]
 async fn credentials_in_urls_work_and_are_never_shown() {
     let mut g = Gateway::new(UserServerKind::Python);
@@ -118,7 +118,8 @@ async fn credentials_in_urls_work_and_are_never_shown() {
     let js = nats.jetstream().await;
     g.start_sensor().await;
     let with_password = nats.url().replace("nats://", "nats://gateway:pa55@");
-    let sensor = g.sensor_url().replace("http://", "http://alice:s3nsor-pw@");
+    let sensor = g.sensor_url().replace("http://", "http://alice:s3nsor-pw@")
+        + "?access_token=s3nsor-token&id=7";
     let env = [("NATS_URL", with_password), ("SENSOR_WATCHERS", sensor)];
     one_event_reaches_the_stream(&mut g, &nats, &env, js).await;
     g.wait_sensor(1).await;
@@ -132,10 +133,13 @@ async fn credentials_in_urls_work_and_are_never_shown() {
         .unwrap_or_default();
     assert!(metrics.contains("gateway:***@"), "{metrics}");
     assert!(metrics.contains("alice:***@"), "{metrics}");
+    assert!(metrics.contains("?access_token=***&id=7"), "{metrics}");
     let log = g.transformer.as_ref().map(Proc::output).unwrap_or_default();
     for shown in [&metrics, &log] {
         assert!(
-            !shown.contains("pa55") && !shown.contains("s3nsor-pw"),
+            !shown.contains("pa55")
+                && !shown.contains("s3nsor-pw")
+                && !shown.contains("s3nsor-token"),
             "{shown}"
         );
     }
