@@ -304,6 +304,12 @@ pub async fn connect_with_inbox(
     // Shown in logs and errors: never a password or token it may carry.
     let url = crate::redact::urls(&options.url);
     let shown = url.clone();
+    // TLS asked for: a server without it shows as an I/O error only.
+    let tls = options.tls_required
+        || options.tls_ca.is_some()
+        || servers(&options.url)
+            .iter()
+            .any(|s| s.trim_start().to_ascii_lowercase().starts_with("tls://"));
     let mut connect = async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
@@ -326,7 +332,7 @@ pub async fn connect_with_inbox(
                     }
                     async_nats::Event::ClientError(e) => {
                         let e = e.to_string();
-                        tracing::warn!(nats = %url, error = %e, "{}", connect_failure(&e))
+                        tracing::warn!(nats = %url, error = %e, "{}", connect_failure(&e, tls))
                     }
                     async_nats::Event::ServerError(e) => {
                         tracing::warn!(nats = %url, error = %e, "NATS server error")
@@ -377,7 +383,7 @@ pub async fn connect_with_inbox(
 /// What a failed attempt to connect means, from async-nats's text for it
 /// (its event carries no more): a server that refuses the credentials or
 /// the TLS set-up is reached, and the variables to look at differ.
-fn connect_failure(error: &str) -> &'static str {
+fn connect_failure(error: &str, tls: bool) -> &'static str {
     if error.contains("authorization violation") || error.contains("failed signing nonce") {
         "NATS refused this client's credentials (NATS_TOKEN, NATS_USER and NATS_PASSWORD, \
          or NATS_CREDS); retrying"
@@ -386,6 +392,9 @@ fn connect_failure(error: &str) -> &'static str {
          NATS_TLS_REQUIRED, or a tls:// URL to a server without TLS); retrying"
     } else if error.contains("DNS") {
         "cannot resolve the NATS host (NATS_URL); retrying"
+    } else if tls {
+        "cannot reach NATS, or it does not offer the TLS this client asks for \
+         (NATS_TLS_REQUIRED, NATS_TLS_CA, or a tls:// URL); retrying"
     } else {
         "cannot reach NATS; retrying"
     }
@@ -397,14 +406,15 @@ mod tests {
 
     #[test]
     fn a_refusal_is_told_from_a_server_away() {
-        assert!(connect_failure("nats: authorization violation").contains("credentials"));
-        assert!(connect_failure("nats: failed signing nonce").contains("NATS_CREDS"));
-        assert!(connect_failure("nats: TLS error").contains("NATS_TLS_CA"));
-        assert!(connect_failure("nats: DNS error").contains("NATS_URL"));
+        assert!(connect_failure("nats: authorization violation", false).contains("credentials"));
+        assert!(connect_failure("nats: failed signing nonce", false).contains("NATS_CREDS"));
+        assert!(connect_failure("nats: TLS error", false).contains("NATS_TLS_CA"));
+        assert!(connect_failure("nats: DNS error", false).contains("NATS_URL"));
         assert_eq!(
-            connect_failure("nats: IO error"),
+            connect_failure("nats: IO error", false),
             "cannot reach NATS; retrying"
         );
+        assert!(connect_failure("nats: IO error", true).contains("NATS_TLS_REQUIRED"));
     }
 
     #[test]
