@@ -259,13 +259,18 @@ pub async fn method_not_allowed_fallback(
 }
 
 /// reqwest's top-level message hides the cause ("error sending request"); the
-/// chain says "connection refused", which is what an operator needs.
+/// chain says "connection refused", which is what an operator needs. A cause
+/// whose text the message already holds (the gateway's own errors carry
+/// their causes, `"...: {source}"`) is not said again.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
+        let said = s.to_string();
+        if !out.contains(&said) {
+            out.push_str(": ");
+            out.push_str(&said);
+        }
         source = s.source();
     }
     out
@@ -330,6 +335,22 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("GATEWAY_X /nowhere: {0}")]
+    struct Carries(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot start")]
+    struct Terse(#[source] std::io::Error);
+
+    #[test]
+    fn a_cause_is_said_once() {
+        let e = Carries(std::io::Error::from(std::io::ErrorKind::NotFound));
+        assert_eq!(error_chain(&e), "GATEWAY_X /nowhere: entity not found");
+        let e = Terse(std::io::Error::from(std::io::ErrorKind::NotFound));
+        assert_eq!(error_chain(&e), "cannot start: entity not found");
     }
 
     #[test]

@@ -44,48 +44,12 @@ pub fn init(json: bool) {
 /// and, with `RUST_BACKTRACE` set, a backtrace of the start-up code after the
 /// message an operator needs. Causes a message does not already carry follow it.
 /// With JSON logs (once they are set up) it is a JSON line like the others.
-pub fn failed(error: &(dyn std::error::Error + 'static)) -> ExitCode {
-    let text = describe(error);
+pub fn failed(error: &dyn std::error::Error) -> ExitCode {
+    let text = crate::error::error_chain(error);
     if JSON.load(Ordering::Relaxed) {
         tracing::error!(error = %text, "stopped on an error");
     } else {
         eprintln!("Error: {text}");
     }
     ExitCode::FAILURE
-}
-
-/// The error's text, then each cause whose text it does not already hold.
-fn describe(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut next = error.source();
-    while let Some(cause) = next {
-        let said = cause.to_string();
-        if !text.contains(&said) {
-            text.push_str(": ");
-            text.push_str(&said);
-        }
-        next = cause.source();
-    }
-    text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("GATEWAY_X /nowhere: {0}")]
-    struct Carries(#[source] std::io::Error);
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("cannot start")]
-    struct Terse(#[source] std::io::Error);
-
-    #[test]
-    fn a_cause_is_said_once() {
-        let e = Carries(std::io::Error::from(std::io::ErrorKind::NotFound));
-        assert_eq!(describe(&e), "GATEWAY_X /nowhere: entity not found");
-        let e = Terse(std::io::Error::from(std::io::ErrorKind::NotFound));
-        assert_eq!(describe(&e), "cannot start: entity not found");
-    }
 }

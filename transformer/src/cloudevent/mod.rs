@@ -101,8 +101,7 @@ impl CloudEvent {
     fn data_is_text(&self) -> bool {
         self.datacontenttype.as_deref().is_some_and(|ct| {
             let essence = essence(ct);
-            !is_json_media_type(&essence)
-                && (essence.starts_with("text/") || essence.ends_with("xml"))
+            !is_json_essence(&essence) && (essence.starts_with("text/") || essence.ends_with("xml"))
         })
     }
 
@@ -166,7 +165,11 @@ fn essence(ct: &str) -> String {
 }
 
 fn is_json_media_type(ct: &str) -> bool {
-    let essence = essence(ct);
+    is_json_essence(&essence(ct))
+}
+
+/// [`is_json_media_type`] of a type already reduced to its [`essence`].
+fn is_json_essence(essence: &str) -> bool {
     essence == JSON || essence.ends_with("+json") || essence == "text/json"
 }
 
