@@ -78,6 +78,59 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for reading one back from an answer ([`ErrorCode::parse`]).
+    pub const ALL: [ErrorCode; 30] = [
+        ErrorCode::BadRequest,
+        ErrorCode::RequestTimeout,
+        ErrorCode::TooLarge,
+        ErrorCode::UriTooLong,
+        ErrorCode::HeadersTooLarge,
+        ErrorCode::Http2Unsupported,
+        ErrorCode::BadReply,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::Unauthorized,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::UnknownSrc,
+        ErrorCode::StoppedSrc,
+        ErrorCode::StaleId,
+        ErrorCode::UnknownWatcher,
+        ErrorCode::NotOwner,
+        ErrorCode::KeyInUse,
+        ErrorCode::UnknownDeadLetter,
+        ErrorCode::Backpressure,
+        ErrorCode::StoreUnavailable,
+        ErrorCode::TransformerUnavailable,
+        ErrorCode::ShuttingDown,
+        ErrorCode::NotReady,
+        ErrorCode::TooManyConnections,
+        ErrorCode::UnknownHost,
+        ErrorCode::NoResponders,
+        ErrorCode::ReplyTimeout,
+        ErrorCode::NatsUnavailable,
+        ErrorCode::StoreError,
+        ErrorCode::Internal,
+    ];
+
+    /// The code a JSON error answer names in its `error` field, when it is
+    /// one of this gateway's: a client of another of its services (the
+    /// processor-client of the transformer) matches on the code, not on the
+    /// status, which several codes share.
+    pub fn parse(text: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == text)
+    }
+
+    /// The code of a JSON error body `{"error": CODE, ...}`, if it has one.
+    pub fn of_body(body: &[u8]) -> Option<ErrorCode> {
+        #[derive(serde::Deserialize)]
+        struct Named<'a> {
+            #[serde(borrow)]
+            error: Option<std::borrow::Cow<'a, str>>,
+        }
+        let named: Named = serde_json::from_slice(body).ok()?;
+        ErrorCode::parse(named.error.as_deref()?)
+    }
+
     /// The code as clients see it.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -280,41 +333,9 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
-    const ALL: [ErrorCode; 30] = [
-        ErrorCode::BadRequest,
-        ErrorCode::RequestTimeout,
-        ErrorCode::TooLarge,
-        ErrorCode::UriTooLong,
-        ErrorCode::HeadersTooLarge,
-        ErrorCode::Http2Unsupported,
-        ErrorCode::BadReply,
-        ErrorCode::UnsupportedMediaType,
-        ErrorCode::Unauthorized,
-        ErrorCode::NotFound,
-        ErrorCode::MethodNotAllowed,
-        ErrorCode::UnknownSrc,
-        ErrorCode::StoppedSrc,
-        ErrorCode::StaleId,
-        ErrorCode::UnknownWatcher,
-        ErrorCode::NotOwner,
-        ErrorCode::KeyInUse,
-        ErrorCode::UnknownDeadLetter,
-        ErrorCode::Backpressure,
-        ErrorCode::StoreUnavailable,
-        ErrorCode::TransformerUnavailable,
-        ErrorCode::ShuttingDown,
-        ErrorCode::NotReady,
-        ErrorCode::TooManyConnections,
-        ErrorCode::UnknownHost,
-        ErrorCode::NoResponders,
-        ErrorCode::ReplyTimeout,
-        ErrorCode::NatsUnavailable,
-        ErrorCode::StoreError,
-        ErrorCode::Internal,
-    ];
-
     #[test]
     fn codes_are_distinct_snake_case_and_every_503_says_when_to_retry() {
+        const ALL: [ErrorCode; 30] = ErrorCode::ALL;
         let names: std::collections::HashSet<&str> = ALL.iter().map(|c| c.as_str()).collect();
         assert_eq!(names.len(), ALL.len());
         for code in ALL {
@@ -351,6 +372,18 @@ mod tests {
         assert_eq!(error_chain(&e), "GATEWAY_X /nowhere: entity not found");
         let e = Terse(std::io::Error::from(std::io::ErrorKind::NotFound));
         assert_eq!(error_chain(&e), "cannot start: entity not found");
+    }
+
+    #[test]
+    fn a_code_reads_back_from_its_name_and_from_an_answer() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+        }
+        assert_eq!(ErrorCode::parse("nope"), None);
+        let body = br#"{"error":"not_owner","detail":"elsewhere"}"#;
+        assert_eq!(ErrorCode::of_body(body), Some(ErrorCode::NotOwner));
+        assert_eq!(ErrorCode::of_body(b"<html>"), None);
+        assert_eq!(ErrorCode::of_body(br#"{"error":7}"#), None);
     }
 
     #[test]

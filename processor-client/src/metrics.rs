@@ -7,6 +7,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use axum::http::StatusCode;
+use gateway_common::error::ErrorCode;
+
 use crate::configs::Registry as Configs;
 use crate::user_server::Outcome;
 
@@ -77,7 +80,7 @@ impl Metrics {
         );
         registry.register(
             "processor_events_rejected",
-            "Events refused, by reason (bad_request, unknown_src, too_large, backpressure, transformer_unavailable)",
+            "Events refused, by reason (bad_request, unknown_src, too_large, not_owner, backpressure, transformer_unavailable)",
             rejected.clone(),
         );
         registry.register(
@@ -161,6 +164,11 @@ impl Metrics {
         }
     }
 
+    /// Counts an event refused with `code`, under its reason's label.
+    pub fn refused(&self, code: ErrorCode) {
+        self.reject(reject_reason(code));
+    }
+
     pub fn reject(&self, reason: &'static str) {
         self.rejected.get_or_create(&ReasonLabel { reason }).inc();
     }
@@ -191,5 +199,17 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The label of `processor_events_rejected_total` for a refusal.
+fn reject_reason(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::NotOwner => "not_owner",
+        ErrorCode::TooLarge => "too_large",
+        ErrorCode::UnknownSrc | ErrorCode::StoppedSrc => "unknown_src",
+        ErrorCode::TransformerUnavailable => "transformer_unavailable",
+        c if c.status() == StatusCode::SERVICE_UNAVAILABLE => "backpressure",
+        _ => "bad_request",
     }
 }

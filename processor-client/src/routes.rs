@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::transformer_client::{SendError, Trace, TransformerClient};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use bytes::Bytes;
@@ -64,15 +64,12 @@ fn lookup_error(e: LookupError) -> ApiError {
 }
 
 fn content_type(headers: &HeaderMap) -> String {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase()
+    gateway_common::media::essence(
+        headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
+    )
 }
 
 /// The `src` a request names outside its body: `?src=` or an `X-Gateway-Src` header.
@@ -141,19 +138,38 @@ async fn event(
         Ok(_) => {
             st.metrics.events_forwarded.inc();
         }
-        Err(e) => st.metrics.reject(reject_reason(e.code)),
+        Err(e) => st.metrics.refused(e.code),
     }
     result
 }
 
-/// The label of `processor_events_rejected_total` for a refusal.
-fn reject_reason(code: ErrorCode) -> &'static str {
+/// The transformer's refusal of an event, answered to the user server as
+/// the transformer said it: its code and detail (a refusal that is not one
+/// of the gateway's JSON errors is a 400 quoting it), so that it is counted
+/// as the refusal it is.
+fn refusal(status: u16, code: Option<ErrorCode>, body: &[u8]) -> ApiError {
+    #[derive(Deserialize)]
+    struct Detail {
+        detail: Option<String>,
+    }
+    let text = || {
+        String::from_utf8_lossy(body)
+            .chars()
+            .take(1024)
+            .collect::<String>()
+    };
     match code {
-        ErrorCode::TooLarge => "too_large",
-        ErrorCode::UnknownSrc | ErrorCode::StoppedSrc => "unknown_src",
-        ErrorCode::TransformerUnavailable => "transformer_unavailable",
-        c if c.status() == StatusCode::SERVICE_UNAVAILABLE => "backpressure",
-        _ => "bad_request",
+        Some(code) => {
+            let detail = serde_json::from_slice::<Detail>(body)
+                .ok()
+                .and_then(|d| d.detail)
+                .unwrap_or_else(text);
+            ApiError::new(code, detail)
+        }
+        None => ApiError::bad_request(format!(
+            "the transformer refused the event with {status}: {}",
+            text()
+        )),
     }
 }
 
@@ -198,10 +214,7 @@ async fn forward_event(
             ErrorCode::TransformerUnavailable,
             format!("the transformer did not take the event: {why}"),
         )),
-        Err(SendError::Rejected { status, body }) => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-            Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
-        }
+        Err(SendError::Rejected { status, code, body }) => Err(refusal(status, code, &body)),
     }
 }
 

@@ -1,7 +1,9 @@
 //! The processor-client's HTTP surface in-process: the real router and listener
 //! on a port-0 socket, a real configuration directory, a real (in-process) user
 //! server, and no transformer listening, so that every answer that does not
-//! need one (notices, lookups, errors, readiness) is checked without processes.
+//! need one (notices, lookups, errors, readiness) is checked without processes;
+//! where a test needs the transformer's refusal, an in-process stand-in that
+//! answers as the transformer does.
 //! The end-to-end tests in `tests/` run the binaries with a transformer.
 
 use std::sync::{Arc, Mutex};
@@ -30,6 +32,11 @@ async fn closed_port() -> u16 {
 
 impl ProcessorClient {
     async fn start(configs: &[(&str, &str)]) -> ProcessorClient {
+        ProcessorClient::start_with(configs, closed_port().await).await
+    }
+
+    /// With its transformer at `transformer_port`.
+    async fn start_with(configs: &[(&str, &str)], transformer_port: u16) -> ProcessorClient {
         let dir = tempfile::tempdir().unwrap();
         for (key, value) in configs {
             std::fs::write(dir.path().join(key), value).unwrap();
@@ -46,7 +53,7 @@ impl ProcessorClient {
         let us = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let us_port = us.local_addr().unwrap().port().to_string();
         tokio::spawn(async move { axum::serve(us, user_server).await });
-        let transformer_port = closed_port().await.to_string();
+        let transformer_port = transformer_port.to_string();
         let vars = [
             ("GATEWAY_NAME", "router-test"),
             ("GATEWAY_PROCESSOR_CONFIG_MAP", dir.path().to_str().unwrap()),
@@ -229,6 +236,39 @@ async fn health_readiness_and_metrics_answer() {
         metrics.text.contains("processor_connections_open"),
         "{}",
         metrics.text
+    );
+    pc.stop().await;
+}
+
+/// A stand-in transformer that refuses every event as the real one refuses
+/// an event whose replica's claim lapsed: 409 `not_owner`.
+async fn refusing_transformer() -> u16 {
+    let app = axum::Router::new().fallback(|| async {
+        (
+            axum::http::StatusCode::CONFLICT,
+            axum::Json(json!({ "error": "not_owner", "detail": "the claim lapsed" })),
+        )
+    });
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    port
+}
+
+#[tokio::test]
+async fn an_event_the_transformer_refuses_is_counted_as_rejected_not_forwarded() {
+    let pc = ProcessorClient::start_with(&[("alpha", "{}")], refusing_transformer().await).await;
+    pc.post("/event", &event("alpha"))
+        .await
+        .error(409, "not_owner");
+    let metrics = pc.get("/metrics").await.text;
+    assert!(
+        metrics.contains("processor_events_rejected_total{reason=\"not_owner\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("processor_events_forwarded_total 0"),
+        "{metrics}"
     );
     pc.stop().await;
 }

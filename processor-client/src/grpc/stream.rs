@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gateway_common::backoff::Backoff;
-use gateway_common::error::error_chain;
+use gateway_common::error::{error_chain, ErrorCode};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -250,8 +250,12 @@ impl Call {
                     self.shared.metrics.events_forwarded.inc();
                     return true;
                 }
-                Err(SendError::Rejected { status: 409, .. }) => {
+                Err(SendError::Rejected {
+                    code: Some(ErrorCode::NotOwner),
+                    ..
+                }) => {
                     // The claim lapsed before the event reached the transformer.
+                    self.shared.metrics.refused(ErrorCode::NotOwner);
                     tracing::warn!(src = %self.data.src, "not forwarded: the claim lapsed before the transformer had the event");
                     return false;
                 }
@@ -266,10 +270,12 @@ impl Call {
                         })
                         .next_delay()
                 }
-                Err(e @ SendError::Rejected { .. }) => {
+                Err(e @ SendError::Rejected { code, .. }) => {
                     // The transformer will never take this event (too large,
                     // say): it is counted and logged, and the stream goes on.
-                    self.shared.metrics.reject("bad_request");
+                    self.shared
+                        .metrics
+                        .refused(code.unwrap_or(ErrorCode::BadRequest));
                     tracing::error!(src = %self.data.src, error = %error_chain(&e), "the transformer refused an event; it is dropped");
                     return true;
                 }

@@ -12,7 +12,7 @@ use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
 use bytes::Bytes;
 
 use gateway_common::env::join_host_port;
-use gateway_common::error::error_chain;
+use gateway_common::error::{error_chain, ErrorCode};
 use gateway_common::tls::{bearer, ClientError};
 
 #[derive(Clone)]
@@ -53,11 +53,18 @@ pub enum SendError {
         detail: String,
     },
     /// The transformer refused the event; retrying the same body will not help.
+    /// `code` is the error code its answer names (several share a status:
+    /// 409 is `not_owner`, `stale_id`...), `None` for an answer that is not
+    /// one of the gateway's JSON errors.
     #[error(
         "transformer refused the event with {status}: {}",
         String::from_utf8_lossy(body)
     )]
-    Rejected { status: u16, body: Bytes },
+    Rejected {
+        status: u16,
+        code: Option<ErrorCode>,
+        body: Bytes,
+    },
     /// No answer: connection refused, reset or timed out.
     #[error("transformer unreachable: {0}")]
     Unavailable(String),
@@ -117,11 +124,12 @@ impl TransformerClient {
         };
         claims.claim_header(src).map(Some).ok_or_else(|| {
             let body = serde_json::json!({
-                "error": gateway_common::error::ErrorCode::NotOwner.as_str(),
+                "error": ErrorCode::NotOwner.as_str(),
                 "detail": format!("this replica no longer holds configuration {src:?}; it runs elsewhere"),
             });
             SendError::Rejected {
                 status: 409,
+                code: Some(ErrorCode::NotOwner),
                 body: Bytes::from(body.to_string()),
             }
         })
@@ -212,7 +220,11 @@ fn classify(status: u16, retry_after: Option<u64>, body: Bytes) -> Result<Bytes,
             detail: String::from_utf8_lossy(&body).into_owned(),
         })
     } else {
-        Err(SendError::Rejected { status, body })
+        Err(SendError::Rejected {
+            status,
+            code: ErrorCode::of_body(&body),
+            body,
+        })
     }
 }
 
@@ -242,7 +254,11 @@ mod tests {
             .send("a", Bytes::from_static(b"{}"), Vec::new())
             .await
         {
-            Err(SendError::Rejected { status: 409, body }) => {
+            Err(SendError::Rejected {
+                status: 409,
+                code: Some(ErrorCode::NotOwner),
+                body,
+            }) => {
                 let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
                 assert_eq!(body["error"], "not_owner");
             }
