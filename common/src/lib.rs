@@ -14,6 +14,7 @@ pub mod coding;
 pub mod endpoint;
 pub mod env;
 pub mod error;
+pub mod media;
 pub mod metrics;
 pub mod nats;
 pub mod redact;

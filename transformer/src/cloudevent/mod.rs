@@ -100,7 +100,7 @@ impl CloudEvent {
     /// not JSON (which is embedded as itself, see [`Self::data_is_json`]).
     fn data_is_text(&self) -> bool {
         self.datacontenttype.as_deref().is_some_and(|ct| {
-            let essence = essence(ct);
+            let essence = gateway_common::media::essence(ct);
             !is_json_essence(&essence) && (essence.starts_with("text/") || essence.ends_with("xml"))
         })
     }
@@ -154,21 +154,11 @@ fn is_json(data: &[u8]) -> bool {
     !data.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok()
 }
 
-/// A media type without its parameters, lower-cased: `text/plain` of
-/// `Text/Plain; charset=utf-8`.
-fn essence(ct: &str) -> String {
-    ct.split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase()
-}
-
 fn is_json_media_type(ct: &str) -> bool {
-    is_json_essence(&essence(ct))
+    is_json_essence(&gateway_common::media::essence(ct))
 }
 
-/// [`is_json_media_type`] of a type already reduced to its [`essence`].
+/// [`is_json_media_type`] of a type already reduced to its essence.
 fn is_json_essence(essence: &str) -> bool {
     essence == JSON || essence.ends_with("+json") || essence == "text/json"
 }
