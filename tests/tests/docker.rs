@@ -23,15 +23,11 @@ fn declared_only(own: &[Var]) -> BTreeMap<String, bool> {
         .collect()
 }
 
-/// Variables the Rust SDK's user servers read (`var("NAME", ..)` / `port("NAME", ..)`).
+/// Variables the Rust SDK's user servers read, from its own list.
 fn sdk_fields() -> BTreeMap<String, bool> {
-    let text = std::fs::read_to_string(root().join("sdk-examples/rust-sdk/src/server.rs"))
-        .expect("read server.rs");
-    text.split('"')
-        .filter(|t| {
-            t.starts_with("GATEWAY_") && t.chars().all(|c| c.is_ascii_uppercase() || c == '_')
-        })
-        .map(|t| (t.to_owned(), false))
+    gateway_sdk::server::VARS
+        .iter()
+        .map(|(name, _)| (name.to_string(), false))
         .collect()
 }
 

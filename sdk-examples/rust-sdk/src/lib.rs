@@ -10,7 +10,7 @@ mod backoff;
 mod emitter;
 pub mod grpc;
 mod logging;
-mod server;
+pub mod server;
 mod tasks;
 
 pub use backoff::backoff;

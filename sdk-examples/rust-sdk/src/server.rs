@@ -38,29 +38,54 @@ pub struct Settings {
     pub grpc_port: u16,
 }
 
+/// A variable the SDK reads: its name and its default.
+pub type Var = (&'static str, &'static str);
+
+const SERVER_HTTP_PORT: Var = ("GATEWAY_PROCESSOR_SERVER_HTTP_PORT", "8080");
+const CLIENT_HOST: Var = ("GATEWAY_PROCESSOR_CLIENT_HOST", "127.0.0.1");
+const CLIENT_HTTP_PORT: Var = ("GATEWAY_PROCESSOR_CLIENT_HTTP_PORT", "9393");
+const CONFIG_START: Var = ("GATEWAY_HTTP_CONFIG_START", "/start");
+const CONFIG_STOP: Var = ("GATEWAY_HTTP_CONFIG_STOP", "/stop");
+const CONFIG_EVENT: Var = ("GATEWAY_HTTP_CONFIG_EVENT", "/event");
+const CONFIG_RUNNING: Var = ("GATEWAY_HTTP_CONFIG_RUNNING", "/activated");
+const CONFIG_ERROR: Var = ("GATEWAY_HTTP_CONFIG_ERROR", "/error");
+const SERVER_PROTOCOL: Var = ("GATEWAY_PROCESSOR_SERVER_PROTOCOL", "http");
+const SERVER_GRPC_PORT: Var = ("GATEWAY_PROCESSOR_SERVER_GRPC_PORT", "50051");
+
+/// Every variable [`Settings::from_env`] reads, so that deployment files can
+/// be checked against it.
+pub const VARS: [Var; 10] = [
+    SERVER_HTTP_PORT,
+    CLIENT_HOST,
+    CLIENT_HTTP_PORT,
+    CONFIG_START,
+    CONFIG_STOP,
+    CONFIG_EVENT,
+    CONFIG_RUNNING,
+    CONFIG_ERROR,
+    SERVER_PROTOCOL,
+    SERVER_GRPC_PORT,
+];
+
 impl Settings {
     /// Reads the contract's variables; malformed ports fall back to an error naming them.
     pub fn from_env() -> Result<Settings, String> {
-        let var = |k: &str, d: &str| {
+        let var = |(k, d): Var| {
             std::env::var(k)
                 .ok()
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| d.to_owned())
         };
-        let port = |k: &str, d: &str| var(k, d).parse::<u16>().map_err(|e| format!("{k}: {e}"));
+        let port = |v: Var| var(v).parse::<u16>().map_err(|e| format!("{}: {e}", v.0));
         Ok(Settings {
-            port: port("GATEWAY_PROCESSOR_SERVER_HTTP_PORT", "8080")?,
-            processor_client: format!(
-                "http://{}:{}",
-                var("GATEWAY_PROCESSOR_CLIENT_HOST", "127.0.0.1"),
-                port("GATEWAY_PROCESSOR_CLIENT_HTTP_PORT", "9393")?
-            ),
-            start_path: var("GATEWAY_HTTP_CONFIG_START", "/start"),
-            stop_path: var("GATEWAY_HTTP_CONFIG_STOP", "/stop"),
-            event_path: var("GATEWAY_HTTP_CONFIG_EVENT", "/event"),
-            running_path: var("GATEWAY_HTTP_CONFIG_RUNNING", "/activated"),
-            error_path: var("GATEWAY_HTTP_CONFIG_ERROR", "/error"),
-            grpc: match var("GATEWAY_PROCESSOR_SERVER_PROTOCOL", "http").as_str() {
+            port: port(SERVER_HTTP_PORT)?,
+            processor_client: format!("http://{}:{}", var(CLIENT_HOST), port(CLIENT_HTTP_PORT)?),
+            start_path: var(CONFIG_START),
+            stop_path: var(CONFIG_STOP),
+            event_path: var(CONFIG_EVENT),
+            running_path: var(CONFIG_RUNNING),
+            error_path: var(CONFIG_ERROR),
+            grpc: match var(SERVER_PROTOCOL).as_str() {
                 "http" => None,
                 "grpc" => Some(crate::Contract::Generic),
                 "grpc-v06" => Some(crate::Contract::V06),
@@ -70,7 +95,7 @@ impl Settings {
                 ))
                 }
             },
-            grpc_port: port("GATEWAY_PROCESSOR_SERVER_GRPC_PORT", "50051")?,
+            grpc_port: port(SERVER_GRPC_PORT)?,
         })
     }
 }
