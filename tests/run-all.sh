@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/setup.sh
-cargo build --workspace --locked
+cargo build --workspace --locked --all-targets
 cargo test --workspace --locked
 GATEWAY_BIN_DIR=target/debug ./target/debug/bench --smoke > /dev/null
 echo "benchmark smoke: every scenario ran"
