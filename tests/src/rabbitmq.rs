@@ -111,28 +111,17 @@ impl RabbitMq {
     /// closes every connection (CONNECTION_FORCED) and writes what it holds.
     pub async fn stop(&mut self) {
         if let Some(pid) = self.signal(libc::SIGTERM) {
-            // Gone, or a zombie waiting for its parent to reap it.
-            let gone = || {
-                std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .ok()
-                    .and_then(|s| {
-                        s.rsplit(')')
-                            .next()
-                            .map(|r| r.trim_start().starts_with('Z'))
-                    })
-                    .unwrap_or(true)
-            };
-            let start = std::time::Instant::now();
-            while !gone() && start.elapsed() < Duration::from_secs(60) {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            wait_gone(pid, Duration::from_secs(60)).await;
         }
         self.forget();
     }
 
-    /// SIGKILL: the Erlang VM gets no chance to close anything.
-    pub fn kill(&mut self) {
-        self.signal(libc::SIGKILL);
+    /// SIGKILL: the Erlang VM gets no chance to close anything. Returns once
+    /// it is gone, so a restart does not race the dying VM for its port.
+    pub async fn kill(&mut self) {
+        if let Some(pid) = self.signal(libc::SIGKILL) {
+            wait_gone(pid, Duration::from_secs(10)).await;
+        }
         self.forget();
     }
 
@@ -169,6 +158,26 @@ impl RabbitMq {
 
 impl Drop for RabbitMq {
     fn drop(&mut self) {
-        self.kill();
+        self.signal(libc::SIGKILL);
+        self.forget();
+    }
+}
+
+/// Waits up to `limit` until process `pid` is gone, or a zombie waiting for
+/// its parent to reap it.
+async fn wait_gone(pid: i32, limit: Duration) {
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit(')')
+                    .next()
+                    .map(|r| r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true)
+    };
+    let start = std::time::Instant::now();
+    while !gone() && start.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -193,18 +193,22 @@ async fn messages_arrive_once_in_order_and_are_acknowledged_after_the_gateway_to
     .await;
 }
 
-/// The broker stops (SIGTERM) and comes back while a thousand messages
-/// stream: its connection is forced closed, the messages the gateway held
-/// unacknowledged go back to the queue, and every one arrives once, in order.
-///
-/// Not SIGKILL: killed that way, RabbitMQ 3.10 itself came back without the
-/// queue's unacknowledged messages in about a third of the runs (all of them
-/// at once, while messages published after the restart arrived; the gateway
-/// acknowledges only what it forwarded, so it cannot have taken them). The
-/// gateway's side, a connection that drops and a broker that comes back, is
-/// the same either way.
-#[tokio::test]
-async fn a_broker_restarted_mid_stream_loses_nothing_and_repeats_nothing() {
+/// How a broker is stopped mid-stream.
+#[derive(Clone, Copy, Debug)]
+enum BrokerStop {
+    /// SIGTERM: it closes every connection (CONNECTION_FORCED) and writes
+    /// what it holds.
+    Term,
+    /// SIGKILL of the Erlang VM: no connection is closed, nothing flushed.
+    Kill,
+}
+
+/// The broker is stopped as `how` says while a thousand messages stream, and
+/// comes back: the messages the gateway held unacknowledged go back to the
+/// queue, and every one arrives once, in order. Prints what it saw, so that
+/// a loss can be placed: how many were at the sensor and how many ready in
+/// the queue before the stop.
+async fn broker_stopped_mid_stream(how: BrokerStop) {
     let _one = ONE_BROKER_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut broker = RabbitMq::start(dir.path()).await;
@@ -213,14 +217,40 @@ async fn a_broker_restarted_mid_stream_loses_nothing_and_repeats_nothing() {
     publish(&broker, "jobs", 0..1000).await;
     let g = gateway(&[("jobs", queue_config(&broker.url(), "jobs"))]).await;
     wait_numbers(&g, "jobs", 50).await;
-    broker.stop().await;
+    let (ready, _) = queue_state(&broker, "jobs").await;
+    match how {
+        BrokerStop::Term => broker.stop().await,
+        BrokerStop::Kill => broker.kill().await,
+    }
     let at_stop = numbers(&g, "jobs").len();
     broker.restart().await;
+    let (ready_after, _) = queue_state(&broker, "jobs").await;
+    eprintln!(
+        "{how:?}: {at_stop} of 1000 at the sensor at the stop; {ready} ready in the queue \
+         before it, {ready_after} right after the restart"
+    );
     publish(&broker, "jobs", 1000..1100).await;
     // What this test claims is nothing lost or repeated, not how soon.
     all_arrive_once_in_order(&g, 1100).await;
-    eprintln!("{at_stop} of 1000 at the sensor when the broker stopped");
     assert_eq!(g.wait_phase("jobs", "Running").await["phase"], "Running");
+}
+
+/// SIGTERM: the broker's orderly stop.
+#[tokio::test]
+async fn a_broker_restarted_mid_stream_loses_nothing_and_repeats_nothing() {
+    broker_stopped_mid_stream(BrokerStop::Term).await;
+}
+
+/// SIGKILL: the broker dies without a word. An earlier note put a loss here
+/// on RabbitMQ ("came back without the queue's unacknowledged messages in
+/// about a third of the runs"); it was not reproduced: this test passed
+/// 50 runs of 50 in a loop on an idle machine and 25 of 25 beside a release
+/// build (docs/delivery.md, "The broker killed"), and a reproduction with no
+/// gateway (1,000 confirmed persistent messages, 64 held unacknowledged,
+/// SIGKILL) kept every message in 5 of 5.
+#[tokio::test]
+async fn a_broker_killed_mid_stream_loses_nothing_and_repeats_nothing() {
+    broker_stopped_mid_stream(BrokerStop::Kill).await;
 }
 
 /// The connection to the broker is reset (RST both ways, as when the network
