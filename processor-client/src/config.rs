@@ -53,6 +53,8 @@ pub struct Config {
     pub transformer_port: u16,
     pub transformer_timeout: Duration,
     pub max_body_bytes: usize,
+    /// `GATEWAY_PROCESSOR_MAX_BATCH_EVENTS`: most events in one `POST /events`.
+    pub max_batch_events: usize,
     pub server_timeout: Duration,
     pub retry_base: Duration,
     pub retry_cap: Duration,
@@ -152,6 +154,11 @@ const MAX_BODY_BYTES: Var = Var::new(
     "1048576",
     "largest request body; larger gets 413",
 );
+const MAX_BATCH_EVENTS: Var = Var::new(
+    "GATEWAY_PROCESSOR_MAX_BATCH_EVENTS",
+    "1000",
+    "most events in one `POST /events` (within the body limit); more gets 413",
+);
 const SERVER_TIMEOUT: Var = Var::new(
     "GATEWAY_PROCESSOR_SERVER_TIMEOUT",
     "10s",
@@ -225,7 +232,7 @@ const LISTENER: Listener = Listener {
 
 /// Every variable only the processor-client reads, in the order the docs list
 /// them; it also reads [`shared::SHARED`].
-pub const VARS: [Var; 30] = [
+pub const VARS: [Var; 31] = [
     CONFIG_MAP,
     PROTOCOL,
     SERVER_HTTP_PORT,
@@ -243,6 +250,7 @@ pub const VARS: [Var; 30] = [
     TRANSFORMER_TIMEOUT,
     BATCH,
     MAX_BODY_BYTES,
+    MAX_BATCH_EVENTS,
     SERVER_TIMEOUT,
     RETRY_BASE,
     RETRY_CAP,
@@ -414,6 +422,7 @@ impl Config {
             transformer_timeout: env.duration(&TRANSFORMER_TIMEOUT)?,
             batch: env.bool(&BATCH)?,
             max_body_bytes: env.positive(&MAX_BODY_BYTES)?,
+            max_batch_events: env.positive(&MAX_BATCH_EVENTS)?,
             server_timeout: env.duration(&SERVER_TIMEOUT)?,
             retry_base: env.duration(&RETRY_BASE)?,
             retry_cap: env.duration(&RETRY_CAP)?,

@@ -183,6 +183,7 @@ pub async fn serve(
         transformer,
         metrics,
         max_body_bytes: config.max_body_bytes,
+        max_batch_events: config.max_batch_events,
         shutting_down: AtomicBool::new(false),
         sharing,
     });

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::transformer_client::{SendError, Trace, TransformerClient};
+use crate::transformer_client::{Ordered, SendError, Trace, TransformerClient};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{header, HeaderMap};
@@ -15,7 +15,7 @@ use bytes::Bytes;
 use gateway_common::coding;
 use gateway_common::endpoint::{self, Endpoint};
 use gateway_common::error::{ApiError, ErrorCode};
-use gateway_common::wire::{self, EventRequest};
+use gateway_common::wire::{self, BatchAnswer, BatchResult, EventRequest};
 use serde::Deserialize;
 
 use crate::config::Paths;
@@ -27,6 +27,8 @@ pub struct AppState {
     pub transformer: TransformerClient,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
+    /// `GATEWAY_PROCESSOR_MAX_BATCH_EVENTS`: most events in one `POST /events`.
+    pub max_batch_events: usize,
     pub shutting_down: AtomicBool,
     /// With `GATEWAY_PROCESSOR_SHARING=nats`: which configurations this replica holds.
     pub sharing: Option<Arc<crate::sharing::Sharing>>,
@@ -36,6 +38,7 @@ pub struct AppState {
 pub fn endpoints(paths: &Paths) -> Vec<Endpoint<Arc<AppState>>> {
     vec![
         Endpoint::post(&paths.event, event),
+        Endpoint::post(EVENTS_PATH, events),
         Endpoint::post(&paths.running, running),
         Endpoint::post(&paths.error, error),
         Endpoint::get("/configs", configs),
@@ -53,6 +56,9 @@ pub fn router(paths: &Paths, state: Arc<AppState>) -> Router {
 }
 
 type Params = Query<HashMap<String, String>>;
+
+/// Where a user server posts many events at once (beside the event path).
+pub const EVENTS_PATH: &str = "/events";
 
 fn lookup_error(e: LookupError) -> ApiError {
     match e {
@@ -119,6 +125,7 @@ fn read_event(
     let encoded = serde_json::to_vec(&EventRequest {
         payload: wire::encode_payload(&body),
         src: src.clone(),
+        id: None,
     })
     .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
     Ok(Outgoing {
@@ -182,25 +189,12 @@ async fn forward_event(
     let body = coding::read_body(headers, body, st.max_body_bytes)?;
     let event = read_event(st, headers, params, body)?;
     st.registry.admit_event(&event.src).map_err(lookup_error)?;
-    if let Some(sharing) = &st.sharing {
-        // Checked here, and again as the event leaves, and by the transformer
-        // on arrival: this process may be frozen at any point between.
-        if !sharing.may_forward(&event.src) {
-            return Err(ApiError::new(
-                ErrorCode::NotOwner,
-                format!(
-                    "replica {} does not hold configuration {:?} now; it runs elsewhere",
-                    sharing.replica(),
-                    event.src
-                ),
-            ));
-        }
-    }
-    let trace: Trace = ["traceparent", "tracestate"]
-        .into_iter()
-        .filter_map(|name| headers.get(name).map(|v| (name, v.clone())))
-        .collect();
-    match st.transformer.send(&event.src, event.body, trace).await {
+    check_claim(st, &event.src)?;
+    match st
+        .transformer
+        .send(&event.src, event.body, trace_of(headers))
+        .await
+    {
         Ok(answer) => Ok(([(header::CONTENT_TYPE, "application/json")], answer).into_response()),
         Err(SendError::Busy {
             retry_after_secs,
@@ -215,6 +209,128 @@ async fn forward_event(
             format!("the transformer did not take the event: {why}"),
         )),
         Err(SendError::Rejected { status, code, body }) => Err(refusal(status, code, &body)),
+    }
+}
+
+/// `POST /events`: a JSON array of `{src, payload, id?}`, each answered in
+/// `{"results": [...]}` as `POST /event` would have answered it alone. The
+/// body as a whole is checked first (a JSON array, within the limits); one
+/// that is not is refused whole, and nothing of it is taken.
+async fn events(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<BatchAnswer>, ApiError> {
+    let answer = forward_events(&st, &headers, body).await;
+    match &answer {
+        Ok(Json(answer)) => {
+            for r in &answer.results {
+                match r.error.as_deref() {
+                    None => {
+                        st.metrics.events_forwarded.inc();
+                    }
+                    Some(code) => st
+                        .metrics
+                        .refused(ErrorCode::parse(code).unwrap_or(ErrorCode::BadRequest)),
+                }
+            }
+        }
+        Err(e) => st.metrics.refused(e.code),
+    }
+    answer
+}
+
+async fn forward_events(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<BatchAnswer>, ApiError> {
+    let body = coding::read_body(headers, body, st.max_body_bytes)?;
+    let items: Vec<&serde_json::value::RawValue> = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body of POST /events is a JSON array of {{\"src\", \"payload\", \"id\"?}} objects: {e}"
+        ))
+    })?;
+    if items.len() > st.max_batch_events {
+        return Err(ApiError::new(
+            ErrorCode::TooLarge,
+            format!(
+                "{} events in one request; at most {} (GATEWAY_PROCESSOR_MAX_BATCH_EVENTS)",
+                items.len(),
+                st.max_batch_events
+            ),
+        ));
+    }
+    let mut results: Vec<Option<BatchResult>> = Vec::with_capacity(items.len());
+    let mut ready = Vec::with_capacity(items.len());
+    let mut slots = Vec::with_capacity(items.len());
+    for item in items {
+        let raw = item.get().as_bytes();
+        match check_event(st, raw) {
+            Ok(src) => {
+                slots.push(results.len());
+                results.push(None);
+                ready.push(Ordered {
+                    src,
+                    body: body.slice_ref(raw),
+                });
+            }
+            Err(e) => results.push(Some(failed(e))),
+        }
+    }
+    let answers = st.transformer.send_in_order(ready, trace_of(headers)).await;
+    for (slot, answer) in slots.into_iter().zip(answers) {
+        results[slot] = Some(answer);
+    }
+    Ok(Json(BatchAnswer {
+        results: results.into_iter().flatten().collect(),
+    }))
+}
+
+/// Checks one event of a batch as `POST /event` checks a JSON one: its body,
+/// its payload, its configuration, and this replica's claim on it.
+fn check_event(st: &AppState, raw: &[u8]) -> Result<String, ApiError> {
+    let bad = |e: &dyn std::fmt::Display| ApiError::bad_request(e.to_string());
+    let req = wire::parse_event_request(raw).map_err(|e| bad(&e))?;
+    wire::validate_payload(&req.payload).map_err(|e| bad(&e))?;
+    st.registry.admit_event(&req.src).map_err(lookup_error)?;
+    check_claim(st, &req.src)?;
+    Ok(req.src)
+}
+
+/// A refusal as a batch result.
+fn failed(e: ApiError) -> BatchResult {
+    BatchResult {
+        status: e.status().as_u16(),
+        id: None,
+        duplicate: None,
+        error: Some(e.code.as_str().to_owned()),
+        detail: Some(e.detail),
+        retry_after: e.retry_after_secs,
+    }
+}
+
+/// The producer's trace context, to go on with its events.
+fn trace_of(headers: &HeaderMap) -> Trace {
+    ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|name| headers.get(name).map(|v| (name, v.clone())))
+        .collect()
+}
+
+/// With sharing: refuses an event of a configuration this replica does not
+/// hold now. Checked here, and again as the event leaves, and by the
+/// transformer on arrival: this process may be frozen at any point between.
+fn check_claim(st: &AppState, src: &str) -> Result<(), ApiError> {
+    match &st.sharing {
+        Some(sharing) if !sharing.may_forward(src) => Err(ApiError::new(
+            ErrorCode::NotOwner,
+            format!(
+                "replica {} does not hold configuration {src:?} now; it runs elsewhere",
+                sharing.replica(),
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 

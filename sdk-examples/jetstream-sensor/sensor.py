@@ -45,6 +45,8 @@ def record(msg, out):
         "type": event.get_type(),
         "subject": event.get_subject(),
         "datacontenttype": event.get_datacontenttype(),
+        # A user server's own id for the event, when it gave one.
+        "originid": event.get_extension("originid"),
         "nats_subject": msg.subject,
         "data": data,
     }

@@ -75,6 +75,7 @@ class Handler(BaseHTTPRequestHandler):
             "time": sent_at.isoformat() if sent_at else None,
             "datacontenttype": event.get_datacontenttype(),
             "traceparent": headers.get("traceparent"),
+            "originid": event.get_extension("originid"),
             "via": headers.get("via"),
             "mode": "structured" if headers.get("content-type", "").startswith("application/cloudevents+json") else "binary",
             "data": data,

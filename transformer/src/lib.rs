@@ -6,6 +6,7 @@
 pub mod cloudevent;
 pub mod config;
 pub mod deadletters;
+pub mod dedup;
 pub mod dispatch;
 #[cfg(test)]
 mod fuzz;
@@ -80,6 +81,7 @@ pub async fn serve(
         Some(dir) => Store::open_tuned(dir, config.fsync, config.store_memtable_bytes as u64)?,
         None => Store::temporary()?,
     });
+    let dedup = open_dedup(&config, &store)?;
     let sinks = build_sinks(&config, &metrics).await?;
     if sinks.is_empty() {
         tracing::warn!(
@@ -109,6 +111,7 @@ pub async fn serve(
         metrics,
         intake: Intake::new(dispatcher),
         seen: Default::default(),
+        dedup,
     });
     let local = listener.local_addr().map_err(RunError::Serve)?;
     tracing::info!(
@@ -159,6 +162,38 @@ pub async fn serve(
     }
     tracing::info!("transformer stopped");
     Ok(())
+}
+
+/// The memory of named events (`TRANSFORMER_DEDUP_WINDOW`), given back what
+/// an earlier run remembered: the store's journal, and the name of every
+/// event still queued (stored, perhaps not yet journalled, when it crashed).
+fn open_dedup(config: &Config, store: &Store) -> Result<Option<dedup::Dedup>, RunError> {
+    if config.dedup_window.is_zero() {
+        return Ok(None);
+    }
+    let memory = dedup::Dedup::new(config.dedup_window, config.dedup_max_ids);
+    let now = dedup::now_secs();
+    let journalled = store.open_journal(memory.window_secs(), now)?;
+    let queued = store.queued()?;
+    let restored = journalled.len() + queued.len();
+    memory.restore(
+        journalled
+            .into_iter()
+            .map(|(key, at)| (dedup::Key::from_bytes(key), at))
+            .chain(
+                queued
+                    .iter()
+                    .map(|(_, _, e)| (dedup::Key::of(&e.source, &e.id), now)),
+            ),
+        now,
+    );
+    if restored > 0 {
+        tracing::info!(
+            remembered = memory.remembered(),
+            "event ids remembered from an earlier run"
+        );
+    }
+    Ok(Some(memory))
 }
 
 /// The `TRANSFORMER_FSYNC=<period>` policy: a power loss loses at most one period.

@@ -34,6 +34,12 @@ pub struct Metrics {
     pub returned: Counter,
     pub admission_waiting: Gauge,
     pub batches: Counter,
+    /// Named events taken before within the window, answered as duplicates.
+    pub duplicates: Counter,
+    /// New names refused because the memory of names was full.
+    pub dedup_full: Counter,
+    /// Names remembered now.
+    pub dedup_remembered: Gauge,
     delivered: Family<WatcherLabel, Counter>,
     retries: Family<WatcherLabel, Counter>,
     dead_lettered: Family<WatcherLabel, Counter>,
@@ -80,6 +86,9 @@ impl Metrics {
         let returned = Counter::default();
         let admission_waiting = Gauge::default();
         let batches = Counter::default();
+        let duplicates = Counter::default();
+        let dedup_full = Counter::default();
+        let dedup_remembered = Gauge::default();
         let delivered = Family::<WatcherLabel, Counter>::default();
         let retries = Family::<WatcherLabel, Counter>::default();
         let dead_lettered = Family::<WatcherLabel, Counter>::default();
@@ -115,6 +124,21 @@ impl Metrics {
             "transformer_batches",
             "Requests to POST /batch (events received over all inputs / this = mean batch size when the processor-client batches)",
             batches.clone(),
+        );
+        registry.register(
+            "transformer_events_duplicate",
+            "Events whose name (a user server's id, or a CloudEvent's source and id) was taken within TRANSFORMER_DEDUP_WINDOW: answered 200 with \"duplicate\": true, delivered nowhere again",
+            duplicates.clone(),
+        );
+        registry.register(
+            "transformer_dedup_full",
+            "Named events refused (503) because TRANSFORMER_DEDUP_MAX_IDS names within the window are remembered already",
+            dedup_full.clone(),
+        );
+        registry.register(
+            "transformer_dedup_remembered",
+            "Event names remembered for deduplication now",
+            dedup_remembered.clone(),
         );
         registry.register(
             "transformer_events_delivered",
@@ -191,6 +215,9 @@ impl Metrics {
             returned,
             admission_waiting,
             batches,
+            duplicates,
+            dedup_full,
+            dedup_remembered,
             delivered,
             retries,
             dead_lettered,

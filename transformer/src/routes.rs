@@ -12,6 +12,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 
 use crate::cloudevent::{CloudEvent, STRUCTURED_CONTENT_TYPE};
+use crate::dedup::{self, Check, Key};
 use crate::loops;
 use crate::metrics::KindLabel;
 use crate::state::{refused, AppState};
@@ -97,29 +98,47 @@ async fn accept_batch(
     st.metrics.batches.inc();
     let mut results = Vec::with_capacity(items.len());
     let mut events = Vec::with_capacity(items.len());
+    // (result slot, the event's name when it is new here)
     let mut slots = Vec::with_capacity(items.len());
+    // Items naming an event that an earlier item of this batch names: each
+    // is answered as that one is, as a duplicate when it was taken.
+    let mut repeats: Vec<(usize, usize)> = Vec::new();
     for item in &items {
-        if let Err(e) = claim_holds(item.claim_until.as_deref()) {
-            st.metrics.reject(reject_reason(&e));
-            results.push(failed(e));
-            continue;
-        }
-        let trace = [
-            ("traceparent", item.traceparent.as_deref()),
-            ("tracestate", item.tracestate.as_deref()),
-        ];
-        let trace = trace.into_iter().filter_map(|(k, v)| Some((k, v?)));
-        match gateway_event(st, item.event.get().as_bytes(), trace) {
-            Ok(event) => {
-                slots.push(results.len());
-                results.push(BatchResult {
-                    status: 200,
-                    id: Some(event.id.clone()),
-                    error: None,
-                    detail: None,
-                    retry_after: None,
-                });
-                events.push(event);
+        let event = claim_holds(item.claim_until.as_deref()).and_then(|()| {
+            let trace = [
+                ("traceparent", item.traceparent.as_deref()),
+                ("tracestate", item.tracestate.as_deref()),
+            ];
+            let trace = trace.into_iter().filter_map(|(k, v)| Some((k, v?)));
+            gateway_event(st, item.event.get().as_bytes(), trace)
+        });
+        let checked = event.map(|(event, named)| {
+            let name = check_name(st, &event, named);
+            (event, name)
+        });
+        match checked {
+            Ok((event, Ok(Named::New(key)))) => {
+                slots.push((results.len(), Some(key)));
+                results.push(taken(event.id.clone(), false));
+                events.push((event, Some(key.to_bytes())));
+            }
+            Ok((event, Ok(Named::Unnamed))) => {
+                slots.push((results.len(), None));
+                results.push(taken(event.id.clone(), false));
+                events.push((event, None));
+            }
+            Ok((event, Ok(Named::Duplicate))) => results.push(taken(event.id, true)),
+            Ok((_, Err(e))) => {
+                let repeat = match &e {
+                    NameError::InFlight(key) => slots.iter().find(|(_, k)| *k == Some(*key)),
+                    NameError::Full { .. } => None,
+                };
+                let e: ApiError = e.into();
+                match repeat {
+                    Some(&(first, _)) => repeats.push((results.len(), first)),
+                    None => st.metrics.reject(reject_reason(&e)),
+                }
+                results.push(failed(e));
             }
             Err(e) => {
                 st.metrics.reject(reject_reason(&e));
@@ -127,10 +146,17 @@ async fn accept_batch(
             }
         }
     }
-    st.seen
-        .remember(events.iter().map(|e| (e.source.as_str(), e.id.as_str())));
+    st.seen.remember(
+        events
+            .iter()
+            .map(|(e, _)| (e.source.as_str(), e.id.as_str())),
+    );
     let outcomes = dispatcher.dispatch_many(events).await;
-    for (slot, outcome) in slots.into_iter().zip(outcomes) {
+    for ((slot, key), outcome) in slots.into_iter().zip(outcomes) {
+        let ok = outcome.is_ok();
+        if let Some(key) = key {
+            settle_name(st, key, ok);
+        }
         match outcome {
             Ok(()) => {
                 st.metrics
@@ -145,7 +171,28 @@ async fn accept_batch(
             }
         }
     }
+    for (repeat, first) in repeats {
+        results[repeat] = match &results[first] {
+            r if r.status == 200 => {
+                st.metrics.duplicates.inc();
+                taken(r.id.clone().unwrap_or_default(), true)
+            }
+            r => r.clone(),
+        };
+    }
     Ok(Json(BatchAnswer { results }))
+}
+
+/// The answer for an event taken (now, or before when `duplicate`).
+fn taken(id: String, duplicate: bool) -> BatchResult {
+    BatchResult {
+        status: 200,
+        id: Some(id),
+        duplicate: duplicate.then_some(true),
+        error: None,
+        detail: None,
+        retry_after: None,
+    }
 }
 
 /// Refuses an event whose replica's claim on its configuration lapsed before
@@ -170,9 +217,86 @@ fn failed(e: ApiError) -> BatchResult {
     BatchResult {
         status: e.status().as_u16(),
         id: None,
+        duplicate: None,
         error: Some(e.code.as_str().to_owned()),
         detail: Some(e.detail),
         retry_after: e.retry_after_secs,
+    }
+}
+
+/// What deduplication says of an event before it is dispatched.
+enum Named {
+    /// No name of its own (a fresh UUID), or deduplication is off.
+    Unnamed,
+    /// Named, and not taken within the window: held until settled.
+    New(Key),
+    /// Taken within the window.
+    Duplicate,
+}
+
+/// Why a named event cannot be taken now.
+enum NameError {
+    /// Another request with the same name is being taken.
+    InFlight(Key),
+    /// The memory of names is full.
+    Full { retry_after_secs: u64 },
+}
+
+impl From<NameError> for ApiError {
+    fn from(e: NameError) -> ApiError {
+        match e {
+            NameError::InFlight(_) => ApiError::new(
+                ErrorCode::Backpressure,
+                "an event with this id is being taken by another request right now; send it \
+                 again: it is answered as a duplicate if that one was taken",
+            ),
+            NameError::Full { retry_after_secs } => ApiError::new(
+                ErrorCode::Backpressure,
+                "the transformer remembers TRANSFORMER_DEDUP_MAX_IDS event ids within \
+                 TRANSFORMER_DEDUP_WINDOW already; a new id is taken once the oldest expires",
+            )
+            .retry_after(retry_after_secs),
+        }
+    }
+}
+
+/// Looks an event's name up: `named` events (a user server's id, a relayed
+/// CloudEvent) are remembered by their CloudEvent `source` and `id`.
+fn check_name(st: &AppState, event: &CloudEvent, named: bool) -> Result<Named, NameError> {
+    let (Some(dedup), true) = (&st.dedup, named) else {
+        return Ok(Named::Unnamed);
+    };
+    let key = Key::of(&event.source, &event.id);
+    match dedup.check(key, dedup::now_secs()) {
+        Check::New => Ok(Named::New(key)),
+        Check::Duplicate => {
+            st.metrics.duplicates.inc();
+            Ok(Named::Duplicate)
+        }
+        Check::InFlight => Err(NameError::InFlight(key)),
+        Check::Full { retry_after_secs } => {
+            let n = st.metrics.dedup_full.inc() + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    remembered = dedup.remembered(),
+                    times = n,
+                    "event ids refused: the memory of ids (TRANSFORMER_DEDUP_MAX_IDS) is full \
+                     within TRANSFORMER_DEDUP_WINDOW; raise the one or shorten the other"
+                );
+            }
+            Err(NameError::Full { retry_after_secs })
+        }
+    }
+}
+
+/// A held name was taken (`ok`), or not: a retry of it is then new.
+fn settle_name(st: &AppState, key: Key, ok: bool) {
+    if let Some(dedup) = &st.dedup {
+        if ok {
+            dedup.taken(key, dedup::now_secs());
+        } else {
+            dedup.release(key);
+        }
     }
 }
 
@@ -188,8 +312,13 @@ async fn accept(
             .get(wire::CLAIM_HEADER)
             .map(|v| v.to_str().unwrap_or("")),
     )?;
-    let (event, kind) = decode(st, headers, body)?;
+    let (event, kind, named) = decode(st, headers, body)?;
     let id = event.id.clone();
+    let key = match check_name(st, &event, named)? {
+        Named::Duplicate => return Ok(Json(serde_json::json!({ "id": id, "duplicate": true }))),
+        Named::New(key) => Some(key),
+        Named::Unnamed => None,
+    };
     // A CloudEvent another gateway delivers that was taken here before has
     // come back around a loop of GATEWAY_WATCHERS (or is an upstream's
     // repeat): it was delivered from here already, so it is answered as
@@ -199,10 +328,17 @@ async fn accept(
         st.seen.remember([(event.source.as_str(), id.as_str())]);
     } else if !st.seen.take(&event.source, &id) {
         came_back(st, &event);
+        if let Some(key) = key {
+            settle_name(st, key, true);
+        }
         return Ok(Json(serde_json::json!({ "id": id })));
     }
     let source = checked.then(|| event.source.clone());
-    if let Err(r) = dispatcher.dispatch(event).await {
+    let outcome = dispatcher.dispatch(event, key.map(Key::to_bytes)).await;
+    if let Some(key) = key {
+        settle_name(st, key, outcome.is_ok());
+    }
+    if let Err(r) = outcome {
         if let Some(source) = source {
             st.seen.forget(&source, &id);
         }
@@ -230,14 +366,17 @@ fn came_back(st: &AppState, event: &CloudEvent) {
 
 /// Chooses the input form: a `ce-specversion` header means a binary CloudEvent, the
 /// structured media type a structured one, anything else the `{src, payload}` body.
+/// Says too whether the event has a name of its own to be remembered by: a
+/// CloudEvent always (its `source` and `id`), a gateway event when its
+/// producer gave an `id`.
 fn decode(
     st: &AppState,
     headers: &HeaderMap,
     body: Bytes,
-) -> Result<(CloudEvent, &'static str), ApiError> {
+) -> Result<(CloudEvent, &'static str, bool), ApiError> {
     let bad = |e: &dyn std::fmt::Display| ApiError::bad_request(e.to_string());
     if let Some(parsed) = CloudEvent::from_binary(headers, body.clone()) {
-        return parsed.map(|e| (e, "cloudevent")).map_err(|e| bad(&e));
+        return parsed.map(|e| (e, "cloudevent", true)).map_err(|e| bad(&e));
     }
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -246,7 +385,7 @@ fn decode(
         .to_ascii_lowercase();
     if content_type.starts_with(STRUCTURED_CONTENT_TYPE) {
         return CloudEvent::from_structured(&body)
-            .map(|e| (e, "cloudevent"))
+            .map(|e| (e, "cloudevent", true))
             .map_err(|e| bad(&e));
     }
     if content_type.starts_with("application/cloudevents-batch") {
@@ -261,16 +400,19 @@ fn decode(
             let value = headers.get(name)?.to_str().ok()?;
             Some((name, value))
         });
-    gateway_event(st, &body, trace).map(|e| (e, "gateway"))
+    gateway_event(st, &body, trace).map(|(e, named)| (e, "gateway", named))
 }
 
-/// A new CloudEvent from a `{src, payload}` body, carrying the producer's
-/// non-empty `traceparent` / `tracestate`.
+/// A new CloudEvent from a `{src, payload, id?}` body, carrying the producer's
+/// non-empty `traceparent` / `tracestate`; and whether the producer named it.
+/// A named event's CloudEvent id is derived from the gateway, the
+/// configuration and the name (the same three, the same id), and the name
+/// travels on as the extension attribute [`ORIGIN_ID`].
 fn gateway_event<'a>(
     st: &AppState,
     body: &[u8],
     trace: impl Iterator<Item = (&'a str, &'a str)>,
-) -> Result<CloudEvent, ApiError> {
+) -> Result<(CloudEvent, bool), ApiError> {
     let bad = |e: &dyn std::fmt::Display| ApiError::bad_request(e.to_string());
     let request = wire::parse_event_request(body).map_err(|e| bad(&e))?;
     let data = wire::decode_payload(&request.payload).map_err(|e| bad(&e))?;
@@ -280,11 +422,20 @@ fn gateway_event<'a>(
         &request.src,
         Bytes::from(data),
     );
+    let named = request.id.is_some();
+    if let Some(origin) = request.id {
+        event.id = dedup::cloudevent_id(&st.gateway_name, &request.src, &origin);
+        event.extensions.push((ORIGIN_ID.to_owned(), origin));
+    }
     for (name, value) in trace.filter(|(_, v)| !v.is_empty()) {
         event.extensions.push((name.to_owned(), value.to_owned()));
     }
-    Ok(event)
+    Ok((event, named))
 }
+
+/// The CloudEvent extension attribute that carries a user server's own id
+/// for the event (`id` of `POST /event` and `/events`).
+pub const ORIGIN_ID: &str = "originid";
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))

@@ -18,6 +18,8 @@ pub struct AppState {
     pub intake: Intake,
     /// The events taken last, to recognise one that comes back.
     pub seen: Seen,
+    /// Named events taken within `TRANSFORMER_DEDUP_WINDOW`; `None` when off.
+    pub dedup: Option<crate::dedup::Dedup>,
 }
 
 /// Open until shutdown begins; then every request that would queue an event,

@@ -6,12 +6,20 @@ use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_S
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-/// `{"src": KEY, "payload": BASE64}` as the contract fixes it.
+/// `{"src": KEY, "payload": BASE64, "id"?: TEXT}` as the contract fixes it.
+/// `id` is the user server's own name for the event: the same
+/// (configuration, id) always becomes the same CloudEvent id, and the
+/// transformer takes it once within its deduplication window.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EventRequest {
     pub src: String,
     pub payload: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
+
+/// The longest event id a user server may give, in characters.
+pub const MAX_EVENT_ID_CHARS: usize = 256;
 
 /// Why an event body was refused; every variant names the offending part so the
 /// producer can fix it without reading our logs.
@@ -23,6 +31,8 @@ pub enum WireError {
     MissingSrc,
     #[error("\"payload\" is not valid base64: {0}")]
     BadBase64(String),
+    #[error("\"id\" {0}")]
+    BadId(&'static str),
     #[error("x-gateway-claim-until must be milliseconds since the Unix epoch, not {0:?}")]
     BadClaim(String),
 }
@@ -34,6 +44,8 @@ pub fn parse_event_request(body: &[u8]) -> Result<EventRequest, WireError> {
     struct Loose {
         src: Option<String>,
         payload: Option<String>,
+        #[serde(default)]
+        id: Option<String>,
     }
     // serde reads a struct from an array too (its fields in order), and then
     // complains about the first element: say what the body is instead.
@@ -52,10 +64,32 @@ pub fn parse_event_request(body: &[u8]) -> Result<EventRequest, WireError> {
         .src
         .filter(|s| !s.is_empty())
         .ok_or(WireError::MissingSrc)?;
+    if let Some(id) = &loose.id {
+        check_event_id(id)?;
+    }
     Ok(EventRequest {
         src,
         payload: loose.payload.unwrap_or_default(),
+        id: loose.id,
     })
+}
+
+/// An event id is 1 to [`MAX_EVENT_ID_CHARS`] characters, none of them a
+/// control character: it is shown in logs and sent as a CloudEvent
+/// extension's value, and a line break there would forge a log line.
+pub fn check_event_id(id: &str) -> Result<(), WireError> {
+    if id.is_empty() {
+        return Err(WireError::BadId(
+            "is empty; leave it out, or give 1 to 256 characters",
+        ));
+    }
+    if id.chars().count() > MAX_EVENT_ID_CHARS {
+        return Err(WireError::BadId("is longer than 256 characters"));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(WireError::BadId("holds a control character"));
+    }
+    Ok(())
 }
 
 /// Decodes a payload, accepting the standard alphabet first and then the padless and
@@ -248,6 +282,10 @@ pub struct BatchResult {
     pub status: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// `Some(true)` when the event was taken before (its id within the
+    /// transformer's deduplication window): answered, delivered nowhere again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -292,6 +330,37 @@ mod tests {
         let r = parse_event_request(br#"{"src":"a","payload":"aGk="}"#).unwrap();
         assert_eq!(r.src, "a");
         assert_eq!(decode_payload(&r.payload).unwrap(), b"hi");
+    }
+
+    #[test]
+    fn an_event_id_is_read_and_checked() {
+        let r = parse_event_request(br#"{"src":"a","payload":"","id":"orders/0/42"}"#).unwrap();
+        assert_eq!(r.id.as_deref(), Some("orders/0/42"));
+        assert_eq!(parse_event_request(br#"{"src":"a"}"#).unwrap().id, None);
+        let long = format!(r#"{{"src":"a","id":"{}"}}"#, "\u{e9}".repeat(256));
+        assert!(
+            parse_event_request(long.as_bytes()).is_ok(),
+            "256 characters, not bytes"
+        );
+        for (body, why) in [
+            (r#"{"src":"a","id":""}"#.to_owned(), "is empty"),
+            (
+                format!(r#"{{"src":"a","id":"{}"}}"#, "x".repeat(257)),
+                "longer",
+            ),
+            (r#"{"src":"a","id":"a\nb"}"#.to_owned(), "control"),
+        ] {
+            let e = parse_event_request(body.as_bytes()).unwrap_err();
+            assert!(matches!(e, WireError::BadId(_)), "{e}");
+            assert!(
+                e.to_string().contains(why) && e.to_string().contains("\"id\""),
+                "{e}"
+            );
+        }
+        assert!(matches!(
+            parse_event_request(br#"{"src":"a","id":7}"#),
+            Err(WireError::Malformed(_))
+        ));
     }
 
     #[test]

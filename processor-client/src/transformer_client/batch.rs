@@ -11,6 +11,7 @@
 //! After such a refusal, offers are ignored for [`COOL_DOWN`]: a transformer
 //! that offers batches but has no endpoint for them is not asked again and again.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::{classify, retry_after, Header, SendError, Trace, TransformerClient};
-use gateway_common::error::error_chain;
+use gateway_common::error::{error_chain, ErrorCode};
 use gateway_common::wire::{self, BatchAnswer, BatchResult};
 
 /// Batch requests in flight at once. Enough to keep both the transformer's cores
@@ -259,12 +260,22 @@ fn answer_of(r: BatchResult) -> Result<Bytes, SendError> {
     #[derive(serde::Serialize)]
     #[serde(untagged)]
     enum Body<'a> {
-        Accepted { id: &'a str },
-        Failed { error: &'a str, detail: &'a str },
+        Accepted {
+            id: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            duplicate: Option<bool>,
+        },
+        Failed {
+            error: &'a str,
+            detail: &'a str,
+        },
     }
     let body = match &r.id {
-        Some(id) => Body::Accepted { id },
-        None => Body::Failed {
+        Some(id) if r.status < 300 => Body::Accepted {
+            id,
+            duplicate: r.duplicate,
+        },
+        _ => Body::Failed {
             error: r.error.as_deref().unwrap_or("error"),
             detail: r.detail.as_deref().unwrap_or(""),
         },
@@ -274,22 +285,32 @@ fn answer_of(r: BatchResult) -> Result<Bytes, SendError> {
 }
 
 async fn post(client: &TransformerClient, batch: &[Pending]) -> Whole {
-    let traces: Vec<Vec<(&str, &str)>> = batch
-        .iter()
-        .map(|p| {
-            p.trace
+    post_items(
+        client,
+        batch.iter().map(|p| (&p.body[..], &p.trace, &p.claim)),
+    )
+    .await
+}
+
+/// A batch item's fields besides its event: name and value.
+type Fields<'a> = Vec<(&'a str, &'a str)>;
+
+/// `POST /batch` of events, each with its trace and claim headers as fields.
+async fn post_items<'a>(
+    client: &TransformerClient,
+    items: impl Iterator<Item = (&'a [u8], &'a Trace, &'a Option<Header>)>,
+) -> Whole {
+    let items: Vec<(&[u8], Fields)> = items
+        .map(|(body, trace, claim)| {
+            let fields = trace
                 .iter()
-                .chain(&p.claim)
+                .chain(claim)
                 .filter_map(|(k, v)| Some((*k, v.to_str().ok()?)))
-                .collect()
+                .collect();
+            (body, fields)
         })
         .collect();
-    let body = wire::encode_batch(
-        batch
-            .iter()
-            .zip(&traces)
-            .map(|(p, t)| (&p.body[..], &t[..])),
-    );
+    let body = wire::encode_batch(items.iter().map(|(b, t)| (*b, &t[..])));
     let mut request = client
         .client
         .post(client.batch_url.clone())
@@ -321,5 +342,173 @@ async fn post(client: &TransformerClient, batch: &[Pending]) -> Whole {
             detail: String::from_utf8_lossy(&body).into_owned(),
         }),
         _ => Whole::Singly,
+    }
+}
+
+/// One event of a `POST /events` request, checked and ready to go on.
+pub struct Ordered {
+    pub src: String,
+    /// Its `{src, payload, id?}` body, as the user server sent it.
+    pub body: Bytes,
+}
+
+/// Sends a user server's batch on in its order, and answers each event as a
+/// single `POST /` would have: in `POST /batch` requests of at most the
+/// transformer's offer, one after another (so none overtakes another); one
+/// by one while the transformer has not offered batches. Once an event of a
+/// configuration is refused for now (503), the later events of that
+/// configuration are answered the same without being sent, so that when the
+/// user server sends them again they arrive in order.
+pub(super) async fn in_order(
+    client: &TransformerClient,
+    events: Vec<Ordered>,
+    trace: &Trace,
+) -> Vec<BatchResult> {
+    let mut results: Vec<Option<BatchResult>> = vec![None; events.len()];
+    let mut held: HashMap<String, BatchResult> = HashMap::new();
+    let mut next = 0;
+    while next < events.len() {
+        let max = client.batching.max_bytes.load(Ordering::Relaxed);
+        let mut chunk: Vec<(usize, Option<Header>)> = Vec::new();
+        let mut bytes = 0;
+        while let Some(event) = events.get(next) {
+            let cost = event.body.len() + FRAMING;
+            if !chunk.is_empty() && (max == 0 || bytes + cost > max) {
+                break;
+            }
+            next += 1;
+            if let Some(r) = held.get(&event.src) {
+                results[next - 1] = Some(r.clone());
+                continue;
+            }
+            match client.claim(Some(&event.src)) {
+                Ok(claim) => {
+                    bytes += cost;
+                    chunk.push((next - 1, claim));
+                }
+                Err(e) => results[next - 1] = Some(result_of(Err(e))),
+            }
+        }
+        let answered = send_chunk(client, &events, &chunk, trace).await;
+        for ((at, _), r) in chunk.iter().zip(answered) {
+            if r.status == 429 || r.status >= 500 {
+                held.entry(events[*at].src.clone())
+                    .or_insert_with(|| r.clone());
+            }
+            results[*at] = Some(r);
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| result_of(Err(SendError::Unavailable("not sent".into())))))
+        .collect()
+}
+
+/// One request for the chunk when batches are offered, else one per event
+/// in turn (each waiting for the one before, and none sent after a refusal
+/// for now of its configuration).
+async fn send_chunk(
+    client: &TransformerClient,
+    events: &[Ordered],
+    chunk: &[(usize, Option<Header>)],
+    trace: &Trace,
+) -> Vec<BatchResult> {
+    if chunk.len() > 1 && client.batching.is_on() {
+        let items = chunk
+            .iter()
+            .map(|(at, claim)| (&events[*at].body[..], trace, claim));
+        match post_items(client, items).await {
+            Whole::Answered(results) if results.len() == chunk.len() => return results,
+            Whole::Answered(results) => {
+                let why = format!(
+                    "the transformer answered a batch of {} events with {} results",
+                    chunk.len(),
+                    results.len()
+                );
+                return vec![result_of(Err(SendError::Unavailable(why))); chunk.len()];
+            }
+            Whole::Failed(e) => return vec![result_of(Err(e)); chunk.len()],
+            Whole::NotOffered => client.batching.withdrawn(),
+            Whole::Singly => {}
+        }
+    }
+    let mut out = Vec::with_capacity(chunk.len());
+    let mut held: HashMap<&str, BatchResult> = HashMap::new();
+    for (at, _) in chunk {
+        let event = &events[*at];
+        if let Some(r) = held.get(event.src.as_str()) {
+            out.push(r.clone());
+            continue;
+        }
+        let claimed = Some(event.src.as_str()).filter(|_| client.claims.is_some());
+        let r = result_of(client.send_one(event.body.clone(), trace, claimed).await);
+        if r.status == 429 || r.status >= 500 {
+            held.insert(&event.src, r.clone());
+        }
+        out.push(r);
+    }
+    out
+}
+
+/// A single event's outcome as a batch result.
+fn result_of(outcome: Result<Bytes, SendError>) -> BatchResult {
+    #[derive(serde::Deserialize, Default)]
+    struct Answer {
+        id: Option<String>,
+        duplicate: Option<bool>,
+        error: Option<String>,
+        detail: Option<String>,
+    }
+    let answer = |body: &[u8]| serde_json::from_slice::<Answer>(body).unwrap_or_default();
+    let failed =
+        |status: u16, error: String, detail: String, retry_after: Option<u64>| BatchResult {
+            status,
+            id: None,
+            duplicate: None,
+            error: Some(error),
+            detail: Some(detail),
+            retry_after,
+        };
+    match outcome {
+        Ok(body) => {
+            let a = answer(&body);
+            BatchResult {
+                status: 200,
+                id: a.id,
+                duplicate: a.duplicate.filter(|d| *d),
+                error: None,
+                detail: None,
+                retry_after: None,
+            }
+        }
+        Err(SendError::Busy {
+            retry_after_secs,
+            detail,
+        }) => {
+            let a = answer(detail.as_bytes());
+            failed(
+                503,
+                a.error
+                    .unwrap_or_else(|| ErrorCode::Backpressure.as_str().into()),
+                a.detail.unwrap_or(detail),
+                Some(retry_after_secs.max(1)),
+            )
+        }
+        Err(SendError::Unavailable(why)) => failed(
+            503,
+            ErrorCode::TransformerUnavailable.as_str().into(),
+            format!("the transformer did not take the event: {why}"),
+            Some(1),
+        ),
+        Err(SendError::Rejected { status, code, body }) => {
+            let a = answer(&body);
+            failed(
+                status,
+                code.map_or_else(|| "bad_request".into(), |c| c.as_str().into()),
+                a.detail
+                    .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(1024).collect()),
+                None,
+            )
+        }
     }
 }

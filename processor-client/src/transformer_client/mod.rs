@@ -5,6 +5,8 @@
 
 mod batch;
 
+pub use batch::Ordered;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -152,6 +154,16 @@ impl TransformerClient {
                 .unwrap_or_else(|_| Err(SendError::Unavailable("the batch sender stopped".into()))),
             Err((body, trace, src)) => self.send_one(body, &trace, src.as_deref()).await,
         }
+    }
+
+    /// Sends a user server's `POST /events` on, in order, with one result
+    /// per event: what a single `POST /` would have answered for it.
+    pub async fn send_in_order(
+        &self,
+        events: Vec<Ordered>,
+        trace: Trace,
+    ) -> Vec<gateway_common::wire::BatchResult> {
+        batch::in_order(self, events, &trace).await
     }
 
     /// One `POST /`; notes whether the transformer offers batches.

@@ -80,6 +80,11 @@ pub struct Config {
     /// `TRANSFORMER_ADMIT_WAIT`: how long a producer's request may wait for room
     /// in a full queue before it gets 503.
     pub admit_wait: Duration,
+    /// `TRANSFORMER_DEDUP_WINDOW`: how long named events are remembered;
+    /// zero: not at all.
+    pub dedup_window: Duration,
+    /// `TRANSFORMER_DEDUP_MAX_IDS`: most names remembered at once.
+    pub dedup_max_ids: usize,
     /// `TRANSFORMER_TOKEN`: when set, producers must send it as a bearer token.
     pub token: Option<String>,
     /// `WATCHER_TOKEN`: sent as a bearer token to every HTTP watcher, e.g. the
@@ -278,6 +283,8 @@ impl Config {
             queue_max_bytes: env.positive(&QUEUE_MAX_BYTES)?,
             store_memtable_bytes: env.positive(&STORE_MEMTABLE_BYTES)?,
             admit_wait: env.duration(&ADMIT_WAIT)?,
+            dedup_window: env.duration(&DEDUP_WINDOW)?,
+            dedup_max_ids: env.positive(&DEDUP_MAX_IDS)?,
             token: env.token(&shared::TRANSFORMER_TOKEN)?,
             watcher_token: env.token(&WATCHER_TOKEN)?,
             watcher_tls_ca: env.path(&WATCHER_TLS_CA),

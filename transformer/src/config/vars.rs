@@ -86,6 +86,16 @@ pub(super) const QUEUE_MAX_BYTES: Var = Var::new(
 /// Long enough to ride out a burst while the watchers catch up (the request is
 /// simply answered later, which slows producers without a 503 round trip), short
 /// enough that a dead sensor turns into 503s well inside any client's timeout.
+pub(super) const DEDUP_WINDOW: Var = Var::new(
+    "TRANSFORMER_DEDUP_WINDOW",
+    "10m",
+    "how long an event a user server named with an `id` (or a relayed CloudEvent's `source` and `id`) is remembered: a repeat within it is answered as taken, `\"duplicate\": true`, and delivered nowhere again; `0` turns this off",
+);
+pub(super) const DEDUP_MAX_IDS: Var = Var::new(
+    "TRANSFORMER_DEDUP_MAX_IDS",
+    "1000000",
+    "most event names remembered at once (about 36 bytes each); past it a new name is answered 503 until the oldest expires, never taken unremembered",
+);
 pub(super) const ADMIT_WAIT: Var = Var::new(
     "TRANSFORMER_ADMIT_WAIT",
     "500ms",
@@ -145,7 +155,7 @@ pub(super) const LISTENER: Listener = Listener {
 
 /// Every variable only the transformer reads, in the order the docs list them;
 /// it also reads [`shared::SHARED`] and, with NATS, [`gateway_common::nats::VARS`].
-pub const VARS: [Var; 29] = [
+pub const VARS: [Var; 31] = [
     LISTEN_ADDRESS,
     EVENT_TYPE,
     SENSOR_WATCHERS,
@@ -165,6 +175,8 @@ pub const VARS: [Var; 29] = [
     MAX_BODY_BYTES,
     QUEUE_MAX_BYTES,
     ADMIT_WAIT,
+    DEDUP_WINDOW,
+    DEDUP_MAX_IDS,
     DURABLE,
     DATA_DIR,
     WATCHER_TOKEN,

@@ -26,6 +26,10 @@ pub enum Refused {
     OverBudget { max: usize },
     #[error("no watcher {0} is configured")]
     UnknownWatcher(String),
+    /// An earlier event of the same configuration in the same batch was
+    /// refused; this one waits for it, so that order holds.
+    #[error("an earlier event of this configuration in the batch was refused, and this one may not overtake it")]
+    Behind,
     /// Shared, because one failed write refuses every event of its batch.
     #[error(transparent)]
     Store(Arc<StoreError>),

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::admission::{event_size, Admission, Admitted, Refused, Slots};
+use super::admission::{event_size, release_slots, Admission, Admitted, Refused, Slots};
 use super::lane::{Lane, LaneWorker, Queued};
 use super::writer::{Change, Finished, Then, Writer, Written};
 use super::Sink;
@@ -25,6 +25,10 @@ use crate::cloudevent::CloudEvent;
 use crate::config::RetryPolicy;
 use crate::metrics::{Metrics, WatcherMetrics};
 use crate::store::{encode_event, now_ms, DeadLetter, Store, StoreError, WatcherId};
+
+/// An event's name in the deduplication journal (a hash of its `source` and
+/// `id`); events without a name of their own have none.
+pub type Name = [u8; 12];
 
 struct WatcherQueue {
     id: WatcherId,
@@ -201,8 +205,9 @@ impl Dispatcher {
 
     /// Stores the event for every watcher and queues it, or refuses it whole. When
     /// this returns Ok the event is as durable as the fsync policy promises.
-    pub async fn dispatch(&self, event: CloudEvent) -> Result<(), Refused> {
-        self.dispatch_many(vec![event])
+    /// `name`, when the event has one, goes to the deduplication journal with it.
+    pub async fn dispatch(&self, event: CloudEvent, name: Option<Name>) -> Result<(), Refused> {
+        self.dispatch_many(vec![(event, name)])
             .await
             .pop()
             .unwrap_or(Ok(()))
@@ -211,15 +216,20 @@ impl Dispatcher {
     /// [`Dispatcher::dispatch`] for many events at once, with one outcome each, in
     /// order. Each event waits for room on its own; those admitted are stored with
     /// one write and one fsync between them, which is what makes a batch cheaper
-    /// than its events one by one.
-    pub async fn dispatch_many(&self, events: Vec<CloudEvent>) -> Vec<Result<(), Refused>> {
+    /// than its events one by one. Once an event is refused, the later events
+    /// of its configuration (its ordering key) in the batch are refused too:
+    /// taking them would put them before it when its producer sends it again.
+    pub async fn dispatch_many(
+        &self,
+        events: Vec<(CloudEvent, Option<Name>)>,
+    ) -> Vec<Result<(), Refused>> {
         let targets: Vec<&WatcherQueue> = self.watchers.iter().collect();
         if targets.is_empty() {
-            return events.iter().map(|_| Ok(())).collect();
+            return self.remember_only(events).await;
         }
         let plans: Vec<(usize, usize)> = events
             .iter()
-            .map(|e| (self.lane_of(e), event_size(e)))
+            .map(|(e, _)| (self.lane_of(e), event_size(e)))
             .collect();
         let rooms = futures::future::join_all(
             plans
@@ -230,14 +240,28 @@ impl Dispatcher {
         let mut results = Vec::with_capacity(events.len());
         let mut admitted_at = Vec::new();
         let mut ready = Vec::new();
-        for ((event, (lane, size)), room) in events.into_iter().zip(plans).zip(rooms) {
+        let mut remembered = Vec::new();
+        let mut held_back: Vec<String> = Vec::new();
+        let now = crate::dedup::now_secs();
+        for (((event, name), (lane, size)), room) in events.into_iter().zip(plans).zip(rooms) {
+            let key = event.ordering_key();
             match room {
+                Ok(()) if held_back.iter().any(|k| k == key) => {
+                    let slots: Vec<&Slots> = targets.iter().map(|w| &*w.slots).collect();
+                    release_slots(&slots);
+                    drop(self.admission.admitted(event, size));
+                    results.push(Err(Refused::Behind));
+                }
                 Ok(()) => {
                     admitted_at.push(results.len());
+                    remembered.extend(name.map(|n| (n, now)));
                     ready.push((lane, self.admission.admitted(event, size)));
                     results.push(Ok(()));
                 }
-                Err(refused) => results.push(Err(refused)),
+                Err(refused) => {
+                    held_back.push(key.to_owned());
+                    results.push(Err(refused));
+                }
             }
         }
         if ready.is_empty() {
@@ -252,6 +276,7 @@ impl Dispatcher {
             .queue_stored(None, ready, |first, then| Change::Append {
                 watchers,
                 events: (first..).zip(encoded).collect(),
+                remembered,
                 then,
             })
             .await;
@@ -261,6 +286,37 @@ impl Dispatcher {
             }
         }
         results
+    }
+
+    /// With no watcher, events are taken and delivered to nobody; their names
+    /// are still remembered, so a repeat is still answered as one.
+    async fn remember_only(
+        &self,
+        events: Vec<(CloudEvent, Option<Name>)>,
+    ) -> Vec<Result<(), Refused>> {
+        let now = crate::dedup::now_secs();
+        let remembered: Vec<_> = events
+            .iter()
+            .filter_map(|(_, name)| name.map(|n| (n, now)))
+            .collect();
+        if !remembered.is_empty() {
+            let watchers = self.ids.clone();
+            let stored = self
+                .queue_stored(None, Vec::new(), |_, then| Change::Append {
+                    watchers,
+                    events: Vec::new(),
+                    remembered,
+                    then,
+                })
+                .await;
+            if let Err(e) = stored {
+                return events
+                    .iter()
+                    .map(|_| Err(Refused::Store(e.clone())))
+                    .collect();
+            }
+        }
+        events.iter().map(|_| Ok(())).collect()
     }
 
     /// Queues a dead letter again for its watcher, after what is queued now.

@@ -31,6 +31,7 @@ use std::time::Duration;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::oneshot;
 
+use crate::store::seen::Remembered;
 use crate::store::{DeadLetter, Fsync, Store, StoreError, WatcherId};
 
 /// What the writer reports to a change once it is committed (and synced, under
@@ -42,10 +43,12 @@ pub type Then = Box<dyn FnOnce(Written) + Send>;
 
 /// One change to the store.
 pub enum Change {
-    /// Encoded events, by sequence number, for every listed watcher.
+    /// Encoded events, by sequence number, for every listed watcher, and the
+    /// names of those that have one, for the deduplication journal.
     Append {
         watchers: Arc<[WatcherId]>,
         events: Vec<(u64, Vec<u8>)>,
+        remembered: Vec<Remembered>,
         then: Then,
     },
     /// A dead letter back into its watcher's queue under a new sequence number.
@@ -175,8 +178,14 @@ fn write_changes(
         for (i, change) in group.iter().enumerate() {
             match change {
                 Change::Append {
-                    watchers, events, ..
-                } => batch.append(watchers, events),
+                    watchers,
+                    events,
+                    remembered,
+                    ..
+                } => {
+                    batch.append(watchers, events);
+                    batch.remember(remembered);
+                }
                 Change::Resurrect { letter, seq, .. } => batch.resurrect(letter, *seq),
                 Change::Bury { letter, .. } => {
                     if let Err(e) = batch.bury(letter) {
@@ -251,6 +260,7 @@ mod tests {
             writer.send(Change::Append {
                 watchers: watchers.clone(),
                 events: vec![(seq, encode_event(&ev))],
+                remembered: Vec::new(),
                 then: Box::new(move |written| {
                     // Already readable when `then` runs.
                     let stored = s.queued().unwrap().iter().any(|(_, q, _)| *q == seq);
@@ -290,6 +300,7 @@ mod tests {
         writer.send(Change::Append {
             watchers: Arc::from(vec![w]),
             events: vec![(1, encode_event(&ev)), (2, encode_event(&ev))],
+            remembered: Vec::new(),
             then: Box::new(move |written| {
                 let _ = tx.send(written.is_ok());
             }),

@@ -15,11 +15,12 @@ mod cause;
 mod codec;
 mod dead;
 pub mod log;
+pub mod seen;
 mod settle;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -69,6 +70,8 @@ pub const DEFAULT_MEMTABLE_BYTES: u64 = 1024 * 1024;
 
 /// Where the queue's log lives inside the data directory (fjall has the rest).
 const LOG_DIR: &str = "queue-log";
+/// Where the journal of remembered event names lives ([`seen`]).
+const SEEN_DIR: &str = "dedup";
 
 /// When the store forces its writes to stable storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +104,8 @@ pub struct Store {
     fsync: Fsync,
     /// fjall was written to since the last sync.
     dead_changed: AtomicBool,
+    /// The journal of remembered names, once [`Store::open_journal`] opened it.
+    seen: OnceLock<Mutex<seen::Journal>>,
     _temporary: Option<tempfile::TempDir>,
 }
 
@@ -182,6 +187,7 @@ impl Store {
             watchers,
             fsync,
             dead_changed: AtomicBool::new(false),
+            seen: OnceLock::new(),
             _temporary: temporary,
         };
         store.settle(&replayed)?;
@@ -194,6 +200,26 @@ impl Store {
 
     pub fn fsync(&self) -> Fsync {
         self.fsync
+    }
+
+    /// Opens the journal of remembered event names (deduplication over a
+    /// window of `window` seconds) and returns what it holds within the
+    /// window at `now`. From then on every batch writes its names there.
+    pub fn open_journal(&self, window: u32, now: u32) -> Result<Vec<seen::Remembered>, StoreError> {
+        let dir = self.log().dir().with_file_name(SEEN_DIR);
+        let (journal, remembered) =
+            seen::Journal::open(&dir, window, now).map_err(|e| StoreError::Open {
+                path: absolute(&dir),
+                cause: io_cause(&e),
+            })?;
+        let _ = self.seen.set(Mutex::new(journal));
+        Ok(remembered)
+    }
+
+    fn journal(&self) -> Option<std::sync::MutexGuard<'_, seen::Journal>> {
+        self.seen
+            .get()
+            .map(|j| j.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Records the name behind a watcher id, so stored events can be named later.
@@ -220,6 +246,7 @@ impl Store {
             records: Vec::new(),
             ops: Vec::new(),
             resurrected: Vec::new(),
+            remembered: Vec::new(),
         }
     }
 
@@ -264,6 +291,14 @@ impl Store {
         if dir_changed {
             std::fs::File::open(&dir)?.sync_all()?;
         }
+        if let Some((files, dir_changed, dir)) = self.journal().map(|mut j| j.to_sync()) {
+            for file in files {
+                file.sync_data()?;
+            }
+            if dir_changed {
+                std::fs::File::open(&dir)?.sync_all()?;
+            }
+        }
         if self.dead_changed.swap(false, Ordering::Relaxed) {
             self.db.persist(PersistMode::SyncData)?;
         }
@@ -278,6 +313,8 @@ pub struct Batch<'a> {
     ops: Vec<log::Op>,
     /// Dead letters to remove once their replay is in the log.
     resurrected: Vec<(WatcherId, u64)>,
+    /// Event names for the journal, written after the events.
+    remembered: Vec<seen::Remembered>,
 }
 
 impl Batch<'_> {
@@ -311,10 +348,20 @@ impl Batch<'_> {
         self.resurrected.push((letter.watcher, letter.seq));
     }
 
-    /// Writes everything with one `write(2)`; it reaches the operating system
-    /// before this returns.
+    /// Remembers event names (of events appended in this batch) in the
+    /// journal, when it is open.
+    pub fn remember(&mut self, names: &[seen::Remembered]) {
+        self.remembered.extend_from_slice(names);
+    }
+
+    /// Writes everything with one `write(2)` (and the names with one more,
+    /// after it); it reaches the operating system before this returns.
     pub fn commit(self) -> Result<(), StoreError> {
         self.store.log().commit(&self.records, self.ops)?;
+        if let (Some(mut journal), Some(&(_, now))) = (self.store.journal(), self.remembered.last())
+        {
+            journal.append(&self.remembered, now)?;
+        }
         for (w, seq) in self.resurrected {
             self.store.dead.remove(key(w, seq))?;
             self.store.dead_changed.store(true, Ordering::Relaxed);
