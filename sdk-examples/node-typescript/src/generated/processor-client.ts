@@ -31,6 +31,35 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Hand over many events at once
+         * @description A JSON array of events, each as `/event` takes it, at most
+         *     `GATEWAY_PROCESSOR_MAX_BATCH_EVENTS` (1000 by default) within the body
+         *     limit. Answered 200 with one result per event, in order: each what
+         *     `/event` would have answered for that event alone (`status` 200 with
+         *     the CloudEvent `id`, or the error with its `status`, and `retry_after`
+         *     for a 503). Events of one configuration keep their order; once one is
+         *     answered 503, the later events of its configuration in the same request
+         *     are answered 503 too and not taken, so that sending the refused ones
+         *     again (in order) keeps that order. A body that is not such an array, or
+         *     over a limit, is one error answer and none of it is taken.
+         */
+        post: operations["postEvents"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/activated": {
         parameters: {
             query?: never;
@@ -162,6 +191,16 @@ export interface components {
              * @example eyJvcmRlciI6IDQyfQ==
              */
             payload?: string;
+            /**
+             * @description The user server's own name for the event (a message id, `topic/partition/offset`).
+             *     The same configuration and id always give the same CloudEvent id, and the
+             *     transformer takes it once within `TRANSFORMER_DEDUP_WINDOW` (10 minutes by
+             *     default): a repeat is answered 200 with `"duplicate": true` and delivered to
+             *     no watcher again. Sensors see it as the CloudEvent extension `originid`.
+             *     Absent: a fresh CloudEvent id, as before.
+             * @example orders/0/42
+             */
+            id?: string;
         };
         Accepted: {
             /**
@@ -169,6 +208,32 @@ export interface components {
              * @example 01a2046a-917c-7312-9bf8-47bc3bd5a14d
              */
             id: string;
+            /** @description Present (true) when the event's `id` was taken before within the window; it is delivered nowhere again. */
+            duplicate?: boolean;
+        };
+        BatchAnswer: {
+            results: components["schemas"]["BatchResult"][];
+        };
+        /** @description What `/event` would have answered for this event alone. */
+        BatchResult: {
+            /**
+             * @description 200 when taken; otherwise the error's status (400, 404, 409, 410, 503...).
+             * @example 200
+             */
+            status: number;
+            /** @description With status 200, the CloudEvent id. */
+            id?: string;
+            /** @description With status 200, true when the event's `id` was taken before. */
+            duplicate?: boolean;
+            /**
+             * @description Otherwise the error code.
+             * @example backpressure
+             */
+            error?: string;
+            /** @description Otherwise what is wrong, for a person. */
+            detail?: string;
+            /** @description With status 503, the seconds to wait before sending this event (and its configuration's later ones) again. */
+            retry_after?: number;
         };
         /** @description A running or error notice. `src` may instead be given as `?src=`; null fields count as absent. */
         Notice: {
@@ -385,6 +450,34 @@ export interface operations {
             413: components["responses"]["TooLarge"];
             415: components["responses"]["Encoding"];
             503: components["responses"]["RetryLater"];
+        };
+    };
+    postEvents: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["EventRequest"][];
+            };
+        };
+        responses: {
+            /** @description One result per event, in order. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BatchAnswer"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            408: components["responses"]["BodyTimeout"];
+            413: components["responses"]["TooLarge"];
+            415: components["responses"]["Encoding"];
         };
     };
     postRunning: {
