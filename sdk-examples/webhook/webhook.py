@@ -7,6 +7,10 @@ matching request becomes an event carrying its method, path, headers and body;
 the caller is answered 200 once the gateway has the event, 503 (with Retry-After)
 when the gateway cannot take it now. A wrong method gets 405, an unknown path
 404. Configurations may share a port; stopping the last one on a port closes it.
+
+A request's `Idempotency-Key` header (or `X-Request-Id`) becomes the event's
+`id`: a sender that retries after a lost answer is answered 200 again, and the
+gateway delivers the event once.
 """
 import base64
 import json
@@ -81,7 +85,11 @@ class Hook(BaseHTTPRequestHandler):
         except UnicodeDecodeError:
             event["bodyBase64"] = base64.b64encode(body).decode()
         payload = base64.b64encode(json.dumps(event).encode()).decode()
-        status, retry_after = post("/event", {"src": src, "payload": payload})
+        request = {"src": src, "payload": payload}
+        key = self.headers.get("Idempotency-Key") or self.headers.get("X-Request-Id")
+        if key and 0 < len(key) <= 256:
+            request["id"] = key
+        status, retry_after = post("/event", request)
         if 200 <= status < 300:
             return self.answer(200, "ok\n")
         if status == 503:

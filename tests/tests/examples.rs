@@ -132,14 +132,19 @@ async fn webhook_turns_matching_requests_into_events() {
         .await
         .expect("post");
     assert_eq!(r.status().as_u16(), 200);
-    let r = g
-        .http
-        .put(url("/refunds"))
-        .body("plain")
-        .send()
-        .await
-        .expect("put");
-    assert_eq!(r.status().as_u16(), 200);
+    // A sender retrying with the same Idempotency-Key: answered 200 each
+    // time, delivered once.
+    for _ in 0..2 {
+        let r = g
+            .http
+            .put(url("/refunds"))
+            .header("idempotency-key", "refund-7")
+            .body("plain")
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(r.status().as_u16(), 200);
+    }
     assert_eq!(
         g.http
             .get(url("/orders"))
@@ -174,6 +179,13 @@ async fn webhook_turns_matching_requests_into_events() {
         .find(|e| e["subject"] == "refunds")
         .expect("refund event");
     assert_eq!(refund["data"]["body"], "plain");
+    assert_eq!(refund["originid"], "refund-7");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        g.sensor_events().len(),
+        2,
+        "the retried webhook is delivered once"
+    );
 
     g.remove_config("orders");
     g.wait_phase("orders", "Stopped").await;

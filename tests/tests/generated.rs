@@ -118,7 +118,10 @@ async fn typescript_user_server_sends_a_batch_of_a_thousand_with_ids() {
     let node = example("node-typescript");
     run_ok(Command::new("npx").current_dir(&node).arg("tsc"), "tsc");
     let mut g = Gateway::new(UserServerKind::Node);
-    g.set_config("bulk", r#"{"count": 1000, "batch": 1000, "interval_ms": 0}"#);
+    g.set_config(
+        "bulk",
+        r#"{"count": 1000, "batch": 1000, "interval_ms": 0}"#,
+    );
     g.start_sensor().await;
     g.start_transformer().await;
     let mut cmd = Command::new("node");
@@ -127,8 +130,10 @@ async fn typescript_user_server_sends_a_batch_of_a_thousand_with_ids() {
     g.start_processor().await;
     let events = g.wait_sensor(1000).await;
     assert_ordered(&events);
-    let ids: std::collections::HashSet<&str> =
-        events.iter().filter_map(|e| e["originid"].as_str()).collect();
+    let ids: std::collections::HashSet<&str> = events
+        .iter()
+        .filter_map(|e| e["originid"].as_str())
+        .collect();
     assert_eq!(ids.len(), 1000, "each event carries its own id");
     assert!(
         g.metric(&g.pc_url("/metrics"), "processor_events_forwarded_total")

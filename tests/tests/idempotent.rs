@@ -435,3 +435,76 @@ async fn a_relayed_cloudevent_posted_twice_is_delivered_once() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(g.sensor_events().len(), 2);
 }
+
+/// The Rust SDK's emitter, as a user server in this process: 300 events
+/// emitted at once pile up into `/events` requests, each with its id; emitted
+/// again, every one is answered with the same CloudEvent id, and the sensor
+/// has each once, in order.
+#[tokio::test]
+async fn the_rust_sdks_emitter_sends_piled_up_events_together_and_with_ids() {
+    use gateway_sdk::{CancellationToken, ConfigData, ConfigExecutor, Emitter, Event};
+
+    struct Bulk(tokio::sync::mpsc::UnboundedSender<Vec<Result<String, String>>>);
+
+    impl ConfigExecutor for Bulk {
+        fn validate(&self, _: &ConfigData) -> Result<(), String> {
+            Ok(())
+        }
+        fn start(
+            &self,
+            config: ConfigData,
+            emitter: Emitter,
+            _stop: CancellationToken,
+        ) -> impl std::future::Future<Output = ()> + Send + 'static {
+            let report = self.0.clone();
+            async move {
+                let _ = emitter.running().await;
+                for _round in 0..2 {
+                    let events = (0..300).map(|seq| {
+                        let data = json!({ "src": config.src, "seq": seq, "timeID": "sdk" });
+                        Event::new(data.to_string().into_bytes()).with_id(format!("sdk-{seq}"))
+                    });
+                    let answers = emitter.emit_all(events).await;
+                    let _ = report.send(
+                        answers
+                            .into_iter()
+                            .map(|a| a.map_err(|e| e.to_string()))
+                            .collect(),
+                    );
+                }
+            }
+        }
+    }
+
+    let mut g = Gateway::new(UserServerKind::Python);
+    g.set_config("bulk", "{}");
+    g.start_sensor().await;
+    g.start_transformer().await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", g.us_port))
+        .await
+        .expect("bind the user server's port");
+    let mut settings = gateway_sdk::Settings::from_env().expect("settings");
+    settings.processor_client = g.pc_url("");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(gateway_sdk::serve(Bulk(tx), settings, listener, async {
+        let _ = stopped.await;
+    }));
+    g.start_processor().await;
+    let first = rx.recv().await.expect("the first round's answers");
+    let second = rx.recv().await.expect("the second round's answers");
+    assert!(first.iter().all(Result::is_ok), "{first:?}");
+    assert_eq!(first, second, "the same ids, the same CloudEvent ids");
+    let got = g.wait_sensor(300).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(g.sensor_events().len(), 300, "each once");
+    assert_ordered(&got);
+    assert!(
+        g.metric(&g.tr_url("/metrics"), "transformer_batches_total")
+            .await
+            >= 1.0,
+        "events went together"
+    );
+    let _ = stop.send(());
+    let _ = server.await;
+}

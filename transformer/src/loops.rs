@@ -17,8 +17,12 @@
 //! CloudEvents spec lets a consumer take the same `source` and `id` for the
 //! same event.
 //!
-//! Only deliveries from a gateway are checked: a producer posting CloudEvents
-//! itself is taken at its word, even if it reuses an id.
+//! Only deliveries from a gateway are checked here, for as long as the ring
+//! remembers them. Every CloudEvent posted (a gateway's delivery or a
+//! producer's) is also remembered by [`crate::dedup`] for
+//! `TRANSFORMER_DEDUP_WINDOW`, which answers a repeat as a duplicate first;
+//! this ring still recognises the events built here that come back, which
+//! have no name of their own to be remembered by there.
 
 use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher, Hasher};

@@ -1,10 +1,15 @@
 //! A configuration's events and notices, to the processor-client. Over HTTP an
 //! event is posted until the processor-client takes it: 503 waits `Retry-After`,
 //! a connection failure waits a moment; only a 4xx (the event itself is wrong) or
-//! a stop ends the attempt without success. On a gRPC call an event is written to
-//! the call's stream, waiting while the stream is full (the gateway is not
-//! reading: HTTP/2 flow control).
+//! a stop ends the attempt without success. Events emitted while the last
+//! request is in flight pile up and go together as one `POST /events` (no
+//! timer: an idle emitter sends each event at once, to the event path). An
+//! event may carry an id of its own: the gateway then takes it once, however
+//! often it is sent. On a gRPC call an event is written to the call's stream,
+//! waiting while the stream is full (the gateway is not reading: HTTP/2 flow
+//! control); ids have no place there.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -12,7 +17,40 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::pile::{Pile, Waiting};
 use crate::ConfigData;
+
+/// Where the processor-client takes many events at once.
+const EVENTS_PATH: &str = "/events";
+/// Most events in one `POST /events` (the processor-client's default bound).
+const MOST_EVENTS: usize = 1000;
+
+/// One event: its data, and optionally the user server's own name for it
+/// (a message id, `topic/partition/offset`), so that sending it again after
+/// a crash or a lost answer does not deliver it twice.
+#[derive(Debug, Clone, Default)]
+pub struct Event {
+    pub payload: Bytes,
+    pub id: Option<String>,
+}
+
+impl Event {
+    pub fn new(payload: impl Into<Bytes>) -> Event {
+        Event {
+            payload: payload.into(),
+            id: None,
+        }
+    }
+
+    /// The event named `id` (1 to 256 characters, no control characters).
+    pub fn with_id(mut self, id: impl Into<String>) -> Event {
+        self.id = Some(id.into());
+        self
+    }
+}
+
+/// An event's answer: its CloudEvent id.
+type Answer = Result<String, EmitError>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmitError {
@@ -47,28 +85,119 @@ pub(crate) struct HttpLine {
     pub(crate) event_path: String,
     pub(crate) running_path: String,
     pub(crate) error_path: String,
+    /// The configuration's events waiting for a request.
+    pub(crate) pile: Arc<Pile<serde_json::Value, Answer>>,
+}
+
+impl HttpLine {
+    pub(crate) fn pile() -> Arc<Pile<serde_json::Value, Answer>> {
+        Arc::new(Pile::new(MOST_EVENTS))
+    }
 }
 
 impl Emitter {
     /// Sends one event; returns the CloudEvent id the gateway gave it (over
     /// HTTP; a gRPC stream has no answer, and the id is empty).
     pub async fn emit(&self, payload: &[u8]) -> Result<String, EmitError> {
+        self.emit_event(Event::new(Bytes::copy_from_slice(payload)))
+            .await
+    }
+
+    /// [`Emitter::emit`] of an event named `id`: sent again (after a crash,
+    /// say), it is answered with the same CloudEvent id and delivered once.
+    pub async fn emit_with_id(&self, payload: &[u8], id: &str) -> Result<String, EmitError> {
+        self.emit_event(Event::new(Bytes::copy_from_slice(payload)).with_id(id))
+            .await
+    }
+
+    /// Sends one event. Events emitted concurrently (from several tasks, or
+    /// with [`Emitter::emit_all`]) go together, in the order emitted.
+    pub async fn emit_event(&self, event: Event) -> Result<String, EmitError> {
         let http = match &self.line {
             Line::Http(http) => http,
             Line::Stream(tx) => {
-                self.write(tx, Ok(Bytes::copy_from_slice(payload))).await?;
+                self.write(tx, Ok(event.payload)).await?;
                 return Ok(String::new());
             }
         };
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "src": self.config.src,
-            "payload": base64::engine::general_purpose::STANDARD.encode(payload),
+            "payload": base64::engine::general_purpose::STANDARD.encode(&event.payload),
         });
-        let answer = self.post(http, &http.event_path, &body).await?;
-        Ok(serde_json::from_str::<serde_json::Value>(&answer)
-            .ok()
-            .and_then(|v| v["id"].as_str().map(str::to_owned))
-            .unwrap_or_default())
+        if let Some(id) = event.id {
+            body["id"] = serde_json::Value::String(id);
+        }
+        http.pile
+            .submit(body, |batch| self.send_batch(http, batch))
+            .await
+            .unwrap_or(Err(EmitError::Stopped))
+    }
+
+    /// Sends many events, in order, as few requests as the bounds allow;
+    /// one answer each.
+    pub async fn emit_all(&self, events: impl IntoIterator<Item = Event>) -> Vec<Answer> {
+        futures::future::join_all(events.into_iter().map(|e| self.emit_event(e))).await
+    }
+
+    /// Sends piled-up events: one alone to the event path, more as one
+    /// `POST /events`, until each is taken or refused.
+    async fn send_batch(&self, http: &HttpLine, batch: Vec<Waiting<serde_json::Value, Answer>>) {
+        if batch.len() == 1 {
+            for (body, answer) in batch {
+                let taken = self.post(http, &http.event_path, &body).await;
+                let _ = answer.send(taken.map(|text| id_of(&text)));
+            }
+            return;
+        }
+        let mut pending = batch;
+        while !pending.is_empty() {
+            if self.stop.is_cancelled() {
+                for (_, answer) in pending {
+                    let _ = answer.send(Err(EmitError::Stopped));
+                }
+                return;
+            }
+            let bodies: Vec<&serde_json::Value> = pending.iter().map(|(b, _)| b).collect();
+            let url = format!("{}{EVENTS_PATH}", http.base);
+            let wait = match http.client.post(&url).json(&bodies).send().await {
+                Ok(r) if r.status().is_success() => {
+                    let answer: serde_json::Value = r.json().await.unwrap_or_default();
+                    let results = answer["results"].as_array().cloned().unwrap_or_default();
+                    let (again, wait) = settle(pending, &results);
+                    pending = again;
+                    wait
+                }
+                // A processor-client without /events: one by one.
+                Ok(r) if matches!(r.status().as_u16(), 404 | 405) => {
+                    for (body, answer) in pending {
+                        let taken = self.post(http, &http.event_path, &body).await;
+                        let _ = answer.send(taken.map(|text| id_of(&text)));
+                    }
+                    return;
+                }
+                Ok(r) if r.status().as_u16() == 503 || r.status().as_u16() == 429 => {
+                    retry_after(r.headers())
+                }
+                Ok(r) if r.status().is_client_error() => {
+                    let status = r.status().as_u16();
+                    let body = r.text().await.unwrap_or_default();
+                    for (_, answer) in pending {
+                        let _ = answer.send(Err(EmitError::Refused {
+                            status,
+                            body: body.clone(),
+                        }));
+                    }
+                    return;
+                }
+                Ok(_) | Err(_) => Duration::from_millis(200),
+            };
+            if !pending.is_empty() {
+                tokio::select! {
+                    _ = self.stop.cancelled() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
     }
 
     /// Reports that the configuration runs (a gRPC call counts as running once
@@ -127,13 +256,7 @@ impl Emitter {
             let wait = match http.client.post(&url).json(body).send().await {
                 Ok(r) if r.status().is_success() => return Ok(r.text().await.unwrap_or_default()),
                 Ok(r) if r.status().as_u16() == 503 || r.status().as_u16() == 429 => {
-                    let secs = r
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .unwrap_or(1);
-                    Duration::from_secs(secs.clamp(1, 60))
+                    retry_after(r.headers())
                 }
                 Ok(r) if r.status().is_client_error() => {
                     let status = r.status().as_u16();
@@ -150,4 +273,55 @@ impl Emitter {
             }
         }
     }
+}
+
+/// The CloudEvent id in an answer to one event.
+fn id_of(answer: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(answer)
+        .ok()
+        .and_then(|v| v["id"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// `Retry-After` in seconds (1 to 60), 1 when absent.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Duration {
+    let secs = headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(1);
+    Duration::from_secs(secs.clamp(1, 60))
+}
+
+/// Answers each event of a `/events` answer: taken, or refused for good; the
+/// ones refused for now (503) are given back, in order, with how long to wait.
+fn settle(
+    pending: Vec<Waiting<serde_json::Value, Answer>>,
+    results: &[serde_json::Value],
+) -> (Vec<Waiting<serde_json::Value, Answer>>, Duration) {
+    let mut again = Vec::new();
+    let mut wait = Duration::from_millis(200);
+    for (i, (body, answer)) in pending.into_iter().enumerate() {
+        let Some(r) = results.get(i) else {
+            again.push((body, answer));
+            continue;
+        };
+        match r["status"].as_u64().unwrap_or(0) {
+            200..=299 => {
+                let _ = answer.send(Ok(r["id"].as_str().unwrap_or("").to_owned()));
+            }
+            0 | 429 | 500.. => {
+                let secs = r["retry_after"].as_u64().unwrap_or(1).clamp(1, 60);
+                wait = wait.max(Duration::from_secs(secs));
+                again.push((body, answer));
+            }
+            status => {
+                let _ = answer.send(Err(EmitError::Refused {
+                    status: status as u16,
+                    body: r.to_string(),
+                }));
+            }
+        }
+    }
+    (again, wait)
 }

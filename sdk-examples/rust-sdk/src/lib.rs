@@ -10,11 +10,12 @@ mod backoff;
 mod emitter;
 pub mod grpc;
 mod logging;
+mod pile;
 pub mod server;
 mod tasks;
 
 pub use backoff::backoff;
-pub use emitter::{EmitError, Emitter};
+pub use emitter::{EmitError, Emitter, Event};
 pub use grpc::{serve_grpc, Contract};
 pub use logging::init_logging;
 pub use server::{run, serve, Settings};

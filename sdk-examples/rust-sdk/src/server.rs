@@ -191,6 +191,7 @@ async fn start<E: ConfigExecutor>(
             event_path: s.event_path.clone(),
             running_path: s.running_path.clone(),
             error_path: s.error_path.clone(),
+            pile: HttpLine::pile(),
         }),
         config: config.clone(),
         stop: token.clone(),
