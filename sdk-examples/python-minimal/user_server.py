@@ -21,7 +21,9 @@ def produce(cfg, stop):
     while not stop.wait(2):
         n += 1
         payload = json.dumps({"tick": n, "config": cfg["config"]}).encode()
-        post("/event", {"src": cfg["src"], "payload": base64.b64encode(payload).decode()})
+        # "id" names the event: sent again (after a lost answer), it is delivered once.
+        post("/event", {"src": cfg["src"], "payload": base64.b64encode(payload).decode(),
+                        "id": f"{cfg['timeID']}/{n}"})
 
 class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
