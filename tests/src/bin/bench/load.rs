@@ -143,3 +143,100 @@ pub(super) async fn generate(
     }
     total
 }
+
+/// `workers` producers POST `/events` batches of `batch` events for `secs`,
+/// flat out; each event's configuration is the next in turn, and with `ids`
+/// each carries an id of its own (deduplication then remembers every one).
+/// Counts events (not requests) the processor-client answered 200.
+pub(super) async fn generate_batches(
+    url: &str,
+    sources: usize,
+    size: usize,
+    batch: usize,
+    workers: usize,
+    secs: f64,
+    ids: bool,
+) -> Load {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        .build()
+        .expect("client");
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let client = client.clone();
+        let url = url.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut load = Load {
+                ok: 0,
+                refused: 0,
+                rtts: Vec::new(),
+                woke_late: Vec::new(),
+            };
+            let mut n = 0usize;
+            while Instant::now() < deadline {
+                let mut body = String::with_capacity(batch * (size * 4 / 3 + 80));
+                body.push('[');
+                for i in 0..batch {
+                    if i > 0 {
+                        body.push(',');
+                    }
+                    let src = (w + n) % sources;
+                    let id = if ids {
+                        format!(r#","id":"w{w}-{n}""#)
+                    } else {
+                        String::new()
+                    };
+                    body.push_str(&format!(
+                        r#"{{"src":"bench-{src}","payload":"{}"{id}}}"#,
+                        payload(size, now_ns())
+                    ));
+                    n += 1;
+                }
+                body.push(']');
+                let start = Instant::now();
+                let answer = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                let taken = match answer {
+                    Ok(r) if r.status().is_success() => r
+                        .json::<serde_json::Value>()
+                        .await
+                        .ok()
+                        .and_then(|v| {
+                            v["results"]
+                                .as_array()
+                                .map(|r| r.iter().filter(|r| r["status"] == 200).count())
+                        })
+                        .unwrap_or(0),
+                    _ => 0,
+                };
+                load.ok += taken as u64;
+                load.refused += (batch - taken) as u64;
+                load.rtts.push(start.elapsed().as_nanos() as u64);
+                if taken < batch {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            load
+        }));
+    }
+    let mut total = Load {
+        ok: 0,
+        refused: 0,
+        rtts: Vec::new(),
+        woke_late: Vec::new(),
+    };
+    for t in tasks {
+        if let Ok(l) = t.await {
+            total.ok += l.ok;
+            total.refused += l.refused;
+            total.rtts.extend(l.rtts);
+        }
+    }
+    total
+}

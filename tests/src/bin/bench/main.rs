@@ -141,7 +141,23 @@ async fn wait_starts(starts: &AtomicU64, n: u64) -> Duration {
     t0.elapsed()
 }
 
+/// How the events of a NATS scenario come in.
+#[derive(Clone, Copy)]
+enum Producer {
+    /// The HTTP user server, one `POST /event` per event.
+    Single,
+    /// The gRPC load generator.
+    Grpc,
+    /// `/events` batches of 100, with ids or not.
+    Batches(bool),
+}
+
 impl Gateway {
+    /// The processor-client's `POST /events`.
+    fn events_url(&self) -> String {
+        self.pc_url.replace("/event", "/events")
+    }
+
     fn pids(&self) -> Vec<(&'static str, i32)> {
         vec![("pc", self.processor.pid()), ("tr", self.transformer.pid())]
     }
@@ -195,7 +211,7 @@ async fn main() {
         return bare_server(port).await;
     }
     let smoke = std::env::args().any(|a| a == "--smoke");
-    // `--only http,nats` runs just those parts (limit, chain, http, grpc, nats, ingress, series), for
+    // `--only http,nats` runs just those parts (limit, chain, http, batch, grpc, nats, ingress, series), for
     // profiling one path at a time.
     let only: Option<Vec<String>> = args
         .iter()
@@ -304,6 +320,34 @@ async fn main() {
         drop(g);
     }
 
+    // An HTTP user server posting `/events` batches, without and with ids
+    // (deduplication remembering each).
+    for ids in [false, true].into_iter().filter(|_| want("batch")) {
+        let name = if ids {
+            "batches of 100 with ids: HTTP sensor"
+        } else {
+            "batches of 100: HTTP sensor"
+        };
+        let env = [("SENSOR_WATCHERS", sensor_url.clone())];
+        let before = starts.load(Ordering::Relaxed);
+        let g = gateway(&env, s.sources, UserServer::Http(us_port)).await;
+        wait_starts(&starts, before + s.sources as u64).await;
+        let mut row = measure_batches(
+            name,
+            &g.events_url(),
+            &sensor,
+            size,
+            100,
+            ids,
+            &s,
+            &g.pids(),
+        )
+        .await;
+        row.rss = rss_of(&g);
+        rows.push(row);
+        drop(g);
+    }
+
     // The same with a gRPC user server streaming the events in.
     let grpc_port = free_port();
     let grpc_load = grpc::start(grpc_port, size).await;
@@ -321,7 +365,7 @@ async fn main() {
     }
 
     // 3. Into NATS core and JetStream.
-    if want("nats") || want("grpc") {
+    if want("nats") || want("grpc") || want("batch") {
         let nats_dir = tempfile::tempdir().expect("tempdir");
         let nats = NatsServer::start(nats_dir.path()).await;
         let nats_sink = Arc::new(Sink::default());
@@ -339,12 +383,32 @@ async fn main() {
             });
         }
         let scenarios = [
-            ("Standard", "into NATS core", false),
-            ("Streaming", "into JetStream", false),
-            ("Standard", "gRPC user server: into NATS core", true),
+            ("Standard", "into NATS core", Producer::Single),
+            ("Streaming", "into JetStream", Producer::Single),
+            (
+                "Standard",
+                "gRPC user server: into NATS core",
+                Producer::Grpc,
+            ),
+            (
+                "Standard",
+                "batches of 100: into NATS core",
+                Producer::Batches(false),
+            ),
+            (
+                "Standard",
+                "batches of 100 with ids: into NATS core",
+                Producer::Batches(true),
+            ),
         ];
-        for (ty, name, by_grpc) in scenarios {
-            if !want(if by_grpc { "grpc" } else { "nats" }) {
+        for (ty, name, producer) in scenarios {
+            let by_grpc = matches!(producer, Producer::Grpc);
+            let part = match producer {
+                Producer::Grpc => "grpc",
+                Producer::Batches(_) => "batch",
+                Producer::Single => "nats",
+            };
+            if !want(part) {
                 continue;
             }
             let starts_before = starts.load(Ordering::Relaxed);
@@ -368,12 +432,19 @@ async fn main() {
             }
             let mut procs = g.pids();
             procs.extend(nats.proc.as_ref().map(|p| ("nats", p.pid())));
-            let mut row = if by_grpc {
-                measure_grpc(name, &grpc_load, &nats_sink, s.sources, &s, &procs).await
-            } else {
-                measure(name, &g.pc_url, Some(&nats_sink), size, &s, &procs)
-                    .await
-                    .0
+            let mut row = match producer {
+                Producer::Grpc => {
+                    measure_grpc(name, &grpc_load, &nats_sink, s.sources, &s, &procs).await
+                }
+                Producer::Batches(ids) => {
+                    let url = g.events_url();
+                    measure_batches(name, &url, &nats_sink, size, 100, ids, &s, &procs).await
+                }
+                Producer::Single => {
+                    measure(name, &g.pc_url, Some(&nats_sink), size, &s, &procs)
+                        .await
+                        .0
+                }
             };
             row.rss = rss_of(&g);
             dump_metrics(&g, name).await;

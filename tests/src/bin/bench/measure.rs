@@ -305,3 +305,60 @@ pub(super) fn report_clustering(scenario: &str, pairs: &[(u64, u64, u64)]) {
         );
     }
 }
+
+/// Saturation of a user server posting `/events` batches of `batch` events
+/// (with `ids`: each named), read at `sink`: events per second all the way
+/// through, CPU per event of every process, and the batches' round trips
+/// (p50 / p99 / p99.9 of a whole batch, at saturation).
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn measure_batches(
+    name: &str,
+    url: &str,
+    sink: &Sink,
+    size: usize,
+    batch: usize,
+    ids: bool,
+    s: &Settings,
+    procs: &[(&str, i32)],
+) -> Row {
+    let before = sink.received.load(Ordering::Relaxed);
+    let cpu_now = || {
+        let mut v = vec![("load", own_cpu_secs())];
+        v.extend(procs.iter().map(|(n, pid)| (*n, cpu_secs(*pid))));
+        v
+    };
+    let cpu_before = cpu_now();
+    let started = Instant::now();
+    let workers = (s.workers / 4).max(2);
+    let sat = generate_batches(url, s.sources, size, batch, workers, s.secs, ids).await;
+    let rate = match drained(sink, before, sat.ok, started).await {
+        Some(t) => sat.ok as f64 / t.as_secs_f64(),
+        None => f64::NAN,
+    };
+    let used: Vec<(&str, f64)> = cpu_now()
+        .into_iter()
+        .zip(&cpu_before)
+        .map(|((name, after), (_, before))| (name, after - before))
+        .collect();
+    let (cpu, cpu_total) = cpu_per_event(&used, sat.ok);
+    let mut rtts = sat.rtts;
+    rtts.sort_unstable();
+    let mut note = format!(
+        "{workers} producers, batch round trips at saturation; {:.2} cores busy",
+        rate * cpu_total / 1e6
+    );
+    if sat.refused > 0 {
+        note.push_str(&format!(", {} refused (503)", sat.refused));
+    }
+    Row {
+        name: name.to_owned(),
+        rate,
+        p50: percentile(&rtts, 0.5),
+        p99: percentile(&rtts, 0.99),
+        p999: percentile(&rtts, 0.999),
+        rss: String::new(),
+        cpu,
+        cpu_total,
+        note,
+    }
+}
