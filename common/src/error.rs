@@ -208,6 +208,14 @@ impl std::fmt::Display for ErrorCode {
     }
 }
 
+/// The error a request body gives when it has not fully arrived within the
+/// listener's body timeout (the server's body wrapper raises it);
+/// [`ApiError::from_body`] answers it with 408. Here, with the answers, so that
+/// the listener depends on this module and not the other way round.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {0:?}")]
+pub struct BodyTimedOut(pub std::time::Duration);
+
 /// A failure as an HTTP answer: the code (which fixes the status), a detail for
 /// humans, and for 503s how long to wait.
 #[derive(Debug, Clone)]
@@ -251,7 +259,7 @@ impl ApiError {
     pub fn from_body(rejection: BytesRejection, limit: usize) -> Self {
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
         while let Some(e) = cause {
-            if let Some(timed_out) = e.downcast_ref::<crate::server::BodyTimedOut>() {
+            if let Some(timed_out) = e.downcast_ref::<BodyTimedOut>() {
                 return Self::new(ErrorCode::RequestTimeout, timed_out.to_string());
             }
             cause = e.source();

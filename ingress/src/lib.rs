@@ -7,8 +7,10 @@
 
 pub mod config;
 pub mod hosts;
+mod inbox;
 mod metrics;
 mod proxy;
+mod state;
 pub mod subject;
 mod ws;
 
@@ -69,7 +71,7 @@ pub async fn serve(
     )
     .await?;
     let websockets = tokio_util::sync::CancellationToken::new();
-    let state = Arc::new(proxy::AppState {
+    let state = Arc::new(state::AppState {
         client: client.clone(),
         config: config.clone(),
         metrics: metrics.clone(),

@@ -20,21 +20,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use bytes::Bytes;
 
-use crate::config::Config;
-use crate::metrics::{Metrics, StatusLabel};
+use crate::metrics::StatusLabel;
+use crate::state::AppState;
 use crate::subject;
 use gateway_common::error::{ApiError, ErrorCode};
 use gateway_common::nats::{max_subject_len, request_reply_len};
-
-pub struct AppState {
-    pub client: async_nats::Client,
-    pub config: Config,
-    pub metrics: Arc<Metrics>,
-    /// Cancelled on shutdown: every WebSocket closes with 1001.
-    pub shutdown: tokio_util::sync::CancellationToken,
-    /// The inboxes of the WebSockets open (see [`crate::ws::Inbox`]).
-    pub inboxes: crate::ws::Inboxes,
-}
 
 /// The header that carries the status of a reply.
 const STATUS_HEADER: &str = "X-H8S-Status";
@@ -129,7 +119,7 @@ fn websocket(
     if let Err(e) = check_subject(&publish, inbox.len()) {
         return e.into_response();
     }
-    let Some(inbox) = crate::ws::Inbox::claim(&st.inboxes, inbox) else {
+    let Some(inbox) = crate::inbox::Inbox::claim(&st.inboxes, inbox) else {
         return ApiError::new(
             ErrorCode::KeyInUse,
             "a WebSocket with this Sec-WebSocket-Key is open, and the key names its inbox: \

@@ -12,8 +12,7 @@
 //! it is closed with 1013 (try again later) and the `closed` control message
 //! goes out. On shutdown every WebSocket is closed with 1001.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket};
 use bytes::Bytes;
@@ -23,7 +22,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::AppState;
+use crate::inbox::Inbox;
+use crate::state::AppState;
 
 /// Messages waiting for a slow client before it is closed.
 const BUFFERED: usize = 256;
@@ -40,37 +40,6 @@ const CLOSING_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 /// a client that never reads again holds nothing for long; on SIGTERM the
 /// shutdown deadline bounds it too.
 const CLOSE_FRAME_TIME: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// The inboxes of the WebSockets open on this ingress.
-pub type Inboxes = Arc<Mutex<HashSet<String>>>;
-
-/// A connection's inbox, `{inbox prefix}.{Sec-WebSocket-Key}`, held by one
-/// connection at a time. The client picks the key; two connections with the
-/// same one (a client that reuses RFC 6455's sample key, or copies another's)
-/// would both be subscribed to the one inbox and each get the other's
-/// replies, so a second is refused while the first is open.
-pub struct Inbox {
-    subject: String,
-    open: Inboxes,
-}
-
-impl Inbox {
-    /// The inbox `subject`, unless a connection open now holds it.
-    pub fn claim(open: &Inboxes, subject: String) -> Option<Inbox> {
-        let mut held = open.lock().unwrap_or_else(|p| p.into_inner());
-        held.insert(subject.clone()).then(|| Inbox {
-            subject,
-            open: open.clone(),
-        })
-    }
-}
-
-impl Drop for Inbox {
-    fn drop(&mut self) {
-        let mut held = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        held.remove(&self.subject);
-    }
-}
 
 /// One WebSocket's life: from the upgrade to its close. `inbox`, `publish`
 /// and the NATS `headers` (the upgrade request's) were made, and checked, at

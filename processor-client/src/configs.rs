@@ -76,56 +76,6 @@ pub struct ConfigStatus {
     pub owner: Option<String>,
 }
 
-/// `GET /configs` of a replica that shares its configurations: one line for
-/// each of the gateway's configurations (`all`, as of the last sharing round;
-/// this replica's own list before the first), every one with its owner: its
-/// own entry where it holds the claim, the owner's last reported phase where
-/// another replica does, and Pending with no owner where none does yet.
-pub fn with_owners(
-    list: &mut Vec<ConfigStatus>,
-    me: &str,
-    owners: &std::collections::BTreeMap<String, crate::sharing::ClaimValue>,
-    all: Option<&std::collections::BTreeSet<String>>,
-    holds: impl Fn(&str) -> bool,
-) {
-    let mut local: std::collections::BTreeMap<String, ConfigStatus> =
-        list.drain(..).map(|c| (c.src.clone(), c)).collect();
-    let all: Vec<String> = match all {
-        Some(all) => all.iter().cloned().collect(),
-        None => local.keys().cloned().collect(),
-    };
-    let now = OffsetDateTime::now_utc();
-    let line = |src: &str, phase: Phase, message: String, owner: Option<String>| ConfigStatus {
-        src: src.to_owned(),
-        id: String::new(),
-        time_id: String::new(),
-        phase,
-        message,
-        since: now,
-        owner,
-    };
-    for src in all {
-        let claim = owners.get(&src);
-        if holds(&src) || claim.is_some_and(|o| o.owner == me) {
-            let mut c = local
-                .remove(&src)
-                .unwrap_or_else(|| line(&src, Phase::Pending, "claimed here".into(), None));
-            c.owner = Some(me.to_owned());
-            list.push(c);
-        } else if let Some(claim) = claim {
-            let phase = Phase::ALL
-                .into_iter()
-                .find(|p| p.as_str() == claim.phase)
-                .unwrap_or(Phase::Pending);
-            let message = format!("runs on replica {}", claim.owner);
-            list.push(line(&src, phase, message, Some(claim.owner.clone())));
-        } else {
-            let message = "waiting for a replica to claim it".to_owned();
-            list.push(line(&src, Phase::Pending, message, None));
-        }
-    }
-}
-
 /// Why a notice or event names no usable configuration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LookupError {
@@ -352,42 +302,6 @@ mod tests {
         let d = ConfigData::new(src, "v");
         r.starting(&d, "starting");
         (r, d)
-    }
-
-    #[test]
-    fn a_sharing_replica_lists_every_configuration_with_its_owner() {
-        let (r, _) = reg_with("mine");
-        r.stopped("released", "removed");
-        let mut list = r.list();
-        let claim = |owner: &str, phase: &str| crate::sharing::ClaimValue {
-            owner: owner.into(),
-            phase: phase.into(),
-        };
-        let owners = [
-            ("mine".to_owned(), claim("me", "Pending")),
-            ("theirs".to_owned(), claim("other", "Running")),
-            ("released".to_owned(), claim("other", "Pending")),
-        ]
-        .into_iter()
-        .collect();
-        let all = ["mine", "theirs", "released", "nobodys"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        with_owners(&mut list, "me", &owners, Some(&all), |s| s == "mine");
-        let got: Vec<(&str, Option<&str>, &str)> = list
-            .iter()
-            .map(|c| (c.src.as_str(), c.owner.as_deref(), c.phase.as_str()))
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                ("mine", Some("me"), "Pending"),
-                ("nobodys", None, "Pending"),
-                ("released", Some("other"), "Pending"),
-                ("theirs", Some("other"), "Running"),
-            ]
-        );
     }
 
     #[test]

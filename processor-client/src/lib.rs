@@ -4,6 +4,7 @@
 //! [`run`] is the whole service; `main.rs` only reads the environment and calls it.
 
 pub mod activity;
+mod command;
 pub mod config;
 pub mod configs;
 pub mod grpc;

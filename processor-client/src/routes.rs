@@ -414,7 +414,7 @@ async fn error(
 async fn configs(State(st): State<Arc<AppState>>) -> Json<Vec<crate::configs::ConfigStatus>> {
     let mut list = st.registry.list();
     if let Some(sharing) = &st.sharing {
-        crate::configs::with_owners(
+        crate::sharing::with_owners(
             &mut list,
             &sharing.replica(),
             &sharing.owners(),

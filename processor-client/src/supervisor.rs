@@ -14,7 +14,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::activity::{Activity, Seen, Stopping};
+use crate::activity::{Activity, Seen};
+use crate::command::Command;
 use crate::configs::{ConfigData, Registry};
 use crate::metrics::Metrics;
 use crate::user_server::{Health, HealthState, Outcome, UserServer};
@@ -28,14 +29,6 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub retry_base: Duration,
     pub retry_cap: Duration,
-}
-
-pub(crate) enum Command {
-    /// Run this value (new key, or a changed value).
-    Apply(String),
-    /// The key was removed; unfinished until the ticket is dropped, after the
-    /// stop.
-    Remove(Stopping),
 }
 
 struct Handle {

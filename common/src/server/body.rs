@@ -11,11 +11,7 @@ use bytes::Bytes;
 use hyper::body::{Frame, Incoming};
 use tokio::time::Instant;
 
-/// The error a request body gives when it has not fully arrived within the
-/// body timeout; [`crate::error::ApiError::from_body`] answers it with 408.
-#[derive(Debug, thiserror::Error)]
-#[error("the request body did not arrive within {0:?}")]
-pub struct BodyTimedOut(pub Duration);
+pub use crate::error::BodyTimedOut;
 
 /// A request body that fails once its deadline passes. The timer is only made
 /// when the body is not already there, which is the usual case.

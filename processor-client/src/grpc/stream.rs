@@ -23,9 +23,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{is_permanent, GrpcServer};
+use crate::command::Command;
 use crate::configs::{ConfigData, Registry};
 use crate::metrics::Metrics;
-use crate::supervisor::Command;
 use crate::transformer_client::{SendError, TransformerClient};
 
 /// What every configuration's task shares.

@@ -22,11 +22,13 @@
 mod handover;
 mod identity;
 mod keys;
+mod listing;
 pub mod plan;
 mod round;
 
 use handover::handover;
 use keys::{claim_key, REPLICAS};
+pub use listing::with_owners;
 use round::{renew, tick};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
