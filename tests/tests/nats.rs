@@ -328,6 +328,10 @@ async fn jetstream_stores_each_event_once_and_a_durable_consumer_replays_from_a_
     let mut g = Gateway::new(UserServerKind::Python);
     let nats = NatsServer::start(g.dir.path()).await;
     streaming(&mut g, &nats, "NATS");
+    // The transformer's own memory of ids off, so that the repeat below
+    // reaches JetStream, whose Nats-Msg-Id window is what this test checks.
+    g.transformer_env
+        .push(("TRANSFORMER_DEDUP_WINDOW".into(), "0".into()));
     g.start_transformer().await;
     let mut ids = Vec::new();
     for i in 0..9 {
