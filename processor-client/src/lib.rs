@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use crate::transformer_client::TransformerClient;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -84,58 +85,14 @@ pub async fn serve(
         .sharing
         .as_ref()
         .map(|s| sharing::Sharing::new(s.replica.clone(), s.lease, metrics.clone()));
-    let mut transformer = TransformerClient::new(
-        &config.transformer_host,
-        config.transformer_port,
-        config.transformer_timeout,
-        config.transformer_token.as_deref(),
-    )?
-    .with_batching(config.batch);
-    if let Some(sharing) = &sharing {
-        transformer = transformer.with_claims(sharing.clone());
-    }
-
-    let background = CancellationToken::new();
+    let transformer = transformer_client(&config, sharing.as_ref())?;
+    let tasks = Tasks::default();
     let (driver, probe) = match config.protocol {
-        Protocol::Http => {
-            let health = Arc::new(Health::new(metrics.user_server_restarts.clone()));
-            let user_server = UserServer::new(
-                &config.server_host,
-                config.server_port,
-                &config.paths.start,
-                &config.paths.stop,
-                config.server_timeout,
-                config.token.as_deref(),
-                config.server_tls_ca.as_deref(),
-            )?;
-            let probe = tokio::spawn(user_server::probe_loop(
-                user_server.clone(),
-                health.clone(),
-                config.probe_interval,
-                background.clone(),
-            ));
-            let shared = Shared {
-                registry: registry.clone(),
-                user_server,
-                health,
-                metrics: metrics.clone(),
-                retry_base: config.retry_base,
-                retry_cap: config.retry_cap,
-            };
-            (Driver::Http(Arc::new(shared)), Some(probe))
-        }
+        Protocol::Http => http_driver(&config, &registry, &metrics, &tasks.background)?,
         Protocol::Grpc(contract) => {
-            let server = grpc::GrpcServer::new(
-                &config.server_host,
-                config.server_port,
-                contract,
-                config.server_tls_ca.as_deref(),
-                config.token.as_deref(),
-                config.server_timeout,
-            )?;
             let shared = grpc::stream::Shared {
                 registry: registry.clone(),
-                server,
+                server: grpc_server(&config, contract)?,
                 transformer: transformer.clone(),
                 metrics: metrics.clone(),
                 retry_base: config.retry_base,
@@ -151,34 +108,20 @@ pub async fn serve(
         config.poll_interval,
         snap_tx,
         metrics.config_loads.clone(),
-        background.clone(),
+        tasks.background.clone(),
     ));
-    // With sharing, the supervisor sees only the configurations this replica
-    // holds; the sharing task decides which those are.
     let activity = Arc::new(activity::Activity::default());
-    let stop_claiming = CancellationToken::new();
-    let release_claims = CancellationToken::new();
     let (desired_rx, sharing_task) = match (&sharing, &config.sharing) {
         (Some(sharing), Some(settings)) => {
-            let (tx, rx) = tokio::sync::watch::channel(Arc::new(watch::Snapshot::new()));
-            let task = tokio::spawn(sharing::run(
-                sharing.clone(),
-                settings.clone(),
-                registry.clone(),
-                activity.clone(),
-                snap_rx,
-                tx,
-                stop_claiming.clone(),
-                release_claims.clone(),
-            ));
+            let (rx, task) =
+                start_sharing(sharing, settings, &registry, &activity, snap_rx, &tasks);
             (rx, Some(task))
         }
         _ => (snap_rx, None),
     };
-    let supervisor_stop = CancellationToken::new();
-    let supervisor =
-        tokio::spawn(Supervisor::new(driver, activity).run(desired_rx, supervisor_stop.clone()));
-
+    let supervisor = tokio::spawn(
+        Supervisor::new(driver, activity).run(desired_rx, tasks.supervisor_stop.clone()),
+    );
     let state = Arc::new(AppState {
         registry,
         transformer,
@@ -188,41 +131,19 @@ pub async fn serve(
         shutting_down: AtomicBool::new(false),
         sharing,
     });
-    let local = listener.local_addr().map_err(RunError::Serve)?;
-    tracing::info!(
-        %local,
-        gateway = %config.gateway_name,
-        namespace = %config.namespace,
-        user_server = %format!("{}:{}", config.server_host, config.server_port),
-        protocol = ?config.protocol,
-        transformer = %format!("{}:{}", config.transformer_host, config.transformer_port),
-        configurations = %config.config_map.display(),
-        "processor-client listening"
-    );
-    // One deadline for the whole shutdown, counted from the signal: first
-    // every configuration is stopped on the user server (its events are still
-    // taken meanwhile, so it can flush), then intake closes and requests in
-    // flight finish, all by SHUTDOWN_TIMEOUT.
+    announce(&config, &listener)?;
     let stopping = state.clone();
     let timeout = config.shutdown_timeout;
     let stop = async move {
         shutdown.await;
-        let deadline = tokio::time::Instant::now() + timeout;
         stopping.shutting_down.store(true, Ordering::Relaxed);
-        background.cancel();
-        stop_claiming.cancel();
-        supervisor_stop.cancel();
-        if tokio::time::timeout_at(deadline, supervisor).await.is_err() {
-            tracing::warn!("configurations did not all stop before the shutdown deadline");
-        }
-        // Every configuration has stopped here: hand the claims back at once.
-        release_claims.cancel();
-        if let Some(task) = sharing_task {
-            if tokio::time::timeout_at(deadline, task).await.is_err() {
-                tracing::warn!("claims were not all handed back; they lapse within a lease");
-            }
-        }
-        deadline
+        tasks
+            .stop(
+                tokio::time::Instant::now() + timeout,
+                supervisor,
+                sharing_task,
+            )
+            .await
     };
     let bearer = gateway_common::auth::Bearer(config.token.as_deref().map(Arc::from));
     let metrics = state.metrics.clone();
@@ -241,4 +162,154 @@ pub async fn serve(
     let _ = watcher.await;
     tracing::info!("processor-client stopped");
     Ok(())
+}
+
+/// The client of the transformer: batching as configured, and each event's
+/// claim sent with it when the configurations are shared.
+fn transformer_client(
+    config: &Config,
+    sharing: Option<&Arc<sharing::Sharing>>,
+) -> Result<TransformerClient, RunError> {
+    let transformer = TransformerClient::new(
+        &config.transformer_host,
+        config.transformer_port,
+        config.transformer_timeout,
+        config.transformer_token.as_deref(),
+    )?
+    .with_batching(config.batch);
+    Ok(match sharing {
+        Some(sharing) => transformer.with_claims(sharing.clone()),
+        None => transformer,
+    })
+}
+
+/// The gRPC user server, as the settings name it.
+fn grpc_server(config: &Config, contract: grpc::Contract) -> Result<grpc::GrpcServer, RunError> {
+    Ok(grpc::GrpcServer::new(
+        &config.server_host,
+        config.server_port,
+        contract,
+        config.server_tls_ca.as_deref(),
+        config.token.as_deref(),
+        config.server_timeout,
+    )?)
+}
+
+/// The HTTP user server's driver, and the probe that notices its restarts.
+fn http_driver(
+    config: &Config,
+    registry: &Arc<Registry>,
+    metrics: &Arc<Metrics>,
+    background: &CancellationToken,
+) -> Result<(Driver, Option<JoinHandle<()>>), RunError> {
+    let health = Arc::new(Health::new(metrics.user_server_restarts.clone()));
+    let user_server = UserServer::new(
+        &config.server_host,
+        config.server_port,
+        &config.paths.start,
+        &config.paths.stop,
+        config.server_timeout,
+        config.token.as_deref(),
+        config.server_tls_ca.as_deref(),
+    )?;
+    let probe = tokio::spawn(user_server::probe_loop(
+        user_server.clone(),
+        health.clone(),
+        config.probe_interval,
+        background.clone(),
+    ));
+    let shared = Shared {
+        registry: registry.clone(),
+        user_server,
+        health,
+        metrics: metrics.clone(),
+        retry_base: config.retry_base,
+        retry_cap: config.retry_cap,
+    };
+    Ok((Driver::Http(Arc::new(shared)), Some(probe)))
+}
+
+/// With sharing, the supervisor sees only the configurations this replica
+/// holds: the sharing task reads every snapshot and passes on the part it
+/// claimed.
+fn start_sharing(
+    sharing: &Arc<sharing::Sharing>,
+    settings: &sharing::Settings,
+    registry: &Arc<Registry>,
+    activity: &Arc<activity::Activity>,
+    snapshots: tokio::sync::watch::Receiver<Arc<watch::Snapshot>>,
+    tasks: &Tasks,
+) -> (
+    tokio::sync::watch::Receiver<Arc<watch::Snapshot>>,
+    JoinHandle<()>,
+) {
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(watch::Snapshot::new()));
+    let task = tokio::spawn(sharing::run(
+        sharing.clone(),
+        settings.clone(),
+        registry.clone(),
+        activity.clone(),
+        snapshots,
+        tx,
+        tasks.stop_claiming.clone(),
+        tasks.release_claims.clone(),
+    ));
+    (rx, task)
+}
+
+/// The start-up line: where it listens and what it drives.
+fn announce(config: &Config, listener: &TcpListener) -> Result<(), RunError> {
+    let local = listener.local_addr().map_err(RunError::Serve)?;
+    tracing::info!(
+        %local,
+        gateway = %config.gateway_name,
+        namespace = %config.namespace,
+        user_server = %format!("{}:{}", config.server_host, config.server_port),
+        protocol = ?config.protocol,
+        transformer = %format!("{}:{}", config.transformer_host, config.transformer_port),
+        configurations = %config.config_map.display(),
+        "processor-client listening"
+    );
+    Ok(())
+}
+
+/// What the background tasks are told at shutdown, one signal each.
+#[derive(Default)]
+struct Tasks {
+    /// The configuration watcher and the user server's probe.
+    background: CancellationToken,
+    /// Sharing: take no new claims.
+    stop_claiming: CancellationToken,
+    /// Sharing: hand every claim back (once its configuration has stopped).
+    release_claims: CancellationToken,
+    /// The supervisor: stop every configuration on the user server.
+    supervisor_stop: CancellationToken,
+}
+
+impl Tasks {
+    /// The shutdown order, all by `deadline` (counted from the signal):
+    /// background tasks and new claims stop; every configuration is stopped
+    /// on the user server (its events are still taken meanwhile, so it can
+    /// flush); then the claims go back at once. The listener then closes
+    /// intake and finishes the requests in flight by the same deadline.
+    async fn stop(
+        self,
+        deadline: tokio::time::Instant,
+        supervisor: JoinHandle<()>,
+        sharing: Option<JoinHandle<()>>,
+    ) -> tokio::time::Instant {
+        self.background.cancel();
+        self.stop_claiming.cancel();
+        self.supervisor_stop.cancel();
+        if tokio::time::timeout_at(deadline, supervisor).await.is_err() {
+            tracing::warn!("configurations did not all stop before the shutdown deadline");
+        }
+        self.release_claims.cancel();
+        if let Some(task) = sharing {
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                tracing::warn!("claims were not all handed back; they lapse within a lease");
+            }
+        }
+        deadline
+    }
 }
