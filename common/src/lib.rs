@@ -21,6 +21,7 @@ pub mod redact;
 pub mod server;
 pub mod shutdown;
 pub mod spelling;
+pub mod start;
 pub mod telemetry;
 pub mod tls;
 pub mod wire;

@@ -9,16 +9,17 @@ use std::time::Duration;
 use gateway_common::env::{self as shared, ConfigError, Env, Listener, Var};
 use gateway_common::nats::NatsOptions;
 use gateway_common::server::Limits as ListenerLimits;
+use gateway_common::start::Settings;
 
 use crate::hosts::Hosts;
 
-const PORT: Var = Var::new("INGRESS_PORT", "8080", "the HTTP port traffic comes in on");
+pub const PORT: Var = Var::new("INGRESS_PORT", "8080", "the HTTP port traffic comes in on");
 const LISTEN_ADDRESS: Var = Var::new(
     "INGRESS_LISTEN_ADDRESS",
     "0.0.0.0",
     "the address it listens on",
 );
-const ADMIN_PORT: Var = Var::new(
+pub const ADMIN_PORT: Var = Var::new(
     "INGRESS_ADMIN_PORT",
     "9090",
     "the port of `/healthz`, `/readyz` and `/metrics`, apart from the traffic",
@@ -126,15 +127,9 @@ fn subject_prefix(env: &Env, var: &Var) -> Result<String, ConfigError> {
     }
 }
 
-impl Config {
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::read(&Env::from_process())
-    }
-
-    pub fn from_vars(
-        vars: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
-        Self::read(&Env::from_vars(vars))
+impl Settings for Config {
+    fn json_logs(&self) -> bool {
+        self.json_logs
     }
 
     fn read(env: &Env) -> Result<Self, ConfigError> {

@@ -15,7 +15,6 @@ pub mod subject;
 mod ws;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::routing::get;
@@ -27,13 +26,8 @@ use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("cannot listen on {addr} ({var}): {source}")]
-    Bind {
-        addr: SocketAddr,
-        /// The variable that chose the port.
-        var: &'static str,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] gateway_common::start::BindError),
     #[error(transparent)]
     Nats(#[from] gateway_common::nats::ConnectError),
 }
@@ -43,14 +37,9 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let bind = |port, var| async move {
-        let addr = SocketAddr::new(config.listen, port);
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| RunError::Bind { addr, var, source })
-    };
-    let traffic = bind(config.port, "INGRESS_PORT").await?;
-    let admin = bind(config.admin_port, "INGRESS_ADMIN_PORT").await?;
+    use gateway_common::start::bind;
+    let traffic = bind(config.listen, config.port, &config::PORT).await?;
+    let admin = bind(config.listen, config.admin_port, &config::ADMIN_PORT).await?;
     serve(config, traffic, admin, shutdown).await
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use gateway_common::env::{self as shared, ConfigError, Env, Listener, Var};
 use gateway_common::server::Limits as ListenerLimits;
+use gateway_common::start::Settings;
 
 use crate::grpc::Contract;
 
@@ -103,7 +104,7 @@ const SERVER_HOST: Var = Var::new(
     "127.0.0.1",
     "the user server's host",
 );
-const CLIENT_HTTP_PORT: Var = Var::new(
+pub const CLIENT_HTTP_PORT: Var = Var::new(
     "GATEWAY_PROCESSOR_CLIENT_HTTP_PORT",
     "9393",
     "the processor-client's own port",
@@ -336,15 +337,9 @@ fn check_path(env: &Env, var: &Var) -> Result<String, ConfigError> {
     Ok(p)
 }
 
-impl Config {
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::read(&Env::from_process())
-    }
-
-    pub fn from_vars(
-        vars: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
-        Self::read(&Env::from_vars(vars))
+impl Settings for Config {
+    fn json_logs(&self) -> bool {
+        self.json_logs
     }
 
     fn read(env: &Env) -> Result<Self, ConfigError> {
@@ -439,7 +434,9 @@ impl Config {
         config.not_itself()?;
         Ok(config)
     }
+}
 
+impl Config {
     /// The user server or the transformer on this host at the processor-client's
     /// own port would be the processor-client itself: it would send `/start`
     /// (or its events) to itself and get its own 404s back.

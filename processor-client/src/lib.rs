@@ -18,7 +18,6 @@ pub mod user_server;
 pub mod watch;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -37,13 +36,8 @@ use crate::user_server::{Health, UserServer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("cannot listen on {addr} ({var}): {source}")]
-    Bind {
-        addr: SocketAddr,
-        /// The variable that chose the port.
-        var: &'static str,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] gateway_common::start::BindError),
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
     #[error(transparent)]
@@ -59,14 +53,8 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let addr = SocketAddr::new(config.listen, config.port);
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| RunError::Bind {
-            addr,
-            var: "GATEWAY_PROCESSOR_CLIENT_HTTP_PORT",
-            source,
-        })?;
+    let listener =
+        gateway_common::start::bind(config.listen, config.port, &config::CLIENT_HTTP_PORT).await?;
     serve(config, listener, shutdown).await
 }
 

@@ -8,15 +8,6 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    match start().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => gateway_common::telemetry::failed(e.as_ref()),
-    }
-}
-
-async fn start() -> anyhow::Result<()> {
-    let config = Config::from_env()?;
-    gateway_common::telemetry::init(config.json_logs);
-    processor_client::run(config, gateway_common::shutdown::signal()).await?;
-    Ok(())
+    gateway_common::start::main(|config: Config, shutdown| processor_client::run(config, shutdown))
+        .await
 }

@@ -6,6 +6,7 @@
 //! answers as the transformer does.
 //! The end-to-end tests in `tests/` run the binaries with a transformer.
 
+use gateway_common::start::Settings as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -288,7 +288,29 @@ async fn broker_stopped_mid_stream(how: BrokerStop) {
     );
     publish_to(&broker, "jobs", kind, 1000..1100).await;
     // What this test claims is nothing lost or repeated, not how soon.
-    all_arrive_once_in_order(&g, 1100).await;
+    match how {
+        BrokerStop::Term => all_arrive_once_in_order(&g, 1100).await,
+        // A quorum queue that recovers from a crash hands the messages its
+        // dead consumer held back in an order of its own (seen once in 20
+        // runs: one message a prefetch window late): RabbitMQ promises no
+        // order for redeliveries, so here only each message once.
+        BrokerStop::Kill => {
+            let got = wait_for_within(
+                "1100 messages of jobs at the sensor",
+                Duration::from_secs(120),
+                || async {
+                    let got = numbers(&g, "jobs");
+                    (got.len() >= 1100).then_some(got)
+                },
+            )
+            .await;
+            let late = got.windows(2).filter(|w| w[1] < w[0]).count();
+            eprintln!("{late} messages arrived after a later one (redelivered out of order)");
+            let mut sorted = got.clone();
+            sorted.sort_unstable();
+            assert_once_in_order(&sorted, 1100);
+        }
+    }
     assert_eq!(g.wait_phase("jobs", "Running").await["phase"], "Running");
 }
 

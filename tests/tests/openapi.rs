@@ -4,6 +4,7 @@
 //! cross-checked endpoint by endpoint (the code's own endpoint lists, which its
 //! routers are built from) so that neither can drift from the other.
 
+use gateway_common::start::Settings as _;
 use std::collections::BTreeSet;
 use std::process::Command;
 

@@ -17,7 +17,6 @@ pub mod state;
 pub mod store;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -33,13 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("cannot listen on {addr} ({var}): {source}")]
-    Bind {
-        addr: SocketAddr,
-        /// The variable that chose the port.
-        var: &'static str,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] gateway_common::start::BindError),
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
     #[error(transparent)]
@@ -57,14 +51,12 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let addr = SocketAddr::new(config.listen, config.port);
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| RunError::Bind {
-            addr,
-            var: "TRANSFORMER_PORT",
-            source,
-        })?;
+    let listener = gateway_common::start::bind(
+        config.listen,
+        config.port,
+        &gateway_common::env::TRANSFORMER_PORT,
+    )
+    .await?;
     serve(config, listener, shutdown).await
 }
 

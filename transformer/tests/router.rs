@@ -3,6 +3,7 @@
 //! endpoint's answers, the JSON errors included, without starting processes;
 //! the end-to-end tests in `tests/` run the binaries.
 
+use gateway_common::start::Settings as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

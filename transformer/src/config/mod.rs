@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use gateway_common::env::{self as shared, parse_duration, ConfigError, Env, Var};
 use gateway_common::nats::NatsOptions;
+use gateway_common::start::Settings;
 
 mod vars;
 
@@ -165,15 +166,9 @@ fn stream_name(raw: &str) -> String {
         .collect()
 }
 
-impl Config {
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::read(&Env::from_process())
-    }
-
-    pub fn from_vars(
-        vars: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
-        Self::read(&Env::from_vars(vars))
+impl Settings for Config {
+    fn json_logs(&self) -> bool {
+        self.json_logs
     }
 
     fn read(env: &Env) -> Result<Self, ConfigError> {
