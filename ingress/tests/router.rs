@@ -36,18 +36,21 @@ async fn nats() -> Nats {
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
         .unwrap_or("nats-server");
-    let child = Command::new(bin)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nats-server (tests/setup.sh installs it)");
+    let nats = Nats {
+        child: Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (tests/setup.sh installs it)"),
+        port,
+    };
     for _ in 0..500 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_ok()
         {
-            return Nats { child, port };
+            return nats;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
