@@ -508,3 +508,44 @@ async fn the_rust_sdks_emitter_sends_piled_up_events_together_and_with_ids() {
     let _ = stop.send(());
     let _ = server.await;
 }
+
+/// A producer that gives up on a request (a client timeout) while its named
+/// event waits for room does not leave the name held: its retry is answered
+/// (taken, or a duplicate), never "being taken" for ever.
+#[tokio::test]
+async fn a_request_given_up_halfway_does_not_hold_its_id() {
+    let g = gateway(
+        &[("alpha", QUIET)],
+        &[
+            ("TRANSFORMER_QUEUE_CAPACITY", "1"),
+            ("TRANSFORMER_ADMIT_WAIT", "1s"),
+        ],
+    )
+    .await;
+    std::fs::write(&g.hold_file, "").expect("hold the sensor");
+    let post = |id: &str, timeout: Duration| {
+        let body = item("alpha", 0, Some(id)).to_string();
+        g.http
+            .post(g.tr_url("/"))
+            .header("content-type", "application/json")
+            .timeout(timeout)
+            .body(body)
+            .send()
+    };
+    let first = post("first", Duration::from_secs(5)).await.expect("first");
+    assert_eq!(first.status(), 200);
+    // The queue is full: this one waits for room, and its client gives up.
+    assert!(post("second", Duration::from_millis(200)).await.is_err());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    std::fs::remove_file(&g.hold_file).expect("release the sensor");
+    wait_for("the retry to be answered 200", || async {
+        let r = post("second", Duration::from_secs(5)).await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+
+    let got = g.wait_sensor(2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(g.sensor_events().len(), 2, "each id once");
+}

@@ -84,7 +84,7 @@ async fn batch(
 }
 
 async fn accept_batch(
-    st: &AppState,
+    st: &Arc<AppState>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<BatchAnswer>, ApiError> {
@@ -151,12 +151,9 @@ async fn accept_batch(
             .iter()
             .map(|(e, _)| (e.source.as_str(), e.id.as_str())),
     );
-    let outcomes = dispatcher.dispatch_many(events).await;
-    for ((slot, key), outcome) in slots.into_iter().zip(outcomes) {
-        let ok = outcome.is_ok();
-        if let Some(key) = key {
-            settle_name(st, key, ok);
-        }
+    let keys: Vec<Option<Key>> = slots.iter().map(|(_, key)| *key).collect();
+    let outcomes = dispatch_settled(st, dispatcher, events, keys).await;
+    for ((slot, _), outcome) in slots.into_iter().zip(outcomes) {
         match outcome {
             Ok(()) => {
                 st.metrics
@@ -289,6 +286,42 @@ fn check_name(st: &AppState, event: &CloudEvent, named: bool) -> Result<Named, N
     }
 }
 
+/// Dispatches events and settles the names held for them. With names held,
+/// on a task of its own: a request dropped halfway (its client went away)
+/// must neither leave a name held for ever (every retry answered 503) nor
+/// let go of one whose event the store is writing (a retry taken twice).
+async fn dispatch_settled(
+    st: &Arc<AppState>,
+    dispatcher: Arc<crate::dispatch::Dispatcher>,
+    events: Vec<(CloudEvent, Option<crate::dispatch::dispatcher::Name>)>,
+    keys: Vec<Option<Key>>,
+) -> Vec<Result<(), crate::dispatch::Refused>> {
+    if keys.iter().all(Option::is_none) {
+        return dispatcher.dispatch_many(events).await;
+    }
+    let n = events.len();
+    let st = st.clone();
+    let task = tokio::spawn(async move {
+        let outcomes = dispatcher.dispatch_many(events).await;
+        for (key, outcome) in keys.into_iter().zip(&outcomes) {
+            if let Some(key) = key {
+                settle_name(&st, key, outcome.is_ok());
+            }
+        }
+        outcomes
+    });
+    task.await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "a dispatch task failed");
+        (0..n)
+            .map(|_| {
+                Err(crate::dispatch::Refused::Store(Arc::new(
+                    crate::store::StoreError::WriterStopped,
+                )))
+            })
+            .collect()
+    })
+}
+
 /// A held name was taken (`ok`), or not: a retry of it is then new.
 fn settle_name(st: &AppState, key: Key, ok: bool) {
     if let Some(dedup) = &st.dedup {
@@ -301,7 +334,7 @@ fn settle_name(st: &AppState, key: Key, ok: bool) {
 }
 
 async fn accept(
-    st: &AppState,
+    st: &Arc<AppState>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -334,10 +367,11 @@ async fn accept(
         return Ok(Json(serde_json::json!({ "id": id })));
     }
     let source = checked.then(|| event.source.clone());
-    let outcome = dispatcher.dispatch(event, key.map(Key::to_bytes)).await;
-    if let Some(key) = key {
-        settle_name(st, key, outcome.is_ok());
-    }
+    let name = key.map(Key::to_bytes);
+    let outcome = dispatch_settled(st, dispatcher, vec![(event, name)], vec![key])
+        .await
+        .pop()
+        .unwrap_or(Ok(()));
     if let Err(r) = outcome {
         if let Some(source) = source {
             st.seen.forget(&source, &id);
