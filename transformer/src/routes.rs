@@ -13,6 +13,7 @@ use bytes::Bytes;
 
 use crate::cloudevent::{CloudEvent, STRUCTURED_CONTENT_TYPE};
 use crate::dedup::{self, Check, Key};
+use crate::dispatch::dispatcher::Name;
 use crate::loops;
 use crate::metrics::KindLabel;
 use crate::state::{refused, AppState};
@@ -96,56 +97,12 @@ async fn accept_batch(
         ))
     })?;
     st.metrics.batches.inc();
-    let mut results = Vec::with_capacity(items.len());
-    let mut events = Vec::with_capacity(items.len());
-    // (result slot, the event's name when it is new here)
-    let mut slots = Vec::with_capacity(items.len());
-    // Items naming an event that an earlier item of this batch names: each
-    // is answered as that one is, as a duplicate when it was taken.
-    let mut repeats: Vec<(usize, usize)> = Vec::new();
-    for item in &items {
-        let event = claim_holds(item.claim_until.as_deref()).and_then(|()| {
-            let trace = [
-                ("traceparent", item.traceparent.as_deref()),
-                ("tracestate", item.tracestate.as_deref()),
-            ];
-            let trace = trace.into_iter().filter_map(|(k, v)| Some((k, v?)));
-            gateway_event(st, item.event.get().as_bytes(), trace)
-        });
-        let checked = event.map(|(event, named)| {
-            let name = check_name(st, &event, named);
-            (event, name)
-        });
-        match checked {
-            Ok((event, Ok(Named::New(key)))) => {
-                slots.push((results.len(), Some(key)));
-                results.push(taken(event.id.clone(), false));
-                events.push((event, Some(key.to_bytes())));
-            }
-            Ok((event, Ok(Named::Unnamed))) => {
-                slots.push((results.len(), None));
-                results.push(taken(event.id.clone(), false));
-                events.push((event, None));
-            }
-            Ok((event, Ok(Named::Duplicate))) => results.push(taken(event.id, true)),
-            Ok((_, Err(e))) => {
-                let repeat = match &e {
-                    NameError::InFlight(key) => slots.iter().find(|(_, k)| *k == Some(*key)),
-                    NameError::Full { .. } => None,
-                };
-                let e: ApiError = e.into();
-                match repeat {
-                    Some(&(first, _)) => repeats.push((results.len(), first)),
-                    None => st.metrics.reject(reject_reason(&e)),
-                }
-                results.push(failed(e));
-            }
-            Err(e) => {
-                st.metrics.reject(reject_reason(&e));
-                results.push(failed(e));
-            }
-        }
-    }
+    let Checked {
+        mut results,
+        events,
+        slots,
+        repeats,
+    } = check_items(st, &items);
     st.seen.remember(
         events
             .iter()
@@ -178,6 +135,77 @@ async fn accept_batch(
         };
     }
     Ok(Json(BatchAnswer { results }))
+}
+
+/// A batch's items read and checked, none dispatched yet.
+struct Checked {
+    /// One per item: taken (so far), a duplicate, or refused.
+    results: Vec<BatchResult>,
+    /// The events to dispatch, with their names when they have one.
+    events: Vec<(CloudEvent, Option<Name>)>,
+    /// For each event to dispatch: its result's place, and its name when
+    /// it is held for it.
+    slots: Vec<(usize, Option<Key>)>,
+    /// Items naming an event that an earlier item of the batch names (the
+    /// repeat's place, the first's): answered as the first is, as a
+    /// duplicate when it was taken.
+    repeats: Vec<(usize, usize)>,
+}
+
+/// Reads each item of a batch into its event, checking its claim and its
+/// name; every refusal is answered in its place.
+fn check_items(st: &AppState, items: &[BatchItem]) -> Checked {
+    let mut c = Checked {
+        results: Vec::with_capacity(items.len()),
+        events: Vec::with_capacity(items.len()),
+        slots: Vec::with_capacity(items.len()),
+        repeats: Vec::new(),
+    };
+    for item in items {
+        let event = claim_holds(item.claim_until.as_deref()).and_then(|()| {
+            let trace = [
+                ("traceparent", item.traceparent.as_deref()),
+                ("tracestate", item.tracestate.as_deref()),
+            ];
+            let trace = trace.into_iter().filter_map(|(k, v)| Some((k, v?)));
+            gateway_event(st, item.event.get().as_bytes(), trace)
+        });
+        let checked = event.map(|(event, named)| {
+            let name = check_name(st, &event, named);
+            (event, name)
+        });
+        let at = c.results.len();
+        match checked {
+            Ok((event, Ok(Named::New(key)))) => {
+                c.slots.push((at, Some(key)));
+                c.results.push(taken(event.id.clone(), false));
+                c.events.push((event, Some(key.to_bytes())));
+            }
+            Ok((event, Ok(Named::Unnamed))) => {
+                c.slots.push((at, None));
+                c.results.push(taken(event.id.clone(), false));
+                c.events.push((event, None));
+            }
+            Ok((event, Ok(Named::Duplicate))) => c.results.push(taken(event.id, true)),
+            Ok((_, Err(e))) => {
+                let repeat = match &e {
+                    NameError::InFlight(key) => c.slots.iter().find(|(_, k)| *k == Some(*key)),
+                    NameError::Full { .. } => None,
+                };
+                let e: ApiError = e.into();
+                match repeat {
+                    Some(&(first, _)) => c.repeats.push((at, first)),
+                    None => st.metrics.reject(reject_reason(&e)),
+                }
+                c.results.push(failed(e));
+            }
+            Err(e) => {
+                st.metrics.reject(reject_reason(&e));
+                c.results.push(failed(e));
+            }
+        }
+    }
+    c
 }
 
 /// The answer for an event taken (now, or before when `duplicate`).
@@ -293,7 +321,7 @@ fn check_name(st: &AppState, event: &CloudEvent, named: bool) -> Result<Named, N
 async fn dispatch_settled(
     st: &Arc<AppState>,
     dispatcher: Arc<crate::dispatch::Dispatcher>,
-    events: Vec<(CloudEvent, Option<crate::dispatch::dispatcher::Name>)>,
+    events: Vec<(CloudEvent, Option<Name>)>,
     keys: Vec<Option<Key>>,
 ) -> Vec<Result<(), crate::dispatch::Refused>> {
     if keys.iter().all(Option::is_none) {
