@@ -275,7 +275,7 @@ async fn forward_events(
                     body: body.slice_ref(raw),
                 });
             }
-            Err(e) => results.push(Some(failed(e))),
+            Err(e) => results.push(Some(BatchResult::from(e))),
         }
     }
     let answers = st.transformer.send_in_order(ready, trace_of(headers)).await;
@@ -296,18 +296,6 @@ fn check_event(st: &AppState, raw: &[u8]) -> Result<String, ApiError> {
     st.registry.admit_event(&req.src).map_err(lookup_error)?;
     check_claim(st, &req.src)?;
     Ok(req.src)
-}
-
-/// A refusal as a batch result.
-fn failed(e: ApiError) -> BatchResult {
-    BatchResult {
-        status: e.status().as_u16(),
-        id: None,
-        duplicate: None,
-        error: Some(e.code.as_str().to_owned()),
-        detail: Some(e.detail),
-        retry_after: e.retry_after_secs,
-    }
 }
 
 /// The producer's trace context, to go on with its events.

@@ -121,7 +121,7 @@ async fn accept_batch(
             Err(r) => {
                 let e = refused(r);
                 st.metrics.reject(reject_reason(&e));
-                results[slot] = failed(e);
+                results[slot] = BatchResult::from(e);
             }
         }
     }
@@ -197,11 +197,11 @@ fn check_items(st: &AppState, items: &[BatchItem]) -> Checked {
                     Some(&(first, _)) => c.repeats.push((at, first)),
                     None => st.metrics.reject(reject_reason(&e)),
                 }
-                c.results.push(failed(e));
+                c.results.push(BatchResult::from(e));
             }
             Err(e) => {
                 st.metrics.reject(reject_reason(&e));
-                c.results.push(failed(e));
+                c.results.push(BatchResult::from(e));
             }
         }
     }
@@ -235,17 +235,6 @@ fn claim_holds(claim_until: Option<&str>) -> Result<(), ApiError> {
             ),
         )),
         Err(e) => Err(ApiError::bad_request(e.to_string())),
-    }
-}
-
-fn failed(e: ApiError) -> BatchResult {
-    BatchResult {
-        status: e.status().as_u16(),
-        id: None,
-        duplicate: None,
-        error: Some(e.code.as_str().to_owned()),
-        detail: Some(e.detail),
-        retry_after: e.retry_after_secs,
     }
 }
 

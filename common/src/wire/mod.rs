@@ -294,6 +294,21 @@ pub struct BatchResult {
     pub retry_after: Option<u64>,
 }
 
+/// A refusal as the result of one event of a batch: its status, code and
+/// detail, and `Retry-After` for a 503.
+impl From<crate::error::ApiError> for BatchResult {
+    fn from(e: crate::error::ApiError) -> BatchResult {
+        BatchResult {
+            status: e.status().as_u16(),
+            id: None,
+            duplicate: None,
+            error: Some(e.code.as_str().to_owned()),
+            detail: Some(e.detail),
+            retry_after: e.retry_after_secs,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
