@@ -3,6 +3,7 @@
 //! to every watcher through a bounded queue of its own. [`run`] is the whole service;
 //! `main.rs` only reads the environment and calls it.
 
+pub mod cesql;
 pub mod cloudevent;
 pub mod config;
 pub mod deadletters;

@@ -8,5 +8,10 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // `transformer cesql EXPRESSION < event.json`: try a CESQL expression.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("cesql") {
+        return transformer::cesql::cli(&args[1..]);
+    }
     gateway_common::start::main(|config: Config, shutdown| transformer::run(config, shutdown)).await
 }
