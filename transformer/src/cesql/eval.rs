@@ -314,10 +314,7 @@ impl Eval<'_> {
             _ => {
                 let (x, pos) = (arg(0).to_string(), arg(1));
                 let pos = self.int(pos);
-                let len = match v.get(2).cloned() {
-                    Some(l) => Some(self.int(l)),
-                    None => None,
-                };
+                let len = v.get(2).cloned().map(|l| self.int(l));
                 self.substring(&x, pos, len)
             }
         }
