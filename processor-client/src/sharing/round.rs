@@ -18,7 +18,8 @@ use crate::watch::Snapshot;
 fn claim_body(sharing: &Sharing, registry: &Registry, src: &str) -> Bytes {
     let phase = registry
         .phase_of(src)
-        .map_or("Pending", Phase::as_str)
+        .unwrap_or(Phase::Pending)
+        .as_str()
         .to_owned();
     let value = ClaimValue {
         owner: sharing.replica(),
@@ -50,6 +51,15 @@ pub(super) async fn renew(
     renewed
 }
 
+/// Why a round did not reach the bucket.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum RoundError {
+    #[error("announcing this replica: {0}")]
+    Announce(String),
+    #[error("listing the bucket's keys: {0}")]
+    Keys(String),
+}
+
 /// One round: announce, read, renew, claim. The claims to hand over are
 /// dropped locally and queued on `sharing` (see [`Sharing::take_released`]).
 pub(super) async fn tick(
@@ -57,7 +67,7 @@ pub(super) async fn tick(
     store: &kv::Store,
     snapshot: &Snapshot,
     registry: &Registry,
-) -> Result<(), String> {
+) -> Result<(), RoundError> {
     let sent = Instant::now();
     let valid_until = sharing.valid_until(sent);
     let me = sharing.replica();
@@ -68,15 +78,15 @@ pub(super) async fn tick(
         store.put(format!("{REPLICAS}{me}"), Bytes::new()),
         renew(sharing, store, registry, &held)
     );
-    announced.map_err(|e| e.to_string())?;
+    announced.map_err(|e| RoundError::Announce(e.to_string()))?;
     // Then the whole bucket: who is live, and who holds what.
     let keys: Vec<String> = store
         .keys()
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| RoundError::Keys(e.to_string()))?
         .try_collect()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| RoundError::Keys(e.to_string()))?;
     let replicas: BTreeSet<String> = keys
         .iter()
         .filter_map(|k| k.strip_prefix(REPLICAS).map(str::to_owned))
@@ -86,22 +96,7 @@ pub(super) async fn tick(
         .filter(|k| k.starts_with(CLAIMS))
         .filter_map(|k| Some((src_of(k)?, k.clone())))
         .collect();
-    let mut entries: Vec<(String, kv::Entry)> = Vec::with_capacity(claim_keys.len());
-    for chunk in claim_keys.chunks(16) {
-        let got =
-            futures::future::join_all(chunk.iter().map(|(_, key)| store.entry(key.clone()))).await;
-        for ((src, _), entry) in chunk.iter().zip(got) {
-            if let Ok(Some(entry)) = entry {
-                entries.push((src.clone(), entry));
-            }
-        }
-    }
-    let mut claims: BTreeMap<String, (ClaimValue, u64)> = BTreeMap::new();
-    for (src, entry) in entries {
-        if let Ok(value) = serde_json::from_slice::<ClaimValue>(&entry.value) {
-            claims.insert(src, (value, entry.revision));
-        }
-    }
+    let mut claims = read_claims(store, &claim_keys).await;
     // Claims of this replica it does not hold here (an earlier run of it made
     // them): renewed and taken on.
     let releasing = sharing
@@ -154,30 +149,15 @@ pub(super) async fn tick(
             }
         }
     }
-    let mut claimed = 0;
-    for src in moves.claim {
-        if claimed >= moves.wanted {
-            break;
-        }
-        let value = ClaimValue {
-            owner: me.clone(),
-            phase: "Pending".into(),
-        };
-        let body = Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
-        if let Ok(revision) = store.create(claim_key(&src), body).await {
-            claimed += 1;
-            sharing.metrics.sharing.claims.inc();
-            tracing::info!(%src, "claimed");
-            sharing.held().insert(
-                src.clone(),
-                Held {
-                    revision,
-                    valid_until,
-                },
-            );
-            claims.insert(src, (value, revision));
-        }
-    }
+    claim(
+        sharing,
+        store,
+        &moves.claim,
+        moves.wanted,
+        valid_until,
+        &mut claims,
+    )
+    .await;
     let mut view: BTreeMap<String, ClaimValue> = claims
         .into_iter()
         .filter(|(src, _)| configs.contains(src))
@@ -193,4 +173,62 @@ pub(super) async fn tick(
         .owned
         .set(sharing.held().len() as i64);
     Ok(())
+}
+
+/// The claims in the bucket under `keys` (configuration, key), 16 read at
+/// once: each one's value and revision.
+async fn read_claims(
+    store: &kv::Store,
+    keys: &[(String, String)],
+) -> BTreeMap<String, (ClaimValue, u64)> {
+    let mut claims = BTreeMap::new();
+    for chunk in keys.chunks(16) {
+        let got =
+            futures::future::join_all(chunk.iter().map(|(_, key)| store.entry(key.clone()))).await;
+        for ((src, _), entry) in chunk.iter().zip(got) {
+            if let Ok(Some(entry)) = entry {
+                if let Ok(value) = serde_json::from_slice::<ClaimValue>(&entry.value) {
+                    claims.insert(src.clone(), (value, entry.revision));
+                }
+            }
+        }
+    }
+    claims
+}
+
+/// Claims up to `wanted` of `candidates` (each a create: the first replica
+/// to ask gets it), holding each until `valid_until`, and notes each in
+/// `claims`.
+async fn claim(
+    sharing: &Sharing,
+    store: &kv::Store,
+    candidates: &[String],
+    wanted: usize,
+    valid_until: Instant,
+    claims: &mut BTreeMap<String, (ClaimValue, u64)>,
+) {
+    let mut claimed = 0;
+    for src in candidates {
+        if claimed >= wanted {
+            break;
+        }
+        let value = ClaimValue {
+            owner: sharing.replica(),
+            phase: Phase::Pending.as_str().into(),
+        };
+        let body = Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
+        if let Ok(revision) = store.create(claim_key(src), body).await {
+            claimed += 1;
+            sharing.metrics.sharing.claims.inc();
+            tracing::info!(%src, "claimed");
+            sharing.held().insert(
+                src.clone(),
+                Held {
+                    revision,
+                    valid_until,
+                },
+            );
+            claims.insert(src.clone(), (value, revision));
+        }
+    }
 }
