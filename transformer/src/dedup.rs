@@ -154,7 +154,34 @@ impl Dedup {
     /// Whether `key` was taken within the window; a new one is held (pending)
     /// for the caller, who must say [`Dedup::taken`] or [`Dedup::release`].
     pub fn check(&self, key: Key, now: u32) -> Check {
+        self.check_in(&mut self.lock(), key, now)
+    }
+
+    /// [`Dedup::check`] of each key given (in order), under one lock: a
+    /// batch's events cost one lock, not one each.
+    pub fn check_many(&self, keys: &[Option<Key>], now: u32) -> Vec<Option<Check>> {
+        if keys.iter().all(Option::is_none) {
+            return keys.iter().map(|_| None).collect();
+        }
         let mut m = self.lock();
+        keys.iter()
+            .map(|k| k.map(|k| self.check_in(&mut m, k, now)))
+            .collect()
+    }
+
+    /// Settles held keys, each taken (true) or not, under one lock.
+    pub fn settle_many(&self, keys: impl IntoIterator<Item = (Key, bool)>, now: u32) {
+        let mut m = self.lock();
+        for (key, taken) in keys {
+            if taken {
+                m.taken.insert(key, now);
+            } else if m.taken.get(&key) == Some(&PENDING) {
+                m.taken.remove(&key);
+            }
+        }
+    }
+
+    fn check_in(&self, m: &mut Memory, key: Key, now: u32) -> Check {
         let window = self.window_secs;
         if now.saturating_sub(m.swept_at) >= self.sweep_every() {
             m.sweep(now, window);

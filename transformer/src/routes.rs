@@ -161,17 +161,34 @@ fn check_items(st: &AppState, items: &[BatchItem]) -> Checked {
         slots: Vec::with_capacity(items.len()),
         repeats: Vec::new(),
     };
-    for item in items {
-        let event = claim_holds(item.claim_until.as_deref()).and_then(|()| {
-            let trace = [
-                ("traceparent", item.traceparent.as_deref()),
-                ("tracestate", item.tracestate.as_deref()),
-            ];
-            let trace = trace.into_iter().filter_map(|(k, v)| Some((k, v?)));
-            gateway_event(st, item.event.get().as_bytes(), trace)
-        });
-        let checked = event.map(|(event, named)| {
-            let name = check_name(st, &event, named);
+    // Read first, then every name looked up under one lock.
+    let parsed: Vec<Result<(CloudEvent, bool), ApiError>> = items
+        .iter()
+        .map(|item| {
+            claim_holds(item.claim_until.as_deref()).and_then(|()| {
+                let trace = [
+                    ("traceparent", item.traceparent.as_deref()),
+                    ("tracestate", item.tracestate.as_deref()),
+                ];
+                let trace = trace.into_iter().filter_map(|(k, v)| Some((k, v?)));
+                gateway_event(st, item.event.get().as_bytes(), trace)
+            })
+        })
+        .collect();
+    let keys: Vec<Option<Key>> = parsed
+        .iter()
+        .map(|p| p.as_ref().ok().and_then(|(e, named)| key_of(st, e, *named)))
+        .collect();
+    let checks = match &st.dedup {
+        Some(dedup) => dedup.check_many(&keys, dedup::now_secs()),
+        None => keys.iter().map(|_| None).collect(),
+    };
+    for ((event, key), check) in parsed.into_iter().zip(keys).zip(checks) {
+        let checked = event.map(|(event, _)| {
+            let name = match key {
+                Some(key) => named_of(st, key, check),
+                None => Ok(Named::Unnamed),
+            };
             (event, name)
         });
         let at = c.results.len();
@@ -277,11 +294,24 @@ impl From<NameError> for ApiError {
 /// Looks an event's name up: `named` events (a user server's id, a relayed
 /// CloudEvent) are remembered by their CloudEvent `source` and `id`.
 fn check_name(st: &AppState, event: &CloudEvent, named: bool) -> Result<Named, NameError> {
-    let (Some(dedup), true) = (&st.dedup, named) else {
+    let Some(key) = key_of(st, event, named) else {
         return Ok(Named::Unnamed);
     };
-    let key = Key::of(&event.source, &event.id);
-    match dedup.check(key, dedup::now_secs()) {
+    let check = st.dedup.as_ref().map(|d| d.check(key, dedup::now_secs()));
+    named_of(st, key, check)
+}
+
+/// The key an event is remembered by, when it is named and memory is on.
+fn key_of(st: &AppState, event: &CloudEvent, named: bool) -> Option<Key> {
+    (named && st.dedup.is_some()).then(|| Key::of(&event.source, &event.id))
+}
+
+/// What the memory's answer for `key` means for its event.
+fn named_of(st: &AppState, key: Key, check: Option<Check>) -> Result<Named, NameError> {
+    let (Some(dedup), Some(check)) = (&st.dedup, check) else {
+        return Ok(Named::Unnamed);
+    };
+    match check {
         Check::New => Ok(Named::New(key)),
         Check::Duplicate => {
             st.metrics.duplicates.inc();
@@ -320,10 +350,12 @@ async fn dispatch_settled(
     let st = st.clone();
     let task = tokio::spawn(async move {
         let outcomes = dispatcher.dispatch_many(events).await;
-        for (key, outcome) in keys.into_iter().zip(&outcomes) {
-            if let Some(key) = key {
-                settle_name(&st, key, outcome.is_ok());
-            }
+        if let Some(dedup) = &st.dedup {
+            let settled = keys
+                .into_iter()
+                .zip(&outcomes)
+                .filter_map(|(key, outcome)| Some((key?, outcome.is_ok())));
+            dedup.settle_many(settled, dedup::now_secs());
         }
         outcomes
     });
