@@ -237,10 +237,12 @@ fn start_sharing(
         settings.clone(),
         registry.clone(),
         activity.clone(),
-        snapshots,
-        tx,
-        tasks.stop_claiming.clone(),
-        tasks.release_claims.clone(),
+        sharing::Wiring {
+            all: snapshots,
+            desired: tx,
+            stop_claiming: tasks.stop_claiming.clone(),
+            release: tasks.release_claims.clone(),
+        },
     ));
     (rx, task)
 }

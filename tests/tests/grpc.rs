@@ -414,3 +414,34 @@ async fn a_grpc_server_called_over_http_is_named() {
     g.start_processor().await;
     wait_message(&g, "Pending", "GATEWAY_PROCESSOR_SERVER_PROTOCOL=grpc").await;
 }
+
+/// An event the transformer refuses for good (over its body limit) is counted
+/// as rejected, under the refusal's reason, and not as forwarded; the stream
+/// goes on, and the next configuration's events are forwarded.
+#[tokio::test]
+async fn an_event_the_transformer_refuses_is_counted_as_rejected_not_forwarded() {
+    let mut g = grpc_gateway("grpc");
+    g.transformer_env
+        .push(("TRANSFORMER_MAX_BODY_BYTES".into(), "2048".into()));
+    g.set_config("big", r#"{"count": 3, "pad": 4000}"#);
+    g.set_config("small", r#"{"count": 2}"#);
+    up(&mut g, "grpc").await;
+    g.wait_sensor(2).await;
+    let metrics = g.pc_url("/metrics");
+    let rejected = wait_for("three refusals counted", || async {
+        let n = g
+            .metric(
+                &metrics,
+                "processor_events_rejected_total{reason=\"too_large\"}",
+            )
+            .await;
+        (n >= 3.0).then_some(n)
+    })
+    .await;
+    assert_eq!(rejected, 3.0);
+    assert_eq!(
+        g.metric(&metrics, "processor_events_forwarded_total").await,
+        2.0,
+        "only the small configuration's events were forwarded"
+    );
+}

@@ -549,3 +549,24 @@ async fn a_request_given_up_halfway_does_not_hold_its_id() {
     assert_eq!(got.len(), 2);
     assert_eq!(g.sensor_events().len(), 2, "each id once");
 }
+
+/// The Python batch example (standard library only): a thousand events in one
+/// `/events`, each with its id, at the sensor once each and in order.
+#[tokio::test]
+async fn the_python_batch_example_sends_a_thousand_with_ids() {
+    let g = Gateway::up_with(
+        &[("bulk", r#"{"count": 1000, "batch": 1000}"#.to_owned())],
+        |_| {
+            let mut cmd = Command::new("python3");
+            cmd.arg(root().join("sdk-examples/python-batch/user_server.py"));
+            cmd
+        },
+    )
+    .await;
+    let got = g.wait_sensor(1000).await;
+    assert_ordered(&got);
+    let ids: HashSet<&str> = got.iter().filter_map(|e| e["originid"].as_str()).collect();
+    assert_eq!(ids.len(), 1000, "each event carries its own id");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(g.sensor_events().len(), 1000);
+}

@@ -243,21 +243,35 @@ impl Sharing {
     }
 }
 
+/// How the sharing task is wired to the rest of the processor-client.
+pub struct Wiring {
+    /// Every configuration, as the watcher reads them.
+    pub all: watch::Receiver<Arc<Snapshot>>,
+    /// The ones this replica holds, for the supervisor.
+    pub desired: watch::Sender<Arc<Snapshot>>,
+    /// Shutdown has begun: claim nothing more.
+    pub stop_claiming: CancellationToken,
+    /// The supervisor has stopped every configuration: hand the claims back.
+    pub release: CancellationToken,
+}
+
 /// Keeps this replica's share of the configurations until `stop_claiming`,
 /// feeding the supervisor the ones it holds; then renews what it holds until
 /// `release` (cancel it once the supervisor has stopped them) and gives back
 /// every claim whose configuration `activity` says is quiet.
-#[allow(clippy::too_many_arguments)]
 pub async fn run(
     sharing: Arc<Sharing>,
     settings: Settings,
     registry: Arc<Registry>,
     activity: Arc<Activity>,
-    mut all: watch::Receiver<Arc<Snapshot>>,
-    desired: watch::Sender<Arc<Snapshot>>,
-    stop_claiming: CancellationToken,
-    release: CancellationToken,
+    wiring: Wiring,
 ) {
+    let Wiring {
+        mut all,
+        desired,
+        stop_claiming,
+        release,
+    } = wiring;
     // Listed (unclaimed) from the start: until the bucket answers, `/configs`
     // shows what there is to run, not nothing.
     *sharing
