@@ -25,6 +25,31 @@ pub(super) struct Load {
     pub(super) woke_late: Vec<u64>,
 }
 
+impl Load {
+    fn new() -> Load {
+        Load {
+            ok: 0,
+            refused: 0,
+            rtts: Vec::new(),
+            woke_late: Vec::new(),
+        }
+    }
+
+    /// What the producers' tasks counted, together.
+    async fn sum(tasks: Vec<tokio::task::JoinHandle<Load>>) -> Load {
+        let mut total = Load::new();
+        for t in tasks {
+            if let Ok(l) = t.await {
+                total.ok += l.ok;
+                total.refused += l.refused;
+                total.rtts.extend(l.rtts);
+                total.woke_late.extend(l.woke_late);
+            }
+        }
+        total
+    }
+}
+
 /// Lateness of a paced send that is put down to the timer, not counted.
 pub(super) const TIMER_SLACK: Duration = Duration::from_millis(2);
 
@@ -66,12 +91,7 @@ pub(super) async fn generate(
         let client = client.clone();
         let url = url.to_owned();
         tasks.push(tokio::spawn(async move {
-            let mut load = Load {
-                ok: 0,
-                refused: 0,
-                rtts: Vec::new(),
-                woke_late: Vec::new(),
-            };
+            let mut load = Load::new();
             let mut idle_since = tokio::time::Instant::now();
             let mut tick = rate.map(|r| {
                 let period = Duration::from_secs_f64(workers as f64 / r);
@@ -127,21 +147,7 @@ pub(super) async fn generate(
             load
         }));
     }
-    let mut total = Load {
-        ok: 0,
-        refused: 0,
-        rtts: Vec::new(),
-        woke_late: Vec::new(),
-    };
-    for t in tasks {
-        if let Ok(l) = t.await {
-            total.ok += l.ok;
-            total.refused += l.refused;
-            total.rtts.extend(l.rtts);
-            total.woke_late.extend(l.woke_late);
-        }
-    }
-    total
+    Load::sum(tasks).await
 }
 
 /// `workers` producers POST `/events` batches of `batch` events for `secs`,
@@ -168,12 +174,7 @@ pub(super) async fn generate_batches(
         let client = client.clone();
         let url = url.to_owned();
         tasks.push(tokio::spawn(async move {
-            let mut load = Load {
-                ok: 0,
-                refused: 0,
-                rtts: Vec::new(),
-                woke_late: Vec::new(),
-            };
+            let mut load = Load::new();
             let mut n = 0usize;
             while Instant::now() < deadline {
                 let mut body = String::with_capacity(batch * (size * 4 / 3 + 80));
@@ -225,18 +226,5 @@ pub(super) async fn generate_batches(
             load
         }));
     }
-    let mut total = Load {
-        ok: 0,
-        refused: 0,
-        rtts: Vec::new(),
-        woke_late: Vec::new(),
-    };
-    for t in tasks {
-        if let Ok(l) = t.await {
-            total.ok += l.ok;
-            total.refused += l.refused;
-            total.rtts.extend(l.rtts);
-        }
-    }
-    total
+    Load::sum(tasks).await
 }

@@ -76,6 +76,27 @@ pub(super) struct Settings {
     pub(super) sources: usize,
 }
 
+/// Each process's CPU seconds so far, the benchmark's own first.
+fn cpu_now(procs: &[(&'static str, i32)]) -> Vec<(&'static str, f64)> {
+    let mut v = vec![("load", own_cpu_secs())];
+    v.extend(procs.iter().map(|(n, pid)| (*n, cpu_secs(*pid))));
+    v
+}
+
+/// CPU per event of each process and of all, since `before`.
+fn cpu_since(
+    before: &[(&'static str, f64)],
+    procs: &[(&'static str, i32)],
+    events: u64,
+) -> (String, f64) {
+    let used: Vec<(&str, f64)> = cpu_now(procs)
+        .into_iter()
+        .zip(before)
+        .map(|((name, after), (_, before))| (name, after - before))
+        .collect();
+    cpu_per_event(&used, events)
+}
+
 /// Waits until `sink` has `n` more events than `before`; returns when, or None
 /// if they never all arrive.
 pub(super) async fn drained(
@@ -103,17 +124,12 @@ pub(super) async fn measure(
     sink: Option<&Sink>,
     size: usize,
     s: &Settings,
-    procs: &[(&str, i32)],
+    procs: &[(&'static str, i32)],
 ) -> (Row, f64) {
     let before = sink.map_or(0, |k| k.received.load(Ordering::Relaxed));
     // CPU is counted over the saturated phase only, until the last event
     // arrived: per event, that is what bounds the rate.
-    let cpu_now = || {
-        let mut v = vec![("load", own_cpu_secs())];
-        v.extend(procs.iter().map(|(n, pid)| (*n, cpu_secs(*pid))));
-        v
-    };
-    let cpu_before = cpu_now();
+    let cpu_before = cpu_now(procs);
     let started = Instant::now();
     let sat = generate(url, s.sources, size, s.workers, s.secs, None).await;
     let accepted_rate = sat.ok as f64 / s.secs;
@@ -124,12 +140,7 @@ pub(super) async fn measure(
         },
         None => accepted_rate,
     };
-    let used: Vec<(&str, f64)> = cpu_now()
-        .into_iter()
-        .zip(&cpu_before)
-        .map(|((name, after), (_, before))| (name, after - before))
-        .collect();
-    let (cpu, cpu_total) = cpu_per_event(&used, sat.ok);
+    let (cpu, cpu_total) = cpu_since(&cpu_before, procs, sat.ok);
     if let Some(sink) = sink {
         sink.latencies
             .lock()
@@ -201,15 +212,10 @@ pub(super) async fn measure_grpc(
     sink: &Sink,
     streams: usize,
     s: &Settings,
-    procs: &[(&str, i32)],
+    procs: &[(&'static str, i32)],
 ) -> Row {
     let before = sink.received.load(Ordering::Relaxed);
-    let cpu_now = || {
-        let mut v = vec![("load", own_cpu_secs())];
-        v.extend(procs.iter().map(|(n, pid)| (*n, cpu_secs(*pid))));
-        v
-    };
-    let cpu_before = cpu_now();
+    let cpu_before = cpu_now(procs);
     let sent_before = load.sent.load(Ordering::Relaxed);
     let started = Instant::now();
     load.set(grpc::Phase::Flat);
@@ -230,12 +236,7 @@ pub(super) async fn measure_grpc(
         Some(t) => read as f64 / t.as_secs_f64().max(s.secs),
         None => f64::NAN,
     };
-    let used: Vec<(&str, f64)> = cpu_now()
-        .into_iter()
-        .zip(&cpu_before)
-        .map(|((name, after), (_, before))| (name, after - before))
-        .collect();
-    let (cpu, cpu_total) = cpu_per_event(&used, read);
+    let (cpu, cpu_total) = cpu_since(&cpu_before, procs, read);
     tokio::time::sleep(Duration::from_millis(500)).await;
     sink.latencies
         .lock()
@@ -319,15 +320,10 @@ pub(super) async fn measure_batches(
     batch: usize,
     ids: bool,
     s: &Settings,
-    procs: &[(&str, i32)],
+    procs: &[(&'static str, i32)],
 ) -> Row {
     let before = sink.received.load(Ordering::Relaxed);
-    let cpu_now = || {
-        let mut v = vec![("load", own_cpu_secs())];
-        v.extend(procs.iter().map(|(n, pid)| (*n, cpu_secs(*pid))));
-        v
-    };
-    let cpu_before = cpu_now();
+    let cpu_before = cpu_now(procs);
     let started = Instant::now();
     let workers = (s.workers / 4).max(2);
     let sat = generate_batches(url, s.sources, size, batch, workers, s.secs, ids).await;
@@ -335,12 +331,7 @@ pub(super) async fn measure_batches(
         Some(t) => sat.ok as f64 / t.as_secs_f64(),
         None => f64::NAN,
     };
-    let used: Vec<(&str, f64)> = cpu_now()
-        .into_iter()
-        .zip(&cpu_before)
-        .map(|((name, after), (_, before))| (name, after - before))
-        .collect();
-    let (cpu, cpu_total) = cpu_per_event(&used, sat.ok);
+    let (cpu, cpu_total) = cpu_since(&cpu_before, procs, sat.ok);
     let mut rtts = sat.rtts;
     rtts.sort_unstable();
     let mut note = format!(
