@@ -322,8 +322,11 @@ fn replica_id(env: &Env) -> Result<String, ConfigError> {
     Ok(id)
 }
 
+/// Where a user server posts many events at once (beside the event path).
+pub const EVENTS_PATH: &str = "/events";
+
 /// Paths the processor-client serves itself; configurable paths may not shadow them.
-const FIXED_PATHS: [&str; 4] = ["/configs", "/healthz", "/readyz", "/metrics"];
+const FIXED_PATHS: [&str; 5] = ["/configs", EVENTS_PATH, "/healthz", "/readyz", "/metrics"];
 
 fn check_path(env: &Env, var: &Var) -> Result<String, ConfigError> {
     let raw = env.text(var)?;
@@ -529,6 +532,7 @@ mod tests {
             ("TRANSFORMER_PORT", "0"),
             ("GATEWAY_HTTP_CONFIG_EVENT", "event"),
             ("GATEWAY_HTTP_CONFIG_ERROR", "/configs"),
+            ("GATEWAY_HTTP_CONFIG_EVENT", "/events"),
             ("GATEWAY_PROCESSOR_RETRY_CAP", "later"),
             ("GATEWAY_PROCESSOR_CLIENT_TOKEN", "abc\ndef"),
             ("GATEWAY_PROCESSOR_CLIENT_TOKEN", "two words"),

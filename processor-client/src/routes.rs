@@ -18,7 +18,7 @@ use gateway_common::error::{ApiError, ErrorCode};
 use gateway_common::wire::{self, BatchAnswer, BatchResult, EventRequest};
 use serde::Deserialize;
 
-use crate::config::Paths;
+use crate::config::{Paths, EVENTS_PATH};
 use crate::configs::{LookupError, Registry};
 use crate::metrics::Metrics;
 
@@ -56,9 +56,6 @@ pub fn router(paths: &Paths, state: Arc<AppState>) -> Router {
 }
 
 type Params = Query<HashMap<String, String>>;
-
-/// Where a user server posts many events at once (beside the event path).
-pub const EVENTS_PATH: &str = "/events";
 
 fn lookup_error(e: LookupError) -> ApiError {
     match e {
