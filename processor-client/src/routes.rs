@@ -248,6 +248,14 @@ async fn forward_events(
             "the body of POST /events is a JSON array of {{\"src\", \"payload\", \"id\"?}} objects: {e}"
         ))
     })?;
+    if let Some(at) = items
+        .iter()
+        .position(|item| !item.get().trim_start().starts_with('{'))
+    {
+        return Err(ApiError::bad_request(format!(
+            "item {at} of POST /events is not a JSON object {{\"src\", \"payload\", \"id\"?}}; nothing of the request was taken"
+        )));
+    }
     if items.len() > st.max_batch_events {
         return Err(ApiError::new(
             ErrorCode::TooLarge,

@@ -51,7 +51,8 @@ export interface paths {
          *     answered 503, the later events of its configuration in the same request
          *     are answered 503 too and not taken, so that sending the refused ones
          *     again (in order) keeps that order. A body that is not such an array, or
-         *     over a limit, is one error answer and none of it is taken.
+         *     over a limit, or holding an item that is not a JSON object, is one error answer and none of it
+         *     is taken.
          */
         post: operations["postEvents"];
         delete?: never;
