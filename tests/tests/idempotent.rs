@@ -573,3 +573,47 @@ async fn the_python_batch_example_sends_a_thousand_with_ids() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(g.sensor_events().len(), 1000);
 }
+
+/// Past its bound the memory never takes an id it cannot remember: a new id
+/// is answered 503 with Retry-After (counted), one it holds is still a
+/// duplicate, and unnamed events go through as ever.
+#[tokio::test]
+async fn a_full_memory_refuses_new_ids_and_still_knows_the_old() {
+    let g = gateway(
+        &[("alpha", QUIET)],
+        &[
+            ("TRANSFORMER_DEDUP_MAX_IDS", "2"),
+            ("TRANSFORMER_DEDUP_WINDOW", "1h"),
+        ],
+    )
+    .await;
+    let results = post_events(
+        &g,
+        &[
+            item("alpha", 0, Some("one")),
+            item("alpha", 1, Some("two")),
+            item("alpha", 2, Some("three")),
+            item("alpha", 3, None),
+        ],
+    )
+    .await;
+    assert_eq!(statuses(&results), [200, 200, 503, 503], "{results:?}");
+    assert!(results[2]["retry_after"].as_u64().is_some_and(|s| s >= 1));
+    assert!(
+        results[2]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("TRANSFORMER_DEDUP_MAX_IDS")),
+        "{results:?}"
+    );
+    let again = post_events(&g, &[item("alpha", 0, Some("one")), item("alpha", 9, None)]).await;
+    assert_eq!(statuses(&again), [200, 200], "{again:?}");
+    assert_eq!(again[0]["duplicate"], true);
+    assert!(
+        g.metric(&g.tr_url("/metrics"), "transformer_dedup_full_total")
+            .await
+            >= 1.0
+    );
+    g.wait_sensor(3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(g.sensor_events().len(), 3, "one, two and the unnamed one");
+}

@@ -183,6 +183,9 @@ fn check_items(st: &AppState, items: &[BatchItem]) -> Checked {
         Some(dedup) => dedup.check_many(&keys, dedup::now_secs()),
         None => keys.iter().map(|_| None).collect(),
     };
+    // Configurations an item of which was refused for now: their later items
+    // wait too, or they would overtake it when it is sent again.
+    let mut held_back: Vec<String> = Vec::new();
     for ((event, key), check) in parsed.into_iter().zip(keys).zip(checks) {
         let checked = event.map(|(event, _)| {
             let name = match key {
@@ -191,6 +194,18 @@ fn check_items(st: &AppState, items: &[BatchItem]) -> Checked {
             };
             (event, name)
         });
+        let checked = match checked {
+            Ok((event, name))
+                if held_back.iter().any(|s| s == event.ordering_key())
+                    && !matches!(name, Ok(Named::Duplicate)) =>
+            {
+                if let (Ok(Named::New(key)), Some(dedup)) = (&name, &st.dedup) {
+                    dedup.release(*key);
+                }
+                Err(refused(crate::dispatch::Refused::Behind))
+            }
+            other => other,
+        };
         let at = c.results.len();
         match checked {
             Ok((event, Ok(Named::New(key)))) => {
@@ -204,7 +219,7 @@ fn check_items(st: &AppState, items: &[BatchItem]) -> Checked {
                 c.events.push((event, None));
             }
             Ok((event, Ok(Named::Duplicate))) => c.results.push(taken(event.id, true)),
-            Ok((_, Err(e))) => {
+            Ok((event, Err(e))) => {
                 let repeat = match &e {
                     NameError::InFlight(key) => c.slots.iter().find(|(_, k)| *k == Some(*key)),
                     NameError::Full { .. } => None,
@@ -212,7 +227,10 @@ fn check_items(st: &AppState, items: &[BatchItem]) -> Checked {
                 let e: ApiError = e.into();
                 match repeat {
                     Some(&(first, _)) => c.repeats.push((at, first)),
-                    None => st.metrics.reject(reject_reason(&e)),
+                    None => {
+                        st.metrics.reject(reject_reason(&e));
+                        held_back.push(event.ordering_key().to_owned());
+                    }
                 }
                 c.results.push(BatchResult::from(e));
             }
