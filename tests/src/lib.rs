@@ -591,7 +591,7 @@ mod tls;
 pub use checks::{assert_acked_delivered, assert_ordered, event_body, payload};
 pub use cutter::Cutter;
 pub use ingress::{run_client, ws_client, Ingress};
-pub use nats::NatsServer;
+pub use nats::{into_core_nats, nats_sensor, NatsServer};
 pub use proc::Proc;
 pub use rabbitmq::RabbitMq;
 pub use s3::{ListenStandIn, S3Op, S3Server};

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{free_port, wait_port, Proc};
+use crate::{free_port, root, wait_for, wait_port, Gateway, Proc};
 
 /// A real `nats-server` with JetStream, on a free port with its own store, that a
 /// test can kill and start again on the same port and store.
@@ -87,4 +87,32 @@ impl NatsServer {
             .expect("connect to nats-server");
         async_nats::jetstream::new(client)
     }
+}
+
+/// The example JetStream sensor reading from `nats` with `args` (a stream, or
+/// `--core --subject S`), writing each CloudEvent it reads to `out`.
+pub fn nats_sensor(g: &Gateway, nats: &NatsServer, out: &Path, args: &[&str]) -> Proc {
+    let mut cmd = Command::new("python3");
+    cmd.arg(root().join("sdk-examples/jetstream-sensor/sensor.py"))
+        .arg("--url")
+        .arg(nats.url())
+        .arg("--out")
+        .arg(out)
+        .args(args);
+    Proc::spawn("nats-sensor", cmd, g.dir.path())
+}
+
+/// Points `g`'s transformer at core NATS, with a subscriber on every subject
+/// of the gateway writing what it gets to the returned file.
+pub async fn into_core_nats(g: &mut Gateway, nats: &NatsServer) -> (PathBuf, Proc) {
+    let out = g.dir.path().join("core.jsonl");
+    let sub = nats_sensor(g, nats, &out, &["--core", "--subject", "test-gateway.>"]);
+    wait_for("the subscriber to subscribe", || async {
+        sub.output().contains("subscribed").then_some(())
+    })
+    .await;
+    g.transformer_env
+        .push(("EVENT_PROTOCOL".into(), "NATS".into()));
+    g.transformer_env.push(("NATS_URL".into(), nats.url()));
+    (out, sub)
 }

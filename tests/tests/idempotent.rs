@@ -269,20 +269,7 @@ async fn a_repeated_id_reaches_an_http_sensor_and_jetstream_once() {
 async fn a_repeated_id_reaches_a_core_nats_subscriber_once() {
     let mut g = Gateway::new(UserServerKind::Python);
     let nats = NatsServer::start(g.dir.path()).await;
-    let out = g.dir.path().join("core.jsonl");
-    let mut cmd = Command::new("python3");
-    cmd.arg(root().join("sdk-examples/jetstream-sensor/sensor.py"))
-        .args(["--url", &nats.url(), "--out"])
-        .arg(&out)
-        .args(["--core", "--subject", "test-gateway.>"]);
-    let sub = Proc::spawn("nats-sensor", cmd, g.dir.path());
-    wait_for("the subscriber to subscribe", || async {
-        sub.output().contains("subscribed").then_some(())
-    })
-    .await;
-    g.transformer_env
-        .push(("EVENT_PROTOCOL".into(), "NATS".into()));
-    g.transformer_env.push(("NATS_URL".into(), nats.url()));
+    let (out, _sub) = into_core_nats(&mut g, &nats).await;
     g.set_config("alpha", QUIET);
     g.start_all().await;
     g.wait_phase("alpha", "Running").await;

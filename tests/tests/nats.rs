@@ -4,36 +4,9 @@
 //! with the official CloudEvents SDK.
 
 use std::collections::HashSet;
-use std::process::Command;
 
 use gateway_tests::*;
 use serde_json::Value;
-
-fn nats_sensor(g: &Gateway, nats: &NatsServer, out: &std::path::Path, args: &[&str]) -> Proc {
-    let mut cmd = Command::new("python3");
-    cmd.arg(root().join("sdk-examples/jetstream-sensor/sensor.py"))
-        .arg("--url")
-        .arg(nats.url())
-        .arg("--out")
-        .arg(out)
-        .args(args);
-    Proc::spawn("nats-sensor", cmd, g.dir.path())
-}
-
-/// Points `g`'s transformer at core NATS, with a subscriber on every subject
-/// of the gateway writing what it gets to the returned file.
-async fn into_core_nats(g: &mut Gateway, nats: &NatsServer) -> (std::path::PathBuf, Proc) {
-    let out = g.dir.path().join("core.jsonl");
-    let sub = nats_sensor(g, nats, &out, &["--core", "--subject", "test-gateway.>"]);
-    wait_for("the subscriber to subscribe", || async {
-        sub.output().contains("subscribed").then_some(())
-    })
-    .await;
-    g.transformer_env
-        .push(("EVENT_PROTOCOL".into(), "NATS".into()));
-    g.transformer_env.push(("NATS_URL".into(), nats.url()));
-    (out, sub)
-}
 
 async fn wait_lines(path: &std::path::Path, n: usize, what: &str) -> Vec<Value> {
     wait_for(what, || async {
