@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
 use crate::emitter::Line;
-use crate::{ConfigData, ConfigExecutor, Emitter};
+use crate::{ConfigData, ConfigExecutor, Emitter, Unready};
 
 /// The servers generated from `openapi/proto/`.
 pub mod proto {
@@ -59,7 +59,7 @@ struct Service<E> {
 impl<E: ConfigExecutor> Service<E> {
     /// Validates and starts one configuration; its events come out of the
     /// returned stream, each made a message by `message`.
-    fn open<M>(
+    async fn open<M>(
         &self,
         src: String,
         config: String,
@@ -74,6 +74,10 @@ impl<E: ConfigExecutor> Service<E> {
         self.executor
             .validate(&config)
             .map_err(Status::invalid_argument)?;
+        self.executor.prepare(&config).await.map_err(|e| match e {
+            Unready::Later(why) => Status::unavailable(why),
+            Unready::Refused(why) => Status::failed_precondition(why),
+        })?;
         let (tx, rx) = mpsc::channel(BUFFERED);
         let stop = CancellationToken::new();
         let emitter = Emitter {
@@ -149,10 +153,12 @@ impl<E: ConfigExecutor> Eventing for Service<E> {
         let source = request.into_inner();
         let config = String::from_utf8(source.config)
             .map_err(|_| Status::invalid_argument("the configuration is not UTF-8 text"))?;
-        let events = self.open(source.name, config, |src, payload| proto::generic::Event {
-            name: src.to_owned(),
-            payload: payload.to_vec(),
-        })?;
+        let events = self
+            .open(source.name, config, |src, payload| proto::generic::Event {
+                name: src.to_owned(),
+                payload: payload.to_vec(),
+            })
+            .await?;
         Ok(Response::new(events))
     }
 }
@@ -166,11 +172,13 @@ impl<E: ConfigExecutor> GatewayExecutor for Service<E> {
         request: Request<proto::gateways::GatewayConfig>,
     ) -> Result<Response<Self::RunGatewayStream>, Status> {
         let config = request.into_inner();
-        let events = self.open(config.src, config.config, |_, payload| {
-            proto::gateways::Event {
-                data: payload.to_vec(),
-            }
-        })?;
+        let events = self
+            .open(config.src, config.config, |_, payload| {
+                proto::gateways::Event {
+                    data: payload.to_vec(),
+                }
+            })
+            .await?;
         Ok(Response::new(events))
     }
 }

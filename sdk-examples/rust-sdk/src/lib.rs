@@ -34,6 +34,16 @@ pub struct ConfigData {
     pub config: String,
 }
 
+/// Why a configuration cannot start yet, or at all ([`ConfigExecutor::prepare`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unready {
+    /// Not now (the broker cannot be reached): try again later.
+    Later(String),
+    /// Never as it stands (no such topic, refused credentials): the
+    /// configuration is in Error until its value changes.
+    Refused(String),
+}
+
 /// A kind of event source. One executor serves every configuration; the server
 /// calls `start` once per start, on a task of its own, and cancels `stop` when the
 /// configuration is stopped, changed or replaced.
@@ -41,6 +51,18 @@ pub trait ConfigExecutor: Send + Sync + 'static {
     /// Checks a configuration before it starts. An error becomes a 400 whose body
     /// the processor-client shows as the configuration's Error message.
     fn validate(&self, config: &ConfigData) -> Result<(), String>;
+
+    /// Checks, before the start is answered, what the configuration needs
+    /// outside this process (a broker it reads). [`Unready::Later`] answers 503
+    /// (on gRPC UNAVAILABLE): the processor-client shows the configuration
+    /// Pending with the reason and tries the start again; [`Unready::Refused`]
+    /// answers as a failed `validate` does. Ready by default.
+    fn prepare(
+        &self,
+        _config: &ConfigData,
+    ) -> impl std::future::Future<Output = Result<(), Unready>> + Send {
+        async { Ok(()) }
+    }
 
     /// Runs the configuration until `stop` is cancelled, emitting its events.
     /// Once `stop` is cancelled the task has [`STOP_GRACE`] to return by

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::emitter::{HttpLine, Line};
-use crate::{ConfigData, ConfigExecutor, Emitter};
+use crate::{ConfigData, ConfigExecutor, Emitter, Unready};
 
 /// Where things are, from the contract's environment variables.
 #[derive(Debug, Clone)]
@@ -182,6 +182,14 @@ async fn start<E: ConfigExecutor>(
         .executor
         .validate(&config)
         .map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+    shared
+        .executor
+        .prepare(&config)
+        .await
+        .map_err(|e| match e {
+            Unready::Later(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+            Unready::Refused(why) => (StatusCode::BAD_REQUEST, why),
+        })?;
     let token = CancellationToken::new();
     let s = &shared.settings;
     let emitter = Emitter {

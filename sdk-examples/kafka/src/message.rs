@@ -1,0 +1,146 @@
+//! What one Kafka message becomes: the event's JSON and its id
+//! `TOPIC/PARTITION/OFFSET`, under which the gateway takes it once however
+//! often it is read again (after a crash, a rebalance, a lost commit).
+
+use base64::Engine as _;
+use gateway_sdk::Event;
+use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+use serde_json::{json, Map, Value};
+
+/// The longest id the gateway takes.
+const MOST_ID_CHARS: usize = 256;
+
+/// Where a message sits: what its offset commit needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// The event for `m`, and where it sits.
+pub fn event(m: &BorrowedMessage<'_>, json_body: bool) -> (Event, Place) {
+    let place = Place {
+        partition: m.partition(),
+        offset: m.offset(),
+    };
+    let mut e = json!({
+        "topic": m.topic(),
+        "partition": place.partition,
+        "offset": place.offset,
+        "key": Value::Null,
+        "timestamp": m.timestamp().to_millis().map_or(Value::Null, rfc3339),
+        "headers": headers(m),
+    });
+    if let Some(key) = m.key() {
+        match std::str::from_utf8(key) {
+            Ok(text) => e["key"] = Value::from(text),
+            Err(_) => e["keyBase64"] = base64(key),
+        }
+    }
+    let body = m.payload().unwrap_or_default();
+    let parsed = json_body
+        .then(|| serde_json::from_slice::<Value>(body).ok())
+        .flatten();
+    match (parsed, std::str::from_utf8(body)) {
+        (Some(v), _) => e["body"] = v,
+        (None, Ok(s)) => e["body"] = Value::from(s),
+        (None, Err(_)) => e["bodyBase64"] = base64(body),
+    }
+    let payload = serde_json::to_vec(&e).unwrap_or_default();
+    (Event::new(payload).with_id(id(m.topic(), place)), place)
+}
+
+/// `TOPIC/PARTITION/OFFSET`, the topic cut from the front when the whole
+/// would pass the gateway's 256 characters. A configuration reads one topic,
+/// and ids are the configuration's own, so the cut never makes two alike.
+pub fn id(topic: &str, place: Place) -> String {
+    let tail = format!("/{}/{}", place.partition, place.offset);
+    let room = MOST_ID_CHARS.saturating_sub(tail.len());
+    let start = topic.len().saturating_sub(room);
+    // Topic names are ASCII (Kafka's rule): any index is a boundary.
+    format!("{}{tail}", topic.get(start..).unwrap_or(topic))
+}
+
+/// Headers as one map of text, as Argo's consumers expect: a value that is
+/// not UTF-8 is given as its base64 prefixed `base64:`, an absent one as null.
+fn headers(m: &BorrowedMessage<'_>) -> Value {
+    let Some(hs) = m.headers() else {
+        return Value::Object(Map::new());
+    };
+    let map = hs
+        .iter()
+        .map(|h| {
+            let v = match h.value {
+                None => Value::Null,
+                Some(bytes) => match std::str::from_utf8(bytes) {
+                    Ok(t) => Value::from(t),
+                    Err(_) => Value::from(format!(
+                        "base64:{}",
+                        base64::engine::general_purpose::STANDARD.encode(bytes)
+                    )),
+                },
+            };
+            (h.key.to_owned(), v)
+        })
+        .collect::<Map<_, _>>();
+    Value::Object(map)
+}
+
+fn base64(bytes: &[u8]) -> Value {
+    Value::from(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+/// Milliseconds since the epoch as RFC 3339 UTC with milliseconds.
+fn rfc3339(ms: i64) -> Value {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rest = secs.rem_euclid(86_400);
+    let (y, m, d) = civil(days);
+    Value::from(format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    ))
+}
+
+/// The calendar date of a day count since 1970-01-01 (Howard Hinnant's
+/// days-to-civil).
+fn civil(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_topic_partition_offset_within_256_characters() {
+        let p = Place {
+            partition: 2,
+            offset: 41,
+        };
+        assert_eq!(id("orders", p), "orders/2/41");
+        let long = "t".repeat(249);
+        let cut = id(&long, p);
+        assert_eq!(cut.chars().count(), 256);
+        assert!(cut.ends_with("t/2/41"));
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+}
