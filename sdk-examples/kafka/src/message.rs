@@ -132,9 +132,14 @@ mod tests {
         };
         assert_eq!(id("orders", p), "orders/2/41");
         let long = "t".repeat(249);
-        let cut = id(&long, p);
+        assert_eq!(id(&long, p).len(), 254, "fits: not cut");
+        let far = Place {
+            partition: 2,
+            offset: i64::MAX,
+        };
+        let cut = id(&long, far);
         assert_eq!(cut.chars().count(), 256);
-        assert!(cut.ends_with("t/2/41"));
+        assert!(cut.ends_with("t/2/9223372036854775807"));
     }
 
     #[test]
