@@ -30,8 +30,11 @@ pub struct Tansu {
     dir: PathBuf,
     storage: Storage,
     pub proc: Option<Proc>,
-    /// `--authentication` with this SCRAM user and password.
+    /// Clients must authenticate (SASL SCRAM): the broker is started with
+    /// `--authentication`, and the tests' own clients log in as this user.
     pub user: Option<(String, String)>,
+    /// The port the broker tells clients to use, when not its own.
+    advertised: Option<u16>,
 }
 
 /// The broker's binary.
@@ -66,6 +69,7 @@ impl Tansu {
             storage,
             proc: None,
             user: None,
+            advertised: None,
         };
         t.restart().await;
         t
@@ -79,13 +83,17 @@ impl Tansu {
     /// Starts the broker (again) on the same port.
     pub async fn restart(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised.unwrap_or(self.port));
         let mut cmd = Command::new(tansu_bin());
         cmd.arg("broker")
             .arg("--listener-url")
             .arg(&url)
             .arg("--advertised-listener-url")
-            .arg(&url)
+            .arg(&advertised)
             .env("RUST_LOG", "warn");
+        if self.user.is_some() {
+            cmd.arg("--authentication");
+        }
         match &self.storage {
             Storage::Memory => {
                 cmd.arg("--storage-engine").arg("memory://tansu/");
@@ -104,6 +112,51 @@ impl Tansu {
         wait_port(self.port, "the Kafka broker to listen").await;
     }
 
+    /// Makes a SCRAM-SHA-512 user (before authentication is turned on: the
+    /// broker keeps users in its storage, so only an S3-backed one can then
+    /// be restarted requiring them).
+    pub fn create_user(&self, user: &str, password: &str) {
+        crate::run_ok(
+            Command::new(tansu_bin())
+                .args(["user", "create", "--mechanism", "scram512", "--broker"])
+                .arg(format!("tcp://127.0.0.1:{}", self.port))
+                .args([user, password]),
+            "tansu user create",
+        );
+    }
+
+    /// Restarts the broker requiring clients to log in; the tests' own
+    /// clients log in as `user`.
+    pub async fn require_login(&mut self, user: &str, password: &str) {
+        self.kill();
+        self.user = Some((user.to_owned(), password.to_owned()));
+        self.restart().await;
+    }
+
+    /// TLS in front of the broker (Tansu 0.6 serves none itself): socat
+    /// terminates it with `cert` and `key` on a port of its own, asking for a
+    /// client certificate `ca` signed, and the broker is restarted to
+    /// advertise that port. Returns the TLS address.
+    pub async fn behind_tls(&mut self, ca: &Path, cert: &Path, key: &Path) -> (String, Proc) {
+        let tls_port = free_port();
+        let plain_port = self.port;
+        let mut socat = Command::new("socat");
+        socat
+            .arg(format!(
+                "OPENSSL-LISTEN:{tls_port},reuseaddr,fork,bind=127.0.0.1,cert={},key={},cafile={},verify=1",
+                cert.display(),
+                key.display(),
+                ca.display()
+            ))
+            .arg(format!("TCP:127.0.0.1:{plain_port}"));
+        let proxy = Proc::spawn("socat", socat, &self.dir);
+        wait_port(tls_port, "socat to listen").await;
+        self.kill();
+        self.advertised = Some(tls_port);
+        self.restart().await;
+        (format!("127.0.0.1:{tls_port}"), proxy)
+    }
+
     /// SIGKILL.
     pub fn kill(&mut self) {
         if let Some(p) = self.proc.as_mut() {
@@ -111,7 +164,8 @@ impl Tansu {
         }
     }
 
-    fn client(&self) -> ClientConfig {
+    /// The tests' own client of this broker (logged in as [`Tansu::user`]).
+    pub fn clone_client(&self) -> KafkaClient {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", self.brokers());
         if let Some((user, password)) = &self.user {
@@ -120,13 +174,38 @@ impl Tansu {
                 .set("sasl.username", user)
                 .set("sasl.password", password);
         }
-        c
+        KafkaClient { config: c }
+    }
+
+    /// Makes `topic` with `partitions` partitions.
+    pub async fn create_topic(&self, topic: &str, partitions: i32) {
+        self.clone_client().create_topic(topic, partitions).await;
+    }
+
+    /// See [`KafkaClient::produce`].
+    pub async fn produce(&self, topic: &str, partition: i32, range: std::ops::Range<usize>) {
+        self.clone_client().produce(topic, partition, range).await;
+    }
+}
+
+/// The tests' client of a broker: makes topics, produces messages. Cheap to
+/// clone, and `'static`, for producing from a task of its own.
+#[derive(Clone)]
+pub struct KafkaClient {
+    config: ClientConfig,
+}
+
+impl KafkaClient {
+    /// The same client with one more librdkafka setting.
+    pub fn with(mut self, key: &str, value: &str) -> KafkaClient {
+        self.config.set(key, value);
+        self
     }
 
     /// Makes `topic` with `partitions` partitions.
     pub async fn create_topic(&self, topic: &str, partitions: i32) {
         let admin: AdminClient<DefaultClientContext> =
-            self.client().create().expect("admin client");
+            self.config.clone().create().expect("admin client");
         let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         let results = admin
@@ -140,7 +219,8 @@ impl Tansu {
 
     /// A producer that waits for every message to be acknowledged.
     pub fn producer(&self) -> FutureProducer {
-        self.client()
+        self.config
+            .clone()
             .set("acks", "all")
             .set("linger.ms", "5")
             .set("message.timeout.ms", "30000")

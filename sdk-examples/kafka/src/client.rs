@@ -3,8 +3,9 @@
 //! the client's own errors into what the configuration shows: refused
 //! credentials end it in Error; an unreachable broker is waited out.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, StreamConsumer};
@@ -21,18 +22,29 @@ pub const LOOK_TIMEOUT: Duration = Duration::from_secs(5);
 /// The client's errors that retrying cannot mend, as words for the
 /// configuration's Error message; everything else it logs and retries.
 pub struct Alarms {
-    fatal: Mutex<Option<mpsc::UnboundedSender<String>>>,
+    fatal: mpsc::UnboundedSender<String>,
     /// The last error the client reported, for a failed look's message.
     last: Mutex<Option<(RDKafkaErrorCode, String)>>,
+    /// The broker's refusal, once there was one (later errors, such as
+    /// "all brokers down", follow it).
+    refused: Mutex<Option<String>>,
+    /// When each kind of error was last logged.
+    said: Mutex<HashMap<i32, Instant>>,
     brokers: String,
 }
+
+/// How often one kind of client error is logged: librdkafka reports a
+/// broker that is down for every connection attempt.
+const SAY_EVERY: Duration = Duration::from_secs(60);
 
 impl Alarms {
     fn new(brokers: &str) -> (Alarms, mpsc::UnboundedReceiver<String>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let alarms = Alarms {
-            fatal: Mutex::new(Some(tx)),
+            fatal: tx,
             last: Mutex::new(None),
+            refused: Mutex::new(None),
+            said: Mutex::new(HashMap::new()),
             brokers: brokers.to_owned(),
         };
         (alarms, rx)
@@ -42,37 +54,55 @@ impl Alarms {
     pub fn last(&self) -> Option<(RDKafkaErrorCode, String)> {
         self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    /// The broker's refusal, if it refused this client.
+    pub fn refused(&self) -> Option<String> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 impl ClientContext for Alarms {
     // librdkafka's log goes to this server's log, below its own messages.
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         match level {
+            // Connection failures come through `error` as well, once.
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
             | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error
-            | RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", %fac, "{message}"),
+            | RDKafkaLogLevel::Error => {
+                tracing::warn!(target: "librdkafka", %fac, "{message}")
+            }
             _ => tracing::debug!(target: "librdkafka", %fac, "{message}"),
         }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        let code = error.rdkafka_error_code();
-        tracing::warn!(brokers = %self.brokers, %error, %reason, "Kafka client error");
-        if let Some(code) = code {
-            *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((code, reason.to_owned()));
-            if is_refusal(code) {
-                let words = refusal_words(&self.brokers, reason);
-                if let Some(tx) = self
-                    .fatal
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .as_ref()
-                {
-                    let _ = tx.send(words);
-                }
+        let Some(code) = error.rdkafka_error_code() else {
+            tracing::warn!(brokers = %self.brokers, %error, %reason, "Kafka client error");
+            return;
+        };
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((code, reason.to_owned()));
+        let now = Instant::now();
+        let say = {
+            let mut said = self.said.lock().unwrap_or_else(|p| p.into_inner());
+            let due = said
+                .get(&(code as i32))
+                .is_none_or(|at| now.duration_since(*at) >= SAY_EVERY);
+            if due {
+                said.insert(code as i32, now);
             }
+            due
+        };
+        if say {
+            tracing::warn!(brokers = %self.brokers, %error, %reason, "Kafka client error (said once a minute)");
+        }
+        if is_refusal(code) {
+            let words = refusal_words(&self.brokers, reason);
+            *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(words.clone());
+            let _ = self.fatal.send(words);
         }
     }
 }
@@ -190,12 +220,15 @@ pub fn look(spec: &Spec, src: &str) -> Look {
         Err(e) => return Look::Refused(format!("the Kafka client cannot be set up: {e}")),
     };
     let found = consumer.fetch_metadata(Some(&spec.topic), LOOK_TIMEOUT);
-    let last = consumer.context().last();
-    if let Some((code, reason)) = &last {
-        if is_refusal(*code) {
-            return Look::Refused(refusal_words(&spec.brokers, reason));
-        }
+    if found.is_err() {
+        // The client's errors (a refused login) reach the context only
+        // when its queue is served.
+        let _ = consumer.poll(Duration::from_millis(100));
     }
+    if let Some(words) = consumer.context().refused() {
+        return Look::Refused(words);
+    }
+    let last = consumer.context().last();
     let metadata = match found {
         Ok(m) => m,
         Err(e) => {

@@ -187,6 +187,7 @@ impl Reader<'_> {
             }
             stored.insert(place.partition, place.offset);
         }
+        tracing::debug!(src = %self.emitter.config().src, ?stored, "taken up to");
         for (partition, offset) in stored {
             // Fails only for a partition this reader no longer owns (a
             // rebalance took it): its new owner reads from the last commit.
