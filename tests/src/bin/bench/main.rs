@@ -24,6 +24,7 @@ use gateway_tests::{bin, free_port, wait_port, write_configmap, NatsServer, Proc
 
 mod grpc;
 mod ingress;
+mod kafka;
 mod load;
 mod measure;
 mod responder;
@@ -76,14 +77,24 @@ enum UserServer {
 }
 
 async fn gateway(transformer_env: &[(&str, String)], sources: usize, us: UserServer) -> Gateway {
-    let dir = tempfile::tempdir().expect("tempdir");
     let configs: BTreeMap<String, String> = (0..sources)
         .map(|i| (format!("bench-{i}"), "{}".to_owned()))
         .collect();
+    gateway_with(transformer_env, &configs, us, free_port()).await
+}
+
+/// A gateway with these configurations, its processor-client on `pc_port`.
+async fn gateway_with(
+    transformer_env: &[(&str, String)],
+    configs: &BTreeMap<String, String>,
+    us: UserServer,
+    pc_port: u16,
+) -> Gateway {
+    let dir = tempfile::tempdir().expect("tempdir");
     let cfg_dir = dir.path().join("configs");
-    write_configmap(&cfg_dir, &configs);
+    write_configmap(&cfg_dir, configs);
     let spawned = Instant::now();
-    let (tr_port, pc_port) = (free_port(), free_port());
+    let tr_port = free_port();
     let mut t = Command::new(bin("transformer"));
     t.env_clear()
         .env("GATEWAY_NAME", "bench")
@@ -211,7 +222,7 @@ async fn main() {
         return bare_server(port).await;
     }
     let smoke = std::env::args().any(|a| a == "--smoke");
-    // `--only http,nats` runs just those parts (limit, chain, http, batch, grpc, nats, ingress, series), for
+    // `--only http,nats` runs just those parts (limit, chain, http, batch, grpc, nats, kafka, ingress, series), for
     // profiling one path at a time.
     let only: Option<Vec<String>> = args
         .iter()
@@ -365,7 +376,7 @@ async fn main() {
     }
 
     // 3. Into NATS core and JetStream.
-    if want("nats") || want("grpc") || want("batch") {
+    if want("nats") || want("grpc") || want("batch") || want("kafka") {
         let nats_dir = tempfile::tempdir().expect("tempdir");
         let nats = NatsServer::start(nats_dir.path()).await;
         let nats_sink = Arc::new(Sink::default());
@@ -449,6 +460,9 @@ async fn main() {
             row.rss = rss_of(&g);
             dump_metrics(&g, name).await;
             rows.push(row);
+        }
+        if want("kafka") {
+            rows.extend(kafka::measure_kafka(smoke, &nats, &nats_sink).await);
         }
         drop(nats);
     }

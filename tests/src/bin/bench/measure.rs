@@ -57,6 +57,7 @@ pub(super) fn own_cpu_secs() -> f64 {
     cpu_secs(std::process::id() as i32)
 }
 
+#[derive(Default)]
 pub(super) struct Row {
     pub(super) cpu: String,
     /// CPU µs per event over every process involved, the load generator's too.
@@ -77,14 +78,14 @@ pub(super) struct Settings {
 }
 
 /// Each process's CPU seconds so far, the benchmark's own first.
-fn cpu_now(procs: &[(&'static str, i32)]) -> Vec<(&'static str, f64)> {
+pub(super) fn cpu_now(procs: &[(&'static str, i32)]) -> Vec<(&'static str, f64)> {
     let mut v = vec![("load", own_cpu_secs())];
     v.extend(procs.iter().map(|(n, pid)| (*n, cpu_secs(*pid))));
     v
 }
 
 /// CPU per event of each process and of all, since `before`.
-fn cpu_since(
+pub(super) fn cpu_since(
     before: &[(&'static str, f64)],
     procs: &[(&'static str, i32)],
     events: u64,
