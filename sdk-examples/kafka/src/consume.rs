@@ -7,13 +7,14 @@
 //! gateway knows them by their ids (`TOPIC/PARTITION/OFFSET`): each reaches
 //! the sensors once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use futures::{FutureExt as _, StreamExt as _};
 use gateway_sdk::{CancellationToken, EmitError, Emitter, Event};
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use crate::client::{self, Alarms};
 use crate::message::{self, Place};
@@ -22,6 +23,21 @@ use crate::spec::{Reading, Spec};
 
 /// Most events in one batch (the processor-client's default bound).
 const MOST: u64 = 1000;
+/// Batches handed to the gateway and not yet answered.
+const IN_FLIGHT: usize = 2;
+
+/// What the gateway answered for one event.
+type Answer = Result<String, EmitError>;
+
+/// The oldest batch's answers, once they are there (never, with none).
+async fn oldest(
+    inflight: &mut VecDeque<(JoinHandle<Vec<Answer>>, Vec<Place>)>,
+) -> Result<Vec<Answer>, tokio::task::JoinError> {
+    match inflight.front_mut() {
+        Some((sending, _)) => sending.await,
+        None => std::future::pending().await,
+    }
+}
 
 /// Why reading ended.
 enum Ended {
@@ -114,6 +130,11 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
+    /// Reads batches and hands each to the gateway on a task of its own, at
+    /// most [`IN_FLIGHT`] at once (the SDK sends them one after another, in
+    /// order), so the next batch is read and encoded while the last is
+    /// travelling; each batch's offsets are stored once it is answered, in
+    /// the order the batches were read.
     async fn read(
         &mut self,
         mut alarms: mpsc::UnboundedReceiver<String>,
@@ -122,16 +143,25 @@ impl Reader<'_> {
         let mut pace = Pace::new(self.spec.limit_per_second);
         let mut stream = self.consumer.stream();
         let mut troubles = 0u64;
+        let mut inflight: VecDeque<(JoinHandle<Vec<Answer>>, Vec<Place>)> = VecDeque::new();
         loop {
-            let room = tokio::select! {
-                _ = stop.cancelled() => return Ended::Stopped,
-                n = pace.take(MOST) => n,
-            };
             let first = tokio::select! {
                 _ = stop.cancelled() => return Ended::Stopped,
                 Some(why) = alarms.recv() => return Ended::Refused(why),
-                m = stream.next() => m,
+                done = oldest(&mut inflight) => {
+                    let Some((_, places)) = inflight.pop_front() else { continue };
+                    // Stopping, or the task is gone: nothing after it may be
+                    // stored.
+                    match done.map(|answers| self.settle(answers, places)) {
+                        Ok(true) => continue,
+                        _ => return Ended::Stopped,
+                    }
+                }
+                m = stream.next(), if inflight.len() < IN_FLIGHT => m,
             };
+            // Paced after the first message (reading it is cancel-safe;
+            // waiting for the pace here is not cancelled).
+            let room = pace.take(MOST).await;
             let mut batch: Vec<(Event, Place)> = Vec::new();
             let mut next = first;
             loop {
@@ -156,17 +186,19 @@ impl Reader<'_> {
                 }
             }
             pace.refund(room.saturating_sub(batch.len() as u64));
-            if !batch.is_empty() && !self.forward(batch).await {
-                return Ended::Stopped;
+            if batch.is_empty() {
+                continue;
             }
+            let (events, places): (Vec<Event>, Vec<Place>) = batch.into_iter().unzip();
+            let emitter = self.emitter.clone();
+            let sending = tokio::spawn(async move { emitter.emit_all(events).await });
+            inflight.push_back((sending, places));
         }
     }
 
-    /// Hands `batch` to the gateway and stores the offsets it took; false
-    /// once the configuration is stopping.
-    async fn forward(&mut self, batch: Vec<(Event, Place)>) -> bool {
-        let (events, places): (Vec<Event>, Vec<Place>) = batch.into_iter().unzip();
-        let answers = self.emitter.emit_all(events).await;
+    /// Stores the offsets the gateway took of one batch; false once the
+    /// configuration is stopping.
+    fn settle(&self, answers: Vec<Answer>, places: Vec<Place>) -> bool {
         let mut stored: BTreeMap<i32, i64> = BTreeMap::new();
         let mut going = true;
         for (answer, place) in answers.into_iter().zip(places) {
