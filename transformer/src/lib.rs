@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod routes;
 pub mod state;
 pub mod store;
+pub mod triggers;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,10 +26,11 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::dispatch::http::HttpSink;
 use crate::dispatch::nats::{NatsSink, SubjectTemplate};
-use crate::dispatch::{Dispatcher, Limits, Sink};
+use crate::dispatch::{Dispatcher, Limits, Named, Route, Sink};
 use crate::metrics::Metrics;
-use crate::state::{AppState, Intake};
+use crate::state::{AppState, Intake, TriggerView};
 use crate::store::{Fsync, Store};
+use crate::triggers::{Subscriber, Trigger};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,8 @@ pub enum RunError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Client(#[from] gateway_common::tls::ClientError),
+    #[error("TRANSFORMER_TRIGGERS: trigger {trigger:?}: {why}")]
+    Trigger { trigger: String, why: String },
 }
 
 /// Binds the configured address and serves until `shutdown` resolves, then drains.
@@ -75,21 +79,30 @@ pub async fn serve(
         None => Store::temporary()?,
     });
     let dedup = open_dedup(&config, &store)?;
-    let sinks = build_sinks(&config, &metrics).await?;
-    if sinks.is_empty() {
+    let mut routes: Vec<Route> = build_sinks(&config, &metrics)
+        .await?
+        .into_iter()
+        .map(|sink| Route {
+            sink,
+            filter: None,
+            policy: config.retry.clone(),
+        })
+        .collect();
+    routes.extend(trigger_routes(&config, &metrics).await?);
+    if routes.is_empty() {
         tracing::warn!(
-            "no SENSOR_WATCHERS, GATEWAY_WATCHERS or NATS: events will be accepted and dropped"
+            "no SENSOR_WATCHERS, GATEWAY_WATCHERS, TRANSFORMER_TRIGGERS or NATS: events will be accepted and dropped"
         );
     }
+    let trigger_views = views(&config.triggers, &metrics);
     let (dispatcher, workers) = Dispatcher::start(
-        sinks,
+        routes,
         Limits {
             capacity: config.queue_capacity,
             lanes: config.lanes,
             max_bytes: config.queue_max_bytes,
             admit_wait: config.admit_wait,
         },
-        config.retry.clone(),
         store.clone(),
         metrics.clone(),
     )?;
@@ -105,6 +118,8 @@ pub async fn serve(
         intake: Intake::new(dispatcher),
         seen: Default::default(),
         dedup,
+        ce_overrides: config.ce_overrides.clone(),
+        triggers: trigger_views,
     });
     let local = listener.local_addr().map_err(RunError::Serve)?;
     tracing::info!(
@@ -113,6 +128,7 @@ pub async fn serve(
         namespace = %config.namespace,
         sensors = config.sensor_watchers.len(),
         gateways = config.gateway_watchers.len(),
+        triggers = config.triggers.len(),
         ce_mode = ?config.ce_mode,
         "transformer listening"
     );
@@ -263,4 +279,116 @@ async fn build_sinks(config: &Config, metrics: &Metrics) -> Result<Vec<Arc<dyn S
         )));
     }
     Ok(sinks)
+}
+
+/// One route per trigger: its subscriber under the trigger's name, its
+/// filter, and its delivery settings over the `WATCHER_*` defaults.
+async fn trigger_routes(config: &Config, metrics: &Metrics) -> Result<Vec<Route>, RunError> {
+    if config.triggers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let extra_roots = match &config.watcher_tls_ca {
+        Some(path) => {
+            gateway_common::tls::load_ca("WATCHER_TLS_CA", path).map_err(RunError::Tls)?
+        }
+        None => Vec::new(),
+    };
+    let client = HttpSink::client(extra_roots)?;
+    let nats = match &config.trigger_nats {
+        Some(n) => Some((
+            n,
+            gateway_common::nats::connect(
+                &n.connection,
+                "gateway-transformer-triggers",
+                metrics.nats.connection.clone(),
+            )
+            .await?,
+        )),
+        None => None,
+    };
+    let mut routes = Vec::with_capacity(config.triggers.len());
+    for t in config.triggers.iter() {
+        let policy = trigger_policy(&config.retry, t);
+        let sink: Arc<dyn Sink> = match (&t.subscriber, &nats) {
+            (Subscriber::Http(url), _) => {
+                let url = reqwest::Url::parse(url).map_err(|e| RunError::Trigger {
+                    trigger: t.name.clone(),
+                    why: format!("spec.subscriber.uri: {e}"),
+                })?;
+                Arc::new(
+                    HttpSink::new(
+                        url,
+                        config.ce_mode,
+                        client.clone(),
+                        policy.timeout,
+                        loops::via(&config.gateway_name),
+                    )
+                    .with_token(config.watcher_token.as_deref())?,
+                )
+            }
+            (Subscriber::Nats(subject), Some((n, client))) => Arc::new(NatsSink::new(
+                client.clone(),
+                n,
+                SubjectTemplate::new(subject, &config.gateway_name, &config.namespace),
+                policy.timeout,
+                metrics.nats.clone(),
+            )),
+            (Subscriber::Nats(_), None) => {
+                return Err(RunError::Trigger {
+                    trigger: t.name.clone(),
+                    why: "a nats: subscriber, and no NATS settings were read".into(),
+                })
+            }
+        };
+        routes.push(Route {
+            sink: Arc::new(Named::new(&t.name, sink)),
+            filter: t.filter.clone(),
+            policy,
+        });
+    }
+    Ok(routes)
+}
+
+/// A trigger's `spec.delivery` over the `WATCHER_*` defaults: Knative's
+/// `retry` counts retries, so attempts are one more.
+fn trigger_policy(defaults: &config::RetryPolicy, t: &Trigger) -> config::RetryPolicy {
+    let d = &t.delivery;
+    let base = d.backoff_delay.unwrap_or(defaults.base);
+    config::RetryPolicy {
+        timeout: d.timeout.unwrap_or(defaults.timeout),
+        base,
+        cap: defaults.cap.max(base),
+        attempts: d.retry.map_or(defaults.attempts, |r| r.saturating_add(1)),
+        linear: d.backoff_policy == Some(triggers::BackoffPolicy::Linear),
+    }
+}
+
+/// What `GET /triggers` shows of each trigger.
+fn views(triggers: &[Trigger], metrics: &Metrics) -> Vec<TriggerView> {
+    let secs = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64());
+    triggers
+        .iter()
+        .map(|t| {
+            TriggerView {
+            name: t.name.clone(),
+            subscriber: t.subscriber.shown(),
+            filter: t.filter.as_ref().map_or(serde_json::Value::Null, |f| f.describe()),
+            delivery: serde_json::json!({
+                "retry": t.delivery.retry,
+                "backoffPolicy": t.delivery.backoff_policy.map(|p| match p {
+                    triggers::BackoffPolicy::Linear => "linear",
+                    triggers::BackoffPolicy::Exponential => "exponential",
+                }),
+                "backoffDelaySeconds": secs(t.delivery.backoff_delay),
+                "timeoutSeconds": secs(t.delivery.timeout),
+                "retryAfterMaxSeconds": secs(t.delivery.retry_after_max),
+                "deadLetterSink": t.delivery.dead_letter_sink.as_ref().map(Subscriber::shown),
+            }),
+            rate_limit: t.rate_limit.map_or(serde_json::Value::Null, |r| {
+                serde_json::json!({"perSeconds": r.per.as_secs(), "requestsPerUnit": r.requests})
+            }),
+            queue_depth: metrics.watcher(&t.name).queue_depth,
+        }
+        })
+        .collect()
 }

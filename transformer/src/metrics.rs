@@ -43,6 +43,7 @@ pub struct Metrics {
     delivered: Family<WatcherLabel, Counter>,
     retries: Family<WatcherLabel, Counter>,
     dead_lettered: Family<WatcherLabel, Counter>,
+    filtered: Family<WatcherLabel, Counter>,
     queue_depth: Family<WatcherLabel, Gauge>,
     latency: HistogramFamily,
     /// Time the store's writer spends on one group write.
@@ -69,6 +70,8 @@ pub struct WatcherMetrics {
     pub delivered: Counter,
     pub retries: Counter,
     pub dead_lettered: Counter,
+    /// Events the watcher's filter passed over.
+    pub filtered: Counter,
     pub queue_depth: Gauge,
     pub latency: Histogram,
 }
@@ -92,6 +95,7 @@ impl Metrics {
         let delivered = Family::<WatcherLabel, Counter>::default();
         let retries = Family::<WatcherLabel, Counter>::default();
         let dead_lettered = Family::<WatcherLabel, Counter>::default();
+        let filtered = Family::<WatcherLabel, Counter>::default();
         let queue_depth = Family::<WatcherLabel, Gauge>::default();
         let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
         let store_write = Histogram::new(exponential_buckets(0.00002, 2.0, 16));
@@ -154,6 +158,11 @@ impl Metrics {
             "transformer_events_dead_lettered",
             "Events that exhausted their retries or were refused permanently",
             dead_lettered.clone(),
+        );
+        registry.register(
+            "transformer_events_filtered",
+            "Events a watcher's trigger filter passed over",
+            filtered.clone(),
         );
         registry.register(
             "transformer_queue_depth",
@@ -221,6 +230,7 @@ impl Metrics {
             delivered,
             retries,
             dead_lettered,
+            filtered,
             queue_depth,
             latency,
             store_write,
@@ -236,6 +246,7 @@ impl Metrics {
             delivered: self.delivered.get_or_create(&label).clone(),
             retries: self.retries.get_or_create(&label).clone(),
             dead_lettered: self.dead_lettered.get_or_create(&label).clone(),
+            filtered: self.filtered.get_or_create(&label).clone(),
             queue_depth: self.queue_depth.get_or_create(&label).clone(),
             latency: self.latency.get_or_create(&label).clone(),
         }

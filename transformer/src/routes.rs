@@ -30,6 +30,7 @@ pub fn endpoints() -> Vec<Endpoint<Arc<AppState>>> {
         Endpoint::get("/healthz", healthz),
         Endpoint::get("/readyz", readyz),
         Endpoint::get("/metrics", metrics),
+        Endpoint::get("/triggers", triggers),
     ];
     all.extend(crate::deadletters::endpoints());
     all
@@ -531,7 +532,15 @@ fn gateway_event<'a>(
     for (name, value) in trace.filter(|(_, v)| !v.is_empty()) {
         event.extensions.push((name.to_owned(), value.to_owned()));
     }
+    event.extensions.extend(st.ce_overrides.iter().cloned());
     Ok((event, named))
+}
+
+/// `GET /triggers`: every trigger, its subscriber (credentials as `***`),
+/// filter, delivery, rate limit and queue depth.
+async fn triggers(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let list: Vec<serde_json::Value> = st.triggers.iter().map(|t| t.describe()).collect();
+    Json(serde_json::json!({ "triggers": list }))
 }
 
 /// The CloudEvent extension attribute that carries a user server's own id

@@ -20,6 +20,34 @@ pub struct AppState {
     pub seen: Seen,
     /// Named events taken within `TRANSFORMER_DEDUP_WINDOW`; `None` when off.
     pub dedup: Option<crate::dedup::Dedup>,
+    /// `K_CE_OVERRIDES`: extensions of every CloudEvent built here.
+    pub ce_overrides: Vec<(String, String)>,
+    /// What `GET /triggers` shows.
+    pub triggers: Vec<TriggerView>,
+}
+
+/// One trigger as `GET /triggers` shows it, with its live queue depth.
+pub struct TriggerView {
+    pub name: String,
+    /// Credentials as `***`.
+    pub subscriber: String,
+    pub filter: serde_json::Value,
+    pub delivery: serde_json::Value,
+    pub rate_limit: serde_json::Value,
+    pub queue_depth: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl TriggerView {
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name,
+            "subscriber": self.subscriber,
+            "filter": self.filter,
+            "delivery": self.delivery,
+            "rateLimit": self.rate_limit,
+            "queueDepth": self.queue_depth.get(),
+        })
+    }
 }
 
 /// Open until shutdown begins; then every request that would queue an event,

@@ -4,11 +4,14 @@
 //! error that names it.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use gateway_common::env::{self as shared, parse_duration, ConfigError, Env, Var};
 use gateway_common::nats::NatsOptions;
 use gateway_common::start::Settings;
+
+use crate::triggers::{Subscriber, Trigger};
 
 mod vars;
 
@@ -39,6 +42,9 @@ pub struct RetryPolicy {
     pub cap: Duration,
     /// Attempts before an event is dead-lettered; 0 means retry until shutdown.
     pub attempts: u32,
+    /// Waits grow by `base` each attempt (Knative's `linear`) rather than
+    /// doubling; either way at most `cap`.
+    pub linear: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -93,6 +99,13 @@ pub struct Config {
     pub watcher_token: Option<String>,
     /// `WATCHER_TLS_CA`: a PEM file of CA certificates trusted for HTTPS watchers.
     pub watcher_tls_ca: Option<std::path::PathBuf>,
+    /// `TRANSFORMER_TRIGGERS`, read and checked.
+    pub triggers: Arc<Vec<Trigger>>,
+    /// How `nats:` subscribers of triggers reach NATS: the `NATS_*`
+    /// settings, whether or not `EVENT_PROTOCOL` names NATS.
+    pub trigger_nats: Option<NatsConfig>,
+    /// `K_CE_OVERRIDES`: extensions added to every CloudEvent built here.
+    pub ce_overrides: Vec<(String, String)>,
     /// `TRANSFORMER_HEADER_TIMEOUT`, `_IDLE_TIMEOUT`, `_BODY_TIMEOUT`,
     /// `_MAX_CONNECTIONS`: the bounds of the HTTP listener.
     pub listener: ListenerLimits,
@@ -113,6 +126,72 @@ pub fn parse_fsync(raw: &str) -> Result<crate::store::Fsync, ConfigError> {
             }),
         },
     }
+}
+
+/// `K_CE_OVERRIDES`: `{"extensions": {NAME: VALUE}}`, names as CloudEvents
+/// has them, values strings (numbers and booleans as their text).
+fn ce_overrides(raw: Option<&str>) -> Result<Vec<(String, String)>, ConfigError> {
+    let Some(raw) = raw.filter(|r| !r.trim().is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let invalid = |reason: String| ConfigError::Invalid {
+        var: CE_OVERRIDES.name,
+        reason,
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(raw).map_err(|e| invalid(format!("not JSON: {e}")))?;
+    let Some(obj) = v.as_object() else {
+        return Err(invalid(
+            "expected a JSON object {\"extensions\": {...}}".into(),
+        ));
+    };
+    if let Some(k) = obj.keys().find(|k| *k != "extensions") {
+        return Err(invalid(format!("{k}: unknown key (only extensions)")));
+    }
+    let Some(map) = obj.get("extensions").and_then(|e| e.as_object()) else {
+        return Ok(Vec::new());
+    };
+    let reserved = [
+        "specversion",
+        "id",
+        "source",
+        "type",
+        "subject",
+        "time",
+        "datacontenttype",
+        "dataschema",
+        "data",
+        "data_base64",
+    ];
+    map.iter()
+        .map(|(k, v)| {
+            if k.is_empty()
+                || !k
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            {
+                return Err(invalid(format!(
+                    "extensions.{k}: not a CloudEvents attribute name (a-z, 0-9)"
+                )));
+            }
+            if reserved.contains(&k.as_str()) {
+                return Err(invalid(format!(
+                    "extensions.{k}: a context attribute, not an extension"
+                )));
+            }
+            let text = match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                _ => {
+                    return Err(invalid(format!(
+                        "extensions.{k}: a string, number or boolean"
+                    )))
+                }
+            };
+            Ok((k.clone(), text))
+        })
+        .collect()
 }
 
 fn parse_ce_mode(env: &Env, var: &Var) -> Result<CeMode, ConfigError> {
@@ -231,6 +310,28 @@ impl Settings for Config {
         } else {
             None
         };
+        let triggers = match env.path(&TRIGGERS) {
+            Some(path) => crate::triggers::load(&path).map_err(|e| ConfigError::Invalid {
+                var: TRIGGERS.name,
+                reason: e.to_string(),
+            })?,
+            None => Vec::new(),
+        };
+        let needs_nats = triggers.iter().any(|t| {
+            matches!(t.subscriber, Subscriber::Nats(_))
+                || matches!(t.delivery.dead_letter_sink, Some(Subscriber::Nats(_)))
+        });
+        let trigger_nats = match (&nats, needs_nats) {
+            (Some(n), true) => Some(n.clone()),
+            (None, true) => Some(NatsConfig {
+                connection: NatsOptions::read(env)?,
+                ty,
+                subject: String::new(),
+                stream: stream_name(&gateway_name.to_ascii_uppercase()),
+                ce_mode: parse_ce_mode(env, &NATS_CE_MODE)?,
+            }),
+            (_, false) => None,
+        };
         let port: u16 = env.number(&shared::TRANSFORMER_PORT)?;
         let data_dir = if env.bool(&DURABLE)? {
             Some(env.path(&DATA_DIR).unwrap_or_else(|| {
@@ -270,6 +371,7 @@ impl Settings for Config {
                 base: env.duration(&WATCHER_RETRY_BASE)?,
                 cap: env.duration(&WATCHER_RETRY_CAP)?,
                 attempts: env.number(&WATCHER_RETRY_ATTEMPTS)?,
+                linear: false,
             },
             shutdown_timeout: env.duration(&shared::SHUTDOWN_TIMEOUT)?,
             json_logs: env.json_logs()?,
@@ -284,6 +386,9 @@ impl Settings for Config {
             watcher_token: env.token(&WATCHER_TOKEN)?,
             watcher_tls_ca: env.path(&WATCHER_TLS_CA),
             listener: LISTENER.read(env)?,
+            triggers: Arc::new(triggers),
+            trigger_nats,
+            ce_overrides: ce_overrides(env.optional(&CE_OVERRIDES).as_deref())?,
             gateway_name,
         })
     }

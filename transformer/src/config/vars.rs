@@ -96,6 +96,14 @@ pub(super) const DEDUP_MAX_IDS: Var = Var::new(
     "1000000",
     "most event names remembered at once (about 36 bytes each); past it a new name is answered 503 until the oldest expires, never taken unremembered",
 );
+pub(super) const TRIGGERS: Var = Var::optional(
+    "TRANSFORMER_TRIGGERS",
+    "a file, or a ConfigMap-like directory, of Knative `Trigger` documents: each a watcher with its filters, delivery and rate limit (`SENSOR_WATCHERS` and `GATEWAY_WATCHERS` stay, as triggers without filters)",
+);
+pub(super) const CE_OVERRIDES: Var = Var::optional(
+    "K_CE_OVERRIDES",
+    "Knative's source contract: JSON `{\"extensions\": {NAME: VALUE}}` added to every CloudEvent built from a user server's event",
+);
 pub(super) const ADMIT_WAIT: Var = Var::new(
     "TRANSFORMER_ADMIT_WAIT",
     "500ms",
@@ -155,7 +163,7 @@ pub(super) const LISTENER: Listener = Listener {
 
 /// Every variable only the transformer reads, in the order the docs list them;
 /// it also reads [`shared::SHARED`] and, with NATS, [`gateway_common::nats::VARS`].
-pub const VARS: [Var; 31] = [
+pub const VARS: [Var; 33] = [
     LISTEN_ADDRESS,
     EVENT_TYPE,
     SENSOR_WATCHERS,
@@ -177,6 +185,8 @@ pub const VARS: [Var; 31] = [
     ADMIT_WAIT,
     DEDUP_WINDOW,
     DEDUP_MAX_IDS,
+    TRIGGERS,
+    CE_OVERRIDES,
     DURABLE,
     DATA_DIR,
     WATCHER_TOKEN,

@@ -25,10 +25,22 @@ use crate::cloudevent::CloudEvent;
 use crate::config::RetryPolicy;
 use crate::metrics::{Metrics, WatcherMetrics};
 use crate::store::{encode_event, now_ms, DeadLetter, Store, StoreError, WatcherId};
+use crate::triggers::Filter;
 
 /// An event's name in the deduplication journal (a hash of its `source` and
 /// `id`); events without a name of their own have none.
 pub type Name = [u8; 12];
+
+/// The watchers an event goes to, as indices into the dispatcher's list.
+type Targets = Arc<[usize]>;
+
+/// A watcher: where its events go, which of them it wants, how each is retried.
+pub struct Route {
+    pub sink: Arc<dyn Sink>,
+    /// `None`: every event.
+    pub filter: Option<Arc<Filter>>,
+    pub policy: RetryPolicy,
+}
 
 struct WatcherQueue {
     id: WatcherId,
@@ -37,6 +49,7 @@ struct WatcherQueue {
     /// `TRANSFORMER_QUEUE_CAPACITY`, whichever configurations they belong to.
     slots: Arc<Slots>,
     metrics: WatcherMetrics,
+    filter: Option<Arc<Filter>>,
 }
 
 /// Fans events out to every watcher's queue. Dropping it lets the workers drain.
@@ -44,6 +57,9 @@ pub struct Dispatcher {
     /// Shared with the writer thread, which queues events once they are stored.
     watchers: Arc<[WatcherQueue]>,
     ids: Arc<[WatcherId]>,
+    /// Every watcher, for events when no watcher has a filter.
+    all: Targets,
+    filtered: bool,
     store: Arc<Store>,
     writer: Writer,
     admission: Admission,
@@ -75,9 +91,8 @@ impl Dispatcher {
     /// Starts `lanes` workers per sink and queues again what the store still holds.
     /// Stored events of watchers no longer configured become dead letters.
     pub fn start(
-        sinks: Vec<Arc<dyn Sink>>,
+        routes: Vec<Route>,
         limits: Limits,
-        policy: RetryPolicy,
         store: Arc<Store>,
         metrics: Arc<Metrics>,
     ) -> Result<(Dispatcher, Workers), StoreError> {
@@ -86,8 +101,13 @@ impl Dispatcher {
         let (writer, finished) =
             Writer::start(store.clone(), metrics.store_write.clone()).map_err(StoreError::Log)?;
         let lanes = limits.lanes.max(1);
-        let mut watchers = Vec::with_capacity(sinks.len());
-        for sink in sinks {
+        let mut watchers = Vec::with_capacity(routes.len());
+        for Route {
+            sink,
+            filter,
+            policy,
+        } in routes
+        {
             let id = store.register_watcher(sink.identity(), sink.name())?;
             let wm = metrics.watcher(sink.name());
             let slots = Slots::new(sink.name(), limits.capacity);
@@ -117,10 +137,13 @@ impl Dispatcher {
                 lanes,
                 slots,
                 metrics: wm,
+                filter,
             });
         }
         let dispatcher = Dispatcher {
             ids: watchers.iter().map(|w| w.id).collect(),
+            all: (0..watchers.len()).collect(),
+            filtered: watchers.iter().any(|w| w.filter.is_some()),
             watchers: watchers.into(),
             writer,
             admission: Admission::new(limits.max_bytes, metrics.admission_waiting.clone()),
@@ -181,6 +204,32 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// The watchers whose filters pass `event` (every one when none filters);
+    /// each one passed over counts it.
+    fn targets_of(&self, event: &CloudEvent) -> Targets {
+        if !self.filtered {
+            return self.all.clone();
+        }
+        let mut wanted = Vec::with_capacity(self.watchers.len());
+        for (i, w) in self.watchers.iter().enumerate() {
+            match &w.filter {
+                Some(f) if !f.matches(event) => {
+                    w.metrics.filtered.inc();
+                }
+                _ => wanted.push(i),
+            }
+        }
+        wanted.into()
+    }
+
+    /// The store's ids of `targets`.
+    fn ids_of(&self, targets: &Targets) -> Arc<[WatcherId]> {
+        if Arc::ptr_eq(targets, &self.all) {
+            return self.ids.clone();
+        }
+        targets.iter().map(|i| self.watchers[*i].id).collect()
+    }
+
     fn lane_of(&self, event: &CloudEvent) -> usize {
         lane_index(event.ordering_key(), self.order.len())
     }
@@ -189,11 +238,12 @@ impl Dispatcher {
     /// unless that lane of a target is retrying a failed delivery.
     async fn reserve(
         &self,
-        targets: &[&WatcherQueue],
+        targets: &[usize],
         lane: usize,
         size: usize,
         wait: std::time::Duration,
     ) -> Result<(), Refused> {
+        let targets: Vec<&WatcherQueue> = targets.iter().map(|i| &self.watchers[*i]).collect();
         let slots: Vec<&Slots> = targets.iter().map(|w| &*w.slots).collect();
         let stalled = || {
             targets
@@ -223,19 +273,20 @@ impl Dispatcher {
         &self,
         events: Vec<(CloudEvent, Option<Name>)>,
     ) -> Vec<Result<(), Refused>> {
-        let targets: Vec<&WatcherQueue> = self.watchers.iter().collect();
-        if targets.is_empty() {
+        if self.watchers.is_empty() {
             return self.remember_only(events).await;
         }
-        let plans: Vec<(usize, usize)> = events
+        let plans: Vec<(usize, usize, Targets)> = events
             .iter()
-            .map(|(e, _)| (self.lane_of(e), event_size(e)))
+            .map(|(e, _)| (self.lane_of(e), event_size(e), self.targets_of(e)))
             .collect();
-        let rooms = futures::future::join_all(
-            plans
-                .iter()
-                .map(|&(lane, size)| self.reserve(&targets, lane, size, self.admit_wait)),
-        )
+        // An event no watcher wants takes no room: it is stored for nobody.
+        let rooms = futures::future::join_all(plans.iter().map(|(lane, size, targets)| async {
+            if targets.is_empty() {
+                return Ok(());
+            }
+            self.reserve(targets, *lane, *size, self.admit_wait).await
+        }))
         .await;
         let mut results = Vec::with_capacity(events.len());
         let mut admitted_at = Vec::new();
@@ -243,19 +294,26 @@ impl Dispatcher {
         let mut remembered = Vec::new();
         let mut held_back: Vec<String> = Vec::new();
         let now = crate::dedup::now_secs();
-        for (((event, name), (lane, size)), room) in events.into_iter().zip(plans).zip(rooms) {
+        for (((event, name), (lane, size, targets)), room) in
+            events.into_iter().zip(plans).zip(rooms)
+        {
             let key = event.ordering_key();
             match room {
                 Ok(()) if held_back.iter().any(|k| k == key) => {
-                    let slots: Vec<&Slots> = targets.iter().map(|w| &*w.slots).collect();
+                    let slots: Vec<&Slots> =
+                        targets.iter().map(|i| &*self.watchers[*i].slots).collect();
                     release_slots(&slots);
-                    drop(self.admission.admitted(event, size));
+                    if !targets.is_empty() {
+                        drop(self.admission.admitted(event, size));
+                    }
                     results.push(Err(Refused::Behind));
                 }
                 Ok(()) => {
                     admitted_at.push(results.len());
                     remembered.extend(name.map(|n| (n, now)));
-                    ready.push((lane, self.admission.admitted(event, size)));
+                    if !targets.is_empty() {
+                        ready.push((lane, self.admission.admitted(event, size), targets));
+                    }
                     results.push(Ok(()));
                 }
                 Err(refused) => {
@@ -264,18 +322,19 @@ impl Dispatcher {
                 }
             }
         }
-        if ready.is_empty() {
+        if ready.is_empty() && remembered.is_empty() {
             return results;
         }
-        let encoded: Vec<Vec<u8>> = ready
+        let encoded: Vec<(Vec<u8>, Arc<[WatcherId]>)> = ready
             .iter()
-            .map(|(_, admitted)| encode_event(&admitted.event))
+            .map(|(_, admitted, targets)| (encode_event(&admitted.event), self.ids_of(targets)))
             .collect();
-        let watchers = self.ids.clone();
         let stored = self
-            .queue_stored(None, ready, |first, then| Change::Append {
-                watchers,
-                events: (first..).zip(encoded).collect(),
+            .queue_stored(ready, |first, then| Change::Append {
+                events: (first..)
+                    .zip(encoded)
+                    .map(|(seq, (bytes, ids))| (seq, bytes, ids))
+                    .collect(),
                 remembered,
                 then,
             })
@@ -300,10 +359,8 @@ impl Dispatcher {
             .filter_map(|(_, name)| name.map(|n| (n, now)))
             .collect();
         if !remembered.is_empty() {
-            let watchers = self.ids.clone();
             let stored = self
-                .queue_stored(None, Vec::new(), |_, then| Change::Append {
-                    watchers,
+                .queue_stored(Vec::new(), |_, then| Change::Append {
                     events: Vec::new(),
                     remembered,
                     then,
@@ -324,14 +381,18 @@ impl Dispatcher {
         let Some(index) = self.watchers.iter().position(|w| w.id == letter.watcher) else {
             return Err(Refused::UnknownWatcher(letter.watcher_name));
         };
-        let targets = [&self.watchers[index]];
+        let targets: Targets = Arc::from([index]);
         let lane = self.lane_of(&letter.event);
         let size = event_size(&letter.event);
         // Replays take what room there is and stop; only producers wait.
         self.reserve(&targets, lane, size, std::time::Duration::ZERO)
             .await?;
-        let ready = vec![(lane, self.admission.admitted(letter.event.clone(), size))];
-        self.queue_stored(Some(index), ready, |seq, then| Change::Resurrect {
+        let ready = vec![(
+            lane,
+            self.admission.admitted(letter.event.clone(), size),
+            targets,
+        )];
+        self.queue_stored(ready, |seq, then| Change::Resurrect {
             letter: Box::new(letter),
             seq,
             then,
@@ -342,19 +403,18 @@ impl Dispatcher {
 
     /// Gives admitted events their sequence numbers (from the first one passed
     /// to `change`), sends their store write to the writer thread under the
-    /// lanes' order locks, and waits for it. The writer queues the events on
-    /// their lanes of `only` that watcher (or of all) once they are stored, in
-    /// the order they were sent, so the store's order and each lane's order
+    /// lanes' order locks, and waits for it. The writer queues each event on
+    /// its lane of each of its target watchers once they are stored, in the
+    /// order they were sent, so the store's order and each lane's order
     /// agree. If the write fails, their slots are given back (their bytes go
     /// back when the events drop).
     async fn queue_stored(
         &self,
-        only: Option<usize>,
-        ready: Vec<(usize, Arc<Admitted>)>,
+        ready: Vec<(usize, Arc<Admitted>, Targets)>,
         change: impl FnOnce(u64, Then) -> Change,
     ) -> Written {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let mut lanes: Vec<usize> = ready.iter().map(|(lane, _)| *lane).collect();
+        let mut lanes: Vec<usize> = ready.iter().map(|(lane, _, _)| *lane).collect();
         lanes.sort_unstable();
         lanes.dedup();
         let count = ready.len() as u64;
@@ -367,14 +427,10 @@ impl Dispatcher {
                 .collect();
             let first = self.next_seq.fetch_add(count, Ordering::Relaxed);
             let then: Then = Box::new(move |written: Written| {
-                let targets: Vec<&WatcherQueue> = match only {
-                    Some(i) => watchers.get(i).into_iter().collect(),
-                    None => watchers.iter().collect(),
-                };
                 if written.is_ok() {
                     let accepted_at = Instant::now();
-                    for (seq, (lane, admitted)) in (first..).zip(ready) {
-                        for w in &targets {
+                    for (seq, (lane, admitted, targets)) in (first..).zip(ready) {
+                        for w in targets.iter().filter_map(|i| watchers.get(*i)) {
                             w.metrics.queue_depth.inc();
                             let _ = w.lanes[lane].tx.send(Queued {
                                 admitted: admitted.clone(),
@@ -384,8 +440,8 @@ impl Dispatcher {
                         }
                     }
                 } else {
-                    for _ in &ready {
-                        for w in &targets {
+                    for (_, _, targets) in &ready {
+                        for w in targets.iter().filter_map(|i| watchers.get(*i)) {
                             w.slots.release();
                         }
                     }

@@ -149,7 +149,13 @@ impl LaneWorker {
                     message,
                 }) if self.policy.attempts == 0 || attempts < self.policy.attempts => {
                     self.metrics.retries.inc();
-                    let delay = backoff.next_delay();
+                    // Counts the attempt either way.
+                    let doubling = backoff.next_delay();
+                    let delay = if self.policy.linear {
+                        (self.policy.base * attempts).min(self.policy.cap)
+                    } else {
+                        doubling
+                    };
                     tracing::warn!(watcher = self.sink.name(), id = %event.id, attempt = attempts, ?delay, error = %message, "delivery failed; will retry");
                     tokio::select! {
                         biased;

@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 
 use crate::cloudevent::CloudEvent;
 pub use admission::Refused;
-pub use dispatcher::{Dispatcher, Limits};
+pub use dispatcher::{Dispatcher, Limits, Route};
 
 /// Why one delivery attempt failed, and whether trying again can help.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -54,4 +54,35 @@ pub trait Sink: Send + Sync + 'static {
         self.name()
     }
     fn deliver<'a>(&'a self, event: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>>;
+}
+
+/// A sink known by another name: a trigger's subscriber, queued, counted and
+/// dead-lettered under the trigger's name, so two triggers with one
+/// subscriber keep two queues.
+pub struct Named {
+    pub name: String,
+    identity: String,
+    pub inner: std::sync::Arc<dyn Sink>,
+}
+
+impl Named {
+    pub fn new(name: &str, inner: std::sync::Arc<dyn Sink>) -> Named {
+        Named {
+            name: name.to_owned(),
+            identity: format!("trigger:{name}"),
+            inner,
+        }
+    }
+}
+
+impl Sink for Named {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn identity(&self) -> &str {
+        &self.identity
+    }
+    fn deliver<'a>(&'a self, event: &'a CloudEvent) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        self.inner.deliver(event)
+    }
 }

@@ -46,8 +46,9 @@ pub enum Change {
     /// Encoded events, by sequence number, for every listed watcher, and the
     /// names of those that have one, for the deduplication journal.
     Append {
-        watchers: Arc<[WatcherId]>,
-        events: Vec<(u64, Vec<u8>)>,
+        /// Each event: its sequence number, its encoding, and the watchers
+        /// that want it.
+        events: Vec<(u64, Vec<u8>, Arc<[WatcherId]>)>,
         remembered: Vec<Remembered>,
         then: Then,
     },
@@ -178,12 +179,11 @@ fn write_changes(
         for (i, change) in group.iter().enumerate() {
             match change {
                 Change::Append {
-                    watchers,
-                    events,
-                    remembered,
-                    ..
+                    events, remembered, ..
                 } => {
-                    batch.append(watchers, events);
+                    for (seq, event, watchers) in events {
+                        batch.append_one(watchers, *seq, event);
+                    }
                     batch.remember(remembered);
                 }
                 Change::Resurrect { letter, seq, .. } => batch.resurrect(letter, *seq),
@@ -258,8 +258,7 @@ mod tests {
             let seen = seen.clone();
             let s = store.clone();
             writer.send(Change::Append {
-                watchers: watchers.clone(),
-                events: vec![(seq, encode_event(&ev))],
+                events: vec![(seq, encode_event(&ev), watchers.clone())],
                 remembered: Vec::new(),
                 then: Box::new(move |written| {
                     // Already readable when `then` runs.
@@ -298,8 +297,10 @@ mod tests {
         );
         let (tx, rx) = oneshot::channel();
         writer.send(Change::Append {
-            watchers: Arc::from(vec![w]),
-            events: vec![(1, encode_event(&ev)), (2, encode_event(&ev))],
+            events: vec![
+                (1, encode_event(&ev), Arc::from(vec![w])),
+                (2, encode_event(&ev), Arc::from(vec![w])),
+            ],
             remembered: Vec::new(),
             then: Box::new(move |written| {
                 let _ = tx.send(written.is_ok());

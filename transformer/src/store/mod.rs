@@ -321,12 +321,17 @@ impl Batch<'_> {
     /// Queues each encoded event for every listed watcher.
     pub fn append(&mut self, watchers: &[WatcherId], events: &[(u64, Vec<u8>)]) {
         for (seq, event) in events {
-            log::encode_append(&mut self.records, *seq, watchers, event);
-            self.ops.push(log::Op::Append {
-                seq: *seq,
-                watchers: watchers.to_vec(),
-            });
+            self.append_one(watchers, *seq, event);
         }
+    }
+
+    /// Queues one encoded event for the listed watchers.
+    pub fn append_one(&mut self, watchers: &[WatcherId], seq: u64, event: &[u8]) {
+        log::encode_append(&mut self.records, seq, watchers, event);
+        self.ops.push(log::Op::Append {
+            seq,
+            watchers: watchers.to_vec(),
+        });
     }
 
     /// Forgets a delivered event.
