@@ -76,6 +76,10 @@ class Handler(BaseHTTPRequestHandler):
             "datacontenttype": event.get_datacontenttype(),
             "traceparent": headers.get("traceparent"),
             "originid": event.get_extension("originid"),
+            "path": self.path,
+            "extensions": {k: str(v) for k, v in event.get_attributes().items()
+                           if k not in ("id", "source", "type", "specversion", "subject", "time",
+                                        "datacontenttype", "dataschema")},
             "via": headers.get("via"),
             "mode": "structured" if headers.get("content-type", "").startswith("application/cloudevents+json") else "binary",
             "data": data,

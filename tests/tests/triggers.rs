@@ -1,0 +1,361 @@
+//! Triggers (`TRANSFORMER_TRIGGERS`, Knative's Trigger documents) through the
+//! real transformer to a real sensor and NATS: each event reaches exactly the
+//! triggers whose filters want it, in every dialect; an event nobody wants is
+//! taken and stored for nobody; each trigger's delivery settings hold; a bad
+//! trigger stops the process naming the file, the trigger and the key.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use gateway_tests::*;
+use serde_json::Value;
+
+/// A gateway of a transformer and a sensor, its triggers in a ConfigMap-like
+/// directory (one file per trigger), with `env` more for the transformer.
+async fn transformer_with(triggers: &[(&str, String)], env: &[(&str, &str)]) -> Gateway {
+    let mut g = Gateway::new(UserServerKind::Python);
+    let dir = g.dir.path().join("triggers");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for (name, text) in triggers {
+        std::fs::write(dir.join(format!("{name}.yaml")), text).expect("write trigger");
+    }
+    g.transformer_env
+        .push(("TRANSFORMER_TRIGGERS".into(), dir.display().to_string()));
+    for (k, v) in env {
+        g.transformer_env.push((k.to_string(), v.to_string()));
+    }
+    g.start_sensor().await;
+    g.start_transformer().await;
+    g
+}
+
+/// A Knative Trigger document sending to `uri`, with `spec` lines more.
+fn trigger(name: &str, uri: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: {name}\n\
+         spec:\n  subscriber:\n    uri: {uri}\n{spec}"
+    )
+}
+
+/// Posts `n` events of `src` to the transformer.
+async fn post(g: &Gateway, src: &str, n: usize) {
+    for seq in 0..n {
+        let r = g
+            .post(
+                &g.tr_url("/"),
+                "application/json",
+                event_body(src, "t", seq),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+}
+
+/// How many events each sensor path received, per subject.
+fn by_path(g: &Gateway) -> BTreeMap<String, BTreeMap<String, usize>> {
+    let mut out: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    for e in g.sensor_events() {
+        let path = e["path"].as_str().unwrap_or("?").to_owned();
+        let subject = e["subject"].as_str().unwrap_or("?").to_owned();
+        *out.entry(path).or_default().entry(subject).or_default() += 1;
+    }
+    out
+}
+
+#[tokio::test]
+async fn each_event_reaches_exactly_the_triggers_whose_filters_want_it() {
+    let port = free_port();
+    // The sensor's port, chosen first: the triggers name it.
+    let base = format!("http://127.0.0.1:{port}");
+    let triggers = [
+        ("orders", trigger("orders", &format!("{base}/orders"), "  filters:\n    - exact: {subject: orders}\n")),
+        (
+            "payments",
+            trigger(
+                "payments",
+                &format!("{base}/payments"),
+                "  filters:\n    - cesql: \"subject IN ('orders', 'audit') AND team = 'payments'\"\n",
+            ),
+        ),
+        (
+            "not-audit",
+            trigger("not-audit", &format!("{base}/not-audit"), "  filters:\n    - not: {exact: {subject: audit}}\n"),
+        ),
+        (
+            "attributes",
+            trigger("attributes", &format!("{base}/attributes"), "  filter:\n    attributes: {subject: audit, team: ''}\n"),
+        ),
+        (
+            "mixed",
+            trigger(
+                "mixed",
+                &format!("{base}/mixed"),
+                "  filters:\n    - any: [{prefix: {subject: ord}}, {suffix: {subject: dit}}]\n    - all: [{not: {exact: {subject: orders}}}]\n",
+            ),
+        ),
+        ("everything", trigger("everything", &format!("{base}/everything"), "")),
+    ];
+    let mut g = Gateway::new(UserServerKind::Python);
+    g.sensor_port = port;
+    let dir = g.dir.path().join("triggers");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for (name, text) in &triggers {
+        std::fs::write(dir.join(format!("{name}.yaml")), text).expect("write trigger");
+    }
+    g.transformer_env
+        .push(("TRANSFORMER_TRIGGERS".into(), dir.display().to_string()));
+    g.transformer_env.push((
+        "K_CE_OVERRIDES".into(),
+        r#"{"extensions": {"team": "payments"}}"#.into(),
+    ));
+    g.start_sensor().await;
+    g.start_transformer().await;
+
+    for src in ["orders", "audit", "other"] {
+        post(&g, src, 3).await;
+    }
+    // SENSOR_WATCHERS (the harness sets it: path /) is a trigger without filter.
+    let want: BTreeMap<String, BTreeMap<String, usize>> = [
+        ("/", vec![("audit", 3), ("orders", 3), ("other", 3)]),
+        ("/orders", vec![("orders", 3)]),
+        ("/payments", vec![("audit", 3), ("orders", 3)]),
+        ("/not-audit", vec![("orders", 3), ("other", 3)]),
+        ("/attributes", vec![("audit", 3)]),
+        ("/mixed", vec![("audit", 3)]),
+        (
+            "/everything",
+            vec![("audit", 3), ("orders", 3), ("other", 3)],
+        ),
+    ]
+    .into_iter()
+    .map(|(p, v)| {
+        (
+            p.to_owned(),
+            v.into_iter().map(|(s, n)| (s.to_owned(), n)).collect(),
+        )
+    })
+    .collect();
+    wait_for("every trigger's events at the sensor", || async {
+        (by_path(&g) == want).then_some(())
+    })
+    .await;
+    // Nothing more arrives.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(by_path(&g), want);
+    for e in g.sensor_events() {
+        assert_eq!(e["extensions"]["team"], "payments", "K_CE_OVERRIDES: {e}");
+    }
+
+    // GET /triggers: each trigger, its subscriber, filter and queue depth.
+    let listed: Value = g
+        .http
+        .get(g.tr_url("/triggers"))
+        .send()
+        .await
+        .expect("GET /triggers")
+        .json()
+        .await
+        .expect("JSON");
+    let names: Vec<&str> = listed["triggers"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "attributes",
+            "everything",
+            "mixed",
+            "not-audit",
+            "orders",
+            "payments"
+        ]
+    );
+    let orders = &listed["triggers"][4];
+    assert_eq!(orders["subscriber"], format!("{base}/orders"));
+    assert_eq!(
+        orders["filter"],
+        serde_json::json!({"all": [{"exact": {"subject": "orders"}}]})
+    );
+    assert_eq!(orders["queueDepth"], 0);
+    let filtered = g
+        .metric(
+            &g.tr_url("/metrics"),
+            "transformer_events_filtered_total{watcher=\"orders\"}",
+        )
+        .await;
+    assert_eq!(filtered, 6.0);
+}
+
+/// An event no trigger wants is answered 2xx and stored for nobody; a named
+/// one is still remembered, so its repeat is a duplicate.
+#[tokio::test]
+async fn an_event_nobody_wants_is_taken_for_nobody_and_remembered() {
+    let g = transformer_with(
+        &[(
+            "orders",
+            trigger(
+                "orders",
+                "http://127.0.0.1:9/never",
+                "  filters:\n    - exact: {subject: orders}\n",
+            ),
+        )],
+        &[("SENSOR_WATCHERS", "")],
+    )
+    .await;
+    let body = serde_json::json!({"src": "other", "payload": "e30=", "id": "one"}).to_string();
+    let first = g
+        .post(&g.tr_url("/"), "application/json", body.clone())
+        .await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert_eq!(first.json.get("duplicate"), None);
+    let again = g.post(&g.tr_url("/"), "application/json", body).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json["duplicate"], true, "{}", again.text);
+    assert_eq!(again.json["id"], first.json["id"]);
+    let depth = g
+        .metric(&g.tr_url("/metrics"), "transformer_queue_depth")
+        .await;
+    assert_eq!(depth, 0.0, "stored for nobody");
+}
+
+/// A trigger's `delivery` holds for it alone: one retry, then the event is a
+/// dead letter under the trigger's name, while the plain watcher keeps
+/// retrying.
+#[tokio::test]
+async fn a_triggers_delivery_settings_hold_for_it_alone() {
+    let port = free_port();
+    let mut g = Gateway::new(UserServerKind::Python);
+    g.sensor_port = port;
+    let dir = g.dir.path().join("triggers");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(
+        dir.join("impatient.yaml"),
+        format!(
+            "name: impatient\nsubscriber: {{uri: 'http://127.0.0.1:{port}/impatient'}}\n\
+             delivery: {{retry: 1, backoffPolicy: linear, backoffDelay: PT0.1S, timeout: PT2S}}\n"
+        ),
+    )
+    .expect("write");
+    g.transformer_env
+        .push(("TRANSFORMER_TRIGGERS".into(), dir.display().to_string()));
+    g.start_sensor().await;
+    g.start_transformer().await;
+    std::fs::write(&g.fail_file, "").expect("fail");
+    post(&g, "jobs", 1).await;
+    let letters = wait_for("a dead letter of impatient", || async {
+        let page: Value = g
+            .http
+            .get(g.tr_url("/deadletters?watcher=impatient"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let items = page["deadletters"].as_array().cloned().unwrap_or_default();
+        (!items.is_empty()).then_some(items)
+    })
+    .await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0]["attempts"], 2, "{}", letters[0]);
+    // The plain watcher (SENSOR_WATCHERS) keeps retrying: it delivers once
+    // the sensor is back.
+    std::fs::remove_file(&g.fail_file).expect("unfail");
+    let got = g.wait_sensor(1).await;
+    assert_eq!(got[0]["path"], "/");
+}
+
+/// `nats:SUBJECT` subscribers publish on the transformer's NATS connection.
+#[tokio::test]
+async fn a_nats_subscriber_gets_its_events_on_its_subject() {
+    use futures::StreamExt as _;
+    let nats_dir = tempfile::tempdir().expect("tempdir");
+    let nats = NatsServer::start(nats_dir.path()).await;
+    let client = async_nats::connect(nats.url()).await.expect("nats");
+    let mut sub = client.subscribe("routed.orders").await.expect("subscribe");
+    client.flush().await.expect("flush");
+    let url = nats.url();
+    let g = transformer_with(
+        &[(
+            "to-nats",
+            trigger(
+                "to-nats",
+                "nats:routed.orders",
+                "  filters:\n    - exact: {subject: orders}\n",
+            ),
+        )],
+        &[("NATS_URL", url.as_str()), ("NATS_CE_MODE", "structured")],
+    )
+    .await;
+    post(&g, "other", 1).await;
+    post(&g, "orders", 2).await;
+    for _ in 0..2 {
+        let m = tokio::time::timeout(DEADLINE, sub.next())
+            .await
+            .expect("a message on routed.orders")
+            .expect("subscription open");
+        let e: Value = serde_json::from_slice(&m.payload).expect("structured CloudEvent");
+        assert_eq!(e["subject"], "orders");
+    }
+    let more = tokio::time::timeout(Duration::from_millis(500), sub.next()).await;
+    assert!(more.is_err(), "only the wanted events");
+}
+
+/// A trigger that cannot be used stops the transformer at start, naming the
+/// variable, the file, the trigger and the key.
+#[test]
+fn a_bad_trigger_stops_the_transformer_naming_file_trigger_and_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        (
+            "broker.yaml",
+            trigger("orders", "http://x/", "  broker: default\n"),
+            "spec.broker",
+        ),
+        (
+            "cesql.yaml",
+            trigger("bad-sql", "http://x/", "  filters:\n    - cesql: 'a = '\n"),
+            "spec.filters[0].cesql",
+        ),
+        (
+            "ref.yaml",
+            "name: by-ref\nsubscriber: {ref: {kind: Service, name: x}}\n".to_owned(),
+            "spec.subscriber.ref",
+        ),
+    ];
+    for (file, text, key) in cases {
+        let path = dir.path().join(file);
+        std::fs::write(&path, text).expect("write");
+        let out = Command::new(bin("transformer"))
+            .env_clear()
+            .env("GATEWAY_NAME", "g")
+            .env("TRANSFORMER_PORT", free_port().to_string())
+            .env("TRANSFORMER_DURABLE", "false")
+            .env("TRANSFORMER_TRIGGERS", &path)
+            .output()
+            .expect("run transformer");
+        assert!(!out.status.success(), "{file}: started");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for words in ["TRANSFORMER_TRIGGERS", file, key] {
+            assert!(err.contains(words), "{file}: no {words:?} in: {err}");
+        }
+    }
+    let out = Command::new(bin("transformer"))
+        .env_clear()
+        .env("GATEWAY_NAME", "g")
+        .env("TRANSFORMER_PORT", free_port().to_string())
+        .env("TRANSFORMER_DURABLE", "false")
+        .env("K_CE_OVERRIDES", r#"{"extensions": {"Bad-Name": "x"}}"#)
+        .output()
+        .expect("run transformer");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("K_CE_OVERRIDES") && err.contains("Bad-Name"),
+        "{err}"
+    );
+}
