@@ -8,7 +8,12 @@
 /// The first `limit` bytes of `response`'s body, as text (invalid UTF-8, and a
 /// character cut at the limit, become U+FFFD). A body that fails part-way
 /// gives what arrived.
-pub async fn prefix(mut response: reqwest::Response, limit: usize) -> String {
+pub async fn prefix(response: reqwest::Response, limit: usize) -> String {
+    String::from_utf8_lossy(&prefix_bytes(response, limit).await).into_owned()
+}
+
+/// [`prefix`] as the bytes themselves.
+pub async fn prefix_bytes(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
     let mut out = Vec::new();
     while out.len() < limit {
         match response.chunk().await {
@@ -19,7 +24,7 @@ pub async fn prefix(mut response: reqwest::Response, limit: usize) -> String {
             Ok(None) | Err(_) => break,
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 #[cfg(test)]

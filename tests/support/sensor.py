@@ -2,7 +2,9 @@
 """A sensor for tests and the local demo: receives CloudEvents over HTTP, parses
 each one with the official CloudEvents SDK, and appends it as one JSON line to
 --out (or prints it with --print). While the file named by --fail-file exists it
-answers 500 instead, so tests can take it "down" without closing the port."""
+answers 500 instead, so tests can take it "down" without closing the port.
+Paths starting /refuse answer 422 with a body; under /busy each event's first
+delivery is answered 503 with Retry-After: 30."""
 import argparse
 import base64
 import json
@@ -25,6 +27,7 @@ parser.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)"
 parser.add_argument("--tls-key", help="and this private key (PEM)")
 args = parser.parse_args()
 lock = threading.Lock()
+busy_seen = set()
 
 
 def record(line):
@@ -55,6 +58,18 @@ class Handler(BaseHTTPRequestHandler):
         if args.fail_file and os.path.exists(args.fail_file):
             return self.answer(500, b"sensor failing on purpose")
         headers = {k.lower(): v for k, v in self.headers.items()}
+        if self.path.startswith("/refuse"):
+            return self.answer(422, b"refused on purpose")
+        if self.path.startswith("/busy"):
+            with lock:
+                first = headers.get("ce-id") not in busy_seen
+                busy_seen.add(headers.get("ce-id"))
+            if first:
+                self.send_response(503)
+                self.send_header("Retry-After", "30")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
         try:
             event = from_http_event(HTTPMessage(headers=headers, body=body))
         except Exception as e:  # noqa: BLE001 - any parse failure is the gateway's bug
@@ -77,6 +92,7 @@ class Handler(BaseHTTPRequestHandler):
             "traceparent": headers.get("traceparent"),
             "originid": event.get_extension("originid"),
             "path": self.path,
+            "received_at": time.time(),
             "extensions": {k: str(v) for k, v in event.get_attributes().items()
                            if k not in ("id", "source", "type", "specversion", "subject", "time",
                                         "datacontenttype", "dataschema")},

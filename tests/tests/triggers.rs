@@ -359,3 +359,157 @@ fn a_bad_trigger_stops_the_transformer_naming_file_trigger_and_key() {
         "{err}"
     );
 }
+
+/// A gateway whose triggers name the sensor's port: `make(port)` gives them.
+async fn with_sensor_triggers(make: impl Fn(u16) -> Vec<(String, String)>) -> Gateway {
+    let port = free_port();
+    let mut g = Gateway::new(UserServerKind::Python);
+    g.sensor_port = port;
+    let dir = g.dir.path().join("triggers");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for (name, text) in make(port) {
+        std::fs::write(dir.join(format!("{name}.yaml")), text).expect("write trigger");
+    }
+    g.transformer_env
+        .push(("TRANSFORMER_TRIGGERS".into(), dir.display().to_string()));
+    g.transformer_env
+        .push(("SENSOR_WATCHERS".into(), String::new()));
+    g.start_sensor().await;
+    g.start_transformer().await;
+    g
+}
+
+async fn dead_letters(g: &Gateway, watcher: &str) -> Vec<Value> {
+    let page: Value = match g
+        .http
+        .get(g.tr_url(&format!("/deadletters?watcher={watcher}")))
+        .send()
+        .await
+    {
+        Ok(r) => r.json().await.unwrap_or_default(),
+        Err(_) => Value::Null,
+    };
+    page["deadletters"].as_array().cloned().unwrap_or_default()
+}
+
+/// An event its subscriber refuses for good goes to the dead-letter sink as
+/// a CloudEvent with Knative's extensions (read here by the CloudEvents
+/// SDK); while the sink is down too it stays in the local dead letters, and
+/// goes once the sink is back.
+#[tokio::test]
+async fn dead_letters_reach_the_sink_with_knatives_extensions_and_wait_while_it_is_down() {
+    let g = with_sensor_triggers(|port| {
+        vec![(
+            "refused".into(),
+            trigger(
+                "refused",
+                &format!("http://127.0.0.1:{port}/refuse"),
+                &format!(
+                    "  delivery:\n    retry: 0\n    deadLetterSink: {{uri: 'http://127.0.0.1:{port}/dls'}}\n"
+                ),
+            ),
+        )]
+    })
+    .await;
+    post(&g, "orders", 1).await;
+    let got = g.wait_sensor(1).await;
+    let e = &got[0];
+    assert_eq!(e["path"], "/dls");
+    let x = &e["extensions"];
+    assert_eq!(
+        x["knativeerrordest"],
+        format!("http://127.0.0.1:{}/refuse", g.sensor_port)
+    );
+    assert_eq!(x["knativeerrorcode"], "422");
+    use base64::Engine as _;
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(x["knativeerrordata"].as_str().expect("knativeerrordata"))
+        .expect("base64");
+    assert_eq!(data, b"refused on purpose");
+    assert_eq!(e["subject"], "orders");
+    wait_for("the forwarded letter to leave the local store", || async {
+        dead_letters(&g, "refused").await.is_empty().then_some(())
+    })
+    .await;
+
+    // The sink down too: the letter stays stored, and goes when it is back.
+    std::fs::write(&g.fail_file, "").expect("fail");
+    post(&g, "audit", 1).await;
+    let kept = wait_for("the letter kept while the sink fails", || async {
+        let l = dead_letters(&g, "refused").await;
+        (!l.is_empty()).then_some(l)
+    })
+    .await;
+    assert_eq!(kept.len(), 1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(dead_letters(&g, "refused").await.len(), 1, "still kept");
+    std::fs::remove_file(&g.fail_file).expect("unfail");
+    let got = g.wait_sensor(2).await;
+    assert_eq!(got[1]["subject"], "audit");
+    assert_eq!(got[1]["extensions"]["knativeerrorcode"], "500");
+    wait_for("the second letter forwarded", || async {
+        dead_letters(&g, "refused").await.is_empty().then_some(())
+    })
+    .await;
+}
+
+/// `rateLimit` paces a trigger's deliveries: 60 events at 20 a second
+/// arrive over about three seconds, within 10%.
+#[tokio::test]
+async fn a_rate_limit_paces_deliveries_within_ten_percent() {
+    let g = with_sensor_triggers(|port| {
+        vec![(
+            "paced".into(),
+            trigger(
+                "paced",
+                &format!("http://127.0.0.1:{port}/paced"),
+                "  rateLimit: {unit: Second, requestsPerUnit: 20}\n",
+            ),
+        )]
+    })
+    .await;
+    post(&g, "jobs", 60).await;
+    let got = wait_for_within("60 paced events", Duration::from_secs(60), || async {
+        let v = g.sensor_events();
+        (v.len() >= 60).then_some(v)
+    })
+    .await;
+    let at: Vec<f64> = got
+        .iter()
+        .filter_map(|e| e["received_at"].as_f64())
+        .collect();
+    let spread =
+        at.iter().cloned().fold(f64::MIN, f64::max) - at.iter().cloned().fold(f64::MAX, f64::min);
+    let rate = 59.0 / spread;
+    eprintln!("60 events over {spread:.2} s: {rate:.1}/s");
+    assert!((18.0..=22.0).contains(&rate), "{rate:.1}/s against 20/s");
+}
+
+/// A 503 with `Retry-After: 30` is waited out as told, up to the trigger's
+/// `retryAfterMax` (1 s here), not for 30 s.
+#[tokio::test]
+async fn retry_after_is_waited_as_told_up_to_retry_after_max() {
+    let g = with_sensor_triggers(|port| {
+        vec![(
+            "busy".into(),
+            trigger(
+                "busy",
+                &format!("http://127.0.0.1:{port}/busy"),
+                "  delivery: {retry: 3, backoffDelay: PT0.01S, retryAfterMax: PT1S}\n",
+            ),
+        )]
+    })
+    .await;
+    let sent = std::time::Instant::now();
+    post(&g, "jobs", 1).await;
+    g.wait_sensor(1).await;
+    let took = sent.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "waited only {took:?}: Retry-After ignored"
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "waited {took:?}: retryAfterMax ignored"
+    );
+}

@@ -24,8 +24,10 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::dispatch::forward::DeadLetterSink;
 use crate::dispatch::http::HttpSink;
 use crate::dispatch::nats::{NatsSink, SubjectTemplate};
+use crate::dispatch::pacer::Pacer;
 use crate::dispatch::{Dispatcher, Limits, Named, Route, Sink};
 use crate::metrics::Metrics;
 use crate::state::{AppState, Intake, TriggerView};
@@ -82,11 +84,7 @@ pub async fn serve(
     let mut routes: Vec<Route> = build_sinks(&config, &metrics)
         .await?
         .into_iter()
-        .map(|sink| Route {
-            sink,
-            filter: None,
-            policy: config.retry.clone(),
-        })
+        .map(|sink| Route::plain(sink, config.retry.clone()))
         .collect();
     routes.extend(trigger_routes(&config, &metrics).await?);
     if routes.is_empty() {
@@ -306,21 +304,65 @@ async fn trigger_routes(config: &Config, metrics: &Metrics) -> Result<Vec<Route>
         )),
         None => None,
     };
+    let reach = Reach {
+        config,
+        metrics,
+        client,
+        nats,
+    };
     let mut routes = Vec::with_capacity(config.triggers.len());
     for t in config.triggers.iter() {
         let policy = trigger_policy(&config.retry, t);
-        let sink: Arc<dyn Sink> = match (&t.subscriber, &nats) {
+        let sink = reach.sink(&t.name, &t.subscriber, policy.timeout)?;
+        let dead_letter_sink = match &t.delivery.dead_letter_sink {
+            Some(to) => Some(DeadLetterSink {
+                sink: reach.sink(&t.name, to, policy.timeout)?,
+                failed_destination: t.subscriber.shown(),
+            }),
+            None => None,
+        };
+        routes.push(Route {
+            sink: Arc::new(Named::new(&t.name, sink)),
+            filter: t.filter.clone(),
+            pace: t
+                .rate_limit
+                .map(|r| Arc::new(Pacer::new(r.per, r.requests))),
+            dead_letter_sink,
+            policy,
+        });
+    }
+    Ok(routes)
+}
+
+/// What a trigger's destinations are reached with.
+struct Reach<'a> {
+    config: &'a Config,
+    metrics: &'a Metrics,
+    client: reqwest::Client,
+    nats: Option<(&'a config::NatsConfig, async_nats::Client)>,
+}
+
+impl Reach<'_> {
+    /// A sink for `to` (a subscriber or a dead-letter sink of `trigger`).
+    fn sink(
+        &self,
+        trigger: &str,
+        to: &Subscriber,
+        timeout: std::time::Duration,
+    ) -> Result<Arc<dyn Sink>, RunError> {
+        let config = self.config;
+        Ok(match (to, &self.nats) {
             (Subscriber::Http(url), _) => {
                 let url = reqwest::Url::parse(url).map_err(|e| RunError::Trigger {
-                    trigger: t.name.clone(),
-                    why: format!("spec.subscriber.uri: {e}"),
+                    trigger: trigger.to_owned(),
+                    why: format!("{}: {e}", to.shown()),
                 })?;
                 Arc::new(
                     HttpSink::new(
                         url,
                         config.ce_mode,
-                        client.clone(),
-                        policy.timeout,
+                        self.client.clone(),
+                        timeout,
                         loops::via(&config.gateway_name),
                     )
                     .with_token(config.watcher_token.as_deref())?,
@@ -330,23 +372,17 @@ async fn trigger_routes(config: &Config, metrics: &Metrics) -> Result<Vec<Route>
                 client.clone(),
                 n,
                 SubjectTemplate::new(subject, &config.gateway_name, &config.namespace),
-                policy.timeout,
-                metrics.nats.clone(),
+                timeout,
+                self.metrics.nats.clone(),
             )),
             (Subscriber::Nats(_), None) => {
                 return Err(RunError::Trigger {
-                    trigger: t.name.clone(),
-                    why: "a nats: subscriber, and no NATS settings were read".into(),
+                    trigger: trigger.to_owned(),
+                    why: "a nats: destination, and no NATS settings were read".into(),
                 })
             }
-        };
-        routes.push(Route {
-            sink: Arc::new(Named::new(&t.name, sink)),
-            filter: t.filter.clone(),
-            policy,
-        });
+        })
     }
-    Ok(routes)
 }
 
 /// A trigger's `spec.delivery` over the `WATCHER_*` defaults: Knative's
@@ -360,6 +396,7 @@ fn trigger_policy(defaults: &config::RetryPolicy, t: &Trigger) -> config::RetryP
         cap: defaults.cap.max(base),
         attempts: d.retry.map_or(defaults.attempts, |r| r.saturating_add(1)),
         linear: d.backoff_policy == Some(triggers::BackoffPolicy::Linear),
+        retry_after_max: d.retry_after_max,
     }
 }
 

@@ -45,6 +45,9 @@ pub struct RetryPolicy {
     /// Waits grow by `base` each attempt (Knative's `linear`) rather than
     /// doubling; either way at most `cap`.
     pub linear: bool,
+    /// A 429 or 503 with `Retry-After` waits as told, up to this; `None`:
+    /// the backoff alone (Knative's `retryAfterMax`).
+    pub retry_after_max: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -372,6 +375,7 @@ impl Settings for Config {
                 cap: env.duration(&WATCHER_RETRY_CAP)?,
                 attempts: env.number(&WATCHER_RETRY_ATTEMPTS)?,
                 linear: false,
+                retry_after_max: None,
             },
             shutdown_timeout: env.duration(&shared::SHUTDOWN_TIMEOUT)?,
             json_logs: env.json_logs()?,

@@ -18,7 +18,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::{event_size, release_slots, Admission, Admitted, Refused, Slots};
+use super::forward::{DeadLetterSink, Forwarder};
 use super::lane::{Lane, LaneWorker, Queued};
+use super::pacer::Pacer;
 use super::writer::{Change, Finished, Then, Writer, Written};
 use super::Sink;
 use crate::cloudevent::CloudEvent;
@@ -40,6 +42,23 @@ pub struct Route {
     /// `None`: every event.
     pub filter: Option<Arc<Filter>>,
     pub policy: RetryPolicy,
+    /// A trigger's `rateLimit`.
+    pub pace: Option<Arc<Pacer>>,
+    /// A trigger's `deadLetterSink`.
+    pub dead_letter_sink: Option<DeadLetterSink>,
+}
+
+impl Route {
+    /// A watcher of every event, with `policy`.
+    pub fn plain(sink: Arc<dyn Sink>, policy: RetryPolicy) -> Route {
+        Route {
+            sink,
+            filter: None,
+            policy,
+            pace: None,
+            dead_letter_sink: None,
+        }
+    }
 }
 
 struct WatcherQueue {
@@ -75,6 +94,10 @@ pub struct Workers {
     set: JoinSet<()>,
     hard_stop: CancellationToken,
     writer: Finished,
+    /// The dead-letter sinks' forwarders: stopped first at shutdown (what
+    /// they did not send stays stored).
+    forwarders: JoinSet<()>,
+    forwarding: CancellationToken,
 }
 
 pub struct Limits {
@@ -97,7 +120,9 @@ impl Dispatcher {
         metrics: Arc<Metrics>,
     ) -> Result<(Dispatcher, Workers), StoreError> {
         let hard_stop = CancellationToken::new();
+        let forwarding = CancellationToken::new();
         let mut set = JoinSet::new();
+        let mut forwarders = JoinSet::new();
         let (writer, finished) =
             Writer::start(store.clone(), metrics.store_write.clone()).map_err(StoreError::Log)?;
         let lanes = limits.lanes.max(1);
@@ -106,9 +131,27 @@ impl Dispatcher {
             sink,
             filter,
             policy,
+            pace,
+            dead_letter_sink,
         } in routes
         {
             let id = store.register_watcher(sink.identity(), sink.name())?;
+            let buried = dead_letter_sink.map(|to| {
+                let wake = Arc::new(tokio::sync::Notify::new());
+                forwarders.spawn(
+                    Forwarder {
+                        to,
+                        watcher: id,
+                        store: store.clone(),
+                        wake: wake.clone(),
+                        base: policy.base,
+                        cap: policy.cap,
+                        stop: forwarding.clone(),
+                    }
+                    .run(),
+                );
+                wake
+            });
             let wm = metrics.watcher(sink.name());
             let slots = Slots::new(sink.name(), limits.capacity);
             let lanes = (0..lanes)
@@ -126,6 +169,8 @@ impl Dispatcher {
                             metrics: wm.clone(),
                             writer: writer.clone(),
                             hard_stop: hard_stop.clone(),
+                            pace: pace.clone(),
+                            buried: buried.clone(),
                         }
                         .run(),
                     );
@@ -159,6 +204,8 @@ impl Dispatcher {
                 set,
                 hard_stop,
                 writer: finished,
+                forwarders,
+                forwarding,
             },
         ))
     }
@@ -189,6 +236,8 @@ impl Dispatcher {
                         attempts: 0,
                         dead_at_ms: now_ms(),
                         event,
+                        code: 0,
+                        data: Vec::new(),
                     })?;
                     buried += 1;
                 }
@@ -465,6 +514,8 @@ impl Workers {
     /// start), and gives the store's writer until `writer_until` to commit the
     /// last acknowledgements.
     pub async fn drain(mut self, until: tokio::time::Instant, writer_until: tokio::time::Instant) {
+        self.forwarding.cancel();
+        while self.forwarders.join_next().await.is_some() {}
         let drained = tokio::time::timeout_at(until, async {
             while self.set.join_next().await.is_some() {}
         })

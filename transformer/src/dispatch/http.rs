@@ -132,13 +132,24 @@ impl HttpSink {
             }
             return Ok(());
         }
-        let body = gateway_common::answer::prefix(response, 2048).await;
-        let body: String = body.chars().take(512).collect();
+        let retry_after = response
+            .headers()
+            .get(axum::http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let raw = gateway_common::answer::prefix_bytes(response, super::ANSWER_BODY_BYTES).await;
+        let body: String = String::from_utf8_lossy(&raw).chars().take(512).collect();
         let message = format!("POST {} answered {status}: {body}", self.name);
+        let answer = super::Answer {
+            status: status.as_u16(),
+            body: raw,
+            retry_after,
+        };
         if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
-            Err(DeliveryError::retryable(message))
+            Err(DeliveryError::retryable(message).with_answer(answer))
         } else {
-            Err(DeliveryError::permanent(message))
+            Err(DeliveryError::permanent(message).with_answer(answer))
         }
     }
 }

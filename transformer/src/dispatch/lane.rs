@@ -16,8 +16,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::{Admitted, Slots};
+use super::pacer::Pacer;
 use super::writer::{Change, Writer};
-use super::{DeliveryError, Sink};
+use super::{Answer, Sink};
 use crate::config::RetryPolicy;
 use crate::metrics::WatcherMetrics;
 use crate::store::{now_ms, DeadLetter, StoreError, WatcherId};
@@ -39,7 +40,11 @@ pub struct Queued {
 
 enum Outcome {
     Delivered,
-    GaveUp { error: String, attempts: u32 },
+    GaveUp {
+        error: String,
+        attempts: u32,
+        answer: Option<Answer>,
+    },
     Interrupted,
 }
 
@@ -56,6 +61,11 @@ pub struct LaneWorker {
     /// delivered event, and a crash at worst delivers a few again.
     pub writer: Writer,
     pub hard_stop: CancellationToken,
+    /// The trigger's `rateLimit`, shared by its lanes.
+    pub pace: Option<Arc<Pacer>>,
+    /// Woken when a letter is buried: the trigger's dead-letter sink's
+    /// forwarder.
+    pub buried: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl LaneWorker {
@@ -77,7 +87,11 @@ impl LaneWorker {
                     self.writer.ack(self.watcher, queued.seq);
                     Ok(())
                 }
-                Outcome::GaveUp { error, attempts } => {
+                Outcome::GaveUp {
+                    error,
+                    attempts,
+                    answer,
+                } => {
                     self.metrics.dead_lettered.inc();
                     tracing::error!(watcher = self.sink.name(), id = %queued.admitted.event.id, subject = ?queued.admitted.event.subject, attempts, %error, "delivery gave up; event dead-lettered");
                     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -90,13 +104,20 @@ impl LaneWorker {
                             attempts: *attempts,
                             dead_at_ms: now_ms(),
                             event: queued.admitted.event.clone(),
+                            code: answer.as_ref().map_or(0, |a| a.status),
+                            data: answer.as_ref().map(|a| a.body.clone()).unwrap_or_default(),
                         }),
                         then: Box::new(move |written| {
                             let _ = tx.send(written);
                         }),
                     });
-                    rx.await
-                        .unwrap_or_else(|_| Err(Arc::new(StoreError::WriterStopped)))
+                    let buried = rx
+                        .await
+                        .unwrap_or_else(|_| Err(Arc::new(StoreError::WriterStopped)));
+                    if let Some(wake) = &self.buried {
+                        wake.notify_one();
+                    }
+                    buried
                 }
                 Outcome::Interrupted => {
                     held = 1;
@@ -128,6 +149,13 @@ impl LaneWorker {
         let mut backoff = Backoff::new(self.policy.base, self.policy.cap);
         let event = &queued.admitted.event;
         loop {
+            if let Some(pace) = &self.pace {
+                tokio::select! {
+                    biased;
+                    _ = self.hard_stop.cancelled() => return Outcome::Interrupted,
+                    _ = pace.wait() => {}
+                }
+            }
             let result = tokio::select! {
                 biased;
                 _ = self.hard_stop.cancelled() => return Outcome::Interrupted,
@@ -144,19 +172,27 @@ impl LaneWorker {
             }
             match result {
                 Ok(()) => return Outcome::Delivered,
-                Err(DeliveryError {
-                    retryable: true,
-                    message,
-                }) if self.policy.attempts == 0 || attempts < self.policy.attempts => {
+                Err(e)
+                    if e.retryable
+                        && (self.policy.attempts == 0 || attempts < self.policy.attempts) =>
+                {
                     self.metrics.retries.inc();
                     // Counts the attempt either way.
                     let doubling = backoff.next_delay();
-                    let delay = if self.policy.linear {
+                    let computed = if self.policy.linear {
                         (self.policy.base * attempts).min(self.policy.cap)
                     } else {
                         doubling
                     };
-                    tracing::warn!(watcher = self.sink.name(), id = %event.id, attempt = attempts, ?delay, error = %message, "delivery failed; will retry");
+                    // A 429 or 503 saying when: as told, up to retryAfterMax.
+                    let told = e
+                        .answer
+                        .as_ref()
+                        .and_then(|a| a.retry_after)
+                        .zip(self.policy.retry_after_max)
+                        .map(|(told, max)| told.min(max));
+                    let delay = told.unwrap_or(computed);
+                    tracing::warn!(watcher = self.sink.name(), id = %event.id, attempt = attempts, ?delay, error = %e.message, "delivery failed; will retry");
                     tokio::select! {
                         biased;
                         _ = self.hard_stop.cancelled() => return Outcome::Interrupted,
@@ -167,6 +203,7 @@ impl LaneWorker {
                     return Outcome::GaveUp {
                         error: err.message,
                         attempts,
+                        answer: err.answer,
                     }
                 }
             }

@@ -4,9 +4,11 @@
 
 pub mod admission;
 pub mod dispatcher;
+pub mod forward;
 pub mod http;
 pub mod lane;
 pub mod nats;
+pub mod pacer;
 pub mod writer;
 
 use futures::future::BoxFuture;
@@ -23,20 +25,43 @@ pub struct DeliveryError {
     /// event goes straight to the dead letters instead of blocking its queue.
     pub retryable: bool,
     pub message: String,
+    /// The destination's answer, when it gave one: its status and the start
+    /// of its body (for a dead-letter sink's `knativeerrorcode` and
+    /// `knativeerrordata`), and its `Retry-After` in seconds.
+    pub answer: Option<Answer>,
 }
+
+/// What an HTTP destination answered to a failed delivery.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    /// At most [`ANSWER_BODY_BYTES`].
+    pub body: Vec<u8>,
+    pub retry_after: Option<std::time::Duration>,
+}
+
+/// How much of a failed delivery's answer is kept (Knative's bound for
+/// `knativeerrordata`).
+pub const ANSWER_BODY_BYTES: usize = 1024;
 
 impl DeliveryError {
     pub fn retryable(message: impl Into<String>) -> Self {
         DeliveryError {
             retryable: true,
             message: message.into(),
+            answer: None,
         }
     }
     pub fn permanent(message: impl Into<String>) -> Self {
         DeliveryError {
             retryable: false,
             message: message.into(),
+            answer: None,
         }
+    }
+    pub fn with_answer(mut self, answer: Answer) -> Self {
+        self.answer = Some(answer);
+        self
     }
 }
 

@@ -315,6 +315,8 @@ mod tests {
             attempts: 3,
             dead_at_ms: 1,
             event: ev,
+            code: 0,
+            data: Vec::new(),
         };
         let (tx, rx) = oneshot::channel();
         let s = store.clone();

@@ -136,6 +136,10 @@ pub(super) fn encode_dead(d: &DeadLetter) -> Vec<u8> {
     w.str(&d.watcher_name);
     w.str(&d.error);
     w.bytes(&encode_event(&d.event));
+    // Later than the rest: letters written before these fields decode
+    // without them.
+    w.0.extend_from_slice(&u32::from(d.code).to_le_bytes());
+    w.bytes(&d.data);
     w.0
 }
 
@@ -150,6 +154,12 @@ pub(super) fn decode_dead(
     let watcher_name = r.str()?;
     let error = r.str()?;
     let event = decode_event(r.bytes()?)?;
+    let (code, data) = if r.0.is_empty() {
+        (0, Vec::new())
+    } else {
+        let code = u16::try_from(r.u32()?).map_err(|_| StoreError::Corrupt("status code"))?;
+        (code, r.bytes()?.to_vec())
+    };
     Ok(DeadLetter {
         watcher,
         seq,
@@ -158,12 +168,39 @@ pub(super) fn decode_dead(
         attempts,
         dead_at_ms,
         event,
+        code,
+        data,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dead_letters_keep_the_last_answer_and_read_without_it() {
+        let letter = DeadLetter {
+            watcher: 3,
+            seq: 9,
+            watcher_name: "orders".into(),
+            error: "POST answered 422".into(),
+            attempts: 1,
+            dead_at_ms: 5,
+            event: CloudEvent::from_gateway_event("gw", "t", "cfg", Bytes::from_static(b"x")),
+            code: 422,
+            data: b"refused".to_vec(),
+        };
+        let b = encode_dead(&letter);
+        let back = decode_dead(3, 9, &b).unwrap();
+        assert_eq!((back.code, back.data.as_slice()), (422, &b"refused"[..]));
+        // Written before the answer was kept: the same without its last fields.
+        let old = &b[..b.len() - 4 - 4 - b"refused".len()];
+        let back = decode_dead(3, 9, old).unwrap();
+        assert_eq!(
+            (back.code, back.data.len(), back.error),
+            (0, 0, letter.error)
+        );
+    }
 
     #[test]
     fn codec_round_trip_and_corruption() {

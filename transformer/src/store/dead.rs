@@ -37,6 +37,10 @@ pub struct DeadLetter {
     pub attempts: u32,
     pub dead_at_ms: u64,
     pub event: CloudEvent,
+    /// The last answer's status (0: none, the destination could not be
+    /// reached) and the start of its body.
+    pub code: u16,
+    pub data: Vec<u8>,
 }
 
 impl DeadLetter {
@@ -98,6 +102,22 @@ impl Store {
             }
         }
         Ok((page, total))
+    }
+
+    /// The oldest `limit` dead letters of one watcher, read by key prefix
+    /// (however many others there are).
+    pub fn dead_letters_of(
+        &self,
+        watcher: WatcherId,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.dead.prefix(watcher.to_be_bytes()).take(limit) {
+            let (k, v) = item.into_inner()?;
+            let (w, seq) = split_key(&k)?;
+            out.push(decode_dead(w, seq, &v)?);
+        }
+        Ok(out)
     }
 
     pub fn dead_count(&self) -> Result<usize, StoreError> {

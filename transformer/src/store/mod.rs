@@ -441,6 +441,8 @@ mod tests {
                 attempts: 1,
                 dead_at_ms: now_ms(),
                 event: event(2),
+                code: 0,
+                data: Vec::new(),
             };
             s.bury(&letter).unwrap();
         }
@@ -480,6 +482,8 @@ mod tests {
                         attempts: 3,
                         dead_at_ms: now_ms(),
                         event: event(1),
+                        code: 0,
+                        data: Vec::new(),
                     }),
                 )
                 .unwrap();
@@ -507,6 +511,8 @@ mod tests {
             attempts: 3,
             dead_at_ms: now_ms(),
             event: events[seq as usize].clone(),
+            code: 0,
+            data: Vec::new(),
         };
         {
             let s = Store::open(dir.path(), Fsync::Never).unwrap();
@@ -556,6 +562,8 @@ mod tests {
                 attempts: 3,
                 dead_at_ms: now_ms(),
                 event: event(seq as u8),
+                code: 0,
+                data: Vec::new(),
             })
             .unwrap();
         }

@@ -120,12 +120,9 @@ async fn bare_consumer(brokers: &str, total: u64) -> Row {
     let mut started = None;
     let deadline = Instant::now() + Duration::from_secs(120);
     while seen < total && Instant::now() < deadline {
-        match tokio::time::timeout(Duration::from_secs(1), stream.next()).await {
-            Ok(Some(Ok(_))) => {
-                seen += 1;
-                started.get_or_insert_with(|| (Instant::now(), own_cpu_secs()));
-            }
-            Ok(_) | Err(_) => {}
+        if let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(1), stream.next()).await {
+            seen += 1;
+            started.get_or_insert_with(|| (Instant::now(), own_cpu_secs()));
         }
     }
     let Some((t0, cpu0)) = started.filter(|_| seen == total) else {
