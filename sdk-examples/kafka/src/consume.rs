@@ -190,8 +190,9 @@ impl Reader<'_> {
                 continue;
             }
             let (events, places): (Vec<Event>, Vec<Place>) = batch.into_iter().unzip();
-            let emitter = self.emitter.clone();
-            let sending = tokio::spawn(async move { emitter.emit_all(events).await });
+            // Queued on the SDK's pile here, in read order; only the waiting
+            // for the answers runs on the task.
+            let sending = tokio::spawn(self.emitter.emit_all(events));
             inflight.push_back((sending, places));
         }
     }

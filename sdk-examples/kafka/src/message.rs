@@ -2,10 +2,14 @@
 //! `TOPIC/PARTITION/OFFSET`, under which the gateway takes it once however
 //! often it is read again (after a crash, a rebalance, a lost commit).
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
 use base64::Engine as _;
 use gateway_sdk::Event;
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::value::RawValue;
 
 /// The longest id the gateway takes.
 const MOST_ID_CHARS: usize = 256;
@@ -17,36 +21,58 @@ pub struct Place {
     pub offset: i64,
 }
 
-/// The event for `m`, and where it sits.
+/// The event's JSON, written straight from the message's borrowed parts.
+#[derive(Serialize)]
+struct Shape<'a> {
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    key: Option<&'a str>,
+    #[serde(rename = "keyBase64", skip_serializing_if = "Option::is_none")]
+    key_base64: Option<String>,
+    timestamp: Option<String>,
+    headers: BTreeMap<&'a str, Option<Cow<'a, str>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<Body<'a>>,
+    #[serde(rename = "bodyBase64", skip_serializing_if = "Option::is_none")]
+    body_base64: Option<String>,
+}
+
+/// `body`: the message as JSON, or as text.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Body<'a> {
+    Json(&'a RawValue),
+    Text(&'a str),
+}
+
+/// The event for `m`, and where it sits. The body is embedded as JSON when
+/// `json_body` is set and it parses (checked, not rebuilt), as text when it
+/// is UTF-8, and as `bodyBase64` otherwise.
 pub fn event(m: &BorrowedMessage<'_>, json_body: bool) -> (Event, Place) {
     let place = Place {
         partition: m.partition(),
         offset: m.offset(),
     };
-    let mut e = json!({
-        "topic": m.topic(),
-        "partition": place.partition,
-        "offset": place.offset,
-        "key": Value::Null,
-        "timestamp": m.timestamp().to_millis().map_or(Value::Null, rfc3339),
-        "headers": headers(m),
-    });
-    if let Some(key) = m.key() {
-        match std::str::from_utf8(key) {
-            Ok(text) => e["key"] = Value::from(text),
-            Err(_) => e["keyBase64"] = base64(key),
-        }
-    }
-    let body = m.payload().unwrap_or_default();
-    let parsed = json_body
-        .then(|| serde_json::from_slice::<Value>(body).ok())
-        .flatten();
-    match (parsed, std::str::from_utf8(body)) {
-        (Some(v), _) => e["body"] = v,
-        (None, Ok(s)) => e["body"] = Value::from(s),
-        (None, Err(_)) => e["bodyBase64"] = base64(body),
-    }
-    let payload = serde_json::to_vec(&e).unwrap_or_default();
+    let raw = m.payload().unwrap_or_default();
+    let text = std::str::from_utf8(raw).ok();
+    let json = text
+        .filter(|_| json_body)
+        .and_then(|t| serde_json::from_str::<&RawValue>(t).ok());
+    let key = m.key();
+    let key_text = key.and_then(|k| std::str::from_utf8(k).ok());
+    let shape = Shape {
+        topic: m.topic(),
+        partition: place.partition,
+        offset: place.offset,
+        key: key_text,
+        key_base64: key.filter(|_| key_text.is_none()).map(base64),
+        timestamp: m.timestamp().to_millis().map(rfc3339),
+        headers: headers(m),
+        body: json.map(Body::Json).or(text.map(Body::Text)),
+        body_base64: text.is_none().then(|| base64(raw)),
+    };
+    let payload = serde_json::to_vec(&shape).unwrap_or_default();
     (Event::new(payload).with_id(id(m.topic(), place)), place)
 }
 
@@ -63,46 +89,38 @@ pub fn id(topic: &str, place: Place) -> String {
 
 /// Headers as one map of text, as Argo's consumers expect: a value that is
 /// not UTF-8 is given as its base64 prefixed `base64:`, an absent one as null.
-fn headers(m: &BorrowedMessage<'_>) -> Value {
+fn headers<'a>(m: &'a BorrowedMessage<'_>) -> BTreeMap<&'a str, Option<Cow<'a, str>>> {
     let Some(hs) = m.headers() else {
-        return Value::Object(Map::new());
+        return BTreeMap::new();
     };
-    let map = hs
-        .iter()
+    hs.iter()
         .map(|h| {
-            let v = match h.value {
-                None => Value::Null,
-                Some(bytes) => match std::str::from_utf8(bytes) {
-                    Ok(t) => Value::from(t),
-                    Err(_) => Value::from(format!(
-                        "base64:{}",
-                        base64::engine::general_purpose::STANDARD.encode(bytes)
-                    )),
-                },
-            };
-            (h.key.to_owned(), v)
+            let v = h.value.map(|bytes| match std::str::from_utf8(bytes) {
+                Ok(t) => Cow::Borrowed(t),
+                Err(_) => Cow::Owned(format!("base64:{}", base64(bytes))),
+            });
+            (h.key, v)
         })
-        .collect::<Map<_, _>>();
-    Value::Object(map)
+        .collect()
 }
 
-fn base64(bytes: &[u8]) -> Value {
-    Value::from(base64::engine::general_purpose::STANDARD.encode(bytes))
+fn base64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// Milliseconds since the epoch as RFC 3339 UTC with milliseconds.
-fn rfc3339(ms: i64) -> Value {
+fn rfc3339(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let millis = ms.rem_euclid(1000);
     let days = secs.div_euclid(86_400);
     let rest = secs.rem_euclid(86_400);
     let (y, m, d) = civil(days);
-    Value::from(format!(
+    format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
         rest / 3600,
         rest % 3600 / 60,
         rest % 60
-    ))
+    )
 }
 
 /// The calendar date of a day count since 1970-01-01 (Howard Hinnant's

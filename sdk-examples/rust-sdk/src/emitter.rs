@@ -52,6 +52,28 @@ impl Event {
 /// An event's answer: its CloudEvent id.
 type Answer = Result<String, EmitError>;
 
+/// What [`Emitter::emit_all`] has to do once awaited: wait for the answers
+/// of events already on the pile, or write events to a gRPC stream.
+enum Work {
+    Queued(
+        HttpLine,
+        Vec<Result<tokio::sync::oneshot::Receiver<Answer>, EmitError>>,
+    ),
+    Stream(Vec<Event>),
+}
+
+/// One event's JSON, written once: a batch is its events' texts side by side.
+type Body = Box<serde_json::value::RawValue>;
+
+/// What `/event` and each `/events` item carry.
+#[derive(serde::Serialize)]
+struct EventBody<'a> {
+    src: &'a str,
+    payload: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EmitError {
     #[error("the configuration was stopped before the event was taken")]
@@ -86,11 +108,11 @@ pub(crate) struct HttpLine {
     pub(crate) running_path: String,
     pub(crate) error_path: String,
     /// The configuration's events waiting for a request.
-    pub(crate) pile: Arc<Pile<serde_json::Value, Answer>>,
+    pub(crate) pile: Arc<Pile<Body, Answer>>,
 }
 
 impl HttpLine {
-    pub(crate) fn pile() -> Arc<Pile<serde_json::Value, Answer>> {
+    pub(crate) fn pile() -> Arc<Pile<Body, Answer>> {
         Arc::new(Pile::new(MOST_EVENTS))
     }
 }
@@ -120,13 +142,7 @@ impl Emitter {
                 return Ok(String::new());
             }
         };
-        let mut body = serde_json::json!({
-            "src": self.config.src,
-            "payload": base64::engine::general_purpose::STANDARD.encode(&event.payload),
-        });
-        if let Some(id) = event.id {
-            body["id"] = serde_json::Value::String(id);
-        }
+        let body = self.body(event)?;
         http.pile
             .submit(body, |batch| self.send_batch(http, batch))
             .await
@@ -134,14 +150,70 @@ impl Emitter {
     }
 
     /// Sends many events, in order, as few requests as the bounds allow;
-    /// one answer each.
-    pub async fn emit_all(&self, events: impl IntoIterator<Item = Event>) -> Vec<Answer> {
-        futures::future::join_all(events.into_iter().map(|e| self.emit_event(e))).await
+    /// one answer each. Over HTTP the events are queued when this is
+    /// called, so events of calls made one after another keep that order
+    /// even when the returned futures run on different tasks (a reader
+    /// with several batches in flight).
+    pub fn emit_all(
+        &self,
+        events: impl IntoIterator<Item = Event>,
+    ) -> impl std::future::Future<Output = Vec<Answer>> + Send + 'static {
+        let me = self.clone();
+        let work = match &self.line {
+            Line::Http(http) => Work::Queued(
+                http.clone(),
+                events
+                    .into_iter()
+                    .map(|e| self.body(e).map(|b| http.pile.enqueue(b)))
+                    .collect(),
+            ),
+            Line::Stream(_) => Work::Stream(events.into_iter().collect()),
+        };
+        async move {
+            match work {
+                Work::Queued(http, tickets) => {
+                    let waits = tickets.into_iter().map(|t| {
+                        let (me, http) = (&me, &http);
+                        async move {
+                            match t {
+                                Ok(rx) => http
+                                    .pile
+                                    .wait(rx, |batch| me.send_batch(http, batch))
+                                    .await
+                                    .unwrap_or(Err(EmitError::Stopped)),
+                                Err(e) => Err(e),
+                            }
+                        }
+                    });
+                    futures::future::join_all(waits).await
+                }
+                Work::Stream(events) => {
+                    let mut answers = Vec::with_capacity(events.len());
+                    for e in events {
+                        answers.push(me.emit_event(e).await);
+                    }
+                    answers
+                }
+            }
+        }
+    }
+
+    /// An event's JSON for `/event` and `/events`.
+    fn body(&self, event: Event) -> Result<Body, EmitError> {
+        serde_json::value::to_raw_value(&EventBody {
+            src: &self.config.src,
+            payload: base64::engine::general_purpose::STANDARD.encode(&event.payload),
+            id: event.id,
+        })
+        .map_err(|e| EmitError::Refused {
+            status: 0,
+            body: format!("the event cannot be written as JSON: {e}"),
+        })
     }
 
     /// Sends piled-up events: one alone to the event path, more as one
     /// `POST /events`, until each is taken or refused.
-    async fn send_batch(&self, http: &HttpLine, batch: Vec<Waiting<serde_json::Value, Answer>>) {
+    async fn send_batch(&self, http: &HttpLine, batch: Vec<Waiting<Body, Answer>>) {
         if batch.len() == 1 {
             for (body, answer) in batch {
                 let taken = self.post(http, &http.event_path, &body).await;
@@ -157,7 +229,8 @@ impl Emitter {
                 }
                 return;
             }
-            let bodies: Vec<&serde_json::Value> = pending.iter().map(|(b, _)| b).collect();
+            let bodies: Vec<&serde_json::value::RawValue> =
+                pending.iter().map(|(b, _)| &**b).collect();
             let url = format!("{}{EVENTS_PATH}", http.base);
             let wait = match http.client.post(&url).json(&bodies).send().await {
                 Ok(r) if r.status().is_success() => {
@@ -246,7 +319,7 @@ impl Emitter {
         &self,
         http: &HttpLine,
         path: &str,
-        body: &serde_json::Value,
+        body: &(impl serde::Serialize + ?Sized),
     ) -> Result<String, EmitError> {
         let url = format!("{}{}", http.base, path);
         loop {
@@ -296,9 +369,9 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Duration {
 /// Answers each event of a `/events` answer: taken, or refused for good; the
 /// ones refused for now (503) are given back, in order, with how long to wait.
 fn settle(
-    pending: Vec<Waiting<serde_json::Value, Answer>>,
+    pending: Vec<Waiting<Body, Answer>>,
     results: &[serde_json::Value],
-) -> (Vec<Waiting<serde_json::Value, Answer>>, Duration) {
+) -> (Vec<Waiting<Body, Answer>>, Duration) {
     let mut again = Vec::new();
     let mut wait = Duration::from_millis(200);
     for (i, (body, answer)) in pending.into_iter().enumerate() {

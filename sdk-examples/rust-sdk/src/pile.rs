@@ -38,8 +38,25 @@ impl<T, R> Pile<T, R> {
         F: Fn(Vec<Waiting<T, R>>) -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
-        let (tx, mut rx) = oneshot::channel();
+        let rx = self.enqueue(item);
+        self.wait(rx, send).await
+    }
+
+    /// Puts `item` on the pile now, in the order of the calls; its answer
+    /// comes through [`Pile::wait`].
+    pub(crate) fn enqueue(&self, item: T) -> oneshot::Receiver<R> {
+        let (tx, rx) = oneshot::channel();
         self.lock().push((item, tx));
+        rx
+    }
+
+    /// The answer to an enqueued item, sending piled-up items whenever this
+    /// waiter gets the sending turn.
+    pub(crate) async fn wait<F, Fut>(&self, mut rx: oneshot::Receiver<R>, send: F) -> Option<R>
+    where
+        F: Fn(Vec<Waiting<T, R>>) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
         loop {
             tokio::select! {
                 biased;
