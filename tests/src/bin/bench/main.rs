@@ -222,7 +222,7 @@ async fn main() {
         return bare_server(port).await;
     }
     let smoke = std::env::args().any(|a| a == "--smoke");
-    // `--only http,nats` runs just those parts (limit, chain, http, batch, grpc, nats, kafka, ingress, series), for
+    // `--only http,nats` runs just those parts (limit, chain, http, triggers, batch, grpc, nats, kafka, ingress, series), for
     // profiling one path at a time.
     let only: Option<Vec<String>> = args
         .iter()
@@ -327,6 +327,34 @@ async fn main() {
         let (mut row, _) = measure(name, &g.pc_url, Some(&sensor), size, &s, &g.pids()).await;
         row.rss = rss_of(&g);
         dump_metrics(&g, name).await;
+        rows.push(row);
+        drop(g);
+    }
+
+    // 32 triggers, each with a CESQL filter wanting 1/32 of the events (two
+    // of the 64 configurations): each event still reaches one watcher, so
+    // beside the one-watcher row this is what choosing it costs.
+    if want("triggers") {
+        let name = "32 triggers, CESQL filter each (1/32 of events): HTTP sensor";
+        let dir = tempfile::tempdir().expect("tempdir");
+        let half = s.sources.div_ceil(2).max(1);
+        for i in 0..32 {
+            let text = format!(
+                "name: t{i}\nsubscriber: {{uri: '{sensor_url}t{i}'}}\n\
+                 filters:\n  - cesql: \"subject IN ('bench-{i}', 'bench-{}')\"\n",
+                i + half
+            );
+            std::fs::write(dir.path().join(format!("t{i}.yaml")), text).expect("trigger");
+        }
+        let env = [(
+            "TRANSFORMER_TRIGGERS",
+            dir.path().display().to_string(),
+        )];
+        let before = starts.load(Ordering::Relaxed);
+        let g = gateway(&env, s.sources, UserServer::Http(us_port)).await;
+        wait_starts(&starts, before + s.sources as u64).await;
+        let (mut row, _) = measure(name, &g.pc_url, Some(&sensor), size, &s, &g.pids()).await;
+        row.rss = rss_of(&g);
         rows.push(row);
         drop(g);
     }
