@@ -513,3 +513,138 @@ async fn retry_after_is_waited_as_told_up_to_retry_after_max() {
         "waited {took:?}: retryAfterMax ignored"
     );
 }
+
+/// The names `GET /triggers` lists.
+async fn trigger_names(g: &Gateway) -> Vec<String> {
+    let listed: Value = match g.http.get(g.tr_url("/triggers")).send().await {
+        Ok(r) => r.json().await.unwrap_or_default(),
+        Err(_) => Value::Null,
+    };
+    listed["triggers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn at_path(g: &Gateway, path: &str) -> Vec<Value> {
+    g.sensor_events()
+        .into_iter()
+        .filter(|e| e["path"] == path)
+        .collect()
+}
+
+/// The triggers changed while events stream: a changed subscriber takes
+/// over its trigger's queue (every event reaches the old or the new one),
+/// an added trigger gets the events from then on, a removed one gets
+/// nothing once its removal is taken; a change that does not load is
+/// refused and counted, and the last good set stays.
+#[tokio::test]
+async fn triggers_reload_live_under_load() {
+    const N: usize = 400;
+    let g = with_sensor_triggers(|port| {
+        vec![
+            (
+                "a".into(),
+                format!("name: a\nsubscriber: {{uri: 'http://127.0.0.1:{port}/a1'}}\n"),
+            ),
+            (
+                "b".into(),
+                format!("name: b\nsubscriber: {{uri: 'http://127.0.0.1:{port}/b'}}\n"),
+            ),
+        ]
+    })
+    .await;
+    let dir = g.dir.path().join("triggers");
+    let port = g.sensor_port;
+    let url = g.tr_url("/");
+    let http = g.http.clone();
+    let producing = tokio::spawn(async move {
+        for seq in 0..N {
+            let r = http
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(event_body("jobs", "t", seq))
+                .send()
+                .await
+                .expect("post");
+            assert_eq!(r.status().as_u16(), 200);
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+    });
+    wait_for("some events through a and b", || async {
+        (at_path(&g, "/a1").len() >= 50 && at_path(&g, "/b").len() >= 50).then_some(())
+    })
+    .await;
+    // a: a new subscriber; b: removed; c: added.
+    std::fs::write(
+        dir.join("a.yaml"),
+        format!("name: a\nsubscriber: {{uri: 'http://127.0.0.1:{port}/a2'}}\n"),
+    )
+    .expect("change a");
+    std::fs::remove_file(dir.join("b.yaml")).expect("remove b");
+    std::fs::write(
+        dir.join("c.yaml"),
+        format!("name: c\nsubscriber: {{uri: 'http://127.0.0.1:{port}/c'}}\n"),
+    )
+    .expect("add c");
+    wait_for("the new set taken", || async {
+        (trigger_names(&g).await == ["a", "c"]).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let b_at_removal = at_path(&g, "/b").len();
+    producing.await.expect("producer");
+    let ids = |paths: &[&str]| -> std::collections::HashSet<String> {
+        paths
+            .iter()
+            .flat_map(|p| at_path(&g, p))
+            .filter_map(|e| e["id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    wait_for("every event at a's old or new subscriber", || async {
+        (ids(&["/a1", "/a2"]).len() >= N).then_some(())
+    })
+    .await;
+    assert!(
+        !at_path(&g, "/a2").is_empty(),
+        "the new subscriber took over"
+    );
+    assert!(
+        !at_path(&g, "/c").is_empty(),
+        "the added trigger gets events"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        at_path(&g, "/b").len(),
+        b_at_removal,
+        "delivered to b after its removal"
+    );
+
+    // A change that does not load: refused, counted, the last good set stays.
+    std::fs::write(
+        dir.join("d.yaml"),
+        "name: d\nsubscriber: {uri: 'ftp://nowhere/'}\n",
+    )
+    .expect("bad");
+    wait_for("the bad change refused", || async {
+        let refused = g
+            .metric(
+                &g.tr_url("/metrics"),
+                "transformer_trigger_reloads_total{result=\"refused\"}",
+            )
+            .await;
+        (refused >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(trigger_names(&g).await, ["a", "c"]);
+    let before = at_path(&g, "/c").len();
+    post(&g, "jobs", 1).await;
+    wait_for("still delivered to c", || async {
+        (at_path(&g, "/c").len() > before).then_some(())
+    })
+    .await;
+}

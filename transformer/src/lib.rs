@@ -13,6 +13,7 @@ pub mod dispatch;
 mod fuzz;
 pub mod loops;
 pub mod metrics;
+pub mod reload;
 pub mod routes;
 pub mod state;
 pub mod store;
@@ -24,15 +25,12 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::dispatch::forward::DeadLetterSink;
 use crate::dispatch::http::HttpSink;
 use crate::dispatch::nats::{NatsSink, SubjectTemplate};
-use crate::dispatch::pacer::Pacer;
-use crate::dispatch::{Dispatcher, Limits, Named, Route, Sink};
+use crate::dispatch::{Dispatcher, Limits, Route, Sink};
 use crate::metrics::Metrics;
-use crate::state::{AppState, Intake, TriggerView};
+use crate::state::{AppState, Intake};
 use crate::store::{Fsync, Store};
-use crate::triggers::{Subscriber, Trigger};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -86,13 +84,14 @@ pub async fn serve(
         .into_iter()
         .map(|sink| Route::plain(sink, config.retry.clone()))
         .collect();
-    routes.extend(trigger_routes(&config, &metrics).await?);
+    let reach = reload::Reach::new(&config, metrics.clone())?;
+    routes.extend(reach.routes(&config.triggers).await?);
     if routes.is_empty() {
         tracing::warn!(
             "no SENSOR_WATCHERS, GATEWAY_WATCHERS, TRANSFORMER_TRIGGERS or NATS: events will be accepted and dropped"
         );
     }
-    let trigger_views = views(&config.triggers, &metrics);
+    let trigger_views = reload::views(&config.triggers, &metrics);
     let (dispatcher, workers) = Dispatcher::start(
         routes,
         Limits {
@@ -117,8 +116,12 @@ pub async fn serve(
         seen: Default::default(),
         dedup,
         ce_overrides: config.ce_overrides.clone(),
-        triggers: trigger_views,
+        triggers: std::sync::RwLock::new(trigger_views),
     });
+    let watching = CancellationToken::new();
+    if let Some(path) = config.triggers_path.clone() {
+        tokio::spawn(reload::watch(path, reach, state.clone(), watching.clone()));
+    }
     let local = listener.local_addr().map_err(RunError::Serve)?;
     tracing::info!(
         %local,
@@ -159,6 +162,7 @@ pub async fn serve(
         .get()
         .copied()
         .unwrap_or_else(tokio::time::Instant::now);
+    watching.cancel();
     drop(state.intake.take());
     workers
         .drain(signalled + timeout - reserve, signalled + timeout)
@@ -277,155 +281,4 @@ async fn build_sinks(config: &Config, metrics: &Metrics) -> Result<Vec<Arc<dyn S
         )));
     }
     Ok(sinks)
-}
-
-/// One route per trigger: its subscriber under the trigger's name, its
-/// filter, and its delivery settings over the `WATCHER_*` defaults.
-async fn trigger_routes(config: &Config, metrics: &Metrics) -> Result<Vec<Route>, RunError> {
-    if config.triggers.is_empty() {
-        return Ok(Vec::new());
-    }
-    let extra_roots = match &config.watcher_tls_ca {
-        Some(path) => {
-            gateway_common::tls::load_ca("WATCHER_TLS_CA", path).map_err(RunError::Tls)?
-        }
-        None => Vec::new(),
-    };
-    let client = HttpSink::client(extra_roots)?;
-    let nats = match &config.trigger_nats {
-        Some(n) => Some((
-            n,
-            gateway_common::nats::connect(
-                &n.connection,
-                "gateway-transformer-triggers",
-                metrics.nats.connection.clone(),
-            )
-            .await?,
-        )),
-        None => None,
-    };
-    let reach = Reach {
-        config,
-        metrics,
-        client,
-        nats,
-    };
-    let mut routes = Vec::with_capacity(config.triggers.len());
-    for t in config.triggers.iter() {
-        let policy = trigger_policy(&config.retry, t);
-        let sink = reach.sink(&t.name, &t.subscriber, policy.timeout)?;
-        let dead_letter_sink = match &t.delivery.dead_letter_sink {
-            Some(to) => Some(DeadLetterSink {
-                sink: reach.sink(&t.name, to, policy.timeout)?,
-                failed_destination: t.subscriber.shown(),
-            }),
-            None => None,
-        };
-        routes.push(Route {
-            sink: Arc::new(Named::new(&t.name, sink)),
-            filter: t.filter.clone(),
-            pace: t
-                .rate_limit
-                .map(|r| Arc::new(Pacer::new(r.per, r.requests))),
-            dead_letter_sink,
-            policy,
-        });
-    }
-    Ok(routes)
-}
-
-/// What a trigger's destinations are reached with.
-struct Reach<'a> {
-    config: &'a Config,
-    metrics: &'a Metrics,
-    client: reqwest::Client,
-    nats: Option<(&'a config::NatsConfig, async_nats::Client)>,
-}
-
-impl Reach<'_> {
-    /// A sink for `to` (a subscriber or a dead-letter sink of `trigger`).
-    fn sink(
-        &self,
-        trigger: &str,
-        to: &Subscriber,
-        timeout: std::time::Duration,
-    ) -> Result<Arc<dyn Sink>, RunError> {
-        let config = self.config;
-        Ok(match (to, &self.nats) {
-            (Subscriber::Http(url), _) => {
-                let url = reqwest::Url::parse(url).map_err(|e| RunError::Trigger {
-                    trigger: trigger.to_owned(),
-                    why: format!("{}: {e}", to.shown()),
-                })?;
-                Arc::new(
-                    HttpSink::new(
-                        url,
-                        config.ce_mode,
-                        self.client.clone(),
-                        timeout,
-                        loops::via(&config.gateway_name),
-                    )
-                    .with_token(config.watcher_token.as_deref())?,
-                )
-            }
-            (Subscriber::Nats(subject), Some((n, client))) => Arc::new(NatsSink::new(
-                client.clone(),
-                n,
-                SubjectTemplate::new(subject, &config.gateway_name, &config.namespace),
-                timeout,
-                self.metrics.nats.clone(),
-            )),
-            (Subscriber::Nats(_), None) => {
-                return Err(RunError::Trigger {
-                    trigger: trigger.to_owned(),
-                    why: "a nats: destination, and no NATS settings were read".into(),
-                })
-            }
-        })
-    }
-}
-
-/// A trigger's `spec.delivery` over the `WATCHER_*` defaults: Knative's
-/// `retry` counts retries, so attempts are one more.
-fn trigger_policy(defaults: &config::RetryPolicy, t: &Trigger) -> config::RetryPolicy {
-    let d = &t.delivery;
-    let base = d.backoff_delay.unwrap_or(defaults.base);
-    config::RetryPolicy {
-        timeout: d.timeout.unwrap_or(defaults.timeout),
-        base,
-        cap: defaults.cap.max(base),
-        attempts: d.retry.map_or(defaults.attempts, |r| r.saturating_add(1)),
-        linear: d.backoff_policy == Some(triggers::BackoffPolicy::Linear),
-        retry_after_max: d.retry_after_max,
-    }
-}
-
-/// What `GET /triggers` shows of each trigger.
-fn views(triggers: &[Trigger], metrics: &Metrics) -> Vec<TriggerView> {
-    let secs = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64());
-    triggers
-        .iter()
-        .map(|t| {
-            TriggerView {
-            name: t.name.clone(),
-            subscriber: t.subscriber.shown(),
-            filter: t.filter.as_ref().map_or(serde_json::Value::Null, |f| f.describe()),
-            delivery: serde_json::json!({
-                "retry": t.delivery.retry,
-                "backoffPolicy": t.delivery.backoff_policy.map(|p| match p {
-                    triggers::BackoffPolicy::Linear => "linear",
-                    triggers::BackoffPolicy::Exponential => "exponential",
-                }),
-                "backoffDelaySeconds": secs(t.delivery.backoff_delay),
-                "timeoutSeconds": secs(t.delivery.timeout),
-                "retryAfterMaxSeconds": secs(t.delivery.retry_after_max),
-                "deadLetterSink": t.delivery.dead_letter_sink.as_ref().map(Subscriber::shown),
-            }),
-            rate_limit: t.rate_limit.map_or(serde_json::Value::Null, |r| {
-                serde_json::json!({"perSeconds": r.per.as_secs(), "requestsPerUnit": r.requests})
-            }),
-            queue_depth: metrics.watcher(&t.name).queue_depth,
-        }
-        })
-        .collect()
 }

@@ -23,12 +23,19 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
 type HistogramFamily = Family<WatcherLabel, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
     registry: Registry,
     pub received: Family<KindLabel, Counter>,
     pub rejected: Family<ReasonLabel, Counter>,
+    /// Changes of `TRANSFORMER_TRIGGERS` taken (`applied`) or refused.
+    pub trigger_reloads: Family<ResultLabel, Counter>,
     pub replayed: Counter,
     /// Events a gateway delivered that were taken here before (a loop).
     pub returned: Counter,
@@ -85,6 +92,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let received = Family::<KindLabel, Counter>::default();
         let rejected = Family::<ReasonLabel, Counter>::default();
+        let trigger_reloads = Family::<ResultLabel, Counter>::default();
         let replayed = Counter::default();
         let returned = Counter::default();
         let admission_waiting = Gauge::default();
@@ -143,6 +151,11 @@ impl Metrics {
             "transformer_dedup_remembered",
             "Event names remembered for deduplication now",
             dedup_remembered.clone(),
+        );
+        registry.register(
+            "transformer_trigger_reloads",
+            "Changes of TRANSFORMER_TRIGGERS taken (applied) or refused (the last good set stays)",
+            trigger_reloads.clone(),
         );
         registry.register(
             "transformer_events_delivered",
@@ -220,6 +233,7 @@ impl Metrics {
             registry,
             received,
             rejected,
+            trigger_reloads,
             replayed,
             returned,
             admission_waiting,

@@ -539,7 +539,13 @@ fn gateway_event<'a>(
 /// `GET /triggers`: every trigger, its subscriber (credentials as `***`),
 /// filter, delivery, rate limit and queue depth.
 async fn triggers(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    let list: Vec<serde_json::Value> = st.triggers.iter().map(|t| t.describe()).collect();
+    let list: Vec<serde_json::Value> = st
+        .triggers
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|t| t.describe())
+        .collect();
     Json(serde_json::json!({ "triggers": list }))
 }
 

@@ -22,8 +22,8 @@ pub struct AppState {
     pub dedup: Option<crate::dedup::Dedup>,
     /// `K_CE_OVERRIDES`: extensions of every CloudEvent built here.
     pub ce_overrides: Vec<(String, String)>,
-    /// What `GET /triggers` shows.
-    pub triggers: Vec<TriggerView>,
+    /// What `GET /triggers` shows; a reload replaces it.
+    pub triggers: RwLock<Vec<TriggerView>>,
 }
 
 /// One trigger as `GET /triggers` shows it, with its live queue depth.

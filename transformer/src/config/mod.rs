@@ -11,7 +11,7 @@ use gateway_common::env::{self as shared, parse_duration, ConfigError, Env, Var}
 use gateway_common::nats::NatsOptions;
 use gateway_common::start::Settings;
 
-use crate::triggers::{Subscriber, Trigger};
+use crate::triggers::Trigger;
 
 mod vars;
 
@@ -104,6 +104,8 @@ pub struct Config {
     pub watcher_tls_ca: Option<std::path::PathBuf>,
     /// `TRANSFORMER_TRIGGERS`, read and checked.
     pub triggers: Arc<Vec<Trigger>>,
+    /// Where they were read from, watched for changes.
+    pub triggers_path: Option<std::path::PathBuf>,
     /// How `nats:` subscribers of triggers reach NATS: the `NATS_*`
     /// settings, whether or not `EVENT_PROTOCOL` names NATS.
     pub trigger_nats: Option<NatsConfig>,
@@ -313,17 +315,16 @@ impl Settings for Config {
         } else {
             None
         };
-        let triggers = match env.path(&TRIGGERS) {
-            Some(path) => crate::triggers::load(&path).map_err(|e| ConfigError::Invalid {
+        let triggers_path = env.path(&TRIGGERS);
+        let triggers = match &triggers_path {
+            Some(path) => crate::triggers::load(path).map_err(|e| ConfigError::Invalid {
                 var: TRIGGERS.name,
                 reason: e.to_string(),
             })?,
             None => Vec::new(),
         };
-        let needs_nats = triggers.iter().any(|t| {
-            matches!(t.subscriber, Subscriber::Nats(_))
-                || matches!(t.delivery.dead_letter_sink, Some(Subscriber::Nats(_)))
-        });
+        // Read whenever there are triggers: a reload may add a nats: one.
+        let needs_nats = triggers_path.is_some();
         let trigger_nats = match (&nats, needs_nats) {
             (Some(n), true) => Some(n.clone()),
             (None, true) => Some(NatsConfig {
@@ -391,6 +392,7 @@ impl Settings for Config {
             watcher_tls_ca: env.path(&WATCHER_TLS_CA),
             listener: LISTENER.read(env)?,
             triggers: Arc::new(triggers),
+            triggers_path,
             trigger_nats,
             ce_overrides: ce_overrides(env.optional(&CE_OVERRIDES).as_deref())?,
             gateway_name,

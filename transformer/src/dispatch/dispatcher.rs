@@ -9,76 +9,35 @@
 //! order.
 
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::admission::{event_size, release_slots, Admission, Admitted, Refused, Slots};
-use super::forward::{DeadLetterSink, Forwarder};
-use super::lane::{Lane, LaneWorker, Queued};
-use super::pacer::Pacer;
+use super::lane::Queued;
+use super::routing::{self, Fate, Route, Routing, Spawner, Targets, WatcherQueue};
+
 use super::writer::{Change, Finished, Then, Writer, Written};
-use super::Sink;
 use crate::cloudevent::CloudEvent;
-use crate::config::RetryPolicy;
-use crate::metrics::{Metrics, WatcherMetrics};
+use crate::metrics::Metrics;
 use crate::store::{encode_event, now_ms, DeadLetter, Store, StoreError, WatcherId};
-use crate::triggers::Filter;
 
 /// An event's name in the deduplication journal (a hash of its `source` and
 /// `id`); events without a name of their own have none.
 pub type Name = [u8; 12];
 
-/// The watchers an event goes to, as indices into the dispatcher's list.
-type Targets = Arc<[usize]>;
-
-/// A watcher: where its events go, which of them it wants, how each is retried.
-pub struct Route {
-    pub sink: Arc<dyn Sink>,
-    /// `None`: every event.
-    pub filter: Option<Arc<Filter>>,
-    pub policy: RetryPolicy,
-    /// A trigger's `rateLimit`.
-    pub pace: Option<Arc<Pacer>>,
-    /// A trigger's `deadLetterSink`.
-    pub dead_letter_sink: Option<DeadLetterSink>,
-}
-
-impl Route {
-    /// A watcher of every event, with `policy`.
-    pub fn plain(sink: Arc<dyn Sink>, policy: RetryPolicy) -> Route {
-        Route {
-            sink,
-            filter: None,
-            policy,
-            pace: None,
-            dead_letter_sink: None,
-        }
-    }
-}
-
-struct WatcherQueue {
-    id: WatcherId,
-    lanes: Vec<Lane>,
-    /// Events queued for this watcher, all lanes together: bounded by
-    /// `TRANSFORMER_QUEUE_CAPACITY`, whichever configurations they belong to.
-    slots: Arc<Slots>,
-    metrics: WatcherMetrics,
-    filter: Option<Arc<Filter>>,
-}
-
 /// Fans events out to every watcher's queue. Dropping it lets the workers drain.
 pub struct Dispatcher {
-    /// Shared with the writer thread, which queues events once they are stored.
-    watchers: Arc<[WatcherQueue]>,
-    ids: Arc<[WatcherId]>,
-    /// Every watcher, for events when no watcher has a filter.
-    all: Targets,
-    filtered: bool,
+    /// The watchers now; each request reads one and keeps to it (the writer
+    /// thread queues a request's events on the watchers it read).
+    routing: RwLock<Arc<Routing>>,
+    /// Starts the workers of watchers a reload adds.
+    spawner: Spawner,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
     store: Arc<Store>,
     writer: Writer,
     admission: Admission,
@@ -91,12 +50,12 @@ pub struct Dispatcher {
 
 /// The workers behind a [`Dispatcher`]; awaited at shutdown to drain the queues.
 pub struct Workers {
-    set: JoinSet<()>,
+    workers: TaskTracker,
     hard_stop: CancellationToken,
     writer: Finished,
     /// The dead-letter sinks' forwarders: stopped first at shutdown (what
     /// they did not send stays stored).
-    forwarders: JoinSet<()>,
+    forwarders: TaskTracker,
     forwarding: CancellationToken,
 }
 
@@ -119,77 +78,35 @@ impl Dispatcher {
         store: Arc<Store>,
         metrics: Arc<Metrics>,
     ) -> Result<(Dispatcher, Workers), StoreError> {
-        let hard_stop = CancellationToken::new();
-        let forwarding = CancellationToken::new();
-        let mut set = JoinSet::new();
-        let mut forwarders = JoinSet::new();
         let (writer, finished) =
             Writer::start(store.clone(), metrics.store_write.clone()).map_err(StoreError::Log)?;
         let lanes = limits.lanes.max(1);
-        let mut watchers = Vec::with_capacity(routes.len());
-        for Route {
-            sink,
-            filter,
-            policy,
-            pace,
-            dead_letter_sink,
-        } in routes
-        {
-            let id = store.register_watcher(sink.identity(), sink.name())?;
-            let buried = dead_letter_sink.map(|to| {
-                let wake = Arc::new(tokio::sync::Notify::new());
-                forwarders.spawn(
-                    Forwarder {
-                        to,
-                        watcher: id,
-                        store: store.clone(),
-                        wake: wake.clone(),
-                        base: policy.base,
-                        cap: policy.cap,
-                        stop: forwarding.clone(),
-                    }
-                    .run(),
-                );
-                wake
-            });
-            let wm = metrics.watcher(sink.name());
-            let slots = Slots::new(sink.name(), limits.capacity);
-            let lanes = (0..lanes)
-                .map(|_| {
-                    let (tx, rx) = mpsc::unbounded_channel();
-                    let stalled = Arc::new(AtomicBool::new(false));
-                    set.spawn(
-                        LaneWorker {
-                            rx,
-                            sink: sink.clone(),
-                            watcher: id,
-                            slots: slots.clone(),
-                            stalled: stalled.clone(),
-                            policy: policy.clone(),
-                            metrics: wm.clone(),
-                            writer: writer.clone(),
-                            hard_stop: hard_stop.clone(),
-                            pace: pace.clone(),
-                            buried: buried.clone(),
-                        }
-                        .run(),
-                    );
-                    Lane { tx, stalled }
-                })
-                .collect();
-            watchers.push(WatcherQueue {
-                id,
-                lanes,
-                slots,
-                metrics: wm,
-                filter,
-            });
-        }
+        let spawner = Spawner {
+            store: store.clone(),
+            writer: writer.clone(),
+            metrics: metrics.clone(),
+            lanes,
+            capacity: limits.capacity,
+            hard_stop: CancellationToken::new(),
+            workers: TaskTracker::new(),
+            forwarders: TaskTracker::new(),
+            forwarding: CancellationToken::new(),
+        };
+        let watchers = routes
+            .into_iter()
+            .map(|r| spawner.start(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let workers = Workers {
+            workers: spawner.workers.clone(),
+            hard_stop: spawner.hard_stop.clone(),
+            writer: finished,
+            forwarders: spawner.forwarders.clone(),
+            forwarding: spawner.forwarding.clone(),
+        };
         let dispatcher = Dispatcher {
-            ids: watchers.iter().map(|w| w.id).collect(),
-            all: (0..watchers.len()).collect(),
-            filtered: watchers.iter().any(|w| w.filter.is_some()),
-            watchers: watchers.into(),
+            routing: RwLock::new(Arc::new(Routing::new(watchers))),
+            spawner,
+            reloading: tokio::sync::Mutex::new(()),
             writer,
             admission: Admission::new(limits.max_bytes, metrics.admission_waiting.clone()),
             admit_wait: limits.admit_wait,
@@ -198,23 +115,52 @@ impl Dispatcher {
             store,
         };
         dispatcher.recover()?;
-        Ok((
-            dispatcher,
-            Workers {
-                set,
-                hard_stop,
-                writer: finished,
-                forwarders,
-                forwarding,
-            },
-        ))
+        Ok((dispatcher, workers))
+    }
+
+    /// The watchers now.
+    fn routing(&self) -> Arc<Routing> {
+        self.routing
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Takes a new set of triggers: unchanged ones keep their queues and
+    /// workers; one whose filter alone changed keeps them with the new
+    /// filter; one whose delivery changed hands its queue to new workers; a
+    /// new one starts; a removed one is retired (what is queued for it
+    /// becomes dead letters, nothing more is delivered to it). The watchers
+    /// no trigger made are not touched. Events taken from now on see the
+    /// new set.
+    pub async fn reload(&self, routes: Vec<Route>) -> Result<(), StoreError> {
+        let _one = self.reloading.lock().await;
+        let current = self.routing();
+        let (fates, retired) = routing::plan(&current.watchers, routes);
+        let mut next = Vec::with_capacity(fates.len());
+        for fate in fates {
+            next.push(match fate {
+                Fate::Keep(i) => current.watchers[i].clone(),
+                Fate::Refilter(i, route) => self.spawner.refilter(&current.watchers[i], route),
+                Fate::Replace(i, route) => {
+                    self.spawner.replace(&current.watchers[i], route).await?
+                }
+                Fate::Start(route) => self.spawner.start(route)?,
+            });
+        }
+        *self.routing.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Routing::new(next));
+        for i in retired {
+            Spawner::retire(&current.watchers[i]);
+        }
+        Ok(())
     }
 
     fn recover(&self) -> Result<(), StoreError> {
+        let routing = self.routing();
         let mut requeued = 0usize;
         let mut buried = 0usize;
         for (watcher, seq, event) in self.store.queued()? {
-            match self.watchers.iter().find(|w| w.id == watcher) {
+            match routing.watchers.iter().find(|w| w.id == watcher) {
                 Some(w) => {
                     let lane = self.lane_of(&event);
                     let admitted = self.admission.admit_unchecked(event);
@@ -253,32 +199,6 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// The watchers whose filters pass `event` (every one when none filters);
-    /// each one passed over counts it.
-    fn targets_of(&self, event: &CloudEvent) -> Targets {
-        if !self.filtered {
-            return self.all.clone();
-        }
-        let mut wanted = Vec::with_capacity(self.watchers.len());
-        for (i, w) in self.watchers.iter().enumerate() {
-            match &w.filter {
-                Some(f) if !f.matches(event) => {
-                    w.metrics.filtered.inc();
-                }
-                _ => wanted.push(i),
-            }
-        }
-        wanted.into()
-    }
-
-    /// The store's ids of `targets`.
-    fn ids_of(&self, targets: &Targets) -> Arc<[WatcherId]> {
-        if Arc::ptr_eq(targets, &self.all) {
-            return self.ids.clone();
-        }
-        targets.iter().map(|i| self.watchers[*i].id).collect()
-    }
-
     fn lane_of(&self, event: &CloudEvent) -> usize {
         lane_index(event.ordering_key(), self.order.len())
     }
@@ -287,12 +207,13 @@ impl Dispatcher {
     /// unless that lane of a target is retrying a failed delivery.
     async fn reserve(
         &self,
+        routing: &Routing,
         targets: &[usize],
         lane: usize,
         size: usize,
         wait: std::time::Duration,
     ) -> Result<(), Refused> {
-        let targets: Vec<&WatcherQueue> = targets.iter().map(|i| &self.watchers[*i]).collect();
+        let targets: Vec<&WatcherQueue> = targets.iter().map(|i| &*routing.watchers[*i]).collect();
         let slots: Vec<&Slots> = targets.iter().map(|w| &*w.slots).collect();
         let stalled = || {
             targets
@@ -322,19 +243,21 @@ impl Dispatcher {
         &self,
         events: Vec<(CloudEvent, Option<Name>)>,
     ) -> Vec<Result<(), Refused>> {
-        if self.watchers.is_empty() {
+        let routing = self.routing();
+        if routing.watchers.is_empty() {
             return self.remember_only(events).await;
         }
         let plans: Vec<(usize, usize, Targets)> = events
             .iter()
-            .map(|(e, _)| (self.lane_of(e), event_size(e), self.targets_of(e)))
+            .map(|(e, _)| (self.lane_of(e), event_size(e), routing.targets_of(e)))
             .collect();
         // An event no watcher wants takes no room: it is stored for nobody.
         let rooms = futures::future::join_all(plans.iter().map(|(lane, size, targets)| async {
             if targets.is_empty() {
                 return Ok(());
             }
-            self.reserve(targets, *lane, *size, self.admit_wait).await
+            self.reserve(&routing, targets, *lane, *size, self.admit_wait)
+                .await
         }))
         .await;
         let mut results = Vec::with_capacity(events.len());
@@ -349,8 +272,10 @@ impl Dispatcher {
             let key = event.ordering_key();
             match room {
                 Ok(()) if held_back.iter().any(|k| k == key) => {
-                    let slots: Vec<&Slots> =
-                        targets.iter().map(|i| &*self.watchers[*i].slots).collect();
+                    let slots: Vec<&Slots> = targets
+                        .iter()
+                        .map(|i| &*routing.watchers[*i].slots)
+                        .collect();
                     release_slots(&slots);
                     if !targets.is_empty() {
                         drop(self.admission.admitted(event, size));
@@ -376,10 +301,10 @@ impl Dispatcher {
         }
         let encoded: Vec<(Vec<u8>, Arc<[WatcherId]>)> = ready
             .iter()
-            .map(|(_, admitted, targets)| (encode_event(&admitted.event), self.ids_of(targets)))
+            .map(|(_, admitted, targets)| (encode_event(&admitted.event), routing.ids_of(targets)))
             .collect();
         let stored = self
-            .queue_stored(ready, |first, then| Change::Append {
+            .queue_stored(routing.clone(), ready, |first, then| Change::Append {
                 events: (first..)
                     .zip(encoded)
                     .map(|(seq, (bytes, ids))| (seq, bytes, ids))
@@ -409,7 +334,7 @@ impl Dispatcher {
             .collect();
         if !remembered.is_empty() {
             let stored = self
-                .queue_stored(Vec::new(), |_, then| Change::Append {
+                .queue_stored(self.routing(), Vec::new(), |_, then| Change::Append {
                     events: Vec::new(),
                     remembered,
                     then,
@@ -427,21 +352,22 @@ impl Dispatcher {
 
     /// Queues a dead letter again for its watcher, after what is queued now.
     pub async fn replay(&self, letter: DeadLetter) -> Result<(), Refused> {
-        let Some(index) = self.watchers.iter().position(|w| w.id == letter.watcher) else {
+        let routing = self.routing();
+        let Some(index) = routing.watchers.iter().position(|w| w.id == letter.watcher) else {
             return Err(Refused::UnknownWatcher(letter.watcher_name));
         };
         let targets: Targets = Arc::from([index]);
         let lane = self.lane_of(&letter.event);
         let size = event_size(&letter.event);
         // Replays take what room there is and stop; only producers wait.
-        self.reserve(&targets, lane, size, std::time::Duration::ZERO)
+        self.reserve(&routing, &targets, lane, size, std::time::Duration::ZERO)
             .await?;
         let ready = vec![(
             lane,
             self.admission.admitted(letter.event.clone(), size),
             targets,
         )];
-        self.queue_stored(ready, |seq, then| Change::Resurrect {
+        self.queue_stored(routing.clone(), ready, |seq, then| Change::Resurrect {
             letter: Box::new(letter),
             seq,
             then,
@@ -459,6 +385,7 @@ impl Dispatcher {
     /// back when the events drop).
     async fn queue_stored(
         &self,
+        routing: Arc<Routing>,
         ready: Vec<(usize, Arc<Admitted>, Targets)>,
         change: impl FnOnce(u64, Then) -> Change,
     ) -> Written {
@@ -467,7 +394,6 @@ impl Dispatcher {
         lanes.sort_unstable();
         lanes.dedup();
         let count = ready.len() as u64;
-        let watchers = self.watchers.clone();
         {
             // Always taken in ascending order, so two batches never wait on each other.
             let _order: Vec<_> = lanes
@@ -479,7 +405,7 @@ impl Dispatcher {
                 if written.is_ok() {
                     let accepted_at = Instant::now();
                     for (seq, (lane, admitted, targets)) in (first..).zip(ready) {
-                        for w in targets.iter().filter_map(|i| watchers.get(*i)) {
+                        for w in targets.iter().filter_map(|i| routing.watchers.get(*i)) {
                             w.metrics.queue_depth.inc();
                             let _ = w.lanes[lane].tx.send(Queued {
                                 admitted: admitted.clone(),
@@ -490,7 +416,7 @@ impl Dispatcher {
                     }
                 } else {
                     for (_, _, targets) in &ready {
-                        for w in targets.iter().filter_map(|i| watchers.get(*i)) {
+                        for w in targets.iter().filter_map(|i| routing.watchers.get(*i)) {
                             w.slots.release();
                         }
                     }
@@ -513,17 +439,16 @@ impl Workers {
     /// (what is left stays in the store and is delivered after the next
     /// start), and gives the store's writer until `writer_until` to commit the
     /// last acknowledgements.
-    pub async fn drain(mut self, until: tokio::time::Instant, writer_until: tokio::time::Instant) {
+    pub async fn drain(self, until: tokio::time::Instant, writer_until: tokio::time::Instant) {
         self.forwarding.cancel();
-        while self.forwarders.join_next().await.is_some() {}
-        let drained = tokio::time::timeout_at(until, async {
-            while self.set.join_next().await.is_some() {}
-        })
-        .await;
+        self.forwarders.close();
+        self.forwarders.wait().await;
+        self.workers.close();
+        let drained = tokio::time::timeout_at(until, self.workers.wait()).await;
         if drained.is_err() {
             tracing::warn!("shutdown deadline passed with events still queued; they stay stored for the next start");
             self.hard_stop.cancel();
-            while self.set.join_next().await.is_some() {}
+            self.workers.wait().await;
         }
         // Every lane worker is gone, and with them the last senders of
         // acknowledgements: the writer commits what they sent and ends. Bounded,

@@ -7,6 +7,12 @@
 //! A delivered event's acknowledgement goes to the store's writer, which commits
 //! it with whatever else has arrived; an event whose retries ran out is buried
 //! as a dead letter by the writer too, and the lane waits for that write.
+//!
+//! A reload of the triggers retires a lane's worker: a removed trigger's
+//! worker stops at once (an attempt in flight is abandoned) and buries what
+//! is queued as dead letters; a changed trigger's worker hands its queue,
+//! and the event it was delivering, to the worker of the new definition,
+//! which goes on in the same order.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -38,6 +44,17 @@ pub struct Queued {
     pub accepted_at: Instant,
 }
 
+/// How a reload retires a lane's worker.
+pub enum Retirement {
+    /// The trigger was removed: what is queued becomes dead letters.
+    Remove,
+    /// The trigger changed: the queue goes to the new definition's worker.
+    HandOver(tokio::sync::oneshot::Sender<Handover>),
+}
+
+/// A lane's queue, and the event its worker was delivering, if any.
+pub type Handover = (mpsc::UnboundedReceiver<Queued>, Option<Queued>);
+
 enum Outcome {
     Delivered,
     GaveUp {
@@ -66,18 +83,47 @@ pub struct LaneWorker {
     /// Woken when a letter is buried: the trigger's dead-letter sink's
     /// forwarder.
     pub buried: Option<Arc<tokio::sync::Notify>>,
+    /// A reload's retirement of this worker; closed when none can come.
+    pub retire: mpsc::UnboundedReceiver<Retirement>,
+    /// Delivered before the queue: what the worker of an earlier
+    /// definition was delivering when it handed the queue over.
+    pub first: Option<Queued>,
+}
+
+/// The next retirement, never once none can come.
+async fn retirement(rx: &mut Option<mpsc::UnboundedReceiver<Retirement>>) -> Retirement {
+    loop {
+        match rx {
+            Some(r) => match r.recv().await {
+                Some(how) => return how,
+                None => *rx = None,
+            },
+            None => std::future::pending::<()>().await,
+        }
+    }
 }
 
 impl LaneWorker {
     pub async fn run(mut self) {
         let mut held = 0u64;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut retire = Some(std::mem::replace(&mut self.retire, rx));
+        drop(tx);
         loop {
-            let queued = tokio::select! {
-                biased;
-                _ = self.hard_stop.cancelled() => break,
-                q = self.rx.recv() => match q { Some(q) => q, None => return },
+            let queued = match self.first.take() {
+                Some(q) => q,
+                None => tokio::select! {
+                    biased;
+                    _ = self.hard_stop.cancelled() => break,
+                    how = retirement(&mut retire) => return self.retired(how, None).await,
+                    q = self.rx.recv() => match q { Some(q) => q, None => return },
+                },
             };
-            let outcome = self.deliver(&queued).await;
+            let outcome = tokio::select! {
+                biased;
+                how = retirement(&mut retire) => return self.retired(how, Some(queued)).await,
+                o = self.deliver(&queued) => o,
+            };
             let stored = match &outcome {
                 Outcome::Delivered => {
                     self.metrics.delivered.inc();
@@ -94,26 +140,7 @@ impl LaneWorker {
                 } => {
                     self.metrics.dead_lettered.inc();
                     tracing::error!(watcher = self.sink.name(), id = %queued.admitted.event.id, subject = ?queued.admitted.event.subject, attempts, %error, "delivery gave up; event dead-lettered");
-                    let (tx, rx) = tokio::sync::oneshot::channel();
-                    self.writer.send(Change::Bury {
-                        letter: Box::new(DeadLetter {
-                            watcher: self.watcher,
-                            seq: queued.seq,
-                            watcher_name: self.sink.name().to_owned(),
-                            error: error.clone(),
-                            attempts: *attempts,
-                            dead_at_ms: now_ms(),
-                            event: queued.admitted.event.clone(),
-                            code: answer.as_ref().map_or(0, |a| a.status),
-                            data: answer.as_ref().map(|a| a.body.clone()).unwrap_or_default(),
-                        }),
-                        then: Box::new(move |written| {
-                            let _ = tx.send(written);
-                        }),
-                    });
-                    let buried = rx
-                        .await
-                        .unwrap_or_else(|_| Err(Arc::new(StoreError::WriterStopped)));
+                    let buried = self.bury(&queued, error, *attempts, answer.as_ref()).await;
                     if let Some(wake) = &self.buried {
                         wake.notify_one();
                     }
@@ -141,6 +168,67 @@ impl LaneWorker {
                 left,
                 "delivery stopped; undelivered events stay stored for the next start"
             );
+        }
+    }
+
+    /// Moves `queued` from the queue into the dead letters, and waits for it.
+    async fn bury(
+        &self,
+        queued: &Queued,
+        error: &str,
+        attempts: u32,
+        answer: Option<&Answer>,
+    ) -> Result<(), Arc<StoreError>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.writer.send(Change::Bury {
+            letter: Box::new(DeadLetter {
+                watcher: self.watcher,
+                seq: queued.seq,
+                watcher_name: self.sink.name().to_owned(),
+                error: error.to_owned(),
+                attempts,
+                dead_at_ms: now_ms(),
+                event: queued.admitted.event.clone(),
+                code: answer.map_or(0, |a| a.status),
+                data: answer.map(|a| a.body.clone()).unwrap_or_default(),
+            }),
+            then: Box::new(move |written| {
+                let _ = tx.send(written);
+            }),
+        });
+        rx.await
+            .unwrap_or_else(|_| Err(Arc::new(StoreError::WriterStopped)))
+    }
+
+    /// A reload retired this worker: hand the queue over, or bury it.
+    async fn retired(mut self, how: Retirement, current: Option<Queued>) {
+        match how {
+            Retirement::HandOver(to) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                drop(tx);
+                let queue = std::mem::replace(&mut self.rx, rx);
+                let _ = to.send((queue, current));
+            }
+            Retirement::Remove => {
+                let why = format!("the trigger {} was removed", self.sink.name());
+                let mut next = current;
+                loop {
+                    let queued = match next.take() {
+                        Some(q) => q,
+                        None => tokio::select! {
+                            biased;
+                            _ = self.hard_stop.cancelled() => return,
+                            q = self.rx.recv() => match q { Some(q) => q, None => return },
+                        },
+                    };
+                    if let Err(e) = self.bury(&queued, &why, 0, None).await {
+                        tracing::error!(watcher = self.sink.name(), error = %e, "cannot bury an event of a removed trigger; it stays queued for the next start");
+                    }
+                    self.metrics.dead_lettered.inc();
+                    self.slots.release();
+                    self.metrics.queue_depth.dec();
+                }
+            }
         }
     }
 

@@ -9,13 +9,15 @@ pub mod http;
 pub mod lane;
 pub mod nats;
 pub mod pacer;
+pub mod routing;
 pub mod writer;
 
 use futures::future::BoxFuture;
 
 use crate::cloudevent::CloudEvent;
 pub use admission::Refused;
-pub use dispatcher::{Dispatcher, Limits, Route};
+pub use dispatcher::{Dispatcher, Limits};
+pub use routing::{Route, TriggerKey};
 
 /// Why one delivery attempt failed, and whether trying again can help.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -346,10 +346,7 @@ async fn main() {
             );
             std::fs::write(dir.path().join(format!("t{i}.yaml")), text).expect("trigger");
         }
-        let env = [(
-            "TRANSFORMER_TRIGGERS",
-            dir.path().display().to_string(),
-        )];
+        let env = [("TRANSFORMER_TRIGGERS", dir.path().display().to_string())];
         let before = starts.load(Ordering::Relaxed);
         let g = gateway(&env, s.sources, UserServer::Http(us_port)).await;
         wait_starts(&starts, before + s.sources as u64).await;
