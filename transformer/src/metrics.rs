@@ -41,6 +41,8 @@ pub struct Metrics {
     pub returned: Counter,
     pub admission_waiting: Gauge,
     pub batches: Counter,
+    /// Events taken that no watcher's filter wanted: stored for nobody.
+    pub for_nobody: Counter,
     /// Named events taken before within the window, answered as duplicates.
     pub duplicates: Counter,
     /// New names refused because the memory of names was full.
@@ -97,6 +99,7 @@ impl Metrics {
         let returned = Counter::default();
         let admission_waiting = Gauge::default();
         let batches = Counter::default();
+        let for_nobody = Counter::default();
         let duplicates = Counter::default();
         let dedup_full = Counter::default();
         let dedup_remembered = Gauge::default();
@@ -136,6 +139,11 @@ impl Metrics {
             "transformer_batches",
             "Requests to POST /batch (events received over all inputs / this = mean batch size when the processor-client batches)",
             batches.clone(),
+        );
+        registry.register(
+            "transformer_events_for_nobody",
+            "Events taken that no trigger's filter wanted (answered 2xx, stored for nobody)",
+            for_nobody.clone(),
         );
         registry.register(
             "transformer_events_duplicate",
@@ -238,6 +246,7 @@ impl Metrics {
             returned,
             admission_waiting,
             batches,
+            for_nobody,
             duplicates,
             dedup_full,
             dedup_remembered,

@@ -38,6 +38,8 @@ pub struct Dispatcher {
     spawner: Spawner,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
+    /// Counts the events no watcher wanted.
+    for_nobody: prometheus_client::metrics::counter::Counter,
     store: Arc<Store>,
     writer: Writer,
     admission: Admission,
@@ -107,6 +109,7 @@ impl Dispatcher {
             routing: RwLock::new(Arc::new(Routing::new(watchers))),
             spawner,
             reloading: tokio::sync::Mutex::new(()),
+            for_nobody: metrics.for_nobody.clone(),
             writer,
             admission: Admission::new(limits.max_bytes, metrics.admission_waiting.clone()),
             admit_wait: limits.admit_wait,
@@ -285,7 +288,9 @@ impl Dispatcher {
                 Ok(()) => {
                     admitted_at.push(results.len());
                     remembered.extend(name.map(|n| (n, now)));
-                    if !targets.is_empty() {
+                    if targets.is_empty() {
+                        self.for_nobody.inc();
+                    } else {
                         ready.push((lane, self.admission.admitted(event, size), targets));
                     }
                     results.push(Ok(()));
