@@ -9,6 +9,7 @@ pub mod config;
 pub mod deadletters;
 pub mod dedup;
 pub mod dispatch;
+pub mod error;
 #[cfg(test)]
 mod fuzz;
 pub mod loops;
@@ -28,28 +29,11 @@ use crate::config::Config;
 use crate::dispatch::http::HttpSink;
 use crate::dispatch::nats::{NatsSink, SubjectTemplate};
 use crate::dispatch::{Dispatcher, Limits, Route, Sink};
+pub use crate::error::RunError;
 use crate::metrics::Metrics;
 use crate::state::{AppState, Intake};
 use crate::store::{Fsync, Store};
 use tokio_util::sync::CancellationToken;
-
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error(transparent)]
-    Bind(#[from] gateway_common::start::BindError),
-    #[error("HTTP server failed: {0}")]
-    Serve(std::io::Error),
-    #[error(transparent)]
-    Nats(#[from] gateway_common::nats::ConnectError),
-    #[error("{0}")]
-    Tls(String),
-    #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
-    #[error(transparent)]
-    Client(#[from] gateway_common::tls::ClientError),
-    #[error("TRANSFORMER_TRIGGERS: trigger {trigger:?}: {why}")]
-    Trigger { trigger: String, why: String },
-}
 
 /// Binds the configured address and serves until `shutdown` resolves, then drains.
 pub async fn run(

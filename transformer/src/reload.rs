@@ -17,10 +17,11 @@ use crate::dispatch::http::HttpSink;
 use crate::dispatch::nats::{NatsSink, SubjectTemplate};
 use crate::dispatch::pacer::Pacer;
 use crate::dispatch::{Named, Route, Sink, TriggerKey};
+use crate::error::RunError;
+use crate::loops;
 use crate::metrics::{Metrics, ResultLabel};
 use crate::state::{AppState, TriggerView};
 use crate::triggers::{self, BackoffPolicy, Subscriber, Trigger};
-use crate::{loops, RunError};
 
 /// How often `TRANSFORMER_TRIGGERS` is read for changes. A mounted
 /// ConfigMap changes by a swap of symbolic links, which file notifications
