@@ -247,17 +247,8 @@ async fn a_triggers_delivery_settings_hold_for_it_alone() {
     std::fs::write(&g.fail_file, "").expect("fail");
     post(&g, "jobs", 1).await;
     let letters = wait_for("a dead letter of impatient", || async {
-        let page: Value = g
-            .http
-            .get(g.tr_url("/deadletters?watcher=impatient"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        let items = page["deadletters"].as_array().cloned().unwrap_or_default();
-        (!items.is_empty()).then_some(items)
+        let l = dead_letters(&g, "impatient").await;
+        (!l.is_empty()).then_some(l)
     })
     .await;
     assert_eq!(letters.len(), 1);

@@ -256,56 +256,93 @@ fn arg(name: &str) -> Option<u64> {
     args.get(i + 1)?.parse().ok()
 }
 
-#[tokio::main]
-async fn main() {
-    let seconds = arg("--seconds").unwrap_or(60);
-    let seed = arg("--seed").unwrap_or_else(|| fastrand::u64(..));
-    let rate: f64 = arg("--rate").map_or(400.0, |r| r as f64);
-    println!("chaos run: seed {seed}, {seconds} s, {rate} events/s over {CONFIGS} configurations");
-    let dir = tempfile::Builder::new()
-        .prefix("chaos-")
-        .tempdir()
-        .expect("tempdir")
-        .keep();
-    let configs: BTreeMap<String, String> = (0..CONFIGS)
-        .map(|i| (format!("c{i:02}"), "{}".to_owned()))
-        .collect();
-    write_configmap(&dir.join("configs"), &configs);
-    let (tr_port, pc_port, us_port, sensor_port) =
-        (free_port(), free_port(), free_port(), free_port());
-    let sensor = sensor(sensor_port).await;
-    user_server(us_port).await;
-    let mut p = Pieces {
-        transformer: Proc::spawn("transformer", Command::new("true"), &dir),
-        processor: Proc::spawn("processor-client", Command::new("true"), &dir),
-        dir: dir.clone(),
-        tr_port,
-        pc_port,
-        us_port,
-        sensor_port,
-    };
-    p.transformer = Proc::spawn("transformer", p.transformer(), &dir);
-    wait_port(tr_port, "the transformer").await;
-    p.processor = Proc::spawn("processor-client", p.processor(), &dir);
-    wait_port(pc_port, "the processor-client").await;
+/// What the checker found.
+struct Verdict {
+    acked: usize,
+    delivered: usize,
+    deliveries: u64,
+    missing: Vec<String>,
+    disorder: usize,
+    split: usize,
+    redelivered: usize,
+    silence: Duration,
+    settled: Duration,
+}
 
-    let told = Arc::new(Mutex::new(Told::default()));
-    let started = Instant::now();
-    let until = started + Duration::from_secs(seconds);
-    let url = format!("http://127.0.0.1:{pc_port}/events");
-    let producers: Vec<_> = configs
-        .keys()
-        .map(|src| {
-            tokio::spawn(produce(
-                src.clone(),
-                url.clone(),
-                rate / CONFIGS as f64,
-                until,
-                told.clone(),
-            ))
-        })
-        .collect();
+impl Verdict {
+    fn failed(&self) -> bool {
+        !self.missing.is_empty() || self.disorder > 0 || self.split > 0
+    }
 
+    fn print(&self, seed: u64, counts: &BTreeMap<Fault, usize>) {
+        println!();
+        println!("| measure | value |");
+        println!("|---|---|");
+        println!("| seed | {seed} |");
+        println!("| events acknowledged | {} |", self.acked);
+        println!("| events delivered (distinct ids) | {} |", self.delivered);
+        println!("| deliveries in all | {} |", self.deliveries);
+        println!(
+            "| **lost** (acknowledged, never delivered) | {} |",
+            self.missing.len()
+        );
+        println!(
+            "| **order violations** (first arrivals, within a configuration) | {} |",
+            self.disorder
+        );
+        println!("| **ids delivered as two CloudEvents** | {} |", self.split);
+        println!("| redeliveries of one CloudEvent (transformer crash between delivery and its record) | {} |", self.redelivered);
+        for (fault, n) in counts {
+            println!("| faults: {fault:?} | {n} |");
+        }
+        println!(
+            "| longest time nothing was acknowledged | {:.1} s |",
+            self.silence.as_secs_f64()
+        );
+        println!(
+            "| from the last fault until all delivered | {:.1} s |",
+            self.settled.as_secs_f64()
+        );
+    }
+}
+
+impl Pieces {
+    /// Starts the transformer and the processor-client (the sensor and the
+    /// user server run in this process).
+    async fn start(dir: &std::path::Path, sensor_port: u16, us_port: u16) -> Pieces {
+        let mut p = Pieces {
+            transformer: Proc::spawn("transformer", Command::new("true"), dir),
+            processor: Proc::spawn("processor-client", Command::new("true"), dir),
+            dir: dir.to_owned(),
+            tr_port: free_port(),
+            pc_port: free_port(),
+            us_port,
+            sensor_port,
+        };
+        p.restart_transformer().await;
+        p.restart_processor().await;
+        p
+    }
+
+    async fn restart_transformer(&mut self) {
+        self.transformer = Proc::spawn("transformer", self.transformer(), &self.dir);
+        wait_port(self.tr_port, "the transformer").await;
+    }
+
+    async fn restart_processor(&mut self) {
+        self.processor = Proc::spawn("processor-client", self.processor(), &self.dir);
+        wait_port(self.pc_port, "the processor-client").await;
+    }
+}
+
+/// Runs the seed's faults; returns how many of each, and when the last ended.
+async fn nemesis(
+    p: &mut Pieces,
+    sensor: &Arc<Sensor>,
+    seed: u64,
+    seconds: u64,
+    started: Instant,
+) -> (BTreeMap<Fault, usize>, Instant) {
     let mut counts: BTreeMap<Fault, usize> = BTreeMap::new();
     // When the last fault ended (a sensor outage ends after the loop moves on).
     let mut last_fault_end = started;
@@ -321,14 +358,12 @@ async fn main() {
             Fault::KillTransformer => {
                 p.transformer.kill();
                 tokio::time::sleep(lasts).await;
-                p.transformer = Proc::spawn("transformer", p.transformer(), &dir);
-                wait_port(tr_port, "the transformer").await;
+                p.restart_transformer().await;
             }
             Fault::KillProcessor => {
                 p.processor.kill();
                 tokio::time::sleep(lasts).await;
-                p.processor = Proc::spawn("processor-client", p.processor(), &dir);
-                wait_port(pc_port, "the processor-client").await;
+                p.restart_processor().await;
             }
             Fault::PauseProcessor => {
                 p.processor.signal(libc::SIGSTOP);
@@ -348,12 +383,16 @@ async fn main() {
         }
         last_fault_end = last_fault_end.max(Instant::now());
     }
-    for producer in producers {
-        let _ = producer.await;
-    }
+    (counts, last_fault_end)
+}
 
-    // Wait until every acknowledged event has arrived (or two minutes).
-    let acked = told.lock().unwrap_or_else(|p| p.into_inner()).acked.clone();
+/// Waits (two minutes at most) until every acknowledged event arrived, and
+/// counts what arrived how.
+async fn check(sensor: &Sensor, told: &Mutex<Told>, last_fault_end: Instant) -> Verdict {
+    let (acked, silence) = {
+        let t = told.lock().unwrap_or_else(|p| p.into_inner());
+        (t.acked.clone(), t.longest_silence)
+    };
     let deadline = Instant::now() + Duration::from_secs(120);
     let missing = loop {
         let missing: Vec<String> = {
@@ -371,56 +410,69 @@ async fn main() {
     };
     let settled = Instant::now().saturating_duration_since(last_fault_end);
     let got = sensor.got.lock().unwrap_or_else(|p| p.into_inner());
-    let split: usize = got
-        .by_origin
-        .values()
-        .filter(|ids| ids.iter().collect::<HashSet<_>>().len() > 1)
-        .count();
-    let redelivered: usize = got.by_origin.values().map(|ids| ids.len() - 1).sum();
-    let disorder: usize = got
-        .first_order
-        .values()
-        .map(|seqs| seqs.windows(2).filter(|w| w[0] > w[1]).count())
-        .sum();
-    let silence = told
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .longest_silence;
-    println!();
-    println!("| measure | value |");
-    println!("|---|---|");
-    println!("| seed | {seed} |");
-    println!("| events acknowledged | {} |", acked.len());
-    println!(
-        "| events delivered (distinct ids) | {} |",
-        got.by_origin.len()
-    );
-    println!("| deliveries in all | {} |", got.deliveries);
-    println!(
-        "| **lost** (acknowledged, never delivered) | {} |",
-        missing.len()
-    );
-    println!("| **order violations** (first arrivals, within a configuration) | {disorder} |");
-    println!("| **ids delivered as two CloudEvents** | {split} |");
-    println!("| redeliveries of one CloudEvent (transformer crash between delivery and its record) | {redelivered} |");
-    for (fault, n) in &counts {
-        println!("| faults: {fault:?} | {n} |");
+    Verdict {
+        acked: acked.len(),
+        delivered: got.by_origin.len(),
+        deliveries: got.deliveries,
+        missing,
+        disorder: got
+            .first_order
+            .values()
+            .map(|seqs| seqs.windows(2).filter(|w| w[0] > w[1]).count())
+            .sum(),
+        split: got
+            .by_origin
+            .values()
+            .filter(|ids| ids.iter().collect::<HashSet<_>>().len() > 1)
+            .count(),
+        redelivered: got.by_origin.values().map(|ids| ids.len() - 1).sum(),
+        silence,
+        settled,
     }
-    println!(
-        "| longest time nothing was acknowledged | {:.1} s |",
-        silence.as_secs_f64()
-    );
-    println!(
-        "| from the last fault until all delivered | {:.1} s |",
-        settled.as_secs_f64()
-    );
-    let failed = !missing.is_empty() || disorder > 0 || split > 0;
-    drop(got);
+}
+
+#[tokio::main]
+async fn main() {
+    let seconds = arg("--seconds").unwrap_or(60);
+    let seed = arg("--seed").unwrap_or_else(|| fastrand::u64(..));
+    let rate: f64 = arg("--rate").map_or(400.0, |r| r as f64);
+    println!("chaos run: seed {seed}, {seconds} s, {rate} events/s over {CONFIGS} configurations");
+    let dir = tempfile::Builder::new()
+        .prefix("chaos-")
+        .tempdir()
+        .expect("tempdir")
+        .keep();
+    let configs: BTreeMap<String, String> = (0..CONFIGS)
+        .map(|i| (format!("c{i:02}"), "{}".to_owned()))
+        .collect();
+    write_configmap(&dir.join("configs"), &configs);
+    let (us_port, sensor_port) = (free_port(), free_port());
+    let sensor = sensor(sensor_port).await;
+    user_server(us_port).await;
+    let mut p = Pieces::start(&dir, sensor_port, us_port).await;
+
+    let told = Arc::new(Mutex::new(Told::default()));
+    let started = Instant::now();
+    let until = started + Duration::from_secs(seconds);
+    let url = format!("http://127.0.0.1:{}/events", p.pc_port);
+    let producers: Vec<_> = configs
+        .keys()
+        .map(|src| {
+            let rate = rate / CONFIGS as f64;
+            tokio::spawn(produce(src.clone(), url.clone(), rate, until, told.clone()))
+        })
+        .collect();
+    let (counts, last_fault_end) = nemesis(&mut p, &sensor, seed, seconds, started).await;
+    for producer in producers {
+        let _ = producer.await;
+    }
+    let verdict = check(&sensor, &told, last_fault_end).await;
+    verdict.print(seed, &counts);
     p.transformer.kill();
     p.processor.kill();
-    if failed {
+    if verdict.failed() {
         println!("\nFAILED with seed {seed}; logs kept in {}", dir.display());
-        for id in missing.iter().take(10) {
+        for id in verdict.missing.iter().take(10) {
             println!("lost: {id}");
         }
         std::process::exit(1);
