@@ -263,6 +263,8 @@ struct Verdict {
     deliveries: u64,
     missing: Vec<String>,
     disorder: usize,
+    /// The first few: configuration, and the sequence numbers out of order.
+    disorder_examples: Vec<String>,
     split: usize,
     redelivered: usize,
     silence: Duration,
@@ -420,6 +422,16 @@ async fn check(sensor: &Sensor, told: &Mutex<Told>, last_fault_end: Instant) -> 
             .values()
             .map(|seqs| seqs.windows(2).filter(|w| w[0] > w[1]).count())
             .sum(),
+        disorder_examples: got
+            .first_order
+            .iter()
+            .flat_map(|(src, seqs)| {
+                seqs.windows(2)
+                    .filter(|w| w[0] > w[1])
+                    .map(move |w| format!("{src}: {} arrived before {}", w[0], w[1]))
+            })
+            .take(5)
+            .collect(),
         split: got
             .by_origin
             .values()
@@ -474,6 +486,9 @@ async fn main() {
         println!("\nFAILED with seed {seed}; logs kept in {}", dir.display());
         for id in verdict.missing.iter().take(10) {
             println!("lost: {id}");
+        }
+        for example in &verdict.disorder_examples {
+            println!("out of order: {example}");
         }
         std::process::exit(1);
     }
