@@ -63,12 +63,10 @@ fn by_path(g: &Gateway) -> BTreeMap<String, BTreeMap<String, usize>> {
     out
 }
 
-#[tokio::test]
-async fn each_event_reaches_exactly_the_triggers_whose_filters_want_it() {
-    let port = free_port();
-    // The sensor's port, chosen first: the triggers name it.
-    let base = format!("http://127.0.0.1:{port}");
-    let triggers = [
+/// One trigger per dialect (and one without filter), each sending to its own
+/// path of the sensor at `base`.
+fn one_per_dialect(base: &str) -> [(&'static str, String); 6] {
+    [
         ("orders", trigger("orders", &format!("{base}/orders"), "  filters:\n    - exact: {subject: orders}\n")),
         (
             "payments",
@@ -95,7 +93,40 @@ async fn each_event_reaches_exactly_the_triggers_whose_filters_want_it() {
             ),
         ),
         ("everything", trigger("everything", &format!("{base}/everything"), "")),
-    ];
+    ]
+}
+
+/// What each sensor path should get of 3 events of each of orders, audit
+/// and other: the plain watcher (path /) everything, each trigger its share.
+fn wanted_by_path() -> BTreeMap<String, BTreeMap<String, usize>> {
+    [
+        ("/", vec![("audit", 3), ("orders", 3), ("other", 3)]),
+        ("/orders", vec![("orders", 3)]),
+        ("/payments", vec![("audit", 3), ("orders", 3)]),
+        ("/not-audit", vec![("orders", 3), ("other", 3)]),
+        ("/attributes", vec![("audit", 3)]),
+        ("/mixed", vec![("audit", 3)]),
+        (
+            "/everything",
+            vec![("audit", 3), ("orders", 3), ("other", 3)],
+        ),
+    ]
+    .into_iter()
+    .map(|(p, v)| {
+        (
+            p.to_owned(),
+            v.into_iter().map(|(s, n)| (s.to_owned(), n)).collect(),
+        )
+    })
+    .collect()
+}
+
+#[tokio::test]
+async fn each_event_reaches_exactly_the_triggers_whose_filters_want_it() {
+    let port = free_port();
+    // The sensor's port, chosen first: the triggers name it.
+    let base = format!("http://127.0.0.1:{port}");
+    let triggers = one_per_dialect(&base);
     let mut g = Gateway::new(UserServerKind::Python);
     g.sensor_port = port;
     let dir = g.dir.path().join("triggers");
@@ -116,26 +147,7 @@ async fn each_event_reaches_exactly_the_triggers_whose_filters_want_it() {
         post(&g, src, 3).await;
     }
     // SENSOR_WATCHERS (the harness sets it: path /) is a trigger without filter.
-    let want: BTreeMap<String, BTreeMap<String, usize>> = [
-        ("/", vec![("audit", 3), ("orders", 3), ("other", 3)]),
-        ("/orders", vec![("orders", 3)]),
-        ("/payments", vec![("audit", 3), ("orders", 3)]),
-        ("/not-audit", vec![("orders", 3), ("other", 3)]),
-        ("/attributes", vec![("audit", 3)]),
-        ("/mixed", vec![("audit", 3)]),
-        (
-            "/everything",
-            vec![("audit", 3), ("orders", 3), ("other", 3)],
-        ),
-    ]
-    .into_iter()
-    .map(|(p, v)| {
-        (
-            p.to_owned(),
-            v.into_iter().map(|(s, n)| (s.to_owned(), n)).collect(),
-        )
-    })
-    .collect();
+    let want = wanted_by_path();
     wait_for("every trigger's events at the sensor", || async {
         (by_path(&g) == want).then_some(())
     })

@@ -17,6 +17,26 @@ pub use binary::BinaryName;
 const JSON: &str = "application/json";
 const OCTET_STREAM: &str = "application/octet-stream";
 
+/// Whether `name` is a CloudEvents attribute name: lower-case letters and
+/// digits only.
+pub fn is_attribute_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+}
+
+/// A configured attribute value as text (a string, or a number or boolean
+/// written as its text); `None` for anything else.
+pub fn attribute_text(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
 /// One CloudEvent. `data` is kept as raw bytes: JSON data is embedded verbatim in
 /// structured mode, anything else travels as `data_base64`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -170,11 +170,7 @@ fn ce_overrides(raw: Option<&str>) -> Result<Vec<(String, String)>, ConfigError>
     ];
     map.iter()
         .map(|(k, v)| {
-            if k.is_empty()
-                || !k
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-            {
+            if !crate::cloudevent::is_attribute_name(k) {
                 return Err(invalid(format!(
                     "extensions.{k}: not a CloudEvents attribute name (a-z, 0-9)"
                 )));
@@ -184,16 +180,8 @@ fn ce_overrides(raw: Option<&str>) -> Result<Vec<(String, String)>, ConfigError>
                     "extensions.{k}: a context attribute, not an extension"
                 )));
             }
-            let text = match v {
-                serde_json::Value::String(s) => s.clone(),
-                serde_json::Value::Number(n) => n.to_string(),
-                serde_json::Value::Bool(b) => b.to_string(),
-                _ => {
-                    return Err(invalid(format!(
-                        "extensions.{k}: a string, number or boolean"
-                    )))
-                }
-            };
+            let text = crate::cloudevent::attribute_text(v)
+                .ok_or_else(|| invalid(format!("extensions.{k}: a string, number or boolean")))?;
             Ok((k.clone(), text))
         })
         .collect()

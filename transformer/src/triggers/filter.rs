@@ -143,21 +143,13 @@ fn each(event: &CloudEvent, pairs: &[(String, String)], test: impl Fn(&str, &str
 fn pairs(map: &serde_json::Map<String, Json>, at: &str) -> Result<Vec<(String, String)>, String> {
     map.iter()
         .map(|(k, v)| {
-            if k.is_empty()
-                || !k
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-            {
+            if !crate::cloudevent::is_attribute_name(k) {
                 return Err(format!(
                     "{at}: {k:?} is not a CloudEvents attribute name (a-z, 0-9)"
                 ));
             }
-            let v = match v {
-                Json::String(s) => s.clone(),
-                Json::Number(n) => n.to_string(),
-                Json::Bool(b) => b.to_string(),
-                _ => return Err(format!("{at}.{k}: the value is a string")),
-            };
+            let v = crate::cloudevent::attribute_text(v)
+                .ok_or_else(|| format!("{at}.{k}: the value is a string"))?;
             Ok((k.clone(), v))
         })
         .collect()
