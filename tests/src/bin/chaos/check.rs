@@ -1,0 +1,148 @@
+//! The checker: what the producers were told against what each watcher
+//! received, once everything acknowledged has arrived (or two minutes passed).
+//! It fails the run on an acknowledged event lost, an event of a configuration
+//! first arriving after a later one of it, an id delivered as two CloudEvents,
+//! or a configuration accepted through two replicas at once; it counts the
+//! rest (redeliveries of one CloudEvent, gRPC events read and never delivered).
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::producers::Told;
+use crate::watchers::{Received, Watcher};
+
+/// What one watcher got, against what was acknowledged.
+pub struct WatcherVerdict {
+    pub name: &'static str,
+    pub delivered: usize,
+    pub deliveries: usize,
+    pub missing: Vec<String>,
+    /// Configuration, and the two sequence numbers out of order, with what
+    /// the watcher and the producer saw of them.
+    pub disorder: Vec<String>,
+    /// Named events (the HTTP gateway's) that arrived as two CloudEvents.
+    pub split: Vec<String>,
+    /// Unnamed ones (the gRPC gateway's): a processor-client sending an
+    /// event again after a lost answer makes a new CloudEvent of it, as
+    /// nothing names it.
+    pub grpc_split: usize,
+    pub redelivered: usize,
+    /// gRPC events (configurations `g…`) delivered.
+    pub grpc_delivered: usize,
+}
+
+/// Two replicas at once: a configuration acknowledged through one replica,
+/// then another, then the first again, the first's two stretches less than
+/// half a lease apart. A replica's claim outlives its last acknowledgement
+/// by two thirds of a lease at least (it renews every third), and another
+/// replica can only take the configuration once that claim ended and must
+/// hold it a lease: so this cannot happen unless both held it at once.
+pub fn two_at_once(told: &Told, lease: Duration) -> Vec<String> {
+    let mut out = Vec::new();
+    for (src, runs) in &told.runs {
+        for w in runs.windows(3) {
+            let (a, b, c) = (w[0], w[1], w[2]);
+            if a.replica == c.replica && c.first.saturating_sub(a.last) < lease / 2 {
+                out.push(format!(
+                    "{src}: replica {} until {:.3} s, replica {} {:.3}-{:.3} s, replica {} again at {:.3} s",
+                    a.replica,
+                    a.last.as_secs_f64(),
+                    b.replica,
+                    b.first.as_secs_f64(),
+                    b.last.as_secs_f64(),
+                    c.replica,
+                    c.first.as_secs_f64()
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Waits (two minutes at most) until every acknowledged event reached every
+/// watcher; returns when the last one did, measured from `since`.
+pub async fn settle(watchers: &[&Watcher], told: &Mutex<Told>, since: Instant) -> Duration {
+    let acked: Vec<String> = told
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .acked
+        .keys()
+        .cloned()
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let all = watchers.iter().all(|w| {
+            let got = w.received();
+            acked.iter().all(|id| got.by_event.contains_key(id))
+        });
+        if all || Instant::now() > deadline {
+            return Instant::now().saturating_duration_since(since);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+pub fn verdict(w: &Watcher, told: &Told) -> WatcherVerdict {
+    let got = w.received();
+    let mut missing: Vec<String> = told
+        .acked
+        .keys()
+        .filter(|id| !got.by_event.contains_key(*id))
+        .cloned()
+        .collect();
+    missing.sort();
+    WatcherVerdict {
+        name: w.name,
+        delivered: got.by_event.len(),
+        deliveries: got.log.len(),
+        missing,
+        disorder: disorder(&got, told),
+        split: split(&got, |k| !k.contains('/')),
+        grpc_split: split(&got, |k| k.contains('/')).len(),
+        redelivered: got.by_event.values().map(|ids| ids.len() - 1).sum(),
+        grpc_delivered: got.by_event.keys().filter(|k| k.starts_with('g')).count(),
+    }
+}
+
+/// The events, of those `which` picks, that arrived as more than one
+/// CloudEvent.
+fn split(got: &Received, which: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut out: Vec<String> = got
+        .by_event
+        .iter()
+        .filter(|(k, ids)| which(k) && ids.iter().collect::<HashSet<_>>().len() > 1)
+        .map(|(k, ids)| format!("{k}: {}", ids.join(", ")))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Every first arrival of a configuration's event after a later one of it,
+/// described with each event's deliveries and acknowledgement.
+fn disorder(got: &Received, told: &Told) -> Vec<String> {
+    let mut out = Vec::new();
+    for (src, seqs) in &got.first_order {
+        for w in seqs.windows(2).filter(|w| w[0] > w[1]) {
+            let mut line = format!("{src}: {} arrived before {}", w[0], w[1]);
+            for seq in [w[0], w[1]] {
+                for d in got.log.iter().filter(|d| d.subject == *src && d.seq == seq) {
+                    line += &format!(
+                        "\n    {seq} delivered at {:.3} s as {} (time {})",
+                        d.at.as_secs_f64(),
+                        d.ce_id,
+                        d.ce_time
+                    );
+                }
+                if let Some((at, replica)) = told.acked.get(&format!("{src}-{seq}")) {
+                    line += &format!(
+                        "\n    {seq} acknowledged at {:.3} s through replica {replica}",
+                        at.as_secs_f64()
+                    );
+                }
+            }
+            out.push(line);
+        }
+    }
+    out
+}

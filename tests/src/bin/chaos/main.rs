@@ -1,0 +1,276 @@
+//! The chaos run: the whole pipeline under a steady load while a nemesis
+//! driven by a seed kills, pauses and cuts its pieces, one fault at a time
+//! and overlapping, and a checker counts what was acknowledged against what
+//! each watcher received.
+//!
+//! On free ports: nats-server with JetStream; one durable transformer
+//! delivering to an HTTP sensor and to JetStream (read by a durable
+//! consumer); the HTTP gateway on two processor-client replicas sharing forty
+//! configurations over NATS, whose producers post `/events` batches named with
+//! ids; a gRPC gateway (one processor-client, its user server streaming eight
+//! configurations); every processor-client reaching the transformer through a
+//! relay that can cut connections. The nemesis SIGKILLs and restarts the
+//! transformer, either replica, the gRPC processor-client, the gRPC user
+//! server and nats-server, SIGSTOPs a replica (often past its lease), takes
+//! the sensor down and resets connections.
+//!
+//! The table: per watcher, events acknowledged, delivered, lost
+//! (acknowledged, never delivered: must be 0), order violations within a
+//! configuration (must be 0), ids delivered as two CloudEvents (must be 0),
+//! redeliveries of one CloudEvent; configurations accepted through two
+//! replicas at once (must be 0); faults by kind; the longest time nothing was
+//! acknowledged; the time from the last fault until everything was delivered.
+//!
+//! `bash tests/chaos.sh [--seconds N] [--seed S] [--rate EVENTS_PER_SECOND]`.
+//! The same seed gives the same schedule of faults; a failing run prints its
+//! seed and what it lost, and keeps the components' logs.
+
+mod check;
+mod grpc;
+mod nemesis;
+mod pieces;
+mod producers;
+mod watchers;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use gateway_tests::{wait_port, write_configmap};
+
+use check::WatcherVerdict;
+use nemesis::Fault;
+use pieces::{Pieces, Ports, LEASE};
+use producers::{Owners, Producer, Told};
+
+/// Configurations of the HTTP gateway, and of the gRPC one.
+const HTTP_CONFIGS: usize = 40;
+const GRPC_CONFIGS: usize = 8;
+const REPLICAS: usize = 2;
+
+/// Serves `app` on `port` in this process.
+async fn serve(app: Router, port: u16) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    wait_port(port, "an in-process server").await;
+}
+
+fn arg(name: &str) -> Option<u64> {
+    let args: Vec<String> = std::env::args().collect();
+    let i = args.iter().position(|a| a == name)?;
+    args.get(i + 1)?.parse().ok()
+}
+
+/// The run's settings.
+struct Settings {
+    seconds: u64,
+    seed: u64,
+    /// Events per second from the HTTP gateway's producers; the gRPC
+    /// configurations stream a quarter of it besides.
+    rate: f64,
+}
+
+/// What the run found.
+struct Report {
+    acked: usize,
+    watchers: Vec<WatcherVerdict>,
+    two_at_once: Vec<String>,
+    grpc_read: u64,
+    counts: BTreeMap<Fault, usize>,
+    silence: Duration,
+    settled: Duration,
+}
+
+impl Report {
+    fn failed(&self) -> bool {
+        !self.two_at_once.is_empty()
+            || self
+                .watchers
+                .iter()
+                .any(|w| !w.missing.is_empty() || !w.disorder.is_empty() || !w.split.is_empty())
+    }
+
+    fn print(&self, s: &Settings) {
+        println!();
+        println!(
+            "| measure | {} |",
+            self.watchers
+                .iter()
+                .map(|w| w.name)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+        println!("|---|{}", "---|".repeat(self.watchers.len()));
+        let row = |what: &str, f: &dyn Fn(&WatcherVerdict) -> String| {
+            let cells: Vec<String> = self.watchers.iter().map(f).collect();
+            println!("| {what} | {} |", cells.join(" | "));
+        };
+        row("events acknowledged (HTTP, with ids)", &|_| {
+            self.acked.to_string()
+        });
+        row("events delivered (distinct, both gateways)", &|w| {
+            w.delivered.to_string()
+        });
+        row("deliveries in all", &|w| w.deliveries.to_string());
+        row("**lost** (acknowledged, never delivered)", &|w| {
+            w.missing.len().to_string()
+        });
+        row(
+            "**order violations** (first arrivals, per configuration)",
+            &|w| w.disorder.len().to_string(),
+        );
+        row("**ids delivered as two CloudEvents**", &|w| {
+            w.split.len().to_string()
+        });
+        row("redeliveries of one CloudEvent", &|w| {
+            w.redelivered.to_string()
+        });
+        row(
+            "gRPC events read by the processor-client / delivered",
+            &|w| format!("{} / {}", self.grpc_read, w.grpc_delivered),
+        );
+        row("gRPC events (no ids) delivered as two CloudEvents", &|w| {
+            w.grpc_split.to_string()
+        });
+        println!();
+        println!("| run | value |");
+        println!("|---|---|");
+        println!("| seed | {} |", s.seed);
+        println!("| length | {} s at {} events/s (HTTP) |", s.seconds, s.rate);
+        println!(
+            "| **configurations accepted through two replicas at once** | {} |",
+            self.two_at_once.len()
+        );
+        for (fault, n) in &self.counts {
+            println!("| faults: {fault:?} | {n} |");
+        }
+        println!(
+            "| longest time nothing was acknowledged | {:.1} s |",
+            self.silence.as_secs_f64()
+        );
+        println!(
+            "| from the last fault until all delivered | {:.1} s |",
+            self.settled.as_secs_f64()
+        );
+    }
+
+    fn print_failures(&self) {
+        for w in &self.watchers {
+            for id in w.missing.iter().take(10) {
+                println!("lost at the {}: {id}", w.name);
+            }
+            for line in w.split.iter().take(5) {
+                println!("two CloudEvents at the {}: {line}", w.name);
+            }
+            for d in w.disorder.iter().take(5) {
+                println!("out of order at the {}: {d}", w.name);
+            }
+        }
+        for line in &self.two_at_once {
+            println!("two replicas at once: {line}");
+        }
+    }
+}
+
+fn write_configs(dir: &std::path::Path) {
+    let http: BTreeMap<String, String> = (0..HTTP_CONFIGS)
+        .map(|i| (format!("c{i:02}"), "{}".to_owned()))
+        .collect();
+    write_configmap(&dir.join("configs"), &http);
+    let grpc: BTreeMap<String, String> = (0..GRPC_CONFIGS)
+        .map(|i| (format!("g{i:02}"), "{}".to_owned()))
+        .collect();
+    write_configmap(&dir.join("grpc-configs"), &grpc);
+}
+
+async fn run(s: &Settings, dir: &std::path::Path) -> Report {
+    write_configs(dir);
+    let ports = Ports::new(REPLICAS);
+    let started = Instant::now();
+    let sensor = watchers::http_sensor(ports.sensor, started).await;
+    let owners = Arc::new(Owners::default());
+    for (i, port) in ports.user_servers.iter().enumerate() {
+        producers::user_server(*port, i, owners.clone()).await;
+    }
+    let period = Duration::from_secs_f64(GRPC_CONFIGS as f64 / (s.rate / 4.0));
+    let grpc = grpc::start(ports.grpc_user_server, period).await;
+    let mut p = Pieces::start(dir, ports).await;
+    let js = watchers::jetstream_consumer(p.nats.url(), "CHAOS".into(), started).await;
+
+    let told = Arc::new(Mutex::new(Told::default()));
+    let until = started + Duration::from_secs(s.seconds);
+    let producers: Vec<_> = (0..HTTP_CONFIGS)
+        .map(|i| {
+            tokio::spawn(
+                Producer {
+                    src: format!("c{i:02}"),
+                    pc_ports: p.ports.replicas.clone(),
+                    owners: owners.clone(),
+                    rate: s.rate / HTTP_CONFIGS as f64,
+                    started,
+                    until,
+                    told: told.clone(),
+                }
+                .run(),
+            )
+        })
+        .collect();
+    let targets = nemesis::Targets {
+        sensor: sensor.clone(),
+        grpc: grpc.clone(),
+    };
+    let plan = nemesis::schedule(s.seed, s.seconds);
+    let (counts, last_fault_end) = nemesis::run(&mut p, &targets, plan, started).await;
+    for producer in producers {
+        let _ = producer.await;
+    }
+    // The gRPC streams stop with the run: what was read by then is counted.
+    grpc.kill();
+    let settled = check::settle(&[&sensor, &js], &told, last_fault_end).await;
+    p.stop();
+    let told = told.lock().unwrap_or_else(|p| p.into_inner());
+    Report {
+        acked: told.acked.len(),
+        watchers: vec![check::verdict(&sensor, &told), check::verdict(&js, &told)],
+        two_at_once: check::two_at_once(&told, LEASE),
+        grpc_read: grpc.read().values().sum(),
+        counts,
+        silence: told.longest_silence,
+        settled,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let s = Settings {
+        seconds: arg("--seconds").unwrap_or(60),
+        seed: arg("--seed").unwrap_or_else(|| fastrand::u64(..)),
+        rate: arg("--rate").map_or(400.0, |r| r as f64),
+    };
+    println!(
+        "chaos run: seed {}, {} s, {} events/s over {HTTP_CONFIGS} HTTP configurations on {REPLICAS} replicas, {GRPC_CONFIGS} gRPC ones",
+        s.seed, s.seconds, s.rate
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("chaos-")
+        .tempdir()
+        .expect("tempdir")
+        .keep();
+    let report = run(&s, &dir).await;
+    report.print(&s);
+    if report.failed() {
+        println!(
+            "\nFAILED with seed {}; logs kept in {}",
+            s.seed,
+            dir.display()
+        );
+        report.print_failures();
+        std::process::exit(1);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
