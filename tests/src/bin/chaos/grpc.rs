@@ -1,6 +1,6 @@
 //! The gRPC configurations' user server (the generic event source contract):
 //! one call per configuration, each streaming events paced at its rate, each
-//! numbered in its configuration's sequence as the processor-client reads it.
+//! numbered in its configuration's sequence as the call takes it.
 //! The nemesis can kill it: every call fails at once, nothing listens for a
 //! while, then it listens again on the same port, each configuration going
 //! on from its next number. The protocol has no acknowledgement, so what the
@@ -25,7 +25,8 @@ use proto::eventing_server::{Eventing, EventingServer};
 /// The server's state across its restarts.
 pub struct GrpcSource {
     port: u16,
-    period: Duration,
+    /// Between two events of a call.
+    period: Mutex<Duration>,
     /// Per configuration, the next sequence number.
     next: Mutex<HashMap<String, u64>>,
     /// Bumped by a kill: every call of an earlier life fails.
@@ -33,8 +34,9 @@ pub struct GrpcSource {
 }
 
 impl GrpcSource {
-    /// Read by the processor-client so far, per configuration.
-    pub fn read(&self) -> HashMap<String, u64> {
+    /// Put on a call so far, per configuration (whether or not the
+    /// processor-client read them before the call ended).
+    pub fn sent(&self) -> HashMap<String, u64> {
         self.next.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -43,6 +45,15 @@ impl GrpcSource {
         let n = next.entry(src.to_owned()).or_default();
         *n += 1;
         *n - 1
+    }
+
+    /// Sets the pace of every call, from its next event on.
+    pub fn pace(&self, period: Duration) {
+        *self.period.lock().unwrap_or_else(|p| p.into_inner()) = period;
+    }
+
+    fn period(&self) -> Duration {
+        *self.period.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Starts listening (again).
@@ -78,11 +89,12 @@ impl GrpcSource {
     }
 }
 
-/// Starts the server on `port`, each call sending one event per `period`.
+/// Starts the server on `port`, each call sending one event per `period`
+/// until paced otherwise.
 pub async fn start(port: u16, period: Duration) -> Arc<GrpcSource> {
     let source = Arc::new(GrpcSource {
         port,
-        period,
+        period: Mutex::new(period),
         next: Mutex::new(HashMap::new()),
         life: watch::channel(0).0,
     });
@@ -99,7 +111,6 @@ type Events = Pin<Box<dyn Stream<Item = Result<proto::Event, Status>> + Send>>;
 struct Call {
     src: String,
     source: Arc<GrpcSource>,
-    tick: tokio::time::Interval,
     life: watch::Receiver<u64>,
     ended: bool,
 }
@@ -118,7 +129,6 @@ impl Eventing for Service {
         let call = Call {
             src,
             source: self.0.clone(),
-            tick: tokio::time::interval(self.0.period),
             life,
             ended: false,
         };
@@ -127,8 +137,8 @@ impl Eventing for Service {
                 return None;
             }
             tokio::select! {
-                _ = call.tick.tick() => {
-                    // Numbered as it is read: only what the reader took counts.
+                _ = tokio::time::sleep(call.source.period()) => {
+                    // Numbered as the call takes it.
                     let seq = call.source.take_next(&call.src);
                     let payload = serde_json::json!({ "src": call.src, "seq": seq }).to_string();
                     let event = proto::Event { name: call.src.clone(), payload: payload.into_bytes() };

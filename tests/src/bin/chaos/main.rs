@@ -21,7 +21,10 @@
 //! replicas at once (must be 0); faults by kind; the longest time nothing was
 //! acknowledged; the time from the last fault until everything was delivered.
 //!
-//! `bash tests/chaos.sh [--seconds N] [--seed S] [--rate EVENTS_PER_SECOND]`.
+//! The load: the producers go flat out for a few seconds first, then at half
+//! of what they reached (or `--rate`), the gRPC streams at a quarter of that.
+//!
+//! `bash tests/chaos.sh [--minutes N | --seconds N] [--seed S] [--rate EVENTS_PER_SECOND]`.
 //! The same seed gives the same schedule of faults; a failing run prints its
 //! seed and what it lost, and keeps the components' logs.
 
@@ -40,9 +43,10 @@ use axum::Router;
 use gateway_tests::{wait_port, write_configmap};
 
 use check::WatcherVerdict;
+use grpc::GrpcSource;
 use nemesis::Fault;
 use pieces::{Pieces, Ports, LEASE};
-use producers::{Owners, Producer, Told};
+use producers::{Owners, Pace, Producer, Told};
 
 /// Configurations of the HTTP gateway, and of the gRPC one.
 const HTTP_CONFIGS: usize = 40;
@@ -70,9 +74,10 @@ fn arg(name: &str) -> Option<u64> {
 struct Settings {
     seconds: u64,
     seed: u64,
-    /// Events per second from the HTTP gateway's producers; the gRPC
-    /// configurations stream a quarter of it besides.
-    rate: f64,
+    /// Events per second from the HTTP gateway's producers (the gRPC
+    /// configurations stream a quarter of it besides); unset: half of what
+    /// they reach flat out at the start of the run.
+    rate: Option<f64>,
 }
 
 /// What the run found.
@@ -80,7 +85,9 @@ struct Report {
     acked: usize,
     watchers: Vec<WatcherVerdict>,
     two_at_once: Vec<String>,
-    grpc_read: u64,
+    grpc_sent: u64,
+    /// HTTP events per second the producers were set to.
+    rate: f64,
     counts: BTreeMap<Fault, usize>,
     silence: Duration,
     settled: Duration,
@@ -132,7 +139,7 @@ impl Report {
         });
         row(
             "gRPC events read by the processor-client / delivered",
-            &|w| format!("{} / {}", self.grpc_read, w.grpc_delivered),
+            &|w| format!("{} / {}", self.grpc_sent, w.grpc_delivered),
         );
         row("gRPC events (no ids) delivered as two CloudEvents", &|w| {
             w.grpc_split.to_string()
@@ -141,7 +148,10 @@ impl Report {
         println!("| run | value |");
         println!("|---|---|");
         println!("| seed | {} |", s.seed);
-        println!("| length | {} s at {} events/s (HTTP) |", s.seconds, s.rate);
+        println!(
+            "| length | {} s at {:.0} events/s (HTTP) and a quarter of that (gRPC) |",
+            s.seconds, self.rate
+        );
         println!(
             "| **configurations accepted through two replicas at once** | {} |",
             self.two_at_once.len()
@@ -197,13 +207,13 @@ async fn run(s: &Settings, dir: &std::path::Path) -> Report {
     for (i, port) in ports.user_servers.iter().enumerate() {
         producers::user_server(*port, i, owners.clone()).await;
     }
-    let period = Duration::from_secs_f64(GRPC_CONFIGS as f64 / (s.rate / 4.0));
-    let grpc = grpc::start(ports.grpc_user_server, period).await;
+    let grpc = grpc::start(ports.grpc_user_server, Duration::from_millis(40)).await;
     let mut p = Pieces::start(dir, ports).await;
     let js = watchers::jetstream_consumer(p.nats.url(), "CHAOS".into(), started).await;
 
     let told = Arc::new(Mutex::new(Told::default()));
-    let until = started + Duration::from_secs(s.seconds);
+    let pace = Arc::new(Pace::default());
+    let until = Instant::now() + CALIBRATION + Duration::from_secs(s.seconds);
     let producers: Vec<_> = (0..HTTP_CONFIGS)
         .map(|i| {
             tokio::spawn(
@@ -211,7 +221,7 @@ async fn run(s: &Settings, dir: &std::path::Path) -> Report {
                     src: format!("c{i:02}"),
                     pc_ports: p.ports.replicas.clone(),
                     owners: owners.clone(),
-                    rate: s.rate / HTTP_CONFIGS as f64,
+                    pace: pace.clone(),
                     started,
                     until,
                     told: told.clone(),
@@ -224,8 +234,9 @@ async fn run(s: &Settings, dir: &std::path::Path) -> Report {
         sensor: sensor.clone(),
         grpc: grpc.clone(),
     };
+    let rate = calibrate(s, &told, &pace, &grpc).await;
     let plan = nemesis::schedule(s.seed, s.seconds);
-    let (counts, last_fault_end) = nemesis::run(&mut p, &targets, plan, started).await;
+    let (counts, last_fault_end) = nemesis::run(&mut p, &targets, plan, Instant::now()).await;
     for producer in producers {
         let _ = producer.await;
     }
@@ -238,23 +249,51 @@ async fn run(s: &Settings, dir: &std::path::Path) -> Report {
         acked: told.acked.len(),
         watchers: vec![check::verdict(&sensor, &told), check::verdict(&js, &told)],
         two_at_once: check::two_at_once(&told, LEASE),
-        grpc_read: grpc.read().values().sum(),
+        grpc_sent: grpc.sent().values().sum(),
         counts,
+        rate,
         silence: told.longest_silence,
         settled,
     }
 }
 
+/// How long the producers go flat out first, before any fault.
+const CALIBRATION: Duration = Duration::from_secs(8);
+
+/// Lets the producers go flat out (the gRPC streams at 25 events a second
+/// each meanwhile) and sets their pace to half of what they reached, unless
+/// the rate was given, and the gRPC streams' to a quarter of that; returns
+/// the HTTP events per second set.
+async fn calibrate(s: &Settings, told: &Mutex<Told>, pace: &Pace, grpc: &GrpcSource) -> f64 {
+    let acked = || told.lock().unwrap_or_else(|p| p.into_inner()).acked.len();
+    let rate = match s.rate {
+        Some(rate) => rate,
+        None => {
+            tokio::time::sleep(CALIBRATION / 2).await;
+            let (n, t) = (acked(), Instant::now());
+            tokio::time::sleep(CALIBRATION / 2).await;
+            let flat_out = (acked() - n) as f64 / t.elapsed().as_secs_f64();
+            println!("flat out: {flat_out:.0} events/s acknowledged; the run goes at half of that");
+            flat_out / 2.0
+        }
+    };
+    pace.set(rate / HTTP_CONFIGS as f64);
+    grpc.pace(Duration::from_secs_f64(GRPC_CONFIGS as f64 / (rate / 4.0)));
+    rate
+}
+
 #[tokio::main]
 async fn main() {
     let s = Settings {
-        seconds: arg("--seconds").unwrap_or(60),
+        seconds: arg("--seconds")
+            .or_else(|| arg("--minutes").map(|m| m * 60))
+            .unwrap_or(60),
         seed: arg("--seed").unwrap_or_else(|| fastrand::u64(..)),
-        rate: arg("--rate").map_or(400.0, |r| r as f64),
+        rate: arg("--rate").map(|r| r as f64),
     };
     println!(
-        "chaos run: seed {}, {} s, {} events/s over {HTTP_CONFIGS} HTTP configurations on {REPLICAS} replicas, {GRPC_CONFIGS} gRPC ones",
-        s.seed, s.seconds, s.rate
+        "chaos run: seed {}, {} s, {HTTP_CONFIGS} HTTP configurations on {REPLICAS} replicas, {GRPC_CONFIGS} gRPC ones",
+        s.seed, s.seconds
     );
     let dir = tempfile::Builder::new()
         .prefix("chaos-")

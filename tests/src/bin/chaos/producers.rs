@@ -6,6 +6,7 @@
 //! which ids were acknowledged, when, and through which replica.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -101,14 +102,36 @@ impl Told {
     }
 }
 
+/// How fast each producer posts: flat out, or so many events a second.
+#[derive(Default)]
+pub struct Pace {
+    /// Thousandths of an event per second, per producer; 0: flat out.
+    milli_per_second: AtomicU64,
+}
+
+impl Pace {
+    pub fn set(&self, events_per_second: f64) {
+        self.milli_per_second
+            .store((events_per_second * 1000.0) as u64, Ordering::Relaxed);
+    }
+
+    /// The pause after a batch.
+    fn pause(&self) -> Duration {
+        match self.milli_per_second.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            milli => Duration::from_secs_f64(BATCH as f64 * 1000.0 / milli as f64),
+        }
+    }
+}
+
 /// Where and how fast one configuration's producer posts.
 pub struct Producer {
     pub src: String,
     /// The processor-client port of each replica.
     pub pc_ports: Arc<Vec<u16>>,
     pub owners: Arc<Owners>,
-    /// Events per second.
-    pub rate: f64,
+    /// The pace every producer keeps, changed as the run goes.
+    pub pace: Arc<Pace>,
     pub started: Instant,
     pub until: Instant,
     pub told: Arc<Mutex<Told>>,
@@ -121,7 +144,6 @@ impl Producer {
     pub async fn run(self) {
         let client = gateway_tests::http_client();
         let mut seq = 0u64;
-        let pause = Duration::from_secs_f64(BATCH as f64 / self.rate);
         while Instant::now() < self.until {
             let mut pending: Vec<u64> = (seq..seq + BATCH as u64).collect();
             seq += BATCH as u64;
@@ -135,7 +157,7 @@ impl Producer {
                 }
                 pending.drain(..taken);
             }
-            tokio::time::sleep(pause).await;
+            tokio::time::sleep(self.pace.pause()).await;
         }
     }
 
