@@ -2,14 +2,16 @@
 //! received, once everything acknowledged has arrived (or two minutes passed).
 //! It fails the run on an acknowledged event lost, an event of a configuration
 //! first arriving after a later one of it, an id delivered as two CloudEvents,
-//! or a configuration accepted through two replicas at once; it counts the
+//! or an event taken through a replica while the other ran its configuration; it counts the
 //! rest (redeliveries of one CloudEvent, gRPC events read and never delivered).
 
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::producers::Told;
+use time::format_description::well_known::Rfc3339;
+
+use crate::producers::{Start, Told};
 use crate::watchers::{Received, Watcher};
 
 /// What one watcher got, against what was acknowledged.
@@ -32,32 +34,46 @@ pub struct WatcherVerdict {
     pub grpc_delivered: usize,
 }
 
-/// Two replicas at once: a configuration acknowledged through one replica,
-/// then another, then the first again, the first's two stretches less than
-/// half a lease apart. A replica's claim outlives its last acknowledgement
-/// by two thirds of a lease at least (it renews every third), and another
-/// replica can only take the configuration once that claim ended and must
-/// hold it a lease: so this cannot happen unless both held it at once.
-pub fn two_at_once(told: &Told, lease: Duration) -> Vec<String> {
+/// Two replicas at once: an event taken through one replica (answered
+/// there, not as a duplicate) that the transformer stamped (its CloudEvent
+/// `time`) after the other replica's user server was told to start its
+/// configuration, and before this replica started it again. The other
+/// replica starts a configuration only once it holds its claim, and claims
+/// exclude each other: so the first replica forwarded the event without a
+/// claim, which the transformer must refuse (a paused replica waking with an
+/// old request, say). Returns each such event, described.
+pub fn two_at_once(sensor: &Watcher, told: &Told, starts: &[Start]) -> (Vec<String>, usize) {
+    let got = sensor.received();
     let mut out = Vec::new();
-    for (src, runs) in &told.runs {
-        for w in runs.windows(3) {
-            let (a, b, c) = (w[0], w[1], w[2]);
-            if a.replica == c.replica && c.first.saturating_sub(a.last) < lease / 2 {
-                out.push(format!(
-                    "{src}: replica {} until {:.3} s, replica {} {:.3}-{:.3} s, replica {} again at {:.3} s",
-                    a.replica,
-                    a.last.as_secs_f64(),
-                    b.replica,
-                    b.first.as_secs_f64(),
-                    b.last.as_secs_f64(),
-                    c.replica,
-                    c.first.as_secs_f64()
-                ));
-            }
+    let mut checked = 0;
+    for d in &got.log {
+        let id = format!("{}-{}", d.subject, d.seq);
+        let Some(ack) = told.acked.get(&id).filter(|a| !a.duplicate) else {
+            continue;
+        };
+        let Ok(stamped) = time::OffsetDateTime::parse(&d.ce_time, &Rfc3339) else {
+            continue;
+        };
+        let stamped = std::time::SystemTime::from(stamped);
+        checked += 1;
+        let latest = starts
+            .iter()
+            .filter(|s| s.src == d.subject && s.at <= stamped)
+            .max_by_key(|s| s.at);
+        if let Some(s) = latest.filter(|s| s.replica != ack.replica) {
+            out.push(format!(
+                "{id}: taken through replica {} at {}, after replica {} started {} ({:.3} s earlier)",
+                ack.replica,
+                d.ce_time,
+                s.replica,
+                d.subject,
+                stamped.duration_since(s.at).unwrap_or_default().as_secs_f64()
+            ));
         }
     }
-    out
+    out.sort();
+    out.dedup();
+    (out, checked)
 }
 
 /// Waits (two minutes at most) until every acknowledged event reached every
@@ -134,10 +150,16 @@ fn disorder(got: &Received, told: &Told) -> Vec<String> {
                         d.ce_time
                     );
                 }
-                if let Some((at, replica)) = told.acked.get(&format!("{src}-{seq}")) {
+                if let Some(ack) = told.acked.get(&format!("{src}-{seq}")) {
                     line += &format!(
-                        "\n    {seq} acknowledged at {:.3} s through replica {replica}",
-                        at.as_secs_f64()
+                        "\n    {seq} acknowledged at {:.3} s through replica {}{}",
+                        ack.at.as_secs_f64(),
+                        ack.replica,
+                        if ack.duplicate {
+                            " (as a duplicate)"
+                        } else {
+                            ""
+                        }
                     );
                 }
             }

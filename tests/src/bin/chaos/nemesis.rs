@@ -71,17 +71,20 @@ pub struct Targets {
     pub grpc: Arc<GrpcSource>,
 }
 
-/// Runs the seed's faults; returns how many of each, and when the last ended.
+/// Runs the seed's faults, their offsets from `from`; returns how many of
+/// each, and when the last ended. Each is printed with its time since
+/// `started`, the clock of the rest of the report.
 pub async fn run(
     p: &mut Pieces,
     t: &Targets,
     plan: Vec<(Duration, Fault, Duration)>,
     started: Instant,
+    from: Instant,
 ) -> (BTreeMap<Fault, usize>, Instant) {
     let mut counts: BTreeMap<Fault, usize> = BTreeMap::new();
-    let mut last_fault_end = started;
+    let mut last_fault_end = from;
     for (at, fault, lasts) in plan {
-        tokio::time::sleep_until((started + at).into()).await;
+        tokio::time::sleep_until((from + at).into()).await;
         *counts.entry(fault).or_default() += 1;
         println!(
             "{:>6.1} s  {fault:?} for {:.1} s",

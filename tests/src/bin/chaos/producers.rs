@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::routing::post;
 use axum::{Json, Router};
@@ -17,18 +17,49 @@ use base64::Engine as _;
 /// Events per `/events` request.
 pub const BATCH: usize = 10;
 
-/// Which replica runs each configuration now, as the user servers were told:
-/// the latest start wins; a stop from the replica running it clears it.
+/// Which replica runs each configuration now, as the user servers were told
+/// (the latest start wins; a stop from the replica running it clears it),
+/// and every start, when it came.
 #[derive(Default)]
-pub struct Owners(Mutex<HashMap<String, usize>>);
+pub struct Owners {
+    now: Mutex<HashMap<String, usize>>,
+    starts: Mutex<Vec<Start>>,
+}
+
+/// A replica starting a configuration, as its user server was told.
+#[derive(Clone, Debug)]
+pub struct Start {
+    pub at: SystemTime,
+    pub src: String,
+    pub replica: usize,
+}
 
 impl Owners {
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.now.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn of(&self, src: &str) -> Option<usize> {
         self.map().get(src).copied()
+    }
+
+    pub fn starts(&self) -> Vec<Start> {
+        self.starts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn started(&self, src: &str, replica: usize) {
+        self.map().insert(src.to_owned(), replica);
+        self.starts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Start {
+                at: SystemTime::now(),
+                src: src.to_owned(),
+                replica,
+            });
     }
 }
 
@@ -41,7 +72,7 @@ pub async fn user_server(port: u16, replica: usize, owners: Arc<Owners>) {
             "/start",
             post(move |Json(body): Json<serde_json::Value>| async move {
                 if let Some(src) = body["src"].as_str() {
-                    on_start.map().insert(src.to_owned(), replica);
+                    on_start.started(src, replica);
                 }
                 "ok"
             }),
@@ -61,44 +92,33 @@ pub async fn user_server(port: u16, replica: usize, owners: Arc<Owners>) {
     crate::serve(app, port).await;
 }
 
-/// A stretch of acknowledgements of one configuration through one replica.
+/// An acknowledgement of one event.
 #[derive(Clone, Copy, Debug)]
-pub struct Run {
+pub struct Ack {
+    /// When the producer got it, since the run started.
+    pub at: Duration,
     pub replica: usize,
-    pub first: Duration,
-    pub last: Duration,
+    /// Answered as a duplicate: taken before, through whichever replica.
+    pub duplicate: bool,
 }
 
 /// What the producers were told.
 #[derive(Default)]
 pub struct Told {
-    /// Acknowledged user ids (`cNN-SEQ`): when, and through which replica.
-    pub acked: HashMap<String, (Duration, usize)>,
-    /// Per configuration, its runs in order.
-    pub runs: HashMap<String, Vec<Run>>,
+    /// Acknowledged user ids (`cNN-SEQ`).
+    pub acked: HashMap<String, Ack>,
     pub last_ack: Option<Instant>,
     pub longest_silence: Duration,
 }
 
 impl Told {
-    fn ack(&mut self, src: &str, ids: impl Iterator<Item = String>, replica: usize, at: Duration) {
+    fn ack(&mut self, acks: impl Iterator<Item = (String, Ack)>) {
         let now = Instant::now();
         if let Some(last) = self.last_ack {
             self.longest_silence = self.longest_silence.max(now - last);
         }
         self.last_ack = Some(now);
-        for id in ids {
-            self.acked.insert(id, (at, replica));
-        }
-        let runs = self.runs.entry(src.to_owned()).or_default();
-        match runs.last_mut() {
-            Some(run) if run.replica == replica => run.last = at,
-            _ => runs.push(Run {
-                replica,
-                first: at,
-                last: at,
-            }),
-        }
+        self.acked.extend(acks);
     }
 }
 
@@ -199,9 +219,16 @@ impl Producer {
             .min(pending.len());
         if taken > 0 {
             let at = self.started.elapsed();
-            let ids = pending[..taken].iter().map(|n| format!("{src}-{n}"));
+            let acks = pending.iter().zip(&results).take(taken).map(|(n, r)| {
+                let ack = Ack {
+                    at,
+                    replica,
+                    duplicate: r["duplicate"].as_bool() == Some(true),
+                };
+                (format!("{src}-{n}"), ack)
+            });
             let mut told = self.told.lock().unwrap_or_else(|p| p.into_inner());
-            told.ack(src, ids, replica, at);
+            told.ack(acks);
         }
         taken
     }
