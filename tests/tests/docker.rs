@@ -97,6 +97,16 @@ fn compose_components() -> BTreeMap<&'static str, BTreeMap<String, bool>> {
     comps
 }
 
+/// The components of the Kubernetes manifests: the pod's, and the resource
+/// gateway's pod (`docker/k8s/resource-gateway.yaml`).
+fn k8s_components() -> BTreeMap<&'static str, BTreeMap<String, bool>> {
+    let mut comps = components();
+    let mut resources = sdk_fields();
+    resources.insert(resource_gateway::STATE_DIR_VAR.to_owned(), false);
+    comps.insert("resource-gateway", resources);
+    comps
+}
+
 fn yaml_docs(path: &str) -> Vec<serde_norway::Value> {
     let text = std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_norway::Deserializer::from_str(&text)
@@ -171,7 +181,7 @@ fn dockerfile_env(target: &str) -> BTreeSet<String> {
 
 #[test]
 fn kubernetes_containers_set_what_the_code_reads() {
-    let comps = components();
+    let comps = k8s_components();
     let mut seen = BTreeSet::new();
     for entry in std::fs::read_dir(root().join("docker/k8s")).expect("k8s dir") {
         let path = format!(
@@ -215,4 +225,43 @@ fn the_consistency_check_catches_a_stray_variable() {
     let set: BTreeSet<String> = ["GATEWAY_NAME", "SENSOR_WATCHER"].map(str::to_owned).into();
     let caught = std::panic::catch_unwind(|| check("test", "transformer", &set, &reads));
     assert!(caught.is_err(), "a misspelt variable must fail the check");
+}
+
+/// The resource gateway's Role lets its service account get, list and watch
+/// every kind of object its configurations watch, and the Deployment runs
+/// under that account.
+#[test]
+fn the_resource_gateways_role_covers_what_it_watches() {
+    let docs = yaml_docs("docker/k8s/resource-gateway.yaml");
+    let of_kind = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("a {kind}"))
+    };
+    let rules = of_kind("Role")["rules"].as_sequence().expect("rules");
+    let binding = of_kind("RoleBinding");
+    assert_eq!(binding["roleRef"]["name"], of_kind("Role")["metadata"]["name"]);
+    let account = of_kind("ServiceAccount")["metadata"]["name"].clone();
+    assert_eq!(binding["subjects"][0]["name"], account);
+    assert_eq!(
+        of_kind("Deployment")["spec"]["template"]["spec"]["serviceAccountName"],
+        account
+    );
+    let has = |seq: &serde_norway::Value, want: &str| {
+        seq.as_sequence()
+            .is_some_and(|s| s.iter().any(|v| v.as_str() == Some(want)))
+    };
+    let configs = of_kind("ConfigMap")["data"].as_mapping().expect("data");
+    assert!(!configs.is_empty());
+    for (key, value) in configs {
+        let spec = resource_gateway::Spec::parse(value.as_str().unwrap_or(""))
+            .unwrap_or_else(|e| panic!("{key:?}: {e}"));
+        assert!(!spec.namespace.is_empty(), "{key:?}: a Role covers one namespace");
+        let covered = rules.iter().any(|r| {
+            has(&r["apiGroups"], &spec.group)
+                && has(&r["resources"], &spec.resource)
+                && ["get", "list", "watch"].iter().all(|v| has(&r["verbs"], v))
+        });
+        assert!(covered, "{key:?}: no rule grants get, list, watch on {}", spec.describe());
+    }
 }
