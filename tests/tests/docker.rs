@@ -240,7 +240,10 @@ fn the_resource_gateways_role_covers_what_it_watches() {
     };
     let rules = of_kind("Role")["rules"].as_sequence().expect("rules");
     let binding = of_kind("RoleBinding");
-    assert_eq!(binding["roleRef"]["name"], of_kind("Role")["metadata"]["name"]);
+    assert_eq!(
+        binding["roleRef"]["name"],
+        of_kind("Role")["metadata"]["name"]
+    );
     let account = of_kind("ServiceAccount")["metadata"]["name"].clone();
     assert_eq!(binding["subjects"][0]["name"], account);
     assert_eq!(
@@ -256,12 +259,19 @@ fn the_resource_gateways_role_covers_what_it_watches() {
     for (key, value) in configs {
         let spec = resource_gateway::Spec::parse(value.as_str().unwrap_or(""))
             .unwrap_or_else(|e| panic!("{key:?}: {e}"));
-        assert!(!spec.namespace.is_empty(), "{key:?}: a Role covers one namespace");
+        assert!(
+            !spec.namespace.is_empty(),
+            "{key:?}: a Role covers one namespace"
+        );
         let covered = rules.iter().any(|r| {
             has(&r["apiGroups"], &spec.group)
                 && has(&r["resources"], &spec.resource)
                 && ["get", "list", "watch"].iter().all(|v| has(&r["verbs"], v))
         });
-        assert!(covered, "{key:?}: no rule grants get, list, watch on {}", spec.describe());
+        assert!(
+            covered,
+            "{key:?}: no rule grants get, list, watch on {}",
+            spec.describe()
+        );
     }
 }

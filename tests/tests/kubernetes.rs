@@ -78,6 +78,46 @@ async fn settles_at(g: &Gateway, src: &str, n: usize) -> Vec<(String, String, St
     got
 }
 
+/// Lists (not watches) of the shop's pods asked of the API so far.
+async fn pod_lists(api: &KubeApi) -> usize {
+    api.requests()
+        .await
+        .into_iter()
+        .filter(|r| r["path"] == "/api/v1/namespaces/shop/pods" && r["query"]["watch"].is_null())
+        .count()
+}
+
+/// Pods `keep`, `change` and `drop`, before the gateway sees them.
+async fn three_pods(api: &KubeApi) {
+    for name in ["keep", "change", "drop"] {
+        api.apply("pods", pod(name, json!({}), json!({}))).await;
+    }
+}
+
+/// `change` updated, `drop` deleted, `new` added, while the gateway looks away.
+async fn change_while_away(api: &KubeApi) {
+    api.apply("pods", pod("change", json!({"v": "2"}), json!({})))
+        .await;
+    api.delete("pods", "shop", "drop").await;
+    api.apply("pods", pod("new", json!({}), json!({}))).await;
+}
+
+/// The three changes of [`change_while_away`] reported after the first
+/// three adds, and nothing more.
+async fn reports_what_changed(g: &Gateway) {
+    let got = wait_changes(g, "pods", 6).await;
+    settles_at(g, "pods", 6).await;
+    let mut after: Vec<(&str, &str)> = got[3..]
+        .iter()
+        .map(|(t, n, _)| (t.as_str(), n.as_str()))
+        .collect();
+    after.sort_unstable();
+    assert_eq!(
+        after,
+        vec![("ADD", "new"), ("DELETE", "drop"), ("UPDATE", "change")]
+    );
+}
+
 const PODS: &str = "namespace: shop\nversion: v1\nresource: pods\n";
 
 #[tokio::test]
@@ -248,37 +288,17 @@ async fn a_watch_cut_is_resumed_from_the_last_version_without_loss_or_repeat() {
 async fn a_410_gone_relists_and_reports_only_what_changed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let api = KubeApi::start(dir.path(), &[]).await;
-    for name in ["keep", "change", "drop"] {
-        api.apply("pods", pod(name, json!({}), json!({}))).await;
-    }
+    three_pods(&api).await;
     let g = gateway(&api, &[("pods", PODS)], None).await;
     g.wait_phase("pods", "Running").await;
     wait_changes(&g, "pods", 3).await;
     // Changes while no watch is open, then the history they were in forgotten.
     api.hold().await;
-    api.apply("pods", pod("change", json!({"v": "2"}), json!({})))
-        .await;
-    api.delete("pods", "shop", "drop").await;
-    api.apply("pods", pod("new", json!({}), json!({}))).await;
+    change_while_away(&api).await;
     api.compact().await;
     api.release().await;
-    let got = wait_changes(&g, "pods", 6).await;
-    settles_at(&g, "pods", 6).await;
-    let mut after: Vec<(&str, &str)> = got[3..]
-        .iter()
-        .map(|(t, n, _)| (t.as_str(), n.as_str()))
-        .collect();
-    after.sort_unstable();
-    assert_eq!(
-        after,
-        vec![("ADD", "new"), ("DELETE", "drop"), ("UPDATE", "change")]
-    );
-    let lists = api
-        .requests()
-        .await
-        .into_iter()
-        .filter(|r| r["path"] == "/api/v1/namespaces/shop/pods" && r["query"]["watch"].is_null())
-        .count();
+    reports_what_changed(&g).await;
+    let lists = pod_lists(&api).await;
     assert!(
         lists >= 3,
         "listed at the start, for the first look, and again after the 410: {lists}"
@@ -293,32 +313,25 @@ async fn a_restarted_gateway_reports_what_changed_while_it_was_away() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
     let api = KubeApi::start(dir.path(), &[]).await;
-    for name in ["keep", "change", "drop"] {
-        api.apply("pods", pod(name, json!({}), json!({}))).await;
-    }
+    three_pods(&api).await;
     let mut g = gateway(&api, &[("pods", PODS)], Some(&state)).await;
     g.wait_phase("pods", "Running").await;
     wait_changes(&g, "pods", 3).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The state file holds the three once the gateway heard they were taken.
+    let file = state.join("706f6473.json"); // "pods" in hex
+    wait_for("the state file with three pods", || async {
+        let known: Option<serde_json::Map<String, Value>> = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        known.filter(|k| k.len() == 3).map(|_| ())
+    })
+    .await;
     g.user_server.as_mut().expect("user server").kill();
-    api.apply("pods", pod("change", json!({"v": "2"}), json!({})))
-        .await;
-    api.delete("pods", "shop", "drop").await;
-    api.apply("pods", pod("new", json!({}), json!({}))).await;
+    change_while_away(&api).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     g.start_user_server_with(resource_server(&api, Some(&state)))
         .await;
-    let got = wait_changes(&g, "pods", 6).await;
-    settles_at(&g, "pods", 6).await;
-    let mut after: Vec<(&str, &str)> = got[3..]
-        .iter()
-        .map(|(t, n, _)| (t.as_str(), n.as_str()))
-        .collect();
-    after.sort_unstable();
-    assert_eq!(
-        after,
-        vec![("ADD", "new"), ("DELETE", "drop"), ("UPDATE", "change")]
-    );
+    reports_what_changed(&g).await;
 }
 
 /// Without a state file a restarted gateway lists every object as added:
@@ -395,13 +408,15 @@ async fn refusals_are_errors_naming_the_cause_and_an_absent_server_is_pending() 
     let mut server = Command::new(bin("resource-gateway"));
     server.env("KUBECONFIG", &later);
     let g2 = Gateway::up_with(&[("pods", PODS.to_owned())], |_| server).await;
-    let c = g2.wait_phase("pods", "Pending").await;
-    assert!(
-        c["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("cannot be reached")),
-        "{c}"
-    );
+    wait_for("Pending, naming the API server away", || async {
+        g2.configs().await.into_iter().find(|c| {
+            c["phase"] == "Pending"
+                && c["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("cannot be reached"))
+        })
+    })
+    .await;
     let mut cmd = Command::new("python3");
     cmd.arg(support("kube_apiserver.py")).args([
         "--port",
@@ -454,11 +469,9 @@ async fn bookmarks_spare_a_resumed_watch_a_relist() {
     api.apply("pods", pod("after", json!({}), json!({}))).await;
     let got = wait_changes(&g, "pods", 1).await;
     assert_eq!(got[0].1, "after");
-    let lists = api
-        .requests()
-        .await
-        .into_iter()
-        .filter(|r| r["path"] == "/api/v1/namespaces/shop/pods" && r["query"]["watch"].is_null())
-        .count();
-    assert_eq!(lists, 2, "the first look and the first list only");
+    assert_eq!(
+        pod_lists(&api).await,
+        2,
+        "the first look and the first list only"
+    );
 }
