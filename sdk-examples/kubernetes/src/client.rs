@@ -4,6 +4,7 @@
 //! such resource, refuses the gateway's credentials or RBAC, or the
 //! selectors (the configuration is in Error, with the server's words).
 
+use gateway_sdk::Unready;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use kube::Client;
 
@@ -26,7 +27,7 @@ pub fn api(client: Client, spec: &Spec) -> Api<DynamicObject> {
 }
 
 /// The selectors the server applies, as list parameters.
-pub fn list_params(spec: &Spec) -> ListParams {
+fn list_params(spec: &Spec) -> ListParams {
     let mut lp = ListParams::default();
     if !spec.label_selector.is_empty() {
         lp = lp.labels(&spec.label_selector);
@@ -37,36 +38,31 @@ pub fn list_params(spec: &Spec) -> ListParams {
     lp
 }
 
-/// What the first look found.
-pub enum Look {
-    Ready,
-    /// Not now (the server away, or failing): the start is tried again.
-    Later(String),
-    /// Not ever, as configured.
-    Refused(String),
-}
-
-pub async fn look(client: Client, spec: &Spec) -> Look {
+/// The first look: `Later` when the server is away or failing (the start is
+/// tried again), `Refused` when the configuration cannot work as it is.
+pub async fn look(client: Client, spec: &Spec) -> Result<(), Unready> {
     let what = spec.describe();
     match api(client, spec).list(&list_params(spec).limit(1)).await {
-        Ok(_) => Look::Ready,
-        Err(kube::Error::Api(s)) => match s.code {
-            404 => Look::Refused(format!("the API server has no {what}: {}", s.message)),
-            401 => Look::Refused(format!(
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) => Err(match s.code {
+            404 => Unready::Refused(format!("the API server has no {what}: {}", s.message)),
+            401 => Unready::Refused(format!(
                 "the API server refused the gateway's credentials: {}",
                 s.message
             )),
-            403 => Look::Refused(format!(
+            403 => Unready::Refused(format!(
                 "the gateway may not list {what}: {}; its service account needs get, list and \
                  watch on them (a Role, or a ClusterRole for every namespace)",
                 s.message
             )),
-            400 | 422 => Look::Refused(format!(
+            400 | 422 => Unready::Refused(format!(
                 "the API server refused the selectors for {what}: {}",
                 s.message
             )),
-            _ => Look::Later(format!("the API server answered {}: {}", s.code, s.message)),
-        },
-        Err(e) => Look::Later(format!("the API server cannot be reached: {e}")),
+            _ => Unready::Later(format!("the API server answered {}: {}", s.code, s.message)),
+        }),
+        Err(e) => Err(Unready::Later(format!(
+            "the API server cannot be reached: {e}"
+        ))),
     }
 }

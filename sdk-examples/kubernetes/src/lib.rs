@@ -62,11 +62,7 @@ impl ConfigExecutor for Resources {
     /// RBAC, or selectors it refuses are a 400 (Error).
     async fn prepare(&self, config: &ConfigData) -> Result<(), Unready> {
         let spec = Spec::parse(&config.config).map_err(Unready::Refused)?;
-        match client::look(self.client.clone(), &spec).await {
-            client::Look::Ready => Ok(()),
-            client::Look::Later(why) => Err(Unready::Later(why)),
-            client::Look::Refused(why) => Err(Unready::Refused(why)),
-        }
+        client::look(self.client.clone(), &spec).await
     }
 
     // Not an `async fn`: the future must not borrow `self` ('static).
