@@ -83,6 +83,9 @@ struct Settings {
 /// What the run found.
 struct Report {
     acked: usize,
+    /// Events refused, and requests unanswered, as the producers were told.
+    refused: u64,
+    unanswered: u64,
     watchers: Vec<WatcherVerdict>,
     two_at_once: Vec<String>,
     /// Events the two-replicas check could place (taken, not as duplicates).
@@ -139,10 +142,9 @@ impl Report {
         row("redeliveries of one CloudEvent", &|w| {
             w.redelivered.to_string()
         });
-        row(
-            "gRPC events read by the processor-client / delivered",
-            &|w| format!("{} / {}", self.grpc_sent, w.grpc_delivered),
-        );
+        row("gRPC events put on a call / delivered", &|w| {
+            format!("{} / {}", self.grpc_sent, w.grpc_delivered)
+        });
         row("gRPC events (no ids) delivered as two CloudEvents", &|w| {
             w.grpc_split.to_string()
         });
@@ -150,6 +152,10 @@ impl Report {
         println!("| run | value |");
         println!("|---|---|");
         println!("| seed | {} |", s.seed);
+        println!(
+            "| producers told: events refused (503, 409) / requests unanswered | {} / {} |",
+            self.refused, self.unanswered
+        );
         println!(
             "| length | {} s at {:.0} events/s (HTTP) and a quarter of that (gRPC) |",
             s.seconds, self.rate
@@ -252,6 +258,8 @@ async fn run(s: &Settings, dir: &std::path::Path) -> Report {
     let (two_at_once, two_at_once_checked) = check::two_at_once(&sensor, &told, &owners.starts());
     Report {
         acked: told.acked.len(),
+        refused: told.refused,
+        unanswered: told.unanswered,
         watchers: vec![check::verdict(&sensor, &told), check::verdict(&js, &told)],
         two_at_once,
         two_at_once_checked,

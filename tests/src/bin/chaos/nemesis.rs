@@ -1,9 +1,9 @@
 //! The nemesis: a schedule of faults drawn from the seed (the same seed, the
 //! same faults in the same order at the same offsets; how long restarts take
-//! moves the times a little), and the faults themselves. Faults follow each
-//! other every 0.5 to 5 s and one may still last when the next begins (a
-//! sensor outage overlaps whatever comes next; a kill lasts while the next
-//! fault waits its turn).
+//! moves the times a little), and the faults themselves. Faults begin every
+//! 0.5 to 5 s and last 0.3 to 4 s (pauses up to 7 s), each ending on its own
+//! time: so they often overlap (the transformer down while a replica is
+//! paused and nats-server restarts).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -71,8 +71,12 @@ pub struct Targets {
     pub grpc: Arc<GrpcSource>,
 }
 
-/// Runs the seed's faults, their offsets from `from`; returns how many of
-/// each, and when the last ended. Each is printed with its time since
+/// Runs the seed's faults, their offsets from `from`: each begins at its
+/// time and ends (the process restarted, continued, the sensor up again)
+/// `lasts` later, whatever began meanwhile, so faults overlap whenever the
+/// next one comes before the last one ended. A fault of a piece already down
+/// is skipped (it would only stretch the outage). Returns how many of each
+/// began, and when the last ended. Each is printed with its time since
 /// `started`, the clock of the rest of the report.
 pub async fn run(
     p: &mut Pieces,
@@ -82,67 +86,103 @@ pub async fn run(
     from: Instant,
 ) -> (BTreeMap<Fault, usize>, Instant) {
     let mut counts: BTreeMap<Fault, usize> = BTreeMap::new();
-    let mut last_fault_end = from;
-    for (at, fault, lasts) in plan {
+    // Faults begun and not yet ended: when each ends.
+    let mut ending: Vec<(Instant, Fault)> = Vec::new();
+    let mut plan = plan.into_iter().peekable();
+    loop {
+        let next_begin = plan.peek().map(|(at, _, _)| from + *at);
+        let next_end = ending.iter().map(|(at, _)| *at).min();
+        let ends_first = match (next_begin, next_end) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(b), Some(e)) => e <= b,
+        };
+        if ends_first {
+            let (at, fault) = take_earliest(&mut ending);
+            tokio::time::sleep_until(at.into()).await;
+            end(p, t, fault).await;
+            continue;
+        }
+        let Some((at, fault, lasts)) = plan.next() else {
+            break;
+        };
         tokio::time::sleep_until((from + at).into()).await;
+        if ending.iter().any(|(_, f)| same_piece(*f, fault)) {
+            continue;
+        }
         *counts.entry(fault).or_default() += 1;
+        let down: Vec<String> = ending.iter().map(|(_, f)| format!("{f:?}")).collect();
+        let lasting = if lasts_a_while(fault) {
+            format!(" for {:.1} s", lasts.as_secs_f64())
+        } else {
+            String::new()
+        };
+        let during = if down.is_empty() {
+            String::new()
+        } else {
+            format!(" (during {})", down.join(", "))
+        };
         println!(
-            "{:>6.1} s  {fault:?} for {:.1} s",
-            started.elapsed().as_secs_f64(),
-            lasts.as_secs_f64()
+            "{:>6.1} s  {fault:?}{lasting}{during}",
+            started.elapsed().as_secs_f64()
         );
-        let ends = inflict(p, t, fault, lasts).await;
-        last_fault_end = last_fault_end.max(ends);
+        begin(p, t, fault).await;
+        if lasts_a_while(fault) {
+            ending.push((Instant::now() + lasts, fault));
+        }
     }
-    (counts, last_fault_end)
+    (counts, Instant::now())
 }
 
-/// One fault; returns when it ends (a sensor outage ends later, by itself).
-async fn inflict(p: &mut Pieces, t: &Targets, fault: Fault, lasts: Duration) -> Instant {
+fn take_earliest(ending: &mut Vec<(Instant, Fault)>) -> (Instant, Fault) {
+    let i = (0..ending.len())
+        .min_by_key(|i| ending[*i].0)
+        .unwrap_or_default();
+    ending.swap_remove(i)
+}
+
+/// Whether two faults hit the same piece (one of them would only stretch
+/// the other).
+fn same_piece(a: Fault, b: Fault) -> bool {
+    let piece = |f: Fault| match f {
+        Fault::PauseReplica(i) => Fault::KillReplica(i),
+        other => other,
+    };
+    piece(a) == piece(b)
+}
+
+/// Faults with an end; the connection cuts are over once done.
+fn lasts_a_while(fault: Fault) -> bool {
+    !matches!(fault, Fault::CutConnections | Fault::CutMidRequest)
+}
+
+/// A fault's beginning.
+async fn begin(p: &mut Pieces, t: &Targets, fault: Fault) {
     match fault {
-        Fault::KillTransformer => {
-            p.transformer.kill();
-            tokio::time::sleep(lasts).await;
-            p.restart_transformer().await;
-        }
-        Fault::KillReplica(i) => {
-            p.replicas[i].kill();
-            tokio::time::sleep(lasts).await;
-            p.restart_replica(i).await;
-        }
-        Fault::PauseReplica(i) => {
-            p.replicas[i].signal(libc::SIGSTOP);
-            tokio::time::sleep(lasts).await;
-            p.replicas[i].signal(libc::SIGCONT);
-        }
-        Fault::KillGrpcProcessor => {
-            p.grpc_pc.kill();
-            tokio::time::sleep(lasts).await;
-            p.restart_grpc_pc().await;
-        }
-        Fault::KillUserServer => {
-            t.grpc.kill();
-            tokio::time::sleep(lasts).await;
-            t.grpc.listen().await;
-        }
-        Fault::KillNats => {
-            p.nats.kill();
-            tokio::time::sleep(lasts).await;
-            p.nats.restart().await;
-        }
-        Fault::SensorDown => {
-            t.sensor.down.store(true, Ordering::Relaxed);
-            let s = t.sensor.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(lasts).await;
-                s.down.store(false, Ordering::Relaxed);
-            });
-            return Instant::now() + lasts;
-        }
+        Fault::KillTransformer => p.transformer.kill(),
+        Fault::KillReplica(i) => p.replicas[i].kill(),
+        Fault::PauseReplica(i) => p.replicas[i].signal(libc::SIGSTOP),
+        Fault::KillGrpcProcessor => p.grpc_pc.kill(),
+        Fault::KillUserServer => t.grpc.kill(),
+        Fault::KillNats => p.nats.kill(),
+        Fault::SensorDown => t.sensor.down.store(true, Ordering::Relaxed),
         Fault::CutConnections => p.cutter.cut(),
         Fault::CutMidRequest => {
             p.cutter.cut_mid_request().await;
         }
     }
-    Instant::now()
+}
+
+/// A fault's end: what was killed started again, what was paused continued.
+async fn end(p: &mut Pieces, t: &Targets, fault: Fault) {
+    match fault {
+        Fault::KillTransformer => p.restart_transformer().await,
+        Fault::KillReplica(i) => p.restart_replica(i).await,
+        Fault::PauseReplica(i) => p.replicas[i].signal(libc::SIGCONT),
+        Fault::KillGrpcProcessor => p.restart_grpc_pc().await,
+        Fault::KillUserServer => t.grpc.listen().await,
+        Fault::KillNats => p.nats.restart().await,
+        Fault::SensorDown => t.sensor.down.store(false, Ordering::Relaxed),
+        Fault::CutConnections | Fault::CutMidRequest => {}
+    }
 }

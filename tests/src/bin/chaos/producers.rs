@@ -107,6 +107,11 @@ pub struct Ack {
 pub struct Told {
     /// Acknowledged user ids (`cNN-SEQ`).
     pub acked: HashMap<String, Ack>,
+    /// Events answered with a refusal (503, 409 not_owner, ...).
+    pub refused: u64,
+    /// Requests with no answer (the connection refused or reset, a timeout)
+    /// or refused whole.
+    pub unanswered: u64,
     pub last_ack: Option<Instant>,
     pub longest_silence: Duration,
 }
@@ -212,6 +217,16 @@ impl Producer {
                 .unwrap_or_default(),
             _ => Vec::new(),
         };
+        {
+            let mut told = self.told.lock().unwrap_or_else(|p| p.into_inner());
+            if results.is_empty() {
+                told.unanswered += 1;
+            }
+            told.refused += results
+                .iter()
+                .filter(|r| r["status"].as_u64() != Some(200))
+                .count() as u64;
+        }
         let taken = results
             .iter()
             .take_while(|r| r["status"].as_u64() == Some(200))
