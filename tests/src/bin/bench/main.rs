@@ -28,6 +28,7 @@ mod kafka;
 mod load;
 mod measure;
 mod responder;
+mod scenarios;
 mod servers;
 
 use load::*;
@@ -200,36 +201,17 @@ async fn bare_hop(name: &str, size: usize, s: &Settings) -> (Row, f64) {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    // The benchmark runs its own servers as processes of this binary:
-    // `--bare-forward PORT URL`, `--bare-nats-forward PORT NATS_URL`,
-    // `--bare-server PORT`.
-    let mode = |flag: &str| {
-        let i = args.iter().position(|a| a == flag)?;
-        let port: u16 = args
-            .get(i + 1)
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("{flag} needs a port"));
-        Some((port, args.get(i + 2).cloned()))
-    };
-    let target = |flag: &str, t: Option<String>| t.unwrap_or_else(|| panic!("{flag} PORT TARGET"));
-    if let Some((port, next)) = mode("--bare-forward") {
-        return bare_forwarder(port, target("--bare-forward", next)).await;
+    if serve_as_helper(&args).await {
+        return;
     }
-    if let Some((port, nats)) = mode("--bare-nats-forward") {
-        return bare_nats_forwarder(port, target("--bare-nats-forward", nats)).await;
-    }
-    if let Some((port, _)) = mode("--bare-server") {
-        return bare_server(port).await;
-    }
-    let smoke = std::env::args().any(|a| a == "--smoke");
-    // `--only http,nats` runs just those parts (limit, chain, http, triggers, batch, grpc, nats, kafka, ingress, series), for
-    // profiling one path at a time.
+    let smoke = args.iter().any(|a| a == "--smoke");
+    // `--only http,nats` runs just those parts (limit, chain, http, triggers,
+    // batch, grpc, nats, kafka, ingress, series), for profiling one path at a time.
     let only: Option<Vec<String>> = args
         .iter()
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1))
         .map(|v| v.split(',').map(str::to_owned).collect());
-    let want = |part: &str| only.as_ref().is_none_or(|o| o.iter().any(|p| p == part));
     let s = Settings {
         secs: if smoke { 0.5 } else { 5.0 },
         workers: if smoke { 8 } else { 64 },
@@ -242,8 +224,49 @@ async fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(if smoke { 8 } else { 64 }),
     };
-    let size = 100;
-    let mut rows = Vec::new();
+    print_machine(&s);
+    let mut run = scenarios::Run::start(s, smoke, only).await;
+    let limit = run.limit().await;
+    run.chain().await;
+    run.http().await;
+    run.triggers().await;
+    run.batches().await;
+    run.grpc().await;
+    run.nats().await;
+    let ingress_rounds = run.ingress().await;
+    print_table(&run.rows, limit);
+    if let Some(summary) = ingress_rounds {
+        println!("\n{summary}");
+    }
+    run.series().await;
+}
+
+/// The benchmark runs its own servers as processes of this binary:
+/// `--bare-forward PORT URL`, `--bare-nats-forward PORT NATS_URL`,
+/// `--bare-server PORT`. True when this process was one (and it ended).
+async fn serve_as_helper(args: &[String]) -> bool {
+    let mode = |flag: &str| {
+        let i = args.iter().position(|a| a == flag)?;
+        let port: u16 = args
+            .get(i + 1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("{flag} needs a port"));
+        Some((port, args.get(i + 2).cloned()))
+    };
+    let target = |flag: &str, t: Option<String>| t.unwrap_or_else(|| panic!("{flag} PORT TARGET"));
+    if let Some((port, next)) = mode("--bare-forward") {
+        bare_forwarder(port, target("--bare-forward", next)).await;
+    } else if let Some((port, nats)) = mode("--bare-nats-forward") {
+        bare_nats_forwarder(port, target("--bare-nats-forward", nats)).await;
+    } else if let Some((port, _)) = mode("--bare-server") {
+        bare_server(port).await;
+    } else {
+        return false;
+    }
+    true
+}
+
+fn print_machine(s: &Settings) {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -259,251 +282,12 @@ async fn main() {
         s.workers,
         s.sources
     );
+}
 
-    // 1. The limit: a bare axum server, one hop.
-    let mut limit = f64::NAN;
-    if want("limit") {
-        let (row, l) = bare_hop("limit: bare axum, one hop (latency = round trip)", size, &s).await;
-        limit = l;
-        rows.push(row);
-    }
-
-    // 2. End to end over HTTP.
-    let us_port = free_port();
-    let starts = start_user_server(us_port).await;
-    let sensor_port = free_port();
-    let sensor = start_sensor(sensor_port).await;
-    let sensor_url = format!("http://127.0.0.1:{sensor_port}/");
-    if want("chain") {
-        // The ceiling for the gateway's shape: generator -> hop -> hop -> sensor,
-        // three HTTP exchanges per event as in the gateway, but no work at all.
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (a, b) = (free_port(), free_port());
-        let mut cmd = Command::new(std::env::current_exe().expect("exe"));
-        cmd.arg("--bare-forward")
-            .arg(b.to_string())
-            .arg(&sensor_url);
-        let hop_b = Proc::spawn("bare-hop-b", cmd, dir.path());
-        let mut cmd = Command::new(std::env::current_exe().expect("exe"));
-        cmd.arg("--bare-forward")
-            .arg(a.to_string())
-            .arg(format!("http://127.0.0.1:{b}/"));
-        let hop_a = Proc::spawn("bare-hop-a", cmd, dir.path());
-        wait_port(a, "the first bare hop").await;
-        wait_port(b, "the second bare hop").await;
-        // Each hop answers only once the next has, so the generator's round
-        // trip is the end-to-end latency, and what it had answered has arrived.
-        let (mut row, _) = measure(
-            "ceiling: three bare axum hops, no work (latency = round trip)",
-            &format!("http://127.0.0.1:{a}/"),
-            None,
-            size,
-            &s,
-            &[("a", hop_a.pid()), ("b", hop_b.pid())],
-        )
-        .await;
-        row.rss = format!(
-            "hops {:.1} / {:.1}",
-            peak_rss_mib(hop_a.pid()),
-            peak_rss_mib(hop_b.pid())
-        );
-        rows.push(row);
-    }
-    // Then the same with an fsync before every 2xx: what surviving a power
-    // loss costs (the store's writer syncs once per group of writes).
-    let http_rows = [
-        ("end to end: HTTP sensor", None),
-        (
-            "end to end: HTTP sensor, TRANSFORMER_FSYNC=always",
-            Some("always".to_owned()),
-        ),
-    ];
-    for (name, fsync) in http_rows.into_iter().filter(|_| want("http")) {
-        let mut env = vec![("SENSOR_WATCHERS", sensor_url.clone())];
-        env.extend(fsync.map(|f| ("TRANSFORMER_FSYNC", f)));
-        let before = starts.load(Ordering::Relaxed);
-        let g = gateway(&env, s.sources, UserServer::Http(us_port)).await;
-        wait_starts(&starts, before + s.sources as u64).await;
-        let (mut row, _) = measure(name, &g.pc_url, Some(&sensor), size, &s, &g.pids()).await;
-        row.rss = rss_of(&g);
-        dump_metrics(&g, name).await;
-        rows.push(row);
-        drop(g);
-    }
-
-    // 32 triggers, each with a CESQL filter wanting 1/32 of the events (two
-    // of the 64 configurations): each event still reaches one watcher, so
-    // beside the one-watcher row this is what choosing it costs.
-    if want("triggers") {
-        let name = "32 triggers, CESQL filter each (1/32 of events): HTTP sensor";
-        let dir = tempfile::tempdir().expect("tempdir");
-        let half = s.sources.div_ceil(2).max(1);
-        for i in 0..32 {
-            let text = format!(
-                "name: t{i}\nsubscriber: {{uri: '{sensor_url}t{i}'}}\n\
-                 filters:\n  - cesql: \"subject IN ('bench-{i}', 'bench-{}')\"\n",
-                i + half
-            );
-            std::fs::write(dir.path().join(format!("t{i}.yaml")), text).expect("trigger");
-        }
-        let env = [("TRANSFORMER_TRIGGERS", dir.path().display().to_string())];
-        let before = starts.load(Ordering::Relaxed);
-        let g = gateway(&env, s.sources, UserServer::Http(us_port)).await;
-        wait_starts(&starts, before + s.sources as u64).await;
-        let (mut row, _) = measure(name, &g.pc_url, Some(&sensor), size, &s, &g.pids()).await;
-        row.rss = rss_of(&g);
-        rows.push(row);
-        drop(g);
-    }
-
-    // An HTTP user server posting `/events` batches, without and with ids
-    // (deduplication remembering each).
-    for ids in [false, true].into_iter().filter(|_| want("batch")) {
-        let name = if ids {
-            "batches of 100 with ids: HTTP sensor"
-        } else {
-            "batches of 100: HTTP sensor"
-        };
-        let env = [("SENSOR_WATCHERS", sensor_url.clone())];
-        let before = starts.load(Ordering::Relaxed);
-        let g = gateway(&env, s.sources, UserServer::Http(us_port)).await;
-        wait_starts(&starts, before + s.sources as u64).await;
-        let mut row = measure_batches(
-            name,
-            &g.events_url(),
-            &sensor,
-            size,
-            100,
-            ids,
-            &s,
-            &g.pids(),
-        )
-        .await;
-        row.rss = rss_of(&g);
-        rows.push(row);
-        drop(g);
-    }
-
-    // The same with a gRPC user server streaming the events in.
-    let grpc_port = free_port();
-    let grpc_load = grpc::start(grpc_port, size).await;
-    if want("grpc") {
-        let name = "gRPC user server: HTTP sensor";
-        let before = grpc_load.calls.load(Ordering::Relaxed);
-        let env = [("SENSOR_WATCHERS", sensor_url.clone())];
-        let g = gateway(&env, s.sources, UserServer::Grpc(grpc_port)).await;
-        grpc::wait_calls(&grpc_load, before + s.sources as u64).await;
-        let mut row = measure_grpc(name, &grpc_load, &sensor, s.sources, &s, &g.pids()).await;
-        row.rss = rss_of(&g);
-        dump_metrics(&g, name).await;
-        rows.push(row);
-        drop(g);
-    }
-
-    // 3. Into NATS core and JetStream.
-    if want("nats") || want("grpc") || want("batch") || want("kafka") {
-        let nats_dir = tempfile::tempdir().expect("tempdir");
-        let nats = NatsServer::start(nats_dir.path()).await;
-        let nats_sink = Arc::new(Sink::default());
-        {
-            let client = async_nats::connect(nats.url()).await.expect("nats");
-            let mut sub = client.subscribe("bench.>").await.expect("subscribe");
-            let sink = nats_sink.clone();
-            tokio::spawn(async move {
-                use futures::StreamExt as _;
-                let _client = client;
-                while let Some(m) = sub.next().await {
-                    let time = m.headers.as_ref().and_then(|h| h.get("ce-time"));
-                    sink.take(&m.payload, time.map(|v| v.as_str().as_bytes()));
-                }
-            });
-        }
-        let scenarios = [
-            ("Standard", "into NATS core", Producer::Single),
-            ("Streaming", "into JetStream", Producer::Single),
-            (
-                "Standard",
-                "gRPC user server: into NATS core",
-                Producer::Grpc,
-            ),
-            (
-                "Standard",
-                "batches of 100: into NATS core",
-                Producer::Batches(false),
-            ),
-            (
-                "Standard",
-                "batches of 100 with ids: into NATS core",
-                Producer::Batches(true),
-            ),
-        ];
-        for (ty, name, producer) in scenarios {
-            let by_grpc = matches!(producer, Producer::Grpc);
-            let part = match producer {
-                Producer::Grpc => "grpc",
-                Producer::Batches(_) => "batch",
-                Producer::Single => "nats",
-            };
-            if !want(part) {
-                continue;
-            }
-            let starts_before = starts.load(Ordering::Relaxed);
-            let env = [
-                ("EVENT_PROTOCOL", "NATS".to_owned()),
-                ("NATS_URL", nats.url()),
-                ("NATS_TYPE", ty.to_owned()),
-                ("NATS_CE_MODE", "binary".to_owned()),
-            ];
-            let calls_before = grpc_load.calls.load(Ordering::Relaxed);
-            let us = if by_grpc {
-                UserServer::Grpc(grpc_port)
-            } else {
-                UserServer::Http(us_port)
-            };
-            let g = gateway(&env, s.sources, us).await;
-            if by_grpc {
-                grpc::wait_calls(&grpc_load, calls_before + s.sources as u64).await;
-            } else {
-                wait_starts(&starts, starts_before + s.sources as u64).await;
-            }
-            let mut procs = g.pids();
-            procs.extend(nats.proc.as_ref().map(|p| ("nats", p.pid())));
-            let mut row = match producer {
-                Producer::Grpc => {
-                    measure_grpc(name, &grpc_load, &nats_sink, s.sources, &s, &procs).await
-                }
-                Producer::Batches(ids) => {
-                    let url = g.events_url();
-                    measure_batches(name, &url, &nats_sink, size, 100, ids, &s, &procs).await
-                }
-                Producer::Single => {
-                    measure(name, &g.pc_url, Some(&nats_sink), size, &s, &procs)
-                        .await
-                        .0
-                }
-            };
-            row.rss = rss_of(&g);
-            dump_metrics(&g, name).await;
-            rows.push(row);
-        }
-        if want("kafka") {
-            rows.extend(kafka::measure_kafka(smoke, &nats, &nats_sink).await);
-        }
-        drop(nats);
-    }
-
-    // 4. The ingress: HTTP request-reply through it to a NATS responder in this
-    // process, against the bare hop (latency = round trip).
-    let mut ingress_rounds = None;
-    if want("ingress") {
-        let (more, summary) = ingress::measure_ingress(size, &s).await;
-        rows.extend(more);
-        ingress_rounds = Some(summary);
-    }
-
+fn print_table(rows: &[Row], limit: f64) {
     println!("| scenario | events/s at saturation | ratio to limit | p50 ms | p99 ms | p99.9 ms | peak RSS MiB | CPU µs per event | CPU µs per event, all | note |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    for r in &rows {
+    for r in rows {
         println!(
             "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {:.0} | {} |",
             r.name,
@@ -516,72 +300,6 @@ async fn main() {
             r.cpu,
             r.cpu_total,
             r.note
-        );
-    }
-    if let Some(summary) = ingress_rounds {
-        println!("\n{summary}");
-    }
-
-    // 4. Scaling series (saturation only).
-    if !want("series") {
-        return;
-    }
-    println!("\n| series | value | events/s | peak RSS MiB (pc / tr) |");
-    println!("|---|---|---|---|");
-    let sizes: &[usize] = if smoke {
-        &[100, 10 * 1024]
-    } else {
-        &[100, 10 * 1024, 1024 * 1024]
-    };
-    for &size in sizes {
-        let g = gateway(
-            &[("SENSOR_WATCHERS", sensor_url.clone())],
-            s.sources,
-            UserServer::Http(us_port),
-        )
-        .await;
-        let workers = if size >= 1 << 20 { 8 } else { s.workers };
-        let before = sensor.received.load(Ordering::Relaxed);
-        let started = Instant::now();
-        let load = generate(&g.pc_url, s.sources, size, workers, s.secs, None).await;
-        let rate = drained(&sensor, before, load.ok, started)
-            .await
-            .map_or(f64::NAN, |t| load.ok as f64 / t.as_secs_f64());
-        println!("| payload | {} B | {:.0} | {} |", size, rate, rss_of(&g));
-    }
-    let watcher_counts: &[usize] = if smoke { &[1, 8] } else { &[1, 8, 32] };
-    for &n in watcher_counts {
-        let urls: Vec<String> = (0..n).map(|i| format!("{sensor_url}w{i}")).collect();
-        let g = gateway(
-            &[("SENSOR_WATCHERS", urls.join(","))],
-            s.sources,
-            UserServer::Http(us_port),
-        )
-        .await;
-        let before = sensor.received.load(Ordering::Relaxed);
-        let started = Instant::now();
-        let load = generate(&g.pc_url, s.sources, 100, s.workers, s.secs, None).await;
-        let rate = drained(&sensor, before, load.ok * n as u64, started)
-            .await
-            .map_or(f64::NAN, |t| load.ok as f64 / t.as_secs_f64());
-        println!("| watchers | {n} | {:.0} | {} |", rate, rss_of(&g));
-    }
-    let config_counts: &[usize] = if smoke { &[1, 100] } else { &[1, 1000, 10_000] };
-    for &n in config_counts {
-        let before = starts.load(Ordering::Relaxed);
-        // Timed from the processes' start: writing ten thousand files first
-        // took up to 9 s on this virtual disk, and is not the gateway's.
-        let g = gateway(
-            &[("SENSOR_WATCHERS", sensor_url.clone())],
-            n,
-            UserServer::Http(us_port),
-        )
-        .await;
-        wait_starts(&starts, before + n as u64).await;
-        println!(
-            "| configurations started | {n} | in {:.2} s | {} |",
-            g.spawned.elapsed().as_secs_f64(),
-            rss_of(&g)
         );
     }
 }
