@@ -5,7 +5,7 @@
 //! or an event taken through a replica while the other ran its configuration; it counts the
 //! rest (redeliveries of one CloudEvent, gRPC events read and never delivered).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,15 @@ pub struct WatcherVerdict {
 /// claim, which the transformer must refuse (a paused replica waking with an
 /// old request, say). Returns each such event, described.
 pub fn two_at_once(sensor: &Watcher, told: &Told, starts: &[Start]) -> (Vec<String>, usize) {
+    // Each configuration's starts in time order, to find the latest before
+    // an instant by bisection.
+    let mut by_src: HashMap<&str, Vec<&Start>> = HashMap::new();
+    for s in starts {
+        by_src.entry(s.src.as_str()).or_default().push(s);
+    }
+    for list in by_src.values_mut() {
+        list.sort_by_key(|s| s.at);
+    }
     let got = sensor.received();
     let mut out = Vec::new();
     let mut checked = 0;
@@ -56,10 +65,10 @@ pub fn two_at_once(sensor: &Watcher, told: &Told, starts: &[Start]) -> (Vec<Stri
         };
         let stamped = std::time::SystemTime::from(stamped);
         checked += 1;
-        let latest = starts
-            .iter()
-            .filter(|s| s.src == d.subject && s.at <= stamped)
-            .max_by_key(|s| s.at);
+        let list = by_src
+            .get(d.subject.as_str())
+            .map_or(&[][..], Vec::as_slice);
+        let latest = list[..list.partition_point(|s| s.at <= stamped)].last();
         if let Some(s) = latest.filter(|s| s.replica != ack.replica) {
             out.push(format!(
                 "{id}: taken through replica {} at {}, after replica {} started {} ({:.3} s earlier)",
