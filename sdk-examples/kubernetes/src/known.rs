@@ -73,8 +73,11 @@ impl Known {
         self.changed = true;
     }
 
-    pub fn remove(&mut self, uid: &str) {
-        self.changed |= self.objects.remove(uid).is_some();
+    /// Forgets an object; what was known of it.
+    pub fn remove(&mut self, uid: &str) -> Option<Value> {
+        let old = self.objects.remove(uid);
+        self.changed |= old.is_some();
+        old
     }
 
     /// Writes the state file, when there is one and something changed.

@@ -1,11 +1,11 @@
 //! One configuration's watch: kube's watcher lists the objects, then watches
 //! from the list's resourceVersion (with bookmarks, so a resumed watch starts
 //! late enough), resumes a watch that ends, lists again on 410 Gone, and backs
-//! off on errors. Each batch of what it reports becomes changes against what
-//! the configuration knows (an object not known is added, one with a new
-//! resourceVersion updated, a known one missing from a relist deleted), and
-//! the wanted changes go to the gateway as one `POST /events`; the known
-//! state moves on once the gateway took them.
+//! off on errors. Each report becomes changes against what the configuration
+//! knows (an object not known is added, one with a new resourceVersion
+//! updated, a known one missing from a relist deleted), and a batch of
+//! reports' wanted changes goes to the gateway as one `POST /events`; the
+//! state file moves on once the gateway took them.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -26,18 +26,6 @@ use crate::spec::{Change, Spec};
 
 /// Most watcher reports turned into one request.
 const BATCH: usize = 500;
-
-/// A change, and what it does to the known state once taken.
-struct Step {
-    event: Option<Event>,
-    after: After,
-}
-
-enum After {
-    Set(Value),
-    Remove(String),
-    Nothing,
-}
 
 /// What one configuration's watch keeps between reports.
 struct Watch {
@@ -82,25 +70,26 @@ pub async fn run(
             _ = stop.cancelled() => return,
             r = stream.next() => match r { Some(r) => r, None => return },
         };
-        let steps: Vec<Step> = reports
+        let events: Vec<Event> = reports
             .into_iter()
             .flat_map(|r| match r {
-                Ok(report) => w.steps(report),
+                Ok(report) => w.changes(report),
                 Err(e) => {
                     tracing::warn!(%src, error = %e, "watch failed; resuming");
                     Vec::new()
                 }
             })
             .collect();
-        if !w.hand_on(&emitter, steps).await {
+        if !w.hand_on(&emitter, events).await {
             return;
         }
     }
 }
 
 impl Watch {
-    /// What one watcher report means.
-    fn steps(&mut self, report: watcher::Event<DynamicObject>) -> Vec<Step> {
+    /// The events one watcher report makes, the known state moved on with
+    /// it (in memory: the state file is written once the gateway took them).
+    fn changes(&mut self, report: watcher::Event<DynamicObject>) -> Vec<Event> {
         match report {
             watcher::Event::Init => {
                 self.relisting = Some(HashSet::new());
@@ -113,7 +102,7 @@ impl Watch {
                 }
                 self.applied(obj).into_iter().collect()
             }
-            watcher::Event::Delete(obj) => vec![self.deleted(as_value(obj))],
+            watcher::Event::Delete(obj) => self.deleted(as_value(obj)).into_iter().collect(),
             watcher::Event::InitDone => {
                 let listed = self.relisting.take().unwrap_or_default();
                 let gone: Vec<Value> = self
@@ -122,34 +111,26 @@ impl Watch {
                     .filter(|uid| !listed.contains(*uid))
                     .filter_map(|uid| self.known.get(uid).cloned())
                     .collect();
-                gone.into_iter().map(|obj| self.deleted(obj)).collect()
+                gone.into_iter()
+                    .filter_map(|obj| self.deleted(obj))
+                    .collect()
             }
         }
     }
 
-    fn applied(&self, obj: Value) -> Option<Step> {
-        let (change, old) = match self.known.get(known::uid(&obj)) {
-            None => (Change::Add, None),
+    fn applied(&mut self, obj: Value) -> Option<Event> {
+        let event = match self.known.get(known::uid(&obj)) {
+            None => self.event(Change::Add, &obj, None),
             Some(old) if known::version(old) == known::version(&obj) => return None,
-            Some(old) => (Change::Update, Some(old)),
+            Some(old) => self.event(Change::Update, &obj, Some(old)),
         };
-        Some(Step {
-            event: self.event(change, &obj, old),
-            after: After::Set(obj),
-        })
+        self.known.set(obj);
+        event
     }
 
-    fn deleted(&self, obj: Value) -> Step {
-        let uid = known::uid(&obj).to_owned();
-        let old = self.known.get(&uid);
-        Step {
-            event: self.event(Change::Delete, &obj, old),
-            after: if old.is_some() {
-                After::Remove(uid)
-            } else {
-                After::Nothing
-            },
-        }
+    fn deleted(&mut self, obj: Value) -> Option<Event> {
+        let old = self.known.remove(known::uid(&obj));
+        self.event(Change::Delete, &obj, old.as_ref())
     }
 
     fn event(&self, change: Change, obj: &Value, old: Option<&Value>) -> Option<Event> {
@@ -159,16 +140,11 @@ impl Watch {
         })
     }
 
-    /// Hands the wanted changes to the gateway and, once it took them (or
-    /// refused one for good: logged, skipped), moves the known state on.
-    /// False when the configuration was stopped meanwhile.
-    async fn hand_on(&mut self, emitter: &Emitter, steps: Vec<Step>) -> bool {
-        let mut afters = Vec::with_capacity(steps.len());
-        let mut events = Vec::new();
-        for s in steps {
-            events.extend(s.event);
-            afters.push(s.after);
-        }
+    /// Hands the events to the gateway and, once it took them (or refused
+    /// one for good: logged, skipped), writes the state file. False when the
+    /// configuration was stopped meanwhile (the file keeps the state before
+    /// these changes, so a restart reports them again, by the same ids).
+    async fn hand_on(&mut self, emitter: &Emitter, events: Vec<Event>) -> bool {
         for answer in emitter.emit_all(events).await {
             match answer {
                 Ok(_) => {}
@@ -176,13 +152,6 @@ impl Watch {
                 Err(e) => {
                     tracing::error!(src = %emitter.config().src, error = %e, "a change was refused for good; skipped")
                 }
-            }
-        }
-        for after in afters {
-            match after {
-                After::Set(obj) => self.known.set(obj),
-                After::Remove(uid) => self.known.remove(&uid),
-                After::Nothing => {}
             }
         }
         if let Err(e) = self.known.save() {
@@ -194,4 +163,88 @@ impl Watch {
 
 fn as_value(obj: DynamicObject) -> Value {
     serde_json::to_value(obj).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(name: &str, rv: &str) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "uid": format!("uid-{name}"), "resourceVersion": rv}
+        }))
+        .expect("object")
+    }
+
+    fn watch() -> Watch {
+        Watch {
+            spec: Spec::parse("version: v1\nresource: pods").expect("spec"),
+            known: Known::load(None, "pods"),
+            started: OffsetDateTime::now_utc(),
+            relisting: None,
+        }
+    }
+
+    /// What the events say: (type, name, oldBody's version).
+    fn read(events: &[Event]) -> Vec<(String, String, String)> {
+        events
+            .iter()
+            .map(|e| {
+                let v: Value = serde_json::from_slice(&e.payload).expect("json");
+                let s = |x: &Value| x.as_str().unwrap_or("").to_owned();
+                (
+                    s(&v["type"]),
+                    s(&v["body"]["metadata"]["name"]),
+                    s(&v["oldBody"]["metadata"]["resourceVersion"]),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn changes_to_one_object_within_one_batch_follow_each_other() {
+        let mut w = watch();
+        let reports = [
+            watcher::Event::Apply(obj("a", "1")),
+            watcher::Event::Apply(obj("a", "2")),
+            watcher::Event::Apply(obj("a", "2")),
+            watcher::Event::Delete(obj("a", "3")),
+        ];
+        let events: Vec<Event> = reports.into_iter().flat_map(|r| w.changes(r)).collect();
+        let t = |a: &str, b: &str, c: &str| (a.to_owned(), b.to_owned(), c.to_owned());
+        assert_eq!(
+            read(&events),
+            vec![
+                t("ADD", "a", ""),
+                t("UPDATE", "a", "1"),
+                t("DELETE", "a", "")
+            ]
+        );
+        assert_eq!(w.known.uids().count(), 0);
+    }
+
+    #[test]
+    fn a_relist_reports_what_it_no_longer_lists_as_deleted() {
+        let mut w = watch();
+        for r in [
+            watcher::Event::Apply(obj("a", "1")),
+            watcher::Event::Apply(obj("b", "1")),
+        ] {
+            w.changes(r);
+        }
+        let reports = [
+            watcher::Event::Init,
+            watcher::Event::InitApply(obj("a", "1")),
+            watcher::Event::InitApply(obj("c", "4")),
+            watcher::Event::InitDone,
+        ];
+        let events: Vec<Event> = reports.into_iter().flat_map(|r| w.changes(r)).collect();
+        let names: Vec<(String, String)> =
+            read(&events).into_iter().map(|(t, n, _)| (t, n)).collect();
+        assert_eq!(
+            names,
+            vec![("ADD".into(), "c".into()), ("DELETE".into(), "b".into())]
+        );
+        assert_eq!(events[1].id.as_deref(), Some("uid-b/deleted"));
+    }
 }
