@@ -108,6 +108,12 @@ impl Report {
     }
 
     fn print(&self, s: &Settings) {
+        self.print_watchers();
+        self.print_run(s);
+    }
+
+    /// The table of what each watcher got.
+    fn print_watchers(&self) {
         println!();
         println!(
             "| measure | {} |",
@@ -148,6 +154,10 @@ impl Report {
         row("gRPC events (no ids) delivered as two CloudEvents", &|w| {
             w.grpc_split.to_string()
         });
+    }
+
+    /// The table of the run as a whole.
+    fn print_run(&self, s: &Settings) {
         println!();
         println!("| run | value |");
         println!("|---|---|");
