@@ -86,8 +86,8 @@ pub fn two_at_once(sensor: &Watcher, told: &Told, starts: &[Start]) -> (Vec<Stri
 }
 
 /// Waits (two minutes at most) until every acknowledged event reached every
-/// watcher; returns when the last one did, measured from `since`.
-pub async fn settle(watchers: &[&Watcher], told: &Mutex<Told>, since: Instant) -> Duration {
+/// watcher.
+pub async fn settle(watchers: &[&Watcher], told: &Mutex<Told>) {
     let acked: Vec<String> = told
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -102,10 +102,32 @@ pub async fn settle(watchers: &[&Watcher], told: &Mutex<Told>, since: Instant) -
             acked.iter().all(|id| got.by_event.contains_key(id))
         });
         if all || Instant::now() > deadline {
-            return Instant::now().saturating_duration_since(since);
+            return;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// How long after the last fault ended (`fault_end`, on the run's clock)
+/// the last event acknowledged by then first reached a watcher: the time
+/// the pipeline took to deliver what it had taken before it was left alone.
+pub fn recovery(watchers: &[&Watcher], told: &Told, fault_end: Duration) -> Duration {
+    let mut latest = Duration::ZERO;
+    for w in watchers {
+        let got = w.received();
+        let mut first: HashMap<String, Duration> = HashMap::new();
+        for d in &got.log {
+            first
+                .entry(format!("{}-{}", d.subject, d.seq))
+                .or_insert(d.at);
+        }
+        for (id, _) in told.acked.iter().filter(|(_, a)| a.at <= fault_end) {
+            if let Some(at) = first.get(id) {
+                latest = latest.max(at.saturating_sub(fault_end));
+            }
+        }
+    }
+    latest
 }
 
 pub fn verdict(w: &Watcher, told: &Told) -> WatcherVerdict {
