@@ -122,7 +122,7 @@ impl Run {
             let mut env = vec![("SENSOR_WATCHERS", self.sensor_url.clone())];
             env.extend(fsync.map(|f| ("TRANSFORMER_FSYNC", f)));
             let g = self.http_gateway(&env, self.s.sources).await;
-            let (mut row, _) = measure(
+            let (row, _) = measure(
                 name,
                 &g.pc_url,
                 Some(&self.sensor),
@@ -131,9 +131,7 @@ impl Run {
                 &g.pids(),
             )
             .await;
-            row.rss = rss_of(&g);
-            dump_metrics(&g, name).await;
-            self.rows.push(row);
+            self.rows.push(finished(row, &g, name).await);
         }
     }
 
@@ -158,7 +156,7 @@ impl Run {
         }
         let env = [("TRANSFORMER_TRIGGERS", dir.path().display().to_string())];
         let g = self.http_gateway(&env, self.s.sources).await;
-        let (mut row, _) = measure(
+        let (row, _) = measure(
             name,
             &g.pc_url,
             Some(&self.sensor),
@@ -167,8 +165,7 @@ impl Run {
             &g.pids(),
         )
         .await;
-        row.rss = rss_of(&g);
-        self.rows.push(row);
+        self.rows.push(finished(row, &g, name).await);
     }
 
     /// An HTTP user server posting `/events` batches, without and with ids
@@ -187,7 +184,7 @@ impl Run {
             let g = self.http_gateway(&env, self.s.sources).await;
             let url = g.events_url();
             let procs = g.pids();
-            let mut row = measure_batches(
+            let row = measure_batches(
                 name,
                 &url,
                 &self.sensor,
@@ -198,8 +195,7 @@ impl Run {
                 &procs,
             )
             .await;
-            row.rss = rss_of(&g);
-            self.rows.push(row);
+            self.rows.push(finished(row, &g, name).await);
         }
     }
 
@@ -213,7 +209,7 @@ impl Run {
         let env = [("SENSOR_WATCHERS", self.sensor_url.clone())];
         let g = gateway(&env, self.s.sources, UserServer::Grpc(self.grpc_port)).await;
         grpc::wait_calls(&self.grpc_load, before + self.s.sources as u64).await;
-        let mut row = measure_grpc(
+        let row = measure_grpc(
             name,
             &self.grpc_load,
             &self.sensor,
@@ -222,9 +218,7 @@ impl Run {
             &g.pids(),
         )
         .await;
-        row.rss = rss_of(&g);
-        dump_metrics(&g, name).await;
-        self.rows.push(row);
+        self.rows.push(finished(row, &g, name).await);
     }
 
     /// Into NATS core and JetStream: one `POST /event` each, a gRPC user
@@ -298,7 +292,7 @@ impl Run {
         let mut procs = g.pids();
         procs.extend(nats.proc.as_ref().map(|p| ("nats", p.pid())));
         let (s, size) = (&self.s, self.size);
-        let mut row = match producer {
+        let row = match producer {
             Producer::Grpc => measure_grpc(name, &self.grpc_load, sink, s.sources, s, &procs).await,
             Producer::Batches(ids) => {
                 let url = g.events_url();
@@ -310,9 +304,7 @@ impl Run {
                     .0
             }
         };
-        row.rss = rss_of(&g);
-        dump_metrics(&g, name).await;
-        row
+        finished(row, &g, name).await
     }
 
     /// The ingress: HTTP request-reply through it to a NATS responder in this
@@ -390,6 +382,14 @@ impl Run {
             .map_or(f64::NAN, |t| load.ok as f64 / t.as_secs_f64());
         (rate, rss_of(&g))
     }
+}
+
+/// A scenario's row with the gateway's peak memory, its metrics dumped when
+/// asked (`BENCH_METRICS=1`).
+async fn finished(mut row: Row, g: &Gateway, name: &str) -> Row {
+    row.rss = rss_of(g);
+    dump_metrics(g, name).await;
+    row
 }
 
 /// A core NATS subscriber to every subject of the benchmark's gateways.
