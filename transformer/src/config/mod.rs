@@ -245,59 +245,14 @@ impl Settings for Config {
 
     fn read(env: &Env) -> Result<Self, ConfigError> {
         let gateway_name = env.text(&shared::GATEWAY_NAME)?;
-        let mut http_enabled = false;
-        let mut nats_enabled = false;
-        for p in env
-            .text(&EVENT_PROTOCOL)?
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-        {
-            match p.to_ascii_uppercase().as_str() {
-                "HTTP" => http_enabled = true,
-                "NATS" => nats_enabled = true,
-                other => {
-                    return Err(ConfigError::Invalid {
-                        var: EVENT_PROTOCOL.name,
-                        reason: format!("{other:?}; expected HTTP, NATS or HTTP,NATS"),
-                    })
-                }
-            }
-        }
-        if !http_enabled && !nats_enabled {
-            return Err(ConfigError::Invalid {
-                var: EVENT_PROTOCOL.name,
-                reason: "names no protocol".into(),
-            });
-        }
-        let ty = match env.text(&NATS_TYPE)?.to_ascii_lowercase().as_str() {
-            "standard" => NatsType::Standard,
-            "streaming" | "jetstream" => NatsType::Streaming,
-            other => {
-                return Err(ConfigError::Invalid {
-                    var: NATS_TYPE.name,
-                    reason: format!("{other:?}; expected Standard or Streaming"),
-                })
-            }
-        };
+        let (http_enabled, nats_enabled) = protocols(env)?;
+        let ty = nats_type(env)?;
         let nats = if nats_enabled {
-            let stream = match env.optional(&NATS_STREAM) {
-                Some(s) if stream_name(&s) != s => {
-                    return Err(ConfigError::Invalid {
-                        var: NATS_STREAM.name,
-                        reason: format!(
-                            "{s:?} may not contain whitespace, '.', '*', '>', '/' or a backslash"
-                        ),
-                    })
-                }
-                Some(s) => s,
-                None => stream_name(&gateway_name.to_ascii_uppercase()),
-            };
             Some(NatsConfig {
                 connection: NatsOptions::read(env)?,
                 ty,
                 subject: subject_template(&env.text(&NATS_SUBJECT)?)?,
-                stream,
+                stream: nats_stream(env, &gateway_name)?,
                 ce_mode: parse_ce_mode(env, &NATS_CE_MODE)?,
             })
         } else {
@@ -312,8 +267,7 @@ impl Settings for Config {
             None => Vec::new(),
         };
         // Read whenever there are triggers: a reload may add a nats: one.
-        let needs_nats = triggers_path.is_some();
-        let trigger_nats = match (&nats, needs_nats) {
+        let trigger_nats = match (&nats, triggers_path.is_some()) {
             (Some(n), true) => Some(n.clone()),
             (None, true) => Some(NatsConfig {
                 connection: NatsOptions::read(env)?,
@@ -325,23 +279,7 @@ impl Settings for Config {
             (_, false) => None,
         };
         let port: u16 = env.number(&shared::TRANSFORMER_PORT)?;
-        let data_dir = if env.bool(&DURABLE)? {
-            Some(env.path(&DATA_DIR).unwrap_or_else(|| {
-                let safe: String = gateway_name
-                    .chars()
-                    .map(|c| {
-                        if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                            c
-                        } else {
-                            '_'
-                        }
-                    })
-                    .collect();
-                std::path::PathBuf::from(format!("gateway-data/transformer-{safe}-{port}"))
-            }))
-        } else {
-            None
-        };
+        let data_dir = data_dir(env, &gateway_name, port)?;
         Ok(Config {
             event_type: env
                 .optional(&EVENT_TYPE)
@@ -386,6 +324,84 @@ impl Settings for Config {
             gateway_name,
         })
     }
+}
+
+/// `EVENT_PROTOCOL`: whether HTTP, and whether NATS, are on.
+fn protocols(env: &Env) -> Result<(bool, bool), ConfigError> {
+    let mut http_enabled = false;
+    let mut nats_enabled = false;
+    for p in env
+        .text(&EVENT_PROTOCOL)?
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        match p.to_ascii_uppercase().as_str() {
+            "HTTP" => http_enabled = true,
+            "NATS" => nats_enabled = true,
+            other => {
+                return Err(ConfigError::Invalid {
+                    var: EVENT_PROTOCOL.name,
+                    reason: format!("{other:?}; expected HTTP, NATS or HTTP,NATS"),
+                })
+            }
+        }
+    }
+    if !http_enabled && !nats_enabled {
+        return Err(ConfigError::Invalid {
+            var: EVENT_PROTOCOL.name,
+            reason: "names no protocol".into(),
+        });
+    }
+    Ok((http_enabled, nats_enabled))
+}
+
+fn nats_type(env: &Env) -> Result<NatsType, ConfigError> {
+    match env.text(&NATS_TYPE)?.to_ascii_lowercase().as_str() {
+        "standard" => Ok(NatsType::Standard),
+        "streaming" | "jetstream" => Ok(NatsType::Streaming),
+        other => Err(ConfigError::Invalid {
+            var: NATS_TYPE.name,
+            reason: format!("{other:?}; expected Standard or Streaming"),
+        }),
+    }
+}
+
+/// `NATS_STREAM`, or the gateway's name upper-cased, made a valid stream name.
+fn nats_stream(env: &Env, gateway_name: &str) -> Result<String, ConfigError> {
+    match env.optional(&NATS_STREAM) {
+        Some(s) if stream_name(&s) != s => Err(ConfigError::Invalid {
+            var: NATS_STREAM.name,
+            reason: format!("{s:?} may not contain whitespace, '.', '*', '>', '/' or a backslash"),
+        }),
+        Some(s) => Ok(s),
+        None => Ok(stream_name(&gateway_name.to_ascii_uppercase())),
+    }
+}
+
+/// Where the durable store lives: `TRANSFORMER_DATA_DIR`, or a directory
+/// named after the gateway and port; none when `TRANSFORMER_DURABLE` is off.
+fn data_dir(
+    env: &Env,
+    gateway_name: &str,
+    port: u16,
+) -> Result<Option<std::path::PathBuf>, ConfigError> {
+    if !env.bool(&DURABLE)? {
+        return Ok(None);
+    }
+    Ok(Some(env.path(&DATA_DIR).unwrap_or_else(|| {
+        let safe: String = gateway_name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        std::path::PathBuf::from(format!("gateway-data/transformer-{safe}-{port}"))
+    })))
 }
 
 #[cfg(test)]
