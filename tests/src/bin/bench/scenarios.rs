@@ -121,17 +121,7 @@ impl Run {
         for (name, fsync) in http_rows {
             let mut env = vec![("SENSOR_WATCHERS", self.sensor_url.clone())];
             env.extend(fsync.map(|f| ("TRANSFORMER_FSYNC", f)));
-            let g = self.http_gateway(&env, self.s.sources).await;
-            let (row, _) = measure(
-                name,
-                &g.pc_url,
-                Some(&self.sensor),
-                self.size,
-                &self.s,
-                &g.pids(),
-            )
-            .await;
-            self.rows.push(finished(row, &g, name).await);
+            self.sensor_row(name, &env).await;
         }
     }
 
@@ -155,7 +145,13 @@ impl Run {
             std::fs::write(dir.path().join(format!("t{i}.yaml")), text).expect("trigger");
         }
         let env = [("TRANSFORMER_TRIGGERS", dir.path().display().to_string())];
-        let g = self.http_gateway(&env, self.s.sources).await;
+        self.sensor_row(name, &env).await;
+    }
+
+    /// One `POST /event` per event through a gateway with the transformer's
+    /// `env`, into the HTTP sensor: its row.
+    async fn sensor_row(&mut self, name: &str, env: &[(&str, String)]) {
+        let g = self.http_gateway(env, self.s.sources).await;
         let (row, _) = measure(
             name,
             &g.pc_url,
