@@ -76,7 +76,6 @@ pub(super) async fn generate(
     static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
     let client = CLIENT
         .get_or_init(|| {
-            let _ = rustls::crypto::ring::default_provider().install_default();
             reqwest::Client::builder()
                 .pool_max_idle_per_host(256)
                 .tcp_nodelay(true)

@@ -200,6 +200,9 @@ async fn bare_hop(name: &str, size: usize, s: &Settings) -> (Row, f64) {
 
 #[tokio::main]
 async fn main() {
+    // Every client of the run (load, forwarders, metrics) uses ring, whichever
+    // scenario comes first.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args: Vec<String> = std::env::args().collect();
     if serve_as_helper(&args).await {
         return;

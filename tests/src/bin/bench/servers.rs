@@ -106,7 +106,6 @@ pub(super) async fn bare_server(port: u16) {
 /// it has been answered, with no parsing, storage or queueing. Three of these
 /// hops in a row are what the gateway's path costs before any of its own work.
 pub(super) async fn bare_forwarder(port: u16, next: String) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()
         .tcp_nodelay(true)
         .build()
