@@ -14,6 +14,7 @@
 //! This is memory only; the store keeps a journal of what it remembers, written
 //! with the events themselves, and gives it back at start.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Mutex;
@@ -29,11 +30,14 @@ pub struct Key([u32; 3]);
 
 impl Key {
     pub fn of(source: &str, id: &str) -> Key {
-        let framed = framed(&[source, id]);
         let fnv = |offset: u64| {
-            framed.iter().fold(offset, |h, b| {
-                (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-            })
+            let mut h = offset;
+            framed(&[source, id], |bytes| {
+                for b in bytes {
+                    h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+                }
+            });
+            h
         };
         let (a, b) = (fnv(0xcbf2_9ce4_8422_2325), fnv(0x6c62_272e_07bb_0142));
         Key([a as u32, (a >> 32) as u32, (b ^ (b >> 32)) as u32])
@@ -81,21 +85,29 @@ impl Hasher for PassThrough {
 const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6a0e_5d1c_3b7f_4f6e_9d2a_51c8_e0b4_7a13);
 
 /// Names joined so that no two different lists give the same bytes: each
-/// preceded by its length.
-fn framed(parts: &[&str]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 4).sum());
+/// preceded by its length. Fed to `take` piece by piece (no buffer per event).
+fn framed(parts: &[&str], mut take: impl FnMut(&[u8])) {
     for p in parts {
-        out.extend_from_slice(&(p.len() as u32).to_be_bytes());
-        out.extend_from_slice(p.as_bytes());
+        take(&(p.len() as u32).to_be_bytes());
+        take(p.as_bytes());
     }
-    out
 }
 
 /// The CloudEvent id of a user server's event named `id` in configuration
 /// `src` of gateway `source`: the same three always give the same UUID, and
-/// any other three another.
+/// any other three another. A name-based UUID (RFC 9562 v5: SHA-1 of the
+/// namespace and the framed names), as `uuid::Uuid::new_v5` makes it, with
+/// the digest fed the names directly.
 pub fn cloudevent_id(source: &str, src: &str, id: &str) -> String {
-    uuid::Uuid::new_v5(&NAMESPACE, &framed(&[source, src, id])).to_string()
+    let mut sha1 = sha1_smol::Sha1::new();
+    sha1.update(NAMESPACE.as_bytes());
+    framed(&[source, src, id], |bytes| sha1.update(bytes));
+    let digest = sha1.digest().bytes();
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&digest[..16]);
+    let uuid = uuid::Builder::from_sha1_bytes(first).into_uuid();
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid.hyphenated().encode_lower(&mut text).to_owned()
 }
 
 /// What [`Dedup::check`] found.
@@ -182,8 +194,10 @@ impl Dedup {
         for (key, taken) in keys {
             if taken {
                 m.taken.insert(key, now);
-            } else if m.taken.get(&key) == Some(&PENDING) {
-                m.taken.remove(&key);
+            } else if let Entry::Occupied(e) = m.taken.entry(key) {
+                if *e.get() == PENDING {
+                    e.remove();
+                }
             }
         }
     }
@@ -193,22 +207,37 @@ impl Dedup {
         if now.saturating_sub(m.swept_at) >= self.sweep_every() {
             m.sweep(now, window);
         }
-        match m.taken.get(&key) {
-            Some(&PENDING) => return Check::InFlight,
-            Some(&at) if now.saturating_sub(at) < window => return Check::Duplicate,
-            Some(_) => {}
-            None if m.taken.len() >= self.limit => {
-                if m.full_until.is_none_or(|until| now >= until) {
-                    m.sweep(now, window);
+        // One probe of the table for the usual answers: it is large (a
+        // million entries), so each probe is a miss in the caches.
+        let full = m.taken.len() >= self.limit;
+        match m.taken.entry(key) {
+            Entry::Occupied(mut e) => match *e.get() {
+                PENDING => Check::InFlight,
+                at if now.saturating_sub(at) < window => Check::Duplicate,
+                _ => {
+                    e.insert(PENDING);
+                    Check::New
                 }
-                if m.taken.len() >= self.limit {
-                    let until = m.full_until.unwrap_or(now + 1);
-                    return Check::Full {
-                        retry_after_secs: u64::from(until.saturating_sub(now).max(1)),
-                    };
-                }
+            },
+            Entry::Vacant(e) if !full => {
+                e.insert(PENDING);
+                Check::New
             }
-            None => {}
+            Entry::Vacant(_) => self.check_full(m, key, now),
+        }
+    }
+
+    /// A name not remembered while the memory is full: taken only when a
+    /// sweep makes room.
+    fn check_full(&self, m: &mut Memory, key: Key, now: u32) -> Check {
+        if m.full_until.is_none_or(|until| now >= until) {
+            m.sweep(now, self.window_secs);
+        }
+        if m.taken.len() >= self.limit {
+            let until = m.full_until.unwrap_or(now + 1);
+            return Check::Full {
+                retry_after_secs: u64::from(until.saturating_sub(now).max(1)),
+            };
         }
         m.taken.insert(key, PENDING);
         Check::New
@@ -309,6 +338,31 @@ mod tests {
         d.restore([(old, 1000), (recent, 1050)], 1070);
         assert_eq!(d.check(recent, 1070), Check::Duplicate);
         assert_eq!(d.check(old, 1070), Check::New);
+    }
+
+    #[test]
+    fn ids_are_the_name_based_uuids_of_the_framed_names() {
+        // What the ids were before the digest was fed piece by piece: the
+        // same (configuration, id) keeps its CloudEvent id across versions.
+        let mut joined = Vec::new();
+        framed(&["gw", "orders", "0/42"], |b| joined.extend_from_slice(b));
+        assert_eq!(
+            cloudevent_id("gw", "orders", "0/42"),
+            uuid::Uuid::new_v5(&NAMESPACE, &joined).to_string()
+        );
+        // And the journal's keys: FNV-1a of the framed names from two offsets.
+        let mut joined = Vec::new();
+        framed(&["gw", "x"], |b| joined.extend_from_slice(b));
+        let fnv = |offset: u64| {
+            joined.iter().fold(offset, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+            })
+        };
+        let (a, b) = (fnv(0xcbf2_9ce4_8422_2325), fnv(0x6c62_272e_07bb_0142));
+        assert_eq!(
+            Key::of("gw", "x"),
+            Key([a as u32, (a >> 32) as u32, (b ^ (b >> 32)) as u32])
+        );
     }
 
     #[test]

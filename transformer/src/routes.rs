@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use bytes::Bytes;
 
-use crate::cloudevent::{CloudEvent, STRUCTURED_CONTENT_TYPE};
+use crate::cloudevent::{CloudEvent, ORIGIN_ID, STRUCTURED_CONTENT_TYPE};
 use crate::dedup::{self, Check, Key};
 use crate::dispatch::dispatcher::Name;
 use crate::loops;
@@ -548,10 +548,6 @@ async fn triggers(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
         .collect();
     Json(serde_json::json!({ "triggers": list }))
 }
-
-/// The CloudEvent extension attribute that carries a user server's own id
-/// for the event (`id` of `POST /event` and `/events`).
-pub const ORIGIN_ID: &str = "originid";
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))

@@ -61,6 +61,7 @@ impl CloudEvent {
         const SUBJECT: HeaderName = HeaderName::from_static("ce-subject");
         const TIME: HeaderName = HeaderName::from_static("ce-time");
         const DATASCHEMA: HeaderName = HeaderName::from_static("ce-dataschema");
+        const ORIGIN: HeaderName = HeaderName::from_static("ce-originid");
         let mut headers = HeaderMap::with_capacity(8 + self.extensions.len());
         self.binary_headers(|name, value| {
             let name = match name {
@@ -72,6 +73,8 @@ impl CloudEvent {
                 BinaryName::Time => TIME,
                 BinaryName::DataSchema => DATASCHEMA,
                 BinaryName::ContentType => axum::http::header::CONTENT_TYPE,
+                // On every event a user server named.
+                BinaryName::Extension(super::ORIGIN_ID) => ORIGIN,
                 BinaryName::Extension(k) => {
                     match HeaderName::from_bytes(format!("ce-{k}").as_bytes()) {
                         Ok(n) => n,

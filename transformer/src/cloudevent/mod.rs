@@ -9,6 +9,9 @@ use time::OffsetDateTime;
 
 pub const SPEC_VERSION: &str = "1.0";
 pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
+/// The extension attribute that carries a user server's own id for the
+/// event (`id` of `POST /event` and `/events`).
+pub const ORIGIN_ID: &str = "originid";
 mod binary;
 mod structured;
 

@@ -16,7 +16,7 @@ use futures::future::BoxFuture;
 use tokio::sync::OnceCell;
 
 use super::{DeliveryError, Sink};
-use crate::cloudevent::{BinaryName, CloudEvent, STRUCTURED_CONTENT_TYPE};
+use crate::cloudevent::{BinaryName, CloudEvent, ORIGIN_ID, STRUCTURED_CONTENT_TYPE};
 use crate::config::{CeMode, NatsConfig, NatsType};
 use crate::metrics::NatsMetrics;
 use gateway_common::nats::{max_subject_len, request_reply_len};
@@ -213,6 +213,9 @@ fn message(mode: CeMode, event: &CloudEvent) -> (HeaderMap, Bytes) {
                         return
                     }
                     BinaryName::ContentType => const { HeaderName::from_static("content-type") },
+                    BinaryName::Extension(ORIGIN_ID) => {
+                        const { HeaderName::from_static("ce-originid") }
+                    }
                     BinaryName::Extension(k) => match format!("ce-{k}").parse() {
                         Ok(n) => n,
                         Err(_) => return,

@@ -292,7 +292,7 @@ fn print_table(rows: &[Row], limit: f64) {
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {:.0} | {} |",
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |",
             r.name,
             r.rate,
             r.rate / limit,
@@ -301,7 +301,7 @@ fn print_table(rows: &[Row], limit: f64) {
             r.p999,
             r.rss,
             r.cpu,
-            r.cpu_total,
+            measure::micros(r.cpu_total),
             r.note
         );
     }
