@@ -163,19 +163,8 @@ fn check_items(st: &AppState, items: &[BatchItem]) -> Checked {
         repeats: Vec::new(),
     };
     // Read first, then every name looked up under one lock.
-    let parsed: Vec<Result<(CloudEvent, bool), ApiError>> = items
-        .iter()
-        .map(|item| {
-            claim_holds(item.claim_until.as_deref()).and_then(|()| {
-                let trace = [
-                    ("traceparent", item.traceparent.as_deref()),
-                    ("tracestate", item.tracestate.as_deref()),
-                ];
-                let trace = trace.into_iter().filter_map(|(k, v)| Some((k, v?)));
-                gateway_event(st, item.event.get().as_bytes(), trace)
-            })
-        })
-        .collect();
+    let parsed: Vec<Result<(CloudEvent, bool), ApiError>> =
+        items.iter().map(|item| read_item(st, item)).collect();
     let keys: Vec<Option<Key>> = parsed
         .iter()
         .map(|p| p.as_ref().ok().and_then(|(e, named)| key_of(st, e, *named)))
@@ -207,41 +196,66 @@ fn check_items(st: &AppState, items: &[BatchItem]) -> Checked {
             }
             other => other,
         };
-        let at = c.results.len();
+        c.place(st, checked, &mut held_back);
+    }
+    c
+}
+
+/// One item of a batch as an event, its replica's claim checked.
+fn read_item(st: &AppState, item: &BatchItem) -> Result<(CloudEvent, bool), ApiError> {
+    claim_holds(item.claim_until.as_deref())?;
+    let trace = [
+        ("traceparent", item.traceparent.as_deref()),
+        ("tracestate", item.tracestate.as_deref()),
+    ];
+    let trace = trace.into_iter().filter_map(|(k, v)| Some((k, v?)));
+    gateway_event(st, item.event.get().as_bytes(), trace)
+}
+
+impl Checked {
+    /// Answers an item in its place: an event to dispatch, a duplicate, a
+    /// repeat of an earlier item, or a refusal (which holds back the later
+    /// items of its configuration).
+    fn place(
+        &mut self,
+        st: &AppState,
+        checked: Result<(CloudEvent, Result<Named, NameError>), ApiError>,
+        held_back: &mut Vec<String>,
+    ) {
+        let at = self.results.len();
         match checked {
             Ok((event, Ok(Named::New(key)))) => {
-                c.slots.push((at, Some(key)));
-                c.results.push(taken(event.id.clone(), false));
-                c.events.push((event, Some(key.to_bytes())));
+                self.slots.push((at, Some(key)));
+                self.results.push(taken(event.id.clone(), false));
+                self.events.push((event, Some(key.to_bytes())));
             }
             Ok((event, Ok(Named::Unnamed))) => {
-                c.slots.push((at, None));
-                c.results.push(taken(event.id.clone(), false));
-                c.events.push((event, None));
+                self.slots.push((at, None));
+                self.results.push(taken(event.id.clone(), false));
+                self.events.push((event, None));
             }
-            Ok((event, Ok(Named::Duplicate))) => c.results.push(taken(event.id, true)),
+            Ok((event, Ok(Named::Duplicate))) => self.results.push(taken(event.id, true)),
             Ok((event, Err(e))) => {
                 let repeat = match &e {
-                    NameError::InFlight(key) => c.slots.iter().find(|(_, k)| *k == Some(*key)),
+                    NameError::InFlight(key) => self.slots.iter().find(|(_, k)| *k == Some(*key)),
                     NameError::Full { .. } => None,
                 };
                 let e: ApiError = e.into();
                 match repeat {
-                    Some(&(first, _)) => c.repeats.push((at, first)),
+                    Some(&(first, _)) => self.repeats.push((at, first)),
                     None => {
                         st.metrics.reject(reject_reason(&e));
                         held_back.push(event.ordering_key().to_owned());
                     }
                 }
-                c.results.push(BatchResult::from(e));
+                self.results.push(BatchResult::from(e));
             }
             Err(e) => {
                 st.metrics.reject(reject_reason(&e));
-                c.results.push(BatchResult::from(e));
+                self.results.push(BatchResult::from(e));
             }
         }
     }
-    c
 }
 
 /// The answer for an event taken (now, or before when `duplicate`).
