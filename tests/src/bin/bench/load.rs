@@ -70,11 +70,37 @@ pub(super) async fn generate(
     secs: f64,
     rate: Option<f64>,
 ) -> Load {
-    // One client for the whole run, so the half-load phase reuses the
-    // saturated phase's connections: 64 new connections at once are a burst
-    // the gateway would have to absorb, and would be measured as its latency.
+    let client = shared_client();
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let (epoch, epoch_ns) = (tokio::time::Instant::now(), now_ns());
+    let tasks = (0..workers)
+        .map(|w| {
+            let pace = Pace {
+                w,
+                workers,
+                rate,
+                epoch,
+                epoch_ns,
+            };
+            let events = Events { sources, size };
+            tokio::spawn(produce(
+                client.clone(),
+                url.to_owned(),
+                pace,
+                events,
+                deadline,
+            ))
+        })
+        .collect();
+    Load::sum(tasks).await
+}
+
+/// One client for the whole run, so the half-load phase reuses the saturated
+/// phase's connections: 64 new connections at once are a burst the gateway
+/// would have to absorb, and would be measured as its latency.
+fn shared_client() -> reqwest::Client {
     static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    let client = CLIENT
+    CLIENT
         .get_or_init(|| {
             reqwest::Client::builder()
                 .pool_max_idle_per_host(256)
@@ -82,71 +108,106 @@ pub(super) async fn generate(
                 .build()
                 .expect("client")
         })
-        .clone();
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
-    let (epoch, epoch_ns) = (tokio::time::Instant::now(), now_ns());
-    let mut tasks = Vec::new();
-    for w in 0..workers {
-        let client = client.clone();
-        let url = url.to_owned();
-        tasks.push(tokio::spawn(async move {
-            let mut load = Load::new();
-            let mut idle_since = tokio::time::Instant::now();
-            let mut tick = rate.map(|r| {
-                let period = Duration::from_secs_f64(workers as f64 / r);
-                let phase = period.mul_f64(w as f64 / workers as f64);
-                // Burst: a late producer catches up, so the rate holds.
-                tokio::time::interval_at(epoch + phase, period)
-            });
-            let mut n = w;
-            while Instant::now() < deadline {
-                let due = match tick.as_mut() {
-                    Some(t) => t.tick().await,
-                    None => tokio::time::Instant::now(),
-                };
-                // The timer fires up to a millisecond after `due` (tokio's timer
-                // resolution): that lag is the generator's, not the gateway's.
-                // Later than that, the producer was held up, and it counts.
-                let now = tokio::time::Instant::now();
-                if tick.is_some() && idle_since <= due {
-                    load.woke_late
-                        .push(now.saturating_duration_since(due).as_nanos() as u64);
-                }
-                let due = if now.saturating_duration_since(due) > TIMER_SLACK {
-                    due
-                } else {
-                    now
-                };
-                let due_ns = epoch_ns + due.saturating_duration_since(epoch).as_nanos() as u64;
-                let body = format!(
-                    r#"{{"src":"bench-{}","payload":"{}"}}"#,
-                    n % sources,
-                    payload(size, due_ns)
-                );
-                n += workers;
-                let start = due.into_std();
-                match client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                {
-                    Ok(r) if r.status().is_success() => {
-                        load.ok += 1;
-                        load.rtts.push(start.elapsed().as_nanos() as u64);
-                    }
-                    _ => {
-                        load.refused += 1;
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                }
-                idle_since = tokio::time::Instant::now();
-            }
-            load
-        }));
+        .clone()
+}
+
+/// A producer's place among the others, and the pace of all of them.
+#[derive(Clone, Copy)]
+struct Pace {
+    w: usize,
+    workers: usize,
+    rate: Option<f64>,
+    epoch: tokio::time::Instant,
+    epoch_ns: u64,
+}
+
+/// What a producer sends: events of `size` bytes over `sources` configurations.
+#[derive(Clone, Copy)]
+struct Events {
+    sources: usize,
+    size: usize,
+}
+
+impl Pace {
+    /// The producer's timer when paced: its period, and its phase within it.
+    fn ticker(&self) -> Option<tokio::time::Interval> {
+        self.rate.map(|r| {
+            let period = Duration::from_secs_f64(self.workers as f64 / r);
+            let phase = period.mul_f64(self.w as f64 / self.workers as f64);
+            // Burst: a late producer catches up, so the rate holds.
+            tokio::time::interval_at(self.epoch + phase, period)
+        })
     }
-    Load::sum(tasks).await
+}
+
+/// One producer's requests until `deadline`.
+async fn produce(
+    client: reqwest::Client,
+    url: String,
+    pace: Pace,
+    events: Events,
+    deadline: Instant,
+) -> Load {
+    let mut load = Load::new();
+    let mut idle_since = tokio::time::Instant::now();
+    let mut tick = pace.ticker();
+    let mut n = pace.w;
+    while Instant::now() < deadline {
+        let due = next_due(tick.as_mut(), idle_since, &mut load).await;
+        let due_ns = pace.epoch_ns + due.saturating_duration_since(pace.epoch).as_nanos() as u64;
+        let body = format!(
+            r#"{{"src":"bench-{}","payload":"{}"}}"#,
+            n % events.sources,
+            payload(events.size, due_ns)
+        );
+        n += pace.workers;
+        let start = due.into_std();
+        match client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => {
+                load.ok += 1;
+                load.rtts.push(start.elapsed().as_nanos() as u64);
+            }
+            _ => {
+                load.refused += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        idle_since = tokio::time::Instant::now();
+    }
+    load
+}
+
+/// When the next event was due: its tick when paced (the latency counts from
+/// there once the producer is later than [`TIMER_SLACK`]), else now. A tick
+/// that found the producer idle records how late the timer woke it.
+async fn next_due(
+    tick: Option<&mut tokio::time::Interval>,
+    idle_since: tokio::time::Instant,
+    load: &mut Load,
+) -> tokio::time::Instant {
+    let Some(tick) = tick else {
+        return tokio::time::Instant::now();
+    };
+    let due = tick.tick().await;
+    // The timer fires up to a millisecond after `due` (tokio's timer
+    // resolution): that lag is the generator's, not the gateway's. Later
+    // than that, the producer was held up, and it counts.
+    let now = tokio::time::Instant::now();
+    if idle_since <= due {
+        load.woke_late
+            .push(now.saturating_duration_since(due).as_nanos() as u64);
+    }
+    if now.saturating_duration_since(due) > TIMER_SLACK {
+        due
+    } else {
+        now
+    }
 }
 
 /// `workers` producers POST `/events` batches of `batch` events for `secs`,

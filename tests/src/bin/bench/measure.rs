@@ -153,11 +153,7 @@ pub(super) async fn measure(
     };
     let (cpu, cpu_total) = cpu_since(&cpu_before, procs, sat.ok);
     if let Some(sink) = sink {
-        sink.latencies
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-        sink.recording.store(true, Ordering::Relaxed);
+        sink.start_recording();
     }
     let half = generate(
         url,
@@ -169,24 +165,7 @@ pub(super) async fn measure(
     )
     .await;
     let mut lat = match sink {
-        Some(sink) => {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            sink.recording.store(false, Ordering::Relaxed);
-            let pairs =
-                std::mem::take(&mut *sink.latencies.lock().unwrap_or_else(|p| p.into_inner()));
-            report_clustering(name, &pairs);
-            if std::env::var_os("BENCH_METRICS").is_some() {
-                let mut late = half.woke_late.clone();
-                late.sort_unstable();
-                eprintln!(
-                    "## {name}: the generator's own timer lateness p50 {:.2} / p99 {:.2} / p99.9 {:.2} ms",
-                    percentile(&late, 0.5),
-                    percentile(&late, 0.99),
-                    percentile(&late, 0.999)
-                );
-            }
-            pairs.into_iter().map(|(_, l, _)| l).collect()
-        }
+        Some(sink) => recorded_latencies(name, sink, &half.woke_late).await,
         None => half.rtts,
     };
     lat.sort_unstable();
@@ -211,6 +190,24 @@ pub(super) async fn measure(
         },
         rate,
     )
+}
+
+/// The latencies `sink` recorded of the paced phase; with `BENCH_METRICS`, where the slowest went and how late the
+/// generator's own timers woke (`woke_late`).
+async fn recorded_latencies(name: &str, sink: &Sink, woke_late: &[u64]) -> Vec<u64> {
+    let pairs = sink.stop_recording().await;
+    report_clustering(name, &pairs);
+    if std::env::var_os("BENCH_METRICS").is_some() {
+        let mut late = woke_late.to_vec();
+        late.sort_unstable();
+        eprintln!(
+            "## {name}: the generator's own timer lateness p50 {:.2} / p99 {:.2} / p99.9 {:.2} ms",
+            percentile(&late, 0.5),
+            percentile(&late, 0.99),
+            percentile(&late, 0.999)
+        );
+    }
+    pairs.into_iter().map(|(_, l, _)| l).collect()
 }
 
 /// [`measure`] with the gRPC load generator as the user server: its streams go
@@ -249,20 +246,14 @@ pub(super) async fn measure_grpc(
     };
     let (cpu, cpu_total) = cpu_since(&cpu_before, procs, read);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    sink.latencies
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clear();
-    sink.recording.store(true, Ordering::Relaxed);
+    sink.start_recording();
     let per_stream = (rate / 2.0).max(1.0) / streams as f64;
     load.set(grpc::Phase::Paced {
         period: Duration::from_secs_f64(1.0 / per_stream),
     });
     tokio::time::sleep(Duration::from_secs_f64(s.secs)).await;
     load.set(grpc::Phase::Idle);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    sink.recording.store(false, Ordering::Relaxed);
-    let pairs = std::mem::take(&mut *sink.latencies.lock().unwrap_or_else(|p| p.into_inner()));
+    let pairs = sink.stop_recording().await;
     report_clustering(name, &pairs);
     let mut lat: Vec<u64> = pairs.into_iter().map(|(_, l, _)| l).collect();
     lat.sort_unstable();

@@ -14,6 +14,23 @@ pub(super) struct Sink {
 }
 
 impl Sink {
+    /// Forgets what was recorded and records from now on.
+    pub(super) fn start_recording(&self) {
+        self.latencies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.recording.store(true, Ordering::Relaxed);
+    }
+
+    /// What was recorded, once the last events sent have had 300 ms to
+    /// arrive; records no more.
+    pub(super) async fn stop_recording(&self) -> Vec<(u64, u64, u64)> {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.recording.store(false, Ordering::Relaxed);
+        std::mem::take(&mut *self.latencies.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// `ce_time` is the CloudEvent's `time`, which the transformer sets when the
     /// event reaches it: it splits the latency into before and after.
     pub(super) fn take(&self, body: &[u8], ce_time: Option<&[u8]>) {
