@@ -328,6 +328,12 @@ async fn a_repeat_after_a_transformer_sigkill_is_still_a_duplicate() {
         assert_eq!(again["results"][i]["duplicate"], true, "{again}");
         assert_eq!(again["results"][i]["id"], first[i]["id"], "{again}");
     }
+    assert_eq!(
+        g.metric(&g.tr_url("/metrics"), "transformer_dedup_remembered")
+            .await,
+        2.0,
+        "the two names, remembered across the crash"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(g.sensor_events().len(), 2, "nothing delivered twice");
 }
@@ -599,6 +605,12 @@ async fn a_full_memory_refuses_new_ids_and_still_knows_the_old() {
         g.metric(&g.tr_url("/metrics"), "transformer_dedup_full_total")
             .await
             >= 1.0
+    );
+    assert_eq!(
+        g.metric(&g.tr_url("/metrics"), "transformer_dedup_remembered")
+            .await,
+        2.0,
+        "a full memory holds its bound"
     );
     g.wait_sensor(3).await;
     tokio::time::sleep(Duration::from_millis(300)).await;

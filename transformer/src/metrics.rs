@@ -32,34 +32,53 @@ type HistogramFamily = Family<WatcherLabel, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
     registry: Registry,
-    pub received: Family<KindLabel, Counter>,
-    pub rejected: Family<ReasonLabel, Counter>,
+    /// What the routes take and refuse.
+    pub intake: IntakeMetrics,
+    /// The memory of event names.
+    pub dedup: DedupMetrics,
     /// Changes of `TRANSFORMER_TRIGGERS` taken (`applied`) or refused.
     pub trigger_reloads: Family<ResultLabel, Counter>,
     pub replayed: Counter,
+    /// Time the store's writer spends on one group write.
+    pub store_write: Histogram,
+    watchers: WatcherFamilies,
+    pub nats: NatsMetrics,
+    /// The HTTP listener's connections.
+    pub server: gateway_common::server::ServerMetrics,
+}
+
+/// Events as they arrive: taken, refused, and how.
+#[derive(Clone)]
+pub struct IntakeMetrics {
+    pub received: Family<KindLabel, Counter>,
+    pub rejected: Family<ReasonLabel, Counter>,
     /// Events a gateway delivered that were taken here before (a loop).
     pub returned: Counter,
     pub admission_waiting: Gauge,
     pub batches: Counter,
     /// Events taken that no watcher's filter wanted: stored for nobody.
     pub for_nobody: Counter,
+}
+
+/// The memory of event names (`TRANSFORMER_DEDUP_WINDOW`).
+#[derive(Clone)]
+pub struct DedupMetrics {
     /// Named events taken before within the window, answered as duplicates.
     pub duplicates: Counter,
     /// New names refused because the memory of names was full.
-    pub dedup_full: Counter,
-    /// Names remembered now.
-    pub dedup_remembered: Gauge,
+    pub full: Counter,
+    /// Names remembered now (set when the metrics are read).
+    pub remembered: Gauge,
+}
+
+/// Every watcher's metrics, labelled by watcher.
+struct WatcherFamilies {
     delivered: Family<WatcherLabel, Counter>,
     retries: Family<WatcherLabel, Counter>,
     dead_lettered: Family<WatcherLabel, Counter>,
     filtered: Family<WatcherLabel, Counter>,
     queue_depth: Family<WatcherLabel, Gauge>,
     latency: HistogramFamily,
-    /// Time the store's writer spends on one group write.
-    pub store_write: Histogram,
-    pub nats: NatsMetrics,
-    /// The HTTP listener's connections.
-    pub server: gateway_common::server::ServerMetrics,
 }
 
 /// The NATS connection's and publishers' counters.
@@ -89,117 +108,128 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 18))
 }
 
-impl Metrics {
-    pub fn new() -> Self {
-        let mut registry = Registry::default();
-        let received = Family::<KindLabel, Counter>::default();
-        let rejected = Family::<ReasonLabel, Counter>::default();
-        let trigger_reloads = Family::<ResultLabel, Counter>::default();
-        let replayed = Counter::default();
-        let returned = Counter::default();
-        let admission_waiting = Gauge::default();
-        let batches = Counter::default();
-        let for_nobody = Counter::default();
-        let duplicates = Counter::default();
-        let dedup_full = Counter::default();
-        let dedup_remembered = Gauge::default();
-        let delivered = Family::<WatcherLabel, Counter>::default();
-        let retries = Family::<WatcherLabel, Counter>::default();
-        let dead_lettered = Family::<WatcherLabel, Counter>::default();
-        let filtered = Family::<WatcherLabel, Counter>::default();
-        let queue_depth = Family::<WatcherLabel, Gauge>::default();
-        let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
-        let store_write = Histogram::new(exponential_buckets(0.00002, 2.0, 16));
-        registry.register(
-            "transformer_events_received",
-            "Events accepted for delivery, by input kind (gateway or cloudevent)",
-            received.clone(),
-        );
-        registry.register(
-            "transformer_events_rejected",
-            "Events refused, by reason (bad_request, too_large, backpressure, shutting_down)",
-            rejected.clone(),
-        );
-        registry.register(
-            "transformer_dead_letters_replayed",
-            "Dead letters put back into a watcher's queue",
-            replayed.clone(),
-        );
-        registry.register(
-            "transformer_events_returned",
-            "CloudEvents another gateway delivered that were taken here before (same source and id): GATEWAY_WATCHERS form a loop, or an upstream repeated one. Answered 2xx, not delivered again",
-            returned.clone(),
-        );
-        registry.register(
-            "transformer_admission_waiting",
-            "Producer requests waiting for room in a full queue (TRANSFORMER_ADMIT_WAIT)",
-            admission_waiting.clone(),
-        );
-        registry.register(
-            "transformer_batches",
-            "Requests to POST /batch (events received over all inputs / this = mean batch size when the processor-client batches)",
-            batches.clone(),
-        );
-        registry.register(
-            "transformer_events_for_nobody",
-            "Events taken that no trigger's filter wanted (answered 2xx, stored for nobody)",
-            for_nobody.clone(),
-        );
-        registry.register(
-            "transformer_events_duplicate",
-            "Events whose name (a user server's id, or a CloudEvent's source and id) was taken within TRANSFORMER_DEDUP_WINDOW: answered 200 with \"duplicate\": true, delivered nowhere again",
-            duplicates.clone(),
-        );
-        registry.register(
-            "transformer_dedup_full",
-            "Named events refused (503) because TRANSFORMER_DEDUP_MAX_IDS names within the window are remembered already",
-            dedup_full.clone(),
-        );
-        registry.register(
-            "transformer_dedup_remembered",
-            "Event names remembered for deduplication now",
-            dedup_remembered.clone(),
-        );
-        registry.register(
-            "transformer_trigger_reloads",
-            "Changes of TRANSFORMER_TRIGGERS taken (applied) or refused (the last good set stays)",
-            trigger_reloads.clone(),
-        );
-        registry.register(
-            "transformer_events_delivered",
-            "Events a watcher acknowledged",
-            delivered.clone(),
-        );
-        registry.register(
-            "transformer_delivery_retries",
-            "Failed delivery attempts that will be retried",
-            retries.clone(),
-        );
-        registry.register(
-            "transformer_events_dead_lettered",
-            "Events that exhausted their retries or were refused permanently",
-            dead_lettered.clone(),
-        );
-        registry.register(
-            "transformer_events_filtered",
-            "Events a watcher's trigger filter passed over",
-            filtered.clone(),
-        );
-        registry.register(
-            "transformer_queue_depth",
-            "Events queued for a watcher and not yet delivered",
-            queue_depth.clone(),
-        );
-        registry.register(
-            "transformer_delivery_duration_seconds",
-            "Time from acceptance to acknowledgement by the watcher",
-            latency.clone(),
-        );
-        registry.register(
-            "transformer_store_write_duration_seconds",
-            "Time the store's writer took for one group write of events and acknowledgements (commit, and fsync under TRANSFORMER_FSYNC=always); producers wait for it",
-            store_write.clone(),
-        );
+/// Registers `metric` under `name` and gives it back, for the caller to keep.
+fn registered<M>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M
+where
+    M: prometheus_client::registry::Metric + Clone,
+{
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+impl IntakeMetrics {
+    fn register(r: &mut Registry) -> Self {
+        IntakeMetrics {
+            received: registered(
+                r,
+                "transformer_events_received",
+                "Events accepted for delivery, by input kind (gateway or cloudevent)",
+                Family::default(),
+            ),
+            rejected: registered(
+                r,
+                "transformer_events_rejected",
+                "Events refused, by reason (bad_request, too_large, backpressure, shutting_down)",
+                Family::default(),
+            ),
+            returned: registered(
+                r,
+                "transformer_events_returned",
+                "CloudEvents another gateway delivered that were taken here before (same source and id): GATEWAY_WATCHERS form a loop, or an upstream repeated one. Answered 2xx, not delivered again",
+                Counter::default(),
+            ),
+            admission_waiting: registered(
+                r,
+                "transformer_admission_waiting",
+                "Producer requests waiting for room in a full queue (TRANSFORMER_ADMIT_WAIT)",
+                Gauge::default(),
+            ),
+            batches: registered(
+                r,
+                "transformer_batches",
+                "Requests to POST /batch (events received over all inputs / this = mean batch size when the processor-client batches)",
+                Counter::default(),
+            ),
+            for_nobody: registered(
+                r,
+                "transformer_events_for_nobody",
+                "Events taken that no trigger's filter wanted (answered 2xx, stored for nobody)",
+                Counter::default(),
+            ),
+        }
+    }
+}
+
+impl DedupMetrics {
+    fn register(r: &mut Registry) -> Self {
+        DedupMetrics {
+            duplicates: registered(
+                r,
+                "transformer_events_duplicate",
+                "Events whose name (a user server's id, or a CloudEvent's source and id) was taken within TRANSFORMER_DEDUP_WINDOW: answered 200 with \"duplicate\": true, delivered nowhere again",
+                Counter::default(),
+            ),
+            full: registered(
+                r,
+                "transformer_dedup_full",
+                "Named events refused (503) because TRANSFORMER_DEDUP_MAX_IDS names within the window are remembered already",
+                Counter::default(),
+            ),
+            remembered: registered(
+                r,
+                "transformer_dedup_remembered",
+                "Event names remembered for deduplication now",
+                Gauge::default(),
+            ),
+        }
+    }
+}
+
+impl WatcherFamilies {
+    fn register(r: &mut Registry) -> Self {
+        WatcherFamilies {
+            delivered: registered(
+                r,
+                "transformer_events_delivered",
+                "Events a watcher acknowledged",
+                Family::default(),
+            ),
+            retries: registered(
+                r,
+                "transformer_delivery_retries",
+                "Failed delivery attempts that will be retried",
+                Family::default(),
+            ),
+            dead_lettered: registered(
+                r,
+                "transformer_events_dead_lettered",
+                "Events that exhausted their retries or were refused permanently",
+                Family::default(),
+            ),
+            filtered: registered(
+                r,
+                "transformer_events_filtered",
+                "Events a watcher's trigger filter passed over",
+                Family::default(),
+            ),
+            queue_depth: registered(
+                r,
+                "transformer_queue_depth",
+                "Events queued for a watcher and not yet delivered",
+                Family::default(),
+            ),
+            latency: registered(
+                r,
+                "transformer_delivery_duration_seconds",
+                "Time from acceptance to acknowledgement by the watcher",
+                Family::new_with_constructor(latency_histogram),
+            ),
+        }
+    }
+}
+
+impl NatsMetrics {
+    fn register(r: &mut Registry) -> Self {
         let nats = NatsMetrics::default();
         for (name, help, c) in [
             (
@@ -233,31 +263,40 @@ impl Metrics {
                 &nats.connection.disconnects,
             ),
         ] {
-            registry.register(name, help, c.clone());
+            r.register(name, help, c.clone());
         }
-        let server = gateway_common::server::ServerMetrics::register(&mut registry, "transformer");
+        nats
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::default();
         Metrics {
-            server,
-            registry,
-            received,
-            rejected,
-            trigger_reloads,
-            replayed,
-            returned,
-            admission_waiting,
-            batches,
-            for_nobody,
-            duplicates,
-            dedup_full,
-            dedup_remembered,
-            delivered,
-            retries,
-            dead_lettered,
-            filtered,
-            queue_depth,
-            latency,
-            store_write,
-            nats,
+            intake: IntakeMetrics::register(&mut r),
+            dedup: DedupMetrics::register(&mut r),
+            trigger_reloads: registered(
+                &mut r,
+                "transformer_trigger_reloads",
+                "Changes of TRANSFORMER_TRIGGERS taken (applied) or refused (the last good set stays)",
+                Family::default(),
+            ),
+            replayed: registered(
+                &mut r,
+                "transformer_dead_letters_replayed",
+                "Dead letters put back into a watcher's queue",
+                Counter::default(),
+            ),
+            store_write: registered(
+                &mut r,
+                "transformer_store_write_duration_seconds",
+                "Time the store's writer took for one group write of events and acknowledgements (commit, and fsync under TRANSFORMER_FSYNC=always); producers wait for it",
+                Histogram::new(exponential_buckets(0.00002, 2.0, 16)),
+            ),
+            watchers: WatcherFamilies::register(&mut r),
+            nats: NatsMetrics::register(&mut r),
+            server: gateway_common::server::ServerMetrics::register(&mut r, "transformer"),
+            registry: r,
         }
     }
 
@@ -265,18 +304,22 @@ impl Metrics {
         let label = WatcherLabel {
             watcher: name.to_owned(),
         };
+        let w = &self.watchers;
         WatcherMetrics {
-            delivered: self.delivered.get_or_create(&label).clone(),
-            retries: self.retries.get_or_create(&label).clone(),
-            dead_lettered: self.dead_lettered.get_or_create(&label).clone(),
-            filtered: self.filtered.get_or_create(&label).clone(),
-            queue_depth: self.queue_depth.get_or_create(&label).clone(),
-            latency: self.latency.get_or_create(&label).clone(),
+            delivered: w.delivered.get_or_create(&label).clone(),
+            retries: w.retries.get_or_create(&label).clone(),
+            dead_lettered: w.dead_lettered.get_or_create(&label).clone(),
+            filtered: w.filtered.get_or_create(&label).clone(),
+            queue_depth: w.queue_depth.get_or_create(&label).clone(),
+            latency: w.latency.get_or_create(&label).clone(),
         }
     }
 
     pub fn reject(&self, reason: &'static str) {
-        self.rejected.get_or_create(&ReasonLabel { reason }).inc();
+        self.intake
+            .rejected
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// The text exposition format, as `/metrics` serves it.

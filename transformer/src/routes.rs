@@ -97,7 +97,7 @@ async fn accept_batch(
             "a batch is a JSON array of {{\"event\": {{\"src\", \"payload\"}}}} objects: {e}"
         ))
     })?;
-    st.metrics.batches.inc();
+    st.metrics.intake.batches.inc();
     let Checked {
         mut results,
         events,
@@ -115,6 +115,7 @@ async fn accept_batch(
         match outcome {
             Ok(()) => {
                 st.metrics
+                    .intake
                     .received
                     .get_or_create(&KindLabel { kind: "gateway" })
                     .inc();
@@ -129,7 +130,7 @@ async fn accept_batch(
     for (repeat, first) in repeats {
         results[repeat] = match &results[first] {
             r if r.status == 200 => {
-                st.metrics.duplicates.inc();
+                st.metrics.dedup.duplicates.inc();
                 taken(r.id.clone().unwrap_or_default(), true)
             }
             r => r.clone(),
@@ -347,12 +348,12 @@ fn named_of(st: &AppState, key: Key, check: Option<Check>) -> Result<Named, Name
     match check {
         Check::New => Ok(Named::New(key)),
         Check::Duplicate => {
-            st.metrics.duplicates.inc();
+            st.metrics.dedup.duplicates.inc();
             Ok(Named::Duplicate)
         }
         Check::InFlight => Err(NameError::InFlight(key)),
         Check::Full { retry_after_secs } => {
-            let n = st.metrics.dedup_full.inc() + 1;
+            let n = st.metrics.dedup.full.inc() + 1;
             if n.is_power_of_two() {
                 tracing::warn!(
                     remembered = dedup.remembered(),
@@ -460,14 +461,18 @@ async fn accept(
         }
         return Err(refused(r));
     }
-    st.metrics.received.get_or_create(&KindLabel { kind }).inc();
+    st.metrics
+        .intake
+        .received
+        .get_or_create(&KindLabel { kind })
+        .inc();
     Ok(Json(serde_json::json!({ "id": id })))
 }
 
 /// Counts an event that came back, and says so in the log at the 1st, 2nd,
 /// 4th, 8th... time: a loop repeats for every event.
 fn came_back(st: &AppState, event: &CloudEvent) {
-    let n = st.metrics.returned.inc() + 1;
+    let n = st.metrics.intake.returned.inc() + 1;
     if n.is_power_of_two() {
         tracing::warn!(
             id = %event.id,
@@ -573,6 +578,10 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Result<Json<serde_json::Valu
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
+    if let Some(dedup) = &st.dedup {
+        let remembered = i64::try_from(dedup.remembered()).unwrap_or(i64::MAX);
+        st.metrics.dedup.remembered.set(remembered);
+    }
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         st.metrics.encode(),
