@@ -266,60 +266,148 @@ pub async fn run(
     activity: Arc<Activity>,
     wiring: Wiring,
 ) {
-    let Wiring {
-        mut all,
-        desired,
-        stop_claiming,
-        release,
-    } = wiring;
     // Listed (unclaimed) from the start: until the bucket answers, `/configs`
     // shows what there is to run, not nothing.
     *sharing
         .configurations
         .lock()
         .unwrap_or_else(|p| p.into_inner()) =
-        Some(Arc::new(all.borrow().keys().cloned().collect()));
-    let watchdog = {
-        let sharing = sharing.clone();
-        let all = all.clone();
-        let desired = desired.clone();
-        let stop = release.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(50));
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                if sharing.expire() {
-                    let all = all.borrow().clone();
-                    publish(&sharing, &all, &desired);
-                }
-            }
-        })
-    };
-    let Some((store, connection)) = open_bucket(&settings, &sharing, &stop_claiming).await else {
+        Some(Arc::new(wiring.all.borrow().keys().cloned().collect()));
+    let watchdog = spawn_watchdog(&sharing, &wiring);
+    let Some((store, connection)) = open_bucket(&settings, &sharing, &wiring.stop_claiming).await
+    else {
         let _ = watchdog.await;
         return;
     };
     // A name another live processor-client of this gateway goes by is not
     // taken: two processes of one name would each run the other's claims.
-    if identity::take_name(&sharing, &store, &settings, &stop_claiming)
+    if identity::take_name(&sharing, &store, &settings, &wiring.stop_claiming)
         .await
         .is_none()
     {
         let _ = watchdog.await;
         return;
     }
-    let period = settings.lease / 4;
+    let replica = Replica {
+        sharing,
+        store,
+        registry,
+        activity,
+        period: settings.lease / 4,
+    };
     let mut handovers = tokio::task::JoinSet::new();
-    let mut last_ok = true;
-    loop {
-        let snapshot = all.borrow_and_update().clone();
-        // A round whose connection drops cannot expect its replies: it gives
-        // up at once rather than at the end of its time.
-        let round = tokio::time::timeout(period, tick(&sharing, &store, &snapshot, &registry));
-        let ok = match connection.unless_lost(round).await {
+    replica
+        .share(
+            &connection,
+            wiring.all,
+            &wiring.desired,
+            &wiring.stop_claiming,
+            &mut handovers,
+        )
+        .await;
+    // Shutdown: the supervisor stops the configurations, the claims renewed
+    // meanwhile however long that takes (their events are still forwarded);
+    // then they go back at once, so the other replicas take them without
+    // waiting a lease.
+    replica.renew_until(&wiring.release).await;
+    let _ = watchdog.await;
+    replica.give_back(handovers).await;
+    tracing::info!("claims handed back");
+}
+
+/// Drops the claims this replica failed to renew in time (every 50 ms, until
+/// `release`), so that the supervisor stops their configurations before
+/// another replica may take them.
+fn spawn_watchdog(sharing: &Arc<Sharing>, wiring: &Wiring) -> tokio::task::JoinHandle<()> {
+    let sharing = sharing.clone();
+    let all = wiring.all.clone();
+    let desired = wiring.desired.clone();
+    let stop = wiring.release.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if sharing.expire() {
+                let all = all.borrow().clone();
+                publish(&sharing, &all, &desired);
+            }
+        }
+    })
+}
+
+/// A replica with its bucket open and its name taken.
+struct Replica {
+    sharing: Arc<Sharing>,
+    store: kv::Store,
+    registry: Arc<Registry>,
+    activity: Arc<Activity>,
+    /// A sharing round every quarter of the lease.
+    period: Duration,
+}
+
+impl Replica {
+    /// Sharing rounds, each period and whenever the configurations change,
+    /// until `stop_claiming`; the claims given up are handed over on
+    /// `handovers`, off the loop.
+    async fn share(
+        &self,
+        connection: &ConnectionMetrics,
+        mut all: watch::Receiver<Arc<Snapshot>>,
+        desired: &watch::Sender<Arc<Snapshot>>,
+        stop_claiming: &CancellationToken,
+        handovers: &mut tokio::task::JoinSet<()>,
+    ) {
+        let mut last_ok = true;
+        loop {
+            let snapshot = all.borrow_and_update().clone();
+            let ok = self.round(connection, &snapshot).await;
+            if !ok {
+                self.sharing.forget_view();
+            }
+            // Whatever part of the round was done: the supervisor runs what is
+            // held now, and what was given up goes back once it has stopped,
+            // off the loop, so that waiting for a stop never delays a renewal.
+            publish(&self.sharing, &snapshot, desired);
+            let releases = self.sharing.take_released();
+            if !releases.is_empty() {
+                handovers.spawn(handover(
+                    self.sharing.clone(),
+                    self.store.clone(),
+                    self.registry.clone(),
+                    self.activity.clone(),
+                    releases,
+                ));
+            }
+            while handovers.try_join_next().is_some() {}
+            // The first failure after a good round is retried soon: a claim
+            // outlives one lost round only if the next comes before its deadline
+            // (0.7 of the lease). A longer outage is retried each period.
+            let wait = if !ok && last_ok {
+                self.period / 8
+            } else {
+                self.period
+            };
+            last_ok = ok;
+            tokio::select! {
+                _ = stop_claiming.cancelled() => break,
+                _ = all.changed() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// One sharing round over `snapshot`, within a period; false (logged)
+    /// when it failed. A round whose connection drops cannot expect its
+    /// replies: it gives up at once rather than at the end of its time.
+    async fn round(&self, connection: &ConnectionMetrics, snapshot: &Snapshot) -> bool {
+        let round = tokio::time::timeout(
+            self.period,
+            tick(&self.sharing, &self.store, snapshot, &self.registry),
+        );
+        match connection.unless_lost(round).await {
             Some(Ok(Ok(()))) => true,
             Some(Ok(Err(e))) => {
                 tracing::warn!(error = %e, "cannot reach the sharing bucket");
@@ -333,74 +421,55 @@ pub async fn run(
                 tracing::warn!("the connection to NATS dropped during a round");
                 false
             }
-        };
-        if !ok {
-            sharing.forget_view();
-        }
-        // Whatever part of the round was done: the supervisor runs what is
-        // held now, and what was given up goes back once it has stopped,
-        // off the loop, so that waiting for a stop never delays a renewal.
-        publish(&sharing, &snapshot, &desired);
-        let releases = sharing.take_released();
-        if !releases.is_empty() {
-            handovers.spawn(handover(
-                sharing.clone(),
-                store.clone(),
-                registry.clone(),
-                activity.clone(),
-                releases,
-            ));
-        }
-        while handovers.try_join_next().is_some() {}
-        // The first failure after a good round is retried soon: a claim
-        // outlives one lost round only if the next comes before its deadline
-        // (0.7 of the lease). A longer outage is retried each period.
-        let wait = if !ok && last_ok { period / 8 } else { period };
-        last_ok = ok;
-        tokio::select! {
-            _ = stop_claiming.cancelled() => break,
-            _ = all.changed() => {}
-            _ = tokio::time::sleep(wait) => {}
         }
     }
-    // Shutdown: the supervisor stops the configurations, the claims renewed
-    // meanwhile however long that takes (their events are still forwarded);
-    // then they go back at once, so the other replicas take them without
-    // waiting a lease.
-    loop {
-        tokio::select! {
-            _ = release.cancelled() => break,
-            _ = tokio::time::sleep(period) => {}
-        }
-        let sent = Instant::now();
-        let held = sharing.held_revisions();
-        // With NATS away a renewal waits for JetStream's timeout; the claims
-        // go back as soon as the supervisor is done, not after it.
-        tokio::select! {
-            _ = release.cancelled() => break,
-            renewed = renew(&sharing, &store, &registry, &held) => {
-                sharing.keep_renewed(&renewed, sent);
+
+    /// Renews what is held, each period, until `release`.
+    async fn renew_until(&self, release: &CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = release.cancelled() => break,
+                _ = tokio::time::sleep(self.period) => {}
+            }
+            let sent = Instant::now();
+            let held = self.sharing.held_revisions();
+            // With NATS away a renewal waits for JetStream's timeout; the claims
+            // go back as soon as the supervisor is done, not after it.
+            tokio::select! {
+                _ = release.cancelled() => break,
+                renewed = renew(&self.sharing, &self.store, &self.registry, &held) => {
+                    self.sharing.keep_renewed(&renewed, sent);
+                }
             }
         }
     }
-    let _ = watchdog.await;
-    let held: Vec<(String, u64)> = sharing
-        .held()
-        .drain()
-        .map(|(s, h)| (s, h.revision))
-        .collect();
-    // Only what has stopped here: a configuration the supervisor could not
-    // stop in time keeps its claim until it lapses.
-    let claims = held
-        .iter()
-        .filter(|(src, _)| activity.is_quiet(src))
-        .map(|(src, revision)| store.delete_expect_revision(claim_key(src), Some(*revision)));
-    let presence = store.delete(format!("{REPLICAS}{}", sharing.replica()));
-    // All at once: with NATS away each waits for JetStream's request timeout,
-    // and one after another they would use up the shutdown deadline.
-    let given_back = async { while handovers.join_next().await.is_some() {} };
-    let _ = tokio::join!(futures::future::join_all(claims), presence, given_back);
-    tracing::info!("claims handed back");
+
+    /// Gives back every claim whose configuration has stopped here (one the
+    /// supervisor could not stop in time keeps its claim until it lapses) and
+    /// the replica's presence, and waits for the handovers under way.
+    async fn give_back(&self, mut handovers: tokio::task::JoinSet<()>) {
+        let held: Vec<(String, u64)> = self
+            .sharing
+            .held()
+            .drain()
+            .map(|(s, h)| (s, h.revision))
+            .collect();
+        let claims = held
+            .iter()
+            .filter(|(src, _)| self.activity.is_quiet(src))
+            .map(|(src, revision)| {
+                self.store
+                    .delete_expect_revision(claim_key(src), Some(*revision))
+            });
+        let presence = self
+            .store
+            .delete(format!("{REPLICAS}{}", self.sharing.replica()));
+        // All at once: with NATS away each waits for JetStream's request
+        // timeout, and one after another they would use up the shutdown
+        // deadline.
+        let given_back = async { while handovers.join_next().await.is_some() {} };
+        let _ = tokio::join!(futures::future::join_all(claims), presence, given_back);
+    }
 }
 
 /// Tells the supervisor to run the configurations of `all` this replica

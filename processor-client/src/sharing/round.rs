@@ -60,6 +60,9 @@ pub(super) enum RoundError {
     Keys(String),
 }
 
+/// The claims read in a round: per configuration, the claim and its revision.
+type Claims = BTreeMap<String, (ClaimValue, u64)>;
+
 /// One round: announce, read, renew, claim. The claims to hand over are
 /// dropped locally and queued on `sharing` (see [`Sharing::take_released`]).
 pub(super) async fn tick(
@@ -80,30 +83,15 @@ pub(super) async fn tick(
     );
     announced.map_err(|e| RoundError::Announce(e.to_string()))?;
     // Then the whole bucket: who is live, and who holds what.
-    let keys: Vec<String> = store
-        .keys()
-        .await
-        .map_err(|e| RoundError::Keys(e.to_string()))?
-        .try_collect()
-        .await
-        .map_err(|e| RoundError::Keys(e.to_string()))?;
-    let replicas: BTreeSet<String> = keys
-        .iter()
-        .filter_map(|k| k.strip_prefix(REPLICAS).map(str::to_owned))
-        .collect();
-    let claim_keys: Vec<(String, String)> = keys
-        .iter()
-        .filter(|k| k.starts_with(CLAIMS))
-        .filter_map(|k| Some((src_of(k)?, k.clone())))
-        .collect();
+    let (replicas, claim_keys) = read_keys(store).await?;
     let mut claims = read_claims(store, &claim_keys).await;
-    // Claims of this replica it does not hold here (an earlier run of it made
-    // them): renewed and taken on.
     let releasing = sharing
         .releasing
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
+    // Claims of this replica it does not hold here (an earlier run of it made
+    // them): renewed and taken on.
     let orphans: Vec<(String, u64)> = claims
         .iter()
         .filter(|(s, (v, _))| {
@@ -113,9 +101,63 @@ pub(super) async fn tick(
         .collect();
     renewed.extend(renew(sharing, store, registry, &orphans).await);
     sharing.keep_renewed(&renewed, sent);
-    // Claims being given back count as nobody's here: neither claimable nor
-    // part of this replica's share.
-    let owners: BTreeMap<String, String> = claims
+    let owners = owners(&claims, &me, &renewed, &releasing);
+    let configs: Arc<BTreeSet<String>> = Arc::new(snapshot.keys().cloned().collect());
+    *sharing
+        .configurations
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some(configs.clone());
+    let share = plan::share(configs.len(), &replicas, &me);
+    let moves = plan::moves(&me, &configs, &owners, share);
+    // Queued on `sharing`, not returned: whoever runs the round hands them
+    // over even if it gives up on the rest of it (a slow claim below).
+    let releases = queue_releases(sharing, &moves.release);
+    claim(
+        sharing,
+        store,
+        &moves.claim,
+        moves.wanted,
+        valid_until,
+        &mut claims,
+    )
+    .await;
+    keep_view(sharing, claims, &configs, &releases);
+    Ok(())
+}
+
+/// The bucket's keys: the live replicas, and each claim's (configuration, key).
+async fn read_keys(
+    store: &kv::Store,
+) -> Result<(BTreeSet<String>, Vec<(String, String)>), RoundError> {
+    let keys: Vec<String> = store
+        .keys()
+        .await
+        .map_err(|e| RoundError::Keys(e.to_string()))?
+        .try_collect()
+        .await
+        .map_err(|e| RoundError::Keys(e.to_string()))?;
+    let replicas = keys
+        .iter()
+        .filter_map(|k| k.strip_prefix(REPLICAS).map(str::to_owned))
+        .collect();
+    let claim_keys = keys
+        .iter()
+        .filter(|k| k.starts_with(CLAIMS))
+        .filter_map(|k| Some((src_of(k)?, k.clone())))
+        .collect();
+    Ok((replicas, claim_keys))
+}
+
+/// Who holds each configuration, for the plan: this replica's own claims only
+/// where it renewed them, and claims being given back as nobody's (neither
+/// claimable nor part of this replica's share).
+fn owners(
+    claims: &Claims,
+    me: &str,
+    renewed: &HashMap<String, u64>,
+    releasing: &BTreeSet<String>,
+) -> BTreeMap<String, String> {
+    claims
         .iter()
         .filter(|(src, (v, _))| v.owner != me || renewed.contains_key(src.as_str()))
         .map(|(s, (v, _))| {
@@ -126,44 +168,35 @@ pub(super) async fn tick(
             };
             (s.clone(), owner)
         })
-        .collect();
-    let configs: Arc<BTreeSet<String>> = Arc::new(snapshot.keys().cloned().collect());
-    *sharing
-        .configurations
-        .lock()
-        .unwrap_or_else(|p| p.into_inner()) = Some(configs.clone());
-    let share = plan::share(configs.len(), &replicas, &me);
-    let moves = plan::moves(&me, &configs, &owners, share);
-    // Queued on `sharing`, not returned: whoever runs the round hands them
-    // over even if it gives up on the rest of it (a slow claim below).
+        .collect()
+}
+
+/// Drops the held claims the plan gives up and queues them for handing over;
+/// returns their configurations.
+fn queue_releases(sharing: &Sharing, release: &[String]) -> Vec<String> {
     let mut releases = Vec::new();
-    {
-        let mut held = sharing.held();
-        let mut releasing = sharing.releasing.lock().unwrap_or_else(|p| p.into_inner());
-        let mut queued = sharing.released.lock().unwrap_or_else(|p| p.into_inner());
-        for src in &moves.release {
-            if let Some(h) = held.remove(src) {
-                releasing.insert(src.clone());
-                queued.push((src.clone(), h.revision));
-                releases.push(src.clone());
-            }
+    let mut held = sharing.held();
+    let mut releasing = sharing.releasing.lock().unwrap_or_else(|p| p.into_inner());
+    let mut queued = sharing.released.lock().unwrap_or_else(|p| p.into_inner());
+    for src in release {
+        if let Some(h) = held.remove(src) {
+            releasing.insert(src.clone());
+            queued.push((src.clone(), h.revision));
+            releases.push(src.clone());
         }
     }
-    claim(
-        sharing,
-        store,
-        &moves.claim,
-        moves.wanted,
-        valid_until,
-        &mut claims,
-    )
-    .await;
+    releases
+}
+
+/// Keeps the round's view of who holds what (for `GET /configs`), without
+/// what is being given back, and the count of what this replica holds.
+fn keep_view(sharing: &Sharing, claims: Claims, configs: &BTreeSet<String>, releases: &[String]) {
     let mut view: BTreeMap<String, ClaimValue> = claims
         .into_iter()
         .filter(|(src, _)| configs.contains(src))
         .map(|(s, (v, _))| (s, v))
         .collect();
-    for src in &releases {
+    for src in releases {
         view.remove(src);
     }
     *sharing.view.lock().unwrap_or_else(|p| p.into_inner()) = view;
@@ -172,15 +205,11 @@ pub(super) async fn tick(
         .sharing
         .owned
         .set(sharing.held().len() as i64);
-    Ok(())
 }
 
 /// The claims in the bucket under `keys` (configuration, key), 16 read at
 /// once: each one's value and revision.
-async fn read_claims(
-    store: &kv::Store,
-    keys: &[(String, String)],
-) -> BTreeMap<String, (ClaimValue, u64)> {
+async fn read_claims(store: &kv::Store, keys: &[(String, String)]) -> Claims {
     let mut claims = BTreeMap::new();
     for chunk in keys.chunks(16) {
         let got =
