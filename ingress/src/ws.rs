@@ -41,6 +41,9 @@ const CLOSING_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 /// shutdown deadline bounds it too.
 const CLOSE_FRAME_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Why a session closes the WebSocket: its close code and reason.
+type Closing = (u16, &'static str);
+
 /// One WebSocket's life: from the upgrade to its close. `inbox`, `publish`
 /// and the NATS `headers` (the upgrade request's) were made, and checked, at
 /// the upgrade ([`crate::proxy`]).
@@ -65,12 +68,72 @@ pub async fn session(
         .publish_with_reply_and_headers(ESTABLISHED, inbox.clone(), headers.clone(), Bytes::new())
         .await;
     st.metrics.websockets_open.inc();
-    let (mut to_client, mut from_client) = socket.split();
-    let (tx, mut rx) = mpsc::channel::<Message>(BUFFERED);
-    let (close_tx, mut close_rx) = oneshot::channel::<(u16, &'static str)>();
-    // The writer: messages in order, and a close frame when asked, even while
-    // a message is stuck on a client that does not read.
-    let writer = tokio::spawn(async move {
+    let (to_client, mut from_client) = socket.split();
+    let (tx, rx) = mpsc::channel::<Message>(BUFFERED);
+    let (close_tx, close_rx) = oneshot::channel::<Closing>();
+    let writer = spawn_writer(to_client, rx, close_rx);
+    let closing = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Some((close_code::AWAY, "the ingress is shutting down")),
+            reply = replies.next() => {
+                let Some(reply) = reply else { break None };
+                if tx.try_send(to_client_message(reply.payload)).is_err() {
+                    // The client does not keep up: close it rather than drop
+                    // what it would never know it missed.
+                    tracing::warn!(%inbox, "WebSocket client too slow; closing it");
+                    break Some((close_code::AGAIN, "too slow to read its messages"));
+                }
+            }
+            frame = from_client.next() => {
+                let data = match from_the_client(frame) {
+                    Frame::Data(data) => data,
+                    Frame::Skip => continue,
+                    Frame::End(closing) => break closing,
+                };
+                let published = client
+                    .publish_with_reply_and_headers(publish.clone(), inbox.clone(), headers.clone(), data)
+                    .await;
+                if let Err(e) = published {
+                    break Some(if e.kind() == async_nats::client::PublishErrorKind::MaxPayloadExceeded {
+                        (close_code::SIZE, "the message with its headers is more than NATS takes")
+                    } else {
+                        (close_code::AGAIN, "NATS cannot be reached")
+                    });
+                }
+            }
+        }
+    };
+    if let Some(closing) = closing {
+        let _ = close_tx.send(closing);
+    }
+    drop(tx);
+    // The key is free again as soon as the client is gone, so a client that
+    // reuses its key for its next connection finds it free; the closing
+    // below may take a moment.
+    drop(replies);
+    drop(claim);
+    // Bounded: with NATS away, a flush would wait for the reconnect.
+    let closed = async {
+        let _ = client
+            .publish_with_reply_and_headers(CLOSED, inbox, headers, Bytes::new())
+            .await;
+        let _ = client.flush().await;
+    };
+    let _ = tokio::time::timeout(CLOSING_TIME, closed).await;
+    let _ = tokio::time::timeout(CLOSE_FRAME_TIME + Duration::from_secs(1), writer).await;
+    // Last: shutdown waits for this count to reach zero, then exits, so the
+    // control message and the close frame must be out before it drops.
+    st.metrics.websockets_open.dec();
+}
+
+/// The writer: messages in order, and a close frame when asked, even while
+/// a message is stuck on a client that does not read.
+fn spawn_writer(
+    mut to_client: futures::stream::SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Message>,
+    mut close_rx: oneshot::Receiver<Closing>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         let mut closing = None;
         loop {
             let next = tokio::select! {
@@ -93,75 +156,31 @@ pub async fn session(
             let _ = tokio::time::timeout(CLOSE_FRAME_TIME, to_client.send(frame)).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), to_client.close()).await;
-    });
-    let mut close_tx = Some(close_tx);
-    let mut close = |code: u16, reason: &'static str| {
-        if let Some(tx) = close_tx.take() {
-            let _ = tx.send((code, reason));
-        }
-    };
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => {
-                close(close_code::AWAY, "the ingress is shutting down");
-                break;
-            }
-            reply = replies.next() => {
-                let Some(reply) = reply else { break };
-                if tx.try_send(to_client_message(reply.payload)).is_err() {
-                    // The client does not keep up: close it rather than drop
-                    // what it would never know it missed.
-                    tracing::warn!(%inbox, "WebSocket client too slow; closing it");
-                    close(close_code::AGAIN, "too slow to read its messages");
-                    break;
-                }
-            }
-            frame = from_client.next() => {
-                let data = match frame {
-                    Some(Ok(Message::Text(text))) => Bytes::from(text),
-                    Some(Ok(Message::Binary(data))) => data,
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Err(e)) if too_big(&e) => {
-                        close(close_code::SIZE, "the message is over the ingress's size limit");
-                        break;
-                    }
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
-                };
-                let published = client
-                    .publish_with_reply_and_headers(publish.clone(), inbox.clone(), headers.clone(), data)
-                    .await;
-                match published {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
-                        close(close_code::SIZE, "the message with its headers is more than NATS takes");
-                        break;
-                    }
-                    Err(_) => {
-                        close(close_code::AGAIN, "NATS cannot be reached");
-                        break;
-                    }
-                }
-            }
-        }
+    })
+}
+
+/// What a frame from the client asks of the session.
+enum Frame {
+    /// Publish these bytes.
+    Data(Bytes),
+    /// Nothing (a ping or pong).
+    Skip,
+    /// The session ends, with a close frame of its own or none.
+    End(Option<Closing>),
+}
+
+/// Reads a frame (or the end of the stream) from the client.
+fn from_the_client(frame: Option<Result<Message, axum::Error>>) -> Frame {
+    match frame {
+        Some(Ok(Message::Text(text))) => Frame::Data(Bytes::from(text)),
+        Some(Ok(Message::Binary(data))) => Frame::Data(data),
+        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Frame::Skip,
+        Some(Err(e)) if too_big(&e) => Frame::End(Some((
+            close_code::SIZE,
+            "the message is over the ingress's size limit",
+        ))),
+        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => Frame::End(None),
     }
-    drop(tx);
-    // The key is free again as soon as the client is gone, so a client that
-    // reuses its key for its next connection finds it free; the closing
-    // below may take a moment.
-    drop(replies);
-    drop(claim);
-    // Bounded: with NATS away, a flush would wait for the reconnect.
-    let closed = async {
-        let _ = client
-            .publish_with_reply_and_headers(CLOSED, inbox, headers, Bytes::new())
-            .await;
-        let _ = client.flush().await;
-    };
-    let _ = tokio::time::timeout(CLOSING_TIME, closed).await;
-    let _ = tokio::time::timeout(CLOSE_FRAME_TIME + Duration::from_secs(1), writer).await;
-    // Last: shutdown waits for this count to reach zero, then exits, so the
-    // control message and the close frame must be out before it drops.
-    st.metrics.websockets_open.dec();
 }
 
 /// A message from the inbox as a frame for the client: text, as h8s writes
