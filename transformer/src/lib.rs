@@ -63,30 +63,15 @@ pub async fn serve(
         None => Store::temporary()?,
     });
     let dedup = open_dedup(&config, &store)?;
-    let mut routes: Vec<Route> = build_sinks(&config, &metrics)
-        .await?
-        .into_iter()
-        .map(|sink| Route::plain(sink, config.retry.clone()))
-        .collect();
-    let reach = reload::Reach::new(&config, metrics.clone())?;
-    routes.extend(reach.routes(&config.triggers).await?);
-    if routes.is_empty() {
-        tracing::warn!(
-            "no SENSOR_WATCHERS, GATEWAY_WATCHERS, TRANSFORMER_TRIGGERS or NATS: events will be accepted and dropped"
-        );
-    }
+    let (routes, reach) = start_routes(&config, &metrics).await?;
     let trigger_views = reload::views(&config.triggers, &metrics);
-    let (dispatcher, workers) = Dispatcher::start(
-        routes,
-        Limits {
-            capacity: config.queue_capacity,
-            lanes: config.lanes,
-            max_bytes: config.queue_max_bytes,
-            admit_wait: config.admit_wait,
-        },
-        store.clone(),
-        metrics.clone(),
-    )?;
+    let limits = Limits {
+        capacity: config.queue_capacity,
+        lanes: config.lanes,
+        max_bytes: config.queue_max_bytes,
+        admit_wait: config.admit_wait,
+    };
+    let (dispatcher, workers) = Dispatcher::start(routes, limits, store.clone(), metrics.clone())?;
     let syncing = CancellationToken::new();
     if let Fsync::Every(period) = config.fsync {
         tokio::spawn(sync_every(store.clone(), period, syncing.clone()));
@@ -106,6 +91,49 @@ pub async fn serve(
     if let Some(path) = config.triggers_path.clone() {
         tokio::spawn(reload::watch(path, reach, state.clone(), watching.clone()));
     }
+    announce(&config, &listener)?;
+    let deadline = Deadline::new(config.shutdown_timeout);
+    let stop = deadline.at_signal(shutdown, state.clone());
+    let bearer = gateway_common::auth::Bearer(config.token.as_deref().map(Arc::from));
+    let app = gateway_common::auth::guard(routes::router(state.clone()), bearer);
+    let server = state.metrics.server.clone();
+    gateway_common::server::serve(listener, app, config.listener.clone(), server, stop).await;
+    let (drained_by, hard_stop) = deadline.ends();
+    watching.cancel();
+    drop(state.intake.take());
+    workers.drain(drained_by, hard_stop).await;
+    syncing.cancel();
+    if let Err(e) = store.sync() {
+        tracing::error!(error = %e, "final fsync of the event store failed");
+    }
+    tracing::info!("transformer stopped");
+    Ok(())
+}
+
+/// Every watcher's route: the plain ones (`SENSOR_WATCHERS`,
+/// `GATEWAY_WATCHERS`, NATS) and the triggers'; with the reach that builds
+/// the triggers' sinks again when they are reloaded.
+async fn start_routes(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<(Vec<Route>, reload::Reach), RunError> {
+    let mut routes: Vec<Route> = build_sinks(config, metrics)
+        .await?
+        .into_iter()
+        .map(|sink| Route::plain(sink, config.retry.clone()))
+        .collect();
+    let reach = reload::Reach::new(config, metrics.clone())?;
+    routes.extend(reach.routes(&config.triggers).await?);
+    if routes.is_empty() {
+        tracing::warn!(
+            "no SENSOR_WATCHERS, GATEWAY_WATCHERS, TRANSFORMER_TRIGGERS or NATS: events will be accepted and dropped"
+        );
+    }
+    Ok((routes, reach))
+}
+
+/// Logs where the transformer listens and what it delivers to.
+fn announce(config: &Config, listener: &TcpListener) -> Result<(), RunError> {
     let local = listener.local_addr().map_err(RunError::Serve)?;
     tracing::info!(
         %local,
@@ -117,46 +145,56 @@ pub async fn serve(
         ce_mode = ?config.ce_mode,
         "transformer listening"
     );
-    // One deadline for the whole shutdown, counted from the signal: requests
-    // in flight and the queues' drain share it, and the store's writer gets
-    // the last tenth (at most a second) to commit the final acknowledgements.
-    let timeout = config.shutdown_timeout;
-    let reserve = (timeout / 10).min(std::time::Duration::from_secs(1));
-    let signalled = Arc::new(std::sync::OnceLock::new());
-    let stopping = state.clone();
-    let signal_time = signalled.clone();
-    let stop = async move {
-        shutdown.await;
-        stopping.intake.close();
-        let now = tokio::time::Instant::now();
-        let _ = signal_time.set(now);
-        now + timeout - reserve
-    };
-    let bearer = gateway_common::auth::Bearer(config.token.as_deref().map(Arc::from));
-    let app = gateway_common::auth::guard(routes::router(state.clone()), bearer);
-    gateway_common::server::serve(
-        listener,
-        app,
-        config.listener.clone(),
-        state.metrics.server.clone(),
-        stop,
-    )
-    .await;
-    let signalled = signalled
-        .get()
-        .copied()
-        .unwrap_or_else(tokio::time::Instant::now);
-    watching.cancel();
-    drop(state.intake.take());
-    workers
-        .drain(signalled + timeout - reserve, signalled + timeout)
-        .await;
-    syncing.cancel();
-    if let Err(e) = store.sync() {
-        tracing::error!(error = %e, "final fsync of the event store failed");
-    }
-    tracing::info!("transformer stopped");
     Ok(())
+}
+
+/// One deadline for the whole shutdown, counted from the signal: requests in
+/// flight and the queues' drain share it, and the store's writer gets the
+/// last tenth (at most a second) to commit the final acknowledgements.
+struct Deadline {
+    timeout: std::time::Duration,
+    reserve: std::time::Duration,
+    signalled: Arc<std::sync::OnceLock<tokio::time::Instant>>,
+}
+
+impl Deadline {
+    fn new(timeout: std::time::Duration) -> Deadline {
+        Deadline {
+            timeout,
+            reserve: (timeout / 10).min(std::time::Duration::from_secs(1)),
+            signalled: Arc::new(std::sync::OnceLock::new()),
+        }
+    }
+
+    /// The server's stop: once `shutdown` comes, the intake takes no more
+    /// and the server has until the drain's deadline for what is in flight.
+    fn at_signal(
+        &self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        state: Arc<AppState>,
+    ) -> impl Future<Output = tokio::time::Instant> + Send + 'static {
+        let (signalled, drain) = (self.signalled.clone(), self.timeout - self.reserve);
+        async move {
+            shutdown.await;
+            state.intake.close();
+            let now = tokio::time::Instant::now();
+            let _ = signalled.set(now);
+            now + drain
+        }
+    }
+
+    /// When the queues must have drained, and when the writer stops.
+    fn ends(&self) -> (tokio::time::Instant, tokio::time::Instant) {
+        let signalled = self
+            .signalled
+            .get()
+            .copied()
+            .unwrap_or_else(tokio::time::Instant::now);
+        (
+            signalled + self.timeout - self.reserve,
+            signalled + self.timeout,
+        )
+    }
 }
 
 /// The memory of named events (`TRANSFORMER_DEDUP_WINDOW`), given back what
