@@ -29,6 +29,26 @@ use crate::store::{encode_event, now_ms, DeadLetter, Store, StoreError, WatcherI
 /// `id`); events without a name of their own have none.
 pub type Name = [u8; 12];
 
+/// Where an event of a batch goes: its lane, its size, and the watchers
+/// that want it.
+type Plan = (usize, usize, Targets);
+
+/// A batch's events sorted by the room they got, before the admitted are
+/// stored.
+#[derive(Default)]
+struct Sorted {
+    /// One outcome per event, in order.
+    results: Vec<Result<(), Refused>>,
+    /// The places (in `results`) of the events admitted.
+    admitted_at: Vec<usize>,
+    /// The admitted events some watcher wants, with their lanes and watchers.
+    ready: Vec<(usize, Arc<Admitted>, Targets)>,
+    /// The names of the admitted events, with the second they were taken.
+    remembered: Vec<(Name, u32)>,
+    /// Configurations an event of which was refused.
+    held_back: Vec<String>,
+}
+
 /// Fans events out to every watcher's queue. Dropping it lets the workers drain.
 pub struct Dispatcher {
     /// The watchers now; each request reads one and keeps to it (the writer
@@ -250,7 +270,7 @@ impl Dispatcher {
         if routing.watchers.is_empty() {
             return self.remember_only(events).await;
         }
-        let plans: Vec<(usize, usize, Targets)> = events
+        let plans: Vec<Plan> = events
             .iter()
             .map(|(e, _)| (self.lane_of(e), event_size(e), routing.targets_of(e)))
             .collect();
@@ -263,44 +283,18 @@ impl Dispatcher {
                 .await
         }))
         .await;
-        let mut results = Vec::with_capacity(events.len());
-        let mut admitted_at = Vec::new();
-        let mut ready = Vec::new();
-        let mut remembered = Vec::new();
-        let mut held_back: Vec<String> = Vec::new();
+        let mut sorted = Sorted::default();
         let now = crate::dedup::now_secs();
-        for (((event, name), (lane, size, targets)), room) in
-            events.into_iter().zip(plans).zip(rooms)
-        {
-            let key = event.ordering_key();
-            match room {
-                Ok(()) if held_back.iter().any(|k| k == key) => {
-                    let slots: Vec<&Slots> = targets
-                        .iter()
-                        .map(|i| &*routing.watchers[*i].slots)
-                        .collect();
-                    release_slots(&slots);
-                    if !targets.is_empty() {
-                        drop(self.admission.admitted(event, size));
-                    }
-                    results.push(Err(Refused::Behind));
-                }
-                Ok(()) => {
-                    admitted_at.push(results.len());
-                    remembered.extend(name.map(|n| (n, now)));
-                    if targets.is_empty() {
-                        self.for_nobody.inc();
-                    } else {
-                        ready.push((lane, self.admission.admitted(event, size), targets));
-                    }
-                    results.push(Ok(()));
-                }
-                Err(refused) => {
-                    held_back.push(key.to_owned());
-                    results.push(Err(refused));
-                }
-            }
+        for ((event, plan), room) in events.into_iter().zip(plans).zip(rooms) {
+            self.sort(&routing, &mut sorted, event, plan, room, now);
         }
+        let Sorted {
+            mut results,
+            admitted_at,
+            ready,
+            remembered,
+            ..
+        } = sorted;
         if ready.is_empty() && remembered.is_empty() {
             return results;
         }
@@ -324,6 +318,49 @@ impl Dispatcher {
             }
         }
         results
+    }
+
+    /// Puts one event of a batch where its room says: admitted (to store, or
+    /// for nobody), refused (holding back its configuration's later events),
+    /// or refused as behind one refused before it (its room given back).
+    fn sort(
+        &self,
+        routing: &Routing,
+        sorted: &mut Sorted,
+        (event, name): (CloudEvent, Option<Name>),
+        (lane, size, targets): Plan,
+        room: Result<(), Refused>,
+        now: u32,
+    ) {
+        let key = event.ordering_key();
+        match room {
+            Ok(()) if sorted.held_back.iter().any(|k| k == key) => {
+                let slots: Vec<&Slots> = targets
+                    .iter()
+                    .map(|i| &*routing.watchers[*i].slots)
+                    .collect();
+                release_slots(&slots);
+                if !targets.is_empty() {
+                    drop(self.admission.admitted(event, size));
+                }
+                sorted.results.push(Err(Refused::Behind));
+            }
+            Ok(()) => {
+                sorted.admitted_at.push(sorted.results.len());
+                sorted.remembered.extend(name.map(|n| (n, now)));
+                if targets.is_empty() {
+                    self.for_nobody.inc();
+                } else {
+                    let admitted = self.admission.admitted(event, size);
+                    sorted.ready.push((lane, admitted, targets));
+                }
+                sorted.results.push(Ok(()));
+            }
+            Err(refused) => {
+                sorted.held_back.push(key.to_owned());
+                sorted.results.push(Err(refused));
+            }
+        }
     }
 
     /// With no watcher, events are taken and delivered to nobody; their names
