@@ -12,5 +12,15 @@ pub fn encode_registry(registry: &Registry) -> String {
     out
 }
 
+/// Registers `metric` under `name` and gives it back, for the caller to keep
+/// (a metric's handles share one value).
+pub fn registered<M>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M
+where
+    M: prometheus_client::registry::Metric + Clone,
+{
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 /// The content type of [`encode_registry`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

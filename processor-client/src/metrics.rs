@@ -9,6 +9,7 @@ use prometheus_client::registry::Registry;
 
 use axum::http::StatusCode;
 use gateway_common::error::ErrorCode;
+use gateway_common::metrics::registered;
 
 use crate::configs::Registry as Configs;
 use crate::user_server::Outcome;
@@ -64,61 +65,8 @@ pub struct GrpcMetrics {
     pub messages_read: Counter,
 }
 
-impl Metrics {
-    pub fn new() -> Self {
-        let mut registry = Registry::default();
-        let events_forwarded = Counter::default();
-        let rejected = Family::<ReasonLabel, Counter>::default();
-        let calls = Family::<CallLabel, Counter>::default();
-        let user_server_restarts = Counter::default();
-        let config_loads = Counter::default();
-        let configs = Family::<PhaseLabel, Gauge>::default();
-        registry.register(
-            "processor_events_forwarded",
-            "Events the transformer accepted from this processor-client",
-            events_forwarded.clone(),
-        );
-        registry.register(
-            "processor_events_rejected",
-            "Events refused, by reason (bad_request, unknown_src, too_large, not_owner, backpressure, transformer_unavailable)",
-            rejected.clone(),
-        );
-        registry.register(
-            "processor_user_server_requests",
-            "Requests to the user server by operation (start, stop) and outcome",
-            calls.clone(),
-        );
-        registry.register(
-            "processor_user_server_restarts",
-            "Times the user server came back after being seen down",
-            user_server_restarts.clone(),
-        );
-        registry.register(
-            "processor_config_loads",
-            "Times the configurations were read (after a file notification, or by the slow poll)",
-            config_loads.clone(),
-        );
-        registry.register(
-            "processor_configurations",
-            "Configurations by phase",
-            configs.clone(),
-        );
-        let grpc = GrpcMetrics::default();
-        registry.register(
-            "processor_grpc_streams_open",
-            "Calls to a gRPC user server whose stream is open",
-            grpc.streams_open.clone(),
-        );
-        registry.register(
-            "processor_grpc_reconnects",
-            "Calls to a gRPC user server opened again after a transient end",
-            grpc.reconnects.clone(),
-        );
-        registry.register(
-            "processor_grpc_messages_read",
-            "Messages read from gRPC user servers' streams",
-            grpc.messages_read.clone(),
-        );
+impl SharingMetrics {
+    fn register(r: &mut Registry) -> Self {
         let sharing = SharingMetrics::default();
         for (name, help, counter) in [
             (
@@ -142,25 +90,86 @@ impl Metrics {
                 &sharing.handovers,
             ),
         ] {
-            registry.register(name, help, counter.clone());
+            r.register(name, help, counter.clone());
         }
-        registry.register(
+        r.register(
             "processor_sharing_owned",
             "Configurations this replica holds",
             sharing.owned.clone(),
         );
-        let server = gateway_common::server::ServerMetrics::register(&mut registry, "processor");
+        sharing
+    }
+}
+
+impl GrpcMetrics {
+    fn register(r: &mut Registry) -> Self {
+        GrpcMetrics {
+            streams_open: registered(
+                r,
+                "processor_grpc_streams_open",
+                "Calls to a gRPC user server whose stream is open",
+                Gauge::default(),
+            ),
+            reconnects: registered(
+                r,
+                "processor_grpc_reconnects",
+                "Calls to a gRPC user server opened again after a transient end",
+                Counter::default(),
+            ),
+            messages_read: registered(
+                r,
+                "processor_grpc_messages_read",
+                "Messages read from gRPC user servers' streams",
+                Counter::default(),
+            ),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::default();
         Metrics {
-            server,
-            registry,
-            events_forwarded,
-            rejected,
-            calls,
-            user_server_restarts,
-            config_loads,
-            configs,
-            grpc,
-            sharing,
+            events_forwarded: registered(
+                &mut r,
+                "processor_events_forwarded",
+                "Events the transformer accepted from this processor-client",
+                Counter::default(),
+            ),
+            rejected: registered(
+                &mut r,
+                "processor_events_rejected",
+                "Events refused, by reason (bad_request, unknown_src, too_large, not_owner, backpressure, transformer_unavailable)",
+                Family::default(),
+            ),
+            calls: registered(
+                &mut r,
+                "processor_user_server_requests",
+                "Requests to the user server by operation (start, stop) and outcome",
+                Family::default(),
+            ),
+            user_server_restarts: registered(
+                &mut r,
+                "processor_user_server_restarts",
+                "Times the user server came back after being seen down",
+                Counter::default(),
+            ),
+            config_loads: registered(
+                &mut r,
+                "processor_config_loads",
+                "Times the configurations were read (after a file notification, or by the slow poll)",
+                Counter::default(),
+            ),
+            configs: registered(
+                &mut r,
+                "processor_configurations",
+                "Configurations by phase",
+                Family::default(),
+            ),
+            grpc: GrpcMetrics::register(&mut r),
+            sharing: SharingMetrics::register(&mut r),
+            server: gateway_common::server::ServerMetrics::register(&mut r, "processor"),
+            registry: r,
         }
     }
 

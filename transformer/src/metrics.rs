@@ -108,15 +108,6 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 18))
 }
 
-/// Registers `metric` under `name` and gives it back, for the caller to keep.
-fn registered<M>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M
-where
-    M: prometheus_client::registry::Metric + Clone,
-{
-    registry.register(name, help, metric.clone());
-    metric
-}
-
 impl IntakeMetrics {
     fn register(r: &mut Registry) -> Self {
         IntakeMetrics {
@@ -334,4 +325,5 @@ impl Default for Metrics {
     }
 }
 
+use gateway_common::metrics::registered;
 pub use gateway_common::metrics::{encode_registry, CONTENT_TYPE};
