@@ -340,6 +340,70 @@ fn check_path(env: &Env, var: &Var) -> Result<String, ConfigError> {
     Ok(p)
 }
 
+/// `GATEWAY_HTTP_CONFIG_*`: each an absolute path, and the three the
+/// processor-client serves apart from each other and from its fixed ones.
+fn read_paths(env: &Env) -> Result<Paths, ConfigError> {
+    let paths = Paths {
+        start: check_path(env, &START)?,
+        stop: check_path(env, &STOP)?,
+        event: check_path(env, &EVENT)?,
+        running: check_path(env, &RUNNING)?,
+        error: check_path(env, &ERROR)?,
+    };
+    let served = [
+        (EVENT.name, &paths.event),
+        (RUNNING.name, &paths.running),
+        (ERROR.name, &paths.error),
+    ];
+    for (i, (var, p)) in served.iter().enumerate() {
+        let clash = FIXED_PATHS.contains(&p.as_str()) || served[..i].iter().any(|(_, q)| q == p);
+        if clash {
+            return Err(ConfigError::Invalid {
+                var,
+                reason: format!("{p} is already served by another endpoint"),
+            });
+        }
+    }
+    Ok(paths)
+}
+
+/// How the user server is driven: HTTP, or one of the gRPC contracts.
+fn read_protocol(env: &Env) -> Result<Protocol, ConfigError> {
+    match env.text(&PROTOCOL)?.to_ascii_lowercase().as_str() {
+        "http" => Ok(Protocol::Http),
+        "grpc" => Ok(Protocol::Grpc(Contract::Generic)),
+        "grpc-v06" => Ok(Protocol::Grpc(Contract::V06)),
+        other => Err(ConfigError::Invalid {
+            var: PROTOCOL.name,
+            reason: format!("{other:?}; expected http, grpc or grpc-v06"),
+        }),
+    }
+}
+
+/// Sharing the configurations with other replicas over NATS, or not.
+fn read_sharing(
+    env: &Env,
+    gateway_name: &str,
+) -> Result<Option<crate::sharing::Settings>, ConfigError> {
+    match env.text(&SHARING)?.to_ascii_lowercase().as_str() {
+        "off" | "" => Ok(None),
+        "nats" => Ok(Some(crate::sharing::Settings {
+            replica: replica_id(env)?,
+            replica_from_env: env.optional(&REPLICA_ID).is_some(),
+            lease: lease(env)?,
+            nats: gateway_common::nats::NatsOptions::read(env)?,
+            bucket: crate::sharing::bucket_name(
+                &env.text(&shared::GATEWAY_NAMESPACE)?,
+                gateway_name,
+            ),
+        })),
+        other => Err(ConfigError::Invalid {
+            var: SHARING.name,
+            reason: format!("{other:?}; expected off or nats"),
+        }),
+    }
+}
+
 impl Settings for Config {
     fn json_logs(&self) -> bool {
         self.json_logs
@@ -347,58 +411,9 @@ impl Settings for Config {
 
     fn read(env: &Env) -> Result<Self, ConfigError> {
         let gateway_name = env.text(&shared::GATEWAY_NAME)?;
-        let paths = Paths {
-            start: check_path(env, &START)?,
-            stop: check_path(env, &STOP)?,
-            event: check_path(env, &EVENT)?,
-            running: check_path(env, &RUNNING)?,
-            error: check_path(env, &ERROR)?,
-        };
-        let served = [
-            (EVENT.name, &paths.event),
-            (RUNNING.name, &paths.running),
-            (ERROR.name, &paths.error),
-        ];
-        for (i, (var, p)) in served.iter().enumerate() {
-            let clash =
-                FIXED_PATHS.contains(&p.as_str()) || served[..i].iter().any(|(_, q)| q == p);
-            if clash {
-                return Err(ConfigError::Invalid {
-                    var,
-                    reason: format!("{p} is already served by another endpoint"),
-                });
-            }
-        }
-        let protocol = match env.text(&PROTOCOL)?.to_ascii_lowercase().as_str() {
-            "http" => Protocol::Http,
-            "grpc" => Protocol::Grpc(Contract::Generic),
-            "grpc-v06" => Protocol::Grpc(Contract::V06),
-            other => {
-                return Err(ConfigError::Invalid {
-                    var: PROTOCOL.name,
-                    reason: format!("{other:?}; expected http, grpc or grpc-v06"),
-                })
-            }
-        };
-        let sharing = match env.text(&SHARING)?.to_ascii_lowercase().as_str() {
-            "off" | "" => None,
-            "nats" => Some(crate::sharing::Settings {
-                replica: replica_id(env)?,
-                replica_from_env: env.optional(&REPLICA_ID).is_some(),
-                lease: lease(env)?,
-                nats: gateway_common::nats::NatsOptions::read(env)?,
-                bucket: crate::sharing::bucket_name(
-                    &env.text(&shared::GATEWAY_NAMESPACE)?,
-                    &gateway_name,
-                ),
-            }),
-            other => {
-                return Err(ConfigError::Invalid {
-                    var: SHARING.name,
-                    reason: format!("{other:?}; expected off or nats"),
-                })
-            }
-        };
+        let paths = read_paths(env)?;
+        let protocol = read_protocol(env)?;
+        let sharing = read_sharing(env, &gateway_name)?;
         let config = Config {
             sharing,
             gateway_name,
