@@ -90,25 +90,18 @@ pub async fn serve(
             (Driver::Grpc(Arc::new(shared)), None)
         }
     };
-    let (snap_tx, snap_rx) = tokio::sync::watch::channel(Arc::new(initial));
-    let watcher = tokio::spawn(watch::run(
-        config.config_map.clone(),
-        config.poll_interval,
-        snap_tx,
-        metrics.config_loads.clone(),
-        tasks.background.clone(),
-    ));
-    let activity = Arc::new(activity::Activity::default());
-    let (desired_rx, sharing_task) = match (&sharing, &config.sharing) {
-        (Some(sharing), Some(settings)) => {
-            let (rx, task) =
-                start_sharing(sharing, settings, &registry, &activity, snap_rx, &tasks);
-            (rx, Some(task))
-        }
-        _ => (snap_rx, None),
-    };
-    let supervisor = tokio::spawn(
-        Supervisor::new(driver, activity).run(desired_rx, tasks.supervisor_stop.clone()),
+    let Running {
+        watcher,
+        supervisor,
+        sharing_task,
+    } = start_running(
+        &config,
+        initial,
+        driver,
+        &registry,
+        &metrics,
+        sharing.as_ref(),
+        &tasks,
     );
     let state = Arc::new(AppState {
         registry,
@@ -150,6 +143,52 @@ pub async fn serve(
     let _ = watcher.await;
     tracing::info!("processor-client stopped");
     Ok(())
+}
+
+/// The tasks that keep the configurations running: the watcher of the
+/// configuration map, the supervisor that starts and stops them on the user
+/// server, and the sharing with other replicas (when on).
+struct Running {
+    watcher: JoinHandle<()>,
+    supervisor: JoinHandle<()>,
+    sharing_task: Option<JoinHandle<()>>,
+}
+
+/// Starts watching the configurations (from `initial`) and supervising them
+/// through `driver`; shared with other replicas first when sharing is on.
+fn start_running(
+    config: &Config,
+    initial: watch::Snapshot,
+    driver: Driver,
+    registry: &Arc<Registry>,
+    metrics: &Metrics,
+    sharing: Option<&Arc<sharing::Sharing>>,
+    tasks: &Tasks,
+) -> Running {
+    let (snap_tx, snap_rx) = tokio::sync::watch::channel(Arc::new(initial));
+    let watcher = tokio::spawn(watch::run(
+        config.config_map.clone(),
+        config.poll_interval,
+        snap_tx,
+        metrics.config_loads.clone(),
+        tasks.background.clone(),
+    ));
+    let activity = Arc::new(activity::Activity::default());
+    let (desired_rx, sharing_task) = match (sharing, &config.sharing) {
+        (Some(sharing), Some(settings)) => {
+            let (rx, task) = start_sharing(sharing, settings, registry, &activity, snap_rx, tasks);
+            (rx, Some(task))
+        }
+        _ => (snap_rx, None),
+    };
+    let supervisor = tokio::spawn(
+        Supervisor::new(driver, activity).run(desired_rx, tasks.supervisor_stop.clone()),
+    );
+    Running {
+        watcher,
+        supervisor,
+        sharing_task,
+    }
 }
 
 /// The client of the transformer: batching as configured, and each event's
