@@ -67,17 +67,7 @@ pub async fn serve(
         shutdown: websockets.clone(),
         inboxes: Default::default(),
     });
-    let local = |l: &tokio::net::TcpListener| {
-        l.local_addr()
-            .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string())
-    };
-    tracing::info!(
-        traffic = %local(&traffic),
-        admin = %local(&admin),
-        nats = %gateway_common::redact::urls(&config.nats.url),
-        prefix = %config.subject_prefix,
-        "ingress listening"
-    );
+    announce(&config, &traffic, &admin);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(None);
     let timeout = config.shutdown_timeout;
     let closing = websockets.clone();
@@ -87,27 +77,9 @@ pub async fn serve(
         closing.cancel();
         let _ = stop_tx.send(Some(tokio::time::Instant::now() + timeout));
     });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>| async move {
-        loop {
-            if let Some(deadline) = *rx.borrow_and_update() {
-                return deadline;
-            }
-            if rx.changed().await.is_err() {
-                return tokio::time::Instant::now();
-            }
-        }
-    };
-    let admin_app = Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
-        .route("/readyz", get(proxy::readyz))
-        .route("/metrics", get(proxy::metrics))
-        .with_state(state.clone());
     let admin_server = tokio::spawn(gateway_common::server::serve(
         admin,
-        admin_app,
+        admin_router(state.clone()),
         config.listener.clone(),
         metrics.admin_server.clone(),
         stopped(stop_rx.clone()),
@@ -125,14 +97,61 @@ pub async fn serve(
     let deadline = stop_rx
         .borrow()
         .unwrap_or_else(|| tokio::time::Instant::now() + timeout);
+    finish(&metrics, &client, deadline).await;
+    tracing::info!("ingress stopped");
+    Ok(())
+}
+
+/// A server's stop: the deadline set at the signal (now, if the signal's
+/// sender is gone).
+async fn stopped(
+    mut rx: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
+) -> tokio::time::Instant {
+    loop {
+        if let Some(deadline) = *rx.borrow_and_update() {
+            return deadline;
+        }
+        if rx.changed().await.is_err() {
+            return tokio::time::Instant::now();
+        }
+    }
+}
+
+/// Logs where the ingress listens and where it sends.
+fn announce(config: &Config, traffic: &TcpListener, admin: &TcpListener) {
+    let local = |l: &TcpListener| {
+        l.local_addr()
+            .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string())
+    };
+    tracing::info!(
+        traffic = %local(traffic),
+        admin = %local(admin),
+        nats = %gateway_common::redact::urls(&config.nats.url),
+        prefix = %config.subject_prefix,
+        "ingress listening"
+    );
+}
+
+/// The admin port's routes: health, readiness (NATS connected), metrics.
+fn admin_router(state: Arc<state::AppState>) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/readyz", get(proxy::readyz))
+        .route("/metrics", get(proxy::metrics))
+        .with_state(state)
+}
+
+/// Waits, until `deadline`, for the WebSockets still closing, then sends what
+/// is still buffered for NATS, unless NATS is away: then flushing would wait
+/// for a reconnect that may never come.
+async fn finish(metrics: &Metrics, client: &async_nats::Client, deadline: tokio::time::Instant) {
     while metrics.websockets_open.get() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    // What is still buffered for NATS goes out, unless NATS is away: then
-    // flushing would wait for a reconnect that may never come.
     if client.connection_state() == async_nats::connection::State::Connected {
         let _ = tokio::time::timeout_at(deadline, client.flush()).await;
     }
-    tracing::info!("ingress stopped");
-    Ok(())
 }
