@@ -152,25 +152,28 @@ pub async fn serve(
         lingering: Arc::new(Semaphore::new(MAX_LINGERING)),
         started: Instant::now(),
     });
-    let permits = Arc::new(Semaphore::new(shared.limits.max_connections.max(1)));
-    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
-    let open: Mutex<VecDeque<Weak<Conn>>> = Mutex::new(VecDeque::new());
-    let tracker = TaskTracker::new();
+    let connections = Connections {
+        permits: Arc::new(Semaphore::new(shared.limits.max_connections.max(1))),
+        refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
+        open: Mutex::new(VecDeque::new()),
+        tracker: TaskTracker::new(),
+        shared,
+    };
     tokio::pin!(stop);
     let mut accept_error_logged: Option<Instant> = None;
-    let mut ticks = tokio::time::interval(watch::tick(&shared));
+    let mut ticks = tokio::time::interval(watch::tick(&connections.shared));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let deadline = loop {
         let accepted = tokio::select! {
             deadline = &mut stop => break deadline,
             accepted = listener.accept() => accepted,
             _ = ticks.tick() => {
-                watch::sweep(&open, &shared);
+                watch::sweep(&connections.open, &connections.shared);
                 continue;
             }
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        match accepted {
+            Ok((stream, _)) => connections.take(stream, &app).await,
             Err(e) => {
                 // Out of descriptors, most likely: say so once a second, and give
                 // the connections that are closing time to free some.
@@ -179,51 +182,74 @@ pub async fn serve(
                     accept_error_logged = Some(Instant::now());
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
             }
-        };
+        }
+    };
+    drop(listener);
+    connections.close(deadline, ticks).await;
+}
+
+/// A listener's connections: the permits they hold, the ones open, and
+/// their tasks.
+struct Connections {
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    /// Places for connections being answered 503 at the limit.
+    refusing: Arc<Semaphore>,
+    open: Mutex<VecDeque<Weak<Conn>>>,
+    tracker: TaskTracker,
+}
+
+impl Connections {
+    /// Serves an accepted connection, in the place of an idle one at the
+    /// limit, or answers it 503 when every connection is busy.
+    async fn take(&self, stream: TcpStream, app: &Router) {
         let _ = stream.set_nodelay(true);
-        let permit = match permits.clone().try_acquire_owned() {
+        let permit = match self.permits.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
-            Err(_) => displace_idle(&open, &permits, &shared).await,
+            Err(_) => displace_idle(&self.open, &self.permits, &self.shared).await,
         };
         let Some(permit) = permit else {
-            shared.metrics.refused.inc();
-            if let Ok(slot) = refusing.clone().try_acquire_owned() {
-                tracker.spawn(refuse(stream, slot));
+            self.shared.metrics.refused.inc();
+            if let Ok(slot) = self.refusing.clone().try_acquire_owned() {
+                self.tracker.spawn(refuse(stream, slot));
             }
-            continue;
+            return;
         };
-        let conn = Arc::new(Conn::new(&shared));
+        let conn = Arc::new(Conn::new(&self.shared));
         {
-            let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
+            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
             open.retain(|c| c.strong_count() > 0);
             open.push_back(Arc::downgrade(&conn));
         }
-        tracker.spawn(connection(
+        self.tracker.spawn(connection(
             stream,
             permit,
             conn,
             app.clone(),
-            shared.clone(),
+            self.shared.clone(),
         ));
-    };
-    drop(listener);
-    let _ = shared.deadline.set(deadline);
-    shared.closing.cancel();
-    watch::wind_down(&open);
-    tracker.close();
-    // The sweep closes each connection once idle, and every one at the
-    // deadline; this bound only guards against a bug keeping one alive.
-    let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), async {
-        loop {
-            tokio::select! {
-                _ = tracker.wait() => break,
-                _ = ticks.tick() => watch::sweep(&open, &shared),
+    }
+
+    /// Asks every connection to close (each once idle, all at `deadline`)
+    /// and waits until they have.
+    async fn close(&self, deadline: Instant, mut ticks: tokio::time::Interval) {
+        let _ = self.shared.deadline.set(deadline);
+        self.shared.closing.cancel();
+        watch::wind_down(&self.open);
+        self.tracker.close();
+        // The sweep closes each connection once idle, and every one at the
+        // deadline; this bound only guards against a bug keeping one alive.
+        let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), async {
+            loop {
+                tokio::select! {
+                    _ = self.tracker.wait() => break,
+                    _ = ticks.tick() => watch::sweep(&self.open, &self.shared),
+                }
             }
-        }
-    })
-    .await;
+        })
+        .await;
+    }
 }
 
 /// What every connection of one listener shares.
@@ -303,33 +329,7 @@ async fn connection(
 ) {
     shared.metrics.open.inc();
     let io = Tracked::new(stream, permit, conn.clone(), shared.clone());
-    let service = {
-        let conn = conn.clone();
-        let body_timeout = shared.limits.body_timeout;
-        let shared = shared.clone();
-        hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-            conn.requests.fetch_add(1, Ordering::AcqRel);
-            conn.in_flight.fetch_add(1, Ordering::AcqRel);
-            let guard = InFlight {
-                conn: conn.clone(),
-                shared: shared.clone(),
-            };
-            let request: Request = request.map(|body| {
-                Body::new(DeadlineBody {
-                    inner: body,
-                    deadline: Instant::now() + body_timeout,
-                    allowed: body_timeout,
-                    sleep: None,
-                })
-            });
-            let app = app.clone();
-            async move {
-                let response = app.oneshot(request).await;
-                drop(guard);
-                response
-            }
-        })
-    };
+    let service = counted(conn.clone(), shared.clone(), app);
     let mut builder = hyper::server::conn::http1::Builder::new();
     // Our watch bounds the head; hyper's own timer would also close idle
     // keep-alive connections at the header timeout.
@@ -372,6 +372,58 @@ async fn connection(
         }
     }
     shared.metrics.open.dec();
+}
+
+/// What hyper serves a connection with: a request in, the app's response
+/// out, never an error.
+trait ConnectionService:
+    hyper::service::Service<
+        hyper::Request<Incoming>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Send
+    + 'static
+{
+}
+
+impl<S> ConnectionService for S where
+    S: hyper::service::Service<
+            hyper::Request<Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Send
+        + 'static
+{
+}
+
+/// `app` as the connection's service: each request counted while in
+/// flight, and its body bounded by `body_timeout` from when it arrived.
+fn counted(conn: Arc<Conn>, shared: Arc<Shared>, app: Router) -> impl ConnectionService {
+    let body_timeout = shared.limits.body_timeout;
+    hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        conn.requests.fetch_add(1, Ordering::AcqRel);
+        conn.in_flight.fetch_add(1, Ordering::AcqRel);
+        let guard = InFlight {
+            conn: conn.clone(),
+            shared: shared.clone(),
+        };
+        let request: Request = request.map(|body| {
+            Body::new(DeadlineBody {
+                inner: body,
+                deadline: Instant::now() + body_timeout,
+                allowed: body_timeout,
+                sleep: None,
+            })
+        });
+        let app = app.clone();
+        async move {
+            let response = app.oneshot(request).await;
+            drop(guard);
+            response
+        }
+    })
 }
 
 /// Marks a request finished when its response is ready (or it is dropped).
