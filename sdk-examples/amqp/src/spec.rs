@@ -157,83 +157,123 @@ pub struct Spec {
     pub tls_ca: Option<String>,
 }
 
+/// The broker's URL: `url`, or the variable `urlFromEnv` names, or else
+/// the default variable, or the default URL.
+fn url_of(url: Option<String>, from_env: Option<String>) -> Result<String, String> {
+    match (url, from_env) {
+        (Some(_), Some(_)) => Err("give either url or urlFromEnv, not both".into()),
+        (Some(url), None) => Ok(url),
+        (None, Some(var)) => std::env::var(&var)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .ok_or(format!("urlFromEnv: the variable {var} is not set")),
+        (None, None) => Ok(std::env::var(DEFAULT_URL_VAR)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| DEFAULT_URL.to_owned())),
+    }
+}
+
+/// The URL parsed, with the default heartbeat and `auth`'s credentials.
+fn uri_of(url: String, auth: Option<Auth>) -> Result<AMQPUri, String> {
+    // The parser's message may quote the URL, password and all: say only
+    // what shape is expected.
+    let mut uri = AMQPUri::from_str(&url).map_err(|_| {
+        "url is not an AMQP URL (amqp://user:password@host:port/vhost or amqps://...)".to_owned()
+    })?;
+    uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECS);
+    if let Some(auth) = auth {
+        uri.authority.userinfo.username = auth.username;
+        uri.authority.userinfo.password = auth.password;
+    }
+    Ok(uri)
+}
+
+/// Refuses what would lose messages or take none.
+fn check_consume(consume: &Consume) -> Result<(), String> {
+    if consume.auto_ack {
+        return Err(
+            "consume.autoAck: this server acknowledges each message only once \
+                    the gateway has taken it, so that none is lost; remove autoAck"
+                .into(),
+        );
+    }
+    if consume.prefetch == 0 {
+        return Err("consume.prefetch must be at least 1".into());
+    }
+    Ok(())
+}
+
+/// The queue `queue` and `queueDeclare.name` name (empty: the server names
+/// one); they must not name two.
+fn queue_of(queue: Option<String>, declared: Option<String>) -> Result<String, String> {
+    match (queue, declared) {
+        (Some(a), Some(b)) if a != b => Err(format!(
+            "queue ({a:?}) and queueDeclare.name ({b:?}) name different queues"
+        )),
+        (Some(q), _) | (None, Some(q)) => Ok(q),
+        (None, None) => Ok(String::new()),
+    }
+}
+
+/// The kind of `exchange` that `exchangeType` names; without one, only a
+/// passive declaration (of an exchange that exists) will do.
+fn exchange_kind(
+    exchange: &str,
+    kind: Option<&str>,
+    declare: &ExchangeDeclare,
+) -> Result<lapin::ExchangeKind, String> {
+    match kind {
+        Some("direct") => Ok(lapin::ExchangeKind::Direct),
+        Some("fanout") => Ok(lapin::ExchangeKind::Fanout),
+        Some("topic") => Ok(lapin::ExchangeKind::Topic),
+        Some("headers") => Ok(lapin::ExchangeKind::Headers),
+        Some(custom) if custom.starts_with("x-") => {
+            Ok(lapin::ExchangeKind::Custom(custom.to_owned()))
+        }
+        Some(other) => Err(format!(
+            "exchangeType {other:?}: expected direct, fanout, topic, headers or x-..."
+        )),
+        None if declare.passive => Ok(lapin::ExchangeKind::Direct),
+        None => Err(format!(
+            "exchangeName {exchange:?} needs an exchangeType (or exchangeDeclare.passive)"
+        )),
+    }
+}
+
+/// The PEM text of `caFile`, which must hold a certificate.
+fn read_ca(path: &std::path::Path) -> Result<String, String> {
+    let pem =
+        std::fs::read_to_string(path).map_err(|e| format!("caFile {}: {e}", path.display()))?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!(
+            "caFile {} holds no PEM certificate",
+            path.display()
+        ));
+    }
+    Ok(pem)
+}
+
 impl Spec {
     /// Parses YAML or JSON; every error names the field at fault.
     pub fn parse(text: &str) -> Result<Spec, String> {
         let raw: RawSpec =
             serde_norway::from_str(text).map_err(|e| format!("invalid AMQP configuration: {e}"))?;
-        let url = match (raw.url, raw.url_from_env) {
-            (Some(_), Some(_)) => return Err("give either url or urlFromEnv, not both".into()),
-            (Some(url), None) => url,
-            (None, Some(var)) => std::env::var(&var)
-                .ok()
-                .filter(|v| !v.is_empty())
-                .ok_or(format!("urlFromEnv: the variable {var} is not set"))?,
-            (None, None) => std::env::var(DEFAULT_URL_VAR)
-                .ok()
-                .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| DEFAULT_URL.to_owned()),
-        };
-        // The parser's message may quote the URL, password and all: say only
-        // what shape is expected.
-        let mut uri = AMQPUri::from_str(&url).map_err(|_| {
-            "url is not an AMQP URL (amqp://user:password@host:port/vhost or amqps://...)"
-                .to_owned()
-        })?;
-        uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECS);
-        if let Some(auth) = raw.auth {
-            uri.authority.userinfo.username = auth.username;
-            uri.authority.userinfo.password = auth.password;
-        }
-        if raw.consume.auto_ack {
-            return Err(
-                "consume.autoAck: this server acknowledges each message only once \
-                        the gateway has taken it, so that none is lost; remove autoAck"
-                    .into(),
-            );
-        }
-        if raw.consume.prefetch == 0 {
-            return Err("consume.prefetch must be at least 1".into());
-        }
-        let queue = match (raw.queue, raw.queue_declare.name.clone()) {
-            (Some(a), Some(b)) if a != b => {
-                return Err(format!(
-                    "queue ({a:?}) and queueDeclare.name ({b:?}) name different queues"
-                ))
-            }
-            (Some(q), _) | (None, Some(q)) => q,
-            (None, None) => String::new(),
-        };
+        let uri = uri_of(url_of(raw.url, raw.url_from_env)?, raw.auth)?;
+        check_consume(&raw.consume)?;
+        let queue = queue_of(raw.queue, raw.queue_declare.name.clone())?;
         let binding = match raw.exchange_name.filter(|e| !e.is_empty()) {
             None => None,
-            Some(exchange) => {
-                let kind = match raw.exchange_type.as_deref() {
-                    Some("direct") => lapin::ExchangeKind::Direct,
-                    Some("fanout") => lapin::ExchangeKind::Fanout,
-                    Some("topic") => lapin::ExchangeKind::Topic,
-                    Some("headers") => lapin::ExchangeKind::Headers,
-                    Some(custom) if custom.starts_with("x-") => {
-                        lapin::ExchangeKind::Custom(custom.to_owned())
-                    }
-                    Some(other) => {
-                        return Err(format!(
-                            "exchangeType {other:?}: expected direct, fanout, topic, headers or x-..."
-                        ))
-                    }
-                    None if raw.exchange_declare.passive => lapin::ExchangeKind::Direct,
-                    None => {
-                        return Err(format!(
-                            "exchangeName {exchange:?} needs an exchangeType (or exchangeDeclare.passive)"
-                        ))
-                    }
-                };
-                Some(Binding {
-                    exchange,
-                    kind,
-                    routing_key: raw.routing_key,
-                    declare: raw.exchange_declare,
-                })
-            }
+            Some(exchange) => Some(Binding {
+                kind: exchange_kind(
+                    &exchange,
+                    raw.exchange_type.as_deref(),
+                    &raw.exchange_declare,
+                )?,
+                exchange,
+                routing_key: raw.routing_key,
+                declare: raw.exchange_declare,
+            }),
         };
         if queue.is_empty() && binding.is_none() {
             return Err(
@@ -251,20 +291,7 @@ impl Spec {
         }
         let queue_arguments = field_table(&queue_declare.arguments)
             .map_err(|e| format!("queueDeclare.arguments.{e}"))?;
-        let tls_ca = match &raw.ca_file {
-            None => None,
-            Some(path) => {
-                let pem = std::fs::read_to_string(path)
-                    .map_err(|e| format!("caFile {}: {e}", path.display()))?;
-                if !pem.contains("-----BEGIN CERTIFICATE-----") {
-                    return Err(format!(
-                        "caFile {} holds no PEM certificate",
-                        path.display()
-                    ));
-                }
-                Some(pem)
-            }
-        };
+        let tls_ca = raw.ca_file.as_deref().map(read_ca).transpose()?;
         Ok(Spec {
             uri,
             queue,
