@@ -302,45 +302,68 @@ pub async fn connect_with_inbox(
     inbox_prefix: Option<&str>,
 ) -> Result<async_nats::Client, ConnectError> {
     // Shown in logs and errors: never a password or token it may carry.
-    let url = crate::redact::urls(&options.url);
-    let shown = url.clone();
+    let shown = crate::redact::urls(&options.url);
     // TLS asked for: a server without it shows as an I/O error only.
     let tls = options.tls_required
         || options.tls_ca.is_some()
         || servers(&options.url)
             .iter()
             .any(|s| s.trim_start().to_ascii_lowercase().starts_with("tls://"));
-    let mut connect = async_nats::ConnectOptions::new()
+    let connect = async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))
         .ping_interval(options.ping_interval)
-        .event_callback(move |event| {
-            let metrics = metrics.clone();
-            let url = url.clone();
-            async move {
-                match event {
-                    async_nats::Event::Connected => {
-                        metrics.connects.inc();
-                        tracing::info!("connected to NATS");
-                    }
-                    async_nats::Event::Disconnected => {
-                        metrics.disconnects.inc();
-                        metrics.lost.notify_waiters();
-                        tracing::warn!("disconnected from NATS; reconnecting");
-                    }
-                    async_nats::Event::ClientError(e) => {
-                        let e = e.to_string();
-                        tracing::warn!(nats = %url, error = %e, "{}", connect_failure(&e, tls))
-                    }
-                    async_nats::Event::ServerError(e) => {
-                        tracing::warn!(nats = %url, error = %e, "NATS server error")
-                    }
-                    other => tracing::info!(nats = %url, event = %other, "NATS"),
-                }
-            }
-        });
+        .event_callback(move |event| on_event(event, metrics.clone(), shown.clone(), tls));
+    let mut connect = with_credentials(connect, options).await?;
+    if let Some(prefix) = inbox_prefix {
+        connect = connect.custom_inbox_prefix(prefix);
+    }
+    // The credentials went in above; the addresses go without them, so the
+    // client's own logs cannot show them either.
+    let addresses: Vec<String> = servers(&options.url)
+        .iter()
+        .map(|s| without_credentials(s))
+        .collect();
+    connect
+        .connect(addresses)
+        .await
+        .map_err(|source| ConnectError::Connect {
+            url: crate::redact::urls(&options.url),
+            source,
+        })
+}
+
+/// Counts and logs what becomes of the connection (`url` as shown).
+async fn on_event(event: async_nats::Event, metrics: ConnectionMetrics, url: String, tls: bool) {
+    match event {
+        async_nats::Event::Connected => {
+            metrics.connects.inc();
+            tracing::info!("connected to NATS");
+        }
+        async_nats::Event::Disconnected => {
+            metrics.disconnects.inc();
+            metrics.lost.notify_waiters();
+            tracing::warn!("disconnected from NATS; reconnecting");
+        }
+        async_nats::Event::ClientError(e) => {
+            let e = e.to_string();
+            tracing::warn!(nats = %url, error = %e, "{}", connect_failure(&e, tls))
+        }
+        async_nats::Event::ServerError(e) => {
+            tracing::warn!(nats = %url, error = %e, "NATS server error")
+        }
+        other => tracing::info!(nats = %url, event = %other, "NATS"),
+    }
+}
+
+/// The credentials and TLS `options` name: a token, a user and password, a
+/// credentials file, a CA, a client certificate.
+async fn with_credentials(
+    mut connect: async_nats::ConnectOptions,
+    options: &NatsOptions,
+) -> Result<async_nats::ConnectOptions, ConnectError> {
     if let Some(token) = &options.token {
         connect = connect.token(token.clone());
     }
@@ -365,19 +388,7 @@ pub async fn connect_with_inbox(
     if options.tls_required {
         connect = connect.require_tls(true);
     }
-    if let Some(prefix) = inbox_prefix {
-        connect = connect.custom_inbox_prefix(prefix);
-    }
-    // The credentials went in above; the addresses go without them, so the
-    // client's own logs cannot show them either.
-    let addresses: Vec<String> = servers(&options.url)
-        .iter()
-        .map(|s| without_credentials(s))
-        .collect();
-    connect
-        .connect(addresses)
-        .await
-        .map_err(|source| ConnectError::Connect { url: shown, source })
+    Ok(connect)
 }
 
 /// What a failed attempt to connect means, from async-nats's text for it
