@@ -51,77 +51,75 @@ pub fn tokens(text: &str) -> Result<Vec<(Tok, usize)>, ParseError> {
             i += 1;
             continue;
         }
-        let tok = match c {
-            '(' => Tok::LParen,
-            ')' => Tok::RParen,
-            ',' => Tok::Comma,
-            '+' => Tok::Plus,
-            '-' => Tok::Minus,
-            '*' => Tok::Star,
-            '/' => Tok::Slash,
-            '%' => Tok::Percent,
-            '=' => Tok::Eq,
-            '!' if chars.get(i + 1) == Some(&'=') => {
-                i += 1;
-                Tok::NotEq
+        let (tok, end) = if let Some((tok, len)) = symbol(&chars, i) {
+            (tok, i + len)
+        } else if c == '\'' || c == '"' {
+            let (s, end) = string(&chars, i)
+                .ok_or_else(|| err(start, "a string literal is not closed".into()))?;
+            (Tok::Str(s), end)
+        } else if c.is_ascii_digit() {
+            let (n, end) = number(&chars, i);
+            if chars
+                .get(end)
+                .is_some_and(|c| c.is_ascii_alphabetic() || *c == '_')
+            {
+                return Err(err(start, "a number runs into a name".into()));
             }
-            '<' => match chars.get(i + 1) {
-                Some('=') => {
-                    i += 1;
-                    Tok::LessEq
-                }
-                Some('>') => {
-                    i += 1;
-                    Tok::NotEq
-                }
-                _ => Tok::Less,
-            },
-            '>' => match chars.get(i + 1) {
-                Some('=') => {
-                    i += 1;
-                    Tok::GreaterEq
-                }
-                _ => Tok::Greater,
-            },
-            '\'' | '"' => {
-                let (s, end) = string(&chars, i)
-                    .ok_or_else(|| err(start, "a string literal is not closed".into()))?;
-                i = end;
-                out.push((Tok::Str(s), start));
-                continue;
-            }
-            d if d.is_ascii_digit() => {
-                let mut n: u64 = 0;
-                while let Some(d) = chars.get(i).and_then(|c| c.to_digit(10)) {
-                    n = n.saturating_mul(10).saturating_add(u64::from(d));
-                    i += 1;
-                }
-                if chars
-                    .get(i)
-                    .is_some_and(|c| c.is_ascii_alphabetic() || *c == '_')
-                {
-                    return Err(err(start, "a number runs into a name".into()));
-                }
-                out.push((Tok::Int(n), start));
-                continue;
-            }
-            a if a.is_ascii_alphabetic() => {
-                while chars
-                    .get(i)
-                    .is_some_and(|c| c.is_ascii_alphanumeric() || *c == '_')
-                {
-                    i += 1;
-                }
-                let word: String = chars[start..i].iter().collect();
-                out.push((word_token(word), start));
-                continue;
-            }
-            other => return Err(err(start, format!("unexpected character {other:?}"))),
+            (Tok::Int(n), end)
+        } else if c.is_ascii_alphabetic() {
+            let end = word_end(&chars, i);
+            (word_token(chars[start..end].iter().collect()), end)
+        } else {
+            return Err(err(start, format!("unexpected character {c:?}")));
         };
-        i += 1;
         out.push((tok, start));
+        i = end;
     }
     Ok(out)
+}
+
+/// The operator or punctuation at `i`, and how many characters it takes.
+fn symbol(chars: &[char], i: usize) -> Option<(Tok, usize)> {
+    let next = chars.get(i + 1);
+    Some(match chars[i] {
+        '(' => (Tok::LParen, 1),
+        ')' => (Tok::RParen, 1),
+        ',' => (Tok::Comma, 1),
+        '+' => (Tok::Plus, 1),
+        '-' => (Tok::Minus, 1),
+        '*' => (Tok::Star, 1),
+        '/' => (Tok::Slash, 1),
+        '%' => (Tok::Percent, 1),
+        '=' => (Tok::Eq, 1),
+        '!' if next == Some(&'=') => (Tok::NotEq, 2),
+        '<' if next == Some(&'=') => (Tok::LessEq, 2),
+        '<' if next == Some(&'>') => (Tok::NotEq, 2),
+        '<' => (Tok::Less, 1),
+        '>' if next == Some(&'=') => (Tok::GreaterEq, 2),
+        '>' => (Tok::Greater, 1),
+        _ => return None,
+    })
+}
+
+/// The decimal number at `i` (saturating), and where it ends.
+fn number(chars: &[char], mut i: usize) -> (u64, usize) {
+    let mut n: u64 = 0;
+    while let Some(d) = chars.get(i).and_then(|c| c.to_digit(10)) {
+        n = n.saturating_mul(10).saturating_add(u64::from(d));
+        i += 1;
+    }
+    (n, i)
+}
+
+/// Where the name (letters, digits, `_`) at `i` ends.
+fn word_end(chars: &[char], mut i: usize) -> usize {
+    while chars
+        .get(i)
+        .is_some_and(|c| c.is_ascii_alphanumeric() || *c == '_')
+    {
+        i += 1;
+    }
+    i
 }
 
 fn word_token(word: String) -> Tok {
