@@ -269,13 +269,7 @@ impl Settings for Config {
         // Read whenever there are triggers: a reload may add a nats: one.
         let trigger_nats = match (&nats, triggers_path.is_some()) {
             (Some(n), true) => Some(n.clone()),
-            (None, true) => Some(NatsConfig {
-                connection: NatsOptions::read(env)?,
-                ty,
-                subject: String::new(),
-                stream: stream_name(&gateway_name.to_ascii_uppercase()),
-                ce_mode: parse_ce_mode(env, &NATS_CE_MODE)?,
-            }),
+            (None, true) => Some(trigger_nats(env, &gateway_name, ty)?),
             (_, false) => None,
         };
         let port: u16 = env.number(&shared::TRANSFORMER_PORT)?;
@@ -296,14 +290,7 @@ impl Settings for Config {
             queue_capacity: env.positive(&QUEUE_CAPACITY)?,
             lanes: env.positive(&WATCHER_CONCURRENCY)?,
             max_body_bytes: env.positive(&MAX_BODY_BYTES)?,
-            retry: RetryPolicy {
-                timeout: env.duration(&WATCHER_TIMEOUT)?,
-                base: env.duration(&WATCHER_RETRY_BASE)?,
-                cap: env.duration(&WATCHER_RETRY_CAP)?,
-                attempts: env.number(&WATCHER_RETRY_ATTEMPTS)?,
-                linear: false,
-                retry_after_max: None,
-            },
+            retry: retry_policy(env)?,
             shutdown_timeout: env.duration(&shared::SHUTDOWN_TIMEOUT)?,
             json_logs: env.json_logs()?,
             data_dir,
@@ -324,6 +311,31 @@ impl Settings for Config {
             gateway_name,
         })
     }
+}
+
+/// The NATS connection triggers with a `nats:` subscriber publish on when
+/// `EVENT_PROTOCOL` does not name NATS: its subjects are the triggers'.
+fn trigger_nats(env: &Env, gateway_name: &str, ty: NatsType) -> Result<NatsConfig, ConfigError> {
+    Ok(NatsConfig {
+        connection: NatsOptions::read(env)?,
+        ty,
+        subject: String::new(),
+        stream: stream_name(&gateway_name.to_ascii_uppercase()),
+        ce_mode: parse_ce_mode(env, &NATS_CE_MODE)?,
+    })
+}
+
+/// `WATCHER_TIMEOUT` and `WATCHER_RETRY_*`: the delivery policy of the
+/// watchers that do not set their own.
+fn retry_policy(env: &Env) -> Result<RetryPolicy, ConfigError> {
+    Ok(RetryPolicy {
+        timeout: env.duration(&WATCHER_TIMEOUT)?,
+        base: env.duration(&WATCHER_RETRY_BASE)?,
+        cap: env.duration(&WATCHER_RETRY_CAP)?,
+        attempts: env.number(&WATCHER_RETRY_ATTEMPTS)?,
+        linear: false,
+        retry_after_max: None,
+    })
 }
 
 /// `EVENT_PROTOCOL`: whether HTTP, and whether NATS, are on.
