@@ -19,26 +19,30 @@ pub(super) async fn measure_ingress(size: usize, s: &Settings) -> (Vec<Row>, Str
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = NatsServer::start(dir.path()).await;
     super::responder::start(&nats.url()).await;
+    let targets = start_targets(&nats, dir.path()).await;
+    let rows = full_rows(&targets, &nats, size, s).await;
+    let summary = alternating_rounds(&targets, size, s).await;
+    (rows, summary)
+}
 
+/// One of the three servers measured, running.
+struct Target {
+    /// Its label in the CPU column.
+    label: &'static str,
+    /// Its row's name.
+    name: &'static str,
+    server: Proc,
+    url: String,
+}
+
+/// The bare hop, the ingress and its ceiling, each on a free port.
+async fn start_targets(nats: &NatsServer, dir: &std::path::Path) -> Vec<Target> {
     let this = || Command::new(std::env::current_exe().expect("exe"));
     let bare_port = free_port();
     let mut bare = this();
     bare.arg("--bare-server").arg(bare_port.to_string());
-    let (port, admin) = (free_port(), free_port());
-    let mut ingress = Command::new(bin("ingress"));
-    ingress
-        .env_clear()
-        .env("INGRESS_PORT", port.to_string())
-        .env("INGRESS_ADMIN_PORT", admin.to_string())
-        .env("INGRESS_LISTEN_ADDRESS", "127.0.0.1")
-        .env("NATS_URL", nats.url())
-        .env("RUST_LOG", "warn")
-        // `BENCH_INGRESS_X=v` sets the ingress's `X=v`, to try a setting
-        // without a rebuild.
-        .envs(
-            std::env::vars()
-                .filter_map(|(k, v)| k.strip_prefix("BENCH_INGRESS_").map(|k| (k.to_owned(), v))),
-        );
+    let port = free_port();
+    let ingress = ingress_command(port, &nats.url());
     let ceiling_port = free_port();
     let mut ceiling = this();
     ceiling
@@ -71,27 +75,48 @@ pub(super) async fn measure_ingress(size: usize, s: &Settings) -> (Vec<Row>, Str
     ];
     let mut targets = Vec::new();
     for (label, name, cmd, port, path) in specs {
-        let server = Proc::spawn(label, cmd, dir.path());
+        let server = Proc::spawn(label, cmd, dir);
         wait_port(port, label).await;
-        targets.push((
+        targets.push(Target {
             label,
             name,
             server,
-            format!("http://127.0.0.1:{port}{path}"),
-        ));
+            url: format!("http://127.0.0.1:{port}{path}"),
+        });
     }
+    targets
+}
 
-    // The bare hop first: the two NATS rows are read against it.
+/// The ingress on `port` (its admin port free too), sending to `nats_url`;
+/// `BENCH_INGRESS_X=v` sets its `X=v`, to try a setting without a rebuild.
+fn ingress_command(port: u16, nats_url: &str) -> Command {
+    let mut ingress = Command::new(bin("ingress"));
+    ingress
+        .env_clear()
+        .env("INGRESS_PORT", port.to_string())
+        .env("INGRESS_ADMIN_PORT", free_port().to_string())
+        .env("INGRESS_LISTEN_ADDRESS", "127.0.0.1")
+        .env("NATS_URL", nats_url)
+        .env("RUST_LOG", "warn")
+        .envs(
+            std::env::vars()
+                .filter_map(|(k, v)| k.strip_prefix("BENCH_INGRESS_").map(|k| (k.to_owned(), v))),
+        );
+    ingress
+}
+
+/// A full row of each: the bare hop first, the two NATS rows read against it.
+async fn full_rows(targets: &[Target], nats: &NatsServer, size: usize, s: &Settings) -> Vec<Row> {
     let mut rows = Vec::new();
     let mut beside = f64::NAN;
-    for (i, (label, name, server, url)) in targets.iter().enumerate() {
-        let mut procs = vec![(*label, server.pid())];
+    for (i, t) in targets.iter().enumerate() {
+        let mut procs = vec![(t.label, t.server.pid())];
         let bare = i == 0;
         if !bare {
             procs.extend(nats.proc.as_ref().map(|p| ("nats", p.pid())));
         }
-        let (mut row, rate) = measure(name, url, None, size, s, &procs).await;
-        row.rss = format!("{label} {:.1}", peak_rss_mib(server.pid()));
+        let (mut row, rate) = measure(t.name, &t.url, None, size, s, &procs).await;
+        row.rss = format!("{} {:.1}", t.label, peak_rss_mib(t.server.pid()));
         if bare {
             beside = rate;
         } else {
@@ -103,27 +128,30 @@ pub(super) async fn measure_ingress(size: usize, s: &Settings) -> (Vec<Row>, Str
         }
         rows.push(row);
     }
+    rows
+}
 
-    // Alternating rounds: each round's ratios to that round's bare hop.
+/// Alternating rounds: each round's ratios to that round's bare hop, as a
+/// line to print under the table.
+async fn alternating_rounds(targets: &[Target], size: usize, s: &Settings) -> String {
     let rounds = if s.secs < 1.0 { 2 } else { ROUNDS };
     let secs = ROUND_SECS.min(s.secs);
     let (mut ingress_ratios, mut ceiling_ratios) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         let mut rates = Vec::new();
-        for (.., url) in &targets {
-            let load = generate(url, s.sources, size, s.workers, secs, None).await;
+        for t in targets {
+            let load = generate(&t.url, s.sources, size, s.workers, secs, None).await;
             rates.push(load.ok as f64 / secs);
         }
         ingress_ratios.push(rates[1] / rates[0]);
         ceiling_ratios.push(rates[2] / rates[0]);
     }
-    let summary = format!(
+    format!(
         "Alternating rounds ({rounds} of {secs} s each, bare hop, ingress and ceiling in turn): \
          the ingress at {} of the bare hop, the ceiling at {} (median, then range).",
         median_range(&mut ingress_ratios),
         median_range(&mut ceiling_ratios)
-    );
-    (rows, summary)
+    )
 }
 
 /// `median (min–max)` of the ratios.
