@@ -374,33 +374,19 @@ async fn connection(
     shared.metrics.open.dec();
 }
 
-/// What hyper serves a connection with: a request in, the app's response
-/// out, never an error.
-trait ConnectionService:
-    hyper::service::Service<
-        hyper::Request<Incoming>,
-        Response = axum::response::Response,
-        Error = std::convert::Infallible,
-        Future: Send + 'static,
-    > + Send
-    + 'static
-{
-}
-
-impl<S> ConnectionService for S where
-    S: hyper::service::Service<
-            hyper::Request<Incoming>,
-            Response = axum::response::Response,
-            Error = std::convert::Infallible,
-            Future: Send + 'static,
-        > + Send
-        + 'static
-{
-}
-
 /// `app` as the connection's service: each request counted while in
 /// flight, and its body bounded by `body_timeout` from when it arrived.
-fn counted(conn: Arc<Conn>, shared: Arc<Shared>, app: Router) -> impl ConnectionService {
+fn counted(
+    conn: Arc<Conn>,
+    shared: Arc<Shared>,
+    app: Router,
+) -> impl hyper::service::Service<
+    hyper::Request<Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future: Send + 'static,
+> + Send
+       + 'static {
     let body_timeout = shared.limits.body_timeout;
     hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         conn.requests.fetch_add(1, Ordering::AcqRel);
