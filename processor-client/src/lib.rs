@@ -78,16 +78,15 @@ pub async fn serve(
     let (driver, probe) = match config.protocol {
         Protocol::Http => http_driver(&config, &registry, &metrics, &tasks.background)?,
         Protocol::Grpc(contract) => {
-            let shared = grpc::stream::Shared {
-                registry: registry.clone(),
-                server: grpc_server(&config, contract)?,
-                transformer: transformer.clone(),
-                metrics: metrics.clone(),
-                retry_base: config.retry_base,
-                retry_cap: config.retry_cap,
-                sharing: sharing.clone(),
-            };
-            (Driver::Grpc(Arc::new(shared)), None)
+            let calls = grpc_calls(
+                &config,
+                contract,
+                &registry,
+                &metrics,
+                &transformer,
+                &sharing,
+            )?;
+            (Driver::Grpc(Arc::new(calls)), None)
         }
     };
     let Running {
@@ -143,6 +142,27 @@ pub async fn serve(
     let _ = watcher.await;
     tracing::info!("processor-client stopped");
     Ok(())
+}
+
+/// What the calls to a gRPC user server share: where it is and how its
+/// events go on.
+fn grpc_calls(
+    config: &Config,
+    contract: grpc::Contract,
+    registry: &Arc<Registry>,
+    metrics: &Arc<Metrics>,
+    transformer: &TransformerClient,
+    sharing: &Option<Arc<sharing::Sharing>>,
+) -> Result<grpc::stream::Shared, RunError> {
+    Ok(grpc::stream::Shared {
+        registry: registry.clone(),
+        server: grpc_server(config, contract)?,
+        transformer: transformer.clone(),
+        metrics: metrics.clone(),
+        retry_base: config.retry_base,
+        retry_cap: config.retry_cap,
+        sharing: sharing.clone(),
+    })
 }
 
 /// The tasks that keep the configurations running: the watcher of the
