@@ -130,7 +130,17 @@ async fn a_mixed_batch_is_answered_item_by_item_and_a_refusal_holds_back_its_con
         got_ids, ids,
         "exactly the events answered 200 are delivered"
     );
-    // A body that is not a batch is one error, and nothing of it is taken.
+    bodies_that_are_not_batches_are_one_error(&g).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        g.sensor_events().len(),
+        3,
+        "nothing of a refused body is taken"
+    );
+}
+
+/// A body that is not a batch, or one over the limit, is one error.
+async fn bodies_that_are_not_batches_are_one_error(g: &Gateway) {
     for (body, status) in [
         (json!({ "src": "alpha", "payload": "" }).to_string(), 400),
         ("[{\"src\": \"alpha\"".to_owned(), 400),
@@ -156,12 +166,6 @@ async fn a_mixed_batch_is_answered_item_by_item_and_a_refusal_holds_back_its_con
         r.text.contains("GATEWAY_PROCESSOR_MAX_BATCH_EVENTS"),
         "{}",
         r.text
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        g.sensor_events().len(),
-        3,
-        "nothing of a refused body is taken"
     );
 }
 
