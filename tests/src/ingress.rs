@@ -8,6 +8,18 @@ use serde_json::Value;
 
 use crate::*;
 
+/// The ingress binary on `port` (its admin port on `admin`), on loopback,
+/// sending to `nats_url`, with nothing else of the environment.
+pub fn ingress_command(port: u16, admin: u16, nats_url: &str) -> Command {
+    let mut cmd = Command::new(bin("ingress"));
+    cmd.env_clear()
+        .env("INGRESS_PORT", port.to_string())
+        .env("INGRESS_ADMIN_PORT", admin.to_string())
+        .env("INGRESS_LISTEN_ADDRESS", "127.0.0.1")
+        .env("NATS_URL", nats_url);
+    cmd
+}
+
 /// The ingress binary with an h8s responder (nats-py) on `h8s.http.*.com.example.>`.
 pub struct Ingress {
     pub port: u16,
@@ -41,13 +53,8 @@ impl Ingress {
         })
         .await;
         let (port, admin) = (free_port(), free_port());
-        let mut cmd = Command::new(bin("ingress"));
-        cmd.env_clear()
-            .env("INGRESS_PORT", port.to_string())
-            .env("INGRESS_ADMIN_PORT", admin.to_string())
-            .env("INGRESS_LISTEN_ADDRESS", "127.0.0.1")
-            .env("NATS_URL", nats.url())
-            .env("INGRESS_REQUEST_TIMEOUT", "1s")
+        let mut cmd = ingress_command(port, admin, &nats.url());
+        cmd.env("INGRESS_REQUEST_TIMEOUT", "1s")
             .env("INGRESS_MAX_BODY_BYTES", "4096")
             .env("RUST_LOG", "info");
         for (k, v) in extra {

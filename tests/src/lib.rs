@@ -592,7 +592,7 @@ mod tls;
 
 pub use checks::{assert_acked_delivered, assert_ordered, event_body, payload};
 pub use cutter::Cutter;
-pub use ingress::{run_client, ws_client, Ingress};
+pub use ingress::{ingress_command, run_client, ws_client, Ingress};
 pub use kafka::{KafkaClient, Storage, Tansu};
 pub use kube::{kubeconfig_text, KubeApi, KUBE_TOKEN};
 pub use nats::{into_core_nats, nats_sensor, NatsServer};

@@ -450,13 +450,7 @@ async fn responders_in_python_and_rust_answer_through_the_ingress() {
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = NatsServer::start(dir.path()).await;
     let port = free_port();
-    let mut ingress = Command::new(bin("ingress"));
-    ingress
-        .env_clear()
-        .env("INGRESS_PORT", port.to_string())
-        .env("INGRESS_ADMIN_PORT", free_port().to_string())
-        .env("INGRESS_LISTEN_ADDRESS", "127.0.0.1")
-        .env("NATS_URL", nats.url());
+    let ingress = ingress_command(port, free_port(), &nats.url());
     let _ingress = Proc::spawn("ingress", ingress, dir.path());
     wait_port(port, "the ingress").await;
     let http = http_client();

@@ -42,7 +42,7 @@ async fn start_targets(nats: &NatsServer, dir: &std::path::Path) -> Vec<Target> 
     let mut bare = this();
     bare.arg("--bare-server").arg(bare_port.to_string());
     let port = free_port();
-    let ingress = ingress_command(port, &nats.url());
+    let ingress = bench_ingress(port, &nats.url());
     let ceiling_port = free_port();
     let mut ceiling = this();
     ceiling
@@ -89,19 +89,12 @@ async fn start_targets(nats: &NatsServer, dir: &std::path::Path) -> Vec<Target> 
 
 /// The ingress on `port` (its admin port free too), sending to `nats_url`;
 /// `BENCH_INGRESS_X=v` sets its `X=v`, to try a setting without a rebuild.
-fn ingress_command(port: u16, nats_url: &str) -> Command {
-    let mut ingress = Command::new(bin("ingress"));
-    ingress
-        .env_clear()
-        .env("INGRESS_PORT", port.to_string())
-        .env("INGRESS_ADMIN_PORT", free_port().to_string())
-        .env("INGRESS_LISTEN_ADDRESS", "127.0.0.1")
-        .env("NATS_URL", nats_url)
-        .env("RUST_LOG", "warn")
-        .envs(
-            std::env::vars()
-                .filter_map(|(k, v)| k.strip_prefix("BENCH_INGRESS_").map(|k| (k.to_owned(), v))),
-        );
+fn bench_ingress(port: u16, nats_url: &str) -> Command {
+    let mut ingress = gateway_tests::ingress_command(port, free_port(), nats_url);
+    ingress.env("RUST_LOG", "warn").envs(
+        std::env::vars()
+            .filter_map(|(k, v)| k.strip_prefix("BENCH_INGRESS_").map(|k| (k.to_owned(), v))),
+    );
     ingress
 }
 
