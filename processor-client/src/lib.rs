@@ -89,11 +89,7 @@ pub async fn serve(
             (Driver::Grpc(Arc::new(calls)), None)
         }
     };
-    let Running {
-        watcher,
-        supervisor,
-        sharing_task,
-    } = start_running(
+    let (watcher, running) = start_running(
         &config,
         initial,
         driver,
@@ -117,13 +113,8 @@ pub async fn serve(
     let stop = async move {
         shutdown.await;
         stopping.shutting_down.store(true, Ordering::Relaxed);
-        tasks
-            .stop(
-                tokio::time::Instant::now() + timeout,
-                supervisor,
-                sharing_task,
-            )
-            .await
+        let deadline = tokio::time::Instant::now() + timeout;
+        tasks.stop(deadline, running).await
     };
     let bearer = gateway_common::auth::Bearer(config.token.as_deref().map(Arc::from));
     let metrics = state.metrics.clone();
@@ -165,17 +156,17 @@ fn grpc_calls(
     })
 }
 
-/// The tasks that keep the configurations running: the watcher of the
-/// configuration map, the supervisor that starts and stops them on the user
-/// server, and the sharing with other replicas (when on).
+/// The tasks that keep the configurations running, stopped in order at
+/// shutdown: the supervisor that starts and stops them on the user server,
+/// and the sharing with other replicas (when on).
 struct Running {
-    watcher: JoinHandle<()>,
     supervisor: JoinHandle<()>,
     sharing_task: Option<JoinHandle<()>>,
 }
 
-/// Starts watching the configurations (from `initial`) and supervising them
-/// through `driver`; shared with other replicas first when sharing is on.
+/// Starts watching the configurations (from `initial`; the watcher's task is
+/// returned first) and supervising them through `driver`; shared with other
+/// replicas first when sharing is on.
 fn start_running(
     config: &Config,
     initial: watch::Snapshot,
@@ -184,7 +175,7 @@ fn start_running(
     metrics: &Metrics,
     sharing: Option<&Arc<sharing::Sharing>>,
     tasks: &Tasks,
-) -> Running {
+) -> (JoinHandle<()>, Running) {
     let (snap_tx, snap_rx) = tokio::sync::watch::channel(Arc::new(initial));
     let watcher = tokio::spawn(watch::run(
         config.config_map.clone(),
@@ -204,11 +195,13 @@ fn start_running(
     let supervisor = tokio::spawn(
         Supervisor::new(driver, activity).run(desired_rx, tasks.supervisor_stop.clone()),
     );
-    Running {
+    (
         watcher,
-        supervisor,
-        sharing_task,
-    }
+        Running {
+            supervisor,
+            sharing_task,
+        },
+    )
 }
 
 /// The client of the transformer: batching as configured, and each event's
@@ -341,12 +334,11 @@ impl Tasks {
     /// on the user server (its events are still taken meanwhile, so it can
     /// flush); then the claims go back at once. The listener then closes
     /// intake and finishes the requests in flight by the same deadline.
-    async fn stop(
-        self,
-        deadline: tokio::time::Instant,
-        supervisor: JoinHandle<()>,
-        sharing: Option<JoinHandle<()>>,
-    ) -> tokio::time::Instant {
+    async fn stop(self, deadline: tokio::time::Instant, running: Running) -> tokio::time::Instant {
+        let Running {
+            supervisor,
+            sharing_task: sharing,
+        } = running;
         self.background.cancel();
         self.stop_claiming.cancel();
         self.supervisor_stop.cancel();
