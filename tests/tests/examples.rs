@@ -101,6 +101,11 @@ async fn calendar_fires_on_intervals_and_schedules_and_honours_exclusions() {
     assert!(events_of(&events, "excluded").is_empty());
 }
 
+/// The status a request is answered with.
+async fn status_of(request: reqwest::RequestBuilder) -> u16 {
+    request.send().await.expect("send").status().as_u16()
+}
+
 #[tokio::test]
 async fn webhook_turns_matching_requests_into_events() {
     let mut g = Gateway::new(UserServerKind::Python);
@@ -123,48 +128,24 @@ async fn webhook_turns_matching_requests_into_events() {
     g.wait_phase("refunds", "Running").await;
     wait_port(hook, "the webhook port").await;
     let url = |p: &str| format!("http://127.0.0.1:{hook}{p}");
-    let r = g
+    let order = g
         .http
         .post(url("/orders?x=1"))
         .header("x-order", "42")
-        .body(r#"{"order":42}"#)
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(r.status().as_u16(), 200);
+        .body(r#"{"order":42}"#);
+    assert_eq!(status_of(order).await, 200);
     // A sender retrying with the same Idempotency-Key: answered 200 each
     // time, delivered once.
     for _ in 0..2 {
-        let r = g
+        let refund = g
             .http
             .put(url("/refunds"))
             .header("idempotency-key", "refund-7")
-            .body("plain")
-            .send()
-            .await
-            .expect("put");
-        assert_eq!(r.status().as_u16(), 200);
+            .body("plain");
+        assert_eq!(status_of(refund).await, 200);
     }
-    assert_eq!(
-        g.http
-            .get(url("/orders"))
-            .send()
-            .await
-            .expect("get")
-            .status()
-            .as_u16(),
-        405
-    );
-    assert_eq!(
-        g.http
-            .post(url("/nowhere"))
-            .send()
-            .await
-            .expect("post")
-            .status()
-            .as_u16(),
-        404
-    );
+    assert_eq!(status_of(g.http.get(url("/orders"))).await, 405);
+    assert_eq!(status_of(g.http.post(url("/nowhere"))).await, 404);
     let events = g.wait_sensor(2).await;
     let order = events
         .iter()
@@ -189,16 +170,7 @@ async fn webhook_turns_matching_requests_into_events() {
 
     g.remove_config("orders");
     g.wait_phase("orders", "Stopped").await;
-    assert_eq!(
-        g.http
-            .post(url("/orders"))
-            .send()
-            .await
-            .expect("post")
-            .status()
-            .as_u16(),
-        404
-    );
+    assert_eq!(status_of(g.http.post(url("/orders"))).await, 404);
     g.remove_config("refunds");
     wait_for("the port to close with its last webhook", || async {
         std::net::TcpStream::connect(("127.0.0.1", hook))
@@ -239,18 +211,33 @@ async fn framework_independent_producer_posts_straight_to_the_transformer() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("usage"));
 }
 
-#[tokio::test]
-async fn stream_server_turns_mqtt_and_nats_messages_into_events() {
-    let mut g = Gateway::new(UserServerKind::Node);
-    let mqtt_port = free_port();
+/// mosquitto on `port`, listening.
+async fn start_mosquitto(port: u16, dir: &std::path::Path) -> Proc {
     let mosquitto_bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
         .unwrap_or("mosquitto");
     let mut cmd = Command::new(mosquitto_bin);
-    cmd.arg("-p").arg(mqtt_port.to_string());
-    let _mosquitto = Proc::spawn("mosquitto", cmd, g.dir.path());
-    wait_port(mqtt_port, "mosquitto to listen").await;
+    cmd.arg("-p").arg(port.to_string());
+    let mosquitto = Proc::spawn("mosquitto", cmd, dir);
+    wait_port(port, "mosquitto to listen").await;
+    mosquitto
+}
+
+/// One message on `topic`, QoS 1, through mosquitto_pub.
+fn publish_mqtt(port: u16, topic: &str, msg: &str) {
+    let ok = Command::new("mosquitto_pub")
+        .args(["-p", &port.to_string(), "-q", "1", "-t", topic, "-m", msg])
+        .status()
+        .expect("mosquitto_pub");
+    assert!(ok.success());
+}
+
+#[tokio::test]
+async fn stream_server_turns_mqtt_and_nats_messages_into_events() {
+    let mut g = Gateway::new(UserServerKind::Node);
+    let mqtt_port = free_port();
+    let _mosquitto = start_mosquitto(mqtt_port, g.dir.path()).await;
     let nats = NatsServer::start(g.dir.path()).await;
     g.set_config(
         "mqtt-in",
@@ -279,22 +266,7 @@ async fn stream_server_turns_mqtt_and_nats_messages_into_events() {
         .unwrap_or("")
         .contains("broker"));
 
-    let publish_mqtt = |topic: &str, msg: &str| {
-        let ok = Command::new("mosquitto_pub")
-            .args([
-                "-p",
-                &mqtt_port.to_string(),
-                "-q",
-                "1",
-                "-t",
-                topic,
-                "-m",
-                msg,
-            ])
-            .status()
-            .expect("mosquitto_pub");
-        assert!(ok.success());
-    };
+    let publish_mqtt = |topic: &str, msg: &str| publish_mqtt(mqtt_port, topic, msg);
     let client = async_nats::connect(nats.url()).await.expect("nats");
     for i in 0..5 {
         publish_mqtt("sensors/kitchen", &format!("m{i}"));
@@ -305,16 +277,14 @@ async fn stream_server_turns_mqtt_and_nats_messages_into_events() {
     }
     client.flush().await.expect("flush");
     let events = g.wait_sensor(10).await;
-    let mqtt: Vec<&str> = events_of(&events, "mqtt-in")
-        .iter()
-        .map(|e| e["data"]["payload"].as_str().unwrap_or(""))
-        .collect();
-    let nats_payloads: Vec<&str> = events_of(&events, "nats-in")
-        .iter()
-        .map(|e| e["data"]["payload"].as_str().unwrap_or(""))
-        .collect();
-    assert_eq!(mqtt, ["m0", "m1", "m2", "m3", "m4"]);
-    assert_eq!(nats_payloads, ["n0", "n1", "n2", "n3", "n4"]);
+    let payloads = |src: &str| -> Vec<String> {
+        events_of(&events, src)
+            .iter()
+            .map(|e| e["data"]["payload"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    assert_eq!(payloads("mqtt-in"), ["m0", "m1", "m2", "m3", "m4"]);
+    assert_eq!(payloads("nats-in"), ["n0", "n1", "n2", "n3", "n4"]);
     assert_eq!(
         events_of(&events, "mqtt-in")[0]["data"]["topic"],
         "sensors/kitchen"
