@@ -224,6 +224,22 @@ async fn start_mosquitto(port: u16, dir: &std::path::Path) -> Proc {
     mosquitto
 }
 
+/// The stream example's configurations: MQTT `sensors/#`, NATS
+/// `readings.>`, and one with a broker it does not know.
+fn set_stream_configs(g: &Gateway, mqtt_port: u16, nats_url: &str) {
+    g.set_config(
+        "mqtt-in",
+        &format!(
+            r#"{{"broker": "mqtt", "url": "mqtt://127.0.0.1:{mqtt_port}", "topic": "sensors/#"}}"#
+        ),
+    );
+    g.set_config(
+        "nats-in",
+        &format!(r#"{{"broker": "nats", "url": "{nats_url}", "subject": "readings.>"}}"#),
+    );
+    g.set_config("bad", r#"{"broker": "kafka"}"#);
+}
+
 /// One message on `topic`, QoS 1, through mosquitto_pub.
 fn publish_mqtt(port: u16, topic: &str, msg: &str) {
     let ok = Command::new("mosquitto_pub")
@@ -239,20 +255,7 @@ async fn stream_server_turns_mqtt_and_nats_messages_into_events() {
     let mqtt_port = free_port();
     let _mosquitto = start_mosquitto(mqtt_port, g.dir.path()).await;
     let nats = NatsServer::start(g.dir.path()).await;
-    g.set_config(
-        "mqtt-in",
-        &format!(
-            r#"{{"broker": "mqtt", "url": "mqtt://127.0.0.1:{mqtt_port}", "topic": "sensors/#"}}"#
-        ),
-    );
-    g.set_config(
-        "nats-in",
-        &format!(
-            r#"{{"broker": "nats", "url": "{}", "subject": "readings.>"}}"#,
-            nats.url()
-        ),
-    );
-    g.set_config("bad", r#"{"broker": "kafka"}"#);
+    set_stream_configs(&g, mqtt_port, &nats.url());
     g.start_sensor().await;
     g.start_transformer().await;
     let mut node = Command::new("node");
