@@ -84,7 +84,7 @@ pub async fn serve(
                 &registry,
                 &metrics,
                 &transformer,
-                &sharing,
+                sharing.as_ref(),
             )?;
             (Driver::Grpc(Arc::new(calls)), None)
         }
@@ -143,7 +143,7 @@ fn grpc_calls(
     registry: &Arc<Registry>,
     metrics: &Arc<Metrics>,
     transformer: &TransformerClient,
-    sharing: &Option<Arc<sharing::Sharing>>,
+    sharing: Option<&Arc<sharing::Sharing>>,
 ) -> Result<grpc::stream::Shared, RunError> {
     Ok(grpc::stream::Shared {
         registry: registry.clone(),
@@ -152,7 +152,7 @@ fn grpc_calls(
         metrics: metrics.clone(),
         retry_base: config.retry_base,
         retry_cap: config.retry_cap,
-        sharing: sharing.clone(),
+        sharing: sharing.cloned(),
     })
 }
 
